@@ -1,0 +1,57 @@
+//! `lion embed`: one JSON object per sentence, `{"text": ..., "embedding": [...]}`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use lion_core::sentence::SentenceEmbedder;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model folder (config.json, model.safetensors, tokenizer.json); see scripts/get-minilm.sh.
+    #[arg(long, default_value = super::DEFAULT_MINILM)]
+    model: PathBuf,
+    /// A file with one sentence per line (empty lines are skipped).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Sentences per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Sentences to embed.
+    sentences: Vec<String>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mut texts = args.sentences.clone();
+    if let Some(file) = &args.file {
+        let f =
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+            let line = line.with_context(|| format!("{}: line {}", file.display(), i + 1))?;
+            if !line.trim().is_empty() {
+                texts.push(line);
+            }
+        }
+    }
+    if texts.is_empty() {
+        bail!("nothing to embed: give sentences as arguments or --file FILE");
+    }
+    let dev = super::device()?;
+    let model = SentenceEmbedder::load(&args.model, &dev, None)
+        .with_context(|| format!("cannot load model folder {}", args.model.display()))?;
+    let pb = super::progress(texts.len() as u64, "embedding");
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for chunk in texts.chunks(args.batch_size.max(1)) {
+        let refs: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
+        let embs = model.embed(&refs, args.batch_size)?;
+        for (text, emb) in chunk.iter().zip(embs) {
+            let line = serde_json::json!({ "text": text, "embedding": emb });
+            writeln!(out, "{line}")?;
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,27 @@
+pub mod demo;
+pub mod embed;
+
+use anyhow::Result;
+use candle_core::Device;
+
+/// The compute device: CPU (CUDA comes behind the `cuda` feature).
+pub fn device() -> Result<Device> {
+    Ok(Device::Cpu)
+}
+
+/// Where `scripts/get-minilm.sh` puts all-MiniLM-L6-v2 by default.
+pub const DEFAULT_MINILM: &str = "models/all-MiniLM-L6-v2";
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}

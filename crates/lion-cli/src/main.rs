@@ -1,0 +1,45 @@
+//! `lion`: run, train, evaluate and serve LION and Dynamic LION.
+//!
+//! A thin layer over the library crates: one file per subcommand under `cmd/`.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "lion", version, about = "LION and Dynamic LION in pure Rust")]
+struct Cli {
+    /// Log filter (`RUST_LOG` syntax), e.g. `info` or `lion_core=debug`.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sentence embeddings with a BERT model folder (all-MiniLM-L6-v2 by default), as JSON lines.
+    Embed(cmd::embed::Args),
+    /// The seed experiment end to end (runs what exists so far, and says what does not).
+    Demo(cmd::demo::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Embed(args) => cmd::embed::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,15 @@
+//! LION-rs core: models, weight loading, preprocessing, prompts and generation.
+//!
+//! Every model component is one module, built `new(cfg, vb)` from a
+//! [`candle_nn::VarBuilder`] whose paths are the upstream checkpoint keys
+//! (see [`weights`] for loading and key reports).
+
+pub mod bert;
+pub mod error;
+pub mod ops;
+pub mod sentence;
+pub mod testing;
+pub mod util;
+pub mod weights;
+
+pub use error::{Error, Result};

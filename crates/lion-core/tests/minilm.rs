@@ -1,0 +1,42 @@
+//! The real all-MiniLM-L6-v2 against sentence-transformers' embeddings of the same sentences
+//! (scripts/fixtures_bert.py).
+
+mod common;
+
+use candle_core::Device;
+use lion_core::sentence::SentenceEmbedder;
+
+#[test]
+fn minilm_matches_sentence_transformers() {
+    let sentences: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("minilm/sentences.json")).unwrap(),
+    )
+    .unwrap();
+    let reference = candle_core::safetensors::load(
+        common::fixture("minilm/embeddings.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()["embeddings"]
+        .to_vec2::<f32>()
+        .unwrap();
+    assert!(sentences.len() >= 20);
+    assert_eq!(sentences.len(), reference.len());
+    let model = SentenceEmbedder::load(common::minilm_dir(), &Device::Cpu, None).unwrap();
+    let refs: Vec<&str> = sentences.iter().map(|s| s.as_str()).collect();
+    // batch of 7 so that batches mix very different lengths (padding must not change results)
+    let ours = model.embed(&refs, 7).unwrap();
+    for ((s, a), b) in sentences.iter().zip(&ours).zip(&reference) {
+        assert_eq!(a.len(), 384);
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let cos = dot / (na * nb);
+        let max = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(cos >= 0.99999, "{s:?}: cosine {cos}");
+        assert!(max <= 1e-4, "{s:?}: max abs diff {max}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Dataset readers (COCO, VQA, A-OKVQA, TextCaps, RefCOCO, LION jsonl).

@@ -1,0 +1,1 @@
+//! Captioning, VQA and grounding metrics. Free of tensors by design.
