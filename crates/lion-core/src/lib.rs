@@ -7,6 +7,7 @@
 pub mod bert;
 pub mod error;
 pub mod ops;
+pub mod prompt;
 pub mod sentence;
 pub mod testing;
 pub mod util;
