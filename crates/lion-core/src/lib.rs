@@ -6,6 +6,7 @@
 
 pub mod bert;
 pub mod error;
+pub mod kernels;
 pub mod ops;
 pub mod prompt;
 pub mod sentence;

@@ -1,0 +1,268 @@
+//! Fused, multi-threaded CPU kernels for the non-GEMM work, with backward passes.
+//!
+//! candle's generic CPU paths run softmax, erf-GELU and normalisation single-threaded and as
+//! several passes over memory (DESIGN.md, measured facts), and some of its fused ops drop
+//! gradients. These are candle [`CustomOp1`]/[`CustomOp2`]s over contiguous f32 rows, parallel
+//! over rows with rayon, whose `bwd` returns exact gradients. Other dtypes and devices fall back
+//! to the differentiable composition in [`crate::ops`]; every kernel is tested against it,
+//! forward and backward (`tests/kernels.rs`).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// Rows per rayon task: enough work per task to amortise scheduling.
+fn rows_per_task(dim: usize) -> usize {
+    (16 * 1024 / dim.max(1)).max(1)
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("{op}: only f32 is supported"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+fn use_kernel(xs: &Tensor) -> bool {
+    xs.dtype() == DType::F32
+        && xs.device().is_cpu()
+        && xs.rank() >= 1
+        && xs.dim(D::Minus1).map(|d| d > 0).unwrap_or(false)
+}
+
+// ---------------------------------------------------------------- softmax
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "lion-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let dim = l.dims()[l.dims().len() - 1];
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(dim * rows_per_task(dim))
+            .zip(x.par_chunks(dim * rows_per_task(dim)))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(dim).zip(xc.chunks(dim)) {
+                    let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for (o, &v) in yr.iter_mut().zip(xr) {
+                        *o = (v - max).exp();
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    yr.iter_mut().for_each(|o| *o *= inv);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    /// dy/dx: y * (g - sum(g * y))
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let dot = (g * res)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((g.broadcast_sub(&dot)? * res)?))
+    }
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if use_kernel(xs) {
+        xs.contiguous()?.apply_op1(Softmax)
+    } else {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    }
+}
+
+// ---------------------------------------------------------------- erf-GELU
+
+struct GeluErf;
+struct GeluErfGrad;
+
+const SQRT_1_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+// 1 / sqrt(2 pi)
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+fn map_par(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(16 * 1024)
+        .zip(x.par_chunks(16 * 1024))
+        .for_each(|(yc, xc)| yc.iter_mut().zip(xc).for_each(|(o, &v)| *o = f(v)));
+    y
+}
+
+fn gelu(v: f32) -> f32 {
+    0.5 * v * (1.0 + candle_core::cpu::erf::erf_f32(v * SQRT_1_2))
+}
+
+fn gelu_grad(v: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(v * SQRT_1_2));
+    cdf + v * INV_SQRT_2PI * (-0.5 * v * v).exp()
+}
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "lion-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        Ok((CpuStorage::F32(map_par(x, gelu)), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let d = arg.apply_op1_no_bwd(&GeluErfGrad)?;
+        Ok(Some((g * d)?))
+    }
+}
+
+impl CustomOp1 for GeluErfGrad {
+    fn name(&self) -> &'static str {
+        "lion-gelu-erf-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        Ok((CpuStorage::F32(map_par(x, gelu_grad)), l.shape().clone()))
+    }
+}
+
+/// Exact (erf) GELU, `nn.GELU()`.
+pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
+    if use_kernel(xs) {
+        xs.contiguous()?.apply_op1(GeluErf)
+    } else {
+        xs.gelu_erf()
+    }
+}
+
+// ---------------------------------------------------------------- normalisation
+
+/// Normalises rows: LayerNorm (`center`: subtract the mean, divide by sqrt(var + eps)) or
+/// RMSNorm (divide by sqrt(mean(x^2) + eps)). No affine part: callers multiply by the weight.
+#[derive(Clone, Copy)]
+struct Normalize {
+    eps: f32,
+    center: bool,
+}
+
+/// (mean, rstd) of one row.
+fn row_stats(xr: &[f32], eps: f32, center: bool) -> (f32, f32) {
+    let n = xr.len() as f32;
+    let mean = if center {
+        xr.iter().map(|&v| v as f64).sum::<f64>() as f32 / n
+    } else {
+        0.0
+    };
+    let var = xr.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() as f32 / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp1 for Normalize {
+    fn name(&self) -> &'static str {
+        if self.center {
+            "lion-layer-norm"
+        } else {
+            "lion-rms-norm"
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let dim = l.dims()[l.dims().len() - 1];
+        let mut y = vec![0f32; x.len()];
+        let (eps, center) = (self.eps, self.center);
+        y.par_chunks_mut(dim * rows_per_task(dim))
+            .zip(x.par_chunks(dim * rows_per_task(dim)))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(dim).zip(xc.chunks(dim)) {
+                    let (mean, rstd) = row_stats(xr, eps, center);
+                    yr.iter_mut()
+                        .zip(xr)
+                        .for_each(|(o, &v)| *o = (v - mean) * rstd);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let g = g.contiguous()?;
+        Ok(Some(arg.apply_op2_no_bwd(&g, &NormalizeGrad(*self))?))
+    }
+}
+
+/// dx of [`Normalize`] given x and the output gradient g, per row:
+/// LayerNorm: rstd * (g - mean(g) - xhat * mean(g * xhat)); RMSNorm: rstd * (g - xhat * mean(g * xhat)).
+struct NormalizeGrad(Normalize);
+
+impl CustomOp2 for NormalizeGrad {
+    fn name(&self) -> &'static str {
+        "lion-normalize-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        let dim = l1.dims()[l1.dims().len() - 1];
+        let Normalize { eps, center } = self.0;
+        let mut dx = vec![0f32; x.len()];
+        let chunk = dim * rows_per_task(dim);
+        dx.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
+            .for_each(|(dc, (xc, gc))| {
+                for ((dr, xr), gr) in dc.chunks_mut(dim).zip(xc.chunks(dim)).zip(gc.chunks(dim)) {
+                    let (mean, rstd) = row_stats(xr, eps, center);
+                    let n = dim as f32;
+                    let mut g_mean = 0f32;
+                    let mut gx_mean = 0f32;
+                    for (&xv, &gv) in xr.iter().zip(gr) {
+                        g_mean += gv;
+                        gx_mean += gv * (xv - mean) * rstd;
+                    }
+                    g_mean = if center { g_mean / n } else { 0.0 };
+                    gx_mean /= n;
+                    for ((o, &xv), &gv) in dr.iter_mut().zip(xr).zip(gr) {
+                        let xhat = (xv - mean) * rstd;
+                        *o = rstd * (gv - g_mean - xhat * gx_mean);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+fn normalize(xs: &Tensor, eps: f64, center: bool) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(Normalize {
+        eps: eps as f32,
+        center,
+    })
+}
+
+/// LayerNorm over the last dimension (biased variance, as PyTorch), with affine weight and bias.
+/// xs: (..., d), weight/bias: (d,) -> (..., d)
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    normalize(xs, eps, true)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
+}
+
+/// T5's RMSNorm (no mean subtraction, no bias). xs: (..., d), weight: (d,) -> (..., d)
+pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    normalize(xs, eps, false)?.broadcast_mul(weight)
+}
+
+/// Whether the fused kernels apply to this tensor (f32 on CPU); otherwise use the composition.
+pub fn applies(xs: &Tensor) -> bool {
+    use_kernel(xs)
+}

@@ -1,0 +1,142 @@
+//! Each fused kernel against the plain candle composition, forward and backward, on contiguous
+//! and non-contiguous inputs.
+
+use candle_core::{Device, Tensor, Var, D};
+use lion_core::kernels;
+use lion_core::testing::max_abs_diff;
+
+fn input(shape: (usize, usize, usize), transpose: bool) -> Var {
+    let t = Tensor::randn(0f32, 2., shape, &Device::Cpu).unwrap();
+    let t = if transpose {
+        t.transpose(1, 2).unwrap()
+    } else {
+        t
+    };
+    Var::from_tensor(&(t * 1.0).unwrap()).unwrap()
+}
+
+/// Compares f(x) and g(x), and d/dx of sum(f(x) * w) and sum(g(x) * w).
+fn compare(name: &str, f: impl Fn(&Tensor) -> Tensor, g: impl Fn(&Tensor) -> Tensor, tol: f32) {
+    for (shape, tr) in [((3, 7, 33), false), ((2, 5, 300), false), ((2, 9, 4), true)] {
+        let x = input(shape, tr);
+        let x_t = if tr {
+            x.as_tensor().transpose(1, 2).unwrap()
+        } else {
+            x.as_tensor().clone()
+        };
+        let a = f(&x_t);
+        let b = g(&x_t);
+        let d = max_abs_diff(&a, &b).unwrap();
+        assert!(d <= tol, "{name} {shape:?} forward differs by {d}");
+        let w = Tensor::randn(0f32, 1., a.shape(), &Device::Cpu).unwrap();
+        let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (
+            ga.get(x.as_tensor()).unwrap(),
+            gb.get(x.as_tensor()).unwrap(),
+        );
+        let d = max_abs_diff(ga, gb).unwrap();
+        assert!(d <= tol, "{name} {shape:?} backward differs by {d}");
+    }
+}
+
+#[test]
+fn softmax_kernel_matches_composition() {
+    compare(
+        "softmax",
+        |x| kernels::softmax_last_dim(x).unwrap(),
+        |x| candle_nn::ops::softmax(x, D::Minus1).unwrap(),
+        1e-6,
+    );
+}
+
+#[test]
+fn gelu_kernel_matches_composition() {
+    compare(
+        "gelu",
+        |x| kernels::gelu_erf(x).unwrap(),
+        |x| x.gelu_erf().unwrap(),
+        1e-5,
+    );
+}
+
+fn affine(d: usize) -> (Tensor, Tensor) {
+    (
+        Tensor::randn(1f32, 0.3, d, &Device::Cpu).unwrap(),
+        Tensor::randn(0f32, 0.3, d, &Device::Cpu).unwrap(),
+    )
+}
+
+/// A fixed, non-trivial affine pair of width d.
+fn fixed_affine(d: usize) -> (Tensor, Tensor) {
+    let r = Tensor::arange(0f32, d as f32, &Device::Cpu).unwrap();
+    (
+        r.sin().unwrap().affine(0.5, 1.0).unwrap(),
+        (r.cos().unwrap() * 0.3).unwrap(),
+    )
+}
+
+#[test]
+fn layer_norm_kernel_matches_composition() {
+    compare(
+        "layer_norm",
+        |x| {
+            let (w, b) = fixed_affine(x.dim(D::Minus1).unwrap());
+            kernels::layer_norm(x, &w, &b, 1e-5).unwrap()
+        },
+        |x| {
+            let (w, b) = fixed_affine(x.dim(D::Minus1).unwrap());
+            candle_nn::ops::layer_norm_slow(x, &w, &b, 1e-5).unwrap()
+        },
+        2e-5,
+    );
+}
+
+#[test]
+fn rms_norm_kernel_matches_composition() {
+    compare(
+        "rms_norm",
+        |x| {
+            let (w, _) = fixed_affine(x.dim(D::Minus1).unwrap());
+            kernels::rms_norm(x, &w, 1e-6).unwrap()
+        },
+        |x| {
+            let (w, _) = fixed_affine(x.dim(D::Minus1).unwrap());
+            let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let xn = x
+                .broadcast_div(&(ms + 1e-6).unwrap().sqrt().unwrap())
+                .unwrap();
+            xn.broadcast_mul(&w).unwrap()
+        },
+        2e-5,
+    );
+}
+
+#[test]
+fn layer_norm_weight_and_bias_get_the_composed_gradients() {
+    let x = Tensor::randn(0f32, 1., (4, 6, 40), &Device::Cpu).unwrap();
+    let (w0, b0) = affine(40);
+    let (w, b) = (
+        Var::from_tensor(&w0).unwrap(),
+        Var::from_tensor(&b0).unwrap(),
+    );
+    let gw = Tensor::randn(0f32, 1., (4, 6, 40), &Device::Cpu).unwrap();
+    let fused = kernels::layer_norm(&x, &w, &b, 1e-12).unwrap();
+    let slow = candle_nn::ops::layer_norm_slow(&x, &w, &b, 1e-12).unwrap();
+    assert!(max_abs_diff(&fused, &slow).unwrap() <= 2e-5);
+    let g1 = (fused * &gw)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g2 = (slow * &gw).unwrap().sum_all().unwrap().backward().unwrap();
+    for v in [&w, &b] {
+        let d = max_abs_diff(
+            g1.get(v.as_tensor()).unwrap(),
+            g2.get(v.as_tensor()).unwrap(),
+        )
+        .unwrap();
+        assert!(d <= 1e-4, "affine grad differs by {d}");
+    }
+}
