@@ -7,7 +7,9 @@
 //! to the differentiable composition in [`crate::ops`]; every kernel is tested against it,
 //! forward and backward (`tests/kernels.rs`).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+};
 use rayon::prelude::*;
 
 /// Rows per rayon task: enough work per task to amortise scheduling.
@@ -155,11 +157,11 @@ struct Normalize {
 fn row_stats(xr: &[f32], eps: f32, center: bool) -> (f32, f32) {
     let n = xr.len() as f32;
     let mean = if center {
-        xr.iter().map(|&v| v as f64).sum::<f64>() as f32 / n
+        xr.iter().sum::<f32>() / n
     } else {
         0.0
     };
-    let var = xr.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() as f32 / n;
+    let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -242,24 +244,142 @@ impl CustomOp2 for NormalizeGrad {
     }
 }
 
-fn normalize(xs: &Tensor, eps: f64, center: bool) -> Result<Tensor> {
-    xs.contiguous()?.apply_op1(Normalize {
-        eps: eps as f32,
-        center,
-    })
+/// Normalisation with its affine part fused into the same pass: y = xhat * w (+ b).
+struct AffineNormalize(Normalize);
+
+impl AffineNormalize {
+    fn run(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+        let dim = w.len();
+        let Normalize { eps, center } = self.0;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(dim * rows_per_task(dim))
+            .zip(x.par_chunks(dim * rows_per_task(dim)))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(dim).zip(xc.chunks(dim)) {
+                    let (mean, rstd) = row_stats(xr, eps, center);
+                    match b {
+                        Some(b) => {
+                            for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                                *o = (v - mean) * rstd * wv + bv;
+                            }
+                        }
+                        None => {
+                            for ((o, &v), &wv) in yr.iter_mut().zip(xr).zip(w) {
+                                *o = (v - mean) * rstd * wv;
+                            }
+                        }
+                    }
+                }
+            });
+        y
+    }
+
+    /// Gradients of the affine parameters and of x, from x, w and the output gradient g.
+    fn grads(&self, x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let d = w.dim(0)?;
+        let g = g.contiguous()?;
+        let xhat = x.apply_op1_no_bwd(&self.0)?;
+        let gw = (&g * xhat)?.reshape(((), d))?.sum(0)?;
+        let gb = g.reshape(((), d))?.sum(0)?;
+        let gx = x.apply_op2_no_bwd(&g.broadcast_mul(w)?, &NormalizeGrad(self.0))?;
+        Ok((gx, gw, gb))
+    }
 }
 
-/// LayerNorm over the last dimension (biased variance, as PyTorch), with affine weight and bias.
-/// xs: (..., d), weight/bias: (d,) -> (..., d)
+impl CustomOp2 for AffineNormalize {
+    fn name(&self) -> &'static str {
+        "lion-rms-norm-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "lion-rms-norm-affine")?;
+        let w = contiguous_f32(s2, l2, "lion-rms-norm-affine")?;
+        Ok((CpuStorage::F32(self.run(x, w, None)), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw, _) = self.grads(x, w, g)?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+impl CustomOp3 for AffineNormalize {
+    fn name(&self) -> &'static str {
+        "lion-layer-norm-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "lion-layer-norm-affine")?;
+        let w = contiguous_f32(s2, l2, "lion-layer-norm-affine")?;
+        let b = contiguous_f32(s3, l3, "lion-layer-norm-affine")?;
+        Ok((CpuStorage::F32(self.run(x, w, Some(b))), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw, gb) = self.grads(x, w, g)?;
+        Ok((Some(gx), Some(gw), Some(gb)))
+    }
+}
+
+fn check_affine(xs: &Tensor, w: &Tensor) -> Result<()> {
+    let d = xs.dim(D::Minus1)?;
+    if w.dims() != [d] {
+        candle_core::bail!(
+            "normalisation weight of shape {:?} for inputs of width {d}",
+            w.dims()
+        )
+    }
+    Ok(())
+}
+
+/// LayerNorm over the last dimension (biased variance, as PyTorch), with affine weight and bias,
+/// in one pass. xs: (..., d), weight/bias: (d,) -> (..., d)
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    normalize(xs, eps, true)?
-        .broadcast_mul(weight)?
-        .broadcast_add(bias)
+    check_affine(xs, weight)?;
+    check_affine(xs, bias)?;
+    let op = AffineNormalize(Normalize {
+        eps: eps as f32,
+        center: true,
+    });
+    xs.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
-/// T5's RMSNorm (no mean subtraction, no bias). xs: (..., d), weight: (d,) -> (..., d)
+/// T5's RMSNorm (no mean subtraction, no bias), in one pass. xs: (..., d), weight: (d,) -> (..., d)
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    normalize(xs, eps, false)?.broadcast_mul(weight)
+    check_affine(xs, weight)?;
+    let op = AffineNormalize(Normalize {
+        eps: eps as f32,
+        center: false,
+    });
+    xs.contiguous()?.apply_op2(&weight.contiguous()?, op)
 }
 
 /// Whether the fused kernels apply to this tensor (f32 on CPU); otherwise use the composition.

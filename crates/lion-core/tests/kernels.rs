@@ -140,3 +140,38 @@ fn layer_norm_weight_and_bias_get_the_composed_gradients() {
         assert!(d <= 1e-4, "affine grad differs by {d}");
     }
 }
+
+#[test]
+fn rms_norm_weight_gets_the_composed_gradient() {
+    let x = Tensor::randn(0f32, 1., (3, 5, 24), &Device::Cpu).unwrap();
+    let w = Var::from_tensor(&fixed_affine(24).0).unwrap();
+    let gw = Tensor::randn(0f32, 1., (3, 5, 24), &Device::Cpu).unwrap();
+    let fused = kernels::rms_norm(&x, &w, 1e-6).unwrap();
+    let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+    let slow = x
+        .broadcast_div(&(ms + 1e-6).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(&w)
+        .unwrap();
+    let g1 = (fused * &gw)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g2 = (slow * &gw).unwrap().sum_all().unwrap().backward().unwrap();
+    let d = max_abs_diff(
+        g1.get(w.as_tensor()).unwrap(),
+        g2.get(w.as_tensor()).unwrap(),
+    )
+    .unwrap();
+    assert!(d <= 1e-4, "rms weight grad differs by {d}");
+}
+
+#[test]
+fn shape_errors_are_errors() {
+    let x = Tensor::zeros((2, 3, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::ones(7, candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(kernels::rms_norm(&x, &w, 1e-6).is_err());
+    assert!(kernels::layer_norm(&x, &w, &w, 1e-6).is_err());
+}
