@@ -235,6 +235,16 @@ impl Checkpoint {
         }
     }
 
+    /// Puts every key under `prefix` (e.g. an `eva_vit_g.pth` read as `visual_encoder.*`, a
+    /// Flan-T5 folder as `t5_model.*`), so component files fit the assembled model's key tree.
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.keys = std::mem::take(&mut self.keys)
+            .into_iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v))
+            .collect();
+        self
+    }
+
     /// The file name (or given name) of this checkpoint, for messages.
     pub fn name(&self) -> &str {
         &self.name

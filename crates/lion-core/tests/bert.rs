@@ -222,3 +222,15 @@ fn training_mode_applies_dropout() {
     let b = model.forward(&ids, None, None, false).unwrap();
     assert!(max_abs_diff(&a, &b).unwrap() > 1e-3);
 }
+
+#[test]
+fn prefixed_checkpoint_loads_under_its_prefix() {
+    let ckpt = Checkpoint::open(fixture("bert-tiny/model.safetensors"))
+        .unwrap()
+        .with_prefix("tag_encoder.");
+    assert!(ckpt.keys().all(|k| k.starts_with("tag_encoder.")));
+    let loader = WeightLoader::new(vec![ckpt]);
+    let vb = loader.var_builder(DType::F32, &Device::Cpu);
+    BertModel::new(&cfg(), vb.pp("tag_encoder")).unwrap();
+    assert!(loader.finish(LoadMode::Strict).unwrap().is_clean());
+}
