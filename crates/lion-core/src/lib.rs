@@ -4,10 +4,13 @@
 //! [`candle_nn::VarBuilder`] whose paths are the upstream checkpoint keys
 //! (see [`weights`] for loading and key reports).
 
+pub mod adapter;
 pub mod bert;
 pub mod error;
+pub mod generate;
 pub mod ops;
 pub mod sentence;
+pub mod t5;
 pub mod testing;
 pub mod util;
 pub mod weights;
