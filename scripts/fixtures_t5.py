@@ -6,9 +6,9 @@ Writes (all small) to tests/fixtures/t5/:
                                             LION applies, `dense_act_fn = "gelu"`, is set by the test)
   config_tied.json, model_tied.safetensors  the same with tie_word_embeddings = true (original T5 head:
                                             lm_head = shared, decoder output scaled by d_model^-0.5)
-  lion.safetensors                          model.safetensors + LION adapters (2 adapters + router) in every
-                                            encoder/decoder FFN, with non-trivial (non-zero up_proj) values
-  lion1.safetensors                         model.safetensors + one adapter per FFN (no router)
+  lion_adapters.safetensors                 LION adapters (2 adapters + router) for every encoder/decoder FFN of
+                                            model.safetensors, with non-trivial (non-zero up_proj) values
+  lion1_adapters.safetensors                one adapter per FFN (no router)
   io.safetensors                            a padded batch: input ids/mask, labels (-100 padded, 26 tokens),
                                             and per variant the encoder states, decoder logits and loss
   adapter.safetensors                       a stand-alone AdapterRouter's weights, input and outputs per route
@@ -310,7 +310,9 @@ def main():
         add_adapters(model, n_adapters)
         perturb_adapters(model, torch.Generator().manual_seed(5 + n_adapters), up=0.06)
         model.eval()
-        save_file(state_dict(model), os.path.join(OUT, f"{name}.safetensors"))
+        # adapters only: the backbone is model.safetensors (as LION loads Flan-T5 + its own checkpoint)
+        adapters = {k: v for k, v in state_dict(model).items() if ".adapter." in k}
+        save_file(adapters, os.path.join(OUT, f"{name}_adapters.safetensors"))
         routes = (0, 1) if n_adapters == 2 else (0,)
         for r in routes:
             set_route(model, r)

@@ -37,10 +37,20 @@ fn cfg(file: &str, adapters: usize) -> T5Config {
     }
 }
 
+/// Checkpoints by fixture file names joined with `+`: Flan-T5 from its own file plus LION's
+/// adapter checkpoint, as upstream loads them.
+fn checkpoints(weights: &str) -> Vec<Checkpoint> {
+    weights
+        .split('+')
+        .map(|w| Checkpoint::open(fixture(&format!("t5/{w}"))).unwrap())
+        .collect()
+}
+
+const LION: &str = "model.safetensors+lion_adapters.safetensors";
+const LION1: &str = "model.safetensors+lion1_adapters.safetensors";
+
 fn load(cfg: &T5Config, weights: &str) -> T5ForConditionalGeneration {
-    let loader = WeightLoader::new(vec![
-        Checkpoint::open(fixture(&format!("t5/{weights}"))).unwrap()
-    ]);
+    let loader = WeightLoader::new(checkpoints(weights));
     let vb = loader.var_builder(DType::F32, &dev());
     let model = T5ForConditionalGeneration::new(cfg, vb).unwrap();
     let report = loader.finish(LoadMode::Strict).unwrap();
@@ -149,7 +159,7 @@ fn encoder_from_embeddings_equals_encoder_from_ids() {
 
 #[test]
 fn lion_two_adapters_parity_both_routes() {
-    let model = load(&cfg("config.json", 2), "lion.safetensors");
+    let model = load(&cfg("config.json", 2), LION);
     check_forward(&model, "lion.route0", Route::RegionLevel);
     check_forward(&model, "lion.route1", Route::ImageLevel);
     // the two routes really differ
@@ -160,7 +170,7 @@ fn lion_two_adapters_parity_both_routes() {
 
 #[test]
 fn lion_one_adapter_parity() {
-    let model = load(&cfg("config.json", 1), "lion1.safetensors");
+    let model = load(&cfg("config.json", 1), LION1);
     check_forward(&model, "lion1.route0", Route::RegionLevel);
     // one adapter: no router, the route is irrelevant
     check_forward(&model, "lion1.route0", Route::ImageLevel);
@@ -168,9 +178,7 @@ fn lion_one_adapter_parity() {
 
 #[test]
 fn lion_checkpoint_without_adapters_in_config_reports_unexpected_adapter_keys() {
-    let loader = WeightLoader::new(vec![
-        Checkpoint::open(fixture("t5/lion.safetensors")).unwrap()
-    ]);
+    let loader = WeightLoader::new(checkpoints(LION));
     T5ForConditionalGeneration::new(
         &cfg("config.json", 0),
         loader.var_builder(DType::F32, &dev()),
@@ -190,7 +198,7 @@ fn lion_checkpoint_without_adapters_in_config_reports_unexpected_adapter_keys() 
 #[test]
 fn kv_cache_decoding_matches_full_sequence() {
     let io = io();
-    let model = load(&cfg("config.json", 2), "lion.safetensors");
+    let model = load(&cfg("config.json", 2), LION);
     let (input_ids, mask) = ids(&io);
     let route = Route::RegionLevel;
     let enc = model
@@ -259,7 +267,7 @@ fn generation_matches_transformers_generate() {
         serde_json::from_str(&std::fs::read_to_string(fixture("t5/generate.json")).unwrap())
             .unwrap();
     let plain = load(&cfg("config.json", 0), "model.safetensors");
-    let lion = load(&cfg("config.json", 2), "lion.safetensors");
+    let lion = load(&cfg("config.json", 2), LION);
     // batched, right-padded inputs of different lengths
     let n = gen.inputs.len();
     let s = gen.inputs.iter().map(|x| x.len()).max().unwrap();
@@ -456,10 +464,8 @@ fn adapters_train_while_the_backbone_is_frozen() {
     let io = io();
     let (input_ids, mask) = ids(&io);
     let varmap = VarMap::new();
-    let loader = WeightLoader::new(vec![
-        Checkpoint::open(fixture("t5/lion.safetensors")).unwrap()
-    ])
-    .with_trainable(varmap.clone(), |k| k.contains(".adapter."));
+    let loader = WeightLoader::new(checkpoints(LION))
+        .with_trainable(varmap.clone(), |k| k.contains(".adapter."));
     let model = T5ForConditionalGeneration::new(
         &cfg("config.json", 2),
         loader.var_builder(DType::F32, &dev()),
@@ -497,10 +503,7 @@ fn every_t5_variable_gets_a_gradient_when_all_train() {
     let io = io();
     let (input_ids, mask) = ids(&io);
     let varmap = VarMap::new();
-    let loader = WeightLoader::new(vec![
-        Checkpoint::open(fixture("t5/lion.safetensors")).unwrap()
-    ])
-    .with_trainable(varmap.clone(), |_| true);
+    let loader = WeightLoader::new(checkpoints(LION)).with_trainable(varmap.clone(), |_| true);
     let model = T5ForConditionalGeneration::new(
         &cfg("config.json", 2),
         loader.var_builder(DType::F32, &dev()),
@@ -523,7 +526,7 @@ fn every_t5_variable_gets_a_gradient_when_all_train() {
 fn training_mode_applies_dropout() {
     let io = io();
     let (input_ids, mask) = ids(&io);
-    let model = load(&cfg("config.json", 2), "lion.safetensors");
+    let model = load(&cfg("config.json", 2), LION);
     let run = |train| {
         model
             .forward_train(
@@ -621,4 +624,53 @@ fn config_defaults_follow_hf() {
     assert!(!c.tie_word_embeddings);
     assert_eq!(Route::from_category("region_level"), Route::RegionLevel);
     assert_eq!(Route::from_category("vqa"), Route::ImageLevel);
+}
+
+#[test]
+fn loads_from_a_lion_style_checkpoint_under_t5_model_prefix() {
+    // Inside LION the T5 keys carry the prefix `t5_model.` (lion-upstream §2.1, §2.3).
+    let mut ts = HashMap::new();
+    for c in checkpoints(LION) {
+        for (k, v) in c.load_all(&dev()).unwrap() {
+            ts.insert(format!("t5_model.{k}"), v);
+        }
+    }
+    let loader = WeightLoader::new(vec![Checkpoint::from_tensors("lion.pth", ts)]);
+    let vb = loader.var_builder(DType::F32, &dev());
+    let model = T5ForConditionalGeneration::new(&cfg("config.json", 2), vb.pp("t5_model")).unwrap();
+    loader.finish(LoadMode::Strict).unwrap();
+    check_forward(&model, "lion.route1", Route::ImageLevel);
+}
+
+#[test]
+fn bf16_forward_stays_close_to_f32() {
+    // The reference runs Flan-T5 in bf16; RMSNorm variance and softmax are computed in f32.
+    let io = io();
+    let (input_ids, mask) = ids(&io);
+    let loader = WeightLoader::new(checkpoints(LION));
+    let model = T5ForConditionalGeneration::new(
+        &cfg("config.json", 2),
+        loader.var_builder(DType::BF16, &dev()),
+    )
+    .unwrap();
+    let out = model
+        .forward_train(
+            T5Input::Ids(&input_ids),
+            Some(&mask),
+            &io["labels"],
+            Route::ImageLevel,
+            false,
+        )
+        .unwrap();
+    assert_eq!(out.logits.dtype(), DType::BF16);
+    let d = max_abs_diff(&out.logits, &io["lion.route1.logits"]).unwrap();
+    let scale = io["lion.route1.logits"]
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    eprintln!("bf16 logits vs f32 reference: {d:.3} (max |logit| {scale:.2})");
+    assert!(d.is_finite() && d < 0.05 * scale, "{d} vs scale {scale}");
 }
