@@ -164,17 +164,20 @@ impl AdapterRouter {
         Ok(Self { adapters, router })
     }
 
-    /// xs: (b, t, d) -> (b, t, d)
+    /// xs: (b, t, d) -> (b, t, d), in xs' dtype (computed in the parameters' dtype).
     pub fn forward(&self, xs: &Tensor, route: Route) -> Result<Tensor> {
-        let out1 = self.adapters[0].forward(xs)?;
-        let Some((r1, r2)) = &self.router else {
-            return Ok(out1);
+        let dtype = self.adapters[0].scale.dtype();
+        let x = xs.to_dtype(dtype)?;
+        let out1 = self.adapters[0].forward(&x)?;
+        let out = match &self.router {
+            None => out1,
+            Some((r1, r2)) => {
+                let out2 = self.adapters[1].forward(&x)?;
+                let i = route.index();
+                (out1.broadcast_mul(&r1.get(i)?)? + out2.broadcast_mul(&r2.get(i)?)?)?
+            }
         };
-        let out2 = self.adapters[1].forward(xs)?;
-        let i = route.index();
-        let ratio1 = r1.get(i)?;
-        let ratio2 = r2.get(i)?;
-        out1.broadcast_mul(&ratio1)? + out2.broadcast_mul(&ratio2)?
+        out.to_dtype(xs.dtype())
     }
 
     pub fn num_adapters(&self) -> usize {

@@ -330,6 +330,8 @@ impl T5DenseActDense {
 
 /// `T5LayerFF`: `h + dropout(DenseReluDense(layer_norm(h)))`, plus LION's adapter on the PRE-norm
 /// input when configured: `... + AdapterRouter(h)` (`lion_adapters.py` `forward_ffn_t5`).
+/// The adapters' parameters are always f32 (as upstream, where they are created after the bf16
+/// load) and computed in f32 whatever the backbone's dtype.
 #[derive(Debug, Clone)]
 pub struct T5LayerFF {
     dense_relu_dense: T5DenseActDense,
@@ -342,7 +344,11 @@ impl T5LayerFF {
     /// Keys `DenseReluDense.*`, `layer_norm.weight`, `adapter.*`.
     pub fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
         let adapter = match &cfg.adapter {
-            Some(a) => Some(AdapterRouter::new(a, vb.pp("adapter"))?),
+            // Upstream creates the adapters after the bf16 backbone load: f32 parameters.
+            Some(a) => Some(AdapterRouter::new(
+                a,
+                vb.pp("adapter").set_dtype(DType::F32),
+            )?),
             None => None,
         };
         Ok(Self {
