@@ -4,12 +4,15 @@
 //! [`candle_nn::VarBuilder`] whose paths are the upstream checkpoint keys
 //! (see [`weights`] for loading and key reports).
 
+pub mod adapter;
 pub mod bert;
 pub mod error;
+pub mod generate;
 pub mod kernels;
 pub mod ops;
 pub mod prompt;
 pub mod sentence;
+pub mod t5;
 pub mod testing;
 pub mod util;
 pub mod weights;

@@ -1,0 +1,401 @@
+//! Text generation over the T5 decoder: greedy search and beam search, with the semantics of HF
+//! `transformers` `generate` (v5 `GenerationMixin._sample` / `_beam_search`, with the repetition
+//! penalty and min-length logits processors, and max-length / EOS stopping criteria).
+//!
+//! The encoder runs once per input; for beam search its states are repeated to the beams and each
+//! decoder layer's cross-attention K/V are computed once ([`T5Cache`]). Inputs of different lengths
+//! are batched with a padding mask.
+//!
+//! HF semantics reproduced here (defaults are LION's, `lion_t5.py` L345-392):
+//! - `max_new_tokens`: the decoder sequence (which starts with `decoder_start_token_id`) is at most
+//!   `1 + max_new_tokens` long.
+//! - `min_length`: counts the decoder start token; while the sequence is shorter, EOS is forbidden.
+//! - `repetition_penalty`: every token already in the row's decoder sequence (start token
+//!   included) has its score divided by the penalty when positive, multiplied when negative. Greedy
+//!   applies it to the logits, beam search to the log-probabilities (as HF does).
+//! - beam search keeps the top `2 * num_beams` candidates per step; a candidate that ends in EOS
+//!   (or reaches the maximum length) is a finished hypothesis only if it ranks within the top
+//!   `num_beams`; finished scores are `sum log p / (generated length ^ length_penalty)`.
+//! - `early_stopping`: `True` stops a batch item once `num_beams` hypotheses are finished; `False`
+//!   (the default) stops when the best running beam, length-normalised at the current length, can
+//!   no longer beat the worst finished one; `Never` uses the maximum length for that bound when
+//!   `length_penalty > 0`.
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::Route;
+use crate::t5::{T5Cache, T5ForConditionalGeneration, T5Input};
+use crate::{input_err, Result};
+
+/// HF's `early_stopping` (`True`, `False`, `"never"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EarlyStopping {
+    /// Stop a batch item as soon as `num_beams` hypotheses are finished.
+    True,
+    /// Stop when the heuristic says the running beams cannot improve (HF default).
+    #[default]
+    False,
+    /// Canonical beam search bound (with `length_penalty > 0`, assumes the maximum length).
+    Never,
+}
+
+/// Decoding settings. `Default` gives LION's (`num_beams` 5, `max_new_tokens` 256, `min_length` 1,
+/// `repetition_penalty` 1.5, `length_penalty` 1.0, HF's `early_stopping` False).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationConfig {
+    /// 1 = greedy search.
+    pub num_beams: usize,
+    pub max_new_tokens: usize,
+    pub min_length: usize,
+    pub repetition_penalty: f32,
+    pub length_penalty: f32,
+    pub early_stopping: EarlyStopping,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            num_beams: 5,
+            max_new_tokens: 256,
+            min_length: 1,
+            repetition_penalty: 1.5,
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::False,
+        }
+    }
+}
+
+impl GenerationConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.num_beams == 0 {
+            input_err!("num_beams must be at least 1")
+        }
+        if self.max_new_tokens == 0 {
+            input_err!("max_new_tokens must be at least 1")
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            input_err!(
+                "repetition_penalty must be a positive number, got {}",
+                self.repetition_penalty
+            )
+        }
+        if !self.length_penalty.is_finite() {
+            input_err!("length_penalty must be finite")
+        }
+        Ok(())
+    }
+}
+
+/// Generates text token ids for each input row.
+///
+/// input: ids (b, s) u32 or embeddings (b, s, d); attention_mask: (b, s) 0/1 (None = all ones).
+/// Returns, per row, the generated ids without the decoder start token, ending with EOS when the
+/// row finished (otherwise `max_new_tokens` long). `num_beams == 1` is greedy search.
+pub fn generate(
+    model: &T5ForConditionalGeneration,
+    input: T5Input,
+    attention_mask: Option<&Tensor>,
+    route: Route,
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>> {
+    cfg.validate()?;
+    let _span = tracing::debug_span!("generate", num_beams = cfg.num_beams).entered();
+    let encoder_states = model.encode(input, attention_mask, route, false)?;
+    if cfg.num_beams == 1 {
+        greedy(model, &encoder_states, attention_mask, route, cfg)
+    } else {
+        beam_search(model, &encoder_states, attention_mask, route, cfg)
+    }
+}
+
+/// HF `RepetitionPenaltyLogitsProcessor` on one row.
+fn repetition_penalty(scores: &mut [f32], history: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut seen = vec![false; scores.len()];
+    for &t in history {
+        if let Some(s) = seen.get_mut(t as usize) {
+            *s = true;
+        }
+    }
+    for (s, &hit) in scores.iter_mut().zip(&seen) {
+        if hit {
+            *s = if *s < 0.0 { *s * penalty } else { *s / penalty };
+        }
+    }
+}
+
+/// Logits processors in HF's order: repetition penalty, then min length.
+fn process(scores: &mut [f32], history: &[u32], cfg: &GenerationConfig, eos: u32) {
+    repetition_penalty(scores, history, cfg.repetition_penalty);
+    if history.len() < cfg.min_length {
+        if let Some(s) = scores.get_mut(eos as usize) {
+            *s = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// logits (n, 1, v) -> n rows of f32
+fn rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+}
+
+fn last_tokens(seqs: &[Vec<u32>], dev: &Device) -> Result<Tensor> {
+    let last: Vec<u32> = seqs.iter().map(|s| *s.last().expect("non-empty")).collect();
+    let n = last.len();
+    Ok(Tensor::from_vec(last, (n, 1), dev)?)
+}
+
+fn greedy(
+    model: &T5ForConditionalGeneration,
+    encoder_states: &Tensor,
+    attention_mask: Option<&Tensor>,
+    route: Route,
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>> {
+    let mcfg = model.config();
+    let (eos, pad) = (mcfg.eos_token_id, mcfg.pad_token_id);
+    let b = encoder_states.dim(0)?;
+    let dev = encoder_states.device();
+    let max_length = 1 + cfg.max_new_tokens;
+    let mut cache = model.start_decoding(encoder_states, attention_mask)?;
+    let mut seqs = vec![vec![mcfg.decoder_start_token_id()]; b];
+    let mut unfinished = vec![true; b];
+    // lengths of the real (unpadded) outputs
+    let mut out_len = vec![0usize; b];
+    while seqs[0].len() < max_length && unfinished.iter().any(|&u| u) {
+        let logits = rows(&model.decode_step(&last_tokens(&seqs, dev)?, &mut cache, route)?)?;
+        for (i, mut scores) in logits.into_iter().enumerate() {
+            process(&mut scores, &seqs[i], cfg, eos);
+            // torch.argmax: the first maximum
+            let mut best = 0;
+            for (j, &s) in scores.iter().enumerate() {
+                if s > scores[best] || (scores[best].is_nan() && !s.is_nan()) {
+                    best = j;
+                }
+            }
+            let tok = if unfinished[i] { best as u32 } else { pad };
+            seqs[i].push(tok);
+            if unfinished[i] {
+                out_len[i] += 1;
+                if tok == eos {
+                    unfinished[i] = false;
+                }
+            }
+        }
+    }
+    Ok(seqs
+        .into_iter()
+        .zip(out_len)
+        .map(|(s, n)| s[1..1 + n].to_vec())
+        .collect())
+}
+
+/// Indices of `xs` sorted by value descending; ties keep the lower index first. NaN sorts last.
+fn argsort_desc(xs: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..xs.len()).collect();
+    idx.sort_by(|&a, &b| {
+        xs[b]
+            .partial_cmp(&xs[a])
+            .unwrap_or_else(|| xs[a].is_nan().cmp(&xs[b].is_nan()))
+            .then(a.cmp(&b))
+    });
+    idx
+}
+
+/// The `k` best of `xs` (descending, ties by lower index), as HF's `torch.topk`.
+fn topk(xs: &[f32], k: usize) -> Vec<usize> {
+    if k * 8 < xs.len() {
+        // partial selection for the large (beams x vocab) case
+        let mut idx: Vec<usize> = (0..xs.len()).collect();
+        let cmp = |a: &usize, b: &usize| {
+            xs[*b]
+                .partial_cmp(&xs[*a])
+                .unwrap_or_else(|| xs[*a].is_nan().cmp(&xs[*b].is_nan()))
+                .then(a.cmp(b))
+        };
+        idx.select_nth_unstable_by(k - 1, cmp);
+        idx.truncate(k);
+        idx.sort_by(cmp);
+        idx
+    } else {
+        let mut idx = argsort_desc(xs);
+        idx.truncate(k);
+        idx
+    }
+}
+
+/// Per batch item state of HF's vectorised beam search.
+struct BeamState {
+    running: Vec<Vec<u32>>,
+    running_scores: Vec<f32>,
+    finished: Vec<Vec<u32>>,
+    finished_scores: Vec<f32>,
+    is_finished: Vec<bool>,
+    heuristic_unsatisfied: bool,
+}
+
+fn beam_search(
+    model: &T5ForConditionalGeneration,
+    encoder_states: &Tensor,
+    attention_mask: Option<&Tensor>,
+    route: Route,
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>> {
+    let mcfg = model.config();
+    let eos = mcfg.eos_token_id;
+    let nb = cfg.num_beams;
+    let b = encoder_states.dim(0)?;
+    let dev = encoder_states.device().clone();
+    let max_length = 1 + cfg.max_new_tokens;
+    let prompt_len = 1usize;
+    let beams_to_keep = 2 * nb; // max(2, 1 + n_eos) * num_beams with one EOS id
+    let lp = cfg.length_penalty;
+
+    // encoder states once per input, repeated to the beams (row i*nb + j = input i)
+    let expand: Vec<u32> = (0..b as u32)
+        .flat_map(|i| std::iter::repeat_n(i, nb))
+        .collect();
+    let expand = Tensor::from_vec(expand, b * nb, &dev)?;
+    let states = encoder_states.index_select(&expand, 0)?;
+    let mask = attention_mask
+        .map(|m| m.index_select(&expand, 0))
+        .transpose()?;
+    let mut cache: T5Cache = model.start_decoding(&states, mask.as_ref())?;
+
+    let start = mcfg.decoder_start_token_id();
+    let mut st: Vec<BeamState> = (0..b)
+        .map(|_| {
+            let mut running_scores = vec![-1e9f32; nb];
+            running_scores[0] = 0.0;
+            BeamState {
+                running: vec![vec![start]; nb],
+                running_scores,
+                finished: vec![vec![start]; nb],
+                finished_scores: vec![-1e9; nb],
+                is_finished: vec![false; nb],
+                heuristic_unsatisfied: true,
+            }
+        })
+        .collect();
+    let mut cur_len = prompt_len;
+    loop {
+        let flat: Vec<Vec<u32>> = st.iter().flat_map(|s| s.running.clone()).collect();
+        let logits = model.decode_step(&last_tokens(&flat, &dev)?, &mut cache, route)?;
+        let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+        let mut log_probs = rows(&log_probs)?;
+        let v = log_probs[0].len();
+        for (row, hist) in log_probs.iter_mut().zip(&flat) {
+            process(row, hist, cfg, eos);
+        }
+        let mut all_hit = true;
+        let mut reorder = Vec::with_capacity(b * nb);
+        for (bi, s) in st.iter_mut().enumerate() {
+            // accumulated scores over (beam, token), flattened beam-major
+            let mut acc = Vec::with_capacity(nb * v);
+            for j in 0..nb {
+                let base = s.running_scores[j];
+                acc.extend(log_probs[bi * nb + j].iter().map(|&x| x + base));
+            }
+            let top = topk(&acc, beams_to_keep);
+            let mut cand_seq = Vec::with_capacity(beams_to_keep);
+            let mut cand_beam = Vec::with_capacity(beams_to_keep);
+            let mut cand_score = Vec::with_capacity(beams_to_keep);
+            let mut cand_hit = Vec::with_capacity(beams_to_keep);
+            for &ix in &top {
+                let (beam, tok) = (ix / v, (ix % v) as u32);
+                let mut seq = s.running[beam].clone();
+                seq.push(tok);
+                let hit = tok == eos || seq.len() >= max_length;
+                all_hit &= hit;
+                cand_seq.push(seq);
+                cand_beam.push(beam);
+                cand_score.push(acc[ix]);
+                cand_hit.push(hit);
+            }
+            // e. the best num_beams unfinished candidates keep running
+            let run_scores: Vec<f32> = cand_score
+                .iter()
+                .zip(&cand_hit)
+                .map(|(&x, &h)| x + if h { -1.0e9 } else { -0.0 })
+                .collect();
+            let keep = topk(&run_scores, nb);
+            let new_running: Vec<Vec<u32>> = keep.iter().map(|&k| cand_seq[k].clone()).collect();
+            let new_scores: Vec<f32> = keep.iter().map(|&k| run_scores[k]).collect();
+            reorder.extend(keep.iter().map(|&k| (bi * nb + cand_beam[k]) as u32));
+            // f. finished hypotheses among the top num_beams candidates
+            let denom = ((cur_len + 1 - prompt_len) as f64).powf(lp as f64) as f32;
+            let all_done = s.is_finished.iter().all(|&f| f);
+            let mut merged_scores = s.finished_scores.clone();
+            let mut did = Vec::with_capacity(beams_to_keep);
+            for (k, &x) in cand_score.iter().enumerate() {
+                let just = cand_hit[k] && k < nb;
+                let mut y = x / denom;
+                if all_done && cfg.early_stopping == EarlyStopping::True {
+                    y += -1.0e9;
+                }
+                if !s.heuristic_unsatisfied {
+                    y += -1.0e9;
+                }
+                if !just {
+                    y += -1.0e9;
+                }
+                merged_scores.push(y);
+                did.push(just);
+            }
+            let best = topk(&merged_scores, nb);
+            let mut finished = Vec::with_capacity(nb);
+            let mut fin_scores = Vec::with_capacity(nb);
+            let mut is_fin = Vec::with_capacity(nb);
+            for &m in &best {
+                if m < nb {
+                    finished.push(s.finished[m].clone());
+                    is_fin.push(s.is_finished[m]);
+                } else {
+                    finished.push(cand_seq[m - nb].clone());
+                    is_fin.push(did[m - nb]);
+                }
+                fin_scores.push(merged_scores[m]);
+            }
+            s.running = new_running;
+            s.running_scores = new_scores;
+            s.finished = finished;
+            s.finished_scores = fin_scores;
+            s.is_finished = is_fin;
+        }
+        cur_len += 1;
+        // g. reorder the cache to the surviving beams, update the early-stop heuristic
+        cache.reorder(&Tensor::from_vec(reorder, b * nb, &dev)?)?;
+        for s in st.iter_mut() {
+            let best_len = if cfg.early_stopping == EarlyStopping::Never && lp > 0.0 {
+                max_length - prompt_len
+            } else {
+                cur_len - prompt_len
+            };
+            let best_possible = s.running_scores[0] / (best_len as f64).powf(lp as f64) as f32;
+            let worst = s
+                .finished_scores
+                .iter()
+                .copied()
+                .fold(f32::INFINITY, f32::min);
+            let improvable = s
+                .is_finished
+                .iter()
+                .any(|&f| best_possible > if f { worst } else { -1.0e9 });
+            s.heuristic_unsatisfied &= improvable;
+        }
+        let improvement_possible = st.iter().any(|s| s.heuristic_unsatisfied);
+        let all_finished = st.iter().all(|s| s.is_finished.iter().all(|&f| f));
+        let open = !(all_finished && cfg.early_stopping == EarlyStopping::True);
+        if !(improvement_possible && open && !all_hit) {
+            break;
+        }
+    }
+    Ok(st
+        .into_iter()
+        .map(|s| s.finished[0][prompt_len..].to_vec())
+        .collect())
+}
