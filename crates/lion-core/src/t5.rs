@@ -84,6 +84,9 @@ impl T5LayerNorm {
 impl Module for T5LayerNorm {
     /// xs: (..., d) -> (..., d), in the weight's dtype.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if crate::kernels::applies(xs) && self.weight.dtype() == DType::F32 {
+            return crate::kernels::rms_norm(xs, &self.weight, self.eps);
+        }
         let x32 = xs.to_dtype(DType::F32)?;
         let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
         let xn = x32.broadcast_div(&(var + self.eps)?.sqrt()?)?;
