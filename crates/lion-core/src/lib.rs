@@ -14,6 +14,7 @@ pub mod prompt;
 pub mod sentence;
 pub mod t5;
 pub mod testing;
+pub mod text;
 pub mod util;
 pub mod weights;
 

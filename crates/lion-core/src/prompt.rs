@@ -204,7 +204,8 @@ fn check_batch(e: &Tensor, batch: usize) -> Result<()> {
 /// appearance. A row whose placeholder was truncated away (left truncation of long tag lists)
 /// keeps its embeddings; a row with another count than `slots` is an error.
 ///
-/// embeds: (b, t, d); ids: token ids per row (b x t); prompt: (b, slots, d) -> (b, t, d)
+/// embeds: (b, t, d); ids: token ids per row (b rows of <= t, right padding implied);
+/// prompt: (b, slots, d) -> (b, t, d)
 pub fn insert_soft_prompt(
     embeds: &Tensor,
     ids: &[Vec<u32>],
