@@ -1,1 +1,4 @@
-//! Dataset readers (COCO, VQA, A-OKVQA, TextCaps, RefCOCO, LION jsonl).
+//! Dataset readers (COCO, VQA, A-OKVQA, TextCaps, RefCOCO, LION jsonl) and the ShapesWorld
+//! generator ([`world`]).
+
+pub mod world;
