@@ -1,4 +1,3 @@
-//! Dataset readers (COCO, VQA, A-OKVQA, TextCaps, RefCOCO, LION jsonl) and the ShapesWorld
-//! generator ([`world`]).
+//! Dataset readers (COCO, VQA, A-OKVQA, TextCaps, RefCOCO, LION jsonl).
 
 pub mod world;
