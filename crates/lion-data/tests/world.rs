@@ -151,6 +151,25 @@ fn refuses_to_replace_foreign_or_existing_outputs() {
     assert!(!tmp.path().join("x").exists());
 }
 
+#[test]
+fn an_interrupted_run_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("w");
+    let stop_after_three = |n: u64| {
+        if n == 3 {
+            panic!("interrupted on purpose (test)");
+        }
+    };
+    let err = generate(&cfg(1, 20, 48), &out, false, &stop_after_three).unwrap_err();
+    assert!(matches!(err, WorldError::Stopped(_)), "{err}");
+    assert!(!out.exists());
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "staging left behind"
+    );
+}
+
 // ------------------------------------------------------------------------------------------------
 // Ground truth, read back from the files and checked by interpreters written independently of
 // the generator.

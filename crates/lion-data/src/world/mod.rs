@@ -63,8 +63,9 @@
 //! Every image draws from its own PRNG streams seeded by (seed, split, index), so images are the
 //! same whatever the thread count, and the first N images of a split do not depend on N. Pixels are
 //! blended in integers, PNGs use fixed settings, JSON keys come from struct field order, and
-//! nothing records a time. The output is written into a hidden staging directory beside `out` and
-//! renamed into place at the end, so an interrupted run never leaves a half-written world.
+//! nothing records a time. The output is written into a hidden staging directory beside `out`
+//! (`.NAME.partial-PID`) and renamed into place at the end, so an interrupted run never leaves a
+//! half-written world; a killed process leaves only that hidden folder, safe to delete.
 //!
 //! ```bash
 //! lion world generate --out world --seed 0 --train 2000 --val 200 --test 200
@@ -110,6 +111,8 @@ pub enum WorldError {
     Output { path: PathBuf, msg: String },
     #[error("PNG encoding of {path}: {msg}")]
     Png { path: String, msg: String },
+    #[error("generation stopped: {0}")]
+    Stopped(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WorldError + '_ {
@@ -427,7 +430,8 @@ fn render_all(
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    Err(WorldError::Config("a generator thread panicked".into()))
+                    failed.store(true, Ordering::Relaxed);
+                    Err(WorldError::Stopped("a generator thread panicked".into()))
                 })
             })
             .collect()
