@@ -23,6 +23,8 @@ enum Command {
     Embed(cmd::embed::Args),
     /// The seed experiment end to end (runs what exists so far, and says what does not).
     Demo(cmd::demo::Args),
+    /// ShapesWorld, the synthetic world of the demo: `lion world generate --out DIR --seed S ...`.
+    World(cmd::world::Args),
 }
 
 fn main() {
@@ -37,6 +39,7 @@ fn main() {
     let result = match cli.command {
         Command::Embed(args) => cmd::embed::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::World(args) => cmd::world::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

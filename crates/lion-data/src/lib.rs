@@ -1,1 +1,3 @@
 //! Dataset readers (COCO, VQA, A-OKVQA, TextCaps, RefCOCO, LION jsonl).
+
+pub mod world;
