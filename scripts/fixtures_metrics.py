@@ -11,6 +11,10 @@ Writes tests/fixtures/metrics/:
   vqa.json           560 questions with 10 answers each and a prediction, with the official VQA
                      accuracy per question and overall.
   aokvqa.json, rec.json   small A-OKVQA direct-answer and IoU cases computed here.
+Writes tests/fixtures/data/: small files in each official dataset format (Karpathy split, COCO
+  captions_*.json, VQA questions/annotations, A-OKVQA, TextCaps, RefCOCO refs pickle (Python 3
+  protocol 2, and a Python-2-style one with BINSTRING strings) + instances.json, LION training
+  JSON/JSON lines, result files) plus malformed variants; the Rust tests check what they must say.
 
 The VQA reference: the official vqaEval.py is not on PyPI. This script reproduces its semantics in
 `vqa_reference()` below (written from LAVIS's copy, lavis/common/vqa_tools/vqa_eval.py at
@@ -449,8 +453,160 @@ def aokvqa_and_rec():
     print("aokvqa + rec written")
 
 
+def readers():
+    import pickle
+
+    out = os.path.join(ROOT, "tests", "fixtures", "data")
+    os.makedirs(out, exist_ok=True)
+
+    def dump(name, obj):
+        with open(os.path.join(out, name), "w") as f:
+            json.dump(obj, f, indent=1)
+
+    def lines(name, text):
+        with open(os.path.join(out, name), "w") as f:
+            f.write(text)
+
+    sent = lambda raw: {"tokens": raw.lower().split(), "raw": raw, "imgid": 0, "sentid": 0}
+    karpathy = {"dataset": "coco", "images": [
+        {"filepath": "val2014", "sentids": [0, 1], "filename": "COCO_val2014_000000391895.jpg", "imgid": 0,
+         "split": "test", "sentences": [sent("A man riding a bike."), sent("A person on a bicycle.")],
+         "cocoid": 391895},
+        {"filepath": "train2014", "sentids": [2], "filename": "COCO_train2014_000000000009.jpg", "imgid": 1,
+         "split": "train", "sentences": [sent("Food in a bowl.")], "cocoid": 9},
+        {"filepath": "val2014", "sentids": [3], "filename": "COCO_val2014_000000000042.jpg", "imgid": 2,
+         "split": "restval", "sentences": [sent("A dog.")], "cocoid": 42},
+    ]}
+    dump("dataset_coco.json", karpathy)
+    bad = json.loads(json.dumps(karpathy))
+    del bad["images"][1]["sentences"]
+    dump("dataset_coco_bad.json", bad)
+
+    coco = {"info": {}, "licenses": [],
+            "images": [{"id": 391895, "file_name": "COCO_val2014_000000391895.jpg", "width": 640, "height": 360},
+                       {"id": 522418, "file_name": "COCO_val2014_000000522418.jpg", "width": 640, "height": 480}],
+            "annotations": [{"image_id": 391895, "id": 1, "caption": "A man riding a bike."},
+                            {"image_id": 522418, "id": 2, "caption": "A woman cutting a cake."},
+                            {"image_id": 391895, "id": 3, "caption": "A person on a bicycle."}]}
+    dump("captions_val2014.json", coco)
+    bad = json.loads(json.dumps(coco))
+    bad["annotations"][2]["image_id"] = 777
+    dump("captions_bad.json", bad)
+    with open(os.path.join(out, "captions_broken.json"), "w") as f:
+        f.write('{"images": [\n  {"id": 1, "file_name": "a.jpg"},\n  {"id": 2 "file_name": "b.jpg"}\n]}\n')
+
+    dump("vqa_questions.json", {"info": {}, "task_type": "Open-Ended", "data_type": "mscoco",
+                                "data_subtype": "val2014", "questions": [
+        {"image_id": 391895, "question": "Is the man riding a bike?", "question_id": 3918950},
+        {"image_id": 391895, "question": "How many wheels?", "question_id": 3918951}]})
+    ans = lambda xs: [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(xs)]
+    anns = {"info": {}, "annotations": [
+        {"question_type": "is the", "multiple_choice_answer": "yes", "answers": ans(["yes"] * 9 + ["no"]),
+         "image_id": 391895, "answer_type": "yes/no", "question_id": 3918950},
+        {"question_type": "how many", "multiple_choice_answer": "2", "answers": ans(["2"] * 6 + ["two"] * 4),
+         "image_id": 391895, "answer_type": "number", "question_id": 3918951}]}
+    dump("vqa_annotations.json", anns)
+    bad = json.loads(json.dumps(anns))
+    bad["annotations"][1]["answers"] = "2"
+    dump("vqa_annotations_bad.json", bad)
+
+    aok = [{"split": "val", "image_id": 461751, "question_id": "22jbM6gDxdaMaunuzgrsBB",
+            "question": "What is in the motorcyclist's mouth?", "choices": ["toothpick", "food", "popsicle stick", "cigarette"],
+            "correct_choice_idx": 3, "direct_answers": ["cigarette"] * 10, "difficult_direct_answer": False,
+            "rationales": ["He's smoking."]},
+           {"split": "val", "image_id": 123, "question_id": "abc",
+            "question": "What sport?", "choices": ["tennis", "golf"], "correct_choice_idx": 0,
+            "direct_answers": ["tennis"] * 8 + ["racket", "ball"], "difficult_direct_answer": False,
+            "rationales": []}]
+    dump("aokvqa_v1p0_val.json", aok)
+    bad = json.loads(json.dumps(aok))
+    bad[1]["correct_choice_idx"] = 5
+    dump("aokvqa_bad.json", bad)
+
+    tc = {"dataset_type": "val", "dataset_name": "textcaps", "data": [
+        {"image_id": "0a0bc91825468c45", "image_classes": ["Vehicle"], "image_width": 1024, "image_height": 683,
+         "set_name": "val", "image_name": "0a0bc91825468c45", "image_path": "train/0a0bc91825468c45.jpg",
+         "caption_id": 1, "caption_str": "A bus that says 42.", "reference_strs": ["A bus that says 42.", "Bus number 42."]},
+        {"image_id": "0a0bc91825468c45", "image_width": 1024, "image_height": 683, "set_name": "val",
+         "image_name": "0a0bc91825468c45", "caption_id": 2, "caption_str": "Bus number 42.",
+         "reference_strs": ["A bus that says 42.", "Bus number 42."]},
+        {"image_id": "ffe1", "image_width": 10, "image_height": 10, "set_name": "val", "image_name": "ffe1",
+         "caption_id": 3, "caption_str": "A sign.", "reference_strs": ["A sign."]}]}
+    dump("TextCaps_0.1_val.json", tc)
+    bad = json.loads(json.dumps(tc))
+    bad["data"][2]["image_id"] = None
+    dump("textcaps_bad.json", bad)
+
+    refs = [
+        {"sent_ids": [0, 1], "file_name": "COCO_train2014_000000581857_1719310.jpg", "ann_id": 1719310,
+         "ref_id": 0, "image_id": 581857, "split": "testA", "category_id": 1,
+         "sentences": [{"tokens": ["woman", "in", "front"], "raw": "Woman in front", "sent_id": 0, "sent": "woman in front"},
+                       {"tokens": ["lady", "left"], "raw": "lady left", "sent_id": 1, "sent": "lady left"}]},
+        {"sent_ids": [2], "file_name": "COCO_train2014_000000581857_1719311.jpg", "ann_id": 1719311,
+         "ref_id": 1, "image_id": 581857, "split": "val", "category_id": 18,
+         "sentences": [{"tokens": ["dog"], "raw": "the dog \u00e9", "sent_id": 2, "sent": "the dog \u00e9"}]},
+    ]
+    inst = {"images": [{"id": 581857, "file_name": "COCO_train2014_000000581857.jpg", "width": 640, "height": 427}],
+            "annotations": [{"id": 1719310, "image_id": 581857, "bbox": [103.93, 299.99, 134.22, 127.01],
+                             "category_id": 1, "area": 1.0, "iscrowd": 0},
+                            {"id": 1719311, "image_id": 581857, "bbox": [10, 20, 30, 40.5], "category_id": 18,
+                             "area": 1.0, "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]}
+    dump("instances.json", inst)
+    with open(os.path.join(out, "refs(unc).p"), "wb") as f:
+        pickle.dump(refs, f, protocol=2)
+
+    class Py2Pickler(pickle._Pickler):
+        """Writes str the way Python 2 wrote its byte strings (SHORT_BINSTRING / BINSTRING)."""
+        dispatch = dict(pickle._Pickler.dispatch)
+
+        def save_py2_str(self, obj):
+            b = obj.encode("utf-8")
+            if len(b) < 256:
+                self.write(pickle.SHORT_BINSTRING + bytes([len(b)]) + b)
+            else:
+                self.write(pickle.BINSTRING + len(b).to_bytes(4, "little") + b)
+            self.memoize(obj)
+
+        dispatch[str] = save_py2_str
+
+    import io
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(refs)
+    with open(os.path.join(out, "refs_py2.p"), "wb") as f:
+        f.write(buf.getvalue())
+    bad = json.loads(json.dumps(refs))
+    del bad[1]["ann_id"]
+    with open(os.path.join(out, "refs_bad.p"), "wb") as f:
+        pickle.dump(bad, f, protocol=2)
+    with open(os.path.join(out, "refs_truncated.p"), "wb") as f:
+        f.write(pickle.dumps(refs, protocol=2)[:150])
+
+    lion = [{"image": "coco/1.jpg", "question": "Describe the image briefly.", "answer": "A dog.",
+             "category": "caption", "tags": ["dog", "grass"]},
+            {"image": "coco/2.jpg", "question": "Where is the cat?", "answer": ["[0.1,0.2,0.5,0.9]", "x"],
+             "category": "ref", "tags": "cat, sofa"},
+            {"image_path": "vg/3.jpg", "question": "What colour?", "answer": "red", "category": "vqa"}]
+    dump("lion_train.json", lion)
+    lines("lion_train.jsonl", "\n".join(json.dumps(r) for r in lion) + "\n\n")
+    lines("lion_bad.jsonl", json.dumps(lion[0]) + "\n" + json.dumps(lion[1]) + "\n{\"image\": \"x.jpg\", \"question\": 3,}\n")
+    bad = json.loads(json.dumps(lion))
+    del bad[1]["question"]
+    dump("lion_bad.json", bad)
+
+    dump("caption_results.json", [{"image_id": 391895, "caption": "a man rides a bike"},
+                                  {"image_id": 522418, "caption": "a woman with a cake"}])
+    dump("vqa_results.json", [{"question_id": 3918950, "answer": "Yes"}, {"question_id": 3918951, "answer": "two"}])
+    dump("aokvqa_results.json", [{"question_id": "22jbM6gDxdaMaunuzgrsBB", "answer": "cigarette"},
+                                 {"question_id": "abc", "answer": "racket"}])
+    dump("rec_results.json", [{"ref_id": 0, "box": "Answer: [0.162,0.702,0.372,1.0]"},
+                              {"ref_id": 1, "box": [10, 20, 40, 60.5]}])
+    print("reader fixtures written")
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
+    readers()
     captions()
     ptb_stress()
     vqa()
