@@ -23,6 +23,8 @@ enum Command {
     Embed(cmd::embed::Args),
     /// The seed experiment end to end (runs what exists so far, and says what does not).
     Demo(cmd::demo::Args),
+    /// Score predictions (captioning, VQA, A-OKVQA, REC) against a benchmark's ground truth.
+    Eval(cmd::eval::Args),
 }
 
 fn main() {
@@ -37,6 +39,7 @@ fn main() {
     let result = match cli.command {
         Command::Embed(args) => cmd::embed::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -47,3 +47,24 @@ pub fn read_aokvqa(path: &Path) -> Result<Vec<AokvqaQuestion>> {
     }
     Ok(qs)
 }
+
+/// Reads A-OKVQA direct-answer predictions: `[{question_id, answer}]`, or the official
+/// `{question_id: {"direct_answer": ..., "multiple_choice": ...}}` object.
+pub fn read_aokvqa_results(path: &Path) -> Result<Vec<(String, String)>> {
+    let v = read_value(path)?;
+    if let Some(obj) = v.as_object() {
+        return obj
+            .iter()
+            .map(|(k, x)| {
+                x.get("direct_answer")
+                    .and_then(serde_json::Value::as_str)
+                    .map(|a| (k.clone(), a.to_string()))
+                    .ok_or_else(|| {
+                        crate::error::Error::at_index(path, k, "no \"direct_answer\" string")
+                    })
+            })
+            .collect();
+    }
+    let r: Vec<crate::vqa::VqaResult> = decode_all(path, "", array(path, &v, None)?)?;
+    Ok(r.into_iter().map(|x| (x.question_id, x.answer)).collect())
+}

@@ -26,6 +26,8 @@ pub struct RefExpr {
     pub height: u32,
     /// The expressions (`sent`, falling back to `raw`).
     pub sentences: Vec<String>,
+    /// Their `sent_id`s (same order; the standard evaluation scores each sentence).
+    pub sent_ids: Vec<i64>,
     /// Ground-truth box in pixels, `[x1, y1, x2, y2]`.
     pub bbox: [f64; 4],
 }
@@ -52,6 +54,7 @@ struct RawRef {
     split: String,
     category_id: i64,
     sentences: Vec<String>,
+    sent_ids: Vec<i64>,
 }
 
 fn field<'a>(v: &'a Value, k: &str) -> std::result::Result<&'a Value, String> {
@@ -79,6 +82,7 @@ fn raw_ref(v: &Value) -> std::result::Result<RawRef, String> {
         .as_list()
         .ok_or("\"sentences\" should be a list")?;
     let mut sentences = Vec::with_capacity(sents.len());
+    let mut sent_ids = Vec::with_capacity(sents.len());
     for (j, s) in sents.iter().enumerate() {
         let t = s
             .get("sent")
@@ -86,6 +90,11 @@ fn raw_ref(v: &Value) -> std::result::Result<RawRef, String> {
             .and_then(Value::as_str)
             .ok_or_else(|| format!("sentences[{j}] has no \"sent\" or \"raw\" string"))?;
         sentences.push(t.to_string());
+        sent_ids.push(
+            s.get("sent_id")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| format!("sentences[{j}] has no int \"sent_id\""))?,
+        );
     }
     Ok(RawRef {
         ref_id: int(v, "ref_id")?,
@@ -94,6 +103,7 @@ fn raw_ref(v: &Value) -> std::result::Result<RawRef, String> {
         split,
         category_id: int(v, "category_id")?,
         sentences,
+        sent_ids,
     })
 }
 
@@ -173,8 +183,71 @@ pub fn read_refcoco(
             width: img.width,
             height: img.height,
             sentences: r.sentences,
+            sent_ids: r.sent_ids,
             bbox: [b[0], b[1], b[0] + b[2], b[1] + b[3]],
         });
     }
     Ok(out)
+}
+
+/// A predicted box: pixels `[x1, y1, x2, y2]`, or the model's text (normalised coordinates).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PredBox {
+    Pixels([f64; 4]),
+    Text(String),
+}
+
+/// One REC prediction: keyed by `sent_id` (`id` or `sent_id`) or by `ref_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecResult {
+    pub ref_id: Option<i64>,
+    pub sent_id: Option<i64>,
+    pub pred: PredBox,
+}
+
+/// Reads REC results `[{ref_id | id | sent_id, box}]`, `box` being 4 numbers or a string.
+pub fn read_rec_results(path: &Path) -> Result<Vec<RecResult>> {
+    let v = read_value(path)?;
+    let items = array(path, &v, None)?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| {
+            let err = |m: &str| Error::at_index(path, i, m.to_string());
+            let o = it.as_object().ok_or_else(|| err("expected an object"))?;
+            let get_id = |k: &str| -> Result<Option<i64>> {
+                match o.get(k) {
+                    None | Some(serde_json::Value::Null) => Ok(None),
+                    Some(x) => x
+                        .as_i64()
+                        .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
+                        .map(Some)
+                        .ok_or_else(|| err(&format!("\"{k}\" should be an integer id"))),
+                }
+            };
+            let ref_id = get_id("ref_id")?;
+            let sent_id = match get_id("sent_id")? {
+                Some(s) => Some(s),
+                None => get_id("id")?,
+            };
+            if ref_id.is_none() && sent_id.is_none() {
+                return Err(err("no \"ref_id\", \"id\" or \"sent_id\""));
+            }
+            let pred = match o.get("box").or_else(|| o.get("answer")) {
+                Some(serde_json::Value::String(s)) => PredBox::Text(s.clone()),
+                Some(serde_json::Value::Array(a)) if a.len() == 4 => {
+                    let n: Option<Vec<f64>> = a.iter().map(serde_json::Value::as_f64).collect();
+                    let n = n.ok_or_else(|| err("\"box\" should hold 4 numbers"))?;
+                    PredBox::Pixels([n[0], n[1], n[2], n[3]])
+                }
+                Some(_) => return Err(err("\"box\" should be [x1,y1,x2,y2] or the model's text")),
+                None => return Err(err("no \"box\"")),
+            };
+            Ok(RecResult {
+                ref_id,
+                sent_id,
+                pred,
+            })
+        })
+        .collect()
 }

@@ -8,7 +8,7 @@ use crate::{bleu::Bleu, cider::CiderD, ptb::tokenize_captions, rouge::rouge_l};
 /// Scores of one image.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CaptionItemScores {
-    pub image_id: i64,
+    pub image_id: String,
     pub bleu: [f64; 4],
     pub rouge_l: f64,
     pub cider: f64,
@@ -28,7 +28,7 @@ pub struct CaptionScores {
 /// then [`CaptionEval::compute`].
 #[derive(Debug, Default, Clone)]
 pub struct CaptionEval {
-    ids: Vec<i64>,
+    ids: Vec<String>,
     /// Raw captions waiting for tokenisation (tokenised together at `compute`, as pycocoevalcap
     /// tokenises all references in one run and all predictions in another).
     raw: Vec<(String, Vec<String>)>,
@@ -42,15 +42,20 @@ impl CaptionEval {
     }
 
     /// Adds one image: its predicted caption and its reference captions (raw text).
-    pub fn add(&mut self, image_id: i64, prediction: &str, references: &[String]) {
-        self.ids.push(image_id);
+    pub fn add(&mut self, image_id: impl Into<String>, prediction: &str, references: &[String]) {
+        self.ids.push(image_id.into());
         self.raw.push((prediction.to_string(), references.to_vec()));
         self.tokenized.push(None);
     }
 
     /// Adds one image whose captions are already PTB-tokenised (space-separated).
-    pub fn add_tokenized(&mut self, image_id: i64, hypothesis: &str, references: &[String]) {
-        self.ids.push(image_id);
+    pub fn add_tokenized(
+        &mut self,
+        image_id: impl Into<String>,
+        hypothesis: &str,
+        references: &[String],
+    ) {
+        self.ids.push(image_id.into());
         self.raw.push((String::new(), Vec::new()));
         self.tokenized
             .push(Some((hypothesis.to_string(), references.to_vec())));
@@ -101,7 +106,7 @@ impl CaptionEval {
         };
         let per_item = (0..n)
             .map(|i| CaptionItemScores {
-                image_id: self.ids[i],
+                image_id: self.ids[i].clone(),
                 bleu: bleu_per[i],
                 rouge_l: rouge[i],
                 cider: cider_per[i],

@@ -312,7 +312,7 @@ pub fn aokvqa_da_score(prediction: &str, direct_answers: &[String]) -> f64 {
 /// per question type (each the mean of per-question accuracies), and every item's score.
 #[derive(Debug, Default, Clone)]
 pub struct VqaAccumulator {
-    items: Vec<(i64, f64)>,
+    items: Vec<(String, f64)>,
     by_answer_type: BTreeMap<String, (f64, usize)>,
     by_question_type: BTreeMap<String, (f64, usize)>,
 }
@@ -325,7 +325,7 @@ impl VqaAccumulator {
     /// Scores one question and records it; returns its accuracy in [0, 1].
     pub fn add(
         &mut self,
-        question_id: i64,
+        question_id: impl Into<String>,
         prediction: &str,
         gts: &[GtAnswer],
         answer_type: Option<&str>,
@@ -339,12 +339,12 @@ impl VqaAccumulator {
     /// Records an already computed score (A-OKVQA, exact match, ...).
     pub fn add_score(
         &mut self,
-        question_id: i64,
+        question_id: impl Into<String>,
         acc: f64,
         answer_type: Option<&str>,
         question_type: Option<&str>,
     ) {
-        self.items.push((question_id, acc));
+        self.items.push((question_id.into(), acc));
         if let Some(t) = answer_type {
             let e = self.by_answer_type.entry(t.to_string()).or_default();
             e.0 += acc;
@@ -374,7 +374,7 @@ impl VqaAccumulator {
     }
 
     /// (question id, accuracy) in the order added.
-    pub fn per_item(&self) -> &[(i64, f64)] {
+    pub fn per_item(&self) -> &[(String, f64)] {
         &self.items
     }
 

@@ -121,11 +121,7 @@ fn caption_scores_equal_pycocoevalcap() {
     for im in images {
         let refs: Vec<String> = im["references"].as_array().unwrap().iter().map(s).collect();
         assert_eq!(refs.len(), 5);
-        ev.add(
-            im["image_id"].as_i64().unwrap(),
-            &s(&im["prediction"]),
-            &refs,
-        );
+        ev.add(im["image_id"].to_string(), &s(&im["prediction"]), &refs);
     }
     let got = ev.compute();
     let f = |v: &Value| v.as_f64().unwrap();
@@ -141,7 +137,7 @@ fn caption_scores_equal_pycocoevalcap() {
     check("ROUGE-L".into(), got.rouge_l, f(&doc["rouge_l"]));
     check("CIDEr-D".into(), got.cider, f(&doc["cider"]));
     for (im, ours) in images.iter().zip(&got.per_item) {
-        let id = ours.image_id;
+        let id = &ours.image_id;
         for k in 0..4 {
             check(
                 format!("image {id} BLEU-{}", k + 1),
@@ -182,7 +178,7 @@ fn vqa_accuracy_equals_official() {
             .collect();
         assert_eq!(gts.len(), 10);
         let ours = acc.add(
-            q["question_id"].as_i64().unwrap(),
+            q["question_id"].to_string(),
             &s(&q["prediction"]),
             &gts,
             q["answer_type"].as_str(),
