@@ -6,6 +6,7 @@ Writes tests/fixtures/metrics/:
                      pycocoevalcap's results on them: its PTB tokenisation of every caption (real
                      Java PTBTokenizer, stanford-corenlp-3.4.1.jar inside pycocoevalcap), BLEU-1..4,
                      ROUGE-L and CIDEr(-D), corpus and per image.
+  ptb_random.json    1000 adversarial random lines (glued words, odd spacing) + Java output.
   ptb_stress.json    extra hard lines (abbreviations, URLs, smileys, currency, quotes, ...) with the
                      Java tokenizer's raw output (before punctuation removal), run as one file.
   vqa.json           560 questions with 10 answers each and a prediction, with the official VQA
@@ -251,6 +252,39 @@ def ptb_stress():
         json.dump({"source": "stanford-corenlp-3.4.1.jar PTBTokenizer -preserveLines -lowerCase",
                    "lines": STRESS, "java": java}, f, indent=1, ensure_ascii=False)
     print(f"ptb stress: {len(STRESS)} lines")
+
+
+RANDOM_WORDS = (
+    "a man woman dog dogs cat two 2 three 3 10 100 1,000 3.5 12:30 the of on in with and is are "
+    "sitting standing riding holding next to near red blue black-and-white well-known T-shirt "
+    "man's woman's dogs' it's isn't can't don't won't they're we'll I'm you've she'd "
+    "St. Mr. Dr. U.S. etc. e.g. a.m. p.m. No. vs. Jan. ft. "
+    "( ) [ ] { } \" ' , . ! ? ; : - -- ... & % $5 $ # @ / * + = "
+    "o'clock rock'n'roll 1990s 5th 2x4 10-year-old co-op e-mail www.x.com :) ;) "
+    "skateboard frisbee pizza bench tennis racket giraffe zebra elephant bus train kite").split()
+
+
+def ptb_random():
+    """Adversarial random lines (words glued together, odd spacing, casing): the Java output."""
+    rng = random.Random(3)
+    lines = []
+    for _ in range(1000):
+        s = ""
+        for _ in range(rng.randint(1, 14)):
+            s += rng.choice(RANDOM_WORDS) + rng.choice([" ", " ", " ", " ", "", "  "])
+        r = rng.random()
+        if r < 0.3:
+            s = s.capitalize()
+        elif r < 0.4:
+            s = s.upper()
+        elif r < 0.5:
+            s = s.title()
+        lines.append(s.rstrip() if rng.random() < 0.7 else s)
+    java = java_tokenize(lines)
+    with open(os.path.join(OUT, "ptb_random.json"), "w") as f:
+        json.dump({"source": "stanford-corenlp-3.4.1.jar PTBTokenizer -preserveLines -lowerCase",
+                   "lines": lines, "java": java}, f, separators=(",", ":"), ensure_ascii=False)
+    print(f"ptb random: {len(lines)} lines")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -609,5 +643,6 @@ if __name__ == "__main__":
     readers()
     captions()
     ptb_stress()
+    ptb_random()
     vqa()
     aokvqa_and_rec()

@@ -150,6 +150,7 @@ const RULES: &[Rule] = &[
     r_period,
     r_equals_slash,
     r_hthing,
+    r_word_period,
     r_misc,
     r_space,
 ];
@@ -346,7 +347,8 @@ fn r_word_redaux(s: &[char], pos: usize) -> Option<Match> {
         return None;
     }
     let r = redaux_len(s, pos + w);
-    (r > 0).then(|| Match {
+    let ends = at(s, pos + w + r).is_none_or(|c| !c.is_ascii_alphabetic());
+    (r > 0 && ends).then(|| Match {
         reach: w + r,
         consume: w,
         text: Some(text(s, pos, w)),
@@ -389,13 +391,13 @@ fn r_word(s: &[char], pos: usize) -> Option<Match> {
 fn r_apoword(s: &[char], pos: usize) -> Option<Match> {
     let mut best = 0;
     let c0 = at(s, pos)?;
-    // {APOS}n{APOS}?
+    // {APOS}n{APOS}? (a bare 'n only before a non-letter)
     if is_apos(c0) && matches!(at(s, pos + 1), Some('n' | 'N')) {
-        best = best.max(if at(s, pos + 2).is_some_and(is_apos) {
-            3
-        } else {
-            2
-        });
+        if at(s, pos + 2).is_some_and(is_apos) {
+            best = best.max(3);
+        } else if !at(s, pos + 2).is_some_and(is_letter) {
+            best = best.max(2);
+        }
     }
     // [lLdDjJ]{APOS}
     if matches!(c0, 'l' | 'L' | 'd' | 'D' | 'j' | 'J') && at(s, pos + 1).is_some_and(is_apos) {
@@ -549,7 +551,12 @@ fn likely_url(s: &[char], pos: usize) -> Option<Match> {
         }
     }
     {
-        let seg2 = |c: char| !c.is_whitespace() && !"\"`'<>|.!?(){},-_$".contains(c);
+        // `[^ \t\n\f\r\"`'<>|.!?(){},-_$]`: JFlex reads `,-_` as the range U+002C..U+005F
+        let seg2 = |c: char| {
+            !c.is_whitespace()
+                && !"\"`'<>|.!?(){}$".contains(c)
+                && !('\u{2C}'..='\u{5F}').contains(&c)
+        };
         let mut i = pos;
         loop {
             let n = run(s, i, seg2);
@@ -593,7 +600,8 @@ fn r_email(s: &[char], pos: usize) -> Option<Match> {
         if s[a] != '@' {
             continue;
         }
-        let dom = |c: char| !c.is_whitespace() && !"\"<>|().\u{A0}".contains(c);
+        // dot-separated domain segments of letters, digits, '-' and '_'
+        let dom = |c: char| !c.is_whitespace() && !"\"<>|().{}[]\u{A0}".contains(c);
         let mut i = a + 1;
         let mut end = 0;
         loop {
@@ -602,7 +610,7 @@ fn r_email(s: &[char], pos: usize) -> Option<Match> {
                 break;
             }
             end = i + k;
-            if at(s, i + k) == Some('.') {
+            if at(s, i + k) == Some('.') && at(s, i + k + 1).is_some_and(dom) {
                 i += k + 1;
             } else {
                 break;
@@ -632,7 +640,8 @@ fn r_twitter(s: &[char], pos: usize) -> Option<Match> {
             m(n, n, text(s, pos, n))
         }
         '#' => {
-            let w = word_len(s, pos + 1);
+            // `#` and letters only (digits split off: "#tag10" -> "#tag" "10")
+            let w = run(s, pos + 1, |c| c.is_ascii_alphabetic());
             (w > 0).then(|| Match {
                 reach: w + 1,
                 consume: w + 1,
@@ -782,6 +791,15 @@ fn r_tbspec(s: &[char], pos: usize) -> Option<Match> {
                 best = best.max(k + 1 + b.len());
             }
         }
+    }
+    // TBSPEC2 = APOS [0-9][0-9] ('90), not right after a letter or digit (5'10" is 5 ' 10 '')
+    if at(s, pos).is_some_and(is_apos)
+        && !(pos > 0 && is_alnum(s[pos - 1]))
+        && at(s, pos + 1).is_some_and(|c| c.is_ascii_digit())
+        && at(s, pos + 2).is_some_and(|c| c.is_ascii_digit())
+        && !at(s, pos + 3).is_some_and(|c| is_alnum(c) || c == '-')
+    {
+        best = best.max(3);
     }
     for lit in ["E!", "Yahoo!", "Jeopardy!", "OK!"] {
         if eq_ic(s, pos, lit) {
@@ -973,8 +991,15 @@ fn r_abbrev(s: &[char], pos: usize) -> Option<Match> {
         }
         _ => false,
     };
+    // `{ABBREV1}/[^][^]`: the two characters of trailing context count for the longest match
+    // ("etc.a" is "etc." "a", not the word "etc.a")
+    let reach = if kind == 1 && pos + n + 2 <= s.len() {
+        n + 2
+    } else {
+        n
+    };
     Some(Match {
-        reach: n,
+        reach,
         consume: n,
         text: Some(text(s, pos, n)),
         dup_period: dup,
@@ -1067,6 +1092,7 @@ fn r_thinga(s: &[char], pos: usize) -> Option<Match> {
     })
 }
 
+/// A contraction at the very end of the input (elsewhere it needs a non-letter after it).
 fn r_redaux(s: &[char], pos: usize) -> Option<Match> {
     // 'Tis / 'Twas -> 't is / 't was
     if at(s, pos).is_some_and(is_apos)
@@ -1076,7 +1102,7 @@ fn r_redaux(s: &[char], pos: usize) -> Option<Match> {
         return m(2, 2, normalize_apos(&text(s, pos, 2)));
     }
     let r = redaux_len(s, pos);
-    (r > 0).then(|| Match {
+    (r > 0 && pos + r == s.len()).then(|| Match {
         reach: r,
         consume: r,
         text: Some(normalize_apos(&text(s, pos, r))),
@@ -1162,12 +1188,12 @@ fn r_smiley(s: &[char], pos: usize) -> Option<Match> {
     } else {
         try_end(i)
     }?;
-    if !letter_not_class(s, end) {
+    if at(s, end).is_some_and(|c| c.is_ascii_alphanumeric()) {
         return None;
     }
     let n = end - pos;
     let t = text(s, pos, n).replace('(', "-LRB-").replace(')', "-RRB-");
-    m(n + 1, n, t)
+    m(n, n, t)
 }
 
 fn r_brackets(s: &[char], pos: usize) -> Option<Match> {
@@ -1315,6 +1341,27 @@ fn r_hthing(s: &[char], pos: usize) -> Option<Match> {
         reach: best,
         consume: best,
         text: Some(text(s, pos, best).replace('\u{AD}', "")),
+        dup_period: false,
+    })
+}
+
+/// A word (or hyphenated word) whose period is followed by `,` `;` or `:` keeps the period
+/// ("dog.," -> "dog." ","), as an abbreviation would.
+fn r_word_period(s: &[char], pos: usize) -> Option<Match> {
+    if !at(s, pos).is_some_and(is_letter) {
+        return None;
+    }
+    let w = [r_word(s, pos), r_thing(s, pos), r_hthing(s, pos)]
+        .into_iter()
+        .flatten()
+        .map(|m| m.consume)
+        .max()?;
+    (at(s, pos + w) == Some('.')
+        && matches!(at(s, pos + w + 1), Some(',' | ';' | ':' | '\u{3001}')))
+    .then(|| Match {
+        reach: w + 2,
+        consume: w + 1,
+        text: Some(normalize_apos(&text(s, pos, w + 1)).replace('\u{AD}', "")),
         dup_period: false,
     })
 }

@@ -112,6 +112,44 @@ fn ptb_tokenisation_equals_java_on_stress_lines() {
     );
 }
 
+/// Adversarial random lines: measured agreement with the Java tokenizer. The known misses are
+/// digits glued to a URL (`10www.x.com`), which the jar splits by a rule we did not find.
+#[test]
+fn ptb_tokenisation_on_random_lines() {
+    let doc = fixture("ptb_random.json");
+    let lines: Vec<String> = doc["lines"].as_array().unwrap().iter().map(s).collect();
+    let java: Vec<String> = doc["java"].as_array().unwrap().iter().map(s).collect();
+    let ours = ptb_tokenize_lines(&lines);
+    let keep = |t: &&str| !PUNCTUATIONS.contains(t);
+    let mut bad = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let jf: Vec<&str> = java[i]
+            .split(' ')
+            .filter(|t| !t.is_empty())
+            .filter(keep)
+            .collect();
+        let of: Vec<&str> = ours[i].iter().map(String::as_str).filter(keep).collect();
+        if jf != of {
+            bad.push(format!(
+                "{l:?}\n  java: {:?}\n  ours: {:?}",
+                java[i],
+                ours[i].join(" ")
+            ));
+        }
+    }
+    println!(
+        "random lines: {} of {} equal to Java after punctuation removal",
+        lines.len() - bad.len(),
+        lines.len()
+    );
+    assert!(
+        bad.len() <= 2,
+        "{} lines differ:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
 #[test]
 fn caption_scores_equal_pycocoevalcap() {
     let doc = fixture("captions.json");
