@@ -1310,6 +1310,9 @@ fn r_hthing(s: &[char], pos: usize) -> Option<Match> {
     // backtrack over the greedy body: the longest overall match wins
     let mut best = 0;
     for head in (pos + 1..=pos + 1 + b).rev() {
+        if at(s, head) != Some('-') {
+            continue;
+        }
         let mut j = head;
         let mut parts = 0;
         while at(s, j) == Some('-') {

@@ -345,7 +345,7 @@ fn rec(args: &Args) -> Result<Value> {
         let (k, key) = match (p.sent_id, p.ref_id) {
             (Some(s), _) => (by_sent.get(&s), format!("sent_id {s}")),
             (None, Some(r)) => (by_ref.get(&r), format!("ref_id {r}")),
-            (None, None) => unreachable!("the reader requires an id"),
+            (None, None) => bail!("{}: record {i}: no id", args.pred.display()),
         };
         let r = &refs[*k.with_context(|| {
             format!(
