@@ -143,6 +143,23 @@ fn aokvqa_and_rec_eval() {
     // "cigarette" x10 -> 1, "racket" x1 -> 1/3
     let s = read(&out)["overall"]["score"].as_f64().unwrap();
     assert!((s - (1.0 + 1.0 / 3.0) / 2.0).abs() < 1e-12);
+    // the evaluation script's {question_id: answer}; a missing question scores 0
+    let aok = dir.path().join("aok.json");
+    write(&aok, &json!({"22jbM6gDxdaMaunuzgrsBB": "cigarette"}));
+    let (ok, _, stderr) = lion(&[
+        "--task",
+        "aokvqa",
+        "--pred",
+        aok.to_str().unwrap(),
+        "--gt",
+        &p("aokvqa_v1p0_val.json"),
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let o = &read(&out)["overall"];
+    assert!((o["score"].as_f64().unwrap() - 0.5).abs() < 1e-12, "{o}");
+    assert_eq!(o["missing"], 1);
 
     // REC: model text (normalised) for sent 0, unparsable text for sent 1, pixels for sent 2
     let pred = dir.path().join("rec.json");

@@ -48,19 +48,23 @@ pub fn read_aokvqa(path: &Path) -> Result<Vec<AokvqaQuestion>> {
     Ok(qs)
 }
 
-/// Reads A-OKVQA direct-answer predictions: `[{question_id, answer}]`, or the official
-/// `{question_id: {"direct_answer": ..., "multiple_choice": ...}}` object.
+/// Reads A-OKVQA direct-answer predictions: `[{question_id, answer}]`, the evaluation script's
+/// `{question_id: answer}`, or the leaderboard's `{question_id: {"direct_answer": ...}}`.
 pub fn read_aokvqa_results(path: &Path) -> Result<Vec<(String, String)>> {
     let v = read_value(path)?;
     if let Some(obj) = v.as_object() {
         return obj
             .iter()
             .map(|(k, x)| {
-                x.get("direct_answer")
-                    .and_then(serde_json::Value::as_str)
+                x.as_str()
+                    .or_else(|| x.get("direct_answer").and_then(serde_json::Value::as_str))
                     .map(|a| (k.clone(), a.to_string()))
                     .ok_or_else(|| {
-                        crate::error::Error::at_index(path, k, "no \"direct_answer\" string")
+                        crate::error::Error::at_index(
+                            path,
+                            k,
+                            "expected an answer string or {\"direct_answer\": string}",
+                        )
                     })
             })
             .collect();

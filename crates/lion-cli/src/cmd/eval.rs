@@ -6,8 +6,9 @@
 //!   pycocoevalcap computes them, over the predicted images.
 //! - vqa: `--pred [{question_id, answer}]`, `--gt` the annotations file (`--questions` optional,
 //!   checked against it); the official VQA accuracy, per answer type too.
-//! - aokvqa: `--pred [{question_id, answer}]` or `{question_id: {direct_answer}}`, `--gt` an
-//!   A-OKVQA split file; the direct-answer score.
+//! - aokvqa: `--pred [{question_id, answer}]`, `{question_id: answer}` or
+//!   `{question_id: {direct_answer}}`, `--gt` an A-OKVQA split file; the direct-answer score over
+//!   all questions of the file, a missing prediction scoring 0 (as `eval_predictions.py` does).
 //! - rec: `--pred [{ref_id | id | sent_id, box}]` (`box` = pixel `[x1,y1,x2,y2]` or the model's
 //!   text `"Answer: [0.1,0.2,0.5,0.9]"`), `--gt` a `refs(unc|google|umd).p` with `--instances`;
 //!   Acc@0.5, mean IoU, the IoU histogram; unparsable text counts as a miss.
@@ -304,10 +305,23 @@ fn aokvqa(args: &Args) -> Result<Value> {
     if acc.is_empty() {
         bail!("{}: no predictions", args.pred.display());
     }
-    let missing = by_id.len() - seen.len();
+    // the official script averages over every question of the split: a missing one scores 0
+    let mut missing = 0;
+    for q in &qs {
+        if !seen.contains(q.question_id.as_str()) {
+            missing += 1;
+            acc.add_score(q.question_id.clone(), 0.0, None, None);
+            per_item.push(json!({"question_id": q.question_id, "answer": null, "score": 0.0}));
+        }
+    }
+    if missing > 0 {
+        tracing::warn!(
+            "{missing} questions have no prediction: scored 0, as the official script does"
+        );
+    }
     table(
         &format!(
-            "A-OKVQA direct answer over {} questions ({missing} without prediction)",
+            "A-OKVQA direct answer over {} questions ({missing} without prediction, scored 0)",
             acc.len()
         ),
         &[("score".into(), format!("{:.2}", 100.0 * acc.overall()))],
