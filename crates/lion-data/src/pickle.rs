@@ -78,20 +78,83 @@ enum V {
     Mark,
 }
 
+/// Containers nested deeper than this are refused (plain data files nest a few levels).
+const MAX_DEPTH: usize = 1000;
+
 impl V {
-    fn freeze(&self) -> Value {
-        match self {
-            V::Plain(v) => v.clone(),
-            V::List(l) => Value::List(l.borrow().iter().map(V::freeze).collect()),
-            V::Dict(d) => Value::Dict(
-                d.borrow()
-                    .iter()
-                    .map(|(k, v)| (k.freeze(), v.freeze()))
-                    .collect(),
-            ),
-            V::Tuple(t) => Value::Tuple(t.iter().map(V::freeze).collect()),
-            V::Mark => Value::None,
+    /// The owned value; `None` for a container that contains itself or nests too deep.
+    fn freeze(&self, depth: usize) -> Option<Value> {
+        if depth > MAX_DEPTH {
+            return None;
         }
+        Some(match self {
+            V::Plain(v) => v.clone(),
+            V::List(l) => {
+                let l = l.try_borrow_mut().ok()?; // a mutable borrow detects self-reference
+                Value::List(
+                    l.iter()
+                        .map(|x| x.freeze(depth + 1))
+                        .collect::<Option<_>>()?,
+                )
+            }
+            V::Dict(d) => {
+                let d = d.try_borrow_mut().ok()?; // a mutable borrow detects self-reference
+                let kv = d
+                    .iter()
+                    .map(|(k, v)| Some((k.freeze(depth + 1)?, v.freeze(depth + 1)?)))
+                    .collect::<Option<_>>()?;
+                Value::Dict(kv)
+            }
+            V::Tuple(t) => Value::Tuple(
+                t.iter()
+                    .map(|x| x.freeze(depth + 1))
+                    .collect::<Option<_>>()?,
+            ),
+            V::Mark => Value::None,
+        })
+    }
+}
+
+/// Drops a value graph without recursion (a crafted file can nest containers very deep).
+fn drop_iter(mut work: Vec<V>) {
+    while let Some(v) = work.pop() {
+        match v {
+            V::List(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    work.extend(cell.into_inner());
+                }
+            }
+            V::Dict(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    for (k, v) in cell.into_inner() {
+                        work.push(k);
+                        work.push(v);
+                    }
+                }
+            }
+            V::Tuple(rc) => {
+                if let Ok(items) = Rc::try_unwrap(rc) {
+                    work.extend(items);
+                }
+            }
+            V::Plain(_) | V::Mark => {}
+        }
+    }
+}
+
+/// The unpickler's state; dropped iteratively.
+#[derive(Default)]
+struct Machine {
+    stack: Vec<V>,
+    memo: std::collections::HashMap<u64, V>,
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let mut all = std::mem::take(&mut self.stack);
+        // (cycles are leaked: Rc cannot free them, and that is harmless for one bad file)
+        all.extend(std::mem::take(&mut self.memo).into_values());
+        drop_iter(all);
     }
 }
 
@@ -121,7 +184,7 @@ impl<'a> Reader<'a> {
         })
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], PickleError> {
-        if self.pos + n > self.b.len() {
+        if self.pos.checked_add(n).is_none_or(|end| end > self.b.len()) {
             return self.err(self.pos, format!("truncated: wanted {n} more bytes"));
         }
         let s = &self.b[self.pos..self.pos + n];
@@ -184,8 +247,8 @@ fn long_le(r: &Reader, at: usize, b: &[u8]) -> Result<i64, PickleError> {
 /// Decodes one pickle.
 pub fn from_slice(bytes: &[u8]) -> Result<Value, PickleError> {
     let mut r = Reader { b: bytes, pos: 0 };
-    let mut stack: Vec<V> = Vec::new();
-    let mut memo: std::collections::HashMap<u64, V> = std::collections::HashMap::new();
+    let mut machine = Machine::default();
+    let Machine { stack, memo } = &mut machine;
     loop {
         let at = r.pos;
         let op = r.u8()?;
@@ -219,7 +282,17 @@ pub fn from_slice(bytes: &[u8]) -> Result<Value, PickleError> {
             }
             b'.' => {
                 let v = pop!();
-                return Ok(v.freeze());
+                return match v.freeze(0) {
+                    Some(x) => Ok(x),
+                    None => {
+                        // a cyclic or absurdly deep graph: leak it rather than risk a deep drop
+                        std::mem::forget((v, stack, memo));
+                        r.err(
+                            at,
+                            format!("a container contains itself or nests deeper than {MAX_DEPTH}"),
+                        )
+                    }
+                };
             }
             b'(' => stack.push(V::Mark),
             b']' => stack.push(V::List(Rc::new(RefCell::new(Vec::new())))),
@@ -249,7 +322,8 @@ pub fn from_slice(bytes: &[u8]) -> Result<Value, PickleError> {
                 if stack.len() < n {
                     return r.err(at, "stack underflow");
                 }
-                let items = stack.split_off(stack.len() - n);
+                let at_split = stack.len() - n;
+                let items = stack.split_off(at_split);
                 if items.iter().any(|v| matches!(v, V::Mark)) {
                     return r.err(at, "MARK inside a tuple");
                 }
@@ -465,6 +539,42 @@ mod tests {
             l[1],
             Value::Tuple(vec![Value::Bool(true), Value::Int(-3), Value::Int(70000)])
         );
+    }
+
+    /// Every single-byte corruption and every truncation of a real refs-style pickle decodes or
+    /// fails cleanly (no panic, no runaway allocation).
+    #[test]
+    fn corrupted_pickles_never_panic() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/data/refs(unc).p"
+        );
+        let good = std::fs::read(path).unwrap();
+        assert!(from_slice(&good).is_ok());
+        for n in 0..good.len() {
+            let _ = from_slice(&good[..n]);
+        }
+        for i in 0..good.len() {
+            for x in [0x00u8, 0xff, 0x80, b'(', b'.', b'q', b'h', 0x8d, b'X'] {
+                let mut b = good.clone();
+                b[i] = x;
+                let _ = from_slice(&b);
+            }
+        }
+    }
+
+    #[test]
+    fn deep_and_cyclic_pickles_are_errors() {
+        let mut deep = b"\x80\x02".to_vec();
+        deep.extend(std::iter::repeat_n(b']', 200_000));
+        deep.extend(std::iter::repeat_n(b'a', 199_999));
+        deep.push(b'.');
+        assert!(from_slice(&deep).unwrap_err().msg.contains("deeper"));
+        deep.pop(); // no STOP: truncated, the deep graph is still dropped safely
+        assert!(from_slice(&deep).unwrap_err().msg.contains("truncated"));
+        // l = []; l.append(l)
+        let cyc = b"\x80\x02]q\x00h\x00a.";
+        assert!(from_slice(cyc).unwrap_err().msg.contains("itself"));
     }
 
     #[test]
