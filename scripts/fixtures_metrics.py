@@ -242,6 +242,11 @@ STRESS = [
     "a man with $100 and \u00a350 and \u20ac20 and \u00a5500",
     "I'd like 2 hot-dogs, please!",
     "Look at that!! Isn't it cute?",
+    "a dog \U0001f436 on grass \U0001f600! dog\U0001f436cat",
+    "na\u00efve caf\u00e9 \u00fcber \u00f1and\u00fa 25\u00b0C 3\u00d74 \u00bd cup \u2122 \u00a9",
+    "\u4e2d\u6587 \u5b57\u5e55 and \u65e5\u672c, \u03b1 \u03b2 \u03a9 \u00b5",
+    "\u201chi\u201d \u2018yo\u2019 \u00abq\u00bb \u2039r\u203a \u00a7 \u2022 \u2020 \u2030",
+    "x \u2265 y \u2264 z \u2260 w \u00b1 1 \u2190 \u2192 \u00bfque? \u00a1hola!",
     "the dog's",
 ]
 

@@ -156,6 +156,11 @@ const RULES: &[Rule] = &[
 ];
 
 fn longest(s: &[char], pos: usize) -> Option<Match> {
+    // the lexer sees UTF-16: a character outside the BMP is two surrogates it cannot tokenise,
+    // and they are deleted (emoji vanish)
+    if s[pos] > '\u{FFFF}' {
+        return None;
+    }
     let mut best: Option<Match> = None;
     for rule in RULES {
         if let Some(mm) = rule(s, pos) {
@@ -1133,9 +1138,10 @@ fn r_quotes(s: &[char], pos: usize) -> Option<Match> {
     let out = match t.as_str() {
         "'" if opens => "`",
         "'" | "\u{92}" | "\u{2019}" | "\u{201B}" | "\u{2032}" => "'",
-        "`" | "\u{91}" | "\u{2018}" => "`",
+        "`" | "\u{91}" | "\u{2018}" | "\u{2039}" => "`",
         "\u{201C}" | "\u{93}" | "\u{84}" | "\u{201E}" | "\u{AB}" | "``" => "``",
         "\u{201D}" | "\u{94}" | "\u{BB}" => "''",
+        "\u{203A}" => "'",
         _ => {
             if t.chars().all(|c| matches!(c, '`' | '\u{2018}' | '\u{91}')) {
                 "``"
