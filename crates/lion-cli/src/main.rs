@@ -25,6 +25,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// ShapesWorld, the synthetic world of the demo: `lion world generate --out DIR --seed S ...`.
     World(cmd::world::Args),
+    /// Score predictions (captioning, VQA, A-OKVQA, REC) against a benchmark's ground truth.
+    Eval(cmd::eval::Args),
 }
 
 fn main() {
@@ -40,6 +42,7 @@ fn main() {
         Command::Embed(args) => cmd::embed::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::World(args) => cmd::world::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

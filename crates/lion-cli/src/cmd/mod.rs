@@ -1,6 +1,7 @@
 pub mod demo;
 pub mod embed;
 pub mod world;
+pub mod eval;
 
 use anyhow::Result;
 use candle_core::Device;
