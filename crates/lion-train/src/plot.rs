@@ -73,6 +73,14 @@ fn draw_panel<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc(panel.x_label)
+        // epochs are whole numbers: leave fractional ticks unlabelled
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() < 1e-9 {
+                format!("{x:.0}")
+            } else {
+                String::new()
+            }
+        })
         .y_desc(panel.y_label)
         .label_style(("sans-serif", 13))
         .draw()?;

@@ -36,7 +36,10 @@ impl TripletMarginLoss {
     pub fn forward(&self, anchor: &Tensor, positive: &Tensor, negative: &Tensor) -> Result<Tensor> {
         let d_pos = pairwise_distance(anchor, positive, self.p, self.eps)?;
         let d_neg = pairwise_distance(anchor, negative, self.p, self.eps)?;
-        ((d_pos - d_neg)? + self.margin)?.relu()?.mean_all()
+        let x = ((d_pos - d_neg)? + self.margin)?;
+        // candle's relu maps NaN to 0; PyTorch's clamp_min keeps it. `0 * x` is exactly 0 (and
+        // so is its gradient) for finite x and NaN for NaN x, so a NaN input gives a NaN loss.
+        (x.relu()? + (&x * 0.0)?)?.mean_all()
     }
 }
 
@@ -89,6 +92,20 @@ mod tests {
         let want = ((91f64).powf(1.0 / 3.0) - 1.0 + 1.0) / 2.0;
         let v = l3.forward(&a, &p, &n).unwrap().to_scalar::<f32>().unwrap();
         assert!((v as f64 - want).abs() < 1e-5, "{v} vs {want}");
+    }
+
+    #[test]
+    fn nan_propagates_as_in_pytorch() {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[[0f32, 0.], [1., 1.]], &dev).unwrap();
+        let p = Tensor::new(&[[f32::NAN, 4.], [1., 1.]], &dev).unwrap();
+        let n = Tensor::new(&[[0f32, 1.], [1., 4.]], &dev).unwrap();
+        let v = TripletMarginLoss::default()
+            .forward(&a, &p, &n)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(v.is_nan(), "{v}");
     }
 
     #[test]

@@ -358,10 +358,13 @@ impl TripletTrainer {
         let n = Self::gather(data, neg)?;
         let (loss, a) = self.loss(&texts, &p, &n, true)?;
         let stats = Self::stats(&loss, &a, &p, &n)?;
-        if !stats.loss_sum.is_finite() {
+        if ![stats.loss_sum, stats.cos_ap_sum, stats.cos_an_sum]
+            .iter()
+            .all(|x| x.is_finite())
+        {
             return Err(Error::Input(format!(
-                "the loss is not finite ({}); stopping (lower the learning rate?)",
-                stats.loss_sum
+                "the loss or the embeddings are not finite (loss {}); stopping (a NaN in the data, or too high a learning rate?)",
+                stats.loss().unwrap_or(f64::NAN)
             )));
         }
         let grads = loss.backward()?;

@@ -1,5 +1,7 @@
 pub mod demo;
 pub mod embed;
+pub mod select_captions;
+pub mod train_tag_encoder;
 
 use anyhow::Result;
 use candle_core::Device;
