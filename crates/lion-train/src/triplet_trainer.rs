@@ -466,11 +466,19 @@ impl TripletTrainer {
                     e => e,
                 })?;
                 total.add(&s);
+                let seconds = ts.elapsed().as_secs_f64();
+                tracing::debug!(
+                    epoch,
+                    step = step + 1,
+                    loss = s.loss().unwrap_or(f64::NAN),
+                    seconds,
+                    "triplet step"
+                );
                 on_event(&TrainEvent::Step {
                     epoch,
                     step: step + 1,
                     loss: s.loss().unwrap_or(f64::NAN),
-                    seconds: ts.elapsed().as_secs_f64(),
+                    seconds,
                 });
             }
             let train_seconds = t0.elapsed().as_secs_f64();
