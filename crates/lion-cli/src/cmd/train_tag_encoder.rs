@@ -31,10 +31,13 @@ pub struct Args {
     /// Output model folder.
     #[arg(long)]
     out: PathBuf,
+    /// Passes over the training images.
     #[arg(long, default_value_t = 5)]
     epochs: usize,
+    /// Images per optimizer step.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    /// AdamW learning rate.
     #[arg(long, default_value_t = 5e-5)]
     lr: f64,
     /// AdamW decoupled weight decay.
@@ -49,6 +52,7 @@ pub struct Args {
     /// Fraction of the images held out for validation.
     #[arg(long, default_value_t = 0.05)]
     val_fraction: f64,
+    /// Seed of the split, the batch order and the negatives.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Train without dropout.
