@@ -21,6 +21,10 @@ struct Cli {
 enum Command {
     /// Sentence embeddings with a BERT model folder (all-MiniLM-L6-v2 by default), as JSON lines.
     Embed(cmd::embed::Args),
+    /// The centroid-nearest caption of every image (Dynamic LION step 2), as JSON lines.
+    SelectCaptions(cmd::select_captions::Args),
+    /// Triplet fine-tuning of the tag encoder towards the chosen captions (Dynamic LION step 3).
+    TrainTagEncoder(cmd::train_tag_encoder::Args),
     /// The seed experiment end to end (runs what exists so far, and says what does not).
     Demo(cmd::demo::Args),
     /// ShapesWorld, the synthetic world of the demo: `lion world generate --out DIR --seed S ...`.
@@ -43,6 +47,8 @@ fn main() {
         Command::Demo(args) => cmd::demo::run(args),
         Command::World(args) => cmd::world::run(args),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::SelectCaptions(args) => cmd::select_captions::run(args),
+        Command::TrainTagEncoder(args) => cmd::train_tag_encoder::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

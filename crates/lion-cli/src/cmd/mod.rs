@@ -2,6 +2,8 @@ pub mod demo;
 pub mod embed;
 pub mod world;
 pub mod eval;
+pub mod select_captions;
+pub mod train_tag_encoder;
 
 use anyhow::Result;
 use candle_core::Device;

@@ -1,0 +1,128 @@
+//! `lion train-tag-encoder`: triplet fine-tuning of the tag encoder (Dynamic LION step 3).
+//! OUT becomes a model folder (`lion embed --model OUT` loads it) with `metrics.jsonl`,
+//! `curves.png` and `train_config.json` beside the weights.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use lion_core::sentence::SentenceEmbedder;
+use lion_train::centroid::select_captions;
+use lion_train::records::{read_chosen, read_images};
+use lion_train::tag_encoder::TagEncoder;
+use lion_train::triplet_trainer::{
+    triplet_data, TrainEvent, TrainOutputs, TripletConfig, TripletTrainer,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Sentence-transformer folder: embeds the chosen captions (frozen) and, unless --encoder
+    /// is given, initialises the tag encoder.
+    #[arg(long, default_value = super::DEFAULT_MINILM)]
+    model: PathBuf,
+    /// Initial tag-encoder folder (default: --model).
+    #[arg(long)]
+    encoder: Option<PathBuf>,
+    /// Images as JSON lines: {"image": id, "captions": [...], "tags": [...]}.
+    #[arg(long)]
+    data: PathBuf,
+    /// Chosen captions from `lion select-captions` (default: selected here).
+    #[arg(long)]
+    chosen: Option<PathBuf>,
+    /// Output model folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Passes over the training images.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Images per optimizer step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f64,
+    /// AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Triplet margin.
+    #[arg(long, default_value_t = 1.0)]
+    margin: f64,
+    /// Norm degree of the triplet distances.
+    #[arg(long, default_value_t = 2.0)]
+    p: f64,
+    /// Fraction of the images held out for validation.
+    #[arg(long, default_value_t = 0.05)]
+    val_fraction: f64,
+    /// Seed of the split, the batch order and the negatives.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Train without dropout.
+    #[arg(long)]
+    no_dropout: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cfg = TripletConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        margin: args.margin,
+        p: args.p,
+        val_fraction: args.val_fraction,
+        seed: args.seed,
+        dropout: !args.no_dropout,
+        ..Default::default()
+    };
+    cfg.validate()?;
+    let images = read_images(&args.data)?;
+    let dev = super::device()?;
+    let data = {
+        let frozen = SentenceEmbedder::load(&args.model, &dev, None)
+            .with_context(|| format!("cannot load model folder {}", args.model.display()))?;
+        let chosen = match &args.chosen {
+            Some(path) => read_chosen(path, &images)?,
+            None => {
+                let pb = super::progress(images.len() as u64, "selecting captions");
+                let c = select_captions(&frozen, &images, 64, |n| pb.inc(n as u64))?;
+                pb.finish_and_clear();
+                c
+            }
+        };
+        triplet_data(&images, &chosen, &frozen, 64)?
+    };
+    let init = args.encoder.as_ref().unwrap_or(&args.model);
+    let encoder = TagEncoder::load(init, &dev)
+        .with_context(|| format!("cannot load tag encoder {}", init.display()))?;
+    let mut trainer = TripletTrainer::new(encoder, cfg)?;
+    let out = TrainOutputs {
+        dir: args.out.clone(),
+    };
+    let mut pb: Option<indicatif::ProgressBar> = None;
+    trainer.fit(&data, &out, |ev| match ev {
+        TrainEvent::Start {
+            steps_per_epoch, ..
+        } => {
+            pb = Some(super::progress(
+                (*steps_per_epoch * args.epochs) as u64,
+                "training",
+            ));
+        }
+        TrainEvent::Step { epoch, loss, .. } => {
+            if let Some(pb) = &pb {
+                pb.set_message(format!("epoch {epoch} loss {loss:.4}"));
+                pb.inc(1);
+            }
+        }
+        TrainEvent::Epoch(_) => {}
+    })?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    println!(
+        "tag encoder written to {} (metrics: {}, curves: {})",
+        out.dir.display(),
+        out.metrics().display(),
+        out.curves().display()
+    );
+    Ok(())
+}

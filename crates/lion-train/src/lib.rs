@@ -1,0 +1,16 @@
+//! LION-rs training.
+//!
+//! - [`centroid`]: centroid caption selection (the caption nearest the mean of an image's caption
+//!   embeddings).
+//! - [`triplet_trainer`]: triplet fine-tuning of the [`tag_encoder`] towards the chosen captions'
+//!   embeddings, with [`triplet::TripletMarginLoss`] and AdamW; metrics as JSONL, curves as PNG
+//!   ([`plot`]).
+//! - [`records`]: the JSON-lines inputs and outputs of these stages.
+
+pub mod centroid;
+pub mod plot;
+pub mod records;
+pub mod rng;
+pub mod tag_encoder;
+pub mod triplet;
+pub mod triplet_trainer;

@@ -1,0 +1,657 @@
+//! Triplet fine-tuning of the tag encoder (Dynamic LION step 3, lion-upstream §3.4):
+//! anchor = encoder(`"tag: score, ..."`), positive = the image's chosen caption embedded by the
+//! frozen sentence transformer, negative = the chosen caption embedding of a different image
+//! (uniform, seeded, never the same image; DynLION's could collide with the positive).
+//! Loss: [`TripletMarginLoss`]; optimizer: AdamW (PyTorch semantics, decoupled weight decay).
+//!
+//! Each epoch: a seeded shuffle of the training images, batches of `batch_size`, one AdamW step
+//! per batch; then the validation split is scored with fixed negatives (drawn once, so the
+//! validation loss is comparable across epochs). Epoch 0 is the validation score before
+//! training. Per epoch, `metrics.jsonl` gets one line (appended atomically), `curves.png` is
+//! redrawn and the model folder is saved, so a killed run keeps its last finished epoch.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use lion_core::{input_err, Error, Result};
+use serde::{Deserialize, Serialize};
+
+use lion_core::sentence::SentenceEmbedder;
+
+use crate::plot::{draw_png, Panel, Series};
+use crate::records::append_jsonl_atomic;
+use crate::records::{Chosen, ImageRecord};
+use crate::rng::SplitMix64;
+use crate::tag_encoder::TagEncoder;
+use crate::triplet::{cosine_similarity, TripletMarginLoss};
+
+/// Hyper-parameters. Defaults follow DynLION's `bert/fine-tune.yaml` where it has them
+/// (lr 5e-5, batch 16, 5 epochs, 5% validation) and PyTorch's otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TripletConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub adam_eps: f64,
+    pub margin: f64,
+    /// Norm degree of the triplet distances.
+    pub p: f64,
+    pub val_fraction: f64,
+    pub seed: u64,
+    /// Dropout in the encoder while training (the model's own rates); off for parity tests.
+    pub dropout: bool,
+}
+
+impl Default for TripletConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 5,
+            batch_size: 16,
+            lr: 5e-5,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            adam_eps: 1e-8,
+            margin: 1.0,
+            p: 2.0,
+            val_fraction: 0.05,
+            seed: 0,
+            dropout: true,
+        }
+    }
+}
+
+impl TripletConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            input_err!("batch size must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            input_err!("learning rate must be a positive number, got {}", self.lr);
+        }
+        if !(self.p.is_finite() && self.p > 0.0) {
+            input_err!("p must be a positive finite norm degree, got {}", self.p);
+        }
+        if !self.margin.is_finite() {
+            input_err!("margin must be finite, got {}", self.margin);
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            input_err!("val fraction must be in [0, 1), got {}", self.val_fraction);
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            input_err!("weight decay must be >= 0, got {}", self.weight_decay);
+        }
+        Ok(())
+    }
+
+    pub fn loss(&self) -> TripletMarginLoss {
+        TripletMarginLoss::new(self.margin, self.p)
+    }
+}
+
+/// Anchor texts and positive embeddings, one per image.
+pub struct TripletData {
+    /// The tag strings.
+    pub anchors: Vec<String>,
+    /// (n, d) the chosen captions' embeddings, on the encoder's device.
+    pub positives: Tensor,
+}
+
+impl TripletData {
+    pub fn new(anchors: Vec<String>, positives: Tensor) -> Result<Self> {
+        let (n, _) = positives.dims2()?;
+        if n != anchors.len() {
+            input_err!("{} anchors but {n} positive embeddings", anchors.len());
+        }
+        Ok(Self {
+            anchors,
+            positives: positives.to_dtype(DType::F32)?,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.anchors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.anchors.is_empty()
+    }
+}
+
+/// Builds the training data: each image's tag string (the images need `tags`) and its chosen
+/// caption embedded by the frozen sentence transformer `embedder`, `batch_size` per pass.
+pub fn triplet_data(
+    images: &[ImageRecord],
+    chosen: &[Chosen],
+    embedder: &SentenceEmbedder,
+    batch_size: usize,
+) -> Result<TripletData> {
+    if images.len() != chosen.len() {
+        input_err!(
+            "{} images but {} chosen captions",
+            images.len(),
+            chosen.len()
+        );
+    }
+    let anchors = images
+        .iter()
+        .map(|r| match &r.tags {
+            Some(t) => Ok(t.to_text()),
+            None => Err(Error::Input(format!(
+                "image {} (line {}) has no `tags`: the tag encoder needs them",
+                r.key(),
+                r.line
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let empty = anchors.iter().filter(|a| a.is_empty()).count();
+    if empty > 0 {
+        tracing::warn!("{empty} images have no tags: their anchor is the empty string");
+    }
+    let texts: Vec<&str> = chosen.iter().map(|c| c.caption.as_str()).collect();
+    let embs = embedder.embed(&texts, batch_size)?;
+    let d = embs.first().map_or(0, Vec::len);
+    let flat: Vec<f32> = embs.into_iter().flatten().collect();
+    let positives = Tensor::from_vec(flat, (texts.len(), d), embedder.device())?;
+    TripletData::new(anchors, positives)
+}
+
+/// A seeded train/validation split of `n` items: `round(n * val_fraction)` validation items
+/// (at least 1 when the fraction is positive), both lists sorted.
+pub fn split(n: usize, val_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut idx: Vec<usize> = (0..n).collect();
+    SplitMix64::new(seed ^ 0x5EED_5B11_7000_0001).shuffle(&mut idx);
+    let mut n_val = (n as f64 * val_fraction).round() as usize;
+    if val_fraction > 0.0 && n > 1 {
+        n_val = n_val.max(1);
+    }
+    let n_val = n_val.min(n);
+    let mut val = idx[..n_val].to_vec();
+    let mut train = idx[n_val..].to_vec();
+    val.sort_unstable();
+    train.sort_unstable();
+    (train, val)
+}
+
+/// A uniformly drawn member of `pool` other than `exclude` (`pool` must hold another one).
+pub fn draw_negative(rng: &mut SplitMix64, pool: &[usize], exclude: usize) -> usize {
+    debug_assert!(pool.iter().any(|&i| i != exclude));
+    loop {
+        let j = pool[rng.below(pool.len())];
+        if j != exclude {
+            return j;
+        }
+    }
+}
+
+/// Sums over the items of one or more batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BatchStats {
+    /// Sum over batches of (mean batch loss x batch size).
+    pub loss_sum: f64,
+    /// Sum of cos(anchor, positive).
+    pub cos_ap_sum: f64,
+    /// Sum of cos(anchor, negative).
+    pub cos_an_sum: f64,
+    pub n: usize,
+}
+
+impl BatchStats {
+    pub fn add(&mut self, o: &BatchStats) {
+        self.loss_sum += o.loss_sum;
+        self.cos_ap_sum += o.cos_ap_sum;
+        self.cos_an_sum += o.cos_an_sum;
+        self.n += o.n;
+    }
+    fn mean(&self, x: f64) -> Option<f64> {
+        (self.n > 0).then(|| x / self.n as f64)
+    }
+    pub fn loss(&self) -> Option<f64> {
+        self.mean(self.loss_sum)
+    }
+    pub fn cos_ap(&self) -> Option<f64> {
+        self.mean(self.cos_ap_sum)
+    }
+    pub fn cos_an(&self) -> Option<f64> {
+        self.mean(self.cos_an_sum)
+    }
+}
+
+/// One line of `metrics.jsonl`. Epoch 0 is before training (validation only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: Option<f64>,
+    pub train_cos_ap: Option<f64>,
+    pub train_cos_an: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub val_cos_ap: Option<f64>,
+    pub val_cos_an: Option<f64>,
+    pub steps: usize,
+    pub train_seconds: f64,
+    pub seconds_per_step: Option<f64>,
+}
+
+/// What [`TripletTrainer::fit`] reports as it goes.
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    /// Training starts: steps per epoch and the split sizes.
+    Start {
+        steps_per_epoch: usize,
+        train: usize,
+        val: usize,
+    },
+    /// One optimizer step finished.
+    Step {
+        epoch: usize,
+        step: usize,
+        loss: f64,
+        seconds: f64,
+    },
+    /// An epoch finished (and was written).
+    Epoch(EpochMetrics),
+}
+
+/// Where [`TripletTrainer::fit`] writes: the model folder and its curves.
+#[derive(Debug, Clone)]
+pub struct TrainOutputs {
+    pub dir: PathBuf,
+}
+
+impl TrainOutputs {
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+    pub fn curves(&self) -> PathBuf {
+        self.dir.join("curves.png")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("train_config.json")
+    }
+}
+
+/// The tag encoder, its optimizer and the loss.
+pub struct TripletTrainer {
+    encoder: TagEncoder,
+    opt: AdamW,
+    loss: TripletMarginLoss,
+    cfg: TripletConfig,
+}
+
+impl TripletTrainer {
+    pub fn new(encoder: TagEncoder, cfg: TripletConfig) -> Result<Self> {
+        cfg.validate()?;
+        let opt = AdamW::new(
+            encoder.varmap().all_vars(),
+            ParamsAdamW {
+                lr: cfg.lr,
+                beta1: cfg.beta1,
+                beta2: cfg.beta2,
+                eps: cfg.adam_eps,
+                weight_decay: cfg.weight_decay,
+            },
+        )?;
+        Ok(Self {
+            encoder,
+            opt,
+            loss: cfg.loss(),
+            cfg,
+        })
+    }
+
+    pub fn encoder(&self) -> &TagEncoder {
+        &self.encoder
+    }
+
+    pub fn config(&self) -> &TripletConfig {
+        &self.cfg
+    }
+
+    /// Differentiable: anchors' texts, positives (b, d), negatives (b, d)
+    /// -> (scalar loss, anchor embeddings (b, d)).
+    pub fn loss(
+        &self,
+        anchors: &[&str],
+        positives: &Tensor,
+        negatives: &Tensor,
+        train: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let batch = self.encoder.tokenize(anchors)?;
+        let a = self.encoder.forward(&batch, train && self.cfg.dropout)?;
+        let loss = self.loss.forward(&a, positives, negatives)?;
+        Ok((loss, a))
+    }
+
+    /// One AdamW update from gradients of the loss.
+    pub fn apply(&mut self, grads: &GradStore) -> Result<()> {
+        Ok(self.opt.step(grads)?)
+    }
+
+    fn stats(loss: &Tensor, a: &Tensor, p: &Tensor, n: &Tensor) -> Result<BatchStats> {
+        let b = a.dim(0)?;
+        let a = a.detach();
+        let sum = |t: Tensor| -> Result<f64> { Ok(t.sum_all()?.to_scalar::<f32>()? as f64) };
+        Ok(BatchStats {
+            loss_sum: loss.to_scalar::<f32>()? as f64 * b as f64,
+            cos_ap_sum: sum(cosine_similarity(&a, p)?)?,
+            cos_an_sum: sum(cosine_similarity(&a, n)?)?,
+            n: b,
+        })
+    }
+
+    fn gather(data: &TripletData, idx: &[usize]) -> Result<Tensor> {
+        let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+        let ids = Tensor::new(ids.as_slice(), data.positives.device())?;
+        Ok(data.positives.index_select(&ids, 0)?)
+    }
+
+    /// One training step on items `idx` with negatives `neg` (indices into `data`).
+    pub fn step(&mut self, data: &TripletData, idx: &[usize], neg: &[usize]) -> Result<BatchStats> {
+        let texts: Vec<&str> = idx.iter().map(|&i| data.anchors[i].as_str()).collect();
+        let p = Self::gather(data, idx)?;
+        let n = Self::gather(data, neg)?;
+        let (loss, a) = self.loss(&texts, &p, &n, true)?;
+        let stats = Self::stats(&loss, &a, &p, &n)?;
+        if ![stats.loss_sum, stats.cos_ap_sum, stats.cos_an_sum]
+            .iter()
+            .all(|x| x.is_finite())
+        {
+            return Err(Error::Input(format!(
+                "the loss or the embeddings are not finite (loss {}); stopping (a NaN in the data, or too high a learning rate?)",
+                stats.loss().unwrap_or(f64::NAN)
+            )));
+        }
+        let grads = loss.backward()?;
+        self.apply(&grads)?;
+        Ok(stats)
+    }
+
+    /// Scores items `idx` against negatives `neg` without training (dropout off).
+    pub fn evaluate(&self, data: &TripletData, idx: &[usize], neg: &[usize]) -> Result<BatchStats> {
+        let mut total = BatchStats::default();
+        for (ic, nc) in idx
+            .chunks(self.cfg.batch_size)
+            .zip(neg.chunks(self.cfg.batch_size))
+        {
+            let texts: Vec<&str> = ic.iter().map(|&i| data.anchors[i].as_str()).collect();
+            let p = Self::gather(data, ic)?;
+            let n = Self::gather(data, nc)?;
+            let (loss, a) = self.loss(&texts, &p, &n, false)?;
+            total.add(&Self::stats(&loss.detach(), &a, &p, &n)?);
+        }
+        Ok(total)
+    }
+
+    /// The whole run: split, epochs, metrics, curves and the model folder in `out.dir`.
+    pub fn fit(
+        &mut self,
+        data: &TripletData,
+        out: &TrainOutputs,
+        mut on_event: impl FnMut(&TrainEvent),
+    ) -> Result<Vec<EpochMetrics>> {
+        let cfg = self.cfg.clone();
+        let (train, val) = split(data.len(), cfg.val_fraction, cfg.seed);
+        if train.len() < 2 {
+            input_err!(
+                "{} images leave {} for training; at least 2 are needed (a negative must be another image)",
+                data.len(),
+                train.len()
+            );
+        }
+        std::fs::create_dir_all(&out.dir).map_err(|e| Error::io(&out.dir, e))?;
+        let cfg_json = serde_json::to_vec_pretty(&cfg).expect("config serialises");
+        lion_core::util::write_atomic(out.config(), &cfg_json)?;
+        // Fixed validation negatives: from the validation split when it has two images or more.
+        let mut val_rng = SplitMix64::new(cfg.seed ^ 0x7A1_0000_0000_0002);
+        let val_pool: &[usize] = if val.len() >= 2 { &val } else { &train };
+        let val_neg: Vec<usize> = val
+            .iter()
+            .map(|&i| draw_negative(&mut val_rng, val_pool, i))
+            .collect();
+        let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
+        on_event(&TrainEvent::Start {
+            steps_per_epoch,
+            train: train.len(),
+            val: val.len(),
+        });
+        tracing::info!(
+            train = train.len(),
+            val = val.len(),
+            steps_per_epoch,
+            "triplet tag-encoder training"
+        );
+
+        let mut history = vec![];
+        let v0 = self.evaluate(data, &val, &val_neg)?;
+        let m0 = EpochMetrics {
+            epoch: 0,
+            train_loss: None,
+            train_cos_ap: None,
+            train_cos_an: None,
+            val_loss: v0.loss(),
+            val_cos_ap: v0.cos_ap(),
+            val_cos_an: v0.cos_an(),
+            steps: 0,
+            train_seconds: 0.0,
+            seconds_per_step: None,
+        };
+        // A new run starts a new metrics file.
+        lion_core::util::write_atomic(out.metrics(), b"")?;
+        self.record(out, &mut history, m0, &mut on_event)?;
+
+        let mut rng = SplitMix64::new(cfg.seed);
+        for epoch in 1..=cfg.epochs {
+            let mut order = train.clone();
+            rng.shuffle(&mut order);
+            let mut total = BatchStats::default();
+            let t0 = Instant::now();
+            for (step, idx) in order.chunks(cfg.batch_size).enumerate() {
+                let neg: Vec<usize> = idx
+                    .iter()
+                    .map(|&i| draw_negative(&mut rng, &train, i))
+                    .collect();
+                let ts = Instant::now();
+                let s = self.step(data, idx, &neg).map_err(|e| match e {
+                    Error::Input(m) => Error::Input(format!(
+                        "epoch {epoch} step {}: {m}; {} keeps the last finished epoch",
+                        step + 1,
+                        out.dir.display()
+                    )),
+                    e => e,
+                })?;
+                total.add(&s);
+                let seconds = ts.elapsed().as_secs_f64();
+                tracing::debug!(
+                    epoch,
+                    step = step + 1,
+                    loss = s.loss().unwrap_or(f64::NAN),
+                    seconds,
+                    "triplet step"
+                );
+                on_event(&TrainEvent::Step {
+                    epoch,
+                    step: step + 1,
+                    loss: s.loss().unwrap_or(f64::NAN),
+                    seconds,
+                });
+            }
+            let train_seconds = t0.elapsed().as_secs_f64();
+            let v = self.evaluate(data, &val, &val_neg)?;
+            let steps = steps_per_epoch;
+            let m = EpochMetrics {
+                epoch,
+                train_loss: total.loss(),
+                train_cos_ap: total.cos_ap(),
+                train_cos_an: total.cos_an(),
+                val_loss: v.loss(),
+                val_cos_ap: v.cos_ap(),
+                val_cos_an: v.cos_an(),
+                steps,
+                train_seconds,
+                seconds_per_step: Some(train_seconds / steps as f64),
+            };
+            self.encoder.save(&out.dir)?;
+            self.record(out, &mut history, m, &mut on_event)?;
+        }
+        if cfg.epochs == 0 {
+            self.encoder.save(&out.dir)?;
+        }
+        Ok(history)
+    }
+
+    fn record(
+        &self,
+        out: &TrainOutputs,
+        history: &mut Vec<EpochMetrics>,
+        m: EpochMetrics,
+        on_event: &mut impl FnMut(&TrainEvent),
+    ) -> Result<()> {
+        let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
+        tracing::info!(
+            "epoch {}: train loss {} val loss {} val cos(a,p) {} val cos(a,n) {} ({} s/step)",
+            m.epoch,
+            f(m.train_loss),
+            f(m.val_loss),
+            f(m.val_cos_ap),
+            f(m.val_cos_an),
+            f(m.seconds_per_step)
+        );
+        append_jsonl_atomic(
+            out.metrics(),
+            &serde_json::to_value(&m).expect("metrics serialise"),
+        )?;
+        history.push(m.clone());
+        draw_curves(out.curves(), history)?;
+        on_event(&TrainEvent::Epoch(m));
+        Ok(())
+    }
+}
+
+/// Loss and cosine curves over epochs as a two-panel PNG.
+pub fn draw_curves(path: impl AsRef<Path>, history: &[EpochMetrics]) -> Result<()> {
+    let pts = |f: &dyn Fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
+        history
+            .iter()
+            .filter_map(|m| f(m).map(|v| (m.epoch as f64, v)))
+            .collect()
+    };
+    let panels = [
+        Panel {
+            title: "triplet loss",
+            x_label: "epoch",
+            y_label: "loss",
+            series: vec![
+                Series {
+                    name: "train",
+                    points: pts(&|m| m.train_loss),
+                },
+                Series {
+                    name: "val",
+                    points: pts(&|m| m.val_loss),
+                },
+            ],
+        },
+        Panel {
+            title: "cosine to caption embeddings",
+            x_label: "epoch",
+            y_label: "mean cosine",
+            series: vec![
+                Series {
+                    name: "train anchor-positive",
+                    points: pts(&|m| m.train_cos_ap),
+                },
+                Series {
+                    name: "train anchor-negative",
+                    points: pts(&|m| m.train_cos_an),
+                },
+                Series {
+                    name: "val anchor-positive",
+                    points: pts(&|m| m.val_cos_ap),
+                },
+                Series {
+                    name: "val anchor-negative",
+                    points: pts(&|m| m.val_cos_an),
+                },
+            ],
+        },
+    ];
+    draw_png(path, &panels, (640, 420))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_seeded_disjoint_and_complete() {
+        let (t, v) = split(100, 0.05, 3);
+        assert_eq!(v.len(), 5);
+        assert_eq!(t.len(), 95);
+        let mut all: Vec<usize> = t.iter().chain(&v).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
+        assert_eq!(split(100, 0.05, 3), (t.clone(), v.clone()));
+        assert_ne!(split(100, 0.05, 4).1, v);
+        assert_eq!(split(12, 0.05, 0).1.len(), 1);
+        assert_eq!(split(12, 0.0, 0).1.len(), 0);
+    }
+
+    #[test]
+    fn negatives_are_never_the_anchor_and_cover_the_pool() {
+        let pool: Vec<usize> = (0..4).collect();
+        let mut rng = SplitMix64::new(9);
+        let mut seen = [0usize; 4];
+        for _ in 0..4000 {
+            let j = draw_negative(&mut rng, &pool, 2);
+            assert_ne!(j, 2);
+            seen[j] += 1;
+        }
+        assert_eq!(seen[2], 0);
+        for i in [0, 1, 3] {
+            assert!((1150..1520).contains(&seen[i]), "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn config_validation_names_the_field() {
+        for (cfg, word) in [
+            (
+                TripletConfig {
+                    batch_size: 0,
+                    ..Default::default()
+                },
+                "batch size",
+            ),
+            (
+                TripletConfig {
+                    p: 0.0,
+                    ..Default::default()
+                },
+                "p must",
+            ),
+            (
+                TripletConfig {
+                    val_fraction: 1.0,
+                    ..Default::default()
+                },
+                "val fraction",
+            ),
+            (
+                TripletConfig {
+                    lr: f64::NAN,
+                    ..Default::default()
+                },
+                "learning rate",
+            ),
+        ] {
+            let msg = cfg.validate().unwrap_err().to_string();
+            assert!(msg.contains(word), "{msg}");
+        }
+    }
+}
