@@ -89,6 +89,27 @@ impl BertTokenizer {
         })
     }
 
+    /// The same tokenizer truncating from the left (LION's Q-Former tokenizer:
+    /// `BertTokenizer(truncation_side="left")`).
+    pub fn left_truncated(mut self) -> Result<Self> {
+        let max_length = self
+            .inner
+            .get_truncation()
+            .map(|t| t.max_length)
+            .unwrap_or(512);
+        self.inner
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length,
+                direction: tokenizers::TruncationDirection::Left,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Tokenizer {
+                origin: self.origin.clone(),
+                msg: e.to_string(),
+            })?;
+        Ok(self)
+    }
+
     /// Token ids of each text (with `[CLS]`/`[SEP]`).
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
         let enc = self

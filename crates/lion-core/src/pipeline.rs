@@ -1,0 +1,373 @@
+//! Requests in, answers out: image preprocessing, prompt text, tokenization, tag embeddings,
+//! batching by route, generation, decoding and REC box parsing around a [`LionModel`].
+//!
+//! A model folder is described by a manifest, `lion.json` (paths relative to it):
+//!
+//! ```json
+//! {
+//!   "config": "lion-4b",            // a preset name, or a full LionConfig object
+//!   "prompt": {"kind": "static"},   // with a preset: static | dynamic | gated (k) | null (no tags)
+//!   "weights": [
+//!     {"file": "eva_vit_g.pth", "prefix": "visual_encoder."},
+//!     {"file": "flan-t5-xl", "prefix": "t5_model."},
+//!     {"file": "LION-FlanT5-XL.pth"}
+//!   ],
+//!   "t5_tokenizer": "flan-t5-xl/tokenizer.json",
+//!   "qformer_tokenizer": "bert-base-uncased/tokenizer.json",
+//!   "tag_encoder": "all-MiniLM-L6-v2"
+//! }
+//! ```
+//! A weight entry may name a file or a folder (every `*.safetensors` in it, for sharded
+//! checkpoints). Later entries win on repeated keys. Loading is strict unless asked otherwise:
+//! every missing, unexpected or mis-shaped key is named.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::Route;
+use crate::generate::GenerationConfig;
+use crate::lion::{LionBatch, LionConfig, LionModel};
+use crate::preprocess::ImageTransform;
+use crate::prompt::{format_box, format_tag_scores, format_tags, PromptKind, Task};
+use crate::sentence::{BertTokenizer, SentenceEmbedder};
+use crate::text::T5Tokenizer;
+use crate::weights::{Checkpoint, LoadMode, LoadReport, WeightLoader};
+use crate::{Error, Result};
+
+/// One request: a task, its text (question or expression; empty for captions) and the image's
+/// tags with scores (from RAM, or given).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub task: Task,
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub tags: Vec<(String, f32)>,
+}
+
+/// One answer: the decoded text, and for REC the box in pixels of the original image
+/// (`None` when the text holds no valid box: counted as a miss).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub text: String,
+    #[serde(rename = "box", skip_serializing_if = "Option::is_none")]
+    pub bbox: Option<[f32; 4]>,
+}
+
+/// A weight file of the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightEntry {
+    pub file: PathBuf,
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// `config` of the manifest: a preset name or a full config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ConfigRef {
+    Preset(String),
+    Full(Box<LionConfig>),
+}
+
+/// The model folder manifest (`lion.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub config: ConfigRef,
+    /// With a preset: the soft prompt (default static).
+    #[serde(default = "default_prompt")]
+    pub prompt: Option<PromptKind>,
+    #[serde(default)]
+    pub weights: Vec<WeightEntry>,
+    pub t5_tokenizer: PathBuf,
+    #[serde(default)]
+    pub qformer_tokenizer: Option<PathBuf>,
+    #[serde(default)]
+    pub tag_encoder: Option<PathBuf>,
+}
+
+fn default_prompt() -> Option<PromptKind> {
+    Some(PromptKind::Static)
+}
+
+impl Manifest {
+    pub fn read(path: &Path) -> Result<Self> {
+        crate::util::read_json(path)
+    }
+
+    pub fn lion_config(&self) -> Result<LionConfig> {
+        match &self.config {
+            ConfigRef::Preset(name) => crate::presets::preset(name, self.prompt),
+            ConfigRef::Full(cfg) => {
+                cfg.validate().map_err(|m| Error::config("lion.json config", m))?;
+                Ok((**cfg).clone())
+            }
+        }
+    }
+}
+
+/// Opens a weight entry: a file, or a folder of `*.safetensors` shards.
+pub fn open_weights(path: &Path, prefix: &str) -> Result<Vec<Checkpoint>> {
+    let files = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        v.sort();
+        if v.is_empty() {
+            return Err(Error::format(path, "folder holds no *.safetensors files"));
+        }
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .iter()
+        .map(|f| Ok(Checkpoint::open(f)?.with_prefix(prefix)))
+        .collect()
+}
+
+/// Everything around the model that turns requests into answers.
+pub struct LionPipeline {
+    pub model: LionModel,
+    pub t5_tokenizer: T5Tokenizer,
+    pub qformer_tokenizer: Option<BertTokenizer>,
+    pub tag_encoder: Option<SentenceEmbedder>,
+    pub transform: ImageTransform,
+    pub device: Device,
+    /// What loading found (missing / unexpected keys in lenient mode).
+    pub report: LoadReport,
+}
+
+/// Where a pipeline's parts come from.
+pub struct PipelineSources<'a> {
+    pub config: LionConfig,
+    /// None: random weights.
+    pub checkpoints: Vec<Checkpoint>,
+    pub t5_tokenizer: &'a Path,
+    pub qformer_tokenizer: Option<&'a Path>,
+    pub tag_encoder: Option<&'a Path>,
+    pub mode: LoadMode,
+}
+
+impl LionPipeline {
+    /// Builds the pipeline; with no checkpoints every weight is random (smoke tests, benches).
+    pub fn new(src: PipelineSources, device: &Device) -> Result<Self> {
+        let cfg = src.config;
+        let t5_tokenizer = T5Tokenizer::from_file(src.t5_tokenizer)?;
+        let placeholder = t5_tokenizer.placeholder_id()?;
+        if placeholder as usize >= cfg.t5.vocab_size {
+            return Err(Error::config(
+                src.t5_tokenizer.display(),
+                format!(
+                    "`<extra_id_0>` is id {placeholder}, outside the model's vocabulary of {}",
+                    cfg.t5.vocab_size
+                ),
+            ));
+        }
+        let qformer_tokenizer = match (&cfg.qformer, src.qformer_tokenizer) {
+            (Some(_), Some(p)) => Some(BertTokenizer::from_file(p, cfg.max_txt_len)?.left_truncated()?),
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "pipeline",
+                    "the Q-Former needs a BERT tokenizer.json (qformer_tokenizer)",
+                ))
+            }
+            (None, _) => None,
+        };
+        let tag_encoder = match (cfg.prompt.map(|p| p.needs_tag_embedding()), src.tag_encoder) {
+            (Some(true), Some(dir)) => {
+                let enc = SentenceEmbedder::load(dir, device, None)?;
+                if enc.hidden_size() != cfg.tag_dim {
+                    return Err(Error::config(
+                        dir.display(),
+                        format!(
+                            "tag encoder width {} != the model's tag_dim {}",
+                            enc.hidden_size(),
+                            cfg.tag_dim
+                        ),
+                    ));
+                }
+                Some(enc)
+            }
+            (Some(true), None) => {
+                return Err(Error::config(
+                    "pipeline",
+                    "dynamic and gated prompts need a tag encoder (tag_encoder)",
+                ))
+            }
+            _ => None,
+        };
+        let random = src.checkpoints.is_empty();
+        let loader = WeightLoader::new(src.checkpoints)
+            .ignore_unexpected(&["position_ids", "relative_position_index", "attn_mask"]);
+        let vb = loader.var_builder(DType::F32, device);
+        let model = LionModel::new(&cfg, placeholder, vb)?;
+        let report = if random {
+            LoadReport::default()
+        } else {
+            loader.finish(src.mode)?
+        };
+        let transform = ImageTransform {
+            size: cfg.vit.img_size as u32,
+            ..ImageTransform::lion_eval()
+        };
+        Ok(Self {
+            model,
+            t5_tokenizer,
+            qformer_tokenizer,
+            tag_encoder,
+            transform,
+            device: device.clone(),
+            report,
+        })
+    }
+
+    /// Loads a model folder by its manifest (`DIR/lion.json`).
+    pub fn from_dir(dir: &Path, mode: LoadMode, device: &Device) -> Result<Self> {
+        let manifest_path = dir.join("lion.json");
+        let m = Manifest::read(&manifest_path)?;
+        let mut checkpoints = vec![];
+        for w in &m.weights {
+            checkpoints.extend(open_weights(&dir.join(&w.file), &w.prefix)?);
+        }
+        let t5_tok = dir.join(&m.t5_tokenizer);
+        let q_tok = m.qformer_tokenizer.as_ref().map(|p| dir.join(p));
+        let tag = m.tag_encoder.as_ref().map(|p| dir.join(p));
+        Self::new(
+            PipelineSources {
+                config: m.lion_config()?,
+                checkpoints,
+                t5_tokenizer: &t5_tok,
+                qformer_tokenizer: q_tok.as_deref(),
+                tag_encoder: tag.as_deref(),
+                mode,
+            },
+            device,
+        )
+    }
+
+    pub fn config(&self) -> &LionConfig {
+        self.model.config()
+    }
+
+    /// Prepares one batch; every request must share a route (one task type per batch, as
+    /// upstream). `images` are the original images (any size).
+    pub fn prepare(&self, images: &[RgbImage], reqs: &[Request]) -> Result<LionBatch> {
+        if images.len() != reqs.len() || reqs.is_empty() {
+            crate::input_err!("{} images for {} requests", images.len(), reqs.len());
+        }
+        let route = reqs[0].task.route();
+        if reqs.iter().any(|r| r.task.route() != route) {
+            crate::input_err!("a batch mixes region-level and image-level tasks");
+        }
+        let cfg = self.config();
+        let templates = &cfg.templates;
+        let slots = cfg.prompt.map_or(1, |p| p.slots());
+        let instructions: Vec<String> = reqs
+            .iter()
+            .map(|r| templates.instruction(r.task, &r.text))
+            .collect();
+        let encoder_texts: Vec<String> = reqs
+            .iter()
+            .zip(&instructions)
+            .map(|(r, ins)| {
+                if cfg.prompt.is_some() {
+                    let names: Vec<&str> = r.tags.iter().map(|(t, _)| t.as_str()).collect();
+                    templates.encoder_text(slots, &format_tags(&names), ins)
+                } else {
+                    ins.clone()
+                }
+            })
+            .collect();
+        let refs: Vec<&str> = encoder_texts.iter().map(|s| s.as_str()).collect();
+        let prompt = self
+            .t5_tokenizer
+            .batch(&refs, Some(cfg.max_txt_len), true, &self.device)?;
+        let qformer_text = match &self.qformer_tokenizer {
+            Some(tok) => {
+                let ins: Vec<&str> = instructions.iter().map(|s| s.as_str()).collect();
+                Some(tok.batch(&ins, &self.device)?)
+            }
+            None => None,
+        };
+        let tag_embedding = match &self.tag_encoder {
+            Some(enc) => {
+                let texts: Vec<String> = reqs.iter().map(|r| format_tag_scores(&r.tags)).collect();
+                let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+                let e = enc.embed(&refs, refs.len())?;
+                let dim = enc.hidden_size();
+                Some(Tensor::from_vec(e.concat(), (refs.len(), dim), &self.device)?)
+            }
+            None => None,
+        };
+        Ok(LionBatch {
+            pixel_values: self.transform.apply_batch(images, &self.device)?,
+            qformer_text,
+            prompt,
+            tag_embedding,
+            route,
+        })
+    }
+
+    /// Answers requests, batching those of the same route together (order kept).
+    pub fn answer(
+        &self,
+        images: &[RgbImage],
+        reqs: &[Request],
+        gen: &GenerationConfig,
+    ) -> Result<Vec<Answer>> {
+        let mut out: Vec<Option<Answer>> = vec![None; reqs.len()];
+        for route in [Route::ImageLevel, Route::RegionLevel] {
+            let idx: Vec<usize> = (0..reqs.len()).filter(|&i| reqs[i].task.route() == route).collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let imgs: Vec<RgbImage> = idx.iter().map(|&i| images[i].clone()).collect();
+            let rs: Vec<Request> = idx.iter().map(|&i| reqs[i].clone()).collect();
+            let batch = self.prepare(&imgs, &rs)?;
+            let ids = self.model.generate(&batch, gen)?;
+            for ((&i, row), img) in idx.iter().zip(ids).zip(&imgs) {
+                let text = self.decode(&row)?;
+                let bbox = if reqs[i].task == Task::Rec {
+                    parse_box(&text, img.width(), img.height())
+                } else {
+                    None
+                };
+                out[i] = Some(Answer { text, bbox });
+            }
+        }
+        Ok(out.into_iter().map(|a| a.expect("every request answered")).collect())
+    }
+
+    /// Decoded text of generated ids; ids outside the tokenizer (random-weight models) are
+    /// dropped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let n = self.t5_tokenizer.vocab_size() as u32;
+        let ids: Vec<u32> = ids.iter().copied().filter(|&i| i < n).collect();
+        self.t5_tokenizer.decode(&ids)
+    }
+
+    /// Training labels for target texts (right-truncated, -100 padded). (b, t) i64.
+    pub fn labels(&self, answers: &[&str]) -> Result<Tensor> {
+        self.t5_tokenizer
+            .labels(answers, self.config().max_output_txt_len, &self.device)
+    }
+
+    /// The target text of a REC box (pixels of an image of the given size).
+    pub fn box_text(bbox: [f32; 4], width: u32, height: u32) -> String {
+        format_box(bbox, width, height)
+    }
+}
+
+/// LION's box text (`[x1,y1,x2,y2]` normalised, maybe after `Answer:`) to pixels of the
+/// original image; malformed text gives None.
+pub fn parse_box(text: &str, width: u32, height: u32) -> Option<[f32; 4]> {
+    let b = lion_metrics::rec::parse_box_text(text, width as f64, height as f64)?;
+    Some(b.map(|v| v as f32))
+}
