@@ -4,9 +4,12 @@
 //! [`candle_nn::VarBuilder`] whose paths are the upstream checkpoint keys
 //! (see [`weights`] for loading and key reports).
 
+pub mod aggregator;
 pub mod bert;
 pub mod error;
+pub mod eva_vit;
 pub mod ops;
+pub mod qformer;
 pub mod sentence;
 pub mod testing;
 pub mod util;

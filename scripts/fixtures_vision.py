@@ -1,0 +1,306 @@
+"""Reference fixtures for the vision side: EVA ViT, Q-Former, vision aggregator, preprocessing.
+
+Writes tests/fixtures/vision/ (all small, tiny random-init models with upstream key names):
+  vit.safetensors, vit_io.safetensors
+      EVA ViT at a tiny config (img 32, patch 8, width 16, depth 5, 4 heads, MLP 44). Reference:
+      timm's `timm.models.eva.Eva` (an independent implementation of the same model; its state-dict
+      keys are exactly LAVIS eva_vit_g.pth's: fused `attn.qkv.weight`, `attn.q_bias`, `attn.v_bias`,
+      no k bias), LayerNorm eps 1e-6, no rope, no final norm (block outputs are taken by hooks).
+      Also the same checkpoint run at img 48: its pos_embed is interpolated 4x4 -> 6x6 as upstream
+      `interpolate_pos_embed` does (torch bicubic, align_corners=False, class token kept).
+  qformer.safetensors, qformer_io.safetensors
+      InstructBLIP Q-Former + ln_vision + query_tokens + t5_proj at a tiny config. Reference: written
+      below in plain torch following LAVIS/LION `Qformer.py` (BertEmbeddings with query_embeds,
+      BertLayer with crossattention every cross_attention_freq layers on query rows only,
+      intermediate_query/output_query vs intermediate/output, -10000 additive mask) and
+      `lion_t5.py` encode_img (ln_vision in f32, last_hidden_state[:, :32] -> t5_proj).
+  aggregator.safetensors, aggregator_io.safetensors
+      LION's FusionAdapter (two `transformers.BertLayer`s with is_decoder + add_cross_attention,
+      eager attention as upstream ran it), ln_adapter and adapter_proj, as `lion_adapters.py` /
+      `lion_t5.py` build them; upstream init, then every parameter perturbed so all are tested.
+  images/*.png, resize/*.png, preprocess.safetensors, robust/*
+      Preprocessing references: see preprocess() below.
+
+Run: PY=$(scripts/venv.sh); $PY scripts/fixtures_vision.py [vit] [qformer] [aggregator] [preprocess]
+"""
+import json
+import math
+import os
+import sys
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+OUT = os.path.join(ROOT, "tests", "fixtures", "vision")
+
+
+def perturb(module, scale=0.1):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+def save(tensors, name):
+    save_file({k: v.detach().contiguous().float() if v.is_floating_point() else v.contiguous()
+               for k, v in tensors.items()}, os.path.join(OUT, name))
+
+
+# ----------------------------------------------------------------------------------------------
+# EVA ViT
+
+def vit():
+    from timm.models.eva import Eva
+
+    def make(img):
+        return Eva(img_size=img, patch_size=8, embed_dim=16, depth=5, num_heads=4,
+                   mlp_ratio=2.75, qkv_bias=True, num_classes=0, global_pool="",
+                   norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rot_pos_emb=False,
+                   use_abs_pos_emb=True).eval()
+
+    def run(model, x):
+        outs = []
+        hooks = [b.register_forward_hook(lambda m, i, o: outs.append(o)) for b in model.blocks]
+        with torch.no_grad():
+            model.forward_features(x)
+        for h in hooks:
+            h.remove()
+        return outs
+
+    torch.manual_seed(0)
+    model = make(32)
+    perturb(model, 0.05)
+    sd = {k: v for k, v in model.state_dict().items()
+          if k in ("cls_token", "pos_embed") or k.startswith(("patch_embed.proj", "blocks."))}
+    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"}
+    for i in range(5):
+        for s in ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.q_bias", "attn.v_bias",
+                  "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
+                  "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]:
+            expected.add(f"blocks.{i}.{s}")
+    assert set(sd) == expected, set(sd) ^ expected  # exactly LAVIS eva_vit_g.pth's key set
+    save(sd, "vit.safetensors")
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    outs = run(model, x)
+
+    # interpolate_pos_embed (eva_vit.py) semantics, then the same weights at 48 px
+    pos = sd["pos_embed"].float()
+    cls, grid = pos[:, :1], pos[:, 1:]
+    grid = grid.reshape(1, 4, 4, 16).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False)
+    pos48 = torch.cat([cls, grid.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
+    model48 = make(48)
+    sd48 = dict(sd)
+    sd48["pos_embed"] = pos48
+    missing, unexpected = model48.load_state_dict(sd48, strict=False)
+    assert not unexpected and all(k.startswith("norm.") for k in missing), (missing, unexpected)
+    model48.norm.load_state_dict(model.norm.state_dict())
+    x48 = torch.randn(1, 3, 48, 48, generator=g)
+    outs48 = run(model48, x48)
+    save({"pixel_values": x, "block1": outs[1], "block3": outs[3], "block4": outs[4],
+          "pos_embed_48": pos48, "pixel_values_48": x48, "block4_48": outs48[4]},
+         "vit_io.safetensors")
+    print("vit written")
+
+
+# ----------------------------------------------------------------------------------------------
+# Q-Former (independent torch code following LAVIS/LION Qformer.py)
+
+QF = dict(vocab=50, hidden=16, layers=4, heads=4, inter=24, max_pos=24, freq=2, queries=6,
+          enc_width=20, d_model=12, eps=1e-12)
+
+
+class Attn(nn.Module):
+    def __init__(self, kv_width):
+        super().__init__()
+        h = QF["hidden"]
+        self.self = nn.Module()
+        self.self.query = nn.Linear(h, h)
+        self.self.key = nn.Linear(kv_width, h)
+        self.self.value = nn.Linear(kv_width, h)
+        self.output = nn.Module()
+        self.output.dense = nn.Linear(h, h)
+        self.output.LayerNorm = nn.LayerNorm(h, eps=QF["eps"])
+
+    def forward(self, x, kv, mask):
+        b, n, h = x.shape
+        nh = QF["heads"]
+        hd = h // nh
+        split = lambda t: t.view(t.shape[0], t.shape[1], nh, hd).permute(0, 2, 1, 3)
+        q, k, v = split(self.self.query(x)), split(self.self.key(kv)), split(self.self.value(kv))
+        s = q @ k.transpose(-1, -2) / math.sqrt(hd)
+        if mask is not None:
+            s = s + mask
+        ctx = (s.softmax(-1) @ v).permute(0, 2, 1, 3).reshape(b, n, h)
+        return self.output.LayerNorm(self.output.dense(ctx) + x)
+
+
+class FFN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Linear(QF["hidden"], QF["inter"])
+
+
+class Out(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Linear(QF["inter"], QF["hidden"])
+        self.LayerNorm = nn.LayerNorm(QF["hidden"], eps=QF["eps"])
+
+
+class QLayer(nn.Module):
+    def __init__(self, i):
+        super().__init__()
+        self.attention = Attn(QF["hidden"])
+        if i % QF["freq"] == 0:
+            self.crossattention = Attn(QF["enc_width"])
+        self.intermediate, self.output = FFN(), Out()
+        self.intermediate_query, self.output_query = FFN(), Out()
+
+    def forward(self, x, mask, vision, q):
+        a = self.attention(x, x, mask)
+        aq = a[:, :q]
+        if hasattr(self, "crossattention"):
+            aq = self.crossattention(aq, vision, None)  # image mask all ones
+        ff = lambda inter, out, t: out.LayerNorm(out.dense(F.gelu(inter.dense(t))) + t)
+        yq = ff(self.intermediate_query, self.output_query, aq)
+        yt = ff(self.intermediate, self.output, a[:, q:])
+        return torch.cat([yq, yt], 1)
+
+
+class QFormerRef(nn.Module):
+    def __init__(self):
+        super().__init__()
+        h = QF["hidden"]
+        self.query_tokens = nn.Parameter(0.02 * torch.randn(1, QF["queries"], h))
+        self.ln_vision = nn.LayerNorm(QF["enc_width"])  # eps 1e-5
+        self.t5_proj = nn.Linear(h, QF["d_model"])
+        self.Qformer = nn.Module()
+        self.Qformer.bert = nn.Module()
+        e = self.Qformer.bert.embeddings = nn.Module()
+        e.word_embeddings = nn.Embedding(QF["vocab"], h)
+        e.position_embeddings = nn.Embedding(QF["max_pos"], h)
+        e.LayerNorm = nn.LayerNorm(h, eps=QF["eps"])
+        e.register_buffer("position_ids", torch.arange(QF["max_pos"]).expand((1, -1)))
+        self.Qformer.bert.encoder = nn.Module()
+        self.Qformer.bert.encoder.layer = nn.ModuleList([QLayer(i) for i in range(QF["layers"])])
+
+    def forward(self, vision, ids, text_mask):
+        b = vision.shape[0]
+        q = QF["queries"]
+        vision = self.ln_vision(vision.float())
+        e = self.Qformer.bert.embeddings
+        text = e.word_embeddings(ids) + e.position_embeddings(e.position_ids[:, :ids.shape[1]])
+        x = e.LayerNorm(torch.cat([self.query_tokens.expand(b, -1, -1), text], 1))
+        mask = torch.cat([torch.ones(b, q), text_mask.float()], 1)
+        mask = (1.0 - mask[:, None, None, :]) * -10000.0
+        for layer in self.Qformer.bert.encoder.layer:
+            x = layer(x, mask, vision, q)
+        return x, self.t5_proj(x[:, :q])
+
+
+def qformer():
+    torch.manual_seed(2)
+    model = QFormerRef().eval()
+    perturb(model, 0.1)
+    sd = model.state_dict()
+    save(sd, "qformer.safetensors")
+    g = torch.Generator().manual_seed(3)
+    vision = 2.0 * torch.randn(2, 17, QF["enc_width"], generator=g)
+    ids = torch.randint(1, QF["vocab"], (2, 7), generator=g)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    ids[mask == 0] = 0
+    with torch.no_grad():
+        hidden, out = model(vision, ids, mask)
+        _, out_q_only = model(vision, ids[:, :0], mask[:, :0])
+    save({"vision": vision, "input_ids": ids, "attention_mask": mask, "hidden": hidden,
+          "output": out, "output_queries_only": out_q_only}, "qformer_io.safetensors")
+    print("qformer written")
+
+
+# ----------------------------------------------------------------------------------------------
+# Vision aggregator: transformers.BertLayer, as lion_adapters.FusionAdapter builds it
+
+AG = dict(width=16, heads=4, inter=24, proj=64, d_model=12)
+
+
+def aggregator():
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertLayer, BertOutput, BertSelfOutput
+
+    torch.manual_seed(4)
+    cfg = BertConfig(hidden_size=AG["width"], num_attention_heads=AG["heads"],
+                     intermediate_size=AG["inter"])
+    cfg.add_cross_attention = True
+    cfg.is_decoder = True
+    # upstream ran eager attention with attention_mask=None: unmasked. (SDPA in transformers 5
+    # would turn is_decoder + no mask into causal attention.)
+    cfg._attn_implementation = "eager"
+
+    class FusionAdapter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([BertLayer(cfg) for _ in range(2)])
+
+    root = nn.Module()
+    root.fusion_adapter = FusionAdapter()
+    root.ln_adapter = nn.LayerNorm(AG["width"])  # eps 1e-5
+    root.adapter_proj = nn.Sequential(nn.Linear(AG["width"], AG["proj"]), nn.GELU(),
+                                      nn.Linear(AG["proj"], AG["d_model"]))
+
+    def init(m):  # lion_adapters.FusionAdapter._init_weights
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            m.weight.data.normal_(mean=0.0, std=cfg.initializer_range)
+        elif isinstance(m, nn.LayerNorm):
+            m.bias.data.zero_()
+            m.weight.data.fill_(1.0)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            m.bias.data.zero_()
+        if isinstance(m, (BertSelfOutput, BertOutput)):
+            m.dense.weight.data.zero_()
+            m.dense.bias.data.zero_()
+
+    root.fusion_adapter.apply(init)
+    root.eval()
+    perturb(root, 0.05)
+    sd = root.state_dict()
+    save(sd, "aggregator.safetensors")
+    g = torch.Generator().manual_seed(5)
+    x38, x28, x18 = (torch.randn(2, 17, AG["width"], generator=g) for _ in range(3))
+    with torch.no_grad():
+        h = x38
+        for blk, enc in zip(root.fusion_adapter.blocks, [x28, x18]):
+            o = blk(h, encoder_hidden_states=enc)
+            h = o[0] if isinstance(o, tuple) else o  # transformers 4 returns a tuple, 5 a tensor
+        fused = root.ln_adapter(h)
+        out = root.adapter_proj(fused)
+        # the same with the attention made causal, to show the reference is non-causal
+        cfg._attn_implementation = "sdpa"
+        hc = root.fusion_adapter.blocks[0](x38, encoder_hidden_states=x28)
+        hc = hc[0] if isinstance(hc, tuple) else hc
+        cfg._attn_implementation = "eager"
+        he = root.fusion_adapter.blocks[0](x38, encoder_hidden_states=x28)
+        he = he[0] if isinstance(he, tuple) else he
+        print("aggregator: eager vs sdpa (causal) block0 max diff", (hc - he).abs().max().item())
+    save({"x38": x38, "x28": x28, "x18": x18, "fused": fused, "output": out},
+         "aggregator_io.safetensors")
+    print("aggregator written")
+
+
+if __name__ == "__main__":
+    os.makedirs(OUT, exist_ok=True)
+    what = sys.argv[1:] or ["vit", "qformer", "aggregator", "preprocess"]
+    if "vit" in what:
+        vit()
+    if "qformer" in what:
+        qformer()
+    if "aggregator" in what:
+        aggregator()
+    if "preprocess" in what:
+        preprocess()
