@@ -293,6 +293,132 @@ def aggregator():
     print("aggregator written")
 
 
+# ----------------------------------------------------------------------------------------------
+# Preprocessing: torchvision transforms on PIL images
+
+# Crops of scikit-image's public-domain sample photographs, of different sizes and aspect ratios
+# (kept small so the PNG inputs stay small): (name, rows, cols)
+PHOTOS = [
+    ("astronaut", slice(30, 230), slice(150, 310)),   # 160x200 portrait
+    ("coffee", slice(100, 220), slice(150, 450)),     # 300x120 wide
+    ("chelsea", slice(60, 180), slice(130, 280)),     # 150x120
+    ("rocket", slice(200, 260), slice(250, 330)),     # 80x60, tiny: upsampled
+]
+
+
+def write_png16(path, arr):
+    """A 16-bit PNG (gray (h, w) or RGB (h, w, 3)) written by hand: PIL cannot write RGB;16."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    h, w = arr.shape[:2]
+    color = 0 if arr.ndim == 2 else 2
+    rows = arr.astype(">u2").reshape(h, -1)
+    raw = b"".join(b"\x00" + r.tobytes() for r in rows)
+
+    def chunk(kind, data):
+        c = struct.pack(">I", len(data)) + kind + data
+        return c + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color, 0, 0, 0)))
+        f.write(chunk(b"IDAT", zlib.compress(raw, 9)))
+        f.write(chunk(b"IEND", b""))
+
+
+def preprocess():
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    img_dir = os.path.join(OUT, "images")
+    ref_dir = os.path.join(OUT, "resize")
+    rob_dir = os.path.join(OUT, "robust")
+    for d in (img_dir, ref_dir, rob_dir):
+        os.makedirs(d, exist_ok=True)
+
+    def png(im, path):
+        im.save(path, optimize=True)
+
+    clip = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    imnet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    # lion_preprocessors.ImageEvalProcessor and ram/transform.get_transform, as upstream builds them
+    lion_eval = T.Compose([T.Resize((224, 224), interpolation=InterpolationMode.BICUBIC),
+                           T.ToTensor(), T.Normalize(*clip)])
+    ram = T.Compose([lambda im: im.convert("RGB"), T.Resize((384, 384)), T.ToTensor(),
+                     T.Normalize(*imnet)])
+    cases = {}
+    samples = {}
+    for name, rows, cols in PHOTOS:
+        arr = np.ascontiguousarray(getattr(skimage.data, name)()[rows, cols, :3])
+        im = Image.fromarray(arr, "RGB")
+        png(im, os.path.join(img_dir, f"{name}.png"))
+        im = Image.open(os.path.join(img_dir, f"{name}.png")).convert("RGB")
+        out = []
+        # the full eval resize (uint8, before ToTensor) for three photos
+        if name != "astronaut":
+            png(TF.resize(im, [224, 224], InterpolationMode.BICUBIC),
+                os.path.join(ref_dir, f"{name}_eval224.png"))
+            out.append(["eval224", 224, 224, "bicubic"])
+        # other sizes, both filters, shrinking and enlarging
+        for (w, h, f) in [(97, 61, "bicubic"), (45, 130, "bilinear"), (150, 33, "bilinear")]:
+            mode = InterpolationMode.BICUBIC if f == "bicubic" else InterpolationMode.BILINEAR
+            png(TF.resize(im, [h, w], mode), os.path.join(ref_dir, f"{name}_{f}_{w}x{h}.png"))
+            out.append([f"{f}_{w}x{h}", w, h, f])
+        cases[name] = out
+        samples[f"{name}_eval"] = lion_eval(im)[:, ::16, ::16]
+        samples[f"{name}_ram"] = ram(im)[:, ::16, ::16]
+    # the RAM resize (uint8) for two photos
+    for name in ["rocket"]:
+        im = Image.open(os.path.join(img_dir, f"{name}.png"))
+        png(TF.resize(im.convert("RGB"), [384, 384], InterpolationMode.BILINEAR),
+            os.path.join(ref_dir, f"{name}_ram384.png"))
+    # RandomResizedCrop's deterministic part: resized_crop + hflip with known parameters
+    im = Image.open(os.path.join(img_dir, "chelsea.png")).convert("RGB")
+    top, left, height, width = 11, 17, 97, 120
+    rc = TF.hflip(TF.resized_crop(im, top, left, height, width, [112, 112],
+                                  InterpolationMode.BICUBIC))
+    png(rc, os.path.join(ref_dir, "chelsea_crop_flip112.png"))
+    save(samples, "preprocess.safetensors")
+    with open(os.path.join(OUT, "preprocess.json"), "w") as f:
+        json.dump({"cases": cases, "crop_flip": {"top": top, "left": left, "height": height,
+                                                 "width": width}}, f, indent=1)
+
+    # robustness inputs and PIL's convert("RGB") of them
+    base = Image.open(os.path.join(img_dir, "rocket.png")).convert("RGB")
+    base.save(os.path.join(rob_dir, "photo.jpg"), quality=90)
+    png(Image.open(os.path.join(rob_dir, "photo.jpg")).convert("RGB"),
+        os.path.join(rob_dir, "photo_jpg_pil.png"))
+    cmyk = base.convert("CMYK")
+    cmyk.save(os.path.join(rob_dir, "cmyk.jpg"), quality=95)
+    png(Image.open(os.path.join(rob_dir, "cmyk.jpg")).convert("RGB"), os.path.join(rob_dir, "cmyk_pil.png"))
+    gray = base.convert("L")
+    png(gray, os.path.join(rob_dir, "gray.png"))
+    gray.save(os.path.join(rob_dir, "gray.jpg"), quality=95)
+    png(Image.open(os.path.join(rob_dir, "gray.jpg")).convert("RGB"), os.path.join(rob_dir, "gray_jpg_pil.png"))
+    la = base.convert("LA")
+    png(la, os.path.join(rob_dir, "la.png"))
+    rgba = base.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(base.size))
+    png(rgba, os.path.join(rob_dir, "rgba.png"))
+    pal = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    png(pal, os.path.join(rob_dir, "palette.png"))
+    png(pal.convert("RGB"), os.path.join(rob_dir, "palette_pil.png"))
+    # 16-bit: RGB (numpy -> PNG via PIL cannot write RGB;16, so write with skimage.io / imageio)
+    a16 = (np.asarray(base).astype(np.uint16) * 257 + np.arange(base.size[0], dtype=np.uint16)[None, :, None] % 200)
+    write_png16(os.path.join(rob_dir, "rgb16.png"), a16)
+    png(Image.open(os.path.join(rob_dir, "rgb16.png")).convert("RGB"), os.path.join(rob_dir, "rgb16_pil.png"))
+    g16 = (np.asarray(gray).astype(np.uint16) * 257)
+    write_png16(os.path.join(rob_dir, "gray16.png"), g16)
+    print("preprocess written")
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     what = sys.argv[1:] or ["vit", "qformer", "aggregator", "preprocess"]

@@ -9,6 +9,7 @@ pub mod bert;
 pub mod error;
 pub mod eva_vit;
 pub mod ops;
+pub mod preprocess;
 pub mod qformer;
 pub mod sentence;
 pub mod testing;
