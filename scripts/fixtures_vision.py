@@ -18,8 +18,19 @@ Writes tests/fixtures/vision/ (all small, tiny random-init models with upstream 
       LION's FusionAdapter (two `transformers.BertLayer`s with is_decoder + add_cross_attention,
       eager attention as upstream ran it), ln_adapter and adapter_proj, as `lion_adapters.py` /
       `lion_t5.py` build them; upstream init, then every parameter perturbed so all are tested.
-  images/*.png, resize/*.png, preprocess.safetensors, robust/*
-      Preprocessing references: see preprocess() below.
+  images/*.png
+      Four crops of scikit-image's public-domain sample photos (astronaut 160x200, coffee 300x120,
+      chelsea 150x120, rocket 80x60), stored losslessly so both sides read identical pixels.
+  resize/*.png, preprocess.json, preprocess.safetensors
+      References as uint8 PNG (the resized image before ToTensor): torchvision `F.resize` on PIL
+      (PIL `Image.resize`, Pillow 13) at 224x224 bicubic (LION eval; three photos), at 384x384
+      bilinear (RAM; rocket), at three other sizes/filters for every photo, and torchvision
+      `resized_crop` + `hflip` (RandomResizedCrop's deterministic part) at 112. The full
+      torchvision transforms (LION eval, RAM) are checked through a stride-16 subsample of their
+      normalised float32 output (preprocess.safetensors) to keep the files small.
+  robust/*
+      Awkward inputs (CMYK / grayscale / RGB JPEG, palette, LA, RGBA, 16-bit RGB and gray PNG)
+      and PIL's `Image.open(f).convert("RGB")` of them.
 
 Run: PY=$(scripts/venv.sh); $PY scripts/fixtures_vision.py [vit] [qformer] [aggregator] [preprocess]
 """
