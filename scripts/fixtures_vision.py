@@ -33,6 +33,8 @@ Writes tests/fixtures/vision/ (all small, tiny random-init models with upstream 
       and PIL's `Image.open(f).convert("RGB")` of them.
 
 Run: PY=$(scripts/venv.sh); $PY scripts/fixtures_vision.py [vit] [qformer] [aggregator] [preprocess]
+Cross-check against the upstream modules themselves (optional, see upstream()):
+     LION_UPSTREAM_MODELS=/path/to/JiuTian-LION/models $PY scripts/fixtures_vision.py upstream
 """
 import json
 import math
@@ -430,6 +432,100 @@ def preprocess():
     print("preprocess written")
 
 
+# ----------------------------------------------------------------------------------------------
+# Optional: check the references above against the upstream module code itself
+
+def upstream():
+    """Runs JiuTian-LION's own `models/eva_vit.py` and `models/Qformer.py` (the folder given by
+    LION_UPSTREAM_MODELS, e.g. a checkout of JiuTian-VL/JiuTian-LION @7578437) on the committed
+    fixtures and checks they agree with the references. Qformer.py was written for transformers
+    4.x: the few helpers transformers 5 dropped are shimmed below as 4.x defined them (no-ops for
+    pruning/chunking, `invert_attention_mask`, `get_head_mask`); nothing numerical is changed.
+    Measured 2026-11-26: Q-Former last_hidden_state diff 0.0, ViT block outputs <= 2.4e-7,
+    interpolated pos_embed 0.0."""
+
+    import transformers.modeling_utils as mu
+    from safetensors.torch import load_file
+    from transformers import BertConfig
+
+    path = os.environ["LION_UPSTREAM_MODELS"]
+    sys.path.insert(0, path)
+    for n in ["apply_chunking_to_forward", "find_pruneable_heads_and_indices", "prune_linear_layer"]:
+        if not hasattr(mu, n):
+            setattr(mu, n, (lambda fn, chunk, dim, *xs: fn(*xs)) if n.startswith("apply") else None)
+    try:
+        import transformers.file_utils  # noqa: F401
+    except ImportError:
+        import transformers.utils as tu
+        sys.modules["transformers.file_utils"] = tu
+    import Qformer
+    import eva_vit
+
+    sd = load_file(os.path.join(OUT, "vit.safetensors"))
+    io = load_file(os.path.join(OUT, "vit_io.safetensors"))
+
+    def make(img):
+        return eva_vit.VisionTransformer(
+            img_size=img, patch_size=8, use_mean_pooling=False, embed_dim=16, depth=5,
+            num_heads=4, mlp_ratio=2.75, qkv_bias=True, drop_path_rate=0.0,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6)).eval()
+
+    m = make(32)
+    m.load_state_dict(sd, strict=True)
+    with torch.no_grad():
+        _, inter = m(io["pixel_values"], return_intermediate=True)
+    for i in [1, 3, 4]:
+        d = (inter[i] - io[f"block{i}"]).abs().max().item()
+        print(f"upstream eva_vit.py block{i}: max abs diff {d:.2e}")
+        assert d < 1e-5
+    m48 = make(48)
+    sd48 = dict(sd)
+    eva_vit.interpolate_pos_embed(m48, sd48)
+    m48.load_state_dict(sd48, strict=True)
+    assert (sd48["pos_embed"] - io["pos_embed_48"]).abs().max().item() < 1e-6
+    with torch.no_grad():
+        _, inter = m48(io["pixel_values_48"], return_intermediate=True)
+    d = (inter[4] - io["block4_48"]).abs().max().item()
+    print(f"upstream eva_vit.py at 48 px: max abs diff {d:.2e}")
+    assert d < 1e-5
+
+    sd = load_file(os.path.join(OUT, "qformer.safetensors"))
+    io = load_file(os.path.join(OUT, "qformer_io.safetensors"))
+    cfg = BertConfig(vocab_size=QF["vocab"], hidden_size=QF["hidden"],
+                     num_hidden_layers=QF["layers"], num_attention_heads=QF["heads"],
+                     intermediate_size=QF["inter"], max_position_embeddings=QF["max_pos"])
+    cfg.encoder_width = QF["enc_width"]
+    cfg.add_cross_attention = True
+    cfg.cross_attention_freq = QF["freq"]
+    cfg.query_length = QF["queries"]
+
+    def invert_attention_mask(self, mask):
+        e = mask[:, None, None, :].to(self.dtype)
+        return (1.0 - e) * torch.finfo(self.dtype).min
+
+    Qformer.BertModel.init_weights = lambda self: None  # weights are loaded below
+    Qformer.BertModel.invert_attention_mask = invert_attention_mask
+    Qformer.BertModel.get_head_mask = lambda self, hm, n, *a: [None] * n
+    bert = Qformer.BertModel(cfg, add_pooling_layer=False).eval()
+    bsd = {k[len("Qformer.bert."):]: v for k, v in sd.items() if k.startswith("Qformer.bert.")}
+    bsd["embeddings.position_ids"] = bsd["embeddings.position_ids"].long()
+    bert.load_state_dict(bsd, strict=True)
+    ln = nn.LayerNorm(QF["enc_width"])
+    ln.load_state_dict({"weight": sd["ln_vision.weight"], "bias": sd["ln_vision.bias"]})
+    with torch.no_grad():
+        img = ln(io["vision"])
+        b, q = img.shape[0], QF["queries"]
+        att = torch.cat([torch.ones(b, q, dtype=torch.long), io["attention_mask"]], 1)
+        out = bert(io["input_ids"], attention_mask=att,
+                   query_embeds=sd["query_tokens"].expand(b, -1, -1),
+                   encoder_hidden_states=img,
+                   encoder_attention_mask=torch.ones(img.shape[:-1], dtype=torch.long),
+                   return_dict=True)
+    d = (out.last_hidden_state - io["hidden"]).abs().max().item()
+    print(f"upstream Qformer.py last_hidden_state: max abs diff {d:.2e}")
+    assert d < 1e-5
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     what = sys.argv[1:] or ["vit", "qformer", "aggregator", "preprocess"]
@@ -441,3 +537,5 @@ if __name__ == "__main__":
         aggregator()
     if "preprocess" in what:
         preprocess()
+    if "upstream" in what or os.environ.get("LION_UPSTREAM_MODELS"):
+        upstream()
