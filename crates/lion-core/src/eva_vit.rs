@@ -293,6 +293,12 @@ impl EvaVit {
             if stored.dims() == [1, n, d] {
                 stored
             } else {
+                let sd = stored.dims();
+                if sd.len() != 3 || sd[2] != d {
+                    candle_core::bail!(
+                        "pos_embed in the checkpoint has shape {sd:?}, the model needs (1, {n}, {d})"
+                    )
+                }
                 let pos = interpolate_pos_embed(&stored, 1, cfg.grid())?;
                 tracing::info!(
                     from = ?stored.dims(),

@@ -97,6 +97,21 @@ fn vit_interpolates_pos_embed_for_another_image_size() {
 }
 
 #[test]
+fn vit_rejects_a_pos_embed_of_the_wrong_width() {
+    let ckpt = Checkpoint::open(fixture("vision/vit.safetensors")).unwrap();
+    let mut ts = ckpt.load_all(&Device::Cpu).unwrap();
+    ts.insert(
+        "pos_embed".into(),
+        Tensor::zeros((1, 17, 12), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let l = WeightLoader::new(vec![Checkpoint::from_tensors("edited", ts)]);
+    let e = EvaVit::new(&vit_cfg(32, true), l.var_builder(DType::F32, &Device::Cpu))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pos_embed") && e.contains("(1, 17, 16)"), "{e}");
+}
+
+#[test]
 fn vit_rejects_bad_inputs_with_clear_errors() {
     let vit = load_vit(32, true, None);
     let x = Tensor::zeros((1, 3, 40, 32), DType::F32, &Device::Cpu).unwrap();
