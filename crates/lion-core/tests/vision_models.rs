@@ -495,3 +495,46 @@ fn lion_presets_match_upstream_sizes() {
         (30523, 1408, 2, 32)
     );
 }
+
+#[test]
+fn image_file_to_t5_visual_tokens_composes() {
+    // LION's encode_img at a tiny size with random weights: file -> eval-style transform ->
+    // ViT (blocks 4, 3, 1 as LION's 38, 28, 18) -> Q-Former (32 -> 6 queries) + aggregator.
+    use lion_core::preprocess::{load_image, Filter, ImageTransform, CLIP_MEAN, CLIP_STD};
+    let img = load_image(fixture("vision/robust/photo.jpg")).unwrap();
+    let t = ImageTransform {
+        size: 32,
+        filter: Filter::Bicubic,
+        mean: CLIP_MEAN,
+        std: CLIP_STD,
+    };
+    let pixels = t.apply_batch(&[img.clone(), img], &Device::Cpu).unwrap();
+    let vb = WeightLoader::random().var_builder(DType::F32, &Device::Cpu);
+    let vit = EvaVit::new(&vit_cfg(32, true), vb.pp("visual_encoder")).unwrap();
+    let mut qcfg = qformer_cfg();
+    qcfg.encoder_width = 16;
+    let qformer = QFormer::new(&qcfg, vb.clone()).unwrap();
+    let agg = VisionAggregator::new(&agg_cfg(), vb).unwrap();
+    let layers = vit.forward(&pixels, &agg_cfg().source_layers).unwrap();
+    let ids = Tensor::new(&[[5u32, 9, 11], [7, 3, 0]], &Device::Cpu).unwrap();
+    let mask = Tensor::new(&[[1u32, 1, 1], [1, 1, 0]], &Device::Cpu).unwrap();
+    let q = qformer
+        .forward(&layers[0], Some(&ids), Some(&mask), false)
+        .unwrap();
+    let a = agg.forward(&layers, false).unwrap();
+    assert_eq!(q.dims(), &[2, 6, 12]);
+    assert_eq!(a.dims(), &[2, 17, 12]);
+    let visual = Tensor::cat(&[&q, &a], 1).unwrap();
+    assert_eq!(visual.dims(), &[2, 23, 12]);
+    // the two rows saw the same image but different questions: only the Q-Former part differs
+    let rows = visual.chunk(2, 0).unwrap();
+    let d = |r: std::ops::Range<usize>| {
+        max_abs_diff(
+            &rows[0].narrow(1, r.start, r.len()).unwrap(),
+            &rows[1].narrow(1, r.start, r.len()).unwrap(),
+        )
+        .unwrap()
+    };
+    assert!(d(0..6) > 1e-4);
+    assert_eq!(d(6..23), 0.0);
+}
