@@ -5,12 +5,16 @@
 //! (see [`weights`] for loading and key reports).
 
 pub mod adapter;
+pub mod aggregator;
 pub mod bert;
 pub mod error;
+pub mod eva_vit;
 pub mod generate;
 pub mod kernels;
 pub mod ops;
+pub mod preprocess;
 pub mod prompt;
+pub mod qformer;
 pub mod sentence;
 pub mod t5;
 pub mod testing;
