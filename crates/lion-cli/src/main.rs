@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Sentence embeddings with a BERT model folder (all-MiniLM-L6-v2 by default), as JSON lines.
     Embed(cmd::embed::Args),
+    /// RAM image tags with scores, as JSON lines (images, folders, or --list FILE).
+    Tag(cmd::tag::Args),
     /// The seed experiment end to end (runs what exists so far, and says what does not).
     Demo(cmd::demo::Args),
 }
@@ -37,6 +39,7 @@ fn main() {
     let result = match cli.command {
         Command::Embed(args) => cmd::embed::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Tag(args) => cmd::tag::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -8,6 +8,8 @@ pub mod bert;
 pub mod error;
 pub mod ops;
 pub mod sentence;
+pub mod swin;
+pub mod tagger;
 pub mod testing;
 pub mod util;
 pub mod weights;
