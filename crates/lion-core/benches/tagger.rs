@@ -46,6 +46,20 @@ fn main() {
         .collect();
     let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
 
+    // where the time goes: the Swin alone and the whole model on a preprocessed batch
+    let s = cfg.swin.img_size;
+    let batch = candle_core::Tensor::randn(0f32, 1., (n, 3, s, s), &Device::Cpu).expect("batch");
+    let t0 = Instant::now();
+    tagger.model.image_features(&batch).expect("swin");
+    let t_swin = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    tagger.model.forward(&batch, false).expect("forward");
+    let t_all = t0.elapsed().as_secs_f64();
+    println!(
+        "preprocessed batch of {n}: swin {t_swin:.2} s, swin + head {t_all:.2} s ({:.1} images/s)",
+        n as f64 / t_all
+    );
+
     // warm-up on a few images
     tagger.tag_files(&refs[..n.min(4)]).expect("warm-up");
     let threads = candle_core::utils::get_num_threads();

@@ -201,6 +201,9 @@ impl TaggingLayer {
     }
 }
 
+/// Images per pass through the tagging head in [`Ram::forward`].
+const HEAD_CHUNK: usize = 4;
+
 /// The RAM tagger.
 #[derive(Debug, Clone)]
 pub struct Ram {
@@ -303,11 +306,19 @@ impl Ram {
         let b = image.dim(0)?;
         let q = self.label_queries()?;
         let (t, h) = q.dims2()?;
-        let mut xs = q.unsqueeze(0)?.broadcast_as((b, t, h))?.contiguous()?;
-        for layer in &self.tagging_head {
-            xs = layer.forward(&xs, &image, train)?;
+        // The head's activations are (images, num_tags, hidden) and larger: run it a few images at
+        // a time so they stay small (same result; measured faster than one big batch).
+        let mut logits = Vec::with_capacity(b.div_ceil(HEAD_CHUNK));
+        for start in (0..b).step_by(HEAD_CHUNK) {
+            let n = HEAD_CHUNK.min(b - start);
+            let img = image.narrow(0, start, n)?;
+            let mut xs = q.unsqueeze(0)?.broadcast_as((n, t, h))?.contiguous()?;
+            for layer in &self.tagging_head {
+                xs = layer.forward(&xs, &img, train)?;
+            }
+            logits.push(self.fc.forward(&xs)?.squeeze(2)?);
         }
-        self.fc.forward(&xs)?.squeeze(2)
+        Tensor::cat(&logits, 0)
     }
 
     /// images: (b, 3, img, img) -> per-tag probabilities `sigmoid(logits)`, (b, num_tags)
