@@ -25,6 +25,8 @@ enum Command {
     SelectCaptions(cmd::select_captions::Args),
     /// Triplet fine-tuning of the tag encoder towards the chosen captions (Dynamic LION step 3).
     TrainTagEncoder(cmd::train_tag_encoder::Args),
+    /// RAM image tags with scores, as JSON lines (images, folders, or --list FILE).
+    Tag(cmd::tag::Args),
     /// The seed experiment end to end (runs what exists so far, and says what does not).
     Demo(cmd::demo::Args),
     /// ShapesWorld, the synthetic world of the demo: `lion world generate --out DIR --seed S ...`.
@@ -49,6 +51,7 @@ fn main() {
         Command::Eval(args) => cmd::eval::run(args),
         Command::SelectCaptions(args) => cmd::select_captions::run(args),
         Command::TrainTagEncoder(args) => cmd::train_tag_encoder::run(args),
+        Command::Tag(args) => cmd::tag::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -4,6 +4,7 @@ pub mod world;
 pub mod eval;
 pub mod select_captions;
 pub mod train_tag_encoder;
+pub mod tag;
 
 use anyhow::Result;
 use candle_core::Device;

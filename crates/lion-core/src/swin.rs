@@ -1,0 +1,587 @@
+//! Swin Transformer (v1) backbone, as RAM uses it (`visual_encoder`).
+//!
+//! Reference: `recognize-anything` `ram/models/swin_transformer.py` (Microsoft's Swin code), with
+//! RAM's arguments: patch 4, `qkv_bias`, no absolute position embedding, patch norm, `mlp_ratio` 4,
+//! LayerNorm eps 1e-5, exact GELU. Keys (prefix `visual_encoder.` in a RAM checkpoint):
+//! `patch_embed.{proj,norm}`, `layers.{s}.blocks.{b}.{norm1, attn.qkv, attn.proj,
+//! attn.relative_position_bias_table, norm2, mlp.fc1, mlp.fc2}`, `layers.{s}.downsample.{norm,
+//! reduction}`, `norm`.
+//!
+//! As upstream:
+//! - blocks alternate regular and shifted windows (shift = window / 2 on odd blocks); a stage whose
+//!   resolution is <= the window uses one window of the whole resolution and no shift;
+//! - shifted windows get a 0 / -100 attention mask between tokens from different regions;
+//! - `relative_position_index` and `attn_mask` are recomputed here, never read (checkpoints carry
+//!   them as buffers; list them as ignored when loading);
+//! - the output is the final LayerNorm's tokens with their average prepended:
+//!   `(b, 1 + h*w, C)` (for Swin-L at 384: `(b, 145, 1536)`).
+//!
+//! Drop-path (stochastic depth, 0.1 in RAM's training) is not implemented: the model is used for
+//! inference and the demo trains without it.
+
+use candle_core::{Device, Module, Result, Tensor};
+use candle_nn::{Init, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::bert::linear;
+use crate::ops::{softmax, Activation, LayerNorm};
+
+fn default_in_chans() -> usize {
+    3
+}
+fn default_mlp_ratio() -> f64 {
+    4.0
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+
+/// Swin Transformer sizes (upstream `configs/swin/config_swin*_*.json` plus the constructor's
+/// constants).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwinConfig {
+    /// Square input size in pixels (`image_res`).
+    pub img_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "default_in_chans")]
+    pub in_chans: usize,
+    pub embed_dim: usize,
+    /// Blocks per stage.
+    pub depths: Vec<usize>,
+    /// Attention heads per stage.
+    pub num_heads: Vec<usize>,
+    pub window_size: usize,
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: f64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+}
+
+impl SwinConfig {
+    /// Swin-L at 384 (`config_swinL_384.json`), RAM's `ram_swin_large_14m` backbone.
+    pub fn swin_l_384() -> Self {
+        Self {
+            img_size: 384,
+            patch_size: 4,
+            in_chans: 3,
+            embed_dim: 192,
+            depths: vec![2, 2, 18, 2],
+            num_heads: vec![6, 12, 24, 48],
+            window_size: 12,
+            mlp_ratio: 4.0,
+            layer_norm_eps: 1e-5,
+        }
+    }
+
+    /// Swin-B at 384 (`config_swinB_384.json`).
+    pub fn swin_b_384() -> Self {
+        Self {
+            embed_dim: 128,
+            num_heads: vec![4, 8, 16, 32],
+            ..Self::swin_l_384()
+        }
+    }
+
+    /// A tiny Swin for tests and smoke runs: 64 px, window 4, resolutions 16, 8, 4, 2 (shifted
+    /// windows in stages 0-1, a whole-resolution window in stages 2-3).
+    pub fn tiny() -> Self {
+        Self {
+            img_size: 64,
+            patch_size: 4,
+            in_chans: 3,
+            embed_dim: 8,
+            depths: vec![2, 2, 1, 1],
+            num_heads: vec![2, 2, 4, 4],
+            window_size: 4,
+            mlp_ratio: 4.0,
+            layer_norm_eps: 1e-5,
+        }
+    }
+
+    /// Width of the output tokens: `embed_dim * 2^(stages - 1)` (1536 for Swin-L).
+    pub fn num_features(&self) -> usize {
+        self.embed_dim << (self.depths.len().saturating_sub(1))
+    }
+
+    /// Token grid side after the patch embedding.
+    pub fn patches_resolution(&self) -> usize {
+        self.img_size / self.patch_size.max(1)
+    }
+
+    /// Output tokens per image including the pooled one (145 for Swin-L at 384).
+    pub fn num_tokens(&self) -> usize {
+        let r = self.patches_resolution() >> (self.depths.len().saturating_sub(1));
+        1 + r * r
+    }
+
+    /// (window, shift) actually used by block `b` of a stage at resolution `res`.
+    fn window_and_shift(&self, res: usize, block: usize) -> (usize, usize) {
+        if res <= self.window_size {
+            (res, 0)
+        } else {
+            let shift = if block % 2 == 1 {
+                self.window_size / 2
+            } else {
+                0
+            };
+            (self.window_size, shift)
+        }
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let n = self.depths.len();
+        if n == 0 || self.num_heads.len() != n {
+            return Err(format!(
+                "depths ({n} stages) and num_heads ({} stages) must be non-empty and of equal length",
+                self.num_heads.len()
+            ));
+        }
+        if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
+            return Err(format!(
+                "img_size {} is not a multiple of patch_size {}",
+                self.img_size, self.patch_size
+            ));
+        }
+        if self.window_size == 0 || self.embed_dim == 0 {
+            return Err("window_size and embed_dim must be > 0".into());
+        }
+        let mut res = self.patches_resolution();
+        for s in 0..n {
+            let dim = self.embed_dim << s;
+            let heads = self.num_heads[s];
+            if heads == 0 || dim % heads != 0 {
+                return Err(format!(
+                    "stage {s}: width {dim} is not divisible by {heads} heads"
+                ));
+            }
+            let (w, _) = self.window_and_shift(res, 0);
+            if res == 0 || res % w != 0 {
+                return Err(format!(
+                    "stage {s}: resolution {res} is not a multiple of the window {w}"
+                ));
+            }
+            if s + 1 < n {
+                if res % 2 != 0 {
+                    return Err(format!(
+                        "stage {s}: resolution {res} is odd, patch merging needs it even"
+                    ));
+                }
+                res /= 2;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn trunc_normal() -> Init {
+    Init::Randn {
+        mean: 0.,
+        stdev: 0.02,
+    }
+}
+
+/// Pairwise relative-position index inside a `w x w` window: `(w*w * w*w,)` u32 into the
+/// `(2w-1)^2`-row bias table (upstream `relative_position_index`, flattened).
+pub fn relative_position_index(w: usize, dev: &Device) -> Result<Tensor> {
+    let n = w * w;
+    let mut idx = Vec::with_capacity(n * n);
+    for i in 0..n {
+        let (hi, wi) = (i / w, i % w);
+        for j in 0..n {
+            let (hj, wj) = (j / w, j % w);
+            let dh = hi + w - 1 - hj;
+            let dw = wi + w - 1 - wj;
+            idx.push((dh * (2 * w - 1) + dw) as u32);
+        }
+    }
+    Tensor::from_vec(idx, n * n, dev)
+}
+
+/// The shifted-window attention mask for a `res x res` grid: `(nW, w*w, w*w)` with 0 between
+/// tokens of the same region and -100 otherwise (upstream `attn_mask`).
+pub fn shifted_window_mask(res: usize, w: usize, shift: usize, dev: &Device) -> Result<Tensor> {
+    let region = |p: usize| -> usize {
+        if p < res - w {
+            0
+        } else if p < res - shift {
+            1
+        } else {
+            2
+        }
+    };
+    let nw = res / w;
+    let n = w * w;
+    let mut mask = Vec::with_capacity(nw * nw * n * n);
+    for wh in 0..nw {
+        for ww in 0..nw {
+            let ids: Vec<usize> = (0..n)
+                .map(|t| region(wh * w + t / w) * 3 + region(ww * w + t % w))
+                .collect();
+            for &a in &ids {
+                for &b in &ids {
+                    mask.push(if a == b { 0f32 } else { -100f32 });
+                }
+            }
+        }
+    }
+    Tensor::from_vec(mask, (nw * nw, n, n), dev)
+}
+
+/// `WindowAttention`: multi-head self-attention inside windows, with a learned relative-position
+/// bias. Keys `qkv`, `proj`, `relative_position_bias_table`.
+#[derive(Debug, Clone)]
+pub struct WindowAttention {
+    qkv: Linear,
+    proj: Linear,
+    relative_position_bias_table: Tensor,
+    relative_position_index: Tensor,
+    num_heads: usize,
+    window: usize,
+    scale: f64,
+}
+
+impl WindowAttention {
+    pub fn new(dim: usize, window: usize, num_heads: usize, vb: VarBuilder) -> Result<Self> {
+        let table = vb.get_with_hints(
+            ((2 * window - 1) * (2 * window - 1), num_heads),
+            "relative_position_bias_table",
+            trunc_normal(),
+        )?;
+        Ok(Self {
+            qkv: swin_linear(dim, 3 * dim, vb.pp("qkv"))?,
+            proj: swin_linear(dim, dim, vb.pp("proj"))?,
+            relative_position_bias_table: table,
+            relative_position_index: relative_position_index(window, vb.device())?,
+            num_heads,
+            window,
+            scale: ((dim / num_heads) as f64).powf(-0.5),
+        })
+    }
+
+    /// The `(heads, N, N)` bias, gathered from the table (differentiable w.r.t. the table).
+    fn bias(&self) -> Result<Tensor> {
+        let n = self.window * self.window;
+        self.relative_position_bias_table
+            .index_select(&self.relative_position_index, 0)?
+            .reshape((n, n, self.num_heads))?
+            .permute((2, 0, 1))?
+            .contiguous()
+    }
+
+    /// xs: (b * nW, N, C) windows; mask: (nW, N, N) additive or None -> (b * nW, N, C)
+    pub fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (bw, n, c) = xs.dims3()?;
+        let hd = c / self.num_heads;
+        let qkv = self
+            .qkv
+            .forward(xs)?
+            .reshape((bw, n, 3, self.num_heads, hd))?
+            .permute((2, 0, 3, 1, 4))?;
+        let q = (qkv.get(0)?.contiguous()? * self.scale)?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let mut attn = q
+            .matmul(&k.t()?)?
+            .broadcast_add(&self.bias()?.unsqueeze(0)?)?;
+        if let Some(mask) = mask {
+            let nw = mask.dim(0)?;
+            attn = attn
+                .reshape((bw / nw, nw, self.num_heads, n, n))?
+                .broadcast_add(&mask.unsqueeze(1)?.unsqueeze(0)?)?
+                .reshape((bw, self.num_heads, n, n))?;
+        }
+        let ctx = softmax(&attn)?.matmul(&v)?;
+        self.proj
+            .forward(&ctx.transpose(1, 2)?.reshape((bw, n, c))?)
+    }
+}
+
+/// A Linear with Swin's init (trunc-normal 0.02, zero bias).
+fn swin_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    linear(in_dim, out_dim, vb)
+}
+
+/// `Mlp`: fc1, exact GELU, fc2.
+#[derive(Debug, Clone)]
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: swin_linear(dim, hidden, vb.pp("fc1"))?,
+            fc2: swin_linear(hidden, dim, vb.pp("fc2"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    /// xs: (..., dim) -> (..., dim)
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.fc2
+            .forward(&Activation::Gelu.forward(&self.fc1.forward(xs)?)?)
+    }
+}
+
+/// `SwinTransformerBlock`: (shifted) window attention and MLP, both pre-norm with residuals.
+#[derive(Debug, Clone)]
+pub struct SwinTransformerBlock {
+    norm1: LayerNorm,
+    attn: WindowAttention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    resolution: usize,
+    window: usize,
+    shift: usize,
+    attn_mask: Option<Tensor>,
+}
+
+impl SwinTransformerBlock {
+    fn new(
+        cfg: &SwinConfig,
+        dim: usize,
+        resolution: usize,
+        heads: usize,
+        block: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let (window, shift) = cfg.window_and_shift(resolution, block);
+        let attn_mask = if shift > 0 {
+            Some(shifted_window_mask(resolution, window, shift, vb.device())?)
+        } else {
+            None
+        };
+        Ok(Self {
+            norm1: LayerNorm::new(dim, cfg.layer_norm_eps, vb.pp("norm1"))?,
+            attn: WindowAttention::new(dim, window, heads, vb.pp("attn"))?,
+            norm2: LayerNorm::new(dim, cfg.layer_norm_eps, vb.pp("norm2"))?,
+            mlp: Mlp::new(dim, (dim as f64 * cfg.mlp_ratio) as usize, vb.pp("mlp"))?,
+            resolution,
+            window,
+            shift,
+            attn_mask,
+        })
+    }
+
+    /// xs: (b, H*W, C) -> (b, H*W, C)
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, l, c) = xs.dims3()?;
+        let (r, w) = (self.resolution, self.window);
+        if l != r * r {
+            candle_core::bail!("swin block: {l} tokens for a {r}x{r} grid")
+        }
+        let mut h = self.norm1.forward(xs)?.reshape((b, r, r, c))?;
+        let s = self.shift as i32;
+        if s > 0 {
+            h = h.roll(-s, 1)?.roll(-s, 2)?;
+        }
+        // window partition: (b, r/w, w, r/w, w, c) -> (b * nW, w*w, c)
+        let nw = r / w;
+        let windows = h
+            .reshape((b, nw, w, nw, w, c))?
+            .permute((0, 1, 3, 2, 4, 5))?
+            .contiguous()?
+            .reshape((b * nw * nw, w * w, c))?;
+        let out = self.attn.forward(&windows, self.attn_mask.as_ref())?;
+        // window reverse
+        let mut h = out
+            .reshape((b, nw, nw, w, w, c))?
+            .permute((0, 1, 3, 2, 4, 5))?
+            .contiguous()?
+            .reshape((b, r, r, c))?;
+        if s > 0 {
+            h = h.roll(s, 1)?.roll(s, 2)?;
+        }
+        let xs = (xs + h.reshape((b, l, c))?)?;
+        let m = self.mlp.forward(&self.norm2.forward(&xs)?)?;
+        xs + m
+    }
+}
+
+/// `PatchMerging`: 2x2 neighbours concatenated as (0,0), (1,0), (0,1), (1,1) (row, col), then
+/// `norm` (LayerNorm 4C) and `reduction` (Linear 4C -> 2C, no bias).
+#[derive(Debug, Clone)]
+pub struct PatchMerging {
+    norm: LayerNorm,
+    reduction: Linear,
+    resolution: usize,
+}
+
+impl PatchMerging {
+    fn new(dim: usize, resolution: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm: LayerNorm::new(4 * dim, eps, vb.pp("norm"))?,
+            reduction: Linear::new(
+                vb.pp("reduction")
+                    .get_with_hints((2 * dim, 4 * dim), "weight", trunc_normal())?,
+                None,
+            ),
+            resolution,
+        })
+    }
+
+    /// xs: (b, H*W, C) -> (b, H/2*W/2, 2C)
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, _l, c) = xs.dims3()?;
+        let r = self.resolution;
+        // (b, i, row-parity, j, col-parity, c) -> (b, i, j, col-parity, row-parity, c): the
+        // concatenation order x0 (0,0), x1 (1,0), x2 (0,1), x3 (1,1) is col-major in parity.
+        let xs = xs
+            .reshape((b, r / 2, 2, r / 2, 2, c))?
+            .permute((0, 1, 3, 4, 2, 5))?
+            .contiguous()?
+            .reshape((b, (r / 2) * (r / 2), 4 * c))?;
+        self.reduction.forward(&self.norm.forward(&xs)?)
+    }
+}
+
+/// `BasicLayer`: one stage of blocks and an optional downsample.
+#[derive(Debug, Clone)]
+struct BasicLayer {
+    blocks: Vec<SwinTransformerBlock>,
+    downsample: Option<PatchMerging>,
+}
+
+/// `PatchEmbed`: non-overlapping `p x p` patches, a linear projection (`proj`, stored as a
+/// Conv2d weight `(C, in, p, p)`) and `norm`.
+#[derive(Debug, Clone)]
+struct PatchEmbed {
+    weight: Tensor,
+    bias: Tensor,
+    norm: LayerNorm,
+    patch: usize,
+}
+
+impl PatchEmbed {
+    fn new(cfg: &SwinConfig, vb: VarBuilder) -> Result<Self> {
+        let (c, i, p) = (cfg.embed_dim, cfg.in_chans, cfg.patch_size);
+        let fan_in = (i * p * p) as f64;
+        let bound = 1.0 / fan_in.sqrt();
+        let weight = vb.pp("proj").get_with_hints(
+            (c, i, p, p),
+            "weight",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        let bias = vb.pp("proj").get_with_hints(c, "bias", Init::Const(0.))?;
+        Ok(Self {
+            weight,
+            bias,
+            norm: LayerNorm::new(c, cfg.layer_norm_eps, vb.pp("norm"))?,
+            patch: p,
+        })
+    }
+
+    /// xs: (b, in, H, W) -> (b, H/p * W/p, C)
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, ci, h, w) = xs.dims4()?;
+        let p = self.patch;
+        let (hp, wp) = (h / p, w / p);
+        let c = self.weight.dim(0)?;
+        // A stride-p, kernel-p convolution is a matmul over flattened patches.
+        let patches = xs
+            .reshape((b, ci, hp, p, wp, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * hp * wp, ci * p * p))?;
+        let w = self.weight.reshape((c, ci * p * p))?;
+        let out = patches
+            .matmul(&w.t()?)?
+            .broadcast_add(&self.bias)?
+            .reshape((b, hp * wp, c))?;
+        self.norm.forward(&out)
+    }
+}
+
+/// The Swin Transformer backbone.
+#[derive(Debug, Clone)]
+pub struct SwinTransformer {
+    patch_embed: PatchEmbed,
+    layers: Vec<BasicLayer>,
+    norm: LayerNorm,
+    cfg: SwinConfig,
+}
+
+impl SwinTransformer {
+    pub fn new(cfg: &SwinConfig, vb: VarBuilder) -> crate::Result<Self> {
+        cfg.validate()
+            .map_err(|m| crate::Error::config("swin", m))?;
+        let patch_embed = PatchEmbed::new(cfg, vb.pp("patch_embed"))?;
+        let mut layers = Vec::with_capacity(cfg.depths.len());
+        let mut res = cfg.patches_resolution();
+        let n = cfg.depths.len();
+        for s in 0..n {
+            let dim = cfg.embed_dim << s;
+            let vs = vb.pp(format!("layers.{s}"));
+            let blocks = (0..cfg.depths[s])
+                .map(|b| {
+                    SwinTransformerBlock::new(
+                        cfg,
+                        dim,
+                        res,
+                        cfg.num_heads[s],
+                        b,
+                        vs.pp(format!("blocks.{b}")),
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let downsample = if s + 1 < n {
+                Some(PatchMerging::new(
+                    dim,
+                    res,
+                    cfg.layer_norm_eps,
+                    vs.pp("downsample"),
+                )?)
+            } else {
+                None
+            };
+            layers.push(BasicLayer { blocks, downsample });
+            if s + 1 < n {
+                res /= 2;
+            }
+        }
+        Ok(Self {
+            patch_embed,
+            layers,
+            norm: LayerNorm::new(cfg.num_features(), cfg.layer_norm_eps, vb.pp("norm"))?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &SwinConfig {
+        &self.cfg
+    }
+
+    /// images: (b, 3, img, img), normalised -> (b, 1 + h*w, C): the average-pooled token, then the
+    /// final-norm tokens.
+    pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        let (_, ci, h, w) = images.dims4()?;
+        let s = self.cfg.img_size;
+        if ci != self.cfg.in_chans || h != s || w != s {
+            candle_core::bail!(
+                "swin: input is {ci}x{h}x{w}, the model takes {}x{s}x{s}",
+                self.cfg.in_chans
+            )
+        }
+        let mut xs = self.patch_embed.forward(images)?;
+        for layer in &self.layers {
+            for blk in &layer.blocks {
+                xs = blk.forward(&xs)?;
+            }
+            if let Some(ds) = &layer.downsample {
+                xs = ds.forward(&xs)?;
+            }
+        }
+        let xs = self.norm.forward(&xs)?;
+        let pooled = xs.mean_keepdim(1)?;
+        Tensor::cat(&[&pooled, &xs], 1)
+    }
+}
+
+/// Keys a RAM/Swin checkpoint holds that the model recomputes (for
+/// [`crate::weights::WeightLoader::ignore_unexpected`]).
+pub const RECOMPUTED_BUFFERS: &[&str] = &["relative_position_index", "attn_mask"];
