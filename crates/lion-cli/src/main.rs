@@ -23,6 +23,9 @@ enum Command {
     Embed(cmd::embed::Args),
     /// The seed experiment end to end (runs what exists so far, and says what does not).
     Demo(cmd::demo::Args),
+    /// HTTP API: POST /v1/embed (and caption, VQA, grounding, tags once LION lands), /health,
+    /// /metrics, /openapi.json.
+    Serve(cmd::serve::Args),
 }
 
 fn main() {
@@ -37,6 +40,7 @@ fn main() {
     let result = match cli.command {
         Command::Embed(args) => cmd::embed::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,5 +1,6 @@
 pub mod demo;
 pub mod embed;
+pub mod serve;
 
 use anyhow::Result;
 use candle_core::Device;
