@@ -462,6 +462,12 @@ fn malformed_requests_get_json_errors() {
     let big = json!({"inputs": "x".repeat(10_000)});
     let msg = http::post_json(a, "/v1/embed", &big).expect_error(413, "payload_too_large");
     assert!(msg.contains("4096"), "{msg}");
+    let (ct, mp) = http::multipart(&[("image", Part::File(&[7u8; 10_000]))]);
+    let msg = http::post_raw(a, "/v1/tags", &ct, &mp).expect_error(413, "payload_too_large");
+    assert!(msg.contains("4096"), "{msg}");
+    let msg =
+        http::post_raw(a, "/v1/tags", "multipart/form-data", b"x").expect_error(400, "bad_request");
+    assert!(msg.contains("multipart"), "{msg}");
     let msg = http::get(a, "/v1/embed").expect_error(405, "method_not_allowed");
     assert!(msg.contains("GET"), "{msg}");
     http::get(a, "/v2/embed").expect_error(404, "not_found");

@@ -164,6 +164,32 @@ pub struct GroundResponse {
     pub text: String,
 }
 
+impl GroundResponse {
+    /// Reads LION's box text (`[x1,y1,x2,y2]`, coordinates normalised to [0, 1], e.g.
+    /// `"Answer: [0.440,0.060,0.650,0.367]"`; the last bracket with four numbers wins, as in
+    /// Dynamic LION's evaluation) and scales it to the image. Coordinates are clamped to [0, 1];
+    /// no box when the text has none.
+    pub fn from_text(text: String, width: u32, height: u32) -> Self {
+        let norm = text.rmatch_indices('[').find_map(|(i, _)| {
+            let rest = &text[i + 1..];
+            let inner = &rest[..rest.find(']')?];
+            let v: Vec<f32> = inner
+                .split(',')
+                .map(|x| x.trim().parse::<f32>())
+                .collect::<Result<_, _>>()
+                .ok()?;
+            (v.len() == 4 && v.iter().all(|x| x.is_finite()))
+                .then(|| [v[0], v[1], v[2], v[3]].map(|x| x.clamp(0.0, 1.0)))
+        });
+        let (w, h) = (width as f32, height as f32);
+        Self {
+            bbox: norm.map(|b| [b[0] * w, b[1] * h, b[2] * w, b[3] * h]),
+            bbox_normalized: norm,
+            text,
+        }
+    }
+}
+
 /// `POST /v1/tags`: RAM image tags.
 #[derive(Debug, Clone)]
 pub struct TagsRequest {
@@ -371,6 +397,25 @@ mod tests {
         };
         let msg = e.to_string();
         assert!(msg.contains("vqa") && msg.contains("--model"), "{msg}");
+    }
+
+    #[test]
+    fn ground_text_becomes_a_pixel_box() {
+        let g = GroundResponse::from_text("Answer: [0.440,0.060,0.650,0.367]".into(), 200, 100);
+        let b = g.bbox.unwrap();
+        let want = [88.0, 6.0, 130.0, 36.7];
+        for (x, y) in b.iter().zip(want) {
+            assert!((x - y).abs() < 1e-3, "{b:?}");
+        }
+        assert_eq!(g.bbox_normalized, Some([0.44, 0.06, 0.65, 0.367]));
+        // The last parsable bracket wins; out-of-range values are clamped.
+        let g = GroundResponse::from_text("[1,2] then [0.1, 0.2, 1.5, 0.4] [x]".into(), 10, 10);
+        assert_eq!(g.bbox_normalized, Some([0.1, 0.2, 1.0, 0.4]));
+        for t in ["no box", "[0.1,0.2,0.3]", "[a,b,c,d]", "[0.1,0.2,0.3,0.4"] {
+            let g = GroundResponse::from_text(t.into(), 10, 10);
+            assert_eq!((g.bbox, g.bbox_normalized), (None, None), "{t}");
+            assert_eq!(g.text, t);
+        }
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! - [`http`]: axum routes, validation ([`input`]), per-request timeout, metrics, graceful
 //!   shutdown ([`ShutdownHandle`], SIGINT/SIGTERM).
 //!
+//! Adding a model (the LION model, the RAM tagger): give [`ModelBackend`] an optional field for
+//! it, return `true` for its kinds in `capabilities`, and implement the batch methods
+//! (`caption`, `vqa`, `ground`, `tags`) on it; the HTTP layer, limits, batching and metrics need
+//! no change. [`GroundResponse::from_text`] turns LION's box text into a pixel box.
+//!
 //! ```no_run
 //! use lion_server::{ModelBackend, ServerConfig};
 //! let embedder = lion_core::sentence::SentenceEmbedder::load(
