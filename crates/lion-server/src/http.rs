@@ -228,7 +228,8 @@ async fn track(State(s): State<Shared>, req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
     s.metrics.request_done(&endpoint, status, t0.elapsed());
-    if status >= 500 {
+    // 501 (no model for this endpoint) is the server's configuration, not a failure.
+    if status >= 500 && status != 501 {
         tracing::warn!(endpoint, status, "request failed");
     } else {
         tracing::debug!(endpoint, status, "request done");
