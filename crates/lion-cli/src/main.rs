@@ -33,6 +33,9 @@ enum Command {
     World(cmd::world::Args),
     /// Score predictions (captioning, VQA, A-OKVQA, REC) against a benchmark's ground truth.
     Eval(cmd::eval::Args),
+    /// HTTP API: POST /v1/embed (and caption, VQA, grounding, tags once LION lands), /health,
+    /// /metrics, /openapi.json.
+    Serve(cmd::serve::Args),
 }
 
 fn main() {
@@ -52,6 +55,7 @@ fn main() {
         Command::SelectCaptions(args) => cmd::select_captions::run(args),
         Command::TrainTagEncoder(args) => cmd::train_tag_encoder::run(args),
         Command::Tag(args) => cmd::tag::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod select_captions;
 pub mod train_tag_encoder;
 pub mod tag;
+pub mod serve;
 
 use anyhow::Result;
 use candle_core::Device;

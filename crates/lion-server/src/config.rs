@@ -1,0 +1,140 @@
+//! Server settings: one struct, passed whole (no long argument lists).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything `lion serve` can tune.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where to listen; port 0 picks a free port (see [`crate::Server::local_addr`]).
+    pub addr: SocketAddr,
+    pub batching: BatchConfig,
+    /// Longest a request may take from arrival to answer (504 after that).
+    pub request_timeout: Duration,
+    pub limits: Limits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            batching: BatchConfig::default(),
+            request_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Dynamic batching on the worker thread.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Most items per batch (texts for embed, images for the image tasks).
+    pub max_batch: usize,
+    /// Longest the worker waits for more requests once a batch has its first one.
+    pub max_wait: Duration,
+    /// Requests that may wait in the queue; more get 429.
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            max_wait: Duration::from_millis(5),
+            queue_capacity: 64,
+        }
+    }
+}
+
+/// Per-request limits. Each rejection names the limit.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Bytes of a request body (JSON with base64 image, or multipart).
+    pub max_body_bytes: usize,
+    /// Width x height of an image, checked from the header before decoding.
+    pub max_image_pixels: u64,
+    /// Characters of a question, expression or prompt.
+    pub max_prompt_chars: usize,
+    /// Characters of one text to embed.
+    pub max_embed_chars: usize,
+    /// Texts in one embed request.
+    pub max_embed_inputs: usize,
+    /// Largest `max_new_tokens` a request may ask for.
+    pub max_new_tokens: usize,
+    /// Largest `num_beams` a request may ask for.
+    pub max_num_beams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 20 * 1024 * 1024,
+            max_image_pixels: 40_000_000,
+            max_prompt_chars: 1000,
+            max_embed_chars: 10_000,
+            max_embed_inputs: 64,
+            max_new_tokens: 256,
+            max_num_beams: 8,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Rejects settings the server cannot run with.
+    pub fn validate(&self) -> Result<(), String> {
+        let b = &self.batching;
+        if b.max_batch == 0 {
+            return Err("max batch size must be at least 1".into());
+        }
+        if b.queue_capacity == 0 {
+            return Err("queue length must be at least 1".into());
+        }
+        if self.request_timeout.is_zero() {
+            return Err("request timeout must be positive".into());
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("max body bytes", l.max_body_bytes),
+            ("max prompt chars", l.max_prompt_chars),
+            ("max embed chars", l.max_embed_chars),
+            ("max embed inputs", l.max_embed_inputs),
+            ("max new tokens", l.max_new_tokens),
+            ("max num beams", l.max_num_beams),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if l.max_image_pixels == 0 {
+            return Err("max image pixels must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Default `max_new_tokens` per task when a request gives none (short answers for VQA, a box
+/// is about 30 tokens).
+pub fn default_max_new_tokens(kind: crate::TaskKind, limit: usize) -> usize {
+    let d = match kind {
+        crate::TaskKind::Vqa => 10,
+        crate::TaskKind::Ground => 40,
+        _ => 30,
+    };
+    d.min(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_zero_settings_are_not() {
+        assert!(ServerConfig::default().validate().is_ok());
+        let mut c = ServerConfig::default();
+        c.batching.queue_capacity = 0;
+        assert!(c.validate().unwrap_err().contains("queue"));
+        let mut c = ServerConfig::default();
+        c.limits.max_new_tokens = 0;
+        assert!(c.validate().unwrap_err().contains("max new tokens"));
+    }
+}

@@ -1,0 +1,632 @@
+//! Request bodies: strict JSON (unknown fields rejected, every error naming the field), multipart
+//! uploads, base64 and image checks (format, pixel count from the header before any decoding,
+//! then a full decode), and the range checks of every option.
+
+use std::io::Cursor;
+
+use base64::Engine;
+use image::{ImageError, ImageReader, RgbImage};
+use serde::de::{self, DeserializeOwned, IgnoredAny};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::backend::{GenerationOptions, TaskKind};
+use crate::config::{default_max_new_tokens, Limits};
+use crate::error::ApiError;
+
+/// Texts to embed: `"text"` or `["a", "b"]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inputs(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Inputs {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Inputs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Inputs, E> {
+                Ok(Inputs(vec![s.to_string()]))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Inputs, E> {
+                Ok(Inputs(vec![s]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Inputs, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    v.push(s);
+                }
+                Ok(Inputs(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `POST /v1/embed`, as in text-embeddings-inference.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedBody {
+    pub inputs: Inputs,
+}
+
+/// The generation options every generating endpoint accepts (all optional).
+pub trait GenFields {
+    fn num_beams(&self) -> Option<usize>;
+    fn max_new_tokens(&self) -> Option<usize>;
+    fn min_new_tokens(&self) -> Option<usize>;
+    fn repetition_penalty(&self) -> Option<f32>;
+    fn length_penalty(&self) -> Option<f32>;
+}
+
+macro_rules! gen_fields {
+    ($t:ty) => {
+        impl GenFields for $t {
+            fn num_beams(&self) -> Option<usize> {
+                self.num_beams
+            }
+            fn max_new_tokens(&self) -> Option<usize> {
+                self.max_new_tokens
+            }
+            fn min_new_tokens(&self) -> Option<usize> {
+                self.min_new_tokens
+            }
+            fn repetition_penalty(&self) -> Option<f32> {
+                self.repetition_penalty
+            }
+            fn length_penalty(&self) -> Option<f32> {
+                self.length_penalty
+            }
+        }
+    };
+}
+
+/// `POST /v1/caption` (besides `image`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptionBody {
+    /// Listed so that "unknown field" messages name it; taken out before parsing.
+    #[serde(default)]
+    #[allow(dead_code)]
+    image: Option<IgnoredAny>,
+    pub prompt: Option<String>,
+    pub num_beams: Option<usize>,
+    pub max_new_tokens: Option<usize>,
+    pub min_new_tokens: Option<usize>,
+    pub repetition_penalty: Option<f32>,
+    pub length_penalty: Option<f32>,
+}
+gen_fields!(CaptionBody);
+
+/// `POST /v1/vqa` (besides `image`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VqaBody {
+    #[serde(default)]
+    #[allow(dead_code)]
+    image: Option<IgnoredAny>,
+    pub question: String,
+    pub num_beams: Option<usize>,
+    pub max_new_tokens: Option<usize>,
+    pub min_new_tokens: Option<usize>,
+    pub repetition_penalty: Option<f32>,
+    pub length_penalty: Option<f32>,
+}
+gen_fields!(VqaBody);
+
+/// `POST /v1/ground` (besides `image`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroundBody {
+    #[serde(default)]
+    #[allow(dead_code)]
+    image: Option<IgnoredAny>,
+    pub expression: String,
+    pub num_beams: Option<usize>,
+    pub max_new_tokens: Option<usize>,
+    pub min_new_tokens: Option<usize>,
+    pub repetition_penalty: Option<f32>,
+    pub length_penalty: Option<f32>,
+}
+gen_fields!(GroundBody);
+
+/// `POST /v1/tags` (besides `image`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagsBody {
+    #[serde(default)]
+    #[allow(dead_code)]
+    image: Option<IgnoredAny>,
+    pub threshold: Option<f32>,
+    pub max_tags: Option<usize>,
+}
+
+/// Multipart text fields that hold integers / floats (multipart values are all text).
+const INT_FIELDS: [&str; 4] = ["num_beams", "max_new_tokens", "min_new_tokens", "max_tags"];
+const FLOAT_FIELDS: [&str; 3] = ["repetition_penalty", "length_penalty", "threshold"];
+
+/// A multipart text field as the JSON value it stands for.
+pub fn multipart_value(name: &str, text: &str) -> Result<Value, ApiError> {
+    let t = text.trim();
+    if INT_FIELDS.contains(&name) {
+        let v: u64 = t.parse().map_err(|_| {
+            ApiError::validation(format!(
+                "field `{name}`: expected a non-negative integer, got {text:?}"
+            ))
+        })?;
+        Ok(Value::from(v))
+    } else if FLOAT_FIELDS.contains(&name) {
+        let v: f64 = t.parse().map_err(|_| {
+            ApiError::validation(format!("field `{name}`: expected a number, got {text:?}"))
+        })?;
+        Ok(Value::from(v))
+    } else {
+        Ok(Value::String(text.to_string()))
+    }
+}
+
+/// Parses a JSON body into an object. Malformed JSON is 400; valid JSON that is not an object
+/// is 422.
+pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    match v {
+        Value::Object(m) => Ok(m),
+        other => Err(ApiError::validation(format!(
+            "expected a JSON object, got {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Typed fields from a JSON object: unknown fields, missing fields and wrong types are 422
+/// errors naming the field.
+pub fn typed<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::validation(format!("invalid request: {inner}"))
+        } else {
+            ApiError::validation(format!("invalid request: field `{path}`: {inner}"))
+        }
+    })
+}
+
+/// The `image` field of a JSON body: base64 (standard alphabet, padding optional), with an
+/// optional `data:image/...;base64,` prefix.
+pub fn take_base64_image(map: &mut Map<String, Value>) -> Result<Vec<u8>, ApiError> {
+    let v = map.remove("image").ok_or_else(|| {
+        ApiError::validation(
+            "missing field `image` (base64 in JSON, or a file part in multipart/form-data)",
+        )
+    })?;
+    let Value::String(s) = v else {
+        return Err(ApiError::validation(format!(
+            "field `image`: expected a base64 string, got {}",
+            json_kind(&v)
+        )));
+    };
+    let data = match s.strip_prefix("data:") {
+        Some(rest) => rest.split_once(',').map(|(_, d)| d).unwrap_or(""),
+        None => s.as_str(),
+    };
+    let data: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    engine
+        .decode(data.as_bytes())
+        .map_err(|e| ApiError::bad_request(format!("field `image`: invalid base64: {e}")))
+}
+
+/// Checks an encoded image and decodes it to RGB. The pixel count is read from the header and
+/// checked before any pixel is decoded, so a small file claiming a huge image costs nothing.
+pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("field `image` is empty"));
+    }
+    let reader = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| ApiError::bad_request(format!("image: cannot read: {e}")))
+    };
+    let r = reader()?;
+    let Some(format) = r.format() else {
+        return Err(ApiError::bad_request(
+            "image: unrecognised format (send PNG, JPEG, WebP, GIF, BMP or TIFF)",
+        ));
+    };
+    let fmt = format!("{format:?}").to_uppercase();
+    let (w, h) = r
+        .into_dimensions()
+        .map_err(|e| ApiError::bad_request(format!("image: corrupt {fmt} header: {e}")))?;
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err(ApiError::too_large(format!(
+            "image: {w}x{h} = {pixels} pixels is more than the limit of {max_pixels} pixels"
+        )));
+    }
+    if pixels == 0 {
+        return Err(ApiError::bad_request(format!(
+            "image: {w}x{h} has no pixels"
+        )));
+    }
+    let mut r = reader()?;
+    let mut lim = image::Limits::default();
+    lim.max_image_width = Some(w);
+    lim.max_image_height = Some(h);
+    r.limits(lim);
+    let img = r.decode().map_err(|e| match e {
+        ImageError::Limits(l) => ApiError::too_large(format!(
+            "image: decoding it needs more memory than allowed: {l}"
+        )),
+        e => ApiError::bad_request(format!(
+            "image: cannot decode the {fmt} data (corrupt or truncated?): {e}"
+        )),
+    })?;
+    Ok(img.to_rgb8())
+}
+
+/// A required or optional text field, checked against the prompt length limit.
+pub fn check_text(
+    name: &str,
+    value: Option<String>,
+    required: bool,
+    limits: &Limits,
+) -> Result<Option<String>, ApiError> {
+    match value {
+        None if required => Err(ApiError::validation(format!("missing field `{name}`"))),
+        None => Ok(None),
+        Some(s) => {
+            if s.trim().is_empty() {
+                return Err(ApiError::validation(format!("field `{name}` is empty")));
+            }
+            let n = s.chars().count();
+            if n > limits.max_prompt_chars {
+                return Err(ApiError::validation(format!(
+                    "field `{name}` is {n} characters long; the limit is {}",
+                    limits.max_prompt_chars
+                )));
+            }
+            Ok(Some(s))
+        }
+    }
+}
+
+/// Generation options with LION's defaults filled in, each checked against its range.
+pub fn generation_options(
+    kind: TaskKind,
+    f: &impl GenFields,
+    limits: &Limits,
+) -> Result<GenerationOptions, ApiError> {
+    let d = GenerationOptions::lion_defaults(default_max_new_tokens(kind, limits.max_new_tokens));
+    let range = |name: &str, v: usize, lo: usize, hi: usize| {
+        if v < lo || v > hi {
+            Err(ApiError::validation(format!(
+                "field `{name}` must be between {lo} and {hi}, got {v}"
+            )))
+        } else {
+            Ok(v)
+        }
+    };
+    let frange = |name: &str, v: f32, lo: f32, hi: f32| {
+        if !v.is_finite() || v < lo || v > hi {
+            Err(ApiError::validation(format!(
+                "field `{name}` must be between {lo} and {hi}, got {v}"
+            )))
+        } else {
+            Ok(v)
+        }
+    };
+    let num_beams = range(
+        "num_beams",
+        f.num_beams()
+            .unwrap_or(d.num_beams.min(limits.max_num_beams)),
+        1,
+        limits.max_num_beams,
+    )?;
+    let max_new_tokens = range(
+        "max_new_tokens",
+        f.max_new_tokens().unwrap_or(d.max_new_tokens),
+        1,
+        limits.max_new_tokens,
+    )?;
+    let min_new_tokens = range(
+        "min_new_tokens",
+        f.min_new_tokens()
+            .unwrap_or(d.min_new_tokens.min(max_new_tokens)),
+        0,
+        max_new_tokens,
+    )?;
+    let repetition_penalty = frange(
+        "repetition_penalty",
+        f.repetition_penalty().unwrap_or(d.repetition_penalty),
+        0.01,
+        10.0,
+    )?;
+    let length_penalty = frange(
+        "length_penalty",
+        f.length_penalty().unwrap_or(d.length_penalty),
+        -10.0,
+        10.0,
+    )?;
+    Ok(GenerationOptions {
+        num_beams,
+        max_new_tokens,
+        min_new_tokens,
+        repetition_penalty,
+        length_penalty,
+    })
+}
+
+/// Texts of an embed request, checked against the count and length limits.
+pub fn check_inputs(inputs: Inputs, limits: &Limits) -> Result<Vec<String>, ApiError> {
+    let v = inputs.0;
+    if v.is_empty() {
+        return Err(ApiError::validation("field `inputs` is empty"));
+    }
+    if v.len() > limits.max_embed_inputs {
+        return Err(ApiError::validation(format!(
+            "field `inputs` has {} texts; the limit is {} per request",
+            v.len(),
+            limits.max_embed_inputs
+        )));
+    }
+    for (i, s) in v.iter().enumerate() {
+        let n = s.chars().count();
+        if n > limits.max_embed_chars {
+            return Err(ApiError::validation(format!(
+                "inputs[{i}] is {n} characters long; the limit is {}",
+                limits.max_embed_chars
+            )));
+        }
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorType;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    /// A 54-byte BMP header claiming `w` x `h` pixels, with no pixel data.
+    fn bmp_header(w: u32, h: u32) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"BM");
+        b.extend_from_slice(
+            &54u32
+                .wrapping_add(w.wrapping_mul(3).wrapping_mul(h))
+                .to_le_bytes(),
+        );
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&54u32.to_le_bytes());
+        b.extend_from_slice(&40u32.to_le_bytes());
+        b.extend_from_slice(&(w as i32).to_le_bytes());
+        b.extend_from_slice(&(h as i32).to_le_bytes());
+        b.extend_from_slice(&1u16.to_le_bytes());
+        b.extend_from_slice(&24u16.to_le_bytes());
+        b.extend_from_slice(&[0; 24]);
+        b
+    }
+
+    #[test]
+    fn decodes_a_png_with_its_pixels() {
+        let img = decode_image(&png(5, 3), 100).unwrap();
+        assert_eq!(img.dimensions(), (5, 3));
+        assert_eq!(img.get_pixel(4, 2).0, [4, 2, 7]);
+    }
+
+    #[test]
+    fn pixel_limit_is_checked_from_the_header() {
+        // 60000 x 60000 claimed by 54 bytes: rejected before any decoding.
+        let e = decode_image(&bmp_header(60000, 60000), 40_000_000).unwrap_err();
+        assert_eq!(e.error_type, ErrorType::PayloadTooLarge, "{e}");
+        assert!(e.error.contains("60000x60000"), "{e}");
+        let e = decode_image(&png(20, 20), 399).unwrap_err();
+        assert_eq!(e.error_type, ErrorType::PayloadTooLarge);
+        assert!(decode_image(&png(20, 20), 400).is_ok());
+    }
+
+    #[test]
+    fn corrupt_and_unknown_images_are_bad_requests() {
+        let mut p = png(32, 32);
+        p.truncate(p.len() / 2);
+        let e = decode_image(&p, 10_000).unwrap_err();
+        assert_eq!(e.error_type, ErrorType::BadRequest);
+        assert!(e.error.contains("PNG"), "{e}");
+        let e = decode_image(b"definitely not an image", 10_000).unwrap_err();
+        assert!(e.error.contains("unrecognised format"), "{e}");
+        let e = decode_image(b"", 10_000).unwrap_err();
+        assert!(e.error.contains("empty"), "{e}");
+        // The BMP header is fine but the pixels are missing.
+        let e = decode_image(&bmp_header(8, 8), 10_000).unwrap_err();
+        assert_eq!(e.error_type, ErrorType::BadRequest, "{e}");
+    }
+
+    #[test]
+    fn base64_with_and_without_data_url_prefix() {
+        let raw = png(2, 2);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
+        for s in [b64.clone(), format!("data:image/png;base64,{b64}")] {
+            let mut m = Map::new();
+            m.insert("image".into(), Value::String(s));
+            assert_eq!(take_base64_image(&mut m).unwrap(), raw);
+            assert!(m.is_empty());
+        }
+        let mut m = Map::new();
+        m.insert("image".into(), Value::String("@@@".into()));
+        assert!(take_base64_image(&mut m)
+            .unwrap_err()
+            .error
+            .contains("invalid base64"));
+        let mut m = Map::new();
+        m.insert("image".into(), Value::from(3));
+        assert_eq!(
+            take_base64_image(&mut m).unwrap_err().error_type,
+            ErrorType::Validation
+        );
+        assert!(take_base64_image(&mut Map::new())
+            .unwrap_err()
+            .error
+            .contains("missing field `image`"));
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_name_the_field() {
+        let m = json_object(br#"{"question": "q", "temperature": 0.5}"#).unwrap();
+        let e = typed::<VqaBody>(m).unwrap_err();
+        assert_eq!(e.error_type, ErrorType::Validation);
+        assert!(e.error.contains("unknown field `temperature`"), "{e}");
+        assert!(e.error.contains("question"), "{e}");
+
+        let m = json_object(br#"{"question": "q", "num_beams": "five"}"#).unwrap();
+        let e = typed::<VqaBody>(m).unwrap_err();
+        assert!(e.error.contains("`num_beams`"), "{e}");
+
+        let m = json_object(br#"{"inputs": 3}"#).unwrap();
+        let e = typed::<EmbedBody>(m).unwrap_err();
+        assert!(
+            e.error.contains("`inputs`") && e.error.contains("array of strings"),
+            "{e}"
+        );
+
+        let m = json_object(br#"{}"#).unwrap();
+        let e = typed::<GroundBody>(m).unwrap_err();
+        assert!(e.error.contains("missing field `expression`"), "{e}");
+    }
+
+    #[test]
+    fn bad_json_is_400_and_non_objects_422() {
+        assert_eq!(
+            json_object(b"{\"inputs\": ").unwrap_err().error_type,
+            ErrorType::BadRequest
+        );
+        assert_eq!(
+            json_object(b"[1, 2]").unwrap_err().error_type,
+            ErrorType::Validation
+        );
+    }
+
+    #[test]
+    fn inputs_accept_a_string_or_a_list() {
+        let m = json_object(br#"{"inputs": "one"}"#).unwrap();
+        assert_eq!(typed::<EmbedBody>(m).unwrap().inputs.0, vec!["one"]);
+        let m = json_object(br#"{"inputs": ["a", "b"]}"#).unwrap();
+        assert_eq!(typed::<EmbedBody>(m).unwrap().inputs.0, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn input_limits() {
+        let l = Limits {
+            max_embed_inputs: 2,
+            max_embed_chars: 5,
+            ..Limits::default()
+        };
+        assert!(check_inputs(Inputs(vec![]), &l).is_err());
+        assert!(check_inputs(Inputs(vec!["a".into(); 3]), &l)
+            .unwrap_err()
+            .error
+            .contains("limit is 2"));
+        assert!(check_inputs(Inputs(vec!["a".into(), "toolong".into()]), &l)
+            .unwrap_err()
+            .error
+            .contains("inputs[1]"));
+        assert_eq!(
+            check_inputs(Inputs(vec!["ab".into()]), &l).unwrap(),
+            vec!["ab"]
+        );
+    }
+
+    #[test]
+    fn generation_options_defaults_and_ranges() {
+        let l = Limits {
+            max_new_tokens: 20,
+            max_num_beams: 4,
+            ..Limits::default()
+        };
+        let m = json_object(br#"{"question": "q"}"#).unwrap();
+        let b: VqaBody = typed(m).unwrap();
+        let o = generation_options(TaskKind::Vqa, &b, &l).unwrap();
+        assert_eq!(o.num_beams, 4); // LION's 5, capped by the server's limit
+        assert_eq!(o.max_new_tokens, 10);
+        assert_eq!(o.repetition_penalty, 1.5);
+        for (body, field) in [
+            (
+                r#"{"question": "q", "max_new_tokens": 21}"#,
+                "max_new_tokens",
+            ),
+            (
+                r#"{"question": "q", "max_new_tokens": 0}"#,
+                "max_new_tokens",
+            ),
+            (r#"{"question": "q", "num_beams": 9}"#, "num_beams"),
+            (
+                r#"{"question": "q", "min_new_tokens": 15, "max_new_tokens": 12}"#,
+                "min_new_tokens",
+            ),
+            (
+                r#"{"question": "q", "repetition_penalty": 0}"#,
+                "repetition_penalty",
+            ),
+        ] {
+            let b: VqaBody = typed(json_object(body.as_bytes()).unwrap()).unwrap();
+            let e = generation_options(TaskKind::Vqa, &b, &l).unwrap_err();
+            assert!(e.error.contains(field), "{body}: {e}");
+            assert_eq!(e.error_type, ErrorType::Validation);
+        }
+    }
+
+    #[test]
+    fn text_fields_are_checked() {
+        let l = Limits {
+            max_prompt_chars: 4,
+            ..Limits::default()
+        };
+        assert!(check_text("question", None, true, &l).is_err());
+        assert_eq!(check_text("prompt", None, false, &l).unwrap(), None);
+        assert!(check_text("question", Some("  ".into()), true, &l).is_err());
+        let e = check_text("question", Some("héllo".into()), true, &l).unwrap_err();
+        assert!(e.error.contains("5 characters"), "{e}");
+        assert!(check_text("question", Some("héll".into()), true, &l).is_ok());
+    }
+
+    #[test]
+    fn multipart_numbers_are_parsed_and_errors_name_the_field() {
+        assert_eq!(
+            multipart_value("num_beams", " 3 ").unwrap(),
+            Value::from(3u64)
+        );
+        assert_eq!(
+            multipart_value("threshold", "0.5").unwrap(),
+            Value::from(0.5)
+        );
+        assert_eq!(
+            multipart_value("question", "42").unwrap(),
+            Value::from("42")
+        );
+        let e = multipart_value("max_new_tokens", "lots").unwrap_err();
+        assert!(e.error.contains("`max_new_tokens`"), "{e}");
+    }
+}
