@@ -21,6 +21,12 @@ struct Cli {
 enum Command {
     /// Sentence embeddings with a BERT model folder (all-MiniLM-L6-v2 by default), as JSON lines.
     Embed(cmd::embed::Args),
+    /// Caption images with LION: `lion caption (--model DIR | --preset P --random-weights) IMAGE...`.
+    Caption(cmd::ask::Args),
+    /// Answer a question about an image: `lion vqa [MODEL] IMAGE QUESTION`.
+    Vqa(cmd::ask::Args),
+    /// Find the object a phrase refers to: `lion ground [MODEL] IMAGE EXPRESSION [--draw out.png]`.
+    Ground(cmd::ask::Args),
     /// The centroid-nearest caption of every image (Dynamic LION step 2), as JSON lines.
     SelectCaptions(cmd::select_captions::Args),
     /// Triplet fine-tuning of the tag encoder towards the chosen captions (Dynamic LION step 3).
@@ -49,6 +55,9 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Embed(args) => cmd::embed::run(args),
+        Command::Caption(args) => cmd::ask::run(lion_core::prompt::Task::Caption, args),
+        Command::Vqa(args) => cmd::ask::run(lion_core::prompt::Task::Vqa, args),
+        Command::Ground(args) => cmd::ask::run(lion_core::prompt::Task::Rec, args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::World(args) => cmd::world::run(args),
         Command::Eval(args) => cmd::eval::run(args),

@@ -89,7 +89,10 @@ impl LionConfig {
     /// Visual tokens per image in the encoder input (289 for LION).
     pub fn num_visual_tokens(&self) -> usize {
         self.qformer.as_ref().map_or(0, |q| q.num_query_token)
-            + self.aggregator.as_ref().map_or(0, |_| self.vit.num_tokens())
+            + self
+                .aggregator
+                .as_ref()
+                .map_or(0, |_| self.vit.num_tokens())
     }
 
     /// Checks that the parts fit each other, naming the mismatching fields.
@@ -115,10 +118,16 @@ impl LionConfig {
         if let Some(a) = &self.aggregator {
             a.validate()?;
             if a.width != self.vit.width {
-                return Err(format!("aggregator.width {} != vit.width {}", a.width, self.vit.width));
+                return Err(format!(
+                    "aggregator.width {} != vit.width {}",
+                    a.width, self.vit.width
+                ));
             }
             if a.d_model != d {
-                return Err(format!("aggregator.d_model {} != t5.d_model {d}", a.d_model));
+                return Err(format!(
+                    "aggregator.d_model {} != t5.d_model {d}",
+                    a.d_model
+                ));
             }
             if let Some(bad) = a.source_layers.iter().find(|&&l| l >= self.vit.depth) {
                 return Err(format!(
@@ -127,7 +136,11 @@ impl LionConfig {
                 ));
             }
         }
-        let want = if self.visual_input() == VisualInput::All { 2 } else { 1 };
+        let want = if self.visual_input() == VisualInput::All {
+            2
+        } else {
+            1
+        };
         match &self.t5.adapter {
             Some(a) if a.num_adapters == want => {}
             Some(a) => {
@@ -194,7 +207,12 @@ impl LionModel {
             None => None,
         };
         let soft_prompt = match cfg.prompt {
-            Some(kind) => Some(SoftPrompt::new(kind, cfg.t5.d_model, cfg.tag_dim, vb.clone())?),
+            Some(kind) => Some(SoftPrompt::new(
+                kind,
+                cfg.t5.d_model,
+                cfg.tag_dim,
+                vb.clone(),
+            )?),
             None => None,
         };
         Ok(Self {
@@ -255,7 +273,10 @@ impl LionModel {
                 .source_layers
                 .iter()
                 .map(|l| {
-                    let i = wanted.iter().position(|w| w == l).expect("vit_layers has every source");
+                    let i = wanted
+                        .iter()
+                        .position(|w| w == l)
+                        .expect("vit_layers has every source");
                     layers[i].clone()
                 })
                 .collect();
@@ -285,7 +306,12 @@ impl LionModel {
     }
 
     /// Training forward (`forward`): labels (b, t) with -100 for padding -> logits and loss.
-    pub fn forward_train(&self, batch: &LionBatch, labels: &Tensor, train: bool) -> Result<T5Output> {
+    pub fn forward_train(
+        &self,
+        batch: &LionBatch,
+        labels: &Tensor,
+        train: bool,
+    ) -> Result<T5Output> {
         let visual = self.encode_image(&batch.pixel_values, batch.qformer_text.as_ref(), train)?;
         self.forward_from_visual(&visual, batch, labels, train)
     }
@@ -298,15 +324,28 @@ impl LionModel {
         labels: &Tensor,
         train: bool,
     ) -> Result<T5Output> {
-        let (embeds, mask) = self.encoder_input(visual, &batch.prompt, batch.tag_embedding.as_ref())?;
-        self.t5
-            .forward_train(T5Input::Embeds(&embeds), Some(&mask), labels, batch.route, train)
+        let (embeds, mask) =
+            self.encoder_input(visual, &batch.prompt, batch.tag_embedding.as_ref())?;
+        self.t5.forward_train(
+            T5Input::Embeds(&embeds),
+            Some(&mask),
+            labels,
+            batch.route,
+            train,
+        )
     }
 
     /// Generation (`generate`): token ids per image, without the decoder start token.
     pub fn generate(&self, batch: &LionBatch, gen: &GenerationConfig) -> Result<Vec<Vec<u32>>> {
         let visual = self.encode_image(&batch.pixel_values, batch.qformer_text.as_ref(), false)?;
-        let (embeds, mask) = self.encoder_input(&visual, &batch.prompt, batch.tag_embedding.as_ref())?;
-        generate(&self.t5, T5Input::Embeds(&embeds), Some(&mask), batch.route, gen)
+        let (embeds, mask) =
+            self.encoder_input(&visual, &batch.prompt, batch.tag_embedding.as_ref())?;
+        generate(
+            &self.t5,
+            T5Input::Embeds(&embeds),
+            Some(&mask),
+            batch.route,
+            gen,
+        )
     }
 }

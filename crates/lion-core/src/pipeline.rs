@@ -103,7 +103,8 @@ impl Manifest {
         match &self.config {
             ConfigRef::Preset(name) => crate::presets::preset(name, self.prompt),
             ConfigRef::Full(cfg) => {
-                cfg.validate().map_err(|m| Error::config("lion.json config", m))?;
+                cfg.validate()
+                    .map_err(|m| Error::config("lion.json config", m))?;
                 Ok((**cfg).clone())
             }
         }
@@ -149,7 +150,8 @@ pub struct PipelineSources<'a> {
     pub config: LionConfig,
     /// None: random weights.
     pub checkpoints: Vec<Checkpoint>,
-    pub t5_tokenizer: &'a Path,
+    /// None: the bundled tokenizer ([`T5Tokenizer::bundled`]).
+    pub t5_tokenizer: Option<&'a Path>,
     pub qformer_tokenizer: Option<&'a Path>,
     pub tag_encoder: Option<&'a Path>,
     pub mode: LoadMode,
@@ -159,11 +161,14 @@ impl LionPipeline {
     /// Builds the pipeline; with no checkpoints every weight is random (smoke tests, benches).
     pub fn new(src: PipelineSources, device: &Device) -> Result<Self> {
         let cfg = src.config;
-        let t5_tokenizer = T5Tokenizer::from_file(src.t5_tokenizer)?;
+        let t5_tokenizer = match src.t5_tokenizer {
+            Some(p) => T5Tokenizer::from_file(p)?,
+            None => T5Tokenizer::bundled()?,
+        };
         let placeholder = t5_tokenizer.placeholder_id()?;
         if placeholder as usize >= cfg.t5.vocab_size {
             return Err(Error::config(
-                src.t5_tokenizer.display(),
+                "t5 tokenizer",
                 format!(
                     "`<extra_id_0>` is id {placeholder}, outside the model's vocabulary of {}",
                     cfg.t5.vocab_size
@@ -171,7 +176,9 @@ impl LionPipeline {
             ));
         }
         let qformer_tokenizer = match (&cfg.qformer, src.qformer_tokenizer) {
-            (Some(_), Some(p)) => Some(BertTokenizer::from_file(p, cfg.max_txt_len)?.left_truncated()?),
+            (Some(_), Some(p)) => {
+                Some(BertTokenizer::from_file(p, cfg.max_txt_len)?.left_truncated()?)
+            }
             (Some(_), None) => {
                 return Err(Error::config(
                     "pipeline",
@@ -204,8 +211,11 @@ impl LionPipeline {
             _ => None,
         };
         let random = src.checkpoints.is_empty();
-        let loader = WeightLoader::new(src.checkpoints)
-            .ignore_unexpected(&["position_ids", "relative_position_index", "attn_mask"]);
+        let loader = WeightLoader::new(src.checkpoints).ignore_unexpected(&[
+            "position_ids",
+            "relative_position_index",
+            "attn_mask",
+        ]);
         let vb = loader.var_builder(DType::F32, device);
         let model = LionModel::new(&cfg, placeholder, vb)?;
         let report = if random {
@@ -243,7 +253,7 @@ impl LionPipeline {
             PipelineSources {
                 config: m.lion_config()?,
                 checkpoints,
-                t5_tokenizer: &t5_tok,
+                t5_tokenizer: Some(&t5_tok),
                 qformer_tokenizer: q_tok.as_deref(),
                 tag_encoder: tag.as_deref(),
                 mode,
@@ -302,7 +312,11 @@ impl LionPipeline {
                 let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
                 let e = enc.embed(&refs, refs.len())?;
                 let dim = enc.hidden_size();
-                Some(Tensor::from_vec(e.concat(), (refs.len(), dim), &self.device)?)
+                Some(Tensor::from_vec(
+                    e.concat(),
+                    (refs.len(), dim),
+                    &self.device,
+                )?)
             }
             None => None,
         };
@@ -324,7 +338,9 @@ impl LionPipeline {
     ) -> Result<Vec<Answer>> {
         let mut out: Vec<Option<Answer>> = vec![None; reqs.len()];
         for route in [Route::ImageLevel, Route::RegionLevel] {
-            let idx: Vec<usize> = (0..reqs.len()).filter(|&i| reqs[i].task.route() == route).collect();
+            let idx: Vec<usize> = (0..reqs.len())
+                .filter(|&i| reqs[i].task.route() == route)
+                .collect();
             if idx.is_empty() {
                 continue;
             }
@@ -342,7 +358,10 @@ impl LionPipeline {
                 out[i] = Some(Answer { text, bbox });
             }
         }
-        Ok(out.into_iter().map(|a| a.expect("every request answered")).collect())
+        Ok(out
+            .into_iter()
+            .map(|a| a.expect("every request answered"))
+            .collect())
     }
 
     /// Decoded text of generated ids; ids outside the tokenizer (random-weight models) are

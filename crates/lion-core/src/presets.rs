@@ -24,7 +24,14 @@ pub const PRESETS: &[&str] = &["tiny", "base", "lion-4b", "lion-12b"];
 pub const MINILM_DIM: usize = 384;
 
 #[allow(clippy::too_many_arguments)]
-fn flan_t5(vocab: usize, d: usize, d_ff: usize, layers: usize, heads: usize, d_kv: usize) -> T5Config {
+fn flan_t5(
+    vocab: usize,
+    d: usize,
+    d_ff: usize,
+    layers: usize,
+    heads: usize,
+    d_kv: usize,
+) -> T5Config {
     T5Config {
         vocab_size: vocab,
         d_model: d,
@@ -71,7 +78,12 @@ fn bert(vocab: usize, hidden: usize, layers: usize, heads: usize, ff: usize) -> 
 fn source_layers(depth: usize) -> Vec<usize> {
     [38usize, 28, 18]
         .iter()
-        .map(|&l| ((l + 1) * depth).div_ceil(39).saturating_sub(1).min(depth - 1))
+        .map(|&l| {
+            ((l + 1) * depth)
+                .div_ceil(39)
+                .saturating_sub(1)
+                .min(depth - 1)
+        })
         .collect()
 }
 
@@ -204,6 +216,9 @@ mod tests {
         let c = preset("lion-4b", None).unwrap();
         assert_eq!(c.num_visual_tokens(), 32 + 257);
         assert_eq!(c.vit.mlp_dim, 6144);
-        assert!(preset("lion-7b", None).unwrap_err().to_string().contains("unknown preset"));
+        assert!(preset("lion-7b", None)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown preset"));
     }
 }

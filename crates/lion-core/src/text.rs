@@ -37,8 +37,24 @@ pub struct Encoded {
 impl T5Tokenizer {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let origin = path.display().to_string();
-        let mut inner = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// The small T5-style tokenizer that ships with LION-rs (200 tokens, `<extra_id_0..9>`), for
+    /// random-weight presets and the demo; real checkpoints bring their own `tokenizer.json`.
+    /// Made by `scripts/make_t5_tokenizer.py`.
+    pub fn bundled() -> Result<Self> {
+        Self::from_bytes(
+            include_bytes!("../assets/t5-tokenizer.json"),
+            "bundled t5-tokenizer.json",
+        )
+    }
+
+    /// A tokenizer from `tokenizer.json` bytes; `origin` names it in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
+        let origin = origin.to_string();
+        let mut inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
             origin: origin.clone(),
             msg: e.to_string(),
         })?;

@@ -1,11 +1,13 @@
+pub mod ask;
 pub mod demo;
 pub mod embed;
-pub mod world;
 pub mod eval;
+pub mod model;
 pub mod select_captions;
-pub mod train_tag_encoder;
-pub mod tag;
 pub mod serve;
+pub mod tag;
+pub mod train_tag_encoder;
+pub mod world;
 
 use anyhow::Result;
 use candle_core::Device;

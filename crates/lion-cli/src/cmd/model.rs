@@ -1,0 +1,123 @@
+//! How every LION command gets its model: `--model DIR` (a folder with `lion.json`) or
+//! `--preset P --random-weights`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use lion_core::generate::GenerationConfig;
+use lion_core::pipeline::{LionPipeline, PipelineSources};
+use lion_core::presets::{preset, PRESETS};
+use lion_core::prompt::PromptKind;
+use lion_core::weights::LoadMode;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model folder holding `lion.json` (config, weight files, tokenizers).
+    #[arg(long, conflicts_with = "preset")]
+    pub model: Option<PathBuf>,
+    /// A preset (tiny, base, lion-4b, lion-12b); needs --random-weights.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Build the preset with random weights (smoke tests, benchmarks).
+    #[arg(long, requires = "preset")]
+    pub random_weights: bool,
+    /// Soft prompt with --preset: static, dynamic, gated, gated:K or none.
+    #[arg(long, default_value = "static")]
+    pub prompt: String,
+    /// T5 tokenizer.json with --preset (default: the bundled small tokenizer).
+    #[arg(long)]
+    pub t5_tokenizer: Option<PathBuf>,
+    /// BERT tokenizer.json for the Q-Former with --preset (bert-base-uncased vocabulary).
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2/tokenizer.json")]
+    pub qformer_tokenizer: PathBuf,
+    /// Tag encoder folder with --preset (dynamic and gated prompts).
+    #[arg(long, default_value = super::DEFAULT_MINILM)]
+    pub tag_encoder: PathBuf,
+    /// Accept a checkpoint that does not fit exactly (missing keys keep their initialisation).
+    #[arg(long)]
+    pub lenient: bool,
+}
+
+/// Parses `--prompt`.
+pub fn parse_prompt(s: &str) -> Result<Option<PromptKind>> {
+    Ok(match s {
+        "none" => None,
+        "static" => Some(PromptKind::Static),
+        "dynamic" => Some(PromptKind::Dynamic),
+        "gated" => Some(PromptKind::Gated { k: 1 }),
+        other => match other.strip_prefix("gated:").map(str::parse::<usize>) {
+            Some(Ok(k)) if k > 0 => Some(PromptKind::Gated { k }),
+            _ => bail!("--prompt `{other}`: expected static, dynamic, gated, gated:K or none"),
+        },
+    })
+}
+
+impl ModelArgs {
+    /// Loads the pipeline the flags describe.
+    pub fn load(&self) -> Result<LionPipeline> {
+        let dev = super::device()?;
+        let mode = if self.lenient {
+            LoadMode::Lenient
+        } else {
+            LoadMode::Strict
+        };
+        if let Some(dir) = &self.model {
+            return LionPipeline::from_dir(dir, mode, &dev)
+                .with_context(|| format!("cannot load the model folder {}", dir.display()));
+        }
+        let Some(name) = &self.preset else {
+            bail!(
+                "no model: give --model DIR or --preset P --random-weights ({})",
+                PRESETS.join(", ")
+            );
+        };
+        if !self.random_weights {
+            bail!("--preset {name} has no weights of its own: add --random-weights, or use --model DIR");
+        }
+        let cfg = preset(name, parse_prompt(&self.prompt)?)?;
+        tracing::info!(preset = %name, "building the model with random weights");
+        let p = LionPipeline::new(
+            PipelineSources {
+                config: cfg,
+                checkpoints: vec![],
+                t5_tokenizer: self.t5_tokenizer.as_deref(),
+                qformer_tokenizer: Some(&self.qformer_tokenizer),
+                tag_encoder: Some(&self.tag_encoder),
+                mode,
+            },
+            &dev,
+        )?;
+        Ok(p)
+    }
+}
+
+/// Decoding flags shared by the generating commands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenArgs {
+    /// Beams (1 = greedy). LION: 5.
+    #[arg(long, default_value_t = 5)]
+    pub num_beams: usize,
+    /// New tokens at most (LION's generate allows 256; captions and boxes need far fewer).
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// LION: 1.5.
+    #[arg(long, default_value_t = 1.5)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub length_penalty: f32,
+    #[arg(long, default_value_t = 1)]
+    pub min_length: usize,
+}
+
+impl GenArgs {
+    pub fn config(&self) -> GenerationConfig {
+        GenerationConfig {
+            num_beams: self.num_beams,
+            max_new_tokens: self.max_new_tokens,
+            min_length: self.min_length,
+            repetition_penalty: self.repetition_penalty,
+            length_penalty: self.length_penalty,
+            ..GenerationConfig::default()
+        }
+    }
+}
