@@ -390,3 +390,21 @@ pub fn parse_box(text: &str, width: u32, height: u32) -> Option<[f32; 4]> {
     let b = lion_metrics::rec::parse_box_text(text, width as f64, height as f64)?;
     Some(b.map(|v| v as f32))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn box_text_maps_to_pixels_of_the_original_image() {
+        let b = parse_box("Answer: [0.440,0.060,0.650,0.367]", 640, 480).unwrap();
+        let want = [281.6, 28.8, 416.0, 176.16];
+        for (a, w) in b.iter().zip(want) {
+            assert!((a - w).abs() < 1e-3, "{b:?}");
+        }
+        assert_eq!(parse_box("a dog on the left", 640, 480), None);
+        assert_eq!(parse_box("[0.5,0.5,0.2,0.9]", 640, 480), None);
+        let text = LionPipeline::box_text([281.6, 28.8, 416.0, 176.16], 640, 480);
+        assert_eq!(text, "[0.440,0.060,0.650,0.367]");
+    }
+}

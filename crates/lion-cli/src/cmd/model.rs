@@ -74,7 +74,20 @@ impl ModelArgs {
         if !self.random_weights {
             bail!("--preset {name} has no weights of its own: add --random-weights, or use --model DIR");
         }
-        let cfg = preset(name, parse_prompt(&self.prompt)?)?;
+        let mut cfg = preset(name, parse_prompt(&self.prompt)?)?;
+        // Random weights: size the vocabulary to the tokenizer, so every generated id decodes.
+        let tok = match &self.t5_tokenizer {
+            Some(p) => lion_core::text::T5Tokenizer::from_file(p)?,
+            None => lion_core::text::T5Tokenizer::bundled()?,
+        };
+        if tok.vocab_size() < cfg.t5.vocab_size {
+            tracing::info!(
+                preset = cfg.t5.vocab_size,
+                tokenizer = tok.vocab_size(),
+                "random weights: T5 vocabulary sized to the tokenizer"
+            );
+            cfg.t5.vocab_size = tok.vocab_size();
+        }
         tracing::info!(preset = %name, "building the model with random weights");
         let p = LionPipeline::new(
             PipelineSources {

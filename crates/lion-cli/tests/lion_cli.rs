@@ -1,0 +1,222 @@
+//! `lion caption / vqa / ground` through the real binary: a real photograph with the `base`
+//! preset, request files with bad lines, and model folders whose checkpoint does not fit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use lion_core::lion::LionModel;
+use lion_core::presets::preset;
+use lion_core::prompt::PromptKind;
+use lion_core::weights::WeightLoader;
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn photo(name: &str) -> String {
+    root()
+        .join("tests/fixtures/vision/images")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn minilm_tokenizer() -> String {
+    root()
+        .join("models/all-MiniLM-L6-v2/tokenizer.json")
+        .display()
+        .to_string()
+}
+
+fn lion(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lion"))
+        .args(args)
+        .args(["--qformer-tokenizer", &minilm_tokenizer()])
+        .current_dir(root())
+        .output()
+        .expect("run lion")
+}
+
+fn lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+const FAST: &[&str] = &["--num-beams", "2", "--max-new-tokens", "6"];
+
+#[test]
+fn caption_on_a_real_photograph_with_the_base_preset() {
+    let img = photo("astronaut.png");
+    let mut args = vec!["caption", "--preset", "base", "--random-weights", &img];
+    args.extend(FAST);
+    let out = lion(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = lines(&out);
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0]["image"], img.as_str());
+    let caption = l[0]["caption"].as_str().expect("a caption string");
+    assert!(!caption.trim().is_empty(), "empty caption: {l:?}");
+}
+
+#[test]
+fn ground_answers_with_text_and_a_pixel_box_or_null() {
+    let img = photo("coffee.png");
+    let (w, h) = image::image_dimensions(&img).unwrap();
+    let mut args = vec![
+        "ground",
+        "--preset",
+        "tiny",
+        "--random-weights",
+        &img,
+        "the red cup",
+    ];
+    args.extend(FAST);
+    let out = lion(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = lines(&out);
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0]["expression"], "the red cup");
+    assert!(l[0]["text"].is_string());
+    match &l[0]["box"] {
+        Value::Null => {} // a random model's text rarely holds a box: counted as a miss
+        Value::Array(b) => {
+            let b: Vec<f64> = b.iter().map(|v| v.as_f64().unwrap()).collect();
+            assert!(b[0] <= b[2] && b[1] <= b[3] && b[2] <= w as f64 && b[3] <= h as f64);
+        }
+        other => panic!("box is {other}"),
+    }
+}
+
+#[test]
+fn bad_request_lines_get_errors_and_the_rest_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let reqs = dir.path().join("requests.jsonl");
+    let good = photo("rocket.png");
+    let text = [
+        format!(r#"{{"image": "{good}", "question": "what is it?", "tags": ["rocket: 0.9"]}}"#),
+        "{not json".to_string(),
+        r#"{"question": "where is the image?"}"#.to_string(),
+        r#"{"image": "no/such/file.png", "question": "?"}"#.to_string(),
+        format!(r#"{{"image": "{good}"}}"#),
+        format!(r#"{{"image": "{good}", "question": "and again?"}}"#),
+    ]
+    .join("\n");
+    std::fs::write(&reqs, text).unwrap();
+    let mut args = vec!["vqa", "--preset", "tiny", "--random-weights", "--requests"];
+    let reqs_s = reqs.display().to_string();
+    args.push(&reqs_s);
+    args.extend(FAST);
+    let out = lion(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = lines(&out);
+    assert_eq!(l.len(), 6, "{l:?}");
+    for (i, line) in l.iter().enumerate() {
+        assert_eq!(line["line"], i + 1);
+    }
+    assert!(l[0]["answer"].is_string());
+    assert!(l[1]["error"].as_str().unwrap().contains("bad JSON"));
+    assert!(l[2]["error"].as_str().unwrap().contains("missing `image`"));
+    let e3 = l[3]["error"].as_str().unwrap();
+    assert!(e3.contains("no/such/file.png"), "{e3}");
+    assert!(l[4]["error"]
+        .as_str()
+        .unwrap()
+        .contains("missing `question`"));
+    assert!(l[5]["answer"].is_string());
+}
+
+#[test]
+fn missing_arguments_are_clear_errors() {
+    let img = photo("rocket.png");
+    let out = lion(&["vqa", "--preset", "tiny", "--random-weights", &img]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give IMAGE and QUESTION"));
+    let out = lion(&["caption", "--preset", "tiny", &img]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--random-weights"));
+}
+
+/// Every tensor of a random tiny LION, under its upstream key.
+fn tiny_weights() -> HashMap<String, Tensor> {
+    let cfg = preset("tiny", Some(PromptKind::Static)).unwrap();
+    let vm = VarMap::new();
+    let loader = WeightLoader::random().with_trainable(vm.clone(), |_| true);
+    LionModel::new(&cfg, 199, loader.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    let data = vm.data().lock().unwrap();
+    data.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+fn model_dir(dir: &Path, weights: &HashMap<String, Tensor>) -> String {
+    lion_core::weights::save_safetensors(weights, dir.join("lion.safetensors")).unwrap();
+    let manifest = serde_json::json!({
+        "config": "tiny",
+        "weights": [{"file": "lion.safetensors"}],
+        "t5_tokenizer": root().join("tests/fixtures/lion/tokenizer.json"),
+        "qformer_tokenizer": minilm_tokenizer(),
+    });
+    std::fs::write(dir.join("lion.json"), manifest.to_string()).unwrap();
+    dir.display().to_string()
+}
+
+#[test]
+fn model_folder_loads_and_a_wrong_preset_checkpoint_is_named() {
+    let img = photo("chelsea.png");
+    let good = tempfile::tempdir().unwrap();
+    let weights = tiny_weights();
+    let d = model_dir(good.path(), &weights);
+    let mut args = vec!["caption", "--model", &d, &img];
+    args.extend(FAST);
+    let out = lion(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lines(&out)[0]["caption"].is_string());
+
+    // A checkpoint of another size: the T5 is 48 wide instead of 32.
+    let bad = tempfile::tempdir().unwrap();
+    let mut w = weights.clone();
+    w.insert(
+        "t5_model.shared.weight".into(),
+        Tensor::zeros((200, 48), DType::F32, &Device::Cpu).unwrap(),
+    );
+    w.insert(
+        "t5_model.encoder.block.7.layer.0.SelfAttention.q.weight".into(),
+        Tensor::zeros((48, 48), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let d = model_dir(bad.path(), &w);
+    let mut args = vec!["caption", "--model", &d, &img];
+    args.extend(FAST);
+    let out = lion(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("t5_model.shared.weight (model [200, 32], checkpoint [200, 48])"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unexpected keys: t5_model.encoder.block.7"),
+        "{err}"
+    );
+}
