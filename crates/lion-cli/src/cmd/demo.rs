@@ -50,7 +50,7 @@ fn sub<A: clap::Args>(argv: &[String]) -> Result<A> {
 fn read(path: &Path) -> Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(serde_json::from_str(&text).with_context(|| format!("{}: bad JSON", path.display()))?)
+    serde_json::from_str(&text).with_context(|| format!("{}: bad JSON", path.display()))
 }
 
 /// The tag-encoder training input from the world's captions and ground-truth tags.
