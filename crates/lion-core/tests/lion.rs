@@ -10,14 +10,15 @@ mod common;
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
+use candle_nn::VarMap;
 use common::fixture;
 use lion_core::adapter::Route;
 use lion_core::lion::{LionBatch, LionConfig, LionModel};
 use lion_core::presets::preset;
 use lion_core::prompt::{PromptKind, PromptTemplates};
 use lion_core::sentence::TokenBatch;
-use lion_core::testing::max_abs_diff;
+use lion_core::testing::{check_vars_get_grad, max_abs_diff};
 use lion_core::text::{Encoded, T5Tokenizer};
 use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
 
@@ -37,6 +38,17 @@ fn config(kind: PromptKind) -> LionConfig {
 /// Loads the fixture strictly: every key of the model is in the files and vice versa (except
 /// the recomputed `position_ids` and, for dynamic prompts, the unused `soft_prompt_hint`).
 fn load(kind: PromptKind) -> LionModel {
+    load_with(kind, None)
+}
+
+/// LION's trainable set (`lion_t5.py` __init__ / `_init_llm`): everything but the ViT and the
+/// T5 weights outside the adapters.
+fn lion_trainable(key: &str) -> bool {
+    !key.starts_with("visual_encoder.")
+        && (!key.starts_with("t5_model.") || key.contains("adapter"))
+}
+
+fn load_with(kind: PromptKind, trainable: Option<VarMap>) -> LionModel {
     let mut files = vec![Checkpoint::open(fixture("lion/model.safetensors")).unwrap()];
     let mut ignore = vec!["position_ids"];
     match kind {
@@ -49,7 +61,10 @@ fn load(kind: PromptKind) -> LionModel {
             files.push(Checkpoint::open(fixture("lion/prompt_gated.safetensors")).unwrap())
         }
     }
-    let loader = WeightLoader::new(files).ignore_unexpected(&ignore);
+    let mut loader = WeightLoader::new(files).ignore_unexpected(&ignore);
+    if let Some(vm) = trainable {
+        loader = loader.with_trainable(vm, lion_trainable);
+    }
     let tok = T5Tokenizer::from_file(fixture("lion/tokenizer.json")).unwrap();
     let model = LionModel::new(
         &config(kind),
@@ -236,4 +251,75 @@ fn lion_dynamic_prompt_matches_reference() {
 #[test]
 fn lion_gated_prompt_matches_reference() {
     check_prompt(PromptKind::Gated { k: 2 }, "gated.", "gated");
+}
+
+#[test]
+fn every_trainable_lion_variable_gets_a_gradient() {
+    let io = io();
+    for (kind, prefix) in [
+        (PromptKind::Static, ""),
+        (PromptKind::Gated { k: 2 }, "gated."),
+    ] {
+        let vm = VarMap::new();
+        let model = load_with(kind, Some(vm.clone()));
+        let b = batch(&io, prefix, Route::RegionLevel);
+        // trainable variables hold the checkpoint values: same loss as upstream
+        let eval = model.forward_train(&b, &io["labels"], false).unwrap();
+        let want = if prefix.is_empty() {
+            "region_level.loss"
+        } else {
+            "gated.loss"
+        };
+        if prefix.is_empty() {
+            check("trainable loss", &eval.loss.reshape(1).unwrap(), &io[want]);
+        }
+        let out = model.forward_train(&b, &io["labels"], true).unwrap();
+        // as upstream, the last Q-Former layer's text FFN only feeds text rows that encode_img
+        // drops ([:, :queries]): exactly those 6 tensors get no gradient
+        let dead = |k: &str| {
+            k.starts_with("Qformer.bert.encoder.layer.1.intermediate.")
+                || k.starts_with("Qformer.bert.encoder.layer.1.output.")
+        };
+        let vars: Vec<(String, Var)> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| !dead(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(vars.len() + 6, vm.all_vars().len());
+        let n = check_vars_get_grad(&vars, &out.loss).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        let grads = out.loss.backward().unwrap();
+        for (k, v) in vm.data().lock().unwrap().iter().filter(|(k, _)| dead(k)) {
+            let zero = grads.get(v.as_tensor()).is_none_or(|g| {
+                g.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    == 0.0
+            });
+            assert!(zero, "{k} unexpectedly gets a gradient");
+        }
+        let names = vm
+            .data()
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>();
+        for k in [
+            "query_tokens",
+            "fusion_adapter.blocks.1.output.dense.weight",
+            "t5_model.encoder.block.0.layer.1.adapter.router_ratio1",
+            "t5_model.decoder.block.1.layer.2.adapter.adapters.1.up_proj.weight",
+            "soft_prompt_hint",
+        ] {
+            assert!(names.iter().any(|n| n == k), "{k} is not trainable");
+        }
+        assert!(!names.iter().any(|n| n.starts_with("visual_encoder.")));
+        println!("{kind:?}: {n} trainable variables with gradients (+6 dead as upstream)");
+    }
 }
