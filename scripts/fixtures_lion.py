@@ -44,7 +44,8 @@ Our own soft prompts (lion_core prompt.rs), on top of the same model (no upstrea
              + dynamic_prompt_gate[j] * dynamic_prompt_projection(tag_embedding)[j*d:(j+1)*d]
 
 Writes: model.safetensors (upstream key names; static prompt), prompt_dynamic.safetensors,
-prompt_gated.safetensors (the extra keys), io.safetensors (inputs and outputs).
+prompt_gated.safetensors (the extra keys), io.safetensors (inputs and outputs;
+`trunc.*`: a long prompt truncated as upstream's tokenizers do).
 """
 import os
 import sys
@@ -371,6 +372,13 @@ def main():
               "dynamic_prompt_gate": gate}, "prompt_gated.safetensors")
         assert not torch.allclose(io["dynamic.logits"], io["image_level.logits"], atol=1e-3)
         assert not torch.allclose(io["gated.logits"], io["image_level.logits"], atol=1e-3)
+    # truncation of long texts to 24 tokens: the encoder text loses its head (left), the target
+    # its tail (right); `</s>` is kept
+    long = [m.tag_prompt.format("cat, dog, sky, grass, tree, a red car") + questions[0]]
+    io["trunc.left_ids"] = m.t5_tokenizer(long, truncation=True, max_length=24,
+                                          return_tensors="pt").input_ids
+    io["trunc.right_ids"] = m.t5_output_tokenizer(long, truncation=True, max_length=24,
+                                                  return_tensors="pt").input_ids
     save(io, "io.safetensors")
     print("written:", sorted(io))
 

@@ -174,6 +174,24 @@ fn prompt_text_tokenizes_as_upstream() {
 }
 
 #[test]
+fn long_text_truncates_as_upstream() {
+    // encoder text: truncation_side="left"; target: "right"; both keep `</s>`
+    let io = io();
+    let tok = T5Tokenizer::from_file(fixture("lion/tokenizer.json")).unwrap();
+    let t = PromptTemplates::default();
+    let tags = "cat, dog, sky, grass, tree, a red car";
+    for (slots, left, key) in [(1, true, "trunc.left_ids"), (2, false, "trunc.right_ids")] {
+        let text = t.encoder_text(slots, tags, "what is in the picture?");
+        let ours = tok.encode(&[text.as_str()], Some(24), left).unwrap();
+        let theirs: Vec<u32> = io[key].to_vec2::<i64>().unwrap()[0]
+            .iter()
+            .map(|&i| i as u32)
+            .collect();
+        assert_eq!(ours[0], theirs, "{key}");
+    }
+}
+
+#[test]
 fn lion_static_matches_upstream_both_routes() {
     let io = io();
     let model = load(PromptKind::Static);
