@@ -27,6 +27,8 @@ enum Command {
     Vqa(cmd::ask::Args),
     /// Find the object a phrase refers to: `lion ground [MODEL] IMAGE EXPRESSION [--draw out.png]`.
     Ground(cmd::ask::Args),
+    /// Dump a LION forward's intermediate tensors: `lion forward [MODEL] IMAGE --dump out.safetensors`.
+    Forward(cmd::forward::Args),
     /// The centroid-nearest caption of every image (Dynamic LION step 2), as JSON lines.
     SelectCaptions(cmd::select_captions::Args),
     /// Triplet fine-tuning of the tag encoder towards the chosen captions (Dynamic LION step 3).
@@ -58,6 +60,7 @@ fn main() {
         Command::Caption(args) => cmd::ask::run(lion_core::prompt::Task::Caption, args),
         Command::Vqa(args) => cmd::ask::run(lion_core::prompt::Task::Vqa, args),
         Command::Ground(args) => cmd::ask::run(lion_core::prompt::Task::Rec, args),
+        Command::Forward(args) => cmd::forward::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::World(args) => cmd::world::run(args),
         Command::Eval(args) => cmd::eval::run(args),

@@ -239,6 +239,18 @@ impl LionModel {
         Ok(self.vit.forward(pixel_values, &self.cfg.vit_layers())?)
     }
 
+    /// Any ViT block outputs (debugging, `lion forward --dump`): pixel_values (b, 3, img, img)
+    /// -> one (b, n, width) per entry of `layers` (block indices, 0-based), in that order.
+    pub fn vit_blocks(&self, pixel_values: &Tensor, layers: &[usize]) -> Result<Vec<Tensor>> {
+        if let Some(bad) = layers.iter().find(|&&l| l >= self.cfg.vit.depth) {
+            return Err(Error::Input(format!(
+                "ViT block {bad} requested, the ViT has blocks 0..{}",
+                self.cfg.vit.depth - 1
+            )));
+        }
+        Ok(self.vit.forward(pixel_values, layers)?)
+    }
+
     /// Visual tokens (`encode_img`): pixel_values (b, 3, img, img) and the Q-Former text
     /// -> (b, 32 + 257, d_model) for LION (fewer with one path).
     pub fn encode_image(

@@ -37,6 +37,24 @@ fn replaces_only_placeholder_rows() {
 }
 
 #[test]
+fn unpadded_id_rows_of_a_padded_batch_are_accepted() {
+    // `Encoded::ids` holds unpadded rows: a shorter row is right-padded in the embeddings
+    let ids = vec![vec![1, PH, 2], vec![PH, 4, 5, 6, 9]];
+    let prompt = Tensor::new(&[[[-1f32, -2., -3.]], [[-4., -5., -6.]]], &Device::Cpu).unwrap();
+    let out = insert_soft_prompt(&embeds(), &ids, PH, &prompt)
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap();
+    let e = embeds().to_vec3::<f32>().unwrap();
+    assert_eq!(out[0][1], vec![-1., -2., -3.]);
+    assert_eq!(out[1][0], vec![-4., -5., -6.]);
+    assert_eq!(out[0][3..], e[0][3..], "padding rows untouched");
+    // a row longer than the embeddings is an error
+    let ids = vec![vec![1, PH, 2, 3, 4, 5], vec![PH, 4, 5, 6, 9]];
+    assert!(insert_soft_prompt(&embeds(), &ids, PH, &prompt).is_err());
+}
+
+#[test]
 fn truncated_placeholder_keeps_the_row_and_wrong_count_is_an_error() {
     let prompt = Tensor::ones((2, 1, 3), DType::F32, &Device::Cpu).unwrap();
     let ids = vec![vec![1, 2, 3, 4, 5], vec![PH, 4, 5, 6, 9]];

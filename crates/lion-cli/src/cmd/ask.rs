@@ -45,7 +45,7 @@ struct Item {
     parsed: Result<(RgbImage, Request), String>,
 }
 
-fn parse_tags(s: &str) -> Result<Vec<(String, f32)>, String> {
+pub(crate) fn parse_tags(s: &str) -> Result<Vec<(String, f32)>, String> {
     s.split(',')
         .filter(|t| !t.trim().is_empty())
         .map(|t| {

@@ -2,6 +2,7 @@ pub mod ask;
 pub mod demo;
 pub mod embed;
 pub mod eval;
+pub mod forward;
 pub mod model;
 pub mod select_captions;
 pub mod serve;

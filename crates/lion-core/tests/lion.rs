@@ -1,0 +1,343 @@
+//! The whole LION forward at the tiny preset against upstream's own `LIONT5InstructAdapter`
+//! (fixtures by scripts/fixtures_lion.py): visual tokens, encoder input, logits and loss for both
+//! router routes with the static prompt, and our dynamic and gated prompts against the script's
+//! own reference on the same model.
+//!
+//! The only change from `preset("tiny")` is the Q-Former vocabulary (1000 instead of 30523), to
+//! keep the checkpoint fixture small; the script builds the same.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
+use candle_nn::VarMap;
+use common::fixture;
+use lion_core::adapter::Route;
+use lion_core::lion::{LionBatch, LionConfig, LionModel};
+use lion_core::presets::preset;
+use lion_core::prompt::{PromptKind, PromptTemplates};
+use lion_core::sentence::TokenBatch;
+use lion_core::testing::{check_vars_get_grad, max_abs_diff};
+use lion_core::text::{Encoded, T5Tokenizer};
+use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
+
+const TOL: f32 = 1e-4;
+const QF_VOCAB: usize = 1000;
+
+fn io() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture("lion/io.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn config(kind: PromptKind) -> LionConfig {
+    let mut cfg = preset("tiny", Some(kind)).unwrap();
+    cfg.qformer.as_mut().unwrap().bert.vocab_size = QF_VOCAB;
+    cfg
+}
+
+/// Loads the fixture strictly: every key of the model is in the files and vice versa (except
+/// the recomputed `position_ids` and, for dynamic prompts, the unused `soft_prompt_hint`).
+fn load(kind: PromptKind) -> LionModel {
+    load_with(kind, None)
+}
+
+/// LION's trainable set (`lion_t5.py` __init__ / `_init_llm`): everything but the ViT and the
+/// T5 weights outside the adapters.
+fn lion_trainable(key: &str) -> bool {
+    !key.starts_with("visual_encoder.")
+        && (!key.starts_with("t5_model.") || key.contains("adapter"))
+}
+
+fn load_with(kind: PromptKind, trainable: Option<VarMap>) -> LionModel {
+    let mut files = vec![Checkpoint::open(fixture("lion/model.safetensors")).unwrap()];
+    let mut ignore = vec!["position_ids"];
+    match kind {
+        PromptKind::Static => {}
+        PromptKind::Dynamic => {
+            files.push(Checkpoint::open(fixture("lion/prompt_dynamic.safetensors")).unwrap());
+            ignore.push("soft_prompt_hint");
+        }
+        PromptKind::Gated { .. } => {
+            files.push(Checkpoint::open(fixture("lion/prompt_gated.safetensors")).unwrap())
+        }
+    }
+    let mut loader = WeightLoader::new(files).ignore_unexpected(&ignore);
+    if let Some(vm) = trainable {
+        loader = loader.with_trainable(vm, lion_trainable);
+    }
+    let tok = T5Tokenizer::from_file(fixture("lion/tokenizer.json")).unwrap();
+    let model = LionModel::new(
+        &config(kind),
+        tok.placeholder_id().unwrap(),
+        loader.var_builder(DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let report = loader.finish(LoadMode::Strict).unwrap();
+    assert!(report.is_clean(), "{report}");
+    model
+}
+
+fn to_u32(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::U32).unwrap()
+}
+
+/// The padded prompt ids/mask from the fixture as `Encoded` (unpadded rows from the mask).
+fn encoded(ids: &Tensor, mask: &Tensor) -> Encoded {
+    let rows = ids.to_dtype(DType::I64).unwrap().to_vec2::<i64>().unwrap();
+    let m = mask.to_dtype(DType::I64).unwrap().to_vec2::<i64>().unwrap();
+    Encoded {
+        ids: rows
+            .iter()
+            .zip(&m)
+            .map(|(r, m)| {
+                r.iter()
+                    .zip(m)
+                    .filter(|(_, &m)| m == 1)
+                    .map(|(&i, _)| i as u32)
+                    .collect()
+            })
+            .collect(),
+        input_ids: to_u32(ids),
+        attention_mask: to_u32(mask),
+    }
+}
+
+fn batch(io: &HashMap<String, Tensor>, prefix: &str, route: Route) -> LionBatch {
+    LionBatch {
+        pixel_values: io["pixel_values"].clone(),
+        qformer_text: Some(TokenBatch {
+            input_ids: to_u32(&io["qformer_input_ids"]),
+            attention_mask: to_u32(&io["qformer_attention_mask"]),
+        }),
+        prompt: encoded(
+            &io[&format!("{prefix}prompt_ids")],
+            &io[&format!("{prefix}prompt_mask")],
+        ),
+        tag_embedding: Some(io["tag_embedding"].clone()),
+        route,
+    }
+}
+
+/// Logits at the target positions only (label != -100): upstream passes the target mask as
+/// `decoder_attention_mask`, which changes nothing at those positions (causal attention) but
+/// does change the logits at padded ones, which no loss or decoding ever reads.
+fn target_logits(logits: &Tensor, labels: &Tensor) -> Tensor {
+    let labels = labels.to_vec2::<i64>().unwrap();
+    let mut rows = vec![];
+    for (b, row) in labels.iter().enumerate() {
+        for (t, &l) in row.iter().enumerate() {
+            if l != -100 {
+                rows.push(logits.i((b, t)).unwrap());
+            }
+        }
+    }
+    Tensor::stack(&rows, 0).unwrap()
+}
+
+fn check(name: &str, ours: &Tensor, theirs: &Tensor) -> f32 {
+    let d = max_abs_diff(ours, theirs).unwrap();
+    println!("{name}: max abs diff {d:e}");
+    assert!(d <= TOL, "{name} differs by {d}");
+    d
+}
+
+#[test]
+fn prompt_text_tokenizes_as_upstream() {
+    // upstream: tag_prompt.format(tags) + question, T5TokenizerFast(truncation_side="left")
+    let io = io();
+    let tok = T5Tokenizer::from_file(fixture("lion/tokenizer.json")).unwrap();
+    let t = PromptTemplates::default();
+    for (slots, prefix) in [(1, ""), (2, "gated.")] {
+        let texts = [
+            t.encoder_text(slots, "cat, dog, sky", "what is in the picture?"),
+            t.encoder_text(slots, "dog", "where is the dog?"),
+        ];
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let ours = tok.batch(&refs, Some(128), true, &Device::Cpu).unwrap();
+        let theirs = encoded(
+            &io[&format!("{prefix}prompt_ids")],
+            &io[&format!("{prefix}prompt_mask")],
+        );
+        assert_eq!(ours.ids, theirs.ids, "slots {slots}");
+    }
+    let labels = tok
+        .labels(
+            &["a cat and a dog under the sky", "in the park"],
+            128,
+            &Device::Cpu,
+        )
+        .unwrap();
+    assert_eq!(
+        labels.to_vec2::<i64>().unwrap(),
+        io["labels"].to_vec2::<i64>().unwrap()
+    );
+}
+
+#[test]
+fn long_text_truncates_as_upstream() {
+    // encoder text: truncation_side="left"; target: "right"; both keep `</s>`
+    let io = io();
+    let tok = T5Tokenizer::from_file(fixture("lion/tokenizer.json")).unwrap();
+    let t = PromptTemplates::default();
+    let tags = "cat, dog, sky, grass, tree, a red car";
+    for (slots, left, key) in [(1, true, "trunc.left_ids"), (2, false, "trunc.right_ids")] {
+        let text = t.encoder_text(slots, tags, "what is in the picture?");
+        let ours = tok.encode(&[text.as_str()], Some(24), left).unwrap();
+        let theirs: Vec<u32> = io[key].to_vec2::<i64>().unwrap()[0]
+            .iter()
+            .map(|&i| i as u32)
+            .collect();
+        assert_eq!(ours[0], theirs, "{key}");
+    }
+}
+
+#[test]
+fn lion_static_matches_upstream_both_routes() {
+    let io = io();
+    let model = load(PromptKind::Static);
+    // ViT block outputs the aggregator reads (upstream 38, 28, 18 -> tiny 3, 2, 1)
+    let layers = model.vit_layers(&io["pixel_values"]).unwrap();
+    assert_eq!(model.config().vit_layers(), vec![3, 2, 1]);
+    for (l, name) in layers
+        .iter()
+        .zip(["vit_block3", "vit_block2", "vit_block1"])
+    {
+        check(name, l, &io[name]);
+    }
+    for (route, key) in [
+        (Route::RegionLevel, "region_level"),
+        (Route::ImageLevel, "image_level"),
+    ] {
+        let b = batch(&io, "", route);
+        let visual = model
+            .encode_image(&b.pixel_values, b.qformer_text.as_ref(), false)
+            .unwrap();
+        check("visual tokens", &visual, &io["visual"]);
+        let (embeds, mask) = model.encoder_input(&visual, &b.prompt, None).unwrap();
+        check(
+            &format!("{key} encoder input"),
+            &embeds,
+            &io[&format!("{key}.encoder_embeds")],
+        );
+        assert_eq!(
+            mask.to_dtype(DType::I64).unwrap().to_vec2::<i64>().unwrap(),
+            io[&format!("{key}.encoder_mask")].to_vec2::<i64>().unwrap()
+        );
+        let out = model.forward_train(&b, &io["labels"], false).unwrap();
+        check(
+            &format!("{key} logits"),
+            &target_logits(&out.logits, &io["labels"]),
+            &target_logits(&io[&format!("{key}.logits")], &io["labels"]),
+        );
+        check(
+            &format!("{key} loss"),
+            &out.loss.reshape(1).unwrap(),
+            &io[&format!("{key}.loss")],
+        );
+    }
+    // the routes really differ, so both are tested
+    let d = max_abs_diff(&io["region_level.logits"], &io["image_level.logits"]).unwrap();
+    assert!(d > 1e-2, "routes give the same logits ({d})");
+}
+
+fn check_prompt(kind: PromptKind, prefix: &str, key: &str) {
+    let io = io();
+    let model = load(kind);
+    let b = batch(&io, prefix, Route::ImageLevel);
+    let out = model.forward_train(&b, &io["labels"], false).unwrap();
+    check(
+        &format!("{key} logits"),
+        &target_logits(&out.logits, &io["labels"]),
+        &target_logits(&io[&format!("{key}.logits")], &io["labels"]),
+    );
+    check(
+        &format!("{key} loss"),
+        &out.loss.reshape(1).unwrap(),
+        &io[&format!("{key}.loss")],
+    );
+    // a tag embedding is required
+    let mut no_tags = b.clone();
+    no_tags.tag_embedding = None;
+    assert!(model.forward_train(&no_tags, &io["labels"], false).is_err());
+}
+
+#[test]
+fn lion_dynamic_prompt_matches_reference() {
+    check_prompt(PromptKind::Dynamic, "", "dynamic");
+}
+
+#[test]
+fn lion_gated_prompt_matches_reference() {
+    check_prompt(PromptKind::Gated { k: 2 }, "gated.", "gated");
+}
+
+#[test]
+fn every_trainable_lion_variable_gets_a_gradient() {
+    let io = io();
+    for (kind, prefix) in [
+        (PromptKind::Static, ""),
+        (PromptKind::Gated { k: 2 }, "gated."),
+    ] {
+        let vm = VarMap::new();
+        let model = load_with(kind, Some(vm.clone()));
+        let b = batch(&io, prefix, Route::RegionLevel);
+        // trainable variables hold the checkpoint values: same loss as upstream
+        let eval = model.forward_train(&b, &io["labels"], false).unwrap();
+        let want = if prefix.is_empty() {
+            "region_level.loss"
+        } else {
+            "gated.loss"
+        };
+        if prefix.is_empty() {
+            check("trainable loss", &eval.loss.reshape(1).unwrap(), &io[want]);
+        }
+        let out = model.forward_train(&b, &io["labels"], true).unwrap();
+        // as upstream, the last Q-Former layer's text FFN only feeds text rows that encode_img
+        // drops ([:, :queries]): exactly those 6 tensors get no gradient
+        let dead = |k: &str| {
+            k.starts_with("Qformer.bert.encoder.layer.1.intermediate.")
+                || k.starts_with("Qformer.bert.encoder.layer.1.output.")
+        };
+        let vars: Vec<(String, Var)> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| !dead(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(vars.len() + 6, vm.all_vars().len());
+        let n = check_vars_get_grad(&vars, &out.loss).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        let grads = out.loss.backward().unwrap();
+        for (k, v) in vm.data().lock().unwrap().iter().filter(|(k, _)| dead(k)) {
+            let zero = grads.get(v.as_tensor()).is_none_or(|g| {
+                g.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    == 0.0
+            });
+            assert!(zero, "{k} unexpectedly gets a gradient");
+        }
+        let names = vm
+            .data()
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>();
+        for k in [
+            "query_tokens",
+            "fusion_adapter.blocks.1.output.dense.weight",
+            "t5_model.encoder.block.0.layer.1.adapter.router_ratio1",
+            "t5_model.decoder.block.1.layer.2.adapter.adapters.1.up_proj.weight",
+            "soft_prompt_hint",
+        ] {
+            assert!(names.iter().any(|n| n == k), "{k} is not trainable");
+        }
+        assert!(!names.iter().any(|n| n.starts_with("visual_encoder.")));
+        println!("{kind:?}: {n} trainable variables with gradients (+6 dead as upstream)");
+    }
+}
