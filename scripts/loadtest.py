@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Bounded load test of `lion serve` POST /v1/embed (Python stdlib only, loopback only).
+"""Bounded load test of `lion serve` POST /v1/embed or /v1/caption (Python stdlib only, loopback only).
 
 By default it starts `lion serve` itself once per --max-batch value (on 127.0.0.1, port 0),
 drives it with C concurrent keep-alive clients for each concurrency level, and prints a markdown
@@ -10,13 +10,16 @@ comes first; the server is stopped with SIGTERM at the end.
     scripts/loadtest.py                                 # target/debug/lion, batches 1 and 32
     scripts/loadtest.py --lion target/release/lion --concurrency 1,4,16,32 --duration 8
     scripts/loadtest.py --url http://127.0.0.1:8080     # an already running server (loopback)
+    scripts/loadtest.py --endpoint caption --batches 1,8  # the tiny LION preset, random weights
 """
 
 import argparse
+import base64
 import http.client
 import ipaddress
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -24,6 +27,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 
 SENTENCES = [
     "A man rides a bicycle down a busy city street.",
@@ -37,6 +41,21 @@ SENTENCES = [
 ]
 
 
+def png(width, height):
+    """A small RGB gradient PNG (stdlib only)."""
+    import struct
+
+    def chunk(kind, data):
+        c = kind + data
+        return struct.pack(">I", len(data)) + c + struct.pack(">I", zlib.crc32(c) & 0xFFFFFFFF)
+
+    rows = b"".join(
+        b"\x00" + bytes(v for x in range(width) for v in (x * 255 // width, y * 255 // height, 128))
+        for y in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
 def loopback_only(host):
     try:
         addrs = {ai[4][0] for ai in socket.getaddrinfo(host, None)}
@@ -47,9 +66,10 @@ def loopback_only(host):
             sys.exit(f"refusing to load-test {host} ({a}): loopback addresses only")
 
 
-def start_server(lion, embed_model, max_batch, max_wait_ms, queue):
+def start_server(lion, embed_model, max_batch, max_wait_ms, queue, extra):
     cmd = [lion, "--log", "warn", "serve", "--addr", "127.0.0.1:0", "--embed-model", embed_model,
            "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--queue", str(queue)]
+    cmd += extra
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
     line = proc.stdout.readline().strip()
     if not line:
@@ -68,20 +88,22 @@ def stop_server(proc):
         proc.wait()
 
 
-def scrape(host, port):
+def scrape(host, port, task):
     c = http.client.HTTPConnection(host, port, timeout=10)
     c.request("GET", "/metrics")
     text = c.getresponse().read().decode()
     c.close()
     vals = {}
     for line in text.splitlines():
-        if line.startswith("lion_batch_size_sum{") or line.startswith("lion_batch_size_count{"):
+        if (line.startswith("lion_batch_size_sum{") or line.startswith("lion_batch_size_count{")) \
+                and f'task="{task}"' in line:
             name, v = line.rsplit(" ", 1)
             vals[name.split("{")[0]] = float(v)
     return vals.get("lion_batch_size_sum", 0.0), vals.get("lion_batch_size_count", 0.0)
 
 
-def run_level(host, port, concurrency, duration, max_requests, texts_per_request):
+def run_level(host, port, concurrency, duration, max_requests, texts_per_request, endpoint="embed",
+              caption_body=None):
     lock = threading.Lock()
     latencies, errors, statuses = [], [0], {}
     issued = [0]
@@ -100,11 +122,14 @@ def run_level(host, port, concurrency, duration, max_requests, texts_per_request
             n = take()
             if n is None:
                 break
-            inputs = [SENTENCES[(n + k + cid) % len(SENTENCES)] for k in range(texts_per_request)]
-            body = json.dumps({"inputs": inputs})
+            if endpoint == "embed":
+                inputs = [SENTENCES[(n + k + cid) % len(SENTENCES)] for k in range(texts_per_request)]
+                body = json.dumps({"inputs": inputs})
+            else:
+                body = caption_body
             t0 = time.perf_counter()
             try:
-                conn.request("POST", "/v1/embed", body, {"Content-Type": "application/json"})
+                conn.request("POST", f"/v1/{endpoint}", body, {"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 resp.read()
                 dt = time.perf_counter() - t0
@@ -121,7 +146,7 @@ def run_level(host, port, concurrency, duration, max_requests, texts_per_request
                 conn = http.client.HTTPConnection(host, port, timeout=60)
         conn.close()
 
-    b_sum0, b_cnt0 = scrape(host, port)
+    b_sum0, b_cnt0 = scrape(host, port, endpoint)
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
     for t in threads:
@@ -129,7 +154,7 @@ def run_level(host, port, concurrency, duration, max_requests, texts_per_request
     for t in threads:
         t.join(timeout=duration + 120)
     wall = time.perf_counter() - t0
-    b_sum1, b_cnt1 = scrape(host, port)
+    b_sum1, b_cnt1 = scrape(host, port, endpoint)
     latencies.sort()
 
     def pct(p):
@@ -162,8 +187,21 @@ def main():
     ap.add_argument("--concurrency", default="1,4,16,32", help="client counts (comma list)")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per level (upper bound)")
     ap.add_argument("--max-requests", type=int, default=5000, help="requests per level (upper bound)")
-    ap.add_argument("--texts", type=int, default=1, help="texts per request")
+    ap.add_argument("--texts", type=int, default=1, help="texts per request (embed)")
+    ap.add_argument("--endpoint", choices=["embed", "caption"], default="embed")
+    ap.add_argument("--server-args", default="--preset tiny --random-weights",
+                    help="more `lion serve` flags with --endpoint caption (the LION model)")
+    ap.add_argument("--image-size", default="64x48", help="WxH of the generated caption image")
+    ap.add_argument("--num-beams", type=int, default=5, help="caption beams (LION: 5)")
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="caption tokens at most")
     args = ap.parse_args()
+    caption_body = None
+    extra = []
+    if args.endpoint == "caption":
+        w, h = (int(v) for v in args.image_size.split("x"))
+        caption_body = json.dumps({"image": base64.b64encode(png(w, h)).decode(),
+                                   "num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens})
+        extra = shlex.split(args.server_args)
     if args.duration <= 0 or args.duration > 120:
         sys.exit("--duration must be in (0, 120] seconds")
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -183,12 +221,13 @@ def main():
     for mb, _, host, port in targets:
         proc = None
         if host is None:
-            proc, host, port = start_server(args.lion, args.embed_model, mb, args.max_wait_ms, args.queue)
+            proc, host, port = start_server(args.lion, args.embed_model, mb, args.max_wait_ms, args.queue, extra)
             loopback_only(host)
         try:
-            run_level(host, port, 2, 1.0, 20, args.texts)  # warm-up
+            run_level(host, port, 2, 1.0, 20, args.texts, args.endpoint, caption_body)  # warm-up
             for c in levels:
-                r = run_level(host, port, c, args.duration, args.max_requests, args.texts)
+                r = run_level(host, port, c, args.duration, args.max_requests, args.texts, args.endpoint,
+                              caption_body)
                 rows.append((mb, c, r))
                 print(f"max_batch={mb} concurrency={c}: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms, "
                       f"p99 {r['p99']:.1f} ms, mean batch {r['mean_batch']:.2f}, errors {r['errors']} "
@@ -197,7 +236,12 @@ def main():
             if proc is not None:
                 stop_server(proc)
 
-    print(f"\nPOST /v1/embed, {args.texts} text(s) per request, max wait {args.max_wait_ms} ms, "
+    if args.endpoint == "embed":
+        what = f"POST /v1/embed, {args.texts} text(s) per request"
+    else:
+        what = (f"POST /v1/caption ({args.server_args}), {args.image_size} image, "
+                f"{args.num_beams} beams, {args.max_new_tokens} new tokens at most")
+    print(f"\n{what}, max wait {args.max_wait_ms} ms, "
           f"{args.duration:g} s or {args.max_requests} requests per level\n")
     print("| max batch | clients | req/s | texts/s | p50 ms | p90 ms | p99 ms | max ms | mean batch | errors |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

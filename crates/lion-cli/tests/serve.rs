@@ -1,6 +1,7 @@
 //! `lion serve` end to end: the real binary on an ephemeral loopback port, the real
-//! all-MiniLM-L6-v2 behind POST /v1/embed, and every other endpoint, error path, overload and
-//! shutdown with requests in flight.
+//! all-MiniLM-L6-v2 behind POST /v1/embed, the tiny LION preset and a tiny RAM tagger (random
+//! weights) behind the image endpoints, every error path, batching, overload and shutdown with
+//! requests in flight.
 
 #[path = "../../lion-server/tests/common/http.rs"]
 mod http;
@@ -223,6 +224,14 @@ fn health_metrics_and_openapi() {
         assert_eq!(h["tasks"][t], false, "{h}");
     }
     assert_eq!(h["queue"]["capacity"], 7);
+    // Without a LION model the image endpoints say so (after validating the request).
+    let img = http::b64(&http::png(8, 8));
+    let msg = http::post_json(s.addr, "/v1/caption", &json!({"image": img}))
+        .expect_error(501, "model_not_loaded");
+    assert!(
+        msg.contains("not available") && msg.contains("--model"),
+        "{msg}"
+    );
 
     for _ in 0..3 {
         let r = http::post_json(s.addr, "/v1/embed", &json!({"inputs": ["x", "y"]}));
@@ -290,9 +299,63 @@ fn health_metrics_and_openapi() {
     );
 }
 
+/// The tiny LION preset and a tiny RAM tagger, both with random weights, and then `extra`.
+fn tiny_models(extra: &[&str]) -> Vec<String> {
+    let minilm = minilm_dir();
+    let mut args: Vec<String> = [
+        "--preset",
+        "tiny",
+        "--random-weights",
+        "--ram-random",
+        "tiny",
+        "--tag-encoder",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(minilm.display().to_string());
+    args.push("--qformer-tokenizer".into());
+    args.push(minilm.join("tokenizer.json").display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Checks a 200 answer of an image endpoint: the JSON shape each endpoint promises.
+fn check_answer(path: &str, r: &http::Response, width: f64, height: f64) {
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    let v = r.json();
+    match path {
+        "/v1/caption" => assert!(v["caption"].is_string(), "{v}"),
+        "/v1/vqa" => assert!(v["answer"].is_string(), "{v}"),
+        "/v1/ground" => {
+            assert!(v["text"].is_string(), "{v}");
+            // A box (inside the image) or null, with its normalised twin.
+            match v["bbox"].as_array() {
+                Some(b) => {
+                    assert_eq!(b.len(), 4, "{v}");
+                    let b: Vec<f64> = b.iter().map(|x| x.as_f64().unwrap()).collect();
+                    assert!(b[0] >= 0.0 && b[2] <= width && b[1] >= 0.0 && b[3] <= height);
+                    assert_eq!(v["bbox_normalized"].as_array().unwrap().len(), 4);
+                }
+                None => {
+                    assert!(v["bbox"].is_null(), "{v}");
+                    assert!(v["bbox_normalized"].is_null(), "{v}");
+                }
+            }
+        }
+        "/v1/tags" => {
+            let tags = v["tags"].as_array().expect("tags array");
+            let scores: Vec<f64> = tags.iter().map(|t| t["score"].as_f64().unwrap()).collect();
+            assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{v}");
+            assert!(scores.iter().all(|&p| (0.0..=1.0).contains(&p)), "{v}");
+            assert!(tags.iter().all(|t| t["tag"].is_string()), "{v}");
+        }
+        _ => unreachable!("{path}"),
+    }
+}
+
 #[test]
-fn image_endpoints_validate_then_say_not_loaded() {
-    let s = Serve::start(&[
+fn image_endpoints_answer_and_validate() {
+    let args = tiny_models(&[
         "--max-image-pixels",
         "10000",
         "--max-prompt-chars",
@@ -300,6 +363,12 @@ fn image_endpoints_validate_then_say_not_loaded() {
         "--max-new-tokens",
         "20",
     ]);
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let s = Serve::start(&args);
+    let h = http::get(s.addr, "/health").json();
+    for t in ["embed", "caption", "vqa", "ground", "tags"] {
+        assert_eq!(h["tasks"][t], true, "{h}");
+    }
     let good = http::png(64, 48);
     let mut corrupt = http::png(64, 48);
     corrupt.truncate(corrupt.len() / 2);
@@ -325,20 +394,16 @@ fn image_endpoints_validate_then_say_not_loaded() {
             }
             b
         };
-        // Valid: the model is not loaded, said clearly, no made-up answer.
+        // Valid: answered by the model.
         let r = http::post_json(s.addr, path, &body(&good));
-        let msg = r.expect_error(501, "model_not_loaded");
-        assert!(
-            msg.contains("not available") && msg.contains("--model"),
-            "{path}: {msg}"
-        );
+        check_answer(path, &r, 64.0, 48.0);
         // Same over multipart.
         let mut parts = vec![("image", Part::File(&good))];
         if let Some((k, v)) = text {
             parts.push((k, Part::Text(v)));
         }
         let (ct, mp) = http::multipart(&parts);
-        http::post_raw(s.addr, path, &ct, &mp).expect_error(501, "model_not_loaded");
+        check_answer(path, &http::post_raw(s.addr, path, &ct, &mp), 64.0, 48.0);
 
         // Corrupt image: 400 naming the format.
         let msg = http::post_json(s.addr, path, &body(&corrupt)).expect_error(400, "bad_request");
@@ -427,14 +492,95 @@ fn image_endpoints_validate_then_say_not_loaded() {
     let msg = http::post_json(s.addr, "/v1/tags", &json!({"image": img, "threshold": 1.5}))
         .expect_error(422, "validation");
     assert!(msg.contains("`threshold`"), "{msg}");
-    // Valid options still reach the capability check.
+    // Valid options reach the model.
     let (ct, mp) = http::multipart(&[
         ("image", Part::File(&good)),
         ("expression", Part::Text("the cat")),
         ("num_beams", Part::Text("3")),
         ("max_new_tokens", Part::Text("20")),
     ]);
-    http::post_raw(s.addr, "/v1/ground", &ct, &mp).expect_error(501, "model_not_loaded");
+    check_answer(
+        "/v1/ground",
+        &http::post_raw(s.addr, "/v1/ground", &ct, &mp),
+        64.0,
+        48.0,
+    );
+    // Greedy, 3 new tokens at most: a short answer (the bundled tokenizer's pieces are short).
+    let r = http::post_json(
+        s.addr,
+        "/v1/vqa",
+        &json!({"image": img, "question": "what?", "num_beams": 1, "max_new_tokens": 3}),
+    );
+    check_answer("/v1/vqa", &r, 64.0, 48.0);
+    let short = r.json()["answer"].as_str().unwrap().chars().count();
+    assert!(short <= 3 * 16, "3 tokens gave {short} characters");
+    // A caption prompt is accepted.
+    let r = http::post_json(
+        s.addr,
+        "/v1/caption",
+        &json!({"image": img, "prompt": "Describe it.", "num_beams": 2}),
+    );
+    check_answer("/v1/caption", &r, 64.0, 48.0);
+    // Tag selection: max_tags and threshold are honoured.
+    let r = http::post_json(s.addr, "/v1/tags", &json!({"image": img, "max_tags": 3}));
+    check_answer("/v1/tags", &r, 64.0, 48.0);
+    assert!(r.json()["tags"].as_array().unwrap().len() <= 3);
+    let r = http::post_json(
+        s.addr,
+        "/v1/tags",
+        &json!({"image": img, "threshold": 0.01}),
+    );
+    check_answer("/v1/tags", &r, 64.0, 48.0);
+    let all = r.json()["tags"].as_array().unwrap().clone();
+    assert!(all.iter().all(|t| t["score"].as_f64().unwrap() > 0.01));
+    let r = http::post_json(
+        s.addr,
+        "/v1/tags",
+        &json!({"image": img, "threshold": 0.99}),
+    );
+    check_answer("/v1/tags", &r, 64.0, 48.0);
+    assert!(r.json()["tags"].as_array().unwrap().len() <= all.len());
+}
+
+#[test]
+fn concurrent_captions_are_batched_and_all_answered() {
+    let args = tiny_models(&["--max-batch", "8", "--max-wait-ms", "300", "--queue", "32"]);
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let s = Serve::start(&args);
+    let addr = s.addr;
+    let n = 8;
+    let barrier = Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                // Different images, same options: one batch may hold them all.
+                let img = http::b64(&http::png(32 + 4 * i as u32, 24));
+                barrier.wait();
+                http::post_json(
+                    addr,
+                    "/v1/caption",
+                    &json!({"image": img, "num_beams": 2, "max_new_tokens": 8}),
+                )
+            })
+        })
+        .collect();
+    for t in threads {
+        let r = t.join().unwrap();
+        check_answer("/v1/caption", &r, 0.0, 0.0);
+    }
+    let m = http::get(addr, "/metrics").text();
+    let v = |sample: &str| http::metric(&m, sample).unwrap_or_else(|| panic!("{sample}:\n{m}"));
+    assert_eq!(v("lion_batch_size_sum{task=\"caption\"}"), n as f64);
+    let batches = v("lion_batch_size_count{task=\"caption\"}");
+    assert!(
+        batches < n as f64,
+        "{n} concurrent captions ran in {batches} batches (mean batch size 1):\n{m}"
+    );
+    assert_eq!(
+        v("lion_requests_total{endpoint=\"/v1/caption\",status=\"200\"}"),
+        n as f64
+    );
 }
 
 #[test]
@@ -568,21 +714,38 @@ fn sigterm_answers_every_request_in_flight_then_exits() {
 }
 
 #[test]
-fn lion_model_flags_give_a_clear_error_until_lion_lands() {
-    for args in [
-        vec!["serve", "--model", "/tmp/some-lion-model"],
-        vec!["serve", "--preset", "tiny", "--random-weights"],
+fn bad_model_flags_give_a_clear_error() {
+    for (args, want) in [
+        (
+            vec!["serve", "--model", "/tmp/no-such-lion-model"],
+            "/tmp/no-such-lion-model",
+        ),
+        (vec!["serve", "--preset", "tiny"], "--random-weights"),
+        (
+            vec!["serve", "--preset", "nope", "--random-weights"],
+            "nope",
+        ),
+        (
+            vec![
+                "serve",
+                "--ram",
+                "/tmp/no-such-ram.pth",
+                "--ram-config",
+                "tiny",
+            ],
+            "/tmp/no-such-ram.pth",
+        ),
+        (vec!["serve", "--ram-random", "huge"], "huge"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_lion"))
             .args(&args)
+            .arg("--embed-model")
+            .arg(minilm_dir())
             .output()
             .unwrap();
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("LION models are not available in this build yet"),
-            "{args:?}: {err}"
-        );
+        assert!(err.contains(want), "{args:?}: {err}");
         assert!(out.stdout.is_empty(), "no address printed");
     }
     let out = Command::new(env!("CARGO_BIN_EXE_lion"))

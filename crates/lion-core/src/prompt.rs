@@ -306,9 +306,11 @@ impl Default for PromptTemplates {
 }
 
 impl PromptTemplates {
-    /// The instruction for a task; `text` is the question (VQA) or expression (REC).
+    /// The instruction for a task; `text` is the question (VQA) or expression (REC); for a
+    /// caption a non-empty `text` replaces the captioning instruction.
     pub fn instruction(&self, task: Task, text: &str) -> String {
         match task {
+            Task::Caption if !text.is_empty() => text.to_string(),
             Task::Caption => self.caption.clone(),
             Task::Vqa => self.vqa.replacen("{}", text, 1),
             Task::Rec => self.rec.replacen("{}", text, 1),

@@ -178,3 +178,18 @@ fn prompt_text_as_lion_writes_it() {
         "[0.000,0.000,1.000,0.500]"
     );
 }
+
+#[test]
+fn a_caption_text_replaces_the_captioning_instruction() {
+    let t = PromptTemplates::default();
+    assert_eq!(t.instruction(Task::Caption, ""), t.caption);
+    assert_eq!(
+        t.instruction(Task::Caption, "Describe the colours."),
+        "Describe the colours."
+    );
+    // Questions and expressions still go into their templates.
+    assert_eq!(
+        t.instruction(Task::Vqa, "why?"),
+        "Question: why? Short answer:"
+    );
+}

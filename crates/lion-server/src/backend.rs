@@ -9,7 +9,14 @@
 
 use std::fmt;
 
+use candle_core::Device;
 use image::RgbImage;
+use lion_core::generate::GenerationConfig;
+use lion_core::pipeline::{Answer, LionPipeline, Request};
+use lion_core::preprocess::ImageTransform;
+use lion_core::prompt::Task;
+use lion_core::sentence::SentenceEmbedder;
+use lion_core::tagger::{select_tags, TagOrder, TagSelection, Tagger};
 use serde::Serialize;
 
 /// The kinds of work a backend can be asked to do, one per endpoint.
@@ -96,7 +103,8 @@ pub struct GenerationOptions {
     pub num_beams: usize,
     /// Most tokens to generate.
     pub max_new_tokens: usize,
-    /// Fewest tokens to generate before `</s>` may end the text.
+    /// Fewest tokens to generate before `</s>` may end the text (0: `</s>` may come first, as
+    /// upstream LION's `min_length=1`, which counts the decoder start token).
     pub min_new_tokens: usize,
     /// > 1 penalises tokens already generated (upstream LION: 1.5).
     pub repetition_penalty: f32,
@@ -110,9 +118,21 @@ impl GenerationOptions {
         Self {
             num_beams: 5,
             max_new_tokens,
-            min_new_tokens: 1,
+            min_new_tokens: 0,
             repetition_penalty: 1.5,
             length_penalty: 1.0,
+        }
+    }
+
+    /// The decoder's settings. `min_length` counts the decoder start token (HF convention).
+    pub fn generation_config(&self) -> GenerationConfig {
+        GenerationConfig {
+            num_beams: self.num_beams,
+            max_new_tokens: self.max_new_tokens,
+            min_length: self.min_new_tokens + 1,
+            repetition_penalty: self.repetition_penalty,
+            length_penalty: self.length_penalty,
+            ..GenerationConfig::default()
         }
     }
 }
@@ -279,32 +299,133 @@ pub trait Backend: Send {
     }
 }
 
-/// The models `lion serve` loads: today the sentence embedder; the LION model (captioning, VQA,
-/// grounding) and the RAM tagger plug in here as further optional fields.
+/// The models `lion serve` loads, each optional: the sentence embedder (`/v1/embed`), the LION
+/// pipeline (`/v1/caption`, `/v1/vqa`, `/v1/ground`) and the RAM tagger (`/v1/tags`, and the tags
+/// of LION's prompt).
 pub struct ModelBackend {
-    embedder: Option<lion_core::sentence::SentenceEmbedder>,
+    embedder: Option<SentenceEmbedder>,
     /// Texts per forward pass inside one batch.
     embed_chunk: usize,
+    lion: Option<LionPipeline>,
+    tagger: Option<RamTagger>,
+}
+
+/// RAM with its input transform and device.
+struct RamTagger {
+    tagger: Tagger,
+    transform: ImageTransform,
+    device: Device,
+}
+
+impl RamTagger {
+    /// Every tag's probability, one row per image.
+    fn probabilities(&self, images: &[&RgbImage]) -> BackendResult<Vec<Vec<f32>>> {
+        let owned: Vec<RgbImage> = images.iter().map(|&i| i.clone()).collect();
+        let x = self.transform.apply_batch(&owned, &self.device)?;
+        let p = self
+            .tagger
+            .model
+            .probabilities(&x)
+            .and_then(|p| p.to_vec2::<f32>())
+            .map_err(|e| BackendError::Inference(e.to_string()))?;
+        Ok(p)
+    }
 }
 
 impl ModelBackend {
     /// `embed_chunk`: texts per forward pass (the batcher's max batch size is a good value).
-    pub fn new(
-        embedder: Option<lion_core::sentence::SentenceEmbedder>,
-        embed_chunk: usize,
-    ) -> Self {
+    pub fn new(embedder: Option<SentenceEmbedder>, embed_chunk: usize) -> Self {
         Self {
             embedder,
             embed_chunk: embed_chunk.max(1),
+            lion: None,
+            tagger: None,
         }
     }
+
+    /// Adds the LION pipeline: captioning, VQA and grounding.
+    pub fn with_lion(mut self, pipeline: LionPipeline) -> Self {
+        self.lion = Some(pipeline);
+        self
+    }
+
+    /// Adds the RAM tagger: `/v1/tags`, and the tags (with scores) that LION's prompt gets for
+    /// every image. Its `selection` and `order` choose the tags LION sees (upstream: per-class
+    /// thresholds, tag-list order).
+    pub fn with_tagger(mut self, tagger: Tagger, device: Device) -> Self {
+        let transform = ImageTransform {
+            size: tagger.model.config().swin.img_size as u32,
+            ..ImageTransform::ram()
+        };
+        self.tagger = Some(RamTagger {
+            tagger,
+            transform,
+            device,
+        });
+        self
+    }
+
+    /// Runs LION on one batch of one task: tags each image first when a tagger is loaded (no
+    /// tags otherwise), then generates with the batch's shared options.
+    fn lion_answer(
+        &self,
+        kind: TaskKind,
+        items: Vec<(&RgbImage, Task, String)>,
+        options: &GenerationOptions,
+    ) -> BackendResult<Vec<Answer>> {
+        let Some(lion) = &self.lion else {
+            return Err(BackendError::NotLoaded { kind });
+        };
+        let images: Vec<&RgbImage> = items.iter().map(|(i, _, _)| *i).collect();
+        let tags: Vec<Vec<(String, f32)>> = match &self.tagger {
+            Some(t) => t
+                .probabilities(&images)?
+                .iter()
+                .map(|p| {
+                    let kept = select_tags(p, &t.tagger.vocab, t.tagger.selection, t.tagger.order)?;
+                    Ok(kept.into_iter().map(|s| (s.tag, s.score)).collect())
+                })
+                .collect::<lion_core::Result<_>>()?,
+            None => vec![vec![]; items.len()],
+        };
+        let reqs: Vec<Request> = items
+            .iter()
+            .zip(tags)
+            .map(|((_, task, text), tags)| Request {
+                task: *task,
+                text: text.clone(),
+                tags,
+            })
+            .collect();
+        let owned: Vec<RgbImage> = images.into_iter().cloned().collect();
+        Ok(lion.answer(&owned, &reqs, &options.generation_config())?)
+    }
+}
+
+/// The options a batch shares (the batcher guarantees it); an empty batch is a caller bug.
+fn shared_options<'a>(
+    mut all: impl Iterator<Item = &'a GenerationOptions>,
+) -> BackendResult<GenerationOptions> {
+    let first = *all
+        .next()
+        .ok_or_else(|| BackendError::Inference("empty batch".into()))?;
+    if all.any(|o| *o != first) {
+        return Err(BackendError::Inference(
+            "a batch mixes generation options".into(),
+        ));
+    }
+    Ok(first)
 }
 
 impl Backend for ModelBackend {
     fn capabilities(&self) -> Capabilities {
+        let lion = self.lion.is_some();
         Capabilities {
             embed: self.embedder.is_some(),
-            ..Capabilities::default()
+            caption: lion,
+            vqa: lion,
+            ground: lion,
+            tags: self.tagger.is_some(),
         }
     }
 
@@ -316,6 +437,84 @@ impl Backend for ModelBackend {
         };
         let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
         Ok(embedder.embed(&refs, self.embed_chunk)?)
+    }
+
+    fn caption(&mut self, batch: &[CaptionRequest]) -> BackendResult<Vec<CaptionResponse>> {
+        let options = shared_options(batch.iter().map(|r| &r.options))?;
+        let items = batch
+            .iter()
+            .map(|r| {
+                (
+                    &r.image,
+                    Task::Caption,
+                    r.prompt.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let answers = self.lion_answer(TaskKind::Caption, items, &options)?;
+        Ok(answers
+            .into_iter()
+            .map(|a| CaptionResponse { caption: a.text })
+            .collect())
+    }
+
+    fn vqa(&mut self, batch: &[VqaRequest]) -> BackendResult<Vec<VqaResponse>> {
+        let options = shared_options(batch.iter().map(|r| &r.options))?;
+        let items = batch
+            .iter()
+            .map(|r| (&r.image, Task::Vqa, r.question.clone()))
+            .collect();
+        let answers = self.lion_answer(TaskKind::Vqa, items, &options)?;
+        Ok(answers
+            .into_iter()
+            .map(|a| VqaResponse { answer: a.text })
+            .collect())
+    }
+
+    fn ground(&mut self, batch: &[GroundRequest]) -> BackendResult<Vec<GroundResponse>> {
+        let options = shared_options(batch.iter().map(|r| &r.options))?;
+        let items = batch
+            .iter()
+            .map(|r| (&r.image, Task::Rec, r.expression.clone()))
+            .collect();
+        let answers = self.lion_answer(TaskKind::Ground, items, &options)?;
+        Ok(answers
+            .into_iter()
+            .zip(batch)
+            .map(|(a, r)| GroundResponse::from_text(a.text, r.image.width(), r.image.height()))
+            .collect())
+    }
+
+    fn tags(&mut self, batch: &[TagsRequest]) -> BackendResult<Vec<TagsResponse>> {
+        let Some(t) = &self.tagger else {
+            return Err(BackendError::NotLoaded {
+                kind: TaskKind::Tags,
+            });
+        };
+        let images: Vec<&RgbImage> = batch.iter().map(|r| &r.image).collect();
+        let probs = t.probabilities(&images)?;
+        batch
+            .iter()
+            .zip(probs)
+            .map(|(r, p)| {
+                let selection = r
+                    .threshold
+                    .map_or(TagSelection::ClassThreshold, TagSelection::Threshold);
+                let mut kept = select_tags(&p, &t.tagger.vocab, selection, TagOrder::Score)?;
+                if let Some(k) = r.max_tags {
+                    kept.truncate(k);
+                }
+                Ok(TagsResponse {
+                    tags: kept
+                        .into_iter()
+                        .map(|s| TagScore {
+                            tag: s.tag,
+                            score: s.score,
+                        })
+                        .collect(),
+                })
+            })
+            .collect()
     }
 }
 
@@ -416,6 +615,52 @@ mod tests {
             assert_eq!((g.bbox, g.bbox_normalized), (None, None), "{t}");
             assert_eq!(g.text, t);
         }
+    }
+
+    #[test]
+    fn generation_options_map_to_the_decoder_config() {
+        let o = GenerationOptions {
+            num_beams: 3,
+            max_new_tokens: 17,
+            min_new_tokens: 4,
+            repetition_penalty: 1.2,
+            length_penalty: 0.5,
+        };
+        let g = o.generation_config();
+        assert_eq!((g.num_beams, g.max_new_tokens), (3, 17));
+        // min_length counts the decoder start token.
+        assert_eq!(g.min_length, 5);
+        assert_eq!((g.repetition_penalty, g.length_penalty), (1.2, 0.5));
+        // The defaults are upstream LION's generate(): min_length 1, 5 beams, penalty 1.5.
+        let g = GenerationOptions::lion_defaults(30).generation_config();
+        let up = GenerationConfig::default();
+        assert_eq!(
+            (
+                g.num_beams,
+                g.min_length,
+                g.repetition_penalty,
+                g.length_penalty
+            ),
+            (
+                up.num_beams,
+                up.min_length,
+                up.repetition_penalty,
+                up.length_penalty
+            )
+        );
+        assert_eq!(g.max_new_tokens, 30);
+    }
+
+    #[test]
+    fn a_batch_must_share_its_options() {
+        let a = GenerationOptions::lion_defaults(10);
+        let b = GenerationOptions::lion_defaults(11);
+        assert_eq!(shared_options([a, a].iter()), Ok(a));
+        assert!(matches!(
+            shared_options([a, b].iter()),
+            Err(BackendError::Inference(m)) if m.contains("mixes")
+        ));
+        assert!(shared_options([].iter()).is_err());
     }
 
     #[test]

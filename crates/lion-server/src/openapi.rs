@@ -43,7 +43,7 @@ fn generation_properties(cfg: &ServerConfig, kind: TaskKind) -> Value {
             "default": 5.min(l.max_num_beams), "description": "beam width (1 = greedy)"},
         "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": l.max_new_tokens,
             "default": default_max_new_tokens(kind, l.max_new_tokens)},
-        "min_new_tokens": {"type": "integer", "minimum": 0, "default": 1,
+        "min_new_tokens": {"type": "integer", "minimum": 0, "default": 0,
             "description": "at most max_new_tokens"},
         "repetition_penalty": {"type": "number", "minimum": 0.01, "maximum": 10.0, "default": 1.5},
         "length_penalty": {"type": "number", "minimum": -10.0, "maximum": 10.0, "default": 1.0},

@@ -7,21 +7,25 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use lion_core::sentence::SentenceEmbedder;
 use lion_server::{BatchConfig, Limits, ModelBackend, ServerConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A LION model folder (captioning, VQA, grounding, tags).
-    #[arg(long, conflicts_with = "preset")]
-    model: Option<PathBuf>,
-    /// A LION preset (tiny, shapes, base, lion-4b, lion-12b); needs --random-weights.
-    #[arg(long)]
-    preset: Option<String>,
-    /// Build the preset with random weights (benchmarks and smoke tests).
-    #[arg(long, requires = "preset")]
-    random_weights: bool,
+    /// The LION model (captioning, VQA, grounding); without one those endpoints answer 501.
+    #[command(flatten)]
+    lion: super::model::ModelArgs,
+    /// RAM checkpoint for POST /v1/tags and the tags of LION's prompt.
+    #[arg(long, conflicts_with = "ram_random")]
+    ram: Option<PathBuf>,
+    /// RAM sizes with --ram: `swin-l` (ram_swin_large_14m), `tiny`, or a JSON file (RamConfig).
+    #[arg(long, default_value = "swin-l", requires = "ram")]
+    ram_config: String,
+    /// A RAM tagger of these sizes (`tiny`, `swin-l`, JSON file) with random weights (smoke
+    /// tests, benchmarks).
+    #[arg(long, value_name = "CONFIG")]
+    ram_random: Option<String>,
     /// Sentence-embedding model folder for POST /v1/embed.
     #[arg(long, default_value = super::DEFAULT_MINILM)]
     embed_model: PathBuf,
@@ -87,21 +91,6 @@ impl Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if let Some(what) = args
-        .model
-        .as_ref()
-        .map(|m| format!("--model {}", m.display()))
-        .or_else(|| args.preset.as_ref().map(|p| format!("--preset {p}")))
-    {
-        bail!(
-            "{what}: LION models are not available in this build yet; \
-             run `lion serve` without --model/--preset to serve POST /v1/embed \
-             (the caption, VQA, grounding and tags endpoints then answer 501)"
-        );
-    }
-    if args.preset.is_some() && !args.random_weights {
-        bail!("--preset needs --random-weights (presets have no trained weights)");
-    }
     let cfg = args.config();
     cfg.validate().map_err(anyhow::Error::msg)?;
     let dev = super::device()?;
@@ -112,7 +101,22 @@ pub fn run(args: Args) -> Result<()> {
         )
     })?;
     tracing::info!(model = %args.embed_model.display(), "embedding model loaded");
-    let backend = ModelBackend::new(Some(embedder), args.max_batch);
+    let mut backend = ModelBackend::new(Some(embedder), args.max_batch);
+    if args.lion.model.is_some() || args.lion.preset.is_some() {
+        let pipeline = args.lion.load()?;
+        tracing::info!("LION model loaded");
+        backend = backend.with_lion(pipeline);
+    }
+    let ram = match (&args.ram, &args.ram_random) {
+        (Some(w), _) => Some((Some(w.as_path()), args.ram_config.as_str())),
+        (None, Some(cfg)) => Some((None, cfg.as_str())),
+        (None, None) => None,
+    };
+    if let Some((weights, config)) = ram {
+        let tagger = super::tag::load_tagger(weights, config, &dev)?;
+        tracing::info!(tags = tagger.vocab.len(), "RAM tagger loaded");
+        backend = backend.with_tagger(tagger, dev.clone());
+    }
     lion_server::run_blocking(cfg, Box::new(backend), |addr, _| {
         // The one line of real output: scripts and tests read the port from it.
         let mut out = std::io::stdout().lock();

@@ -93,7 +93,15 @@ pub fn collect_images(inputs: &[PathBuf], list: Option<&Path>) -> Result<Vec<Pat
 }
 
 fn vocab(args: &Args, num_tags: usize) -> Result<TagVocab> {
-    if let (Some(t), Some(th)) = (&args.tags, &args.thresholds) {
+    default_vocab(
+        args.tags.as_deref().zip(args.thresholds.as_deref()),
+        num_tags,
+    )
+}
+
+/// The tag list: the given files, RAM's own (for 4585 tags), or synthetic names.
+fn default_vocab(files: Option<(&Path, &Path)>, num_tags: usize) -> Result<TagVocab> {
+    if let Some((t, th)) = files {
         return Ok(TagVocab::from_files(t, th)?);
     }
     if num_tags == RAM_TAG_LIST.lines().count() {
@@ -106,25 +114,51 @@ fn vocab(args: &Args, num_tags: usize) -> Result<TagVocab> {
     Ok(TagVocab::synthetic(num_tags, 0.68))
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let images = collect_images(&args.inputs, args.list.as_deref())?;
-    if images.is_empty() {
-        bail!("no images: give image files, folders, or --list FILE");
-    }
-    let dev = super::device()?;
-    let cfg = RamConfig::from_name_or_file(&args.config)?;
-    let model = match &args.weights {
+/// A RAM model: `weights` (a checkpoint) or random weights (None), sizes from `config`
+/// (`swin-l`, `tiny` or a JSON file). Returns the model and its config.
+pub fn load_ram(
+    weights: Option<&Path>,
+    config: &str,
+    dev: &candle_core::Device,
+) -> Result<(Ram, RamConfig)> {
+    let cfg = RamConfig::from_name_or_file(config)?;
+    let model = match weights {
         Some(w) => {
-            let (model, report) = Ram::load(&cfg, w, &dev)
+            let (model, report) = Ram::load(&cfg, w, dev)
                 .with_context(|| format!("cannot load RAM weights {}", w.display()))?;
             tracing::info!("loaded {}: {report}", w.display());
             model
         }
         None => {
             tracing::warn!("random weights: the tags mean nothing");
-            Ram::random(&cfg, &dev)?
+            Ram::random(&cfg, dev)?
         }
     };
+    Ok((model, cfg))
+}
+
+/// A tagger with LION's tag selection (per-class thresholds, tag-list order) and RAM's tag list
+/// (or synthetic names when the model has another number of tags).
+pub fn load_tagger(
+    weights: Option<&Path>,
+    config: &str,
+    dev: &candle_core::Device,
+) -> Result<Tagger> {
+    let (model, cfg) = load_ram(weights, config, dev)?;
+    Ok(Tagger::new(
+        model,
+        default_vocab(None, cfg.num_tags)?,
+        dev.clone(),
+    )?)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let images = collect_images(&args.inputs, args.list.as_deref())?;
+    if images.is_empty() {
+        bail!("no images: give image files, folders, or --list FILE");
+    }
+    let dev = super::device()?;
+    let (model, cfg) = load_ram(args.weights.as_deref(), &args.config, &dev)?;
     let mut tagger = Tagger::new(model, vocab(&args, cfg.num_tags)?, dev)?;
     tagger.selection = match (args.threshold, args.top_k) {
         (Some(t), _) => TagSelection::Threshold(t),
