@@ -31,6 +31,8 @@ enum Command {
     World(cmd::world::Args),
     /// Score predictions (captioning, VQA, A-OKVQA, REC) against a benchmark's ground truth.
     Eval(cmd::eval::Args),
+    /// Per-stage timing with random weights (`scripts/bench.sh` runs PyTorch beside it).
+    Bench(cmd::bench::Args),
 }
 
 fn main() {
@@ -47,6 +49,7 @@ fn main() {
         Command::Demo(args) => cmd::demo::run(args),
         Command::World(args) => cmd::world::run(args),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
         Command::SelectCaptions(args) => cmd::select_captions::run(args),
         Command::TrainTagEncoder(args) => cmd::train_tag_encoder::run(args),
     };

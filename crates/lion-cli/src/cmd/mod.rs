@@ -1,9 +1,10 @@
+pub mod bench;
 pub mod demo;
 pub mod embed;
-pub mod world;
 pub mod eval;
 pub mod select_captions;
 pub mod train_tag_encoder;
+pub mod world;
 
 use anyhow::Result;
 use candle_core::Device;
