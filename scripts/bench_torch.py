@@ -90,6 +90,18 @@ def decode_step_flops(c, n, past, s):
     return per * layers + 2 * n * d * c["vocab_size"]
 
 
+# transformers >= 5.2x renamed `past_key_values` to `cache` (argument and output)
+CACHE_KW = "cache"
+
+
+def cache_of(out):
+    global CACHE_KW
+    if getattr(out, "cache", None) is not None:
+        return out.cache
+    CACHE_KW = "past_key_values"
+    return out.past_key_values
+
+
 def tag_texts(batch):
     words = ["person", "shirt", "table", "cup", "dog", "grass", "sky", "tree", "car", "road",
              "building", "window", "plate", "food", "man", "woman"]
@@ -171,12 +183,13 @@ def run(dir_, threads):
             for rep in range(reps + 1):
                 # first step (cache set-up, cross K/V) untimed, as on the Rust side
                 out = model(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True)
-                pkv = out.past_key_values
+                pkv = cache_of(out)
                 t0 = time.perf_counter()
                 for _ in range(steps - 1):
-                    out = model(encoder_outputs=(states,), decoder_input_ids=ids, past_key_values=pkv,
-                                use_cache=True)
-                    pkv = out.past_key_values
+                    out = model(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True, **{CACHE_KW: pkv})
+                    pkv = cache_of(out)
+                assert pkv is not None and pkv.get_seq_length() == steps, "the KV cache was not used"
+
                 if rep > 0:
                     per.append((time.perf_counter() - t0) / max(steps - 1, 1))
             flop = sum(decode_step_flops(c, setup["beams"], p, s) for p in range(1, steps)) / max(steps - 1, 1)

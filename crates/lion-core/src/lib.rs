@@ -9,6 +9,7 @@ pub mod bert;
 pub mod error;
 pub mod generate;
 pub mod kernels;
+pub mod linear;
 pub mod ops;
 pub mod prompt;
 pub mod sentence;

@@ -28,9 +28,10 @@ mod config;
 pub use config::T5Config;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use candle_nn::{Embedding, Init, VarBuilder};
 
 use crate::adapter::{AdapterRouter, Route};
+use crate::linear::Linear;
 use crate::ops::{dropout, softmax, Activation};
 
 /// T5's relative-position bucket (HF `T5Attention._relative_position_bucket`), computed with the

@@ -360,6 +360,8 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
         .with_trainable(vm.clone(), |k| k.contains(".adapter."));
     let model = T5ForConditionalGeneration::new(cfg, loader.var_builder(DType::F32, &dev))?;
     loader.finish(LoadMode::Strict)?;
+    // the checkpoint's mapping is not needed any more (and would count in the peak RSS)
+    drop(loader);
     let inputs = Checkpoint::open(dir.join("inputs.safetensors"))?;
     let embeds = inputs.get("embeds", &dev)?;
     let labels = inputs.get("labels", &dev)?;
