@@ -200,6 +200,9 @@ pub struct StageResult {
 pub struct BenchReport {
     pub implementation: String,
     pub threads: usize,
+    /// `CANDLE_NUM_THREADS` (candle's element-wise thread pool), when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candle_num_threads: Option<String>,
     /// 1-minute load average before and after (the machine may be shared).
     pub load_before: Option<f64>,
     pub load_after: Option<f64>,
@@ -514,6 +517,7 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
     Ok(BenchReport {
         implementation: "lion-rs (candle)".into(),
         threads: candle_core::utils::get_num_threads(),
+        candle_num_threads: std::env::var("CANDLE_NUM_THREADS").ok(),
         load_before,
         load_after: load_average(),
         setup,

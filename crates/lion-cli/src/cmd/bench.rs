@@ -43,6 +43,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // candle's element-wise ops run on a spin-waiting thread pool sized by CANDLE_NUM_THREADS
+    // (default: all cores). On a loaded machine the spinning costs more than it gains (measured:
+    // T5 encoder 0.5-0.8 s with 1 vs 1.1 s with 2 on 2 shared cores); the fused kernels and the
+    // GEMMs use rayon either way. Unless the user chose, the bench runs with 1.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: set before any candle call or thread start in this command.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let setup_path = args.dir.join("setup.json");
     let mut setup = BenchSetup::new(&args.preset)?;
     setup.repeats = args.repeats;
