@@ -44,6 +44,8 @@ enum Command {
     /// HTTP API: POST /v1/embed (and caption, VQA, grounding, tags once LION lands), /health,
     /// /metrics, /openapi.json.
     Serve(cmd::serve::Args),
+    /// Per-stage timing with random weights (`scripts/bench.sh` runs PyTorch beside it).
+    Bench(cmd::bench::Args),
 }
 
 fn main() {
@@ -64,6 +66,7 @@ fn main() {
         Command::Demo(args) => cmd::demo::run(args),
         Command::World(args) => cmd::world::run(args),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
         Command::SelectCaptions(args) => cmd::select_captions::run(args),
         Command::TrainTagEncoder(args) => cmd::train_tag_encoder::run(args),
         Command::Tag(args) => cmd::tag::run(args),

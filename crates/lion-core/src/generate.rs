@@ -2,8 +2,9 @@
 //! `transformers` `generate` (v5 `GenerationMixin._sample` / `_beam_search`, with the repetition
 //! penalty and min-length logits processors, and max-length / EOS stopping criteria).
 //!
-//! The encoder runs once per input; for beam search its states are repeated to the beams and each
-//! decoder layer's cross-attention K/V are computed once ([`T5Cache`]). Inputs of different lengths
+//! The encoder runs once per input; for beam search each decoder layer's cross-attention K/V are
+//! computed once per input and copied to its beams ([`T5Cache`]); reordering beams moves only the
+//! self-attention cache (the cross K/V rows of one input's beams are equal). Inputs of different lengths
 //! are batched with a padding mask.
 //!
 //! HF semantics reproduced here (defaults are LION's, `lion_t5.py` L345-392):
@@ -260,11 +261,9 @@ fn beam_search(
         .flat_map(|i| std::iter::repeat_n(i, nb))
         .collect();
     let expand = Tensor::from_vec(expand, b * nb, &dev)?;
-    let states = encoder_states.index_select(&expand, 0)?;
-    let mask = attention_mask
-        .map(|m| m.index_select(&expand, 0))
-        .transpose()?;
-    let mut cache: T5Cache = model.start_decoding(&states, mask.as_ref())?;
+    // cross-attention K/V projected once per input (not per beam), then copied to the beams
+    let mut cache: T5Cache = model.start_decoding(encoder_states, attention_mask)?;
+    cache.reorder(&expand)?;
 
     let start = mcfg.decoder_start_token_id();
     let mut st: Vec<BeamState> = (0..b)
@@ -368,7 +367,8 @@ fn beam_search(
         }
         cur_len += 1;
         // g. reorder the cache to the surviving beams, update the early-stop heuristic
-        cache.reorder(&Tensor::from_vec(reorder, b * nb, &dev)?)?;
+        // beams move only within their input, whose cross K/V rows are all equal
+        cache.reorder_self(&Tensor::from_vec(reorder, b * nb, &dev)?)?;
         for s in st.iter_mut() {
             let best_len = if cfg.early_stopping == EarlyStopping::Never && lp > 0.0 {
                 max_length - prompt_len

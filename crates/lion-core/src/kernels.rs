@@ -386,3 +386,98 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 pub fn applies(xs: &Tensor) -> bool {
     use_kernel(xs)
 }
+
+// ---------------------------------------------------------------- dropout
+
+/// Inverted dropout whose mask is a hash of (seed, element index): generated in parallel inside
+/// the kernel, never stored; the backward pass regenerates it from the seed (the gradient is the
+/// same op applied to the incoming gradient).
+struct Dropout {
+    p: f32,
+    seed: u64,
+}
+
+/// SplitMix64 finaliser: a well-mixed 64-bit hash of `x`.
+fn mix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+impl Dropout {
+    /// Elements whose 32-bit hash is below this are dropped.
+    fn threshold(&self) -> u64 {
+        ((self.p as f64) * 4_294_967_296.0) as u64
+    }
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "lion-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let scale = 1.0 / (1.0 - self.p);
+        let thr = self.threshold();
+        let key = mix64(self.seed);
+        let mut y = vec![0f32; x.len()];
+        const CHUNK: usize = 1 << 14;
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(c, (yc, xc))| {
+                let base = (c * CHUNK) as u64;
+                for (i, (o, &v)) in yc.iter_mut().zip(xc).enumerate() {
+                    let h = mix64(key ^ (base + i as u64)) >> 32;
+                    *o = if h < thr { 0.0 } else { v * scale };
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(g.contiguous()?.apply_op1(Dropout {
+            p: self.p,
+            seed: self.seed,
+        })?))
+    }
+}
+
+/// A fresh seed per call: a per-process random start plus a counter.
+fn next_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x5EED);
+        h.finish()
+    });
+    mix64(
+        start
+            ^ COUNTER
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0xA24B_AED4_963E_E407),
+    )
+}
+
+/// Inverted dropout with drop probability `p` in [0, 1): f32 CPU tensors use the fused kernel
+/// (mask hashed from a per-call seed, regenerated in the backward pass); others
+/// `candle_nn::ops::dropout`.
+pub fn dropout(xs: &Tensor, p: f32) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        candle_core::bail!("dropout probability has to be in [0, 1), got {p}")
+    }
+    if use_kernel(xs) {
+        xs.contiguous()?.apply_op1(Dropout {
+            p,
+            seed: next_seed(),
+        })
+    } else {
+        candle_nn::ops::dropout(xs, p)
+    }
+}

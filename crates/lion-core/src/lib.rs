@@ -11,6 +11,7 @@ pub mod error;
 pub mod eva_vit;
 pub mod generate;
 pub mod kernels;
+pub mod linear;
 pub mod lion;
 pub mod ops;
 pub mod pipeline;

@@ -84,7 +84,7 @@ impl Module for Activation {
 /// Dropout that is active only when `train` is true.
 pub fn dropout(xs: &Tensor, p: f64, train: bool) -> Result<Tensor> {
     if train && p > 0.0 {
-        candle_nn::ops::dropout(xs, p as f32)
+        crate::kernels::dropout(xs, p as f32)
     } else {
         Ok(xs.clone())
     }

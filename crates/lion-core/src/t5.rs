@@ -28,9 +28,10 @@ mod config;
 pub use config::T5Config;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use candle_nn::{Embedding, Init, VarBuilder};
 
 use crate::adapter::{AdapterRouter, Route};
+use crate::linear::Linear;
 use crate::ops::{dropout, softmax, Activation};
 
 /// T5's relative-position bucket (HF `T5Attention._relative_position_bucket`), computed with the
@@ -315,7 +316,8 @@ impl T5Attention {
         let q = self.heads(&self.q.forward(xs)?)?;
         let (k, v) = kv;
         // no 1/sqrt(d_kv) scaling in T5
-        let mut scores = q.matmul(&k.t()?.contiguous()?)?; // (b, h, q, k)
+        // k is contiguous (b, h, k, d_kv): its transpose is a valid strided GEMM operand, no copy
+        let mut scores = q.matmul(&k.t()?)?; // (b, h, q, k)
         if let Some(bias) = bias {
             scores = scores.broadcast_add(bias)?;
         }
@@ -504,6 +506,17 @@ impl T5Cache {
     /// Batch rows in the cache.
     pub fn batch_size(&self) -> Result<usize> {
         self.cross_kv[0].0.dim(0)
+    }
+
+    /// Reorders only the self-attention K/V rows: `indices` (b,) u32 into the current rows.
+    /// For beam search, where rows move only among the beams of one input, whose cross-attention
+    /// K/V and encoder mask rows are identical: those are left as they are (no copy).
+    pub fn reorder_self(&mut self, indices: &Tensor) -> Result<()> {
+        let sel = |t: &Tensor| t.index_select(indices, 0);
+        for kv in self.self_kv.iter_mut().flatten() {
+            *kv = (sel(&kv.0)?, sel(&kv.1)?);
+        }
+        Ok(())
     }
 
     /// Keeps/reorders batch rows: `indices` (n,) u32 into the current rows (beam search).

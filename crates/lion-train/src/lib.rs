@@ -5,9 +5,12 @@
 //! - [`triplet_trainer`]: triplet fine-tuning of the [`tag_encoder`] towards the chosen captions'
 //!   embeddings, with [`triplet::TripletMarginLoss`] and AdamW; metrics as JSONL, curves as PNG
 //!   ([`plot`]).
+//! - [`optim`]: AdamW updating variables in place in one pass; [`bench`]: `lion bench`.
 //! - [`records`]: the JSON-lines inputs and outputs of these stages.
 
+pub mod bench;
 pub mod centroid;
+pub mod optim;
 pub mod plot;
 pub mod records;
 pub mod rng;

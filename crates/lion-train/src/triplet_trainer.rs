@@ -2,7 +2,8 @@
 //! anchor = encoder(`"tag: score, ..."`), positive = the image's chosen caption embedded by the
 //! frozen sentence transformer, negative = the chosen caption embedding of a different image
 //! (uniform, seeded, never the same image; DynLION's could collide with the positive).
-//! Loss: [`TripletMarginLoss`]; optimizer: AdamW (PyTorch semantics, decoupled weight decay).
+//! Loss: [`TripletMarginLoss`]; optimizer: [`crate::optim::AdamW`] (PyTorch semantics, decoupled
+//! weight decay; updates in place).
 //!
 //! Each epoch: a seeded shuffle of the training images, batches of `batch_size`, one AdamW step
 //! per batch; then the validation split is scored with fixed negatives (drawn once, so the
@@ -15,7 +16,9 @@ use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::ParamsAdamW;
+
+use crate::optim::AdamW;
 use lion_core::{input_err, Error, Result};
 use serde::{Deserialize, Serialize};
 

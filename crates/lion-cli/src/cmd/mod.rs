@@ -1,4 +1,5 @@
 pub mod ask;
+pub mod bench;
 pub mod demo;
 pub mod embed;
 pub mod eval;

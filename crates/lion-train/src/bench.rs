@@ -1,0 +1,609 @@
+//! `lion bench`: per-stage timing of the model with random weights, written so that
+//! `scripts/bench_torch.py` can run the same workloads in PyTorch eager on the same weights and
+//! inputs.
+//!
+//! [`prepare`] writes a random-init checkpoint (`t5.safetensors`, HF key names), the inputs
+//! (`inputs.safetensors`) and the settings (`setup.json`) into a folder; [`run`] loads the model
+//! back from that checkpoint (adapters trainable, backbone frozen) and times each stage, with a
+//! warm-up run first. Stages:
+//!
+//! | stage | what |
+//! |---|---|
+//! | `gemm` | one (n x n) @ (n x n) f32 matmul: the machine's GEMM rate |
+//! | `t5_encoder` | T5 encoder, batch 1, `visual_tokens + text_tokens` input embeddings |
+//! | `decode_token` | one KV-cached decoder step for `beams` rows (mean over steps 2..=`new_tokens`) |
+//! | `caption_beam5` | encoder + beam search of exactly `new_tokens` tokens, batch 1 (EOS banned) |
+//! | `caption_batch` | the same at batch `batch` (throughput = batch / time) |
+//! | `train_step` | PEFT step: forward, masked CE, backward, AdamW over the adapters only |
+//! | `tagenc_triplet` | one triplet step of the MiniLM tag encoder (when the model folder exists) |
+//!
+//! GEMM-heavy stages report their matmul GFLOP count, the achieved GFLOP/s and its fraction of
+//! the `gemm` rate. Peak memory per stage is the resident-set high-water mark (Linux
+//! `/proc/self/status` `VmHWM`, reset before each stage through `/proc/self/clear_refs`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{ParamsAdamW, VarMap};
+use lion_core::adapter::Route;
+use lion_core::generate::{generate, GenerationConfig};
+use lion_core::t5::{T5Config, T5ForConditionalGeneration, T5Input};
+use lion_core::weights::{save_safetensors, Checkpoint, LoadMode, WeightLoader};
+use lion_core::{input_err, Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::optim::AdamW;
+
+/// Preset names [`t5_preset`] knows.
+pub const BENCH_PRESETS: &[&str] = &["tiny", "base"];
+
+/// The T5 of a preset: `base` is flan-t5-base (d 768, d_ff 2048, 12+12 layers, 12 heads, vocab
+/// 32128, gated exact GELU, untied head) with LION's 2 adapters; `tiny` a small model for tests.
+pub fn t5_preset(name: &str) -> Result<T5Config> {
+    let (vocab, d, d_ff, layers, heads, d_kv) = match name {
+        "base" => (32128, 768, 2048, 12, 12, 64),
+        "tiny" => (200, 64, 128, 2, 4, 16),
+        _ => input_err!(
+            "unknown bench preset {name:?} (known: {})",
+            BENCH_PRESETS.join(", ")
+        ),
+    };
+    Ok(T5Config {
+        vocab_size: vocab,
+        d_model: d,
+        d_kv,
+        d_ff,
+        num_layers: layers,
+        num_decoder_layers: Some(layers),
+        num_heads: heads,
+        relative_attention_num_buckets: 32,
+        relative_attention_max_distance: 128,
+        dropout_rate: 0.1,
+        layer_norm_epsilon: 1e-6,
+        feed_forward_proj: "gated-gelu".into(),
+        dense_act_fn: None,
+        tie_word_embeddings: false,
+        decoder_start_token_id: Some(0),
+        pad_token_id: 0,
+        eos_token_id: 1,
+        adapter: None,
+    }
+    .with_exact_gelu()
+    .with_adapters(2))
+}
+
+/// Workload sizes; `setup.json` holds them for the PyTorch side.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchSetup {
+    pub preset: String,
+    pub t5: T5Config,
+    /// LION: 257 ViT tokens + 32 aggregated queries.
+    pub visual_tokens: usize,
+    /// Instruction / tag text after the visual tokens.
+    pub text_tokens: usize,
+    pub new_tokens: usize,
+    pub beams: usize,
+    pub repetition_penalty: f32,
+    /// Rows of the throughput stage.
+    pub batch: usize,
+    pub train_batch: usize,
+    /// Target tokens per training row.
+    pub train_target: usize,
+    /// Timed runs per stage (after one warm-up).
+    pub repeats: usize,
+    /// Side of the square GEMM of the `gemm` stage.
+    pub gemm_n: usize,
+    /// A sentence-transformers folder for the tag-encoder stage; skipped when absent.
+    pub tagenc_dir: Option<PathBuf>,
+    pub tagenc_batch: usize,
+    /// Stage names to run (empty = all).
+    #[serde(default)]
+    pub stages: Vec<String>,
+}
+
+impl BenchSetup {
+    /// Defaults for a preset: LION's sequence (289 visual + 60 text tokens), beam 5, 20 tokens.
+    pub fn new(preset: &str) -> Result<Self> {
+        let t5 = t5_preset(preset)?;
+        let tiny = preset == "tiny";
+        Ok(Self {
+            preset: preset.into(),
+            t5,
+            visual_tokens: if tiny { 12 } else { 289 },
+            text_tokens: if tiny { 4 } else { 60 },
+            new_tokens: if tiny { 4 } else { 20 },
+            beams: 5,
+            repetition_penalty: 1.5,
+            batch: if tiny { 2 } else { 8 },
+            train_batch: 2,
+            train_target: if tiny { 4 } else { 20 },
+            repeats: 3,
+            gemm_n: if tiny { 128 } else { 2048 },
+            tagenc_dir: None,
+            tagenc_batch: 32,
+            stages: vec![],
+        })
+    }
+
+    pub fn seq_len(&self) -> usize {
+        self.visual_tokens + self.text_tokens
+    }
+
+    fn wants(&self, stage: &str) -> bool {
+        self.stages.is_empty() || self.stages.iter().any(|s| s == stage)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let known = [
+            "gemm",
+            "t5_encoder",
+            "decode_token",
+            "caption_beam5",
+            "caption_batch",
+            "train_step",
+            "tagenc_triplet",
+        ];
+        if let Some(s) = self.stages.iter().find(|s| !known.contains(&s.as_str())) {
+            input_err!("unknown stage {s:?} (known: {})", known.join(", "))
+        }
+        if self.seq_len() == 0 || self.new_tokens == 0 || self.beams == 0 || self.batch == 0 {
+            input_err!("sequence length, new tokens, beams and batch must be positive")
+        }
+        if self.repeats == 0 || self.train_batch == 0 || self.train_target == 0 {
+            input_err!("repeats, train batch and train target must be positive")
+        }
+        Ok(())
+    }
+
+    /// Generation settings: exactly `new_tokens` tokens (EOS banned until then).
+    pub fn generation(&self) -> GenerationConfig {
+        GenerationConfig {
+            num_beams: self.beams,
+            max_new_tokens: self.new_tokens,
+            min_length: self.new_tokens + 1,
+            repetition_penalty: self.repetition_penalty,
+            ..GenerationConfig::default()
+        }
+    }
+}
+
+/// One stage's timings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageResult {
+    pub name: String,
+    /// Seconds of each timed run.
+    pub runs_s: Vec<f64>,
+    pub median_s: f64,
+    /// Matmul work of one run (GEMM-heavy stages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflop: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflops: Option<f64>,
+    /// `gflops` / the `gemm` stage's rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frac_of_gemm: Option<f64>,
+    /// Items per second (throughput stages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items_per_s: Option<f64>,
+    /// Resident-set high-water mark during the stage, MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
+    /// Sub-timings (median seconds), e.g. forward / backward / optimizer.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub parts_s: HashMap<String, f64>,
+}
+
+/// The whole run, as printed with `--json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub implementation: String,
+    pub threads: usize,
+    /// `CANDLE_NUM_THREADS` (candle's element-wise thread pool), when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candle_num_threads: Option<String>,
+    /// 1-minute load average before and after (the machine may be shared).
+    pub load_before: Option<f64>,
+    pub load_after: Option<f64>,
+    pub setup: BenchSetup,
+    pub stages: Vec<StageResult>,
+}
+
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The 1-minute load average (Linux).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Resets the resident-set high-water mark (Linux >= 4.0; silently nothing elsewhere).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// `VmHWM` in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Matmul FLOPs of the T5 encoder over `b` rows of `s` tokens.
+pub fn encoder_flops(cfg: &T5Config, b: usize, s: usize) -> f64 {
+    let (d, f, inner) = (
+        cfg.d_model as f64,
+        cfg.d_ff as f64,
+        (cfg.num_heads * cfg.d_kv) as f64,
+    );
+    let (b, s) = (b as f64, s as f64);
+    let r = cfg
+        .adapter
+        .map_or(0.0, |a| (a.bottleneck * a.num_adapters) as f64);
+    let per_layer = b * s * (8.0 * d * inner + 6.0 * d * f + 4.0 * d * r) + 4.0 * b * s * s * inner;
+    per_layer * cfg.num_layers as f64
+}
+
+/// Matmul FLOPs of one decoder step for `n` rows with `past` cached positions and `s` encoder
+/// positions (LM head included).
+pub fn decode_step_flops(cfg: &T5Config, n: usize, past: usize, s: usize) -> f64 {
+    let (d, f, inner) = (
+        cfg.d_model as f64,
+        cfg.d_ff as f64,
+        (cfg.num_heads * cfg.d_kv) as f64,
+    );
+    let n = n as f64;
+    let r = cfg
+        .adapter
+        .map_or(0.0, |a| (a.bottleneck * a.num_adapters) as f64);
+    let k = (past + 1) as f64;
+    let per_layer = n
+        * (8.0 * d * inner
+            + 4.0 * k * inner
+            + 4.0 * d * inner
+            + 4.0 * s as f64 * inner
+            + 6.0 * d * f
+            + 4.0 * d * r);
+    per_layer * cfg.num_decoder_layers() as f64 + 2.0 * n * d * cfg.vocab_size as f64
+}
+
+/// Writes `setup.json`, a random-init `t5.safetensors` and `inputs.safetensors` into `dir`.
+pub fn prepare(setup: &BenchSetup, dir: &Path) -> Result<()> {
+    setup.validate()?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let dev = Device::Cpu;
+    let cfg = &setup.t5;
+    {
+        let vm = VarMap::new();
+        let loader = WeightLoader::random().with_trainable(vm.clone(), |_| true);
+        let _model = T5ForConditionalGeneration::new(cfg, loader.var_builder(DType::F32, &dev))?;
+        let tensors: HashMap<String, Tensor> = vm
+            .data()
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        save_safetensors(&tensors, dir.join("t5.safetensors"))?;
+    }
+    let s = setup.seq_len();
+    let rows = setup.batch.max(setup.train_batch);
+    let embeds = Tensor::randn(0f32, 1., (rows, s, cfg.d_model), &dev)?;
+    let labels = Tensor::rand(0f32, 1., (setup.train_batch, setup.train_target), &dev)?;
+    let labels = ((labels * (cfg.vocab_size - 2) as f64)?.floor()? + 2.0)?.to_dtype(DType::I64)?;
+    let inputs = HashMap::from([
+        ("embeds".to_string(), embeds),
+        ("labels".to_string(), labels),
+    ]);
+    save_safetensors(&inputs, dir.join("inputs.safetensors"))?;
+    let json = serde_json::to_vec_pretty(setup).map_err(|e| Error::format(dir, e.to_string()))?;
+    lion_core::util::write_atomic(dir.join("setup.json"), &json)
+}
+
+/// Times `f`: one warm-up run, then `repeats` timed runs (seconds).
+fn time_runs(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    f()?;
+    (0..repeats)
+        .map(|_| {
+            let t0 = Instant::now();
+            f()?;
+            Ok(t0.elapsed().as_secs_f64())
+        })
+        .collect()
+}
+
+fn stage(name: &str, runs: Vec<f64>) -> StageResult {
+    StageResult {
+        name: name.into(),
+        median_s: median(&runs),
+        runs_s: runs,
+        gflop: None,
+        gflops: None,
+        frac_of_gemm: None,
+        items_per_s: None,
+        peak_rss_mib: peak_rss_mib(),
+        parts_s: HashMap::new(),
+    }
+}
+
+fn with_flops(mut st: StageResult, flop: f64, gemm: Option<f64>) -> StageResult {
+    let rate = flop / st.median_s / 1e9;
+    st.gflop = Some(flop / 1e9);
+    st.gflops = Some(rate);
+    st.frac_of_gemm = gemm.map(|g| rate / g);
+    st
+}
+
+/// Runs the stages on the model and inputs [`prepare`] wrote into `dir`.
+pub fn run(dir: &Path) -> Result<BenchReport> {
+    let setup: BenchSetup = lion_core::util::read_json(dir.join("setup.json"))?;
+    setup.validate()?;
+    let load_before = load_average();
+    let dev = Device::Cpu;
+    let cfg = &setup.t5;
+    let vm = VarMap::new();
+    let loader = WeightLoader::new(vec![Checkpoint::open(dir.join("t5.safetensors"))?])
+        .with_trainable(vm.clone(), |k| k.contains(".adapter."));
+    let model = T5ForConditionalGeneration::new(cfg, loader.var_builder(DType::F32, &dev))?;
+    loader.finish(LoadMode::Strict)?;
+    // the checkpoint's mapping is not needed any more (and would count in the peak RSS)
+    drop(loader);
+    let inputs = Checkpoint::open(dir.join("inputs.safetensors"))?;
+    let embeds = inputs.get("embeds", &dev)?;
+    let labels = inputs.get("labels", &dev)?;
+    let s = setup.seq_len();
+    let reps = setup.repeats;
+    let route = Route::ImageLevel;
+    let mut stages = vec![];
+    let mut gemm_rate = None;
+
+    if setup.wants("gemm") {
+        reset_peak_rss();
+        let n = setup.gemm_n;
+        let a = Tensor::randn(0f32, 1., (n, n), &dev)?;
+        let b = Tensor::randn(0f32, 1., (n, n), &dev)?;
+        let runs = time_runs(reps.max(5), || {
+            a.matmul(&b)?;
+            Ok(())
+        })?;
+        let st = with_flops(stage("gemm", runs), 2.0 * (n as f64).powi(3), None);
+        gemm_rate = st.gflops;
+        stages.push(st);
+    }
+    tracing::info!("gemm done");
+
+    let x1 = embeds.narrow(0, 0, 1)?;
+    if setup.wants("t5_encoder") {
+        reset_peak_rss();
+        let runs = time_runs(reps, || {
+            model.encode(T5Input::Embeds(&x1), None, route, false)?;
+            Ok(())
+        })?;
+        stages.push(with_flops(
+            stage("t5_encoder", runs),
+            encoder_flops(cfg, 1, s),
+            gemm_rate,
+        ));
+        tracing::info!("t5_encoder done");
+    }
+
+    if setup.wants("decode_token") {
+        reset_peak_rss();
+        let states = model.encode(T5Input::Embeds(&x1), None, route, false)?;
+        let rows = setup.beams;
+        let states = states.repeat((rows, 1, 1))?;
+        let ids = Tensor::zeros((rows, 1), DType::U32, &dev)?;
+        let steps = setup.new_tokens;
+        // per token: the steps alone (the cross K/V set-up belongs to caption latency)
+        let mut per_token = vec![];
+        for rep in 0..=reps {
+            // the first step untimed, as on the PyTorch side (whose cache set-up happens there)
+            let mut cache = model.start_decoding(&states, None)?;
+            model.decode_step(&ids, &mut cache, route)?;
+            let t0 = Instant::now();
+            for _ in 1..steps {
+                model.decode_step(&ids, &mut cache, route)?;
+            }
+            if rep > 0 {
+                per_token.push(t0.elapsed().as_secs_f64() / (steps - 1).max(1) as f64);
+            }
+        }
+        let flop = (1..steps)
+            .map(|p| decode_step_flops(cfg, rows, p, s))
+            .sum::<f64>()
+            / (steps - 1).max(1) as f64;
+        stages.push(with_flops(
+            stage("decode_token", per_token),
+            flop,
+            gemm_rate,
+        ));
+        tracing::info!("decode_token done");
+    }
+
+    let gen = setup.generation();
+    if setup.wants("caption_beam5") {
+        reset_peak_rss();
+        let runs = time_runs(reps, || {
+            let out = generate(&model, T5Input::Embeds(&x1), None, route, &gen)?;
+            if out[0].len() != setup.new_tokens {
+                input_err!(
+                    "beam search made {} tokens, not {}",
+                    out[0].len(),
+                    setup.new_tokens
+                )
+            }
+            Ok(())
+        })?;
+        let mut st = stage("caption_beam5", runs);
+        st.items_per_s = Some(1.0 / st.median_s);
+        stages.push(st);
+        tracing::info!("caption_beam5 done");
+    }
+
+    if setup.wants("caption_batch") {
+        reset_peak_rss();
+        let xb = embeds.narrow(0, 0, setup.batch)?;
+        let runs = time_runs(reps, || {
+            generate(&model, T5Input::Embeds(&xb), None, route, &gen)?;
+            Ok(())
+        })?;
+        let mut st = stage("caption_batch", runs);
+        st.items_per_s = Some(setup.batch as f64 / st.median_s);
+        stages.push(st);
+        tracing::info!("caption_batch done");
+    }
+
+    if setup.wants("train_step") {
+        reset_peak_rss();
+        let xt = embeds.narrow(0, 0, setup.train_batch)?;
+        let params = ParamsAdamW {
+            lr: 1e-4,
+            weight_decay: 0.05,
+            ..ParamsAdamW::default()
+        };
+        let mut opt = AdamW::new(vm.all_vars(), params)?;
+        let (mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![]);
+        let runs = time_runs(reps, || {
+            let t0 = Instant::now();
+            let out = model.forward_train(T5Input::Embeds(&xt), None, &labels, route, true)?;
+            let _ = out.loss.to_scalar::<f32>()?;
+            let t1 = Instant::now();
+            let grads = out.loss.backward()?;
+            let t2 = Instant::now();
+            opt.step(&grads)?;
+            let t3 = Instant::now();
+            fwd.push((t1 - t0).as_secs_f64());
+            bwd.push((t2 - t1).as_secs_f64());
+            upd.push((t3 - t2).as_secs_f64());
+            Ok(())
+        })?;
+        let mut st = stage("train_step", runs);
+        // drop the warm-up's parts
+        for (k, v) in [("forward", fwd), ("backward", bwd), ("adamw", upd)] {
+            st.parts_s.insert(k.into(), median(&v[1..]));
+        }
+        stages.push(st);
+        tracing::info!("train_step done");
+    }
+
+    if setup.wants("tagenc_triplet") {
+        match &setup.tagenc_dir {
+            Some(d) if d.join("config.json").exists() => {
+                reset_peak_rss();
+                stages.push(tagenc_stage(d, setup.tagenc_batch, reps)?);
+                tracing::info!("tagenc_triplet done");
+            }
+            _ => tracing::warn!("tagenc_triplet skipped: no tag-encoder model folder"),
+        }
+    }
+
+    Ok(BenchReport {
+        implementation: "lion-rs (candle)".into(),
+        threads: candle_core::utils::get_num_threads(),
+        candle_num_threads: std::env::var("CANDLE_NUM_THREADS").ok(),
+        load_before,
+        load_after: load_average(),
+        setup,
+        stages,
+    })
+}
+
+/// The tag strings of the tag-encoder stage (also built by `bench_torch.py`): "word: 0.xxxx, ...".
+pub fn tag_texts(batch: usize) -> Vec<String> {
+    let words = [
+        "person", "shirt", "table", "cup", "dog", "grass", "sky", "tree", "car", "road",
+        "building", "window", "plate", "food", "man", "woman",
+    ];
+    (0..batch)
+        .map(|i| {
+            (0..5 + i % 2)
+                .map(|j| {
+                    let w = words[(i * 7 + j * 3) % words.len()];
+                    format!("{w}: 0.{}", 9999 - (i * 131 + j * 977) % 5000)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect()
+}
+
+fn tagenc_stage(dir: &Path, batch: usize, reps: usize) -> Result<StageResult> {
+    use crate::tag_encoder::TagEncoder;
+    use crate::triplet_trainer::{TripletConfig, TripletTrainer};
+    let dev = Device::Cpu;
+    let enc = TagEncoder::load(dir, &dev)?;
+    let d = enc.embedder().hidden_size();
+    let texts = tag_texts(batch);
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let pos = lion_core::bert::l2_normalize(&Tensor::randn(0f32, 1., (batch, d), &dev)?)?;
+    let neg = lion_core::bert::l2_normalize(&Tensor::randn(0f32, 1., (batch, d), &dev)?)?;
+    let mut trainer = TripletTrainer::new(enc, TripletConfig::default())?;
+    let runs = time_runs(reps, || {
+        let (loss, _) = trainer.loss(&refs, &pos, &neg, true)?;
+        let grads = loss.backward()?;
+        trainer.apply(&grads)
+    })?;
+    Ok(stage("tagenc_triplet", runs))
+}
+
+/// The report as a table (one row per stage).
+pub fn table(r: &BenchReport) -> String {
+    let mut out = format!(
+        "{} | {} threads | load {:.1} -> {:.1} | preset {} | seq {} | beams {} | {} new tokens\n",
+        r.implementation,
+        r.threads,
+        r.load_before.unwrap_or(f64::NAN),
+        r.load_after.unwrap_or(f64::NAN),
+        r.setup.preset,
+        r.setup.seq_len(),
+        r.setup.beams,
+        r.setup.new_tokens,
+    );
+    out += &format!(
+        "{:<16} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}  {}\n",
+        "stage", "median ms", "min ms", "GFLOP", "GFLOP/s", "of GEMM", "peak MiB", "notes"
+    );
+    for s in &r.stages {
+        let min = s.runs_s.iter().copied().fold(f64::INFINITY, f64::min);
+        let opt = |x: Option<f64>, p: usize| x.map_or("-".to_string(), |v| format!("{v:.p$}"));
+        let mut notes = vec![];
+        if let Some(i) = s.items_per_s {
+            notes.push(format!("{i:.3} items/s"));
+        }
+        let mut parts: Vec<_> = s.parts_s.iter().collect();
+        parts.sort_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in parts {
+            notes.push(format!("{k} {:.0} ms", v * 1e3));
+        }
+        out += &format!(
+            "{:<16} {:>10.1} {:>10.1} {:>9} {:>9} {:>9} {:>9}  {}\n",
+            s.name,
+            s.median_s * 1e3,
+            min * 1e3,
+            opt(s.gflop, 2),
+            opt(s.gflops, 1),
+            s.frac_of_gemm
+                .map_or("-".to_string(), |f| format!("{:.0}%", f * 100.0)),
+            opt(s.peak_rss_mib, 0),
+            notes.join(", ")
+        );
+    }
+    out
+}

@@ -1,0 +1,355 @@
+"""PyTorch eager side of `lion bench`: the same stages, configs, weights and inputs.
+
+`lion bench --prepare-only --dir DIR` (or a full `lion bench`) writes DIR/setup.json, the random
+checkpoint DIR/t5.safetensors (HF T5 keys + LION adapters) and DIR/inputs.safetensors. This script
+builds transformers' T5ForConditionalGeneration from the same config (exact-erf gated GELU, untied
+head), adds LION's adapters (the reference of scripts/fixtures_t5.py), loads the checkpoint strictly
+and times the same stages with the same warm-up/repeat scheme, printing a JSON report of the same
+schema as `lion bench --json`.
+
+Run:      PY=$(scripts/venv.sh); $PY scripts/bench_torch.py DIR [--json OUT] [--threads N]
+Compare:  $PY scripts/bench_torch.py --compare OUTDIR   (lion_*.json vs torch_*.json in OUTDIR,
+          medians over rounds; see scripts/bench.sh)
+"""
+import argparse
+import glob
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_avg():
+    try:
+        return float(open("/proc/loadavg").read().split()[0])
+    except OSError:
+        return None
+
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_mib():
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def time_runs(repeats, f):
+    f()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def stage(name, runs):
+    return {"name": name, "runs_s": runs, "median_s": statistics.median(runs), "peak_rss_mib": peak_mib(),
+            "parts_s": {}}
+
+
+def with_flops(st, flop, gemm):
+    rate = flop / st["median_s"] / 1e9
+    st["gflop"] = flop / 1e9
+    st["gflops"] = rate
+    if gemm:
+        st["frac_of_gemm"] = rate / gemm
+    return st
+
+
+def encoder_flops(c, b, s):
+    d, f, inner = c["d_model"], c["d_ff"], c["num_heads"] * c["d_kv"]
+    a = c.get("adapter") or {}
+    r = a.get("bottleneck", 0) * a.get("num_adapters", 0)
+    return c["num_layers"] * (b * s * (8 * d * inner + 6 * d * f + 4 * d * r) + 4 * b * s * s * inner)
+
+
+def decode_step_flops(c, n, past, s):
+    d, f, inner = c["d_model"], c["d_ff"], c["num_heads"] * c["d_kv"]
+    a = c.get("adapter") or {}
+    r = a.get("bottleneck", 0) * a.get("num_adapters", 0)
+    k = past + 1
+    per = n * (8 * d * inner + 4 * k * inner + 4 * d * inner + 4 * s * inner + 6 * d * f + 4 * d * r)
+    layers = c.get("num_decoder_layers") or c["num_layers"]
+    return per * layers + 2 * n * d * c["vocab_size"]
+
+
+# transformers >= 5.2x renamed `past_key_values` to `cache` (argument and output)
+CACHE_KW = "cache"
+
+
+def cache_of(out):
+    global CACHE_KW
+    if getattr(out, "cache", None) is not None:
+        return out.cache
+    CACHE_KW = "past_key_values"
+    return out.past_key_values
+
+
+def tag_texts(batch):
+    words = ["person", "shirt", "table", "cup", "dog", "grass", "sky", "tree", "car", "road",
+             "building", "window", "plate", "food", "man", "woman"]
+    return [", ".join(f"{words[(i * 7 + j * 3) % 16]}: 0.{9999 - (i * 131 + j * 977) % 5000}"
+                      for j in range(5 + i % 2)) for i in range(batch)]
+
+
+def build_model(setup, path):
+    import torch
+    import torch.nn as nn
+    from safetensors.torch import load_file
+    from transformers import T5Config, T5ForConditionalGeneration
+    from fixtures_t5 import add_adapters, set_route
+
+    c = setup["t5"]
+    cfg = T5Config(vocab_size=c["vocab_size"], d_model=c["d_model"], d_kv=c["d_kv"], d_ff=c["d_ff"],
+                   num_layers=c["num_layers"], num_decoder_layers=c.get("num_decoder_layers"),
+                   num_heads=c["num_heads"],
+                   relative_attention_num_buckets=c["relative_attention_num_buckets"],
+                   relative_attention_max_distance=c["relative_attention_max_distance"],
+                   dropout_rate=c["dropout_rate"], layer_norm_epsilon=c["layer_norm_epsilon"],
+                   feed_forward_proj=c["feed_forward_proj"], tie_word_embeddings=False,
+                   decoder_start_token_id=c.get("decoder_start_token_id") or 0,
+                   pad_token_id=c["pad_token_id"], eos_token_id=c["eos_token_id"])
+    cfg.dense_act_fn = "gelu"  # LION: exact erf GELU in the gated FFN
+    model = T5ForConditionalGeneration(cfg)
+    # transformers 5 ties lm_head to shared; Flan-T5 has its own head (see fixtures_t5.py)
+    model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+    a = c.get("adapter")
+    if a:
+        add_adapters(model, a["num_adapters"])
+    sd = load_file(path)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith("embed_tokens.weight")]
+    if missing or unexpected:
+        raise SystemExit(f"checkpoint mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    set_route(model, 1)
+    return model.eval()
+
+
+def run(dir_, threads):
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    load_before = load_avg()
+    setup = json.load(open(os.path.join(dir_, "setup.json")))
+    c = setup["t5"]
+    model = build_model(setup, os.path.join(dir_, "t5.safetensors"))
+    inputs = load_file(os.path.join(dir_, "inputs.safetensors"))
+    embeds, labels = inputs["embeds"], inputs["labels"].long()
+    s = setup["visual_tokens"] + setup["text_tokens"]
+    reps = setup["repeats"]
+    wants = lambda name: not setup.get("stages") or name in setup["stages"]
+    stages, gemm = [], None
+    gen = dict(num_beams=setup["beams"], max_new_tokens=setup["new_tokens"], min_new_tokens=setup["new_tokens"],
+               repetition_penalty=setup["repetition_penalty"], length_penalty=1.0, early_stopping=False,
+               do_sample=False)
+    x1 = embeds[:1]
+    with torch.inference_mode():
+        if wants("gemm"):
+            reset_peak()
+            n = setup["gemm_n"]
+            a, b = torch.randn(n, n), torch.randn(n, n)
+            st = with_flops(stage("gemm", time_runs(max(reps, 5), lambda: a @ b)), 2.0 * n ** 3, None)
+            gemm = st["gflops"]
+            stages.append(st)
+        if wants("t5_encoder"):
+            reset_peak()
+            runs = time_runs(reps, lambda: model.encoder(inputs_embeds=x1))
+            stages.append(with_flops(stage("t5_encoder", runs), encoder_flops(c, 1, s), gemm))
+        if wants("decode_token"):
+            reset_peak()
+            states = model.encoder(inputs_embeds=x1).last_hidden_state.repeat(setup["beams"], 1, 1)
+            ids = torch.zeros(setup["beams"], 1, dtype=torch.long)
+            steps = setup["new_tokens"]
+            per = []
+            for rep in range(reps + 1):
+                # first step (cache set-up, cross K/V) untimed, as on the Rust side
+                out = model(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True)
+                pkv = cache_of(out)
+                t0 = time.perf_counter()
+                for _ in range(steps - 1):
+                    out = model(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True, **{CACHE_KW: pkv})
+                    pkv = cache_of(out)
+                assert pkv is not None and pkv.get_seq_length() == steps, "the KV cache was not used"
+
+                if rep > 0:
+                    per.append((time.perf_counter() - t0) / max(steps - 1, 1))
+            flop = sum(decode_step_flops(c, setup["beams"], p, s) for p in range(1, steps)) / max(steps - 1, 1)
+            stages.append(with_flops(stage("decode_token", per), flop, gemm))
+        if wants("caption_beam5"):
+            reset_peak()
+
+            def cap():
+                out = model.generate(inputs_embeds=x1, **gen)
+                assert out.shape[1] == 1 + setup["new_tokens"], out.shape
+            st = stage("caption_beam5", time_runs(reps, cap))
+            st["items_per_s"] = 1.0 / st["median_s"]
+            stages.append(st)
+        if wants("caption_batch"):
+            reset_peak()
+            xb = embeds[: setup["batch"]]
+            st = stage("caption_batch", time_runs(reps, lambda: model.generate(inputs_embeds=xb, **gen)))
+            st["items_per_s"] = setup["batch"] / st["median_s"]
+            stages.append(st)
+    if wants("train_step"):
+        reset_peak()
+        model.train()
+        for name, p in model.named_parameters():
+            p.requires_grad_(".adapter." in name)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+        xt = embeds[: setup["train_batch"]]
+        parts = {"forward": [], "backward": [], "adamw": []}
+
+        def step():
+            t0 = time.perf_counter()
+            loss = model(inputs_embeds=xt, labels=labels).loss
+            loss.item()
+            t1 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            t2 = time.perf_counter()
+            opt.step()
+            t3 = time.perf_counter()
+            parts["forward"].append(t1 - t0)
+            parts["backward"].append(t2 - t1)
+            parts["adamw"].append(t3 - t2)
+        st = stage("train_step", time_runs(reps, step))
+        st["parts_s"] = {k: statistics.median(v[1:]) for k, v in parts.items()}
+        stages.append(st)
+        model.eval()
+    tag_dir = setup.get("tagenc_dir")
+    if wants("tagenc_triplet") and tag_dir and os.path.exists(os.path.join(tag_dir, "config.json")):
+        reset_peak()
+        stages.append(tagenc_stage(tag_dir, setup["tagenc_batch"], reps))
+    return {"implementation": f"pytorch {torch.__version__} eager", "threads": torch.get_num_threads(),
+            "load_before": load_before, "load_after": load_avg(), "setup": setup, "stages": stages}
+
+
+def tagenc_stage(model_dir, batch, reps):
+    import torch
+    import torch.nn.functional as F
+    from tokenizers import Tokenizer
+    from transformers import BertModel
+
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    tok.no_padding()
+    model = BertModel.from_pretrained(model_dir).train()
+    texts = tag_texts(batch)
+    g = torch.Generator().manual_seed(0)
+    d = model.config.hidden_size
+    pos = F.normalize(torch.randn(batch, d, generator=g), dim=1)
+    neg = F.normalize(torch.randn(batch, d, generator=g), dim=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
+    loss_fn = torch.nn.TripletMarginLoss()
+
+    def step():
+        enc = tok.encode_batch(texts)
+        t = max(len(e.ids) for e in enc)
+        ids = torch.zeros(batch, t, dtype=torch.long)
+        mask = torch.zeros(batch, t, dtype=torch.long)
+        for i, e in enumerate(enc):
+            ids[i, : len(e.ids)] = torch.tensor(e.ids)
+            mask[i, : len(e.ids)] = 1
+        h = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).float()
+        a = F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=1)
+        loss = loss_fn(a, pos, neg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return stage("tagenc_triplet", time_runs(reps, step))
+
+
+def compare(out_dir):
+    ours = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out_dir, "lion_*.json")))]
+    theirs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out_dir, "torch_*.json")))]
+    if not ours or not theirs:
+        raise SystemExit(f"no lion_*.json / torch_*.json in {out_dir}")
+
+    def per_stage(reports):
+        d = {}
+        for r in reports:
+            for s in r["stages"]:
+                d.setdefault(s["name"], []).append(s)
+        return d
+    o, t = per_stage(ours), per_stage(theirs)
+    med = lambda xs, k: statistics.median([x[k] for x in xs if x.get(k) is not None]) if any(
+        x.get(k) is not None for x in xs) else None
+    loads = [r[k] for r in ours + theirs for k in ("load_before", "load_after") if r.get(k) is not None]
+    setup = ours[0]["setup"]
+    print(f"preset {setup['preset']} | seq {setup['visual_tokens'] + setup['text_tokens']} | beams {setup['beams']} "
+          f"| {setup['new_tokens']} new tokens | batch {setup['batch']} | train batch {setup['train_batch']} "
+          f"| {ours[0]['threads']} threads (lion) / {theirs[0]['threads']} (torch) | {len(ours)} rounds x "
+          f"{setup['repeats']} runs | load avg {min(loads):.1f}-{max(loads):.1f}")
+    print(f"{theirs[0]['implementation']} vs {ours[0]['implementation']}; speedup = torch time / lion time")
+    hdr = f"{'stage':<16} {'lion ms':>10} {'torch ms':>10} {'speedup':>8} {'lion GF/s':>10} {'torch GF/s':>10} " \
+          f"{'lion %GEMM':>10} {'torch %GEMM':>11} {'lion MiB':>9} {'torch MiB':>9}"
+    print(hdr)
+    rows = []
+    fmt = lambda x, p: "-" if x is None else f"{x:.{p}f}"
+    for name in o:
+        if name not in t:
+            continue
+        lo, to = med(o[name], "median_s"), med(t[name], "median_s")
+        row = {"stage": name, "lion_s": lo, "torch_s": to, "speedup": to / lo,
+               "lion_gflops": med(o[name], "gflops"), "torch_gflops": med(t[name], "gflops"),
+               "lion_frac_of_gemm": med(o[name], "frac_of_gemm"), "torch_frac_of_gemm": med(t[name], "frac_of_gemm"),
+               "lion_peak_mib": med(o[name], "peak_rss_mib"), "torch_peak_mib": med(t[name], "peak_rss_mib")}
+        rows.append(row)
+        pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"
+        print(f"{name:<16} {lo * 1e3:>10.1f} {to * 1e3:>10.1f} {row['speedup']:>7.2f}x "
+              f"{fmt(row['lion_gflops'], 1):>10} {fmt(row['torch_gflops'], 1):>10} "
+              f"{pct(row['lion_frac_of_gemm']):>10} {pct(row['torch_frac_of_gemm']):>11} "
+              f"{fmt(row['lion_peak_mib'], 0):>9} {fmt(row['torch_peak_mib'], 0):>9}")
+        for part in sorted(set(o[name][0].get("parts_s", {})) & set(t[name][0].get("parts_s", {}))):
+            lp = statistics.median([x["parts_s"][part] for x in o[name]])
+            tp = statistics.median([x["parts_s"][part] for x in t[name]])
+            print(f"  {part:<14} {lp * 1e3:>10.1f} {tp * 1e3:>10.1f} {tp / lp:>7.2f}x")
+    with open(os.path.join(out_dir, "compare.json"), "w") as f:
+        json.dump({"setup": setup, "rounds": len(ours), "load_range": [min(loads), max(loads)], "rows": rows}, f,
+                  indent=1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir", nargs="?")
+    ap.add_argument("--json")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--compare")
+    args = ap.parse_args()
+    if args.compare:
+        compare(args.compare)
+        return
+    if not args.dir:
+        ap.error("DIR (from `lion bench --prepare-only --dir DIR`) is required")
+    report = run(args.dir, args.threads)
+    text = json.dumps(report, indent=1)
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, args.json)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
