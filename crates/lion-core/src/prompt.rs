@@ -224,13 +224,15 @@ pub fn insert_soft_prompt(
     let mut select = vec![0f32; b * t * slots];
     let mut keep = vec![1f32; b * t];
     for (i, row) in ids.iter().enumerate() {
-        if row.len() != t {
+        if row.len() > t {
             candle_core::bail!(
                 "soft prompt: id row {i} has {} tokens, embeddings {t}",
                 row.len()
             )
         }
-        let positions: Vec<usize> = (0..t).filter(|&p| row[p] == placeholder_id).collect();
+        let positions: Vec<usize> = (0..row.len())
+            .filter(|&p| row[p] == placeholder_id)
+            .collect();
         if positions.is_empty() {
             tracing::debug!(
                 row = i,

@@ -5,12 +5,16 @@
 //! - [`triplet_trainer`]: triplet fine-tuning of the [`tag_encoder`] towards the chosen captions'
 //!   embeddings, with [`triplet::TripletMarginLoss`] and AdamW; metrics as JSONL, curves as PNG
 //!   ([`plot`]).
+//! - [`peft`]: PEFT training of LION (`lion train`) with [`schedule`] and [`checkpoint`].
 //! - [`records`]: the JSON-lines inputs and outputs of these stages.
 
 pub mod centroid;
+pub mod checkpoint;
+pub mod peft;
 pub mod plot;
 pub mod records;
 pub mod rng;
+pub mod schedule;
 pub mod tag_encoder;
 pub mod triplet;
 pub mod triplet_trainer;
