@@ -426,6 +426,21 @@ pub fn clip_global_norm(grads: &mut [Tensor], max_norm: Option<f64>) -> Result<f
     Ok(norm)
 }
 
+/// Adds a backward pass's gradients to `acc` (one tensor per var, same order; a var without a
+/// gradient adds nothing).
+pub fn accumulate(
+    acc: &mut [Tensor],
+    grads: &candle_core::backprop::GradStore,
+    vars: &[(String, Var)],
+) -> Result<()> {
+    for (g, (_, v)) in acc.iter_mut().zip(vars) {
+        if let Some(x) = grads.get(v.as_tensor()) {
+            *g = (&*g + x)?;
+        }
+    }
+    Ok(())
+}
+
 /// One training step's record (a line of `metrics.jsonl`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -755,11 +770,7 @@ impl PeftTrainer {
                 ));
             }
             let gs = (loss / accum as f64)?.backward()?;
-            for (g, (_, v)) in grads.iter_mut().zip(&self.opt.vars) {
-                if let Some(x) = gs.get(v.as_tensor()) {
-                    *g = (&*g + x)?;
-                }
-            }
+            accumulate(&mut grads, &gs, &self.opt.vars)?;
             loss_sum += lv;
             n += b;
         }
