@@ -21,9 +21,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use image::RgbImage;
-use lion_core::pipeline::{LionPipeline, Manifest as ModelManifest, PipelineSources, Request};
-use lion_core::preprocess::{load_image, Rng, TrainTransform};
+use lion_core::pipeline::{LionPipeline, Manifest as ModelManifest, Request};
+use lion_core::preprocess::{load_image, ImageTransform, Rng, TrainTransform};
 use lion_core::prompt::{format_box, PromptKind, Task};
+use lion_core::sentence::{BertTokenizer, SentenceEmbedder};
+use lion_core::text::T5Tokenizer;
 use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
 use lion_core::{Error, Result};
 use lion_data::lion_json::{read_lion, Level, LionSample};
@@ -106,6 +108,10 @@ pub struct PeftConfig {
     /// ... or a model folder (`lion.json`) to start from.
     #[serde(default)]
     pub model_dir: Option<PathBuf>,
+    /// With `model_dir`: accept weights that do not fit exactly (missing keys keep their
+    /// initialisation; logged). Default: strict.
+    #[serde(default)]
+    pub lenient: bool,
     /// With a preset: static, dynamic, gated, gated:K or none.
     #[serde(default = "d_prompt")]
     pub prompt: String,
@@ -516,17 +522,55 @@ impl PeftTrainer {
         // The data's `question` is the whole instruction.
         lcfg.templates.vqa = "{}".into();
         lcfg.templates.rec = "{}".into();
-        let mut pipe = LionPipeline::new(
-            PipelineSources {
-                config: lcfg.clone(),
-                checkpoints: vec![],
-                t5_tokenizer: t5_tok.as_deref(),
-                qformer_tokenizer: q_tok.as_deref(),
-                tag_encoder: tag_enc.as_deref(),
-                mode: LoadMode::Strict,
-            },
-            dev,
-        )?;
+        let t5_tokenizer = match &t5_tok {
+            Some(p) => T5Tokenizer::from_file(p)?,
+            None => T5Tokenizer::bundled()?,
+        };
+        let placeholder = t5_tokenizer.placeholder_id()?;
+        if placeholder as usize >= lcfg.t5.vocab_size {
+            return Err(Error::config(
+                "t5 tokenizer",
+                format!(
+                    "`<extra_id_0>` is id {placeholder}, outside the model's vocabulary of {}",
+                    lcfg.t5.vocab_size
+                ),
+            ));
+        }
+        let qformer_tokenizer = match (&lcfg.qformer, &q_tok) {
+            (Some(_), Some(p)) => {
+                Some(BertTokenizer::from_file(p, lcfg.max_txt_len)?.left_truncated()?)
+            }
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "lion train",
+                    "the Q-Former needs a BERT tokenizer.json (`qformer_tokenizer`)",
+                ))
+            }
+            (None, _) => None,
+        };
+        let tag_encoder = match (lcfg.prompt.map(|p| p.needs_tag_embedding()), &tag_enc) {
+            (Some(true), Some(dir)) => {
+                let enc = SentenceEmbedder::load(dir, dev, None)?;
+                if enc.hidden_size() != lcfg.tag_dim {
+                    return Err(Error::config(
+                        dir.display(),
+                        format!(
+                            "tag encoder width {} != the model's tag_dim {}",
+                            enc.hidden_size(),
+                            lcfg.tag_dim
+                        ),
+                    ));
+                }
+                Some(enc)
+            }
+            (Some(true), None) => {
+                return Err(Error::config(
+                    "lion train",
+                    "dynamic and gated prompts need a tag encoder (`tag_encoder`)",
+                ))
+            }
+            _ => None,
+        };
         if let Some(r) = &resume {
             checkpoints.push(Checkpoint::from_tensors(
                 r.dir.join(checkpoint::TRAINABLE).display().to_string(),
@@ -542,13 +586,25 @@ impl PeftTrainer {
             .ignore_unexpected(&["position_ids", "relative_position_index", "attn_mask"])
             .with_trainable(varmap.clone(), move |k| is_trainable(k, qlayers));
         let vb = loader.var_builder(DType::F32, dev);
-        let placeholder = pipe.t5_tokenizer.placeholder_id()?;
-        pipe.model = lion_core::lion::LionModel::new(&lcfg, placeholder, vb)?;
-        loader.finish(if cfg.model_dir.is_some() {
+        let model = lion_core::lion::LionModel::new(&lcfg, placeholder, vb)?;
+        let report = loader.finish(if cfg.lenient {
             LoadMode::Lenient
         } else {
             LoadMode::Strict
         })?;
+        // The model is built here (with trainable vars), so the pipeline is assembled by hand.
+        let pipe = LionPipeline {
+            model,
+            t5_tokenizer,
+            qformer_tokenizer,
+            tag_encoder,
+            transform: ImageTransform {
+                size: lcfg.vit.img_size as u32,
+                ..ImageTransform::lion_eval()
+            },
+            device: dev.clone(),
+            report,
+        };
         let vars: Vec<(String, Var)> = varmap
             .data()
             .lock()

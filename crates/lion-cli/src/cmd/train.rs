@@ -37,6 +37,9 @@ pub fn run(args: Args) -> Result<()> {
         let loaded = checkpoint::load(&dir, &dev)
             .with_context(|| format!("--resume: refusing the checkpoint {}", dir.display()))?;
         tracing::info!(step = loaded.state.step, dir = %dir.display(), "resuming");
+        if loaded.config != serde_json::to_value(&cfg)? {
+            tracing::warn!("the config differs from the one the checkpoint was made with");
+        }
         truncate_metrics(&metrics, loaded.state.step)?;
         Some(loaded)
     } else {
