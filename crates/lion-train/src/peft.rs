@@ -918,6 +918,9 @@ impl PeftTrainer {
                     preds.push(self.pipe.decode(&ids)?);
                 }
             }
+            for (s, p) in samples.iter().zip(&preds).take(3) {
+                tracing::debug!(task = t, prediction = %p, target = %s.answer, "eval sample");
+            }
             let (name, score) = match kind {
                 TaskKind::Caption => {
                     let mut c = lion_metrics::cider::CiderD::new();
