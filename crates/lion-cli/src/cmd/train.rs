@@ -9,7 +9,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use lion_train::checkpoint;
 use lion_train::peft::{draw_loss_curves, truncate_metrics, PeftConfig, PeftTrainer};
-use lion_train::records::append_jsonl_atomic;
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -20,6 +19,18 @@ pub struct Args {
     /// Continue from the output folder's latest checkpoint (refused if it is corrupt).
     #[arg(long)]
     resume: bool,
+}
+
+/// Appends one JSON line (a plain append: a line cut short by a kill is dropped at `--resume`).
+fn append_line(path: &std::path::Path, v: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(f, "{v}").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -77,7 +88,7 @@ pub fn run(args: Args) -> Result<()> {
             }
         };
         let sps = rec.samples as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        append_jsonl_atomic(
+        append_line(
             &metrics,
             &json!({"kind": "train", "step": rec.step, "task": rec.task, "loss": rec.loss,
                     "lr": rec.lr, "grad_norm": rec.grad_norm, "samples_per_s": sps}),
@@ -91,7 +102,7 @@ pub fn run(args: Args) -> Result<()> {
         if t.cfg.eval_every > 0 && (rec.step % t.cfg.eval_every == 0 || last) {
             let scores = t.evaluate()?;
             tracing::info!(step = rec.step, %scores, "evaluation");
-            append_jsonl_atomic(
+            append_line(
                 &metrics,
                 &json!({"kind": "eval", "step": rec.step, "scores": scores}),
             )?;
