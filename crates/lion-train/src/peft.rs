@@ -816,8 +816,8 @@ impl PeftTrainer {
             let loss = self.pipe.model.forward_train(&batch, &labels, false)?.loss;
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
-                return Err(Error::config(
-                    "lion train",
+                return Err(Error::format(
+                    &self.cfg.output_dir,
                     format!(
                         "{NON_FINITE} ({lv}) at step {} (task {task}, micro-batch {micro}); \
                          stopping, the last good checkpoint is kept",
@@ -832,10 +832,10 @@ impl PeftTrainer {
         }
         let grad_norm = clip_global_norm(&mut grads, self.cfg.max_grad_norm)?;
         if !grad_norm.is_finite() {
-            return Err(Error::config(
-                "lion train",
+            return Err(Error::format(
+                &self.cfg.output_dir,
                 format!(
-                    "{NON_FINITE} gradient (norm {grad_norm}) at step {}; stopping, the last \
+                    "non-finite gradient (norm {grad_norm}) at step {}; stopping, the last \
                      good checkpoint is kept",
                     step + 1
                 ),
