@@ -328,3 +328,47 @@ fn every_trainable_var_gets_a_gradient_and_frozen_weights_stay_bit_identical() {
     let l1 = t.loss_of(2, &rec, 2).unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(l0.to_bits(), l1.to_bits());
 }
+
+#[test]
+fn dynamic_prompt_projection_trains_in_its_own_lr_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world(tmp.path());
+    let mut cfg = config(&w, &tmp.path().join("d"), 2, 1e-3, 0);
+    cfg["prompt"] = "dynamic".into();
+    cfg["tag_encoder"] = repo_root()
+        .join("models/all-MiniLM-L6-v2")
+        .display()
+        .to_string()
+        .into();
+    cfg["prompt_lr_scale"] = 5.0.into();
+    let c = write_config(tmp.path(), "d.json", &cfg);
+    let mut t = PeftTrainer::new(PeftConfig::read(&c).unwrap(), None, &Device::Cpu).unwrap();
+    let groups: Vec<(String, f64)> = t
+        .opt
+        .groups
+        .iter()
+        .map(|g| (g.name.clone(), g.lr_scale))
+        .collect();
+    assert!(
+        groups.contains(&("dynamic_prompt/decay".to_string(), 5.0)),
+        "{groups:?}"
+    );
+    assert!(
+        groups.contains(&("fusion_adapter/decay".to_string(), 2.0)),
+        "{groups:?}"
+    );
+    let proj: Vec<_> = t
+        .trainable()
+        .iter()
+        .filter(|(k, _)| k.starts_with("dynamic_prompt"))
+        .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap(), v.clone()))
+        .collect();
+    assert!(!proj.is_empty());
+    assert!(t.trainable().iter().all(|(k, _)| k != "soft_prompt_hint"));
+    t.step().unwrap();
+    t.step().unwrap();
+    for (k, before, v) in &proj {
+        let d = lion_core::testing::max_abs_diff(before, v.as_tensor()).unwrap();
+        assert!(d > 0.0, "{k} did not move");
+    }
+}
