@@ -127,9 +127,12 @@ pub fn save(
         .map_err(|e| Error::io(&root, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-"))
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            // Folders a killed run left half-written are removed.
+            if name.starts_with(".step-") && name.ends_with(".tmp") {
+                let _ = std::fs::remove_dir_all(p);
+            }
+            name.starts_with("step-")
         })
         .collect();
     old.sort();
