@@ -33,6 +33,8 @@ enum Command {
     SelectCaptions(cmd::select_captions::Args),
     /// Triplet fine-tuning of the tag encoder towards the chosen captions (Dynamic LION step 3).
     TrainTagEncoder(cmd::train_tag_encoder::Args),
+    /// PEFT training of LION from a JSON config: `lion train --config C.json [--resume]`.
+    Train(cmd::train::Args),
     /// RAM image tags with scores, as JSON lines (images, folders, or --list FILE).
     Tag(cmd::tag::Args),
     /// The seed experiment end to end (runs what exists so far, and says what does not).
@@ -69,6 +71,7 @@ fn main() {
         Command::Bench(args) => cmd::bench::run(args),
         Command::SelectCaptions(args) => cmd::select_captions::run(args),
         Command::TrainTagEncoder(args) => cmd::train_tag_encoder::run(args),
+        Command::Train(args) => cmd::train::run(args),
         Command::Tag(args) => cmd::tag::run(args),
         Command::Serve(args) => cmd::serve::run(args),
     };

@@ -193,3 +193,20 @@ fn a_caption_text_replaces_the_captioning_instruction() {
         "Question: why? Short answer:"
     );
 }
+
+#[test]
+fn rows_shorter_than_the_padded_batch_are_accepted_and_longer_ones_refused() {
+    // `Encoded::ids` holds unpadded rows; the embeddings are padded to the longest row.
+    let prompt = Tensor::new(&[[[-1f32, -2., -3.]], [[-4., -5., -6.]]], &Device::Cpu).unwrap();
+    let ids = vec![vec![1, PH, 2, 3, 1], vec![PH, 4, 1]];
+    let out = insert_soft_prompt(&embeds(), &ids, PH, &prompt)
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap();
+    assert_eq!(out[0][1], vec![-1., -2., -3.]);
+    assert_eq!(out[1][0], vec![-4., -5., -6.]);
+    assert_eq!(out[1][4], embeds().to_vec3::<f32>().unwrap()[1][4]);
+    let ids = vec![vec![1, PH, 2, 3, 1, 1], vec![PH]];
+    let err = insert_soft_prompt(&embeds(), &ids, PH, &prompt).unwrap_err();
+    assert!(err.to_string().contains("has 6 tokens"), "{err}");
+}

@@ -6,14 +6,18 @@
 //!   embeddings, with [`triplet::TripletMarginLoss`] and AdamW; metrics as JSONL, curves as PNG
 //!   ([`plot`]).
 //! - [`optim`]: AdamW updating variables in place in one pass; [`bench`]: `lion bench`.
+//! - [`peft`]: PEFT training of LION (`lion train`) with [`schedule`] and [`checkpoint`].
 //! - [`records`]: the JSON-lines inputs and outputs of these stages.
 
 pub mod bench;
 pub mod centroid;
+pub mod checkpoint;
 pub mod optim;
+pub mod peft;
 pub mod plot;
 pub mod records;
 pub mod rng;
+pub mod schedule;
 pub mod tag_encoder;
 pub mod triplet;
 pub mod triplet_trainer;

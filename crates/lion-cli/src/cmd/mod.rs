@@ -8,6 +8,7 @@ pub mod model;
 pub mod select_captions;
 pub mod serve;
 pub mod tag;
+pub mod train;
 pub mod train_tag_encoder;
 pub mod world;
 
