@@ -43,7 +43,7 @@ enum Command {
     World(cmd::world::Args),
     /// Score predictions (captioning, VQA, A-OKVQA, REC) against a benchmark's ground truth.
     Eval(cmd::eval::Args),
-    /// HTTP API: POST /v1/embed (and caption, VQA, grounding, tags once LION lands), /health,
+    /// HTTP API: POST /v1/{caption,vqa,ground,tags,embed}, /health,
     /// /metrics, /openapi.json.
     Serve(cmd::serve::Args),
     /// Per-stage timing with random weights (`scripts/bench.sh` runs PyTorch beside it).
