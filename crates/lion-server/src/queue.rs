@@ -239,6 +239,10 @@ impl Worker {
         let kind = batch[0].kind();
         let items: usize = batch.iter().map(Job::size).sum();
         let t0 = Instant::now();
+        // Recorded before any reply goes out, so a client that got its answer sees its batch
+        // in /metrics.
+        let metrics = self.metrics.clone();
+        let done = || metrics.batch_done(kind.name(), items, t0.elapsed());
         match kind {
             TaskKind::Embed => {
                 let mut texts = Vec::with_capacity(items);
@@ -251,6 +255,7 @@ impl Worker {
                 }
                 let backend = &mut self.backend;
                 let out = guarded(|| backend.embed(&texts)).and_then(|e| check_len(e, items));
+                done();
                 match out {
                     Ok(embs) => {
                         let mut it = embs.into_iter();
@@ -271,7 +276,9 @@ impl Worker {
                     _ => None,
                 });
                 let backend = &mut self.backend;
-                answer(guarded(|| backend.caption(&reqs)), replies);
+                let out = guarded(|| backend.caption(&reqs));
+                done();
+                answer(out, replies);
             }
             TaskKind::Vqa => {
                 let (reqs, replies) = split(batch, |j| match j {
@@ -279,7 +286,9 @@ impl Worker {
                     _ => None,
                 });
                 let backend = &mut self.backend;
-                answer(guarded(|| backend.vqa(&reqs)), replies);
+                let out = guarded(|| backend.vqa(&reqs));
+                done();
+                answer(out, replies);
             }
             TaskKind::Ground => {
                 let (reqs, replies) = split(batch, |j| match j {
@@ -287,7 +296,9 @@ impl Worker {
                     _ => None,
                 });
                 let backend = &mut self.backend;
-                answer(guarded(|| backend.ground(&reqs)), replies);
+                let out = guarded(|| backend.ground(&reqs));
+                done();
+                answer(out, replies);
             }
             TaskKind::Tags => {
                 let (reqs, replies) = split(batch, |j| match j {
@@ -295,10 +306,11 @@ impl Worker {
                     _ => None,
                 });
                 let backend = &mut self.backend;
-                answer(guarded(|| backend.tags(&reqs)), replies);
+                let out = guarded(|| backend.tags(&reqs));
+                done();
+                answer(out, replies);
             }
         }
-        self.metrics.batch_done(kind.name(), items, t0.elapsed());
     }
 }
 
