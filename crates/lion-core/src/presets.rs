@@ -23,8 +23,8 @@ pub const PRESETS: &[&str] = &["tiny", "base", "lion-4b", "lion-12b"];
 /// all-MiniLM-L6-v2's width: the default tag encoder.
 pub const MINILM_DIM: usize = 384;
 
-#[allow(clippy::too_many_arguments)]
-fn flan_t5(
+/// A Flan-T5 of the given size as LION uses it: gated exact-erf GELU, untied head, two adapters.
+pub fn flan_t5(
     vocab: usize,
     d: usize,
     d_ff: usize,

@@ -50,28 +50,9 @@ pub fn t5_preset(name: &str) -> Result<T5Config> {
             BENCH_PRESETS.join(", ")
         ),
     };
-    Ok(T5Config {
-        vocab_size: vocab,
-        d_model: d,
-        d_kv,
-        d_ff,
-        num_layers: layers,
-        num_decoder_layers: Some(layers),
-        num_heads: heads,
-        relative_attention_num_buckets: 32,
-        relative_attention_max_distance: 128,
-        dropout_rate: 0.1,
-        layer_norm_epsilon: 1e-6,
-        feed_forward_proj: "gated-gelu".into(),
-        dense_act_fn: None,
-        tie_word_embeddings: false,
-        decoder_start_token_id: Some(0),
-        pad_token_id: 0,
-        eos_token_id: 1,
-        adapter: None,
-    }
-    .with_exact_gelu()
-    .with_adapters(2))
+    Ok(lion_core::presets::flan_t5(
+        vocab, d, d_ff, layers, heads, d_kv,
+    ))
 }
 
 /// Workload sizes; `setup.json` holds them for the PyTorch side.
