@@ -2,8 +2,19 @@
 `</s>`=1, `<unk>`=2, `<extra_id_N>` sentinels at the end of the vocabulary as in T5) for tiny test
 models. The real Flan-T5 tokenizer.json ships with the Flan-T5 checkpoint folder.
 
-Usage: $PY scripts/make_t5_tokenizer.py OUT.json [VOCAB] [EXTRA_IDS]
+Usage: $PY scripts/make_t5_tokenizer.py OUT.json [VOCAB] [EXTRA_IDS] [WORLD_DIR]
+
+With WORLD_DIR (a `lion world generate` folder) the vocabulary is built, not trained: every word
+of that world's LION training JSON (instructions with their tag prompts, answers, tags) as a whole
+piece (with and without the word-start mark), plus single characters and digits, so boxes read
+digit by digit and no piece spans two numbers. VOCAB is then ignored (the size is what the world
+needs). `crates/lion-core/assets/shapes-tokenizer.json` (the `shapes` preset) is
+`make_t5_tokenizer.py shapes-tokenizer.json 0 10 WORLD` on `lion world generate --seed 1000
+--train 2000 --val 64 --test 64 --size 96`.
 """
+import glob
+import json
+import os
 import sys
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -23,6 +34,37 @@ CORPUS = [
 ]
 
 
+def world_corpus(world):
+    """The text a ShapesWorld model reads and writes, in a fixed order."""
+    tag_prompt = CORPUS[0].split("[")[0]
+    out = []
+    for path in sorted(glob.glob(os.path.join(world, "lion_*_train.json"))):
+        for r in json.load(open(path)):
+            tags = ", ".join(r["tags"])
+            out.append(f"{tag_prompt}[{tags}]. {r['question']}")
+            out.append(r["answer"] if isinstance(r["answer"], str) else r["answer"][0])
+            out.append(", ".join(f"{t}: 0.{(7 * i) % 100:02d}" for i, t in enumerate(r["tags"])))
+    return out
+
+
+def world_vocab(corpus, specials):
+    """Unigram pieces: specials, box pieces, whole words (most frequent first), characters.
+
+    Scores make a whole word always win over spelling it out, and characters the fallback."""
+    import re
+    from collections import Counter
+
+    words = Counter(w for line in corpus for w in re.findall(r"[A-Za-z]+", line))
+    pieces = [(t, 0.0) for t in specials]
+    pieces += [("\u2581[0.", -2.0), (",0.", -2.0), ("\u2581[1.", -3.0), (",1.", -3.0)]
+    for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        pieces += [("\u2581" + w, -3.0), (w, -4.0)]
+    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;?![]()-'\"<>_"
+    pieces += [("\u2581", -6.0)] + [(c, -10.0) for c in chars]
+    seen = set()
+    return [p for p in pieces if not (p[0] in seen or seen.add(p[0]))]
+
+
 def main():
     out = sys.argv[1]
     vocab = int(sys.argv[2]) if len(sys.argv) > 2 else 200
@@ -33,12 +75,17 @@ def main():
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     specials = ["<pad>", "</s>", "<unk>"]
     trainer = trainers.UnigramTrainer(
-        vocab_size=vocab - extra,
+        vocab_size=max(vocab - extra, 1),
         special_tokens=specials,
         unk_token="<unk>",
         initial_alphabet=list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;?![]()-'\"<>_"),
     )
-    tok.train_from_iterator(CORPUS * 20, trainer=trainer)
+    if len(sys.argv) > 4:
+        pieces = world_vocab(CORPUS + world_corpus(sys.argv[4]), specials)
+        tok.model = models.Unigram(pieces, unk_id=2, byte_fallback=False)
+        tok.add_special_tokens(specials)
+    else:
+        tok.train_from_iterator(CORPUS * 20, trainer=trainer)
     tok.add_special_tokens([f"<extra_id_{i}>" for i in reversed(range(extra))])
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]

@@ -21,6 +21,7 @@
 //! checkpoints). Later entries win on repeated keys. Loading is strict unless asked otherwise:
 //! every missing, unexpected or mis-shaped key is named.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -143,6 +144,39 @@ pub struct LionPipeline {
     pub device: Device,
     /// What loading found (missing / unexpected keys in lenient mode).
     pub report: LoadReport,
+    /// Tag-encoder embeddings by "tag: score" text (the encoder is frozen, and training
+    /// revisits the same images every epoch).
+    pub tag_cache: TagCache,
+}
+
+/// A bounded memo of tag-encoder embeddings (cleared when full).
+#[derive(Default)]
+pub struct TagCache(std::sync::Mutex<HashMap<String, Vec<f32>>>);
+
+impl TagCache {
+    const MAX: usize = 65_536;
+
+    /// The embeddings of `texts`, computing only those not seen before.
+    pub fn embed(&self, enc: &SentenceEmbedder, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut todo: Vec<&str> = texts
+            .iter()
+            .filter(|t| !map.contains_key(t.as_str()))
+            .map(|t| t.as_str())
+            .collect();
+        todo.sort_unstable();
+        todo.dedup();
+        if !todo.is_empty() {
+            let e = enc.embed(&todo, todo.len())?;
+            if map.len() + todo.len() > Self::MAX {
+                map.clear();
+            }
+            for (t, v) in todo.iter().zip(e) {
+                map.insert(t.to_string(), v);
+            }
+        }
+        Ok(texts.iter().map(|t| map[t.as_str()].clone()).collect())
+    }
 }
 
 /// Where a pipeline's parts come from.
@@ -235,6 +269,7 @@ impl LionPipeline {
             transform,
             device: device.clone(),
             report,
+            tag_cache: TagCache::default(),
         })
     }
 
@@ -309,12 +344,11 @@ impl LionPipeline {
         let tag_embedding = match &self.tag_encoder {
             Some(enc) => {
                 let texts: Vec<String> = reqs.iter().map(|r| format_tag_scores(&r.tags)).collect();
-                let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-                let e = enc.embed(&refs, refs.len())?;
+                let e = self.tag_cache.embed(enc, &texts)?;
                 let dim = enc.hidden_size();
                 Some(Tensor::from_vec(
                     e.concat(),
-                    (refs.len(), dim),
+                    (texts.len(), dim),
                     &self.device,
                 )?)
             }

@@ -18,7 +18,7 @@ use crate::t5::T5Config;
 use crate::{Error, Result};
 
 /// The preset names, for help texts and errors.
-pub const PRESETS: &[&str] = &["tiny", "base", "lion-4b", "lion-12b"];
+pub const PRESETS: &[&str] = &["tiny", "shapes", "base", "lion-4b", "lion-12b"];
 
 /// all-MiniLM-L6-v2's width: the default tag encoder.
 pub const MINILM_DIM: usize = 384;
@@ -130,6 +130,51 @@ pub fn preset(name: &str, prompt: Option<PromptKind>) -> Result<LionConfig> {
                 tag_dim: MINILM_DIM,
                 max_txt_len: 128,
                 max_output_txt_len: 128,
+                templates: PromptTemplates::default(),
+            }
+        }
+        "shapes" => {
+            // ShapesWorld's demo model (`lion demo`): 96-px images in an 8x8 patch grid, so the
+            // region-level path can place boxes; small enough to pretrain and ship (< 20 MB).
+            let d = 64;
+            let vit = EvaVitConfig {
+                img_size: 96,
+                patch_size: 12,
+                in_chans: 3,
+                width: 64,
+                depth: 4,
+                num_heads: 4,
+                mlp_dim: 128,
+                layer_norm_eps: 1e-6,
+                frozen: true,
+            };
+            LionConfig {
+                qformer: Some(QFormerConfig {
+                    bert: bert(30523, 64, 2, 4, 128),
+                    encoder_width: 64,
+                    cross_attention_freq: 1,
+                    num_query_token: 8,
+                    d_model: d,
+                    ln_vision_eps: 1e-5,
+                }),
+                aggregator: Some(AggregatorConfig {
+                    width: 64,
+                    num_heads: 4,
+                    intermediate_size: 128,
+                    num_blocks: 2,
+                    proj_hidden: 128,
+                    d_model: d,
+                    layer_norm_eps: 1e-12,
+                    ln_adapter_eps: 1e-5,
+                    dropout: 0.1,
+                    source_layers: source_layers(vit.depth),
+                }),
+                vit,
+                t5: flan_t5(431, d, 128, 2, 4, 16),
+                prompt,
+                tag_dim: MINILM_DIM,
+                max_txt_len: 96,
+                max_output_txt_len: 40,
                 templates: PromptTemplates::default(),
             }
         }

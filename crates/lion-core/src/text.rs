@@ -51,6 +51,24 @@ impl T5Tokenizer {
         )
     }
 
+    /// ShapesWorld's tokenizer (431 tokens: the world's words whole, boxes digit by digit), for
+    /// the `shapes` preset. Made by `scripts/make_t5_tokenizer.py` (see there).
+    pub fn bundled_shapes() -> Result<Self> {
+        Self::from_bytes(
+            include_bytes!("../assets/shapes-tokenizer.json"),
+            "bundled shapes-tokenizer.json",
+        )
+    }
+
+    /// The bundled tokenizer a preset uses when none is given.
+    pub fn for_preset(preset: &str) -> Result<Self> {
+        if preset == "shapes" {
+            Self::bundled_shapes()
+        } else {
+            Self::bundled()
+        }
+    }
+
     /// A tokenizer from `tokenizer.json` bytes; `origin` names it in errors.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
         let origin = origin.to_string();

@@ -10,6 +10,7 @@
 //! - [`records`]: the JSON-lines inputs and outputs of these stages.
 
 pub mod bench;
+pub mod bootstrap;
 pub mod centroid;
 pub mod checkpoint;
 pub mod optim;

@@ -188,6 +188,8 @@ impl AdamW {
                     theta.inplace_op2(&g, &op)?;
                 }
                 Moments::Tensors { m, v } => {
+                    // Detached, so the moments never keep a backward graph alive.
+                    let g = &g.detach();
                     let next_m = ((&*m * p.beta1)? + (g * (1.0 - p.beta1))?)?;
                     let next_v = ((&*v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
                     let adj = ((&next_m * scale_m)? / ((&next_v * scale_v)?.sqrt()? + p.eps)?)?;

@@ -48,6 +48,29 @@ pub enum TaskKind {
     Rec,
 }
 
+/// One tag of a training sample: `"red: 0.93"` (a tagger's confidence) or a bare `"red"`
+/// (ground truth, score 1).
+pub fn tag_with_score(t: &str) -> (String, f32) {
+    if let Some((name, score)) = t.rsplit_once(": ") {
+        if let Ok(v) = score.trim().parse::<f32>() {
+            return (name.to_string(), v);
+        }
+    }
+    (t.to_string(), 1.0)
+}
+
+/// The set of trained weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainableSet {
+    /// LION's parameter-efficient set ([`is_trainable`]).
+    #[default]
+    Peft,
+    /// Every weight, the ViT included, except T5's adapters and routers, which keep their
+    /// identity initialisation (zero up-projection): the demo's backbone pretraining.
+    All,
+}
+
 /// One task's data: LION training JSON files (`question` is used verbatim as the instruction).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +135,10 @@ pub struct PeftConfig {
     /// initialisation; logged). Default: strict.
     #[serde(default)]
     pub lenient: bool,
+    /// Which weights train: `peft` (upstream's set: ViT and T5 backbone frozen) or `all`
+    /// (everything, ViT included: the demo's backbone pretraining).
+    #[serde(default)]
+    pub trainable: TrainableSet,
     /// With a preset: static, dynamic, gated, gated:K or none.
     #[serde(default = "d_prompt")]
     pub prompt: String,
@@ -441,7 +468,9 @@ pub fn accumulate(
 ) -> Result<()> {
     for (g, (_, v)) in acc.iter_mut().zip(vars) {
         if let Some(x) = grads.get(v.as_tensor()) {
-            *g = (&*g + x)?;
+            // Detached: a gradient computed through trainable activations carries its backward
+            // graph, which the optimizer moments would otherwise keep alive step after step.
+            *g = (&*g + x.detach())?;
         }
     }
     Ok(())
@@ -524,7 +553,7 @@ impl PeftTrainer {
         lcfg.templates.rec = "{}".into();
         let t5_tokenizer = match &t5_tok {
             Some(p) => T5Tokenizer::from_file(p)?,
-            None => T5Tokenizer::bundled()?,
+            None => T5Tokenizer::for_preset(cfg.preset.as_deref().unwrap_or_default())?,
         };
         let placeholder = t5_tokenizer.placeholder_id()?;
         if placeholder as usize >= lcfg.t5.vocab_size {
@@ -581,10 +610,20 @@ impl PeftTrainer {
             .qformer
             .as_ref()
             .map_or(0, |q| q.bert.num_hidden_layers);
+        let all = cfg.trainable == TrainableSet::All;
+        if all {
+            lcfg.vit.frozen = false;
+        }
         let varmap = VarMap::new();
         let loader = WeightLoader::new(checkpoints)
             .ignore_unexpected(&["position_ids", "relative_position_index", "attn_mask"])
-            .with_trainable(varmap.clone(), move |k| is_trainable(k, qlayers));
+            .with_trainable(varmap.clone(), move |k| {
+                if all {
+                    !(k.starts_with("t5_model.") && k.contains("adapter"))
+                } else {
+                    is_trainable(k, qlayers)
+                }
+            });
         let vb = loader.var_builder(DType::F32, dev);
         let model = lion_core::lion::LionModel::new(&lcfg, placeholder, vb)?;
         let report = loader.finish(if cfg.lenient {
@@ -604,6 +643,7 @@ impl PeftTrainer {
             },
             device: dev.clone(),
             report,
+            tag_cache: Default::default(),
         };
         let vars: Vec<(String, Var)> = varmap
             .data()
@@ -721,7 +761,7 @@ impl PeftTrainer {
             .tags
             .split(", ")
             .filter(|t| !t.is_empty())
-            .map(|t| (t.to_string(), 1.0))
+            .map(tag_with_score)
             .collect();
         Request {
             task,

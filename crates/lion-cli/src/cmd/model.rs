@@ -78,7 +78,7 @@ impl ModelArgs {
         // Random weights: size the vocabulary to the tokenizer, so every generated id decodes.
         let tok = match &self.t5_tokenizer {
             Some(p) => lion_core::text::T5Tokenizer::from_file(p)?,
-            None => lion_core::text::T5Tokenizer::bundled()?,
+            None => lion_core::text::T5Tokenizer::for_preset(name)?,
         };
         if tok.vocab_size() < cfg.t5.vocab_size {
             tracing::info!(
@@ -100,6 +100,10 @@ impl ModelArgs {
             },
             &dev,
         )?;
+        let mut p = p;
+        if self.t5_tokenizer.is_none() {
+            p.t5_tokenizer = tok;
+        }
         Ok(p)
     }
 }

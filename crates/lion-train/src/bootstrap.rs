@@ -1,0 +1,101 @@
+//! Bootstrap confidence intervals for per-item scores (the demo's report).
+//!
+//! Every metric the demo reports is a mean over items: CIDEr-D over images (its document
+//! frequencies come from the references only, so one image's score does not depend on the other
+//! predictions), VQA accuracy over questions, Acc@0.5 over referring expressions. The percentile
+//! bootstrap resamples items with replacement; the paired version resamples the same items for two
+//! systems, so the interval of the difference accounts for their correlation.
+
+use crate::rng::SplitMix64;
+
+/// A mean with its percentile-bootstrap interval.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Interval {
+    pub mean: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let pos = q * (sorted.len() - 1) as f64;
+    let (i, f) = (pos.floor() as usize, pos - pos.floor());
+    let j = (i + 1).min(sorted.len() - 1);
+    sorted[i] * (1.0 - f) + sorted[j] * f
+}
+
+/// The `level` (e.g. 0.95) interval of the mean of `a - b` over paired items (`b` empty: of `a`
+/// alone), from `resamples` bootstrap resamples drawn with `seed`. None for no items or a length
+/// mismatch.
+pub fn paired_interval(
+    a: &[f64],
+    b: &[f64],
+    resamples: usize,
+    level: f64,
+    seed: u64,
+) -> Option<Interval> {
+    if a.is_empty() || (!b.is_empty() && b.len() != a.len()) || resamples == 0 {
+        return None;
+    }
+    let d: Vec<f64> = if b.is_empty() {
+        a.to_vec()
+    } else {
+        a.iter().zip(b).map(|(x, y)| x - y).collect()
+    };
+    let n = d.len();
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let mut rng = SplitMix64::new(seed);
+    let mut means: Vec<f64> = (0..resamples)
+        .map(|_| (0..n).map(|_| d[rng.below(n)]).sum::<f64>() / n as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let tail = (1.0 - level) / 2.0;
+    Some(Interval {
+        mean,
+        lo: percentile(&means, tail),
+        hi: percentile(&means, 1.0 - tail),
+    })
+}
+
+/// The interval of the mean of `a`.
+pub fn interval(a: &[f64], resamples: usize, level: f64, seed: u64) -> Option<Interval> {
+    paired_interval(a, &[], resamples, level, seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_brackets_the_mean_and_narrows_with_more_items() {
+        let mut rng = SplitMix64::new(3);
+        let small: Vec<f64> = (0..50).map(|_| rng.below(2) as f64).collect();
+        let large: Vec<f64> = (0..2000).map(|_| rng.below(2) as f64).collect();
+        let s = interval(&small, 2000, 0.95, 1).unwrap();
+        let l = interval(&large, 2000, 0.95, 1).unwrap();
+        assert!(s.lo < s.mean && s.mean < s.hi);
+        assert!(l.hi - l.lo < s.hi - s.lo);
+        // Binomial standard error at p ~ 0.5, n = 2000: the 95% half-width is about 0.022.
+        let half = (l.hi - l.lo) / 2.0;
+        assert!((0.015..0.03).contains(&half), "{half}");
+    }
+
+    #[test]
+    fn paired_interval_sees_a_consistent_difference() {
+        // b is a plus a constant: every resample's difference is exactly that constant.
+        let a: Vec<f64> = (0..100).map(|i| (i % 7) as f64).collect();
+        let b: Vec<f64> = a.iter().map(|x| x - 0.25).collect();
+        let d = paired_interval(&a, &b, 500, 0.95, 9).unwrap();
+        assert!((d.lo - 0.25).abs() < 1e-12 && (d.hi - 0.25).abs() < 1e-12);
+        // Unpaired, the spread of a alone is wide.
+        let u = interval(&a, 500, 0.95, 9).unwrap();
+        assert!(u.hi - u.lo > 0.5);
+        assert!(paired_interval(&a, &b[..10], 500, 0.95, 9).is_none());
+        assert!(interval(&[], 500, 0.95, 9).is_none());
+    }
+
+    #[test]
+    fn same_seed_same_interval() {
+        let a: Vec<f64> = (0..60).map(|i| ((i * 37) % 11) as f64).collect();
+        assert_eq!(interval(&a, 300, 0.95, 5), interval(&a, 300, 0.95, 5));
+    }
+}
