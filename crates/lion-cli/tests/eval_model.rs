@@ -411,6 +411,14 @@ fn a_missing_image_is_named_and_the_others_are_predicted() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tags.jsonl: line 1"), "{err}");
 
+    // --limit: the first N items only, scored over them
+    let mut a = base_args.to_vec();
+    let sc2 = s(&scores);
+    a.extend(["--limit", "2", "--json", &sc2]);
+    ok(&eval_random(&a));
+    assert_eq!(read(&pred).as_array().unwrap().len(), 2);
+    assert_eq!(read(&scores)["overall"]["images"], 2);
+
     // every image missing: a clear error before the model is loaded
     let out = eval_random(&[
         "--task",
