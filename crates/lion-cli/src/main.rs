@@ -41,7 +41,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// ShapesWorld, the synthetic world of the demo: `lion world generate --out DIR --seed S ...`.
     World(cmd::world::Args),
-    /// Score predictions (captioning, VQA, A-OKVQA, REC) against a benchmark's ground truth.
+    /// Score predictions (captioning, VQA, A-OKVQA, REC) against a benchmark's ground truth,
+    /// or (--model / --preset, --images, --pred-out) run the model over the split first.
     Eval(cmd::eval::Args),
     /// HTTP API: POST /v1/{caption,vqa,ground,tags,embed}, /health,
     /// /metrics, /openapi.json.

@@ -107,15 +107,44 @@ fn raw_ref(v: &Value) -> std::result::Result<RawRef, String> {
     })
 }
 
-/// Reads the refs pickle and the instances file; keeps the refs of `split` (all when None).
+/// The same records written as JSON (ShapesWorld's `refs.json`) as pickle values.
+fn from_json(v: serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::None,
+        J::Bool(b) => Value::Bool(b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::Str(s),
+        J::Array(a) => Value::List(a.into_iter().map(from_json).collect()),
+        J::Object(o) => Value::Dict(
+            o.into_iter()
+                .map(|(k, v)| (Value::Str(k), from_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Reads the refs pickle (or the same list of records as JSON, e.g. ShapesWorld's `refs.json`)
+/// and the instances file; keeps the refs of `split` (all when None).
 pub fn read_refcoco(
     refs_path: &Path,
     instances_path: &Path,
     split: Option<&str>,
 ) -> Result<Vec<RefExpr>> {
     let bytes = std::fs::read(refs_path).map_err(|e| Error::io(refs_path, e))?;
-    let v = pickle::from_slice(&bytes)
-        .map_err(|e| Error::record(refs_path, Position::Byte(e.offset), e.msg))?;
+    let is_json = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'[');
+    let v = if is_json {
+        from_json(read_value(refs_path)?)
+    } else {
+        pickle::from_slice(&bytes)
+            .map_err(|e| Error::record(refs_path, Position::Byte(e.offset), e.msg))?
+    };
     let list = v.as_list().ok_or_else(|| {
         Error::at_index(
             refs_path,
@@ -190,11 +219,13 @@ pub fn read_refcoco(
     Ok(out)
 }
 
-/// A predicted box: pixels `[x1, y1, x2, y2]`, or the model's text (normalised coordinates).
+/// A predicted box: pixels `[x1, y1, x2, y2]`, the model's text (normalised coordinates), or
+/// none (`"box": null`: the model gave no parsable box; scored as a miss).
 #[derive(Debug, Clone, PartialEq)]
 pub enum PredBox {
     Pixels([f64; 4]),
     Text(String),
+    Missing,
 }
 
 /// One REC prediction: keyed by `sent_id` (`id` or `sent_id`) or by `ref_id`.
@@ -205,7 +236,7 @@ pub struct RecResult {
     pub pred: PredBox,
 }
 
-/// Reads REC results `[{ref_id | id | sent_id, box}]`, `box` being 4 numbers or a string.
+/// Reads REC results `[{ref_id | id | sent_id, box}]`, `box` being 4 numbers, a string or null.
 pub fn read_rec_results(path: &Path) -> Result<Vec<RecResult>> {
     let v = read_value(path)?;
     let items = array(path, &v, None)?;
@@ -235,6 +266,7 @@ pub fn read_rec_results(path: &Path) -> Result<Vec<RecResult>> {
             }
             let pred = match o.get("box").or_else(|| o.get("answer")) {
                 Some(serde_json::Value::String(s)) => PredBox::Text(s.clone()),
+                Some(serde_json::Value::Null) => PredBox::Missing,
                 Some(serde_json::Value::Array(a)) if a.len() == 4 => {
                     let n: Option<Vec<f64>> = a.iter().map(serde_json::Value::as_f64).collect();
                     let n = n.ok_or_else(|| err("\"box\" should hold 4 numbers"))?;

@@ -186,3 +186,52 @@ fn lion_training_json() {
     assert_err(read_lion(&f("lion_bad.json")), "lion_bad.json", "record 1");
     assert_err(read_lion(&f("lion_bad.json")), "lion_bad.json", "question");
 }
+
+#[test]
+fn refcoco_refs_as_json_read_as_the_pickle() {
+    let from_pickle = read_refcoco(&f("refs(unc).p"), &f("instances.json"), None).unwrap();
+    let records: Vec<serde_json::Value> = from_pickle
+        .iter()
+        .map(|r| {
+            let sents: Vec<serde_json::Value> = r
+                .sentences
+                .iter()
+                .zip(&r.sent_ids)
+                .map(|(s, id)| serde_json::json!({"sent": s, "raw": s, "sent_id": id}))
+                .collect();
+            serde_json::json!({"ref_id": r.ref_id, "ann_id": r.ann_id, "image_id": r.image_id,
+                "split": r.split, "category_id": r.category_id, "sentences": sents,
+                "sent_ids": r.sent_ids})
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("refs.json");
+    std::fs::write(&path, serde_json::to_vec(&records).unwrap()).unwrap();
+    assert_eq!(
+        read_refcoco(&path, &f("instances.json"), None).unwrap(),
+        from_pickle
+    );
+    let mut bad = records.clone();
+    bad[1]["ann_id"] = serde_json::json!("x");
+    std::fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
+    assert_err(
+        read_refcoco(&path, &f("instances.json"), None),
+        "refs.json",
+        "ann_id",
+    );
+}
+
+#[test]
+fn rec_results_with_a_null_box_are_misses() {
+    use lion_data::refcoco::{read_rec_results, PredBox};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pred.json");
+    std::fs::write(
+        &path,
+        r#"[{"sent_id": 3, "box": null}, {"ref_id": 4, "box": [1, 2, 3, 4]}]"#,
+    )
+    .unwrap();
+    let r = read_rec_results(&path).unwrap();
+    assert_eq!(r[0].pred, PredBox::Missing);
+    assert_eq!(r[1].pred, PredBox::Pixels([1.0, 2.0, 3.0, 4.0]));
+}

@@ -61,7 +61,7 @@ pub(crate) fn parse_tags(s: &str) -> Result<Vec<(String, f32)>, String> {
         .collect()
 }
 
-fn tags_from_json(v: Option<&Value>) -> Result<Vec<(String, f32)>, String> {
+pub(crate) fn tags_from_json(v: Option<&Value>) -> Result<Vec<(String, f32)>, String> {
     let Some(v) = v else { return Ok(vec![]) };
     let arr = v.as_array().ok_or("`tags` must be a list")?;
     arr.iter()
@@ -209,7 +209,7 @@ fn output(task: Task, item: &Item, answer: Result<&Answer, &str>) -> Value {
 
 /// Answers a chunk; if the batch fails, retries one by one so one bad request cannot sink the
 /// others.
-fn answer_chunk(
+pub(crate) fn answer_chunk(
     pipe: &LionPipeline,
     imgs: &[RgbImage],
     reqs: &[Request],

@@ -13,17 +13,28 @@
 //!   text `"Answer: [0.1,0.2,0.5,0.9]"`), `--gt` a `refs(unc|google|umd).p` with `--instances`;
 //!   Acc@0.5, mean IoU, the IoU histogram; unparsable text counts as a miss.
 //!
-//! Running the model first (`--model`) needs the assembled LION model, which does not exist yet.
+//! With a model (`--model DIR`, or `--preset P --random-weights`), `--images ROOT` and
+//! `--pred-out PRED.json` instead of `--pred`, it first runs the model over the split (batched,
+//! progress bar, resumable through `PRED.json.partial`, see [`super::predict`]), writes the
+//! predictions in the official result format, then scores them as above. Images are found under
+//! ROOT by the ground truth's `file_name` (captions, REC; also by its base name) or, for VQA and
+//! A-OKVQA, by image id in the COCO (`COCO_val2014_%012d.jpg`, `%012d.jpg`) or ShapesWorld
+//! (`images/{split}/%06d.png`) layouts. A ShapesWorld folder works as it is:
+//! `--gt w/annotations_val.json --questions w/questions_val.json --images w`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use lion_core::pipeline::Request;
 use lion_data::refcoco::PredBox;
 use lion_metrics::caption::CaptionEval;
 use lion_metrics::rec::{parse_box_text, RecAccumulator};
 use lion_metrics::vqa::{aokvqa_da_score, GtAnswer, VqaAccumulator};
 use serde_json::{json, Value};
+
+use super::model::{GenArgs, ModelArgs};
+use super::predict::{predict_split, PredictOptions, SplitItem};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Task {
@@ -39,8 +50,8 @@ pub struct Args {
     #[arg(long, value_enum)]
     task: Task,
     /// Predictions in the official result format of the task.
-    #[arg(long)]
-    pred: PathBuf,
+    #[arg(long, required_unless_present_any = ["model", "preset"], conflicts_with = "pred_out")]
+    pred: Option<PathBuf>,
     /// Ground truth (see `lion eval --help` for the formats per task).
     #[arg(long)]
     gt: PathBuf,
@@ -56,15 +67,55 @@ pub struct Args {
     /// Write overall and per-item scores here as JSON (atomically).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// With a model: where the predictions go (resumable through PRED.json.partial).
+    #[arg(long, requires = "images")]
+    pred_out: Option<PathBuf>,
+    /// With a model: the image folder the ground truth's file names are relative to.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// With a model: items per batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// With a model: each image's tags, as `lion tag` writes them (`{"image", "tags": [{"tag",
+    /// "score"}]}` lines) or ShapesWorld's `tags_{split}.json` (`[{"image_id", "tags": [...]}]`),
+    /// matched by image id, else by file name. Without it, requests carry no tags.
+    #[arg(long)]
+    tags: Option<PathBuf>,
+    /// With a model: only the first N items of the split.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// With a model: compute at most N new predictions, then stop without scoring (the partial
+    /// file keeps them; run again to go on).
+    #[arg(long)]
+    stop_after: Option<usize>,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    gen: GenArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let report = match args.task {
-        Task::Caption => caption(&args)?,
-        Task::Vqa => vqa(&args)?,
-        Task::Aokvqa => aokvqa(&args)?,
-        Task::Rec => rec(&args)?,
+    if args.pred.is_some() && (args.model.model.is_some() || args.model.preset.is_some()) {
+        bail!(
+            "give --pred (score a file) or a model (--model / --preset, with --pred-out), not both"
+        );
+    }
+    let (pred, prediction) = match &args.pred {
+        Some(p) => (p.clone(), None),
+        None => match predict(&args)? {
+            Some((p, v)) => (p, Some(v)),
+            None => return Ok(()),
+        },
     };
+    let mut report = match args.task {
+        Task::Caption => caption(&args, &pred)?,
+        Task::Vqa => vqa(&args, &pred)?,
+        Task::Aokvqa => aokvqa(&args, &pred)?,
+        Task::Rec => rec(&args, &pred)?,
+    };
+    if let Some(v) = prediction {
+        report["prediction"] = v;
+    }
     if let Some(out) = &args.json {
         let bytes = serde_json::to_vec_pretty(&report)?;
         lion_core::util::write_atomic(out, &bytes)?;
@@ -102,20 +153,20 @@ fn read_caption_gt(path: &Path, split: Option<&str>) -> Result<Vec<lion_data::co
     }
 }
 
-fn caption(args: &Args) -> Result<Value> {
+fn caption(args: &Args, pred: &Path) -> Result<Value> {
     let gt = read_caption_gt(&args.gt, args.split.as_deref())?;
     let gt: HashMap<&str, &Vec<String>> = gt
         .iter()
         .map(|im| (im.image_id.as_str(), &im.captions))
         .collect();
-    let preds = lion_data::coco::read_caption_results(&args.pred)?;
+    let preds = lion_data::coco::read_caption_results(pred)?;
     let mut seen = HashSet::new();
     let mut ev = CaptionEval::new();
     for (i, p) in preds.iter().enumerate() {
         let refs = gt.get(p.image_id.as_str()).with_context(|| {
             format!(
                 "{}: record {i}: image_id {} is not in {}",
-                args.pred.display(),
+                pred.display(),
                 p.image_id,
                 args.gt.display()
             )
@@ -123,7 +174,7 @@ fn caption(args: &Args) -> Result<Value> {
         if !seen.insert(p.image_id.as_str()) {
             bail!(
                 "{}: record {i}: a second caption for image_id {}",
-                args.pred.display(),
+                pred.display(),
                 p.image_id
             );
         }
@@ -137,7 +188,7 @@ fn caption(args: &Args) -> Result<Value> {
         ev.add(p.image_id.clone(), &p.caption, refs);
     }
     if ev.is_empty() {
-        bail!("{}: no predictions", args.pred.display());
+        bail!("{}: no predictions", pred.display());
     }
     let missing = gt.len() - seen.len();
     if missing > 0 {
@@ -163,7 +214,7 @@ fn caption(args: &Args) -> Result<Value> {
     );
     Ok(json!({
         "task": "caption",
-        "pred": args.pred,
+        "pred": pred,
         "gt": args.gt,
         "overall": {
             "images": s.images, "missing": missing, "cider": s.cider,
@@ -174,25 +225,15 @@ fn caption(args: &Args) -> Result<Value> {
     }))
 }
 
-fn vqa(args: &Args) -> Result<Value> {
+fn vqa(args: &Args, pred: &Path) -> Result<Value> {
     let anns = lion_data::vqa::read_vqa_annotations(&args.gt)?;
     if let Some(q) = &args.questions {
         let qs = lion_data::vqa::read_vqa_questions(q)?;
-        let a: HashSet<&str> = anns.iter().map(|a| a.question_id.as_str()).collect();
-        let b: HashSet<&str> = qs.iter().map(|q| q.question_id.as_str()).collect();
-        if a != b {
-            bail!(
-                "{} and {} do not hold the same questions ({} vs {})",
-                q.display(),
-                args.gt.display(),
-                b.len(),
-                a.len()
-            );
-        }
+        check_same_questions(q, &qs, &args.gt, &anns)?;
     }
     let by_id: HashMap<&str, &lion_data::vqa::VqaAnnotation> =
         anns.iter().map(|a| (a.question_id.as_str(), a)).collect();
-    let preds = lion_data::vqa::read_vqa_results(&args.pred)?;
+    let preds = lion_data::vqa::read_vqa_results(pred)?;
     let mut acc = VqaAccumulator::new();
     let mut answers = Vec::with_capacity(preds.len());
     let mut seen = HashSet::new();
@@ -200,7 +241,7 @@ fn vqa(args: &Args) -> Result<Value> {
         let a = by_id.get(p.question_id.as_str()).with_context(|| {
             format!(
                 "{}: record {i}: question_id {} is not in {}",
-                args.pred.display(),
+                pred.display(),
                 p.question_id,
                 args.gt.display()
             )
@@ -208,7 +249,7 @@ fn vqa(args: &Args) -> Result<Value> {
         if !seen.insert(p.question_id.as_str()) {
             bail!(
                 "{}: record {i}: a second answer for question {}",
-                args.pred.display(),
+                pred.display(),
                 p.question_id
             );
         }
@@ -231,7 +272,7 @@ fn vqa(args: &Args) -> Result<Value> {
         answers.push(p.answer.clone());
     }
     if acc.is_empty() {
-        bail!("{}: no predictions", args.pred.display());
+        bail!("{}: no predictions", pred.display());
     }
     let missing = by_id.len() - seen.len();
     if missing > 0 {
@@ -259,7 +300,7 @@ fn vqa(args: &Args) -> Result<Value> {
         .collect();
     Ok(json!({
         "task": "vqa",
-        "pred": args.pred,
+        "pred": pred,
         "gt": args.gt,
         "overall": {
             "questions": acc.len(), "missing": missing, "accuracy": acc.overall(),
@@ -270,11 +311,11 @@ fn vqa(args: &Args) -> Result<Value> {
     }))
 }
 
-fn aokvqa(args: &Args) -> Result<Value> {
+fn aokvqa(args: &Args, pred: &Path) -> Result<Value> {
     let qs = lion_data::aokvqa::read_aokvqa(&args.gt)?;
     let by_id: HashMap<&str, &lion_data::aokvqa::AokvqaQuestion> =
         qs.iter().map(|q| (q.question_id.as_str(), q)).collect();
-    let preds = lion_data::aokvqa::read_aokvqa_results(&args.pred)?;
+    let preds = lion_data::aokvqa::read_aokvqa_results(pred)?;
     let mut acc = VqaAccumulator::new();
     let mut per_item = Vec::new();
     let mut seen = HashSet::new();
@@ -282,7 +323,7 @@ fn aokvqa(args: &Args) -> Result<Value> {
         let q = by_id.get(qid.as_str()).with_context(|| {
             format!(
                 "{}: question_id {qid} is not in {}",
-                args.pred.display(),
+                pred.display(),
                 args.gt.display()
             )
         })?;
@@ -293,17 +334,14 @@ fn aokvqa(args: &Args) -> Result<Value> {
             );
         }
         if !seen.insert(qid.as_str()) {
-            bail!(
-                "{}: a second answer for question {qid}",
-                args.pred.display()
-            );
+            bail!("{}: a second answer for question {qid}", pred.display());
         }
         let s = aokvqa_da_score(answer, &q.direct_answers);
         acc.add_score(qid.clone(), s, None, None);
         per_item.push(json!({"question_id": qid, "answer": answer, "score": s}));
     }
     if acc.is_empty() {
-        bail!("{}: no predictions", args.pred.display());
+        bail!("{}: no predictions", pred.display());
     }
     // the official script averages over every question of the split: a missing one scores 0
     let mut missing = 0;
@@ -328,14 +366,14 @@ fn aokvqa(args: &Args) -> Result<Value> {
     );
     Ok(json!({
         "task": "aokvqa",
-        "pred": args.pred,
+        "pred": pred,
         "gt": args.gt,
         "overall": {"questions": acc.len(), "missing": missing, "score": acc.overall()},
         "per_item": per_item,
     }))
 }
 
-fn rec(args: &Args) -> Result<Value> {
+fn rec(args: &Args, pred: &Path) -> Result<Value> {
     let instances = args
         .instances
         .as_ref()
@@ -351,7 +389,7 @@ fn rec(args: &Args) -> Result<Value> {
         .enumerate()
         .flat_map(|(i, r)| r.sent_ids.iter().map(move |&s| (s, i)))
         .collect();
-    let preds = lion_data::refcoco::read_rec_results(&args.pred)?;
+    let preds = lion_data::refcoco::read_rec_results(pred)?;
     let mut acc = RecAccumulator::new();
     let mut per_item = Vec::new();
     let mut seen = HashSet::new();
@@ -359,25 +397,23 @@ fn rec(args: &Args) -> Result<Value> {
         let (k, key) = match (p.sent_id, p.ref_id) {
             (Some(s), _) => (by_sent.get(&s), format!("sent_id {s}")),
             (None, Some(r)) => (by_ref.get(&r), format!("ref_id {r}")),
-            (None, None) => bail!("{}: record {i}: no id", args.pred.display()),
+            (None, None) => bail!("{}: record {i}: no id", pred.display()),
         };
         let r = &refs[*k.with_context(|| {
             format!(
                 "{}: record {i}: {key} is not in {}",
-                args.pred.display(),
+                pred.display(),
                 args.gt.display()
             )
         })?];
         if !seen.insert(key.clone()) {
-            bail!(
-                "{}: record {i}: a second box for {key}",
-                args.pred.display()
-            );
+            bail!("{}: record {i}: a second box for {key}", pred.display());
         }
         let (w, h) = (r.width as f64, r.height as f64);
         let pred = match &p.pred {
             PredBox::Pixels(b) => Some(*b),
             PredBox::Text(t) => parse_box_text(t, w, h),
+            PredBox::Missing => None,
         };
         let v = acc.add(key.clone(), pred.as_ref(), &r.bbox);
         per_item.push(json!({
@@ -386,7 +422,7 @@ fn rec(args: &Args) -> Result<Value> {
         }));
     }
     if acc.is_empty() {
-        bail!("{}: no predictions", args.pred.display());
+        bail!("{}: no predictions", pred.display());
     }
     let s = acc.summary();
     let mut rows = vec![
@@ -419,9 +455,347 @@ fn rec(args: &Args) -> Result<Value> {
     table(&format!("REC over {} expressions", s.items), &rows);
     Ok(json!({
         "task": "rec",
-        "pred": args.pred,
+        "pred": pred,
         "gt": args.gt,
         "overall": s,
         "per_item": per_item,
     }))
+}
+
+/// `PRED.json` -> `PRED.json.partial`.
+pub fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// Finds an item's image under `root`: the first candidate (relative path) that exists, trying
+/// the one that matched last time first. None when no candidate exists.
+fn locate(root: &Path, cands: &[String], last: &mut usize) -> Option<PathBuf> {
+    let order = std::iter::once(*last).chain((0..cands.len()).filter(|&i| i != *last));
+    for i in order {
+        if let Some(c) = cands.get(i) {
+            let p = root.join(c);
+            if p.is_file() {
+                *last = i;
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// Candidate files of an image named by the ground truth: as given, then by its base name.
+fn name_candidates(file_name: &str) -> Vec<String> {
+    let mut v = vec![file_name.to_string()];
+    if let Some(base) = Path::new(file_name).file_name() {
+        let base = base.to_string_lossy().into_owned();
+        if base != file_name {
+            v.push(base);
+        }
+    }
+    v
+}
+
+/// Candidate files of an image known only by id (VQA, A-OKVQA), `sub` being the split or the
+/// COCO subtype (`val2014`): the COCO 2014 and 2017 names and the ShapesWorld layout.
+fn id_candidates(id: &str, sub: Option<&str>) -> Vec<String> {
+    let mut v = vec![];
+    if let Ok(n) = id.parse::<u64>() {
+        if let Some(s) = sub {
+            v.push(format!("COCO_{s}_{n:012}.jpg"));
+            v.push(format!("{s}/COCO_{s}_{n:012}.jpg"));
+            v.push(format!("{s}2017/{n:012}.jpg"));
+            v.push(format!("images/{s}/{n:06}.png"));
+        }
+        v.push(format!("{n:012}.jpg"));
+        v.push(format!("{n:06}.png"));
+    }
+    v.push(format!("{id}.jpg"));
+    v.push(format!("{id}.png"));
+    v
+}
+
+/// The items of the split the flags describe, each with its image file under `root` (or the
+/// first candidate when none exists: that item then fails, named, and the others go on).
+fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
+    use lion_core::prompt::Task as P;
+    let req = |task, text: &str| Request {
+        task,
+        text: text.to_string(),
+        tags: vec![],
+    };
+    // (id, image id, candidate files, request)
+    let raw: Vec<(String, String, Vec<String>, Request)> = match args.task {
+        Task::Caption => read_caption_gt(&args.gt, args.split.as_deref())?
+            .into_iter()
+            .map(|im| {
+                let c = name_candidates(&im.file_name);
+                (im.image_id.clone(), im.image_id, c, req(P::Caption, ""))
+            })
+            .collect(),
+        Task::Vqa => {
+            let q = args.questions.as_ref().context(
+                "--task vqa with a model needs --questions (the questions file: the model reads the question texts)",
+            )?;
+            let qs = lion_data::vqa::read_vqa_questions(q)?;
+            let anns = lion_data::vqa::read_vqa_annotations(&args.gt)?;
+            check_same_questions(q, &qs, &args.gt, &anns)?;
+            let top = lion_data::json::read_value(q)?;
+            let sub = top
+                .get("data_subtype")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            qs.into_iter()
+                .map(|x| {
+                    let c = id_candidates(&x.image_id, sub.as_deref());
+                    (x.question_id, x.image_id, c, req(P::Vqa, &x.question))
+                })
+                .collect()
+        }
+        Task::Aokvqa => lion_data::aokvqa::read_aokvqa(&args.gt)?
+            .into_iter()
+            .map(|x| {
+                let c = id_candidates(&x.image_id, x.split.as_deref());
+                (x.question_id, x.image_id, c, req(P::Vqa, &x.question))
+            })
+            .collect(),
+        Task::Rec => {
+            let instances = args
+                .instances
+                .as_ref()
+                .context("--task rec needs --instances (RefCOCO's instances.json)")?;
+            let refs =
+                lion_data::refcoco::read_refcoco(&args.gt, instances, args.split.as_deref())?;
+            let mut v = vec![];
+            for r in refs {
+                for (s, id) in r.sentences.iter().zip(&r.sent_ids) {
+                    v.push((
+                        id.to_string(),
+                        r.image_id.to_string(),
+                        name_candidates(&r.file_name),
+                        req(P::Rec, s),
+                    ));
+                }
+            }
+            v
+        }
+    };
+    let n = raw.len().min(args.limit.unwrap_or(usize::MAX));
+    let mut last = 0;
+    let mut found = 0;
+    let tags = match &args.tags {
+        Some(p) => Some(ImageTags::read(p)?),
+        None => None,
+    };
+    let (mut tagged, mut all) = (HashSet::new(), HashSet::new());
+    let mut items = Vec::with_capacity(n);
+    for (id, image_id, cands, mut request) in raw.into_iter().take(n) {
+        let image = match locate(root, &cands, &mut last) {
+            Some(p) => {
+                found += 1;
+                p
+            }
+            None => root.join(cands.get(last).or(cands.first()).context("no file name")?),
+        };
+        if let Some(t) = tags.as_ref().and_then(|t| t.get(&image_id, &image)) {
+            request.tags = t.clone();
+            tagged.insert(image_id.clone());
+        }
+        all.insert(image_id);
+        items.push(SplitItem { id, image, request });
+    }
+    if let Some(p) = &args.tags {
+        tracing::info!(
+            "tags for {} of {} images from {}",
+            tagged.len(),
+            all.len(),
+            p.display()
+        );
+    }
+    if items.is_empty() {
+        bail!("{}: no items in this split", args.gt.display());
+    }
+    if found == 0 {
+        bail!(
+            "none of the {} images of {} is under {} (the first would be {})",
+            items.len(),
+            args.gt.display(),
+            root.display(),
+            items[0].image.display()
+        );
+    }
+    Ok(items)
+}
+
+/// Tags per image, by image id and by file name.
+struct ImageTags {
+    by_id: HashMap<String, Vec<(String, f32)>>,
+    by_name: HashMap<String, Vec<(String, f32)>>,
+}
+
+impl ImageTags {
+    /// A JSON array or JSON lines of `{"image_id" | "image" | "file_name", "tags"}`; a tag is
+    /// `"name"` (score 1), `"name: score"`, `{"tag", "score"}` or `[name, score]`. Records
+    /// with an `"error"` (an image `lion tag` could not read) are skipped.
+    fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let records: Vec<(String, Value)> = if text.trim_start().starts_with('[') {
+            let v: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: bad JSON", path.display()))?;
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, r)| (format!("record {i}"), r.clone()))
+                .collect()
+        } else {
+            let mut v = vec![];
+            for (i, l) in text.lines().enumerate() {
+                if l.trim().is_empty() {
+                    continue;
+                }
+                let r: Value = serde_json::from_str(l)
+                    .with_context(|| format!("{}: line {}: bad JSON", path.display(), i + 1))?;
+                v.push((format!("line {}", i + 1), r));
+            }
+            v
+        };
+        let mut out = Self {
+            by_id: HashMap::new(),
+            by_name: HashMap::new(),
+        };
+        for (at, r) in records {
+            if r.get("error").is_some() {
+                continue;
+            }
+            let bad = |m: &str| anyhow::anyhow!("{}: {at}: {m}", path.display());
+            let list = r
+                .get("tags")
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad("no \"tags\" list"))?;
+            let mut tags = Vec::with_capacity(list.len());
+            for t in list {
+                match t.as_str() {
+                    Some(name) if !name.contains(':') => tags.push((name.trim().to_string(), 1.0)),
+                    _ => tags.extend(
+                        super::ask::tags_from_json(Some(&json!([t]))).map_err(|e| bad(&e))?,
+                    ),
+                }
+            }
+            let id = match r.get("image_id") {
+                Some(Value::Number(n)) => Some(n.to_string()),
+                Some(Value::String(s)) => Some(s.clone()),
+                _ => None,
+            };
+            let name = ["file_name", "image"]
+                .iter()
+                .find_map(|k| r.get(*k).and_then(Value::as_str))
+                .and_then(|p| Path::new(p).file_name())
+                .map(|n| n.to_string_lossy().into_owned());
+            if id.is_none() && name.is_none() {
+                return Err(bad("no \"image_id\", \"file_name\" or \"image\""));
+            }
+            if let Some(id) = id {
+                out.by_id.insert(id, tags.clone());
+            }
+            if let Some(name) = name {
+                out.by_name.insert(name, tags);
+            }
+        }
+        Ok(out)
+    }
+
+    fn get(&self, image_id: &str, image: &Path) -> Option<&Vec<(String, f32)>> {
+        self.by_id.get(image_id).or_else(|| {
+            image
+                .file_name()
+                .and_then(|n| self.by_name.get(n.to_string_lossy().as_ref()))
+        })
+    }
+}
+
+/// The questions file and the annotations must hold the same questions.
+fn check_same_questions(
+    q: &Path,
+    qs: &[lion_data::vqa::VqaQuestion],
+    gt: &Path,
+    anns: &[lion_data::vqa::VqaAnnotation],
+) -> Result<()> {
+    let a: HashSet<&str> = anns.iter().map(|a| a.question_id.as_str()).collect();
+    let b: HashSet<&str> = qs.iter().map(|q| q.question_id.as_str()).collect();
+    if a != b {
+        bail!(
+            "{} and {} do not hold the same questions ({} vs {})",
+            q.display(),
+            gt.display(),
+            b.len(),
+            a.len()
+        );
+    }
+    Ok(())
+}
+
+/// Runs the model over the split, writes `--pred-out` and returns its path with a summary of
+/// the run; None when `--stop-after` stopped it before the end.
+fn predict(args: &Args) -> Result<Option<(PathBuf, Value)>> {
+    let out = args
+        .pred_out
+        .as_ref()
+        .context("with a model, give --pred-out PRED.json (where the predictions go)")?;
+    let root = args
+        .images
+        .as_ref()
+        .context("with a model, give --images ROOT (the folder of the split's images)")?;
+    let items = split_items(args, root)?;
+    let pipe = args.model.load()?;
+    let partial = partial_path(out);
+    let opts = PredictOptions {
+        partial: Some(partial.clone()),
+        max_new: args.stop_after,
+        ..PredictOptions::new(args.batch_size, args.gen.config())
+    };
+    let start = std::time::Instant::now();
+    let preds = predict_split(&pipe, &items, &opts)?;
+    let secs = start.elapsed().as_secs_f64();
+    let done = preds.items.iter().flatten().count();
+    if !preds.is_complete() {
+        println!(
+            "stopped after {} new predictions: {done} of {} items done ({} reused), kept in {}; \
+             run again to go on",
+            preds.computed,
+            items.len(),
+            preds.reused,
+            partial.display()
+        );
+        return Ok(None);
+    }
+    let records = preds.records();
+    let mut text = String::from("[\n");
+    for (i, r) in records.iter().enumerate() {
+        text.push_str(&r.to_string());
+        text.push_str(if i + 1 < records.len() { ",\n" } else { "\n" });
+    }
+    text.push_str("]\n");
+    lion_core::util::write_atomic(out, text.as_bytes())?;
+    if partial.exists() {
+        std::fs::remove_file(&partial)
+            .with_context(|| format!("cannot remove {}", partial.display()))?;
+    }
+    println!(
+        "predictions: {} items ({} reused, {} computed in {secs:.1} s, {} failed) -> {}",
+        items.len(),
+        preds.reused,
+        preds.computed,
+        preds.failed,
+        out.display()
+    );
+    Ok(Some((
+        out.clone(),
+        json!({
+            "items": items.len(), "reused": preds.reused, "computed": preds.computed,
+            "failed": preds.failed, "failures": preds.failures(), "seconds": secs,
+        }),
+    )))
 }

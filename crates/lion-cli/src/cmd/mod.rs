@@ -5,6 +5,7 @@ pub mod embed;
 pub mod eval;
 pub mod forward;
 pub mod model;
+pub mod predict;
 pub mod select_captions;
 pub mod serve;
 pub mod tag;
