@@ -445,21 +445,31 @@ impl CustomOp1 for Dropout {
     }
 }
 
-/// A fresh seed per call: a per-process random start plus a counter.
+static DROPOUT_START: std::sync::Mutex<Option<u64>> = std::sync::Mutex::new(None);
+static DROPOUT_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Makes the fused dropout masks reproducible: from here on, the n-th dropout call of the
+/// process draws its mask from (`seed`, n). Without it the start is random per process.
+pub fn seed_dropout(seed: u64) {
+    *DROPOUT_START.lock().unwrap_or_else(|e| e.into_inner()) = Some(mix64(seed ^ 0x5EED));
+    DROPOUT_COUNTER.store(0, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A fresh seed per call: a start (random per process unless [`seed_dropout`]) plus a counter.
 fn next_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static START: OnceLock<u64> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let start = *START.get_or_init(|| {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(0x5EED);
-        h.finish()
-    });
+    use std::sync::atomic::Ordering;
+    let start = *DROPOUT_START
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(|| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x5EED);
+            h.finish()
+        });
     mix64(
         start
-            ^ COUNTER
+            ^ DROPOUT_COUNTER
                 .fetch_add(1, Ordering::Relaxed)
                 .wrapping_mul(0xA24B_AED4_963E_E407),
     )

@@ -364,6 +364,7 @@ struct LoaderState {
     problems: Mutex<LoadReport>,
     trainable: Option<(VarMap, Trainable)>,
     ignore_unexpected: Vec<String>,
+    init_seed: Option<u64>,
 }
 
 /// A [`VarBuilder`] backend over one or more checkpoints that records what the model asks for.
@@ -383,6 +384,7 @@ impl WeightLoader {
                 problems: Mutex::new(LoadReport::default()),
                 trainable: None,
                 ignore_unexpected: vec![],
+                init_seed: None,
             }),
         }
     }
@@ -403,6 +405,13 @@ impl WeightLoader {
         is_trainable: impl Fn(&str) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.state_mut().trainable = Some((varmap, Box::new(is_trainable)));
+        self
+    }
+
+    /// Initialisations drawn from (`seed`, key) instead of candle's unseeded generator, so that a
+    /// model with random or missing weights is the same on every run.
+    pub fn with_init_seed(mut self, seed: u64) -> Self {
+        self.state_mut().init_seed = Some(seed);
         self
     }
 
@@ -510,6 +519,57 @@ impl WeightLoader {
     }
 }
 
+/// candle's [`Init`] drawn from a generator seeded by (`seed`, `key`) (SplitMix64; normals by
+/// Box-Muller), same distributions as `Init::var`.
+fn seeded_init(h: Init, shape: &Shape, seed: u64, key: &str) -> candle_core::Result<Tensor> {
+    use candle_nn::init::NormalOrUniform;
+    let n = shape.elem_count();
+    let mut state = key.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut uniform = |lo: f64, up: f64| -> Vec<f32> {
+        (0..n).map(|_| (lo + (up - lo) * next()) as f32).collect()
+    };
+    let values: Vec<f32> = match h {
+        Init::Const(c) => vec![c as f32; n],
+        Init::Uniform { lo, up } => uniform(lo, up),
+        Init::Randn { mean, stdev } => normal(n, mean, stdev, &mut next),
+        Init::Kaiming {
+            dist,
+            fan,
+            non_linearity,
+        } => {
+            let std = non_linearity.gain() / (fan.for_shape(shape) as f64).sqrt();
+            match dist {
+                NormalOrUniform::Uniform => {
+                    let b = 3f64.sqrt() * std;
+                    uniform(-b, b)
+                }
+                NormalOrUniform::Normal => normal(n, 0.0, std, &mut next),
+            }
+        }
+    };
+    Tensor::from_vec(values, shape.clone(), &Device::Cpu)
+}
+
+fn normal(n: usize, mean: f64, std: f64, next: &mut impl FnMut() -> f64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1 = next().max(f64::MIN_POSITIVE);
+            let u2 = next();
+            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+            (mean + std * z) as f32
+        })
+        .collect()
+}
+
 impl candle_nn::var_builder::SimpleBackend for WeightLoader {
     fn get(
         &self,
@@ -561,7 +621,12 @@ impl candle_nn::var_builder::SimpleBackend for WeightLoader {
             return self.make(name, v.clone());
         }
         // Missing or mis-shaped: the initialisation stands in (judged later by `finish`).
-        let init = h.var(s, dtype, dev)?.as_tensor().detach();
+        let init = match self.state.init_seed {
+            Some(seed) => seeded_init(h, &s, seed, name)?
+                .to_dtype(dtype)?
+                .to_device(dev)?,
+            None => h.var(s, dtype, dev)?.as_tensor().detach(),
+        };
         self.make(name, init)
     }
 

@@ -6,16 +6,16 @@
 //! index); the document frequency comes from the references only; idf uses
 //! `log(max(1, df))` against `log(#images)`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::vqa::py_split;
 
 type Ngram = Vec<String>;
 
 /// n-gram counts of one sentence, n = 1..=4.
-pub(crate) fn precook(s: &str, n: usize) -> HashMap<Ngram, usize> {
+pub(crate) fn precook(s: &str, n: usize) -> BTreeMap<Ngram, usize> {
     let words: Vec<String> = py_split(s).map(str::to_string).collect();
-    let mut counts = HashMap::new();
+    let mut counts = BTreeMap::new();
     for k in 1..=n {
         if words.len() < k {
             continue;
@@ -33,8 +33,8 @@ pub(crate) fn precook(s: &str, n: usize) -> HashMap<Ngram, usize> {
 pub struct CiderD {
     n: usize,
     sigma: f64,
-    tests: Vec<HashMap<Ngram, usize>>,
-    refs: Vec<Vec<HashMap<Ngram, usize>>>,
+    tests: Vec<BTreeMap<Ngram, usize>>,
+    refs: Vec<Vec<BTreeMap<Ngram, usize>>>,
 }
 
 impl Default for CiderD {
@@ -70,7 +70,7 @@ impl CiderD {
 
     /// (corpus score = mean of the per-image scores, per-image scores in the order added).
     pub fn compute(&self) -> (f64, Vec<f64>) {
-        let mut df: HashMap<&Ngram, f64> = HashMap::new();
+        let mut df: BTreeMap<&Ngram, f64> = BTreeMap::new();
         for refs in &self.refs {
             let mut seen: std::collections::HashSet<&Ngram> = std::collections::HashSet::new();
             for r in refs {
@@ -118,16 +118,16 @@ impl CiderD {
     }
 }
 
-type TfIdf<'a> = (Vec<HashMap<&'a Ngram, f64>>, Vec<f64>, usize);
+type TfIdf<'a> = (Vec<BTreeMap<&'a Ngram, f64>>, Vec<f64>, usize);
 
 /// tf-idf vectors per n, their norms, and the bigram count (pycocoevalcap's `counts2vec`).
 fn counts2vec<'a>(
-    cnts: &'a HashMap<Ngram, usize>,
-    df: &HashMap<&Ngram, f64>,
+    cnts: &'a BTreeMap<Ngram, usize>,
+    df: &BTreeMap<&Ngram, f64>,
     ref_len: f64,
     n: usize,
 ) -> TfIdf<'a> {
-    let mut vec: Vec<HashMap<&Ngram, f64>> = vec![HashMap::new(); n];
+    let mut vec: Vec<BTreeMap<&Ngram, f64>> = vec![BTreeMap::new(); n];
     let mut norm = vec![0.0f64; n];
     let mut length = 0usize;
     for (g, &tf) in cnts {

@@ -519,7 +519,7 @@ impl PeftTrainer {
                     let lcfg = lion_core::presets::preset(name, parse_prompt(&cfg.prompt)?)?;
                     let init = cfg.output_dir.join("init.safetensors");
                     if !init.exists() {
-                        save_random_init(&lcfg, &init, dev)?;
+                        save_random_init(&lcfg, &init, cfg.seed, dev)?;
                     }
                     (
                         lcfg,
@@ -616,6 +616,7 @@ impl PeftTrainer {
         }
         let varmap = VarMap::new();
         let loader = WeightLoader::new(checkpoints)
+            .with_init_seed(cfg.seed)
             .ignore_unexpected(&["position_ids", "relative_position_index", "attn_mask"])
             .with_trainable(varmap.clone(), move |k| {
                 if all {
@@ -1009,9 +1010,16 @@ impl PeftTrainer {
 
 /// Builds the preset with random weights once and saves every tensor, so that every process of
 /// a run (first start and resumes) sees the same frozen weights.
-fn save_random_init(cfg: &lion_core::lion::LionConfig, path: &Path, dev: &Device) -> Result<()> {
+fn save_random_init(
+    cfg: &lion_core::lion::LionConfig,
+    path: &Path,
+    seed: u64,
+    dev: &Device,
+) -> Result<()> {
     let varmap = VarMap::new();
-    let loader = WeightLoader::random().with_trainable(varmap.clone(), |_| true);
+    let loader = WeightLoader::random()
+        .with_init_seed(seed)
+        .with_trainable(varmap.clone(), |_| true);
     let vb = loader.var_builder(DType::F32, dev);
     let _ = lion_core::lion::LionModel::new(cfg, 32099.min(cfg.t5.vocab_size as u32 - 1), vb)?;
     let tensors: HashMap<String, Tensor> = varmap

@@ -399,6 +399,8 @@ impl TripletTrainer {
         mut on_event: impl FnMut(&TrainEvent),
     ) -> Result<Vec<EpochMetrics>> {
         let cfg = self.cfg.clone();
+        // Dropout masks from the seed too, so the same seed gives the same encoder.
+        lion_core::kernels::seed_dropout(cfg.seed);
         let (train, val) = split(data.len(), cfg.val_fraction, cfg.seed);
         if train.len() < 2 {
             input_err!(

@@ -200,6 +200,33 @@ fn manifest(backbone: &Path, prompt: &str, extra: &[PathBuf], tag_encoder: &Path
     }))
 }
 
+/// A trained model as a folder of its own: the backbone's weights (less its soft prompt, which
+/// the trained prompt replaces) overwritten by the trained tensors, in one `model.safetensors`.
+fn write_trained_model(
+    backbone: &Path,
+    prompt: &str,
+    trainable: &Path,
+    encoder: &Path,
+    dest: &Path,
+) -> Result<()> {
+    use lion_core::weights::{save_safetensors, Checkpoint};
+    let dev = candle_core::Device::Cpu;
+    let mut m = manifest(backbone, prompt, &[], encoder)?;
+    let mut all = HashMap::new();
+    for w in m["weights"].as_array().expect("written above") {
+        let file = PathBuf::from(w["file"].as_str().unwrap_or_default());
+        for c in lion_core::pipeline::open_weights(&file, w["prefix"].as_str().unwrap_or(""))? {
+            all.extend(c.load_all(&dev)?);
+        }
+    }
+    all.retain(|k: &String, _| !k.starts_with("soft_prompt") && !k.starts_with("dynamic_prompt"));
+    all.extend(Checkpoint::open(trainable)?.load_all(&dev)?);
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    save_safetensors(&all, dest.join("model.safetensors"))?;
+    m["weights"] = json!([{"file": "model.safetensors"}]);
+    write_json(&dest.join("lion.json"), &m)
+}
+
 /// The `lion train` config of one run over the world's three tasks.
 #[allow(clippy::too_many_arguments)]
 fn train_config(
@@ -383,6 +410,7 @@ fn gt_flags(world: &Path, task: &str) -> Vec<String> {
 fn eval_model(
     args: &Args,
     world: &Path,
+    tags: &Path,
     model: &Path,
     dir: &Path,
 ) -> Result<BTreeMap<&'static str, Scores>> {
@@ -393,6 +421,8 @@ fn eval_model(
         if !scores.exists() {
             let mut a = gt_flags(world, task);
             a.extend(argv![
+                "--tags",
+                s(tags),
                 "--model",
                 s(model),
                 "--images",
@@ -643,8 +673,10 @@ fn draw_lion_curves(runs: &[(String, PathBuf)], png: &Path) -> Result<()> {
 
 pub fn run(args: Args) -> Result<()> {
     let start = std::time::Instant::now();
-    let out = &args.out;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    // Absolute, because the configs written below resolve relative paths from their own folder.
+    let out = &std::path::absolute(&args.out)?;
     let world = out.join("world");
     let test = args.test.max(4);
 
@@ -695,12 +727,25 @@ pub fn run(args: Args) -> Result<()> {
     }
     let data = out.join("lion-data");
     lion_data(&world, &tags, &data)?;
+    let tags_file = out.join("tags.jsonl");
+    let mut lines: Vec<String> = tags
+        .iter()
+        .map(|(img, t)| {
+            let scored: Vec<Value> = t
+                .iter()
+                .map(|(n, v)| json!({"tag": n, "score": v}))
+                .collect();
+            json!({"image": img, "tags": scored}).to_string()
+        })
+        .collect();
+    lines.sort();
+    lion_core::util::write_atomic(&tags_file, (lines.join("\n") + "\n").as_bytes())?;
 
     let backbone = if args.from_scratch {
         tracing::info!("stage 4/6: pretraining the backbone (--from-scratch)");
         pretrain(&args, out)?
     } else {
-        args.backbone.clone()
+        std::path::absolute(&args.backbone)?
     };
     if !backbone.join("lion.json").exists() {
         bail!(
@@ -736,15 +781,12 @@ pub fn run(args: Args) -> Result<()> {
         );
         let ckpt = run_training(&dir, &cfg)?;
         let model = dir.join("model");
-        std::fs::create_dir_all(&model)?;
-        write_json(
-            &model.join("lion.json"),
-            &manifest(
-                &backbone,
-                prompt,
-                &[ckpt.join(lion_train::checkpoint::TRAINABLE)],
-                &encoder,
-            )?,
+        write_trained_model(
+            &backbone,
+            prompt,
+            &ckpt.join(lion_train::checkpoint::TRAINABLE),
+            &encoder,
+            &model,
         )?;
         runs.push((prompt.to_string(), run_dir, model));
     }
@@ -752,7 +794,13 @@ pub fn run(args: Args) -> Result<()> {
     tracing::info!("stage 5/6: evaluation on the test split ({test} images)");
     let mut models: Table = vec![];
     for (name, _, model) in &runs {
-        let sc = eval_model(&args, &world, model, &out.join("eval").join(name))?;
+        let sc = eval_model(
+            &args,
+            &world,
+            &tags_file,
+            model,
+            &out.join("eval").join(name),
+        )?;
         models.push((format!("LION ({name} prompt)"), sc));
     }
     let baselines: Table = vec![(
