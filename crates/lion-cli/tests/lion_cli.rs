@@ -220,3 +220,112 @@ fn model_folder_loads_and_a_wrong_preset_checkpoint_is_named() {
         "{err}"
     );
 }
+
+/// Issue 7: `lion ground` with a trained model folder returns boxes in pixels. The shipped
+/// ShapesWorld backbone (`assets/shapes-backbone`, pretrained on a world of seed 1000) grounds
+/// expressions of a world it never saw (seed 5).
+#[test]
+fn ground_with_the_shipped_shapes_backbone_returns_pixel_boxes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("w");
+    let gen = Command::new(env!("CARGO_BIN_EXE_lion"))
+        .args(["world", "generate", "--out"])
+        .arg(&world)
+        .args(["--seed", "5", "--train", "1", "--val", "1", "--test", "6"])
+        .args(["--size", "96"])
+        .output()
+        .unwrap();
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    let read = |f: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(world.join(f)).unwrap()).unwrap()
+    };
+    let tags: HashMap<u64, Vec<String>> = read("tags_test.json")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let names = t["tags"].as_array().unwrap();
+            let scored = names
+                .iter()
+                .map(|n| format!("{}: 1.0", n.as_str().unwrap()))
+                .collect();
+            (t["image_id"].as_u64().unwrap(), scored)
+        })
+        .collect();
+    let boxes: HashMap<u64, Vec<f64>> = read("instances.json")["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let b: Vec<f64> = a["bbox"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            (
+                a["id"].as_u64().unwrap(),
+                vec![b[0], b[1], b[0] + b[2], b[1] + b[3]],
+            )
+        })
+        .collect();
+    let mut requests = String::new();
+    let mut gt = vec![];
+    for r in read("refs.json").as_array().unwrap() {
+        if r["split"] != "test" {
+            continue;
+        }
+        let id = r["image_id"].as_u64().unwrap();
+        let image = world.join(r["file_name"].as_str().unwrap());
+        for s in r["sentences"].as_array().unwrap() {
+            let line =
+                serde_json::json!({"image": image, "expression": s["sent"], "tags": tags[&id]});
+            requests.push_str(&format!("{line}\n"));
+            gt.push(boxes[&r["ann_id"].as_u64().unwrap()].clone());
+        }
+    }
+    let req = tmp.path().join("requests.jsonl");
+    std::fs::write(&req, requests).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lion"))
+        .args(["ground", "--model", "assets/shapes-backbone", "--requests"])
+        .arg(&req)
+        .args(["--num-beams", "1", "--repetition-penalty", "1.0"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = lines(&out);
+    assert_eq!(l.len(), gt.len());
+    let mut parsed = 0;
+    let mut hits = 0;
+    for (a, g) in l.iter().zip(&gt) {
+        let Value::Array(b) = &a["box"] else { continue };
+        let b: Vec<f64> = b.iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(
+            b[0] <= b[2] && b[1] <= b[3] && b[2] <= 96.0 && b[3] <= 96.0,
+            "{a}"
+        );
+        parsed += 1;
+        let inter =
+            (b[2].min(g[2]) - b[0].max(g[0])).max(0.0) * (b[3].min(g[3]) - b[1].max(g[1])).max(0.0);
+        let union = (b[2] - b[0]) * (b[3] - b[1]) + (g[2] - g[0]) * (g[3] - g[1]) - inter;
+        hits += usize::from(inter / union >= 0.5);
+    }
+    eprintln!(
+        "{parsed} of {} answers hold a box; {hits} at IoU >= 0.5",
+        gt.len()
+    );
+    assert!(
+        parsed * 10 >= gt.len() * 9,
+        "{parsed} of {} boxes parse",
+        gt.len()
+    );
+}
