@@ -11,9 +11,10 @@
 //! - no dropout and no drop-path (candle's CPU random numbers cannot be seeded; the model runs
 //!   its forward with `train = false`, gradients flow as usual).
 //!
-//! After training, one global threshold is chosen on the validation split (the one that
-//! maximises micro F1, on a 0.01 grid; per-class choices overfit a validation split this small)
-//! and written as every class's threshold. The model folder ([`TaggerFiles`]) is what
+//! After training, thresholds are chosen on the validation split: first one global threshold
+//! (the best micro F1 on a 0.01 grid), then per class, for the classes with at least
+//! [`MIN_VAL_POSITIVES`] validation positives, the threshold that most raises the micro F1 with
+//! the others fixed ([`tune_class_thresholds`]); rarer classes keep the global one. The model folder ([`TaggerFiles`]) is what
 //! `lion tag --model DIR` reads: `model.safetensors` (RAM key names), `config.json`
 //! ([`RamConfig`]), `tag_list.txt` and `tag_list_threshold.txt` (as RAM's `ram_tag_list*.txt`).
 //! The test split is scored (micro precision / recall / F1, overall and per tag group) into
@@ -72,14 +73,14 @@ impl Default for TaggerTrainOptions {
     fn default() -> Self {
         Self {
             epochs: 20,
-            batch_size: 32,
-            lr: 1e-3,
+            batch_size: 8,
+            lr: 2e-3,
             weight_decay: 0.05,
             warmup_fraction: 0.05,
             seed: 0,
             img_size: 96,
-            patch_size: 8,
-            embed_dim: 32,
+            patch_size: 4,
+            embed_dim: 16,
             hflip: true,
             eval_batch_size: 64,
         }
@@ -466,6 +467,65 @@ pub fn best_global_threshold(probs: &[Vec<f32>], targets: &[Vec<usize>]) -> (f32
     best
 }
 
+/// Per-class thresholds that raise the micro F1 on (`probs`, `targets`): starting from `global`
+/// for every class, each class with at least `min_positives` positives in turn takes the
+/// threshold (0.01 grid) that maximises the micro F1 over all classes with the others fixed (one
+/// pass, in class order; ties keep the current one). Classes with fewer positives keep `global`.
+pub fn tune_class_thresholds(
+    probs: &[Vec<f32>],
+    targets: &[Vec<usize>],
+    global: f32,
+    min_positives: usize,
+) -> Vec<f32> {
+    let c = probs.first().map_or(0, Vec::len);
+    let mut th = vec![global; c];
+    let class_counts = |k: usize, t: f32| {
+        let (mut tp, mut fp, mut fn_) = (0i64, 0i64, 0i64);
+        for (p, y) in probs.iter().zip(targets) {
+            match (p[k] > t, y.contains(&k)) {
+                (true, true) => tp += 1,
+                (true, false) => fp += 1,
+                (false, true) => fn_ += 1,
+                _ => {}
+            }
+        }
+        (tp, fp, fn_)
+    };
+    let all = micro_prf(probs, targets, &th, |_| true);
+    let (mut tp, mut fp, mut fn_) = (all.tp as i64, all.fp as i64, all.fn_ as i64);
+    let f1 = |tp: i64, fp: i64, fn_: i64| {
+        let d = 2 * tp + fp + fn_;
+        if d == 0 {
+            0.0
+        } else {
+            2.0 * tp as f64 / d as f64
+        }
+    };
+    for (k, th_k) in th.iter_mut().enumerate() {
+        let positives = targets.iter().filter(|y| y.contains(&k)).count();
+        if positives < min_positives {
+            continue;
+        }
+        let cur = class_counts(k, *th_k);
+        let (rtp, rfp, rfn) = (tp - cur.0, fp - cur.1, fn_ - cur.2);
+        let mut best = (f1(tp, fp, fn_), *th_k, cur);
+        for step in 1..100 {
+            let t = step as f32 / 100.0;
+            let n = class_counts(k, t);
+            let f = f1(rtp + n.0, rfp + n.1, rfn + n.2);
+            if f > best.0 {
+                best = (f, t, n);
+            }
+        }
+        *th_k = best.1;
+        (tp, fp, fn_) = (rtp + best.2 .0, rfp + best.2 .1, rfn + best.2 .2);
+    }
+    th
+}
+
+/// Val positives a class needs for its own threshold in [`train_tagger`].
+pub const MIN_VAL_POSITIVES: usize = 5;
+
 /// Tag groups of ShapesWorld's vocabulary (from `world.json`): `shape`, `color`, `size`,
 /// `color_shape`, `texture`, `count`, `other`; an empty map without a readable `world.json`.
 pub fn tag_groups(world: &Path, tags: &[String]) -> BTreeMap<String, Vec<usize>> {
@@ -529,8 +589,11 @@ pub struct TaggerReport {
     pub train_images: usize,
     pub val_images: usize,
     pub test_images: usize,
-    /// The global threshold chosen on the validation split (every class's threshold).
+    /// The global threshold chosen on the validation split (the start of the per-class ones).
     pub threshold: f32,
+    /// Per-class thresholds (`tag_list_threshold.txt`), tuned on the validation split.
+    pub thresholds: Vec<f32>,
+    /// Validation micro P/R/F1 at `thresholds`.
     pub val: Prf,
     /// Test micro P/R/F1 over all tags.
     pub test: Prf,
@@ -611,27 +674,6 @@ pub fn load_trained_tagger(dir: &Path, dev: &Device) -> Result<Tagger> {
     let vocab = TagVocab::from_files(&files.tag_list(), &files.thresholds())?;
     let (model, _) = Ram::load(&cfg, files.weights(), dev)?;
     Tagger::new(model, vocab, dev.clone())
-}
-
-/// Sets `fc.bias` to the log-odds of each tag's frequency in `targets` (add-half smoothed), so
-/// training need not spend its first steps on the tag priors.
-fn init_fc_bias_to_priors(varmap: &VarMap, targets: &[Vec<usize>], num_tags: usize) -> Result<()> {
-    let vars = varmap.data().lock().expect("poisoned");
-    let Some(bias) = vars.get("fc.bias") else {
-        input_err!("the tagger has no fc.bias");
-    };
-    let mut count = vec![0f64; num_tags];
-    for t in targets {
-        for &c in t {
-            count[c] += 1.0;
-        }
-    }
-    let n = targets.len() as f64;
-    // fc has one output: the bias is one number shared by every tag (the logit is fc(h_tag)).
-    let mean_prior = count.iter().map(|c| (c + 0.5) / (n + 1.0)).sum::<f64>() / num_tags as f64;
-    let logit = (mean_prior / (1.0 - mean_prior)).ln() as f32;
-    bias.set(&Tensor::full(logit, bias.shape(), bias.device())?)?;
-    Ok(())
 }
 
 /// Probabilities (n, c) of `images` in batches, as plain vectors; also the mean per-image ASL
@@ -740,7 +782,6 @@ pub fn train_tagger_with(
             .with_override(world_tagger_init)
             .into_var_builder(&dev),
     )?;
-    init_fc_bias_to_priors(&varmap, &train.targets, num_tags)?;
     let vars = varmap.all_vars();
     let parameters: usize = vars.iter().map(|v| v.elem_count()).sum();
     let mut opt = AdamW::new(
@@ -872,8 +913,9 @@ pub fn train_tagger_with(
 
     // Threshold on val, then save the model folder.
     let (val_probs, _) = predict(&model, &images[1], None, num_tags, opts.eval_batch_size)?;
-    let (threshold, val_prf) = best_global_threshold(&val_probs, &val.targets);
-    let thresholds = vec![threshold; num_tags];
+    let (threshold, _) = best_global_threshold(&val_probs, &val.targets);
+    let thresholds = tune_class_thresholds(&val_probs, &val.targets, threshold, MIN_VAL_POSITIVES);
+    let val_prf = micro_prf(&val_probs, &val.targets, &thresholds, |_| true);
     write_atomic(
         files.config(),
         &serde_json::to_vec_pretty(&cfg).expect("config serialises"),
@@ -949,6 +991,7 @@ pub fn train_tagger_with(
         val_images: val.len(),
         test_images: test.len(),
         threshold,
+        thresholds: thresholds.clone(),
         val: val_prf,
         test: test_prf,
         test_groups,

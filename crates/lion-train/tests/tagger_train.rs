@@ -12,9 +12,9 @@ use common::fixture;
 use lion_core::tagger::Ram;
 use lion_train::asymmetric_loss::AsymmetricLoss;
 use lion_train::tagger_trainer::{
-    best_global_threshold, load_trained_tagger, micro_prf, train_tagger, world_tagger_config,
-    world_tagger_init, SeededInit, TaggerEpochMetrics, TaggerFiles, TaggerReport,
-    TaggerTrainOptions,
+    best_global_threshold, load_trained_tagger, micro_prf, train_tagger, tune_class_thresholds,
+    world_tagger_config, world_tagger_init, SeededInit, TaggerEpochMetrics, TaggerFiles,
+    TaggerReport, TaggerTrainOptions,
 };
 
 /// Max abs error relative to the reference's largest magnitude (at least 1).
@@ -136,6 +136,17 @@ fn threshold_choice_and_micro_prf() {
     assert!((p.f1 - 0.8).abs() < 1e-12);
     let (t, best) = best_global_threshold(&probs, &targets);
     assert_eq!(best.f1, 1.0);
+    // per class: class 1 needs a threshold below 0.2..0.7 and class 2 one below 0.6 but above
+    // 0.4; starting from a bad global 0.65, tuning finds thresholds that reach F1 1
+    let th = tune_class_thresholds(&probs, &targets, 0.65, 1);
+    assert_eq!(micro_prf(&probs, &targets, &th, |_| true).f1, 1.0, "{th:?}");
+    assert_eq!(
+        th[1], 0.65,
+        "class 1 is right at 0.65 already (ties keep it)"
+    );
+    // classes with too few positives keep the global threshold
+    let th = tune_class_thresholds(&probs, &targets, 0.65, 2);
+    assert_eq!(th, vec![0.65; 3]);
     // the lowest threshold with the best F1: p > 0.40 keeps 0.9, 0.6 and 0.7
     assert!((t - 0.4).abs() < 1e-6, "{t}");
 }
@@ -212,7 +223,8 @@ fn short_training_run_writes_a_tagger_folder_that_loads_and_tags() {
         .map(|l| l.parse().unwrap())
         .collect();
     assert_eq!(th.len(), tags.lines().count());
-    assert!(th.iter().all(|&t| t == report.threshold));
+    assert_eq!(th, report.thresholds);
+    assert!(th.iter().all(|&t| t > 0.0 && t < 1.0));
 
     // eval_test.json is the report
     let saved: TaggerReport =
