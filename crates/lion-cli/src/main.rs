@@ -37,6 +37,8 @@ enum Command {
     Train(cmd::train::Args),
     /// RAM image tags with scores, as JSON lines (images, folders, or --list FILE).
     Tag(cmd::tag::Args),
+    /// Train the tiny RAM-architecture tagger on a ShapesWorld: `lion train-tagger --world W --out DIR`.
+    TrainTagger(cmd::train_tagger::Args),
     /// The seed experiment end to end (runs what exists so far, and says what does not).
     Demo(cmd::demo::Args),
     /// ShapesWorld, the synthetic world of the demo: `lion world generate --out DIR --seed S ...`.
@@ -72,6 +74,7 @@ fn main() {
         Command::Bench(args) => cmd::bench::run(args),
         Command::SelectCaptions(args) => cmd::select_captions::run(args),
         Command::TrainTagEncoder(args) => cmd::train_tag_encoder::run(args),
+        Command::TrainTagger(args) => cmd::train_tagger::run(args),
         Command::Train(args) => cmd::train::run(args),
         Command::Tag(args) => cmd::tag::run(args),
         Command::Serve(args) => cmd::serve::run(args),

@@ -7,8 +7,11 @@
 //!   ([`plot`]).
 //! - [`optim`]: AdamW updating variables in place in one pass; [`bench`]: `lion bench`.
 //! - [`peft`]: PEFT training of LION (`lion train`) with [`schedule`] and [`checkpoint`].
+//! - [`tagger_trainer`]: training the tiny RAM-architecture tagger on a ShapesWorld with RAM's
+//!   [`asymmetric_loss`] (`lion train-tagger`).
 //! - [`records`]: the JSON-lines inputs and outputs of these stages.
 
+pub mod asymmetric_loss;
 pub mod bench;
 pub mod bootstrap;
 pub mod centroid;
@@ -20,5 +23,6 @@ pub mod records;
 pub mod rng;
 pub mod schedule;
 pub mod tag_encoder;
+pub mod tagger_trainer;
 pub mod triplet;
 pub mod triplet_trainer;

@@ -11,6 +11,7 @@ pub mod serve;
 pub mod tag;
 pub mod train;
 pub mod train_tag_encoder;
+pub mod train_tagger;
 pub mod world;
 
 use anyhow::Result;

@@ -13,11 +13,15 @@ use lion_core::tagger::{
 #[derive(clap::Args)]
 pub struct Args {
     /// RAM checkpoint (`ram_swin_large_14m.pth`, or safetensors with the same keys).
-    #[arg(long, required_unless_present = "random_weights")]
+    #[arg(long, required_unless_present_any = ["random_weights", "model"])]
     weights: Option<PathBuf>,
     /// Random weights instead of a checkpoint (smoke tests, benchmarks).
     #[arg(long, conflicts_with = "weights")]
     random_weights: bool,
+    /// A tagger folder written by `lion train-tagger` (model.safetensors, config.json,
+    /// tag_list.txt, tag_list_threshold.txt) instead of --weights/--config/--tags/--thresholds.
+    #[arg(long, conflicts_with_all = ["weights", "random_weights", "tags", "thresholds"])]
+    model: Option<PathBuf>,
     /// Model sizes: `swin-l` (ram_swin_large_14m), `tiny`, or a JSON file (RamConfig).
     #[arg(long, default_value = "swin-l")]
     config: String,
@@ -158,8 +162,14 @@ pub fn run(args: Args) -> Result<()> {
         bail!("no images: give image files, folders, or --list FILE");
     }
     let dev = super::device()?;
-    let (model, cfg) = load_ram(args.weights.as_deref(), &args.config, &dev)?;
-    let mut tagger = Tagger::new(model, vocab(&args, cfg.num_tags)?, dev)?;
+    let mut tagger = match &args.model {
+        Some(dir) => lion_train::tagger_trainer::load_trained_tagger(dir, &dev)
+            .with_context(|| format!("cannot load the tagger folder {}", dir.display()))?,
+        None => {
+            let (model, cfg) = load_ram(args.weights.as_deref(), &args.config, &dev)?;
+            Tagger::new(model, vocab(&args, cfg.num_tags)?, dev)?
+        }
+    };
     tagger.selection = match (args.threshold, args.top_k) {
         (Some(t), _) => TagSelection::Threshold(t),
         (None, Some(k)) => TagSelection::TopK(k),

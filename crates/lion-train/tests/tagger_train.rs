@@ -1,0 +1,362 @@
+//! Training the world tagger: RAM's asymmetric loss against PyTorch (`scripts/fixtures_asl.py`),
+//! gradients reaching every variable, a short training run on a tiny world whose folder loads as
+//! a tagger, determinism, and clear errors for broken worlds.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use common::fixture;
+use lion_core::tagger::Ram;
+use lion_train::asymmetric_loss::AsymmetricLoss;
+use lion_train::tagger_trainer::{
+    best_global_threshold, load_trained_tagger, micro_prf, train_tagger, tune_class_thresholds,
+    world_tagger_config, world_tagger_init, SeededInit, TaggerEpochMetrics, TaggerFiles,
+    TaggerReport, TaggerTrainOptions,
+};
+
+/// Max abs error relative to the reference's largest magnitude (at least 1).
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let d = lion_core::testing::max_abs_diff(a, b).unwrap();
+    let m = b
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    d / m.max(1.0)
+}
+
+#[test]
+fn asymmetric_loss_and_its_gradient_match_pytorch() {
+    let dev = Device::Cpu;
+    let r = candle_core::safetensors::load(fixture("asl/reference.safetensors"), &dev).unwrap();
+    let settings = [
+        ("ram", AsymmetricLoss::ram()),
+        (
+            "default",
+            AsymmetricLoss {
+                gamma_neg: 4.0,
+                gamma_pos: 1.0,
+                clip: 0.05,
+                eps: 1e-8,
+            },
+        ),
+        (
+            "noclip",
+            AsymmetricLoss {
+                clip: 0.0,
+                ..AsymmetricLoss::ram()
+            },
+        ),
+    ];
+    let targets = &r["targets"];
+    for (name, asl) in settings {
+        let x = candle_core::Var::from_tensor(&r["logits"]).unwrap();
+        let loss = asl.forward(x.as_tensor(), targets).unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads.get(x.as_tensor()).expect("logits get a gradient");
+        let want = r[&format!("loss.{name}")].reshape(()).unwrap();
+        let le = rel_err(&loss, &want);
+        let ge = rel_err(g, &r[&format!("grad.{name}")]);
+        println!("{name}: loss {loss} (err {le:.2e}), grad err {ge:.2e}");
+        assert!(le <= 1e-5, "{name}: loss differs by {le}");
+        assert!(ge <= 1e-5, "{name}: gradient differs by {ge}");
+    }
+    // Shapes must agree.
+    let bad = AsymmetricLoss::ram().forward(&r["logits"], &r["targets"].narrow(1, 0, 3).unwrap());
+    assert!(bad.unwrap_err().to_string().contains("differ in shape"));
+}
+
+#[test]
+fn every_tagger_variable_gets_a_gradient_from_the_loss() {
+    let dev = Device::Cpu;
+    let cfg = world_tagger_config(7, 32, 4, 8);
+    let varmap = VarMap::new();
+    let vb = SeededInit::new(varmap.clone(), 3)
+        .with_override(world_tagger_init)
+        .into_var_builder(&dev);
+    let model = Ram::new(&cfg, vb).unwrap();
+    let x = Tensor::randn(0f32, 1., (2, 3, 32, 32), &dev).unwrap();
+    let y = Tensor::from_vec(
+        vec![1f32, 0., 0., 1., 0., 1., 0., 0., 1., 1., 0., 0., 0., 1.],
+        (2, 7),
+        &dev,
+    )
+    .unwrap();
+    let loss = AsymmetricLoss::ram()
+        .forward(&model.forward(&x, false).unwrap(), &y)
+        .unwrap();
+    let n = lion_core::testing::check_all_vars_get_grad(&varmap, &loss).unwrap();
+    assert!(n > 40, "only {n} variables");
+}
+
+#[test]
+fn seeded_init_is_deterministic() {
+    let dev = Device::Cpu;
+    let cfg = world_tagger_config(5, 32, 4, 8);
+    let weights = |seed| {
+        let vm = VarMap::new();
+        Ram::new(&cfg, SeededInit::var_builder(vm.clone(), seed, &dev)).unwrap();
+        let data = vm.data().lock().unwrap();
+        let mut keys: Vec<_> = data.keys().cloned().collect();
+        keys.sort();
+        keys.iter()
+            .map(|k| {
+                data[k]
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    let (a, b, c) = (weights(1), weights(1), weights(2));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    // randn-initialised label_embed has roughly unit spread
+    let all: Vec<f32> = a.concat();
+    assert!(all.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn threshold_choice_and_micro_prf() {
+    let probs = vec![vec![0.9f32, 0.2, 0.6], vec![0.1, 0.7, 0.4]];
+    let targets = vec![vec![0usize, 2], vec![1]];
+    let p = micro_prf(&probs, &targets, &[0.5; 3], |_| true);
+    assert_eq!((p.tp, p.fp, p.fn_), (3, 0, 0));
+    let p = micro_prf(&probs, &targets, &[0.65; 3], |_| true);
+    assert_eq!((p.tp, p.fp, p.fn_), (2, 0, 1));
+    assert!((p.f1 - 0.8).abs() < 1e-12);
+    let (t, best) = best_global_threshold(&probs, &targets);
+    assert_eq!(best.f1, 1.0);
+    // per class: class 1 needs a threshold below 0.2..0.7 and class 2 one below 0.6 but above
+    // 0.4; starting from a bad global 0.65, tuning finds thresholds that reach F1 1
+    let th = tune_class_thresholds(&probs, &targets, 0.65, 1);
+    assert_eq!(micro_prf(&probs, &targets, &th, |_| true).f1, 1.0, "{th:?}");
+    assert_eq!(
+        th[1], 0.65,
+        "class 1 is right at 0.65 already (ties keep it)"
+    );
+    // classes with too few positives keep the global threshold
+    let th = tune_class_thresholds(&probs, &targets, 0.65, 2);
+    assert_eq!(th, vec![0.65; 3]);
+    // the lowest threshold with the best F1: p > 0.40 keeps 0.9, 0.6 and 0.7
+    assert!((t - 0.4).abs() < 1e-6, "{t}");
+}
+
+fn tiny_world(dir: &Path) -> std::path::PathBuf {
+    let world = dir.join("world");
+    let cfg = lion_data::world::WorldConfig {
+        seed: 0,
+        train: 24,
+        val: 6,
+        test: 6,
+        size: 32,
+        questions_per_image: 1,
+        threads: 1,
+    };
+    lion_data::world::generate(&cfg, &world, false, &|_| {}).unwrap();
+    world
+}
+
+fn tiny_opts() -> TaggerTrainOptions {
+    TaggerTrainOptions {
+        epochs: 8,
+        batch_size: 8,
+        lr: 1e-3,
+        img_size: 32,
+        patch_size: 4,
+        embed_dim: 8,
+        eval_batch_size: 16,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn short_training_run_writes_a_tagger_folder_that_loads_and_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = tiny_world(dir.path());
+    let out = dir.path().join("tagger");
+    let report = train_tagger(&world, &out, &tiny_opts()).unwrap();
+    assert_eq!(report.steps, 24);
+    assert_eq!(
+        (report.train_images, report.val_images, report.test_images),
+        (24, 6, 6)
+    );
+
+    // metrics: epoch 0 (untrained) .. 8, losses falling
+    let metrics: Vec<TaggerEpochMetrics> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(metrics.len(), 9);
+    println!("{metrics:#?}");
+    let first = metrics[1].train_loss.unwrap();
+    let last = metrics[8].train_loss.unwrap();
+    assert!(last < first, "train loss {first} -> {last}");
+    assert!(
+        metrics[8].val_loss < metrics[0].val_loss,
+        "val loss {} -> {}",
+        metrics[0].val_loss,
+        metrics[8].val_loss
+    );
+
+    // the folder: weights, config, tags, thresholds (the chosen one for every class)
+    let files = TaggerFiles::new(&out);
+    let tags = std::fs::read_to_string(files.tag_list()).unwrap();
+    let world_tags = std::fs::read_to_string(world.join("tag_list.txt")).unwrap();
+    assert_eq!(
+        tags.lines().collect::<Vec<_>>(),
+        world_tags.lines().collect::<Vec<_>>()
+    );
+    let th: Vec<f32> = std::fs::read_to_string(files.thresholds())
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(th.len(), tags.lines().count());
+    assert_eq!(th, report.thresholds);
+    assert!(th.iter().all(|&t| t > 0.0 && t < 1.0));
+
+    // eval_test.json is the report
+    let saved: TaggerReport =
+        serde_json::from_str(&std::fs::read_to_string(files.eval()).unwrap()).unwrap();
+    let (a, b) = (saved.test, report.test);
+    assert_eq!((a.tp, a.fp, a.fn_), (b.tp, b.fp, b.fn_));
+    assert!((a.f1 - b.f1).abs() < 1e-12);
+    assert!(saved.test_groups.contains_key("color+shape"));
+    assert!(saved.test_groups.contains_key("shape"));
+    let g = &saved.test_groups["shape"];
+    assert!(g.tp + g.fn_ > 0, "the test split has shape tags");
+
+    // every split tagged, one line per image, scores above the threshold
+    for (split, n) in [("train", 24), ("val", 6), ("test", 6)] {
+        let text = std::fs::read_to_string(files.tags_jsonl(split)).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), n, "{split}");
+        for l in &lines {
+            assert!(l["image"].is_u64());
+            for t in l["tags"].as_array().unwrap() {
+                let s = t["score"].as_f64().unwrap() as f32;
+                assert!(s > report.threshold && s <= 1.0);
+                assert!(world_tags.lines().any(|w| w == t["tag"].as_str().unwrap()));
+            }
+        }
+    }
+
+    // the folder loads as a tagger and gives the same scores as the training run wrote
+    let tagger = load_trained_tagger(&out, &Device::Cpu).unwrap();
+    let first_test: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(files.tags_jsonl("test"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let img = world.join(first_test["file_name"].as_str().unwrap());
+    let r = tagger
+        .tag_files(&[img.as_path()])
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    assert_eq!(r.probs.len(), tags.lines().count());
+    let want: Vec<(String, f32)> = first_test["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["tag"].as_str().unwrap().to_string(),
+                t["score"].as_f64().unwrap() as f32,
+            )
+        })
+        .collect();
+    let got: Vec<(String, f32)> = r.tags.iter().map(|t| (t.tag.clone(), t.score)).collect();
+    assert_eq!(got.len(), want.len());
+    for ((a, sa), (b, sb)) in got.iter().zip(&want) {
+        assert_eq!(a, b);
+        assert!((sa - sb).abs() < 1e-5, "{a}: {sa} vs {sb}");
+    }
+
+    // same seed, same run
+    let out2 = dir.path().join("tagger2");
+    let opts = TaggerTrainOptions {
+        epochs: 1,
+        ..tiny_opts()
+    };
+    let a = train_tagger(&world, &out2, &opts).unwrap();
+    let b = train_tagger(&world, &out2, &opts).unwrap();
+    assert_eq!(a.final_train_loss, b.final_train_loss);
+    assert_eq!(a.val, b.val);
+}
+
+#[test]
+fn broken_worlds_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = tiny_opts();
+    let out = dir.path().join("out");
+
+    let missing = dir.path().join("nope");
+    let e = train_tagger(&missing, &out, &opts).unwrap_err().to_string();
+    assert!(e.contains("nope") && e.contains("ShapesWorld"), "{e}");
+
+    let world = dir.path().join("w");
+    std::fs::create_dir(&world).unwrap();
+    let e = train_tagger(&world, &out, &opts).unwrap_err().to_string();
+    assert!(e.contains("tag_list.txt"), "{e}");
+
+    std::fs::write(world.join("tag_list.txt"), "red\ncircle\n").unwrap();
+    std::fs::write(
+        world.join("tags_train.json"),
+        r#"[{"image_id": 1, "file_name": "images/train/000001.png", "tags": ["red"]}]"#,
+    )
+    .unwrap();
+    let e = train_tagger(&world, &out, &opts).unwrap_err().to_string();
+    assert!(e.contains("tags_val.json"), "{e}");
+
+    std::fs::write(
+        world.join("tags_val.json"),
+        r#"[{"image_id": 2, "file_name": "images/val/000002.png", "tags": ["blue"]}]"#,
+    )
+    .unwrap();
+    std::fs::write(world.join("tags_test.json"), "[]").unwrap();
+    let e = train_tagger(&world, &out, &opts).unwrap_err().to_string();
+    assert!(e.contains("tags_val.json") && e.contains("`blue`"), "{e}");
+
+    std::fs::write(
+        world.join("tags_val.json"),
+        r#"[{"image_id": 2, "file_name": "images/val/000002.png", "tags": ["circle"]}]"#,
+    )
+    .unwrap();
+    let e = train_tagger(&world, &out, &opts).unwrap_err().to_string();
+    assert!(e.contains("000001.png"), "missing image named: {e}");
+
+    std::fs::write(world.join("tags_test.json"), "{not json").unwrap();
+    let e = train_tagger(&world, &out, &opts).unwrap_err().to_string();
+    assert!(e.contains("tags_test.json"), "{e}");
+
+    let bad = TaggerTrainOptions {
+        img_size: 40,
+        ..tiny_opts()
+    };
+    let e = train_tagger(&world, &out, &bad).unwrap_err().to_string();
+    assert!(e.contains("multiple of 16"), "{e}");
+
+    let e = load_trained_tagger(dir.path(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("config.json"), "{e}");
+}
