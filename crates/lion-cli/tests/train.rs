@@ -372,3 +372,45 @@ fn dynamic_prompt_projection_trains_in_its_own_lr_group() {
         assert!(d > 0.0, "{k} did not move");
     }
 }
+
+/// `"trainable": "all"` (the demo's backbone pretraining): the ViT and the T5 backbone train and
+/// every one of their variables gets a gradient; the T5 adapters stay out.
+#[test]
+fn trainable_all_trains_the_backbone_and_every_var_gets_a_gradient() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world(tmp.path());
+    let out = tmp.path().join("all");
+    let mut c = config(&w, &out, 3, 1e-3, 0);
+    c["trainable"] = serde_json::json!("all");
+    let c = write_config(tmp.path(), "all.json", &c);
+    let mut t = PeftTrainer::new(PeftConfig::read(&c).unwrap(), None, &Device::Cpu).unwrap();
+    let cap: Vec<_> = t.train_samples(0)[..2].to_vec();
+    let rec: Vec<_> = t.train_samples(2)[..2].to_vec();
+    let vars = t.trainable().to_vec();
+    for want in [
+        "visual_encoder.patch_embed.proj.weight",
+        "visual_encoder.blocks.0.attn.qkv.weight",
+        "t5_model.shared.weight",
+        "t5_model.encoder.block.0.layer.0.SelfAttention.q.weight",
+        "Qformer.bert.encoder.layer.0.attention.self.query.weight",
+    ] {
+        assert!(
+            vars.iter().any(|(k, _)| k == want),
+            "{want} is not trainable"
+        );
+    }
+    assert!(vars
+        .iter()
+        .all(|(k, _)| !k.contains("adapter.") || !k.starts_with("t5_model.")));
+    // As in the PEFT test: zero-initialised outputs pass no gradient until they have moved.
+    for _ in 0..30 {
+        let b = &t.state.task_batches;
+        if b[0] + b[1] >= 4 && b[2] >= 4 {
+            break;
+        }
+        t.step().unwrap();
+    }
+    let loss = (t.loss_of(0, &cap, 1).unwrap() + t.loss_of(2, &rec, 2).unwrap()).unwrap();
+    let n = lion_core::testing::check_vars_get_grad(&vars, &loss).unwrap();
+    assert_eq!(n, vars.len());
+}

@@ -66,8 +66,9 @@ pub enum TrainableSet {
     /// LION's parameter-efficient set ([`is_trainable`]).
     #[default]
     Peft,
-    /// Every weight, the ViT included, except T5's adapters and routers, which keep their
-    /// identity initialisation (zero up-projection): the demo's backbone pretraining.
+    /// Every weight, the ViT and T5 included, except T5's adapters and routers, which keep their
+    /// identity initialisation (zero up-projection), and the Q-Former's last text FFN (no
+    /// gradient): the demo's backbone pretraining.
     All,
 }
 
@@ -620,7 +621,13 @@ impl PeftTrainer {
             .ignore_unexpected(&["position_ids", "relative_position_index", "attn_mask"])
             .with_trainable(varmap.clone(), move |k| {
                 if all {
-                    !(k.starts_with("t5_model.") && k.contains("adapter"))
+                    // The backbone too, but never the T5 adapters, nor the Q-Former parts that
+                    // get no gradient (the PEFT set's exclusions).
+                    if let Some(rest) = k.strip_prefix("t5_model.") {
+                        !rest.contains("adapter")
+                    } else {
+                        k.starts_with("visual_encoder.") || is_trainable(k, qlayers)
+                    }
                 } else {
                     is_trainable(k, qlayers)
                 }
@@ -1101,6 +1108,14 @@ pub fn draw_loss_curves(metrics: &Path, png: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_carry_their_scores_or_one() {
+        assert_eq!(tag_with_score("red: 0.93"), ("red".into(), 0.93));
+        assert_eq!(tag_with_score("red circle"), ("red circle".into(), 1.0));
+        // A colon that is not followed by a number is part of the name.
+        assert_eq!(tag_with_score("a: b"), ("a: b".into(), 1.0));
+    }
 
     #[test]
     fn trainable_set_follows_upstream() {

@@ -270,9 +270,11 @@ fn run_training(dir: &Path, cfg: &Value) -> Result<PathBuf> {
             return Ok(done);
         }
         bail!(
-            "{} holds an unfinished run: continue it with `lion train --config {} --resume`, \
-             or delete it",
+            "{} holds a run at step {} but this demo asks for {} steps: continue it with \
+             `lion train --config {} --resume` (same settings), or delete it",
             run_dir.display(),
+            st["step"],
+            cfg["steps"],
             path.display()
         );
     }
