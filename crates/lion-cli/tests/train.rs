@@ -414,3 +414,26 @@ fn trainable_all_trains_the_backbone_and_every_var_gets_a_gradient() {
     let n = lion_core::testing::check_vars_get_grad(&vars, &loss).unwrap();
     assert_eq!(n, vars.len());
 }
+
+#[test]
+fn a_from_scratch_vit_starts_with_sincos_positions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world(tmp.path());
+    let out = tmp.path().join("scratch");
+    let c = write_config(tmp.path(), "s.json", &config(&w, &out, 1, 1e-3, 0));
+    let _t = PeftTrainer::new(PeftConfig::read(&c).unwrap(), None, &Device::Cpu).unwrap();
+    let init = lion_core::weights::Checkpoint::open(out.join("init.safetensors")).unwrap();
+    let pos = init.get("visual_encoder.pos_embed", &Device::Cpu).unwrap();
+    let (_, n, d) = pos.dims3().unwrap();
+    let g = (n - 1).isqrt();
+    let code = lion_core::eva_vit::sincos_pos_embed(g, d, &Device::Cpu).unwrap();
+    let patches = pos.squeeze(0).unwrap().narrow(0, 1, n - 1).unwrap();
+    // what is left after taking half the code away is the trunc-normal(0.02) draw
+    let rest = (patches - (code * 0.5).unwrap()).unwrap();
+    let rest: Vec<f32> = rest.flatten_all().unwrap().to_vec1().unwrap();
+    let std = (rest.iter().map(|x| x * x).sum::<f32>() / rest.len() as f32).sqrt();
+    assert!(
+        std > 0.005 && std < 0.04,
+        "pos_embed minus the code: rms {std}"
+    );
+}

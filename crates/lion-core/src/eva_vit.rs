@@ -120,6 +120,32 @@ const TRUNC_NORMAL: Init = Init::Randn {
     stdev: 0.02,
 };
 
+/// 2-D sine-cosine position codes of a `grid` x `grid` patch grid: (grid * grid, dim), rows in
+/// raster order. The first half of each row encodes the patch row, the second half its column,
+/// each as `[sin(p * w_i), cos(p * w_i)]` with `w_i = 10000^(-i / (dim / 4))` (MAE's
+/// `get_2d_sincos_pos_embed` layout, computed in f64). Not part of EVA's model: `lion train` adds
+/// it to a from-scratch ViT's trunc-normal `pos_embed`, because a small ViT trained from random
+/// weights otherwise learns almost no position signal (its patch tokens cannot be told apart by
+/// place, so REC cannot be learnt). `dim` must be a multiple of 4.
+pub fn sincos_pos_embed(grid: usize, dim: usize, dev: &candle_core::Device) -> Result<Tensor> {
+    if dim % 4 != 0 {
+        candle_core::bail!("sin-cos position codes need a width divisible by 4, got {dim}")
+    }
+    let quarter = dim / 4;
+    let mut v = Vec::with_capacity(grid * grid * dim);
+    for r in 0..grid {
+        for c in 0..grid {
+            for p in [r, c] {
+                let ws = (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64));
+                let args: Vec<f64> = ws.map(|w| p as f64 * w).collect();
+                v.extend(args.iter().map(|a| a.sin() as f32));
+                v.extend(args.iter().map(|a| a.cos() as f32));
+            }
+        }
+    }
+    Tensor::from_vec(v, (grid * grid, dim), dev)
+}
+
 fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder, frozen: bool) -> Result<Linear> {
     let w = param(&vb, (out_dim, in_dim), "weight", TRUNC_NORMAL, frozen)?;
     let b = param(&vb, out_dim, "bias", Init::Const(0.), frozen)?;
@@ -438,4 +464,32 @@ pub fn interpolate_pos_embed(pos: &Tensor, extra: usize, new_grid: usize) -> Res
     let rows = m.matmul(&cols.reshape((g, new_grid * d))?)?;
     let grid = rows.reshape((1, new_grid * new_grid, d))?;
     Tensor::cat(&[&cls, &grid], 1)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sincos_pos_embed_codes_row_then_column() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let (g, d) = (3, 8);
+        let pe = sincos_pos_embed(g, d, &dev)?.to_vec2::<f32>()?;
+        assert_eq!(pe.len(), g * g);
+        // frequencies 1 and 10000^(-1/2) = 0.01 for a quarter of 2
+        let code = |p: f64| [p.sin(), (p * 0.01).sin(), p.cos(), (p * 0.01).cos()];
+        for r in 0..g {
+            for c in 0..g {
+                let want: Vec<f64> = code(r as f64).into_iter().chain(code(c as f64)).collect();
+                for (got, want) in pe[r * g + c].iter().zip(&want) {
+                    assert!(
+                        (*got as f64 - want).abs() < 1e-6,
+                        "({r},{c}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+        assert!(sincos_pos_embed(2, 6, &dev).is_err());
+        Ok(())
+    }
 }

@@ -177,6 +177,15 @@ impl TagCache {
         }
         Ok(texts.iter().map(|t| map[t.as_str()].clone()).collect())
     }
+
+    /// Distinct texts held.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Where a pipeline's parts come from.

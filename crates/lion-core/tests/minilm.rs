@@ -40,3 +40,43 @@ fn minilm_matches_sentence_transformers() {
         assert!(max <= 1e-4, "{s:?}: max abs diff {max}");
     }
 }
+
+/// The pipeline's memo of tag-encoder embeddings returns what the encoder returns, computes each
+/// distinct text once, and keeps the order and repeats of the request.
+#[test]
+fn tag_cache_returns_the_encoders_embeddings_once_per_text() {
+    use lion_core::pipeline::TagCache;
+    let enc = SentenceEmbedder::load(common::minilm_dir(), &Device::Cpu, None).unwrap();
+    let cache = TagCache::default();
+    let s = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let first = cache
+        .embed(
+            &enc,
+            &s(&[
+                "red: 0.91, circle: 0.80",
+                "blue: 0.55",
+                "red: 0.91, circle: 0.80",
+            ]),
+        )
+        .unwrap();
+    assert_eq!(cache.len(), 2);
+    assert_eq!(first[0], first[2]);
+    let second = cache
+        .embed(&enc, &s(&["blue: 0.55", "star: 0.42"]))
+        .unwrap();
+    assert_eq!(cache.len(), 3);
+    // a cached row is the very row computed before, a new one what the encoder gives alone
+    assert_eq!(second[0], first[1]);
+    let direct = enc.embed(&["star: 0.42", "blue: 0.55"], 2).unwrap();
+    for (a, b) in [(&second[1], &direct[0]), (&first[1], &direct[1])] {
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            d < 1e-5,
+            "cached embedding differs from the encoder's by {d}"
+        );
+    }
+}

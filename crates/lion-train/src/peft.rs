@@ -1029,6 +1029,7 @@ fn save_random_init(
         .with_trainable(varmap.clone(), |_| true);
     let vb = loader.var_builder(DType::F32, dev);
     let _ = lion_core::lion::LionModel::new(cfg, 32099.min(cfg.t5.vocab_size as u32 - 1), vb)?;
+    add_sincos_positions(&varmap, cfg)?;
     let tensors: HashMap<String, Tensor> = varmap
         .data()
         .lock()
@@ -1037,6 +1038,32 @@ fn save_random_init(
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
         .collect();
     lion_core::weights::save_safetensors(&tensors, path)
+}
+
+/// How much of the 2-D sin-cos code is added to a from-scratch ViT's `pos_embed`: half, so the
+/// place of a patch is about as loud as its content at the start (patch projections of norm ~3
+/// against codes of norm `sqrt(d / 2)`).
+const SINCOS_POS_SCALE: f64 = 0.5;
+
+/// A from-scratch ViT's `pos_embed` (trunc-normal) plus [`SINCOS_POS_SCALE`] x the 2-D sin-cos
+/// code on the patch rows (the class token's row unchanged): without it a small ViT trained from
+/// random weights learns almost no position signal and never learns to localise.
+fn add_sincos_positions(varmap: &VarMap, cfg: &lion_core::lion::LionConfig) -> Result<()> {
+    let data = varmap.data().lock().expect("poisoned");
+    let Some(var) = data.get("visual_encoder.pos_embed") else {
+        return Ok(());
+    };
+    let pos = var.as_tensor();
+    let (_, n, d) = pos.dims3()?;
+    let grid = cfg.vit.grid();
+    if n != 1 + grid * grid || d % 4 != 0 {
+        return Ok(());
+    }
+    let code = lion_core::eva_vit::sincos_pos_embed(grid, d, pos.device())?;
+    let code = (code * SINCOS_POS_SCALE)?.unsqueeze(0)?;
+    let patches = (pos.narrow(1, 1, n - 1)? + code)?;
+    var.set(&Tensor::cat(&[&pos.narrow(1, 0, 1)?, &patches], 1)?)?;
+    Ok(())
 }
 
 /// Keeps the lines of `metrics.jsonl` at or before `step` (after a resume).

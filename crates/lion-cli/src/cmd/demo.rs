@@ -65,8 +65,8 @@ pub struct Args {
     /// Images of the pretraining world with --from-scratch.
     #[arg(long, default_value_t = 2000)]
     pretrain_images: usize,
-    /// Beams at evaluation (1 = greedy).
-    #[arg(long, default_value_t = 1)]
+    /// Beams at evaluation (1 = greedy; 5 as upstream LION's `generate`).
+    #[arg(long, default_value_t = 5)]
     num_beams: usize,
     /// Bootstrap resamples of the report's intervals.
     #[arg(long, default_value_t = 1000)]
@@ -317,9 +317,14 @@ fn pretrain(args: &Args, out: &Path) -> Result<PathBuf> {
         2e-3,
         seed,
     );
-    // Localisation is the slowest skill to learn from scratch: REC gets 3 of 5 batches.
+    // Localisation is the slowest skill to learn from scratch: REC gets 3 of 5 batches. The
+    // aggregator's fusion blocks stay at their initialisation (per-token LayerNorms) while the
+    // backbone learns: trained from scratch they learnt to average the patches' places away
+    // before anything used them, and REC never started (assets/shapes-backbone/README.md). The
+    // demo's PEFT stage trains them.
     let mut cfg = cfg;
     cfg["tasks"][2]["ratio"] = json!(3.0);
+    cfg["boost_lr_scale"] = json!(0.0);
     let ckpt = run_training(&run, &cfg)?;
     let dest = out.join("backbone");
     export_backbone(&run.join("init.safetensors"), &ckpt, &qtok, &dest)?;
