@@ -234,6 +234,16 @@ impl LionModel {
         &self.t5
     }
 
+    /// The Q-Former path (ln_vision + Q-Former + t5_proj), when configured.
+    pub fn qformer(&self) -> Option<&QFormer> {
+        self.qformer.as_ref()
+    }
+
+    /// The vision aggregator path (aggregator + ln_adapter + adapter_proj), when configured.
+    pub fn aggregator(&self) -> Option<&VisionAggregator> {
+        self.aggregator.as_ref()
+    }
+
     /// The ViT block outputs, in [`LionConfig::vit_layers`] order, each (b, n, width).
     pub fn vit_layers(&self, pixel_values: &Tensor) -> Result<Vec<Tensor>> {
         Ok(self.vit.forward(pixel_values, &self.cfg.vit_layers())?)

@@ -16,20 +16,39 @@
 //! | `caption_batch` | the same at batch `batch` (throughput = batch / time) |
 //! | `train_step` | PEFT step: forward, masked CE, backward, AdamW over the adapters only |
 //! | `tagenc_triplet` | one triplet step of the MiniLM tag encoder (when the model folder exists) |
+//! | `vit` | the preset's EVA ViT, batch 1, up to the blocks LION needs (last; aggregator sources) |
+//! | `qformer` | ln_vision + Q-Former (queries only, no instruction text) + t5_proj, batch 1 |
+//! | `aggregator` | vision aggregator + ln_adapter + adapter_proj, batch 1 |
+//! | `caption_e2e` | [`LionModel::generate`]: pixels -> ViT -> Q-Former + aggregator -> T5 beam search |
+//! | `caption_e2e_batch` | the same at batch `batch` (throughput) |
+//!
+//! The vision stages and the end-to-end captions run a [`LionModel`] (the `lion caption` code)
+//! built from `vision.safetensors` (LION key names: `visual_encoder.*`, `Qformer.bert.*`,
+//! `query_tokens`, `ln_vision`, `t5_proj`, `fusion_adapter.*`, `ln_adapter`, `adapter_proj`) and
+//! the same `t5.safetensors` under `t5_model.`; when any of them is asked for, the T5 stages use
+//! that model's T5 (so peak memory includes the vision weights on both sides). The end-to-end
+//! input is `pixel_values` (a fixed random preprocessed batch) and `prompt_ids` (`text_tokens`
+//! random prompt tokens after the visual tokens). Their outputs (a strided sample of each) and
+//! the generated tokens go into the report's `check` so `bench_torch.py --check` can compare.
 //!
 //! GEMM-heavy stages report their matmul GFLOP count, the achieved GFLOP/s and its fraction of
 //! the `gemm` rate. Peak memory per stage is the resident-set high-water mark (Linux
 //! `/proc/self/status` `VmHWM`, reset before each stage through `/proc/self/clear_refs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{ParamsAdamW, VarMap};
 use lion_core::adapter::Route;
+use lion_core::aggregator::{AggregatorConfig, VisionAggregator};
+use lion_core::eva_vit::{EvaVit, EvaVitConfig};
 use lion_core::generate::{generate, GenerationConfig};
+use lion_core::lion::{LionBatch, LionConfig, LionModel};
+use lion_core::qformer::{QFormer, QFormerConfig};
 use lion_core::t5::{T5Config, T5ForConditionalGeneration, T5Input};
+use lion_core::text::Encoded;
 use lion_core::weights::{save_safetensors, Checkpoint, LoadMode, WeightLoader};
 use lion_core::{input_err, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -55,11 +74,55 @@ pub fn t5_preset(name: &str) -> Result<T5Config> {
     ))
 }
 
+/// Stage names, in run order.
+pub const STAGES: &[&str] = &[
+    "gemm",
+    "t5_encoder",
+    "decode_token",
+    "caption_beam5",
+    "caption_batch",
+    "train_step",
+    "tagenc_triplet",
+    "vit",
+    "qformer",
+    "aggregator",
+    "caption_e2e",
+    "caption_e2e_batch",
+];
+
+/// The stages that need the whole LION model (vision weights).
+pub const LION_STAGES: &[&str] = &[
+    "vit",
+    "qformer",
+    "aggregator",
+    "caption_e2e",
+    "caption_e2e_batch",
+];
+
+/// The LION model of a bench preset: `lion_core::presets::preset(name)` without a soft prompt,
+/// with the bench T5 (`tiny`: the Q-Former and aggregator project to the bench T5's width).
+pub fn lion_preset(name: &str, t5: &T5Config) -> Result<LionConfig> {
+    let mut cfg = lion_core::presets::preset(name, None)?;
+    cfg.t5 = t5.clone();
+    if let Some(q) = &mut cfg.qformer {
+        q.d_model = t5.d_model;
+    }
+    if let Some(a) = &mut cfg.aggregator {
+        a.d_model = t5.d_model;
+    }
+    cfg.validate()
+        .map_err(|m| Error::config(format!("bench preset {name}"), m))?;
+    Ok(cfg)
+}
+
 /// Workload sizes; `setup.json` holds them for the PyTorch side.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchSetup {
     pub preset: String,
     pub t5: T5Config,
+    /// The whole model of the vision and end-to-end stages (its `t5` is `t5` above).
+    #[serde(default)]
+    pub lion: Option<LionConfig>,
     /// LION: 257 ViT tokens + 32 aggregated queries.
     pub visual_tokens: usize,
     /// Instruction / tag text after the visual tokens.
@@ -88,10 +151,12 @@ impl BenchSetup {
     /// Defaults for a preset: LION's sequence (289 visual + 60 text tokens), beam 5, 20 tokens.
     pub fn new(preset: &str) -> Result<Self> {
         let t5 = t5_preset(preset)?;
+        let lion = Some(lion_preset(preset, &t5)?);
         let tiny = preset == "tiny";
         Ok(Self {
             preset: preset.into(),
             t5,
+            lion,
             visual_tokens: if tiny { 12 } else { 289 },
             text_tokens: if tiny { 4 } else { 60 },
             new_tokens: if tiny { 4 } else { 20 },
@@ -117,17 +182,15 @@ impl BenchSetup {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let known = [
-            "gemm",
-            "t5_encoder",
-            "decode_token",
-            "caption_beam5",
-            "caption_batch",
-            "train_step",
-            "tagenc_triplet",
-        ];
-        if let Some(s) = self.stages.iter().find(|s| !known.contains(&s.as_str())) {
-            input_err!("unknown stage {s:?} (known: {})", known.join(", "))
+        if let Some(s) = self.stages.iter().find(|s| !STAGES.contains(&s.as_str())) {
+            input_err!("unknown stage {s:?} (known: {})", STAGES.join(", "))
+        }
+        if let Some(l) = &self.lion {
+            l.validate()
+                .map_err(|m| Error::config("setup.json lion", m))?;
+            if l.t5 != self.t5 {
+                input_err!("setup.json: lion.t5 differs from t5 (the model must share the T5)")
+            }
         }
         if self.seq_len() == 0 || self.new_tokens == 0 || self.beams == 0 || self.batch == 0 {
             input_err!("sequence length, new tokens, beams and batch must be positive")
@@ -174,6 +237,25 @@ pub struct StageResult {
     /// Sub-timings (median seconds), e.g. forward / backward / optimizer.
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub parts_s: HashMap<String, f64>,
+    /// Output samples for the cross-check with PyTorch: name -> a strided sample of at most
+    /// [`CHECK_SAMPLES`] values of the flattened output (or the generated token ids).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub check: BTreeMap<String, Vec<f64>>,
+}
+
+/// Values kept per checked output.
+pub const CHECK_SAMPLES: usize = 64;
+
+/// Every `max(len / CHECK_SAMPLES, 1)`-th value of the flattened tensor, at most
+/// [`CHECK_SAMPLES`] (`bench_torch.py` takes the same).
+pub fn check_sample(t: &Tensor) -> Result<Vec<f64>> {
+    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let stride = (v.len() / CHECK_SAMPLES).max(1);
+    Ok(v.iter()
+        .step_by(stride)
+        .take(CHECK_SAMPLES)
+        .map(|&x| x as f64)
+        .collect())
 }
 
 /// The whole run, as printed with `--json`.
@@ -265,6 +347,77 @@ pub fn decode_step_flops(cfg: &T5Config, n: usize, past: usize, s: usize) -> f64
     per_layer * cfg.num_decoder_layers() as f64 + 2.0 * n * d * cfg.vocab_size as f64
 }
 
+/// Matmul FLOPs of the EVA ViT over `b` images, running `blocks` blocks (patch embedding
+/// included).
+pub fn vit_flops(cfg: &EvaVitConfig, blocks: usize, b: usize) -> f64 {
+    let n = cfg.num_tokens() as f64;
+    let (d, m) = (cfg.width as f64, cfg.mlp_dim as f64);
+    let patch = 2.0 * (n - 1.0) * d * (cfg.in_chans * cfg.patch_size * cfg.patch_size) as f64;
+    let per_block = 8.0 * n * d * d + 4.0 * n * n * d + 4.0 * n * d * m;
+    b as f64 * (patch + blocks as f64 * per_block)
+}
+
+/// Matmul FLOPs of ln_vision + Q-Former (queries only) + t5_proj over `b` images of `n` ViT
+/// tokens.
+pub fn qformer_flops(cfg: &QFormerConfig, n: usize, b: usize) -> f64 {
+    let (h, i, e) = (
+        cfg.bert.hidden_size as f64,
+        cfg.bert.intermediate_size as f64,
+        cfg.encoder_width as f64,
+    );
+    let (q, n) = (cfg.num_query_token as f64, n as f64);
+    let mut total = 2.0 * q * h * cfg.d_model as f64;
+    for l in 0..cfg.bert.num_hidden_layers {
+        total += 8.0 * q * h * h + 4.0 * q * q * h + 4.0 * q * h * i;
+        if l % cfg.cross_attention_freq == 0 {
+            total += 4.0 * q * h * h + 4.0 * n * e * h + 4.0 * q * n * h;
+        }
+    }
+    b as f64 * total
+}
+
+/// Matmul FLOPs of the vision aggregator + ln_adapter + adapter_proj over `b` images of `n`
+/// tokens.
+pub fn aggregator_flops(cfg: &AggregatorConfig, n: usize, b: usize) -> f64 {
+    let (w, i, n) = (cfg.width as f64, cfg.intermediate_size as f64, n as f64);
+    let per_block = 2.0 * (8.0 * n * w * w + 4.0 * n * n * w) + 4.0 * n * w * i;
+    let proj = 2.0 * n * w * cfg.proj_hidden as f64
+        + 2.0 * n * cfg.proj_hidden as f64 * cfg.d_model as f64;
+    b as f64 * (cfg.num_blocks as f64 * per_block + proj)
+}
+
+/// Random LION vision weights (ViT, Q-Former, aggregator) with LION key names. Tensors that the
+/// upstream init leaves at zero (the aggregator's output projections, biases) get small noise so
+/// that the PyTorch cross-check exercises them.
+fn random_vision(cfg: &LionConfig, dev: &Device) -> Result<HashMap<String, Tensor>> {
+    let vm = VarMap::new();
+    let loader = WeightLoader::random().with_trainable(vm.clone(), |_| true);
+    let vb = loader.var_builder(DType::F32, dev);
+    // a frozen ViT makes constants, not variables: build it unfrozen to collect its weights
+    let mut vit = cfg.vit.clone();
+    vit.frozen = false;
+    let _vit = EvaVit::new(&vit, vb.pp("visual_encoder"))?;
+    if let Some(q) = &cfg.qformer {
+        let _q = QFormer::new(q, vb.clone())?;
+    }
+    if let Some(a) = &cfg.aggregator {
+        let _a = VisionAggregator::new(a, vb.clone())?;
+    }
+    let data = vm.data().lock().expect("poisoned");
+    let mut out = HashMap::new();
+    for (k, v) in data.iter() {
+        let t = v.as_tensor().clone();
+        let zero = t.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
+        let t = if zero {
+            (t.randn_like(0., 1.)? * 0.02)?
+        } else {
+            t
+        };
+        out.insert(k.clone(), t);
+    }
+    Ok(out)
+}
+
 /// Writes `setup.json`, a random-init `t5.safetensors` and `inputs.safetensors` into `dir`.
 pub fn prepare(setup: &BenchSetup, dir: &Path) -> Result<()> {
     setup.validate()?;
@@ -287,12 +440,23 @@ pub fn prepare(setup: &BenchSetup, dir: &Path) -> Result<()> {
     let s = setup.seq_len();
     let rows = setup.batch.max(setup.train_batch);
     let embeds = Tensor::randn(0f32, 1., (rows, s, cfg.d_model), &dev)?;
-    let labels = Tensor::rand(0f32, 1., (setup.train_batch, setup.train_target), &dev)?;
-    let labels = ((labels * (cfg.vocab_size - 2) as f64)?.floor()? + 2.0)?.to_dtype(DType::I64)?;
-    let inputs = HashMap::from([
+    // random token ids in [2, vocab): no pad, no EOS
+    let ids = |r: usize, t: usize| -> Result<Tensor> {
+        let u = Tensor::rand(0f32, 1., (r, t), &dev)?;
+        Ok(((u * (cfg.vocab_size - 2) as f64)?.floor()? + 2.0)?.to_dtype(DType::I64)?)
+    };
+    let labels = ids(setup.train_batch, setup.train_target)?;
+    let mut inputs = HashMap::from([
         ("embeds".to_string(), embeds),
         ("labels".to_string(), labels),
     ]);
+    if let Some(l) = &setup.lion {
+        save_safetensors(&random_vision(l, &dev)?, dir.join("vision.safetensors"))?;
+        let img = l.vit.img_size;
+        let px = Tensor::randn(0f32, 1., (setup.batch, l.vit.in_chans, img, img), &dev)?;
+        inputs.insert("pixel_values".into(), px);
+        inputs.insert("prompt_ids".into(), ids(setup.batch, setup.text_tokens)?);
+    }
     save_safetensors(&inputs, dir.join("inputs.safetensors"))?;
     let json = serde_json::to_vec_pretty(setup).map_err(|e| Error::format(dir, e.to_string()))?;
     lion_core::util::write_atomic(dir.join("setup.json"), &json)
@@ -321,6 +485,7 @@ fn stage(name: &str, runs: Vec<f64>) -> StageResult {
         items_per_s: None,
         peak_rss_mib: peak_rss_mib(),
         parts_s: HashMap::new(),
+        check: BTreeMap::new(),
     }
 }
 
@@ -340,12 +505,39 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
     let dev = Device::Cpu;
     let cfg = &setup.t5;
     let vm = VarMap::new();
-    let loader = WeightLoader::new(vec![Checkpoint::open(dir.join("t5.safetensors"))?])
-        .with_trainable(vm.clone(), |k| k.contains(".adapter."));
-    let model = T5ForConditionalGeneration::new(cfg, loader.var_builder(DType::F32, &dev))?;
-    loader.finish(LoadMode::Strict)?;
-    // the checkpoint's mapping is not needed any more (and would count in the peak RSS)
-    drop(loader);
+    let lion_cfg = match &setup.lion {
+        Some(l) if LION_STAGES.iter().any(|s| setup.wants(s)) => Some(l),
+        _ => None,
+    };
+    let t5_ckpt = Checkpoint::open(dir.join("t5.safetensors"))?;
+    let (lion, t5_only) = match lion_cfg {
+        Some(l) => {
+            // the T5 of the T5 stages is the LION model's own (the same weights)
+            let loader = WeightLoader::new(vec![
+                Checkpoint::open(dir.join("vision.safetensors"))?,
+                t5_ckpt.with_prefix("t5_model."),
+            ])
+            .with_trainable(vm.clone(), |k| {
+                k.starts_with("t5_model.") && k.contains(".adapter.")
+            });
+            let m = LionModel::new(l, 0, loader.var_builder(DType::F32, &dev))?;
+            loader.finish(LoadMode::Strict)?;
+            (Some(m), None)
+        }
+        None => {
+            let loader = WeightLoader::new(vec![t5_ckpt])
+                .with_trainable(vm.clone(), |k| k.contains(".adapter."));
+            let m = T5ForConditionalGeneration::new(cfg, loader.var_builder(DType::F32, &dev))?;
+            loader.finish(LoadMode::Strict)?;
+            (None, Some(m))
+        }
+    };
+    // (the checkpoints' mappings are dropped with the loaders: they would count in the peak RSS)
+    let model: &T5ForConditionalGeneration = match (&lion, &t5_only) {
+        (Some(l), _) => l.t5(),
+        (None, Some(m)) => m,
+        (None, None) => unreachable!("one model is always built"),
+    };
     let inputs = Checkpoint::open(dir.join("inputs.safetensors"))?;
     let embeds = inputs.get("embeds", &dev)?;
     let labels = inputs.get("labels", &dev)?;
@@ -422,7 +614,7 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
     if setup.wants("caption_beam5") {
         reset_peak_rss();
         let runs = time_runs(reps, || {
-            let out = generate(&model, T5Input::Embeds(&x1), None, route, &gen)?;
+            let out = generate(model, T5Input::Embeds(&x1), None, route, &gen)?;
             if out[0].len() != setup.new_tokens {
                 input_err!(
                     "beam search made {} tokens, not {}",
@@ -442,7 +634,7 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
         reset_peak_rss();
         let xb = embeds.narrow(0, 0, setup.batch)?;
         let runs = time_runs(reps, || {
-            generate(&model, T5Input::Embeds(&xb), None, route, &gen)?;
+            generate(model, T5Input::Embeds(&xb), None, route, &gen)?;
             Ok(())
         })?;
         let mut st = stage("caption_batch", runs);
@@ -495,6 +687,10 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
         }
     }
 
+    if let Some(lion) = &lion {
+        stages.extend(lion_stages(lion, &setup, &inputs, gemm_rate)?);
+    }
+
     Ok(BenchReport {
         implementation: "lion-rs (candle)".into(),
         threads: candle_core::utils::get_num_threads(),
@@ -504,6 +700,145 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
         setup,
         stages,
     })
+}
+
+/// The vision and end-to-end stages on the LION model.
+fn lion_stages(
+    lion: &LionModel,
+    setup: &BenchSetup,
+    inputs: &Checkpoint,
+    gemm_rate: Option<f64>,
+) -> Result<Vec<StageResult>> {
+    let dev = Device::Cpu;
+    let cfg = lion.config();
+    let reps = setup.repeats;
+    let px = inputs.get("pixel_values", &dev)?;
+    let prompt_ids = inputs.get("prompt_ids", &dev)?;
+    if px.dim(0)? < setup.batch || prompt_ids.dims() != [px.dim(0)?, setup.text_tokens] {
+        input_err!(
+            "inputs.safetensors: pixel_values {:?} / prompt_ids {:?} do not fit batch {} and {} text tokens (rerun with --fresh)",
+            px.dims(),
+            prompt_ids.dims(),
+            setup.batch,
+            setup.text_tokens
+        )
+    }
+    let px1 = px.narrow(0, 0, 1)?;
+    let n = cfg.vit.num_tokens();
+    let mut stages = vec![];
+    // the ViT outputs the Q-Former and aggregator stages start from (untimed)
+    let layers = lion.vit_layers(&px1)?;
+    let wanted = cfg.vit_layers();
+
+    if setup.wants("vit") {
+        reset_peak_rss();
+        let runs = time_runs(reps, || {
+            lion.vit_layers(&px1)?;
+            Ok(())
+        })?;
+        let blocks = wanted.iter().max().map_or(0, |m| m + 1);
+        let mut st = with_flops(
+            stage("vit", runs),
+            vit_flops(&cfg.vit, blocks, 1),
+            gemm_rate,
+        );
+        for (l, t) in wanted.iter().zip(&layers) {
+            st.check.insert(format!("block{l}"), check_sample(t)?);
+        }
+        stages.push(st);
+        tracing::info!("vit done");
+    }
+
+    if let (true, Some(q)) = (setup.wants("qformer"), lion.qformer()) {
+        reset_peak_rss();
+        let runs = time_runs(reps, || {
+            q.forward(&layers[0], None, None, false)?;
+            Ok(())
+        })?;
+        let mut st = with_flops(
+            stage("qformer", runs),
+            qformer_flops(q.config(), n, 1),
+            gemm_rate,
+        );
+        st.check.insert(
+            "output".into(),
+            check_sample(&q.forward(&layers[0], None, None, false)?)?,
+        );
+        stages.push(st);
+        tracing::info!("qformer done");
+    }
+
+    if let (true, Some(a)) = (setup.wants("aggregator"), lion.aggregator()) {
+        reset_peak_rss();
+        let pick = a
+            .config()
+            .source_layers
+            .iter()
+            .map(|l| {
+                let i = wanted.iter().position(|w| w == l).expect("a source layer");
+                layers[i].clone()
+            })
+            .collect::<Vec<_>>();
+        let runs = time_runs(reps, || {
+            a.forward(&pick, false)?;
+            Ok(())
+        })?;
+        let mut st = with_flops(
+            stage("aggregator", runs),
+            aggregator_flops(a.config(), n, 1),
+            gemm_rate,
+        );
+        st.check
+            .insert("output".into(), check_sample(&a.forward(&pick, false)?)?);
+        stages.push(st);
+        tracing::info!("aggregator done");
+    }
+
+    let gen = setup.generation();
+    let batch_of = |rows: usize| -> Result<LionBatch> {
+        let ids = prompt_ids.narrow(0, 0, rows)?.to_dtype(DType::U32)?;
+        let rows_ids: Vec<Vec<u32>> = ids.to_vec2()?;
+        Ok(LionBatch {
+            pixel_values: px.narrow(0, 0, rows)?,
+            qformer_text: None,
+            prompt: Encoded {
+                ids: rows_ids,
+                attention_mask: ids.ones_like()?,
+                input_ids: ids,
+            },
+            tag_embedding: None,
+            route: Route::ImageLevel,
+        })
+    };
+    for (name, rows) in [("caption_e2e", 1), ("caption_e2e_batch", setup.batch)] {
+        if !setup.wants(name) {
+            continue;
+        }
+        reset_peak_rss();
+        let batch = batch_of(rows)?;
+        let mut tokens = vec![];
+        let runs = time_runs(reps, || {
+            let out = lion.generate(&batch, &gen)?;
+            if let Some(bad) = out.iter().find(|o| o.len() != setup.new_tokens) {
+                input_err!(
+                    "beam search made {} tokens, not {}",
+                    bad.len(),
+                    setup.new_tokens
+                )
+            }
+            tokens = out;
+            Ok(())
+        })?;
+        let mut st = stage(name, runs);
+        st.items_per_s = Some(rows as f64 / st.median_s);
+        for (i, t) in tokens.iter().enumerate() {
+            st.check
+                .insert(format!("tokens{i}"), t.iter().map(|&x| x as f64).collect());
+        }
+        stages.push(st);
+        tracing::info!("{name} done");
+    }
+    Ok(stages)
 }
 
 /// The tag strings of the tag-encoder stage (also built by `bench_torch.py`): "word: 0.xxxx, ...".
@@ -587,4 +922,82 @@ pub fn table(r: &BenchReport) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flop_counts_match_published_sizes() {
+        // ViT-B/16 at 224: ~17.6 G multiply-adds (DeiT/timm), i.e. ~35 GFLOP
+        let base = lion_preset("base", &t5_preset("base").unwrap()).unwrap();
+        let f = vit_flops(&base.vit, 12, 1) / 1e9;
+        assert!((33.0..37.0).contains(&f), "ViT-B/16 {f} GFLOP");
+        assert_eq!(
+            vit_flops(&base.vit, 12, 2),
+            2.0 * vit_flops(&base.vit, 12, 1)
+        );
+        let q = qformer_flops(base.qformer.as_ref().unwrap(), 257, 1);
+        let a = aggregator_flops(base.aggregator.as_ref().unwrap(), 257, 1);
+        assert!(
+            q > 0.0 && a > q,
+            "aggregator (257 tokens) {a} vs Q-Former (32 queries) {q}"
+        );
+    }
+
+    #[test]
+    fn unknown_stage_is_named() {
+        let mut s = BenchSetup::new("tiny").unwrap();
+        s.stages = vec!["vit".into(), "vitt".into()];
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("\"vitt\"") && e.contains("caption_e2e_batch"),
+            "{e}"
+        );
+    }
+
+    /// Every stage but the tag encoder's at the tiny preset, through prepare + run.
+    #[test]
+    fn tiny_bench_runs_every_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut setup = BenchSetup::new("tiny").unwrap();
+        setup.repeats = 1;
+        setup.stages = STAGES
+            .iter()
+            .filter(|s| **s != "tagenc_triplet")
+            .map(|s| s.to_string())
+            .collect();
+        prepare(&setup, dir.path()).unwrap();
+        let report = run(dir.path()).unwrap();
+        let names: Vec<&str> = report.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, setup.stages);
+        for s in &report.stages {
+            let want = if s.name == "gemm" { 5 } else { 1 };
+            assert!(s.median_s > 0.0 && s.runs_s.len() == want, "{}", s.name);
+        }
+        let get = |n: &str| report.stages.iter().find(|s| s.name == n).unwrap();
+        let lion = setup.lion.as_ref().unwrap();
+        let vit = get("vit");
+        assert!(vit.frac_of_gemm.is_some());
+        // one sample per ViT block LION uses: the last and the aggregator's sources
+        assert_eq!(vit.check.len(), lion.vit_layers().len());
+        for (k, v) in vit.check.iter().chain(&get("aggregator").check) {
+            assert_eq!(v.len(), CHECK_SAMPLES, "{k}");
+            assert!(v.iter().all(|x| x.is_finite()), "{k}");
+            assert!(v.iter().any(|&x| x != v[0]), "{k} is constant");
+        }
+        // Q-Former: 4 queries x d_model 64 values = 256 -> 64 samples
+        assert_eq!(get("qformer").check["output"].len(), CHECK_SAMPLES);
+        let e2e = get("caption_e2e_batch");
+        assert_eq!(e2e.check.len(), setup.batch);
+        for t in e2e.check.values() {
+            assert_eq!(t.len(), setup.new_tokens);
+            assert!(t
+                .iter()
+                .all(|&x| x >= 0.0 && x < setup.t5.vocab_size as f64));
+        }
+        assert_eq!(get("caption_e2e").check.len(), 1);
+        assert!(table(&report).contains("caption_e2e_batch"));
+    }
 }

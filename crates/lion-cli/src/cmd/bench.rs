@@ -34,7 +34,8 @@ pub struct Args {
     #[arg(long, default_value = crate::cmd::DEFAULT_MINILM)]
     tagenc: PathBuf,
     /// Only these stages (comma-separated): gemm, t5_encoder, decode_token, caption_beam5,
-    /// caption_batch, train_step, tagenc_triplet.
+    /// caption_batch, train_step, tagenc_triplet, vit, qformer, aggregator, caption_e2e,
+    /// caption_e2e_batch.
     #[arg(long, value_delimiter = ',')]
     stages: Vec<String>,
     /// Also write the report as JSON here.
@@ -62,9 +63,13 @@ pub fn run(args: Args) -> Result<()> {
     let reusable = !args.fresh
         && args.dir.join("t5.safetensors").exists()
         && args.dir.join("inputs.safetensors").exists()
+        && (setup.lion.is_none() || args.dir.join("vision.safetensors").exists())
         && lion_core::util::read_json::<BenchSetup>(&setup_path)
             .map(|old| {
                 old.t5 == setup.t5
+                    && old.lion == setup.lion
+                    && (old.lion.is_none() || old.batch >= setup.batch)
+                    && old.text_tokens == setup.text_tokens
                     && old.seq_len() == setup.seq_len()
                     && old.batch.max(old.train_batch) >= setup.batch.max(setup.train_batch)
                     && old.train_batch == setup.train_batch
