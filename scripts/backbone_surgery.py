@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import sys
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -65,6 +66,8 @@ def main():
 
     if a.add_sincos is not None:
         k = "visual_encoder.pos_embed"
+        if k not in w:
+            sys.exit(f"{d}/trainable.safetensors has no {k} (is the ViT trainable in this run?)")
         p = w[k].clone()
         n, dim = p.shape[1], p.shape[2]
         g = math.isqrt(n - 1)
@@ -75,6 +78,9 @@ def main():
     if a.reset_aggregator:
         init = load_file(a.reset_aggregator)
         keys = [k for k in w if k.startswith(AGGREGATOR)]
+        missing = [k for k in keys if k not in init]
+        if not keys or missing:
+            sys.exit(f"aggregator keys: {len(keys)} trainable, not in {a.reset_aggregator}: {missing[:5]}")
         for k in keys:
             w[k] = init[k].clone()
             zero_moments(k)

@@ -289,22 +289,29 @@ impl LionModel {
             parts.push(q.forward(&layers[0], ids, mask, train)?);
         }
         if let Some(a) = &self.aggregator {
-            let wanted = self.cfg.vit_layers();
-            let pick: Vec<Tensor> = a
-                .config()
-                .source_layers
-                .iter()
-                .map(|l| {
-                    let i = wanted
-                        .iter()
-                        .position(|w| w == l)
-                        .expect("vit_layers has every source");
-                    layers[i].clone()
-                })
-                .collect();
-            parts.push(a.forward(&pick, train)?);
+            parts.push(a.forward(&self.aggregator_sources(layers), train)?);
         }
         Ok(Tensor::cat(&parts, 1)?)
+    }
+
+    /// The aggregator's source layers, in its order, out of [`Self::vit_layers`]' outputs
+    /// (empty without an aggregator).
+    pub fn aggregator_sources(&self, layers: &[Tensor]) -> Vec<Tensor> {
+        let wanted = self.cfg.vit_layers();
+        let Some(a) = &self.aggregator else {
+            return vec![];
+        };
+        a.config()
+            .source_layers
+            .iter()
+            .map(|l| {
+                let i = wanted
+                    .iter()
+                    .position(|w| w == l)
+                    .expect("vit_layers has every source");
+                layers[i].clone()
+            })
+            .collect()
     }
 
     /// The T5 encoder input: [visual | embedded prompt with soft-prompt rows] and its mask.

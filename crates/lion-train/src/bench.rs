@@ -770,15 +770,7 @@ fn lion_stages(
 
     if let (true, Some(a)) = (setup.wants("aggregator"), lion.aggregator()) {
         reset_peak_rss();
-        let pick = a
-            .config()
-            .source_layers
-            .iter()
-            .map(|l| {
-                let i = wanted.iter().position(|w| w == l).expect("a source layer");
-                layers[i].clone()
-            })
-            .collect::<Vec<_>>();
+        let pick = lion.aggregator_sources(&layers);
         let runs = time_runs(reps, || {
             a.forward(&pick, false)?;
             Ok(())

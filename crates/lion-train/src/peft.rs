@@ -1040,9 +1040,10 @@ fn save_random_init(
     lion_core::weights::save_safetensors(&tensors, path)
 }
 
-/// How much of the 2-D sin-cos code is added to a from-scratch ViT's `pos_embed`: half, so the
-/// place of a patch is about as loud as its content at the start (patch projections of norm ~3
-/// against codes of norm `sqrt(d / 2)`).
+/// How much of the 2-D sin-cos code is added to a from-scratch ViT's `pos_embed`: half (codes of
+/// norm `0.5 * sqrt(d / 2)`, 2.8 at d 64, against trunc-normal positions of norm ~0.16 and patch
+/// projections of norm ~12, measured on the ShapesWorld backbone at step 4000). The value the
+/// shipped backbone was trained with; not tuned.
 const SINCOS_POS_SCALE: f64 = 0.5;
 
 /// A from-scratch ViT's `pos_embed` (trunc-normal) plus [`SINCOS_POS_SCALE`] x the 2-D sin-cos
@@ -1057,6 +1058,11 @@ fn add_sincos_positions(varmap: &VarMap, cfg: &lion_core::lion::LionConfig) -> R
     let (_, n, d) = pos.dims3()?;
     let grid = cfg.vit.grid();
     if n != 1 + grid * grid || d % 4 != 0 {
+        tracing::warn!(
+            shape = ?pos.dims(),
+            grid,
+            "pos_embed does not fit a square grid of a width divisible by 4: no sin-cos code added"
+        );
         return Ok(());
     }
     let code = lion_core::eva_vit::sincos_pos_embed(grid, d, pos.device())?;
