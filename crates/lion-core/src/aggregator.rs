@@ -178,7 +178,7 @@ impl FusionBlock {
             .0
             .forward(&h, Some(encoder), None, train)?;
         let h = self.crossattention.1.forward(&c, &h, train)?;
-        let i = self.intermediate.forward(&h)?.gelu_erf()?;
+        let i = crate::kernels::gelu_erf(&self.intermediate.forward(&h)?)?;
         self.output.forward(&i, &h, train)
     }
 }
@@ -237,6 +237,7 @@ impl VisionAggregator {
     pub fn forward(&self, layers: &[Tensor], train: bool) -> Result<Tensor> {
         let _span = tracing::trace_span!("aggregator").entered();
         let h = self.fuse(layers, train)?;
-        self.proj2.forward(&self.proj0.forward(&h)?.gelu_erf()?)
+        self.proj2
+            .forward(&crate::kernels::gelu_erf(&self.proj0.forward(&h)?)?)
     }
 }

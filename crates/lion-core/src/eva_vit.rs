@@ -280,7 +280,7 @@ impl Block {
         let h = self
             .mlp
             .fc2
-            .forward(&self.mlp.fc1.forward(&h)?.gelu_erf()?)?;
+            .forward(&crate::kernels::gelu_erf(&self.mlp.fc1.forward(&h)?)?)?;
         xs + h
     }
 }

@@ -175,3 +175,41 @@ fn shape_errors_are_errors() {
     assert!(kernels::rms_norm(&x, &w, 1e-6).is_err());
     assert!(kernels::layer_norm(&x, &w, &w, 1e-6).is_err());
 }
+
+#[test]
+fn vectorised_exp_is_within_two_ulp_and_keeps_the_edge_cases() {
+    let mut worst = 0f64;
+    let mut x = -87.3f32;
+    while x < 88.7 {
+        let want = (x as f64).exp();
+        let got = kernels::exp(x) as f64;
+        // ulp of the exact value at f32 precision
+        let ulp = (want as f32).next_up() as f64 - want as f32 as f64;
+        worst = worst.max((got - want).abs() / ulp);
+        x += 0.013_7;
+    }
+    assert!(worst <= 2.0, "exp is off by {worst} ulp");
+    assert_eq!(kernels::exp(0.0), 1.0);
+    assert_eq!(kernels::exp(f32::NEG_INFINITY), 0.0);
+    assert_eq!(kernels::exp(-100.0), 0.0);
+    assert_eq!(kernels::exp(100.0), f32::INFINITY);
+    assert!(kernels::exp(f32::NAN).is_nan());
+}
+
+#[test]
+fn vectorised_erf_is_within_abramowitz_stegun_bound() {
+    let mut worst = 0f64;
+    let mut x = -7.0f32;
+    while x < 7.0 {
+        let want = candle_core::cpu::erf::erf_f64(x as f64);
+        worst = worst.max((kernels::erf(x) as f64 - want).abs());
+        x += 0.000_93;
+    }
+    // A&S 7.1.26 guarantees 1.5e-7 in exact arithmetic; f32 rounding adds a few 1e-8 (measured
+    // worst: 1.8e-7 near |x| = 1.4). Below |x| = 1 the series is far more accurate.
+    assert!(worst <= 2e-7, "erf is off by {worst}");
+    assert_eq!(kernels::erf(0.0), 0.0);
+    assert_eq!(kernels::erf(10.0), 1.0);
+    assert_eq!(kernels::erf(-10.0), -1.0);
+    assert!(kernels::erf(f32::NAN).is_nan());
+}
