@@ -5,7 +5,11 @@ checkpoint DIR/t5.safetensors (HF T5 keys + LION adapters) and DIR/inputs.safete
 builds transformers' T5ForConditionalGeneration from the same config (exact-erf gated GELU, untied
 head), adds LION's adapters (the reference of scripts/fixtures_t5.py), loads the checkpoint strictly
 and times the same stages with the same warm-up/repeat scheme, printing a JSON report of the same
-schema as `lion bench --json`.
+schema as `lion bench --json`. The vision and end-to-end stages (vit, qformer, aggregator,
+caption_e2e, caption_e2e_batch) load DIR/vision.safetensors (LION keys) strictly into timm's Eva,
+the Q-Former reference of scripts/fixtures_vision.py and transformers BertLayers (the aggregator),
+and give T5's generate the same [Q-Former | aggregator | prompt] embeddings as LionModel::generate.
+`--compare` also compares both sides' `check` samples (output values, generated token ids).
 
 Run:      PY=$(scripts/venv.sh); $PY scripts/bench_torch.py DIR [--json OUT] [--threads N]
 Compare:  $PY scripts/bench_torch.py --compare OUTDIR   (lion_*.json vs torch_*.json in OUTDIR,
@@ -142,6 +146,200 @@ def build_model(setup, path):
     return model.eval()
 
 
+def build_vision(setup, path):
+    """The LION vision side from `vision.safetensors` (LION keys), strictly: timm's Eva as the EVA
+    ViT, the Q-Former reference of scripts/fixtures_vision.py (plain torch after LAVIS/LION
+    Qformer.py) sized from setup.json, and the vision aggregator as lion_adapters.FusionAdapter
+    builds it (transformers BertLayers with cross-attention, eager, unmasked) + ln_adapter +
+    adapter_proj. Returns (vit, vit_layers, qformer, aggregator) as callables on tensors."""
+    from functools import partial
+
+    import torch
+    import torch.nn as nn
+    from safetensors.torch import load_file
+    from timm.models.eva import Eva
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    import fixtures_vision as fv
+
+    lc = setup["lion"]
+    v, q, a = lc["vit"], lc["qformer"], lc["aggregator"]
+    sd = load_file(path)
+    used = set()
+
+    def part(prefix, module, allow_missing=()):
+        want = {k[len(prefix):]: t for k, t in sd.items() if k.startswith(prefix)}
+        missing, unexpected = module.load_state_dict(want, strict=False)
+        missing = [k for k in missing if not k.endswith(allow_missing)] if allow_missing else missing
+        if missing or unexpected:
+            raise SystemExit(f"vision.safetensors {prefix!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        used.update(prefix + k for k in want)
+        return module.eval()
+
+    vit = Eva(img_size=v["img_size"], patch_size=v["patch_size"], in_chans=v["in_chans"], embed_dim=v["width"],
+              depth=v["depth"], num_heads=v["num_heads"], mlp_ratio=v["mlp_dim"] / v["width"], qkv_bias=True,
+              num_classes=0, global_pool="", norm_layer=partial(nn.LayerNorm, eps=v["layer_norm_eps"]),
+              use_rot_pos_emb=False, use_abs_pos_emb=True)
+    part("visual_encoder.", vit, allow_missing=("norm.weight", "norm.bias"))
+    # LionConfig::vit_layers: the last block (Q-Former input), then the aggregator's sources
+    layers = [v["depth"] - 1] + [l for l in a["source_layers"] if l != v["depth"] - 1]
+
+    def vit_layers(px):
+        # forward_features up to the deepest block LION reads, collecting block outputs
+        x = vit.patch_embed(px)
+        x, rope = vit._pos_embed(x)
+        x = vit.norm_pre(x)
+        outs = {}
+        for i, blk in enumerate(vit.blocks[: max(layers) + 1]):
+            x = blk(x, rope=rope)
+            outs[i] = x
+        return [outs[l] for l in layers]
+
+    b = q["bert"]
+    fv.QF.update(vocab=b["vocab_size"], hidden=b["hidden_size"], layers=b["num_hidden_layers"],
+                 heads=b["num_attention_heads"], inter=b["intermediate_size"], max_pos=b["max_position_embeddings"],
+                 freq=q["cross_attention_freq"], queries=q["num_query_token"], enc_width=q["encoder_width"],
+                 d_model=q["d_model"], eps=b["layer_norm_eps"])
+    qf = fv.QFormerRef()
+    qsd = {k: t for k, t in sd.items() if k.startswith(("Qformer.", "query_tokens", "ln_vision.", "t5_proj."))}
+    missing, unexpected = qf.load_state_dict(qsd, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise SystemExit(f"vision.safetensors Q-Former: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    used.update(qsd)
+    qf.eval()
+    no_text = torch.zeros(1, 0, dtype=torch.long)
+
+    def qformer(vision):
+        n = vision.shape[0]
+        return qf(vision, no_text.expand(n, 0), no_text.expand(n, 0))[1]
+
+    cfg = BertConfig(hidden_size=a["width"], num_attention_heads=a["num_heads"], intermediate_size=a["intermediate_size"],
+                     layer_norm_eps=a["layer_norm_eps"], hidden_act="gelu")
+    cfg.add_cross_attention = True
+    cfg.is_decoder = True
+    cfg._attn_implementation = "eager"  # upstream: eager, attention_mask None (unmasked)
+    root = nn.Module()
+    root.fusion_adapter = nn.Module()
+    root.fusion_adapter.blocks = nn.ModuleList([BertLayer(cfg) for _ in range(a["num_blocks"])])
+    root.ln_adapter = nn.LayerNorm(a["width"], eps=a["ln_adapter_eps"])
+    root.adapter_proj = nn.Sequential(nn.Linear(a["width"], a["proj_hidden"]), nn.GELU(),
+                                      nn.Linear(a["proj_hidden"], a["d_model"]))
+    asd = {k: t for k, t in sd.items() if k.startswith(("fusion_adapter.", "ln_adapter.", "adapter_proj."))}
+    root.load_state_dict(asd, strict=True)
+    used.update(asd)
+    root.eval()
+
+    def aggregator(sources):
+        h = sources[0]
+        for blk, enc in zip(root.fusion_adapter.blocks, sources[1:]):
+            o = blk(h, encoder_hidden_states=enc)
+            h = o[0] if isinstance(o, tuple) else o
+        return root.adapter_proj(root.ln_adapter(h))
+
+    left = set(sd) - used
+    if left:
+        raise SystemExit(f"vision.safetensors: unused keys {sorted(left)[:5]}")
+    sources = lambda outs: [outs[layers.index(l)] for l in a["source_layers"]]
+    return vit_layers, layers, qformer, aggregator, sources
+
+
+def check_sample(t, n=64):
+    """bench.rs check_sample: every (len / n)-th value of the flattened tensor, n of them."""
+    v = t.detach().float().flatten()
+    stride = max(v.numel() // n, 1)
+    return [float(x) for x in v[::stride][:n]]
+
+
+def vision_stages(setup, dir_, model, inputs, gemm, reps):
+    import torch
+
+    wants = lambda name: not setup.get("stages") or name in setup["stages"]
+    names = ["vit", "qformer", "aggregator", "caption_e2e", "caption_e2e_batch"]
+    if not setup.get("lion") or not any(wants(n) for n in names):
+        return []
+    vit_layers, layers, qformer, aggregator, sources = build_vision(setup, os.path.join(dir_, "vision.safetensors"))
+    lc = setup["lion"]
+    v, q, a = lc["vit"], lc["qformer"], lc["aggregator"]
+    px, prompt_ids = inputs["pixel_values"], inputs["prompt_ids"].long()
+    px1 = px[:1]
+    n_tok = (v["img_size"] // v["patch_size"]) ** 2 + 1
+    out = []
+    with torch.inference_mode():
+        outs = vit_layers(px1)
+        if wants("vit"):
+            reset_peak()
+            st = with_flops(stage("vit", time_runs(reps, lambda: vit_layers(px1))),
+                            vit_flops(v, max(layers) + 1, 1), gemm)
+            st["check"] = {f"block{l}": check_sample(t) for l, t in zip(layers, outs)}
+            out.append(st)
+        if wants("qformer"):
+            reset_peak()
+            st = with_flops(stage("qformer", time_runs(reps, lambda: qformer(outs[0]))),
+                            qformer_flops(q, n_tok, 1), gemm)
+            st["check"] = {"output": check_sample(qformer(outs[0]))}
+            out.append(st)
+        if wants("aggregator"):
+            reset_peak()
+            src = sources(outs)
+            st = with_flops(stage("aggregator", time_runs(reps, lambda: aggregator(src))),
+                            aggregator_flops(a, n_tok, 1), gemm)
+            st["check"] = {"output": check_sample(aggregator(src))}
+            out.append(st)
+        # LionModel::generate: [Q-Former queries | aggregator tokens | embedded prompt], mask all ones
+        gen = dict(num_beams=setup["beams"], max_new_tokens=setup["new_tokens"], min_new_tokens=setup["new_tokens"],
+                   repetition_penalty=setup["repetition_penalty"], length_penalty=1.0, early_stopping=False,
+                   do_sample=False)
+
+        def caption(rows):
+            o = vit_layers(px[:rows])
+            visual = torch.cat([qformer(o[0]), aggregator(sources(o))], 1)
+            embeds = torch.cat([visual, model.shared(prompt_ids[:rows])], 1)
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+            ids = model.generate(inputs_embeds=embeds, attention_mask=mask, **gen)
+            assert ids.shape[1] == 1 + setup["new_tokens"], ids.shape
+            return ids[:, 1:]  # without the decoder start token, as ours
+
+        for name, rows in [("caption_e2e", 1), ("caption_e2e_batch", setup["batch"])]:
+            if not wants(name):
+                continue
+            reset_peak()
+            st = stage(name, time_runs(reps, lambda: caption(rows)))
+            st["items_per_s"] = rows / st["median_s"]
+            st["check"] = {f"tokens{i}": [float(x) for x in row] for i, row in enumerate(caption(rows))}
+            out.append(st)
+    return out
+
+
+def vit_flops(v, blocks, b):
+    """bench.rs vit_flops."""
+    n = (v["img_size"] // v["patch_size"]) ** 2 + 1
+    d, m = v["width"], v["mlp_dim"]
+    patch = 2.0 * (n - 1) * d * v["in_chans"] * v["patch_size"] ** 2
+    return b * (patch + blocks * (8.0 * n * d * d + 4.0 * n * n * d + 4.0 * n * d * m))
+
+
+def qformer_flops(q, n, b):
+    """bench.rs qformer_flops."""
+    h, i, e = q["bert"]["hidden_size"], q["bert"]["intermediate_size"], q["encoder_width"]
+    nq = q["num_query_token"]
+    total = 2.0 * nq * h * q["d_model"]
+    for l in range(q["bert"]["num_hidden_layers"]):
+        total += 8.0 * nq * h * h + 4.0 * nq * nq * h + 4.0 * nq * h * i
+        if l % q["cross_attention_freq"] == 0:
+            total += 4.0 * nq * h * h + 4.0 * n * e * h + 4.0 * nq * n * h
+    return b * total
+
+
+def aggregator_flops(a, n, b):
+    """bench.rs aggregator_flops."""
+    w, i = a["width"], a["intermediate_size"]
+    per_block = 2.0 * (8.0 * n * w * w + 4.0 * n * n * w) + 4.0 * n * w * i
+    proj = 2.0 * n * w * a["proj_hidden"] + 2.0 * n * a["proj_hidden"] * a["d_model"]
+    return b * (a["num_blocks"] * per_block + proj)
+
+
 def run(dir_, threads):
     import torch
     from safetensors.torch import load_file
@@ -236,6 +434,7 @@ def run(dir_, threads):
         st["parts_s"] = {k: statistics.median(v[1:]) for k, v in parts.items()}
         stages.append(st)
         model.eval()
+    stages.extend(vision_stages(setup, dir_, model, inputs, gemm, reps))
     tag_dir = setup.get("tagenc_dir")
     if wants("tagenc_triplet") and tag_dir and os.path.exists(os.path.join(tag_dir, "config.json")):
         reset_peak()
@@ -324,9 +523,47 @@ def compare(out_dir):
             lp = statistics.median([x["parts_s"][part] for x in o[name]])
             tp = statistics.median([x["parts_s"][part] for x in t[name]])
             print(f"  {part:<14} {lp * 1e3:>10.1f} {tp * 1e3:>10.1f} {tp / lp:>7.2f}x")
+    checks = check_outputs(ours[0], theirs[0])
     with open(os.path.join(out_dir, "compare.json"), "w") as f:
-        json.dump({"setup": setup, "rounds": len(ours), "load_range": [min(loads), max(loads)], "rows": rows}, f,
-                  indent=1)
+        json.dump({"setup": setup, "rounds": len(ours), "load_range": [min(loads), max(loads)], "rows": rows,
+                   "checks": checks}, f, indent=1)
+
+
+def check_outputs(ours, theirs):
+    """Both sides computed the same thing: the `check` samples of each stage (64 evenly spaced
+    output values; generated token ids) of one report per side, compared. Prints and returns
+    {stage: {key: max abs diff | "tokens equal" | "tokens differ at ..."}}."""
+    t = {s["name"]: s for s in theirs["stages"]}
+    res = {}
+    for s in ours["stages"]:
+        mine, other = s.get("check") or {}, (t.get(s["name"]) or {}).get("check") or {}
+        if not mine or not other:
+            continue
+        row = {}
+        for k, v in sorted(mine.items()):
+            w = other.get(k)
+            if w is None or len(w) != len(v):
+                row[k] = "missing or of another length on the torch side"
+            elif k.startswith("tokens"):
+                bad = [i for i, (a, b) in enumerate(zip(v, w)) if a != b]
+                row[k] = "tokens equal" if not bad else f"tokens differ from position {bad[0]}"
+            else:
+                row[k] = max(abs(a - b) for a, b in zip(v, w))
+        res[s["name"]] = row
+    if res:
+        print("check (ours vs torch, same weights and inputs):")
+        for name, row in res.items():
+            nums = [x for x in row.values() if isinstance(x, float)]
+            toks = [x for x in row.values() if isinstance(x, str)]
+            parts = []
+            if nums:
+                parts.append(f"max abs diff {max(nums):.2e} over {len(nums)} outputs")
+            if toks:
+                same = sum(x == "tokens equal" for x in toks)
+                parts.append(f"{same}/{len(toks)} token rows equal")
+                parts.extend(x for x in toks if x != "tokens equal")
+            print(f"  {name:<18} " + "; ".join(parts))
+    return res
 
 
 def main():
