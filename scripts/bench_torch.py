@@ -308,6 +308,12 @@ def vision_stages(setup, dir_, model, inputs, gemm, reps):
             st = stage(name, time_runs(reps, lambda: caption(rows)))
             st["items_per_s"] = rows / st["median_s"]
             st["check"] = {f"tokens{i}": [float(x) for x in row] for i, row in enumerate(caption(rows))}
+            o = vit_layers(px[:rows])
+            visual = torch.cat([qformer(o[0]), aggregator(sources(o))], 1)
+            embeds = torch.cat([visual, model.shared(prompt_ids[:rows])], 1)
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+            st["check"]["encoder"] = check_sample(
+                model.encoder(inputs_embeds=embeds, attention_mask=mask).last_hidden_state)
             out.append(st)
     return out
 
@@ -413,6 +419,8 @@ def run(dir_, threads):
         for name, p in model.named_parameters():
             p.requires_grad_(".adapter." in name)
         params = [p for p in model.parameters() if p.requires_grad]
+        # the steps change the adapters, which later stages share: put them back afterwards
+        saved = [p.detach().clone() for p in params]
         opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
         xt = embeds[: setup["train_batch"]]
         parts = {"forward": [], "backward": [], "adamw": []}
@@ -433,6 +441,9 @@ def run(dir_, threads):
         st = stage("train_step", time_runs(reps, step))
         st["parts_s"] = {k: statistics.median(v[1:]) for k, v in parts.items()}
         stages.append(st)
+        with torch.no_grad():
+            for p, t in zip(params, saved):
+                p.copy_(t)
         model.eval()
     stages.extend(vision_stages(setup, dir_, model, inputs, gemm, reps))
     tag_dir = setup.get("tagenc_dir")

@@ -53,27 +53,8 @@ enum Command {
     Bench(cmd::bench::Args),
 }
 
-/// glibc's malloc serves every buffer above its mmap threshold (128 KiB, growing only as such
-/// buffers are freed) with a fresh `mmap`, and trims the heap top as soon as 128 KiB are free.
-/// A forward pass allocates and frees tensors of a few MiB per op, so each op page-faults and
-/// zeroes its output anew: on the base T5 encoder that was ~100k faults (~400 MB zeroed) per
-/// call and a quarter of its time (`perf stat -e page-faults`, README bench notes). Keeping
-/// buffers up to 32 MiB (glibc's largest allowed threshold) in the heap, and not trimming it,
-/// lets freed pages be reused. Peak memory is unchanged; the heap just keeps what it peaked at.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_allocator() {
-    // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}
-
 fn main() {
-    tune_allocator();
+    lion_core::util::tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
