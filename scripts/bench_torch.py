@@ -147,19 +147,13 @@ def build_model(setup, path):
 
 
 def build_vision(setup, path):
-    """The LION vision side from `vision.safetensors` (LION keys), strictly: timm's Eva as the EVA
-    ViT, the Q-Former reference of scripts/fixtures_vision.py (plain torch after LAVIS/LION
-    Qformer.py) sized from setup.json, and the vision aggregator as lion_adapters.FusionAdapter
-    builds it (transformers BertLayers with cross-attention, eager, unmasked) + ln_adapter +
-    adapter_proj. Returns (vit, vit_layers, qformer, aggregator) as callables on tensors."""
-    from functools import partial
-
+    """The LION vision side from `vision.safetensors` (LION keys), loaded strictly into the
+    references of scripts/fixtures_vision.py at the setup's sizes: timm's Eva as the EVA ViT, the
+    plain-torch Q-Former (after LAVIS/LION Qformer.py), and the aggregator as
+    lion_adapters.FusionAdapter builds it (transformers BertLayers, eager, unmasked) + ln_adapter +
+    adapter_proj. Returns (vit_layers, layers, qformer, aggregator, sources) as callables."""
     import torch
-    import torch.nn as nn
     from safetensors.torch import load_file
-    from timm.models.eva import Eva
-    from transformers import BertConfig
-    from transformers.models.bert.modeling_bert import BertLayer
 
     import fixtures_vision as fv
 
@@ -168,81 +162,41 @@ def build_vision(setup, path):
     sd = load_file(path)
     used = set()
 
-    def part(prefix, module, allow_missing=()):
-        want = {k[len(prefix):]: t for k, t in sd.items() if k.startswith(prefix)}
+    def load(module, prefixes, strip="", ignore=()):
+        want = {k[len(strip):]: t for k, t in sd.items() if k.startswith(prefixes)}
         missing, unexpected = module.load_state_dict(want, strict=False)
-        missing = [k for k in missing if not k.endswith(allow_missing)] if allow_missing else missing
+        missing = [k for k in missing if not k.endswith(ignore)] if ignore else missing
         if missing or unexpected:
-            raise SystemExit(f"vision.safetensors {prefix!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        used.update(prefix + k for k in want)
+            raise SystemExit(f"vision.safetensors {prefixes}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        used.update(strip + k for k in want)
         return module.eval()
 
-    vit = Eva(img_size=v["img_size"], patch_size=v["patch_size"], in_chans=v["in_chans"], embed_dim=v["width"],
-              depth=v["depth"], num_heads=v["num_heads"], mlp_ratio=v["mlp_dim"] / v["width"], qkv_bias=True,
-              num_classes=0, global_pool="", norm_layer=partial(nn.LayerNorm, eps=v["layer_norm_eps"]),
-              use_rot_pos_emb=False, use_abs_pos_emb=True)
-    part("visual_encoder.", vit, allow_missing=("norm.weight", "norm.bias"))
+    vit = load(fv.make_eva(v["img_size"], v["patch_size"], v["width"], v["depth"], v["num_heads"], v["mlp_dim"],
+                           v["layer_norm_eps"]), ("visual_encoder.",), strip="visual_encoder.",
+               ignore=("norm.weight", "norm.bias"))  # timm's final norm is not LAVIS's
     # LionConfig::vit_layers: the last block (Q-Former input), then the aggregator's sources
     layers = [v["depth"] - 1] + [l for l in a["source_layers"] if l != v["depth"] - 1]
-
-    def vit_layers(px):
-        # forward_features up to the deepest block LION reads, collecting block outputs
-        x = vit.patch_embed(px)
-        x, rope = vit._pos_embed(x)
-        x = vit.norm_pre(x)
-        outs = {}
-        for i, blk in enumerate(vit.blocks[: max(layers) + 1]):
-            x = blk(x, rope=rope)
-            outs[i] = x
-        return [outs[l] for l in layers]
-
     b = q["bert"]
-    fv.QF.update(vocab=b["vocab_size"], hidden=b["hidden_size"], layers=b["num_hidden_layers"],
-                 heads=b["num_attention_heads"], inter=b["intermediate_size"], max_pos=b["max_position_embeddings"],
-                 freq=q["cross_attention_freq"], queries=q["num_query_token"], enc_width=q["encoder_width"],
-                 d_model=q["d_model"], eps=b["layer_norm_eps"])
-    qf = fv.QFormerRef()
-    qsd = {k: t for k, t in sd.items() if k.startswith(("Qformer.", "query_tokens", "ln_vision.", "t5_proj."))}
-    missing, unexpected = qf.load_state_dict(qsd, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise SystemExit(f"vision.safetensors Q-Former: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    used.update(qsd)
-    qf.eval()
+    qcfg = dict(vocab=b["vocab_size"], hidden=b["hidden_size"], layers=b["num_hidden_layers"],
+                heads=b["num_attention_heads"], inter=b["intermediate_size"], max_pos=b["max_position_embeddings"],
+                freq=q["cross_attention_freq"], queries=q["num_query_token"], enc_width=q["encoder_width"],
+                d_model=q["d_model"], eps=b["layer_norm_eps"], ln_eps=q["ln_vision_eps"])
+    qf = load(fv.QFormerRef(qcfg), ("Qformer.", "query_tokens", "ln_vision.", "t5_proj."), ignore=("position_ids",))
+    agg = load(fv.make_aggregator(a["width"], a["num_heads"], a["intermediate_size"], a["proj_hidden"], a["d_model"],
+                                  a["num_blocks"], a["layer_norm_eps"], a["ln_adapter_eps"]),
+               ("fusion_adapter.", "ln_adapter.", "adapter_proj."))
+    left = set(sd) - used
+    if left:
+        raise SystemExit(f"vision.safetensors: unused keys {sorted(left)[:5]}")
     no_text = torch.zeros(1, 0, dtype=torch.long)
 
     def qformer(vision):
         n = vision.shape[0]
         return qf(vision, no_text.expand(n, 0), no_text.expand(n, 0))[1]
 
-    cfg = BertConfig(hidden_size=a["width"], num_attention_heads=a["num_heads"], intermediate_size=a["intermediate_size"],
-                     layer_norm_eps=a["layer_norm_eps"], hidden_act="gelu")
-    cfg.add_cross_attention = True
-    cfg.is_decoder = True
-    cfg._attn_implementation = "eager"  # upstream: eager, attention_mask None (unmasked)
-    root = nn.Module()
-    root.fusion_adapter = nn.Module()
-    root.fusion_adapter.blocks = nn.ModuleList([BertLayer(cfg) for _ in range(a["num_blocks"])])
-    root.ln_adapter = nn.LayerNorm(a["width"], eps=a["ln_adapter_eps"])
-    root.adapter_proj = nn.Sequential(nn.Linear(a["width"], a["proj_hidden"]), nn.GELU(),
-                                      nn.Linear(a["proj_hidden"], a["d_model"]))
-    asd = {k: t for k, t in sd.items() if k.startswith(("fusion_adapter.", "ln_adapter.", "adapter_proj."))}
-    root.load_state_dict(asd, strict=True)
-    used.update(asd)
-    root.eval()
-
-    def aggregator(sources):
-        h = sources[0]
-        for blk, enc in zip(root.fusion_adapter.blocks, sources[1:]):
-            o = blk(h, encoder_hidden_states=enc)
-            h = o[0] if isinstance(o, tuple) else o
-        return root.adapter_proj(root.ln_adapter(h))
-
-    left = set(sd) - used
-    if left:
-        raise SystemExit(f"vision.safetensors: unused keys {sorted(left)[:5]}")
     sources = lambda outs: [outs[layers.index(l)] for l in a["source_layers"]]
-    return vit_layers, layers, qformer, aggregator, sources
+    return (lambda px: fv.eva_blocks(vit, px, layers)), layers, qformer, \
+        (lambda src: fv.aggregator_forward(agg, src[0], src[1:])[1]), sources
 
 
 def check_sample(t, n=64):

@@ -65,14 +65,35 @@ def save(tensors, name):
 # ----------------------------------------------------------------------------------------------
 # EVA ViT
 
-def vit():
+def make_eva(img, patch, width, depth, heads, mlp_dim, eps=1e-6):
+    """timm's Eva as LAVIS's eva_vit: fused qkv with q/v biases, abs positions, no rope, exact
+    GELU. Its final `norm` is not part of LAVIS's ViT: take block outputs (hooks or
+    `eva_blocks`)."""
     from timm.models.eva import Eva
 
+    return Eva(img_size=img, patch_size=patch, embed_dim=width, depth=depth, num_heads=heads,
+               mlp_ratio=mlp_dim / width, qkv_bias=True, num_classes=0, global_pool="",
+               norm_layer=partial(nn.LayerNorm, eps=eps), use_rot_pos_emb=False,
+               use_abs_pos_emb=True).eval()
+
+
+def eva_blocks(model, x, layers):
+    """The outputs of the blocks `layers` (0-based, in that order), running no block after the
+    deepest one (as lion_core's EvaVit::forward): (b, 3, img, img) -> [(b, n, width)]."""
+    h = model.patch_embed(x)
+    h, rope = model._pos_embed(h)
+    h = model.norm_pre(h)
+    assert rope is None
+    outs = {}
+    for i, blk in enumerate(model.blocks[: max(layers) + 1]):
+        h = blk(h)
+        outs[i] = h
+    return [outs[i] for i in layers]
+
+
+def vit():
     def make(img):
-        return Eva(img_size=img, patch_size=8, embed_dim=16, depth=5, num_heads=4,
-                   mlp_ratio=2.75, qkv_bias=True, num_classes=0, global_pool="",
-                   norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rot_pos_emb=False,
-                   use_abs_pos_emb=True).eval()
+        return make_eva(img, 8, 16, 5, 4, 44)
 
     def run(model, x):
         outs = []
@@ -129,20 +150,21 @@ QF = dict(vocab=50, hidden=16, layers=4, heads=4, inter=24, max_pos=24, freq=2, 
 
 
 class Attn(nn.Module):
-    def __init__(self, kv_width):
+    def __init__(self, kv_width, cfg=QF):
         super().__init__()
-        h = QF["hidden"]
+        self.cfg = cfg
+        h = cfg["hidden"]
         self.self = nn.Module()
         self.self.query = nn.Linear(h, h)
         self.self.key = nn.Linear(kv_width, h)
         self.self.value = nn.Linear(kv_width, h)
         self.output = nn.Module()
         self.output.dense = nn.Linear(h, h)
-        self.output.LayerNorm = nn.LayerNorm(h, eps=QF["eps"])
+        self.output.LayerNorm = nn.LayerNorm(h, eps=cfg["eps"])
 
     def forward(self, x, kv, mask):
         b, n, h = x.shape
-        nh = QF["heads"]
+        nh = self.cfg["heads"]
         hd = h // nh
         split = lambda t: t.view(t.shape[0], t.shape[1], nh, hd).permute(0, 2, 1, 3)
         q, k, v = split(self.self.query(x)), split(self.self.key(kv)), split(self.self.value(kv))
@@ -154,26 +176,26 @@ class Attn(nn.Module):
 
 
 class FFN(nn.Module):
-    def __init__(self):
+    def __init__(self, cfg=QF):
         super().__init__()
-        self.dense = nn.Linear(QF["hidden"], QF["inter"])
+        self.dense = nn.Linear(cfg["hidden"], cfg["inter"])
 
 
 class Out(nn.Module):
-    def __init__(self):
+    def __init__(self, cfg=QF):
         super().__init__()
-        self.dense = nn.Linear(QF["inter"], QF["hidden"])
-        self.LayerNorm = nn.LayerNorm(QF["hidden"], eps=QF["eps"])
+        self.dense = nn.Linear(cfg["inter"], cfg["hidden"])
+        self.LayerNorm = nn.LayerNorm(cfg["hidden"], eps=cfg["eps"])
 
 
 class QLayer(nn.Module):
-    def __init__(self, i):
+    def __init__(self, i, cfg=QF):
         super().__init__()
-        self.attention = Attn(QF["hidden"])
-        if i % QF["freq"] == 0:
-            self.crossattention = Attn(QF["enc_width"])
-        self.intermediate, self.output = FFN(), Out()
-        self.intermediate_query, self.output_query = FFN(), Out()
+        self.attention = Attn(cfg["hidden"], cfg)
+        if i % cfg["freq"] == 0:
+            self.crossattention = Attn(cfg["enc_width"], cfg)
+        self.intermediate, self.output = FFN(cfg), Out(cfg)
+        self.intermediate_query, self.output_query = FFN(cfg), Out(cfg)
 
     def forward(self, x, mask, vision, q):
         a = self.attention(x, x, mask)
@@ -187,25 +209,30 @@ class QLayer(nn.Module):
 
 
 class QFormerRef(nn.Module):
-    def __init__(self):
+    """ln_vision + Q-Former + t5_proj with LION's key names; `cfg`: the dims, as QF (the fixture's
+    tiny config by default; `ln_eps` is ln_vision's eps, 1e-5)."""
+
+    def __init__(self, cfg=QF):
         super().__init__()
-        h = QF["hidden"]
-        self.query_tokens = nn.Parameter(0.02 * torch.randn(1, QF["queries"], h))
-        self.ln_vision = nn.LayerNorm(QF["enc_width"])  # eps 1e-5
-        self.t5_proj = nn.Linear(h, QF["d_model"])
+        self.cfg = cfg
+        h = cfg["hidden"]
+        self.query_tokens = nn.Parameter(0.02 * torch.randn(1, cfg["queries"], h))
+        self.ln_vision = nn.LayerNorm(cfg["enc_width"], eps=cfg.get("ln_eps", 1e-5))
+        self.t5_proj = nn.Linear(h, cfg["d_model"])
         self.Qformer = nn.Module()
         self.Qformer.bert = nn.Module()
         e = self.Qformer.bert.embeddings = nn.Module()
-        e.word_embeddings = nn.Embedding(QF["vocab"], h)
-        e.position_embeddings = nn.Embedding(QF["max_pos"], h)
-        e.LayerNorm = nn.LayerNorm(h, eps=QF["eps"])
-        e.register_buffer("position_ids", torch.arange(QF["max_pos"]).expand((1, -1)))
+        e.word_embeddings = nn.Embedding(cfg["vocab"], h)
+        e.position_embeddings = nn.Embedding(cfg["max_pos"], h)
+        e.LayerNorm = nn.LayerNorm(h, eps=cfg["eps"])
+        e.register_buffer("position_ids", torch.arange(cfg["max_pos"]).expand((1, -1)))
         self.Qformer.bert.encoder = nn.Module()
-        self.Qformer.bert.encoder.layer = nn.ModuleList([QLayer(i) for i in range(QF["layers"])])
+        self.Qformer.bert.encoder.layer = nn.ModuleList([QLayer(i, cfg)
+                                                         for i in range(cfg["layers"])])
 
     def forward(self, vision, ids, text_mask):
         b = vision.shape[0]
-        q = QF["queries"]
+        q = self.cfg["queries"]
         vision = self.ln_vision(vision.float())
         e = self.Qformer.bert.embeddings
         text = e.word_embeddings(ids) + e.position_embeddings(e.position_ids[:, :ids.shape[1]])
@@ -243,13 +270,15 @@ def qformer():
 AG = dict(width=16, heads=4, inter=24, proj=64, d_model=12)
 
 
-def aggregator():
+def make_aggregator(width, heads, inter, proj, d_model, blocks=2, eps=1e-12, ln_eps=1e-5):
+    """fusion_adapter (two `transformers.BertLayer`s with is_decoder + add_cross_attention, eager
+    attention), ln_adapter and adapter_proj under one root with LION's key names, upstream init
+    (`lion_adapters.FusionAdapter._init_weights`). Run it with `aggregator_forward`."""
     from transformers import BertConfig
     from transformers.models.bert.modeling_bert import BertLayer, BertOutput, BertSelfOutput
 
-    torch.manual_seed(4)
-    cfg = BertConfig(hidden_size=AG["width"], num_attention_heads=AG["heads"],
-                     intermediate_size=AG["inter"])
+    cfg = BertConfig(hidden_size=width, num_attention_heads=heads, intermediate_size=inter,
+                     layer_norm_eps=eps)
     cfg.add_cross_attention = True
     cfg.is_decoder = True
     # upstream ran eager attention with attention_mask=None: unmasked. (SDPA in transformers 5
@@ -259,13 +288,12 @@ def aggregator():
     class FusionAdapter(nn.Module):
         def __init__(self):
             super().__init__()
-            self.blocks = nn.ModuleList([BertLayer(cfg) for _ in range(2)])
+            self.blocks = nn.ModuleList([BertLayer(cfg) for _ in range(blocks)])
 
     root = nn.Module()
     root.fusion_adapter = FusionAdapter()
-    root.ln_adapter = nn.LayerNorm(AG["width"])  # eps 1e-5
-    root.adapter_proj = nn.Sequential(nn.Linear(AG["width"], AG["proj"]), nn.GELU(),
-                                      nn.Linear(AG["proj"], AG["d_model"]))
+    root.ln_adapter = nn.LayerNorm(width, eps=ln_eps)
+    root.adapter_proj = nn.Sequential(nn.Linear(width, proj), nn.GELU(), nn.Linear(proj, d_model))
 
     def init(m):  # lion_adapters.FusionAdapter._init_weights
         if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -280,19 +308,32 @@ def aggregator():
             m.dense.bias.data.zero_()
 
     root.fusion_adapter.apply(init)
-    root.eval()
+    root.bert_config = cfg
+    return root.eval()
+
+
+def aggregator_forward(root, x, sources):
+    """h = x; h = block_i(h, encoder_hidden_states=sources[i]); ln_adapter(h) -> (fused, output):
+    x (b, n, width), sources [(b, n, width)] -> ((b, n, width), (b, n, d_model))."""
+    h = x
+    for blk, enc in zip(root.fusion_adapter.blocks, sources):
+        o = blk(h, encoder_hidden_states=enc)
+        h = o[0] if isinstance(o, tuple) else o  # transformers 4 returns a tuple, 5 a tensor
+    fused = root.ln_adapter(h)
+    return fused, root.adapter_proj(fused)
+
+
+def aggregator():
+    torch.manual_seed(4)
+    root = make_aggregator(AG["width"], AG["heads"], AG["inter"], AG["proj"], AG["d_model"])
+    cfg = root.bert_config
     perturb(root, 0.05)
     sd = root.state_dict()
     save(sd, "aggregator.safetensors")
     g = torch.Generator().manual_seed(5)
     x38, x28, x18 = (torch.randn(2, 17, AG["width"], generator=g) for _ in range(3))
     with torch.no_grad():
-        h = x38
-        for blk, enc in zip(root.fusion_adapter.blocks, [x28, x18]):
-            o = blk(h, encoder_hidden_states=enc)
-            h = o[0] if isinstance(o, tuple) else o  # transformers 4 returns a tuple, 5 a tensor
-        fused = root.ln_adapter(h)
-        out = root.adapter_proj(fused)
+        fused, out = aggregator_forward(root, x38, [x28, x18])
         # the same with the attention made causal, to show the reference is non-causal
         cfg._attn_implementation = "sdpa"
         hc = root.fusion_adapter.blocks[0](x38, encoder_hidden_states=x28)
