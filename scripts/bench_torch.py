@@ -404,6 +404,10 @@ def run(dir_, threads):
     if wants("tagenc_triplet") and tag_dir and os.path.exists(os.path.join(tag_dir, "config.json")):
         reset_peak()
         stages.append(tagenc_stage(tag_dir, setup["tagenc_batch"], reps))
+    if wants("tagger"):
+        st = tagger_stage(dir_, setup)
+        if st is not None:
+            stages.append(st)
     return {"implementation": f"pytorch {torch.__version__} eager", "threads": torch.get_num_threads(),
             "load_before": load_before, "load_after": load_avg(), "setup": setup, "stages": stages}
 
@@ -441,6 +445,110 @@ def tagenc_stage(model_dir, batch, reps):
         loss.backward()
         opt.step()
     return stage("tagenc_triplet", time_runs(reps, step))
+
+
+# ---- tagger stage (RAM) ----
+def build_upstream_ram(cfg):
+    """Upstream RAM (`ram.models.ram.RAM`, vit='swin_b', from the checkout at RAM_SRC) at the sizes of
+    `cfg` (setup.json `tagger`), with the import shims and config swaps of scripts/fixtures_ram.py:
+    the Swin config from `cfg` (RAM accepts image_size 224/384 only, so the upstream SwinTransformer is
+    constructed at cfg's img_size with every other argument as RAM passes it), the q2l head config
+    from `cfg["head"]`, a stub tokenizer, and a small med config for the unused Tag2Text parts (its
+    lowest layers are tied to the head, so it has the head's sizes)."""
+    import shutil
+    import tempfile
+    import torch
+    import fixtures_ram as fr
+
+    ram_mod, bert_mod = fr.import_upstream()
+    sw, head = cfg["swin"], cfg["head"]
+    swin = {"vision_width": sw["embed_dim"] * 2 ** (len(sw["depths"]) - 1), "image_res": 224,
+            "window_size": sw["window_size"], "embed_dim": sw["embed_dim"], "depths": sw["depths"],
+            "num_heads": sw["num_heads"]}
+    q2l = {k: head[k] for k in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers")}
+    tmpdir = tempfile.mkdtemp()
+    try:
+        med = os.path.join(tmpdir, "med_config.json")
+        json.dump(dict(architectures=["BertModel"], attention_probs_dropout_prob=0.1, hidden_act="gelu",
+                       hidden_dropout_prob=0.1, initializer_range=0.02, layer_norm_eps=head["layer_norm_eps"],
+                       max_position_embeddings=16, model_type="bert", pad_token_id=0, type_vocab_size=2,
+                       vocab_size=fr.VOCAB, encoder_width=q2l["hidden_size"], add_cross_attention=True, **q2l),
+                  open(med, "w"))
+        real_from_json = bert_mod.BertConfig.from_json_file
+
+        def from_json(path):
+            c = real_from_json(path)
+            if str(path).endswith("q2l_config.json"):
+                for k, v in q2l.items():
+                    setattr(c, k, v)
+                c.layer_norm_eps = head["layer_norm_eps"]
+            return c
+        ram_mod.BertConfig.from_json_file = staticmethod(from_json)
+        ram_mod.read_json = lambda path: swin
+        swin_cls = ram_mod.SwinTransformer
+        ram_mod.SwinTransformer = lambda **kw: swin_cls(**dict(kw, img_size=sw["img_size"]))
+        ram_mod.init_tokenizer = lambda *a, **k: fr.StubTokenizer()
+        n = cfg["num_tags"]
+        tags = os.path.join(tmpdir, "tags.txt")
+        with open(tags, "w") as f:
+            f.write("\n".join(f"tag{i}" for i in range(n)))
+        src = os.path.join(os.environ["RAM_SRC"], "ram")
+        os.makedirs(os.path.join(tmpdir, "configs"))
+        os.makedirs(os.path.join(tmpdir, "data"))
+        shutil.copy(os.path.join(src, "configs", "q2l_config.json"), os.path.join(tmpdir, "configs"))
+        thr = open(os.path.join(src, "data", "ram_tag_list_threshold.txt")).read().splitlines()[:n]
+        with open(os.path.join(tmpdir, "data", "ram_tag_list_threshold.txt"), "w") as f:
+            f.write("\n".join(thr))
+        ram_mod.CONFIG_PATH = tmpdir
+        model = ram_mod.RAM(med_config=med, image_size=224, vit="swin_b", tag_list=tags,
+                            tag_list_chinese=tags).eval()
+    finally:
+        shutil.rmtree(tmpdir)
+    # the Tag2Text parts are not on the tagging path: free them (the head keeps its tied weights)
+    del model.tag_encoder, model.text_decoder
+    return torch, model
+
+
+def tagger_stage(dir_, setup):
+    """Upstream RAM's tagging path (`generate_tag` up to the probabilities), batch 1, from
+    DIR/tagger.safetensors loaded strictly (only the Swin's relative_position_index / attn_mask
+    buffers, which upstream computes, may be absent). Skipped (None) when RAM_SRC is unset."""
+    cfg = setup.get("tagger")
+    if cfg is None:
+        print("tagger skipped: setup.json has no tagger config", file=sys.stderr)
+        return None
+    if not os.environ.get("RAM_SRC"):
+        print("tagger skipped: set RAM_SRC to a checkout of xinyu1205/recognize-anything "
+              "(the folder holding ram/models/ram.py) for the PyTorch RAM twin", file=sys.stderr)
+        return None
+    from safetensors.torch import load_file
+
+    torch, model = build_upstream_ram(cfg)
+    sd = load_file(os.path.join(dir_, "tagger.safetensors"))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith(("relative_position_index", "attn_mask"))]
+    if missing or unexpected:
+        raise SystemExit(f"tagger.safetensors mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    del sd
+    px = load_file(os.path.join(dir_, "tagger_input.safetensors"))["pixel_values"]
+    out = {}
+
+    def probs():
+        # RAM.generate_tag's computation, stopping at the probabilities it thresholds
+        label_embed = torch.nn.functional.relu(model.wordvec_proj(model.label_embed))
+        emb = model.image_proj(model.visual_encoder(px))
+        atts = torch.ones(emb.size()[:-1], dtype=torch.long)
+        tagging = model.tagging_head(encoder_embeds=label_embed.unsqueeze(0).repeat(px.shape[0], 1, 1),
+                                     encoder_hidden_states=emb, encoder_attention_mask=atts,
+                                     return_dict=False, mode="tagging")
+        out["probs"] = torch.sigmoid(model.fc(tagging[0]).squeeze(-1))
+    with torch.inference_mode():
+        reset_peak()
+        st = stage("tagger", time_runs(setup["repeats"], probs))
+    v = out["probs"].flatten().tolist()
+    stride = max(len(v) // 64, 1)
+    st["check"] = {"probs": v[::stride][:64]}
+    return st
 
 
 def compare(out_dir):

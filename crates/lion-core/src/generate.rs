@@ -256,14 +256,10 @@ fn beam_search(
     let beams_to_keep = 2 * nb; // max(2, 1 + n_eos) * num_beams with one EOS id
     let lp = cfg.length_penalty;
 
-    // encoder states once per input, repeated to the beams (row i*nb + j = input i)
-    let expand: Vec<u32> = (0..b as u32)
-        .flat_map(|i| std::iter::repeat_n(i, nb))
-        .collect();
-    let expand = Tensor::from_vec(expand, b * nb, &dev)?;
-    // cross-attention K/V projected once per input (not per beam), then copied to the beams
+    // cross-attention K/V projected once per input and shared by its beams (row i*nb + j =
+    // input i): the decoder reads them once per input, not once per beam
     let mut cache: T5Cache = model.start_decoding(encoder_states, attention_mask)?;
-    cache.reorder(&expand)?;
+    cache.share_inputs(nb)?;
 
     let start = mcfg.decoder_start_token_id();
     let mut st: Vec<BeamState> = (0..b)

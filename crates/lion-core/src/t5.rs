@@ -301,9 +301,10 @@ impl T5Attention {
         ))
     }
 
-    /// xs: (b, q, d) queries; kv: keys/values (b, heads, k, d_kv); bias: position bias
-    /// broadcastable to (b, heads, q, k); mask: additive, broadcastable to (b, heads, q, k)
-    /// -> (b, q, d)
+    /// xs: (b, q, d) queries; kv: keys/values (b / g, heads, k, d_kv), each K/V row shared by
+    /// g consecutive query rows (g = 1 but for beam search's cross-attention); bias: position
+    /// bias broadcastable to (b, heads, q, k) (g = 1 only); mask: additive, broadcastable to
+    /// (b / g, heads, g * q, k) -> (b, q, d)
     pub fn attend(
         &self,
         xs: &Tensor,
@@ -314,6 +315,43 @@ impl T5Attention {
     ) -> Result<Tensor> {
         let (b, q_len, _) = xs.dims3()?;
         let q = self.heads(&self.q.forward(xs)?)?;
+        let kb = kv.0.dim(0)?;
+        if kb != b {
+            // g query rows per K/V row (beam search: the beams of one input share its encoder
+            // K/V): their queries become g * q_len query positions of that row, so K/V are read
+            // once per input, not copied per beam
+            if kb == 0 || b % kb != 0 {
+                candle_core::bail!("attention: {b} query rows for {kb} key/value rows")
+            }
+            let g = b / kb;
+            let (h, dk) = (self.n_heads, self.d_kv);
+            let qg = q
+                .reshape((kb, g, h, q_len, dk))?
+                .transpose(1, 2)?
+                .reshape((kb, h, g * q_len, dk))?;
+            let ctx = self.attend_heads(&qg, kv, bias, mask, train)?; // (kb, h, g * q, dk)
+            let ctx = ctx
+                .reshape((kb, h, g, q_len, dk))?
+                .permute((0, 2, 3, 1, 4))?
+                .reshape((b, q_len, h * dk))?;
+            return self.o.forward(&ctx);
+        }
+        let ctx = self.attend_heads(&q, kv, bias, mask, train)?; // (b, h, q, d_kv)
+        let ctx = ctx
+            .transpose(1, 2)?
+            .reshape((b, q_len, self.n_heads * self.d_kv))?;
+        self.o.forward(&ctx)
+    }
+
+    /// Attention over heads: q (b, h, q, d_kv), kv (b, h, k, d_kv) -> (b, h, q, d_kv).
+    fn attend_heads(
+        &self,
+        q: &Tensor,
+        kv: &KeyValue,
+        bias: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         let (k, v) = kv;
         // no 1/sqrt(d_kv) scaling in T5
         // k is contiguous (b, h, k, d_kv): its transpose is a valid strided GEMM operand, no copy
@@ -326,11 +364,7 @@ impl T5Attention {
         }
         let probs = softmax(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?;
         let probs = dropout(&probs, self.dropout, train)?;
-        let ctx = probs.matmul(v)?; // (b, h, q, d_kv)
-        let ctx = ctx
-            .transpose(1, 2)?
-            .reshape((b, q_len, self.n_heads * self.d_kv))?;
-        self.o.forward(&ctx)
+        probs.matmul(v) // (b, h, q, d_kv)
     }
 }
 
@@ -495,6 +529,8 @@ pub struct T5Cache {
     encoder_mask: Option<Tensor>,
     /// Decoder positions seen so far.
     past: usize,
+    /// Consecutive decoder rows per encoder row (cross K/V row), 1 unless [`Self::share_inputs`].
+    rows_per_input: usize,
 }
 
 impl T5Cache {
@@ -503,9 +539,19 @@ impl T5Cache {
         self.past
     }
 
-    /// Batch rows in the cache.
+    /// Decoder rows the cache serves: the encoder rows times the rows per encoder row.
     pub fn batch_size(&self) -> Result<usize> {
-        self.cross_kv[0].0.dim(0)
+        Ok(self.cross_kv[0].0.dim(0)? * self.rows_per_input)
+    }
+
+    /// Serves `n` consecutive decoder rows per encoder row from now on (beam search: n beams
+    /// share one input's cross-attention K/V, which are not copied). Only before the first step.
+    pub fn share_inputs(&mut self, n: usize) -> Result<()> {
+        if self.past != 0 || n == 0 {
+            candle_core::bail!("share_inputs({n}) after {} decoding steps", self.past)
+        }
+        self.rows_per_input = n;
+        Ok(())
     }
 
     /// Reorders only the self-attention K/V rows: `indices` (b,) u32 into the current rows.
@@ -521,6 +567,9 @@ impl T5Cache {
 
     /// Keeps/reorders batch rows: `indices` (n,) u32 into the current rows (beam search).
     pub fn reorder(&mut self, indices: &Tensor) -> Result<()> {
+        if self.rows_per_input != 1 {
+            candle_core::bail!("reorder: the cache shares encoder rows (use reorder_self)")
+        }
         let sel = |t: &Tensor| t.index_select(indices, 0);
         for kv in self.self_kv.iter_mut().flatten() {
             *kv = (sel(&kv.0)?, sel(&kv.1)?);
@@ -688,6 +737,7 @@ impl T5ForConditionalGeneration {
             cross_kv,
             encoder_mask,
             past: 0,
+            rows_per_input: 1,
         })
     }
 

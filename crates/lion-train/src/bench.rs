@@ -21,6 +21,7 @@
 //! | `aggregator` | vision aggregator + ln_adapter + adapter_proj, batch 1 |
 //! | `caption_e2e` | [`LionModel::generate`]: pixels -> ViT -> Q-Former + aggregator -> T5 beam search |
 //! | `caption_e2e_batch` | the same at batch `batch` (throughput) |
+//! | `tagger` | RAM pixels -> 4585 tag probabilities, batch 1 (`tagger.safetensors`, upstream keys) |
 //!
 //! The vision stages and the end-to-end captions run a [`LionModel`] (the `lion caption` code)
 //! built from `vision.safetensors` (LION key names: `visual_encoder.*`, `Qformer.bert.*`,
@@ -48,6 +49,7 @@ use lion_core::generate::{generate, GenerationConfig};
 use lion_core::lion::{LionBatch, LionConfig, LionModel};
 use lion_core::qformer::{QFormer, QFormerConfig};
 use lion_core::t5::{T5Config, T5ForConditionalGeneration, T5Input};
+use lion_core::tagger::{Ram, RamConfig, TaggingHeadConfig};
 use lion_core::text::Encoded;
 use lion_core::weights::{save_safetensors, Checkpoint, LoadMode, WeightLoader};
 use lion_core::{input_err, Error, Result};
@@ -88,6 +90,7 @@ pub const STAGES: &[&str] = &[
     "aggregator",
     "caption_e2e",
     "caption_e2e_batch",
+    "tagger",
 ];
 
 /// The stages that need the whole LION model (vision weights).
@@ -145,6 +148,9 @@ pub struct BenchSetup {
     /// Stage names to run (empty = all).
     #[serde(default)]
     pub stages: Vec<String>,
+    /// The RAM tagger of the `tagger` stage ([`tagger_preset`]).
+    #[serde(default)]
+    pub tagger: Option<RamConfig>,
 }
 
 impl BenchSetup {
@@ -170,6 +176,7 @@ impl BenchSetup {
             tagenc_dir: None,
             tagenc_batch: 32,
             stages: vec![],
+            tagger: Some(tagger_preset(preset)?),
         })
     }
 
@@ -461,6 +468,7 @@ pub fn prepare(setup: &BenchSetup, dir: &Path) -> Result<()> {
         inputs.insert("prompt_ids".into(), ids(setup.batch, setup.text_tokens)?);
     }
     save_safetensors(&inputs, dir.join("inputs.safetensors"))?;
+    prepare_tagger(setup, dir)?;
     let json = serde_json::to_vec_pretty(setup).map_err(|e| Error::format(dir, e.to_string()))?;
     lion_core::util::write_atomic(dir.join("setup.json"), &json)
 }
@@ -705,6 +713,7 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
     if let Some(lion) = &lion {
         stages.extend(lion_stages(lion, &setup, &inputs, gemm_rate)?);
     }
+    stages.extend(tagger_stage(&setup, dir)?);
 
     Ok(BenchReport {
         implementation: "lion-rs (candle)".into(),
@@ -938,6 +947,103 @@ pub fn table(r: &BenchReport) -> String {
     out
 }
 
+// ---- tagger stage (RAM) ----
+
+/// The RAM of a bench preset. `base`: upstream's Swin-B RAM (`ram(vit='swin_b', image_size=224)`,
+/// `configs/swin/config_swinB_224.json`: embed 128, depths 2-2-18-2, heads 4-8-16-32, window 7,
+/// vision width 1024) with RAM's tagging head (`q2l_config.json`) over the full 4585 tags. 224 px
+/// rather than 384 (both exist upstream) to keep the bench within a 2-core budget. `tiny`:
+/// [`RamConfig::tiny`] (64 px, 4585 tags).
+pub fn tagger_preset(name: &str) -> Result<RamConfig> {
+    let cfg = match name {
+        "base" => {
+            let mut swin = lion_core::swin::SwinConfig::swin_b_384();
+            swin.img_size = 224;
+            swin.window_size = 7;
+            RamConfig {
+                swin,
+                num_tags: 4585,
+                head: TaggingHeadConfig::ram(),
+                label_dim: 512,
+            }
+        }
+        "tiny" => RamConfig::tiny(),
+        _ => input_err!(
+            "unknown bench preset {name:?} (known: {})",
+            BENCH_PRESETS.join(", ")
+        ),
+    };
+    cfg.validate()
+        .map_err(|m| Error::config(format!("bench tagger preset {name}"), m))?;
+    Ok(cfg)
+}
+
+/// Writes `tagger.safetensors` (random RAM weights, upstream key names; tensors the init leaves
+/// at zero get small noise so the cross-check exercises them) and `tagger_input.safetensors`
+/// (`pixel_values`, (1, 3, img, img)) when the setup has a tagger.
+fn prepare_tagger(setup: &BenchSetup, dir: &Path) -> Result<()> {
+    let Some(cfg) = &setup.tagger else {
+        return Ok(());
+    };
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let loader = WeightLoader::random().with_trainable(vm.clone(), |_| true);
+    let _ram = Ram::new(cfg, loader.var_builder(DType::F32, &dev))?;
+    let mut out = HashMap::new();
+    for (k, v) in vm.data().lock().expect("poisoned").iter() {
+        let t = v.as_tensor().clone();
+        let t = if t.abs()?.max_all()?.to_scalar::<f32>()? == 0.0 {
+            (t.randn_like(0., 1.)? * 0.02)?
+        } else {
+            t
+        };
+        out.insert(k.clone(), t);
+    }
+    save_safetensors(&out, dir.join("tagger.safetensors"))?;
+    let img = cfg.swin.img_size;
+    let px = Tensor::randn(0f32, 1., (1, cfg.swin.in_chans, img, img), &dev)?;
+    save_safetensors(
+        &HashMap::from([("pixel_values".to_string(), px)]),
+        dir.join("tagger_input.safetensors"),
+    )
+}
+
+/// The `tagger` stage: RAM pixels -> tag probabilities, batch 1 ([`Ram::probabilities`], the
+/// forward of `lion tag`), loaded strictly from `tagger.safetensors`. `check["probs"]`: every
+/// `num_tags / 64`-th probability.
+fn tagger_stage(setup: &BenchSetup, dir: &Path) -> Result<Option<StageResult>> {
+    if !setup.wants("tagger") {
+        return Ok(None);
+    }
+    let Some(cfg) = &setup.tagger else {
+        tracing::warn!("tagger skipped: setup.json has no tagger config (rerun with --fresh)");
+        return Ok(None);
+    };
+    let dev = Device::Cpu;
+    let (ram, _) = Ram::load(cfg, dir.join("tagger.safetensors"), &dev)?;
+    let px = Checkpoint::open(dir.join("tagger_input.safetensors"))?.get("pixel_values", &dev)?;
+    let img = cfg.swin.img_size;
+    if px.dims() != [1, cfg.swin.in_chans, img, img] {
+        input_err!(
+            "tagger_input.safetensors: pixel_values {:?}, expected (1, {}, {img}, {img}) (rerun with --fresh)",
+            px.dims(),
+            cfg.swin.in_chans
+        )
+    }
+    reset_peak_rss();
+    let mut probs = None;
+    let runs = time_runs(setup.repeats, || {
+        probs = Some(ram.probabilities(&px)?);
+        Ok(())
+    })?;
+    let mut st = stage("tagger", runs);
+    if let Some(p) = probs {
+        st.check.insert("probs".into(), check_sample(&p)?);
+    }
+    tracing::info!("tagger done");
+    Ok(Some(st))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1014,6 +1120,14 @@ mod tests {
         }
         assert_eq!(get("caption_e2e").check.len(), 2);
         assert!(table(&report).contains("caption_e2e_batch"));
+        // the tagger: 4585 probabilities -> 64 samples in (0, 1), not all equal
+        let probs = &get("tagger").check["probs"];
+        assert_eq!(probs.len(), CHECK_SAMPLES);
+        assert!(probs.iter().all(|&p| p > 0.0 && p < 1.0), "{probs:?}");
+        assert!(
+            probs.iter().any(|&p| p != probs[0]),
+            "constant tag probabilities"
+        );
         // the training step (which ran before) left the shared weights as loaded
         let mut alone = setup.clone();
         alone.stages = vec!["caption_e2e_batch".into()];

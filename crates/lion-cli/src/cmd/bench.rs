@@ -35,7 +35,7 @@ pub struct Args {
     tagenc: PathBuf,
     /// Only these stages (comma-separated): gemm, t5_encoder, decode_token, caption_beam5,
     /// caption_batch, train_step, tagenc_triplet, vit, qformer, aggregator, caption_e2e,
-    /// caption_e2e_batch.
+    /// caption_e2e_batch, tagger.
     #[arg(long, value_delimiter = ',')]
     stages: Vec<String>,
     /// Also write the report as JSON here.
@@ -64,9 +64,11 @@ pub fn run(args: Args) -> Result<()> {
         && args.dir.join("t5.safetensors").exists()
         && args.dir.join("inputs.safetensors").exists()
         && (setup.lion.is_none() || args.dir.join("vision.safetensors").exists())
+        && (setup.tagger.is_none() || args.dir.join("tagger.safetensors").exists())
         && lion_core::util::read_json::<BenchSetup>(&setup_path)
             .map(|old| {
                 old.t5 == setup.t5
+                    && old.tagger == setup.tagger
                     && old.lion == setup.lion
                     && (old.lion.is_none() || old.batch >= setup.batch)
                     && old.text_tokens == setup.text_tokens
