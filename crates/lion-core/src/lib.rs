@@ -20,6 +20,7 @@ pub mod presets;
 pub mod prompt;
 pub mod qformer;
 pub mod sentence;
+pub mod skinny;
 pub mod swin;
 pub mod t5;
 pub mod tagger;

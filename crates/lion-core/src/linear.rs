@@ -3,12 +3,15 @@
 //! candle's matmul backward always computes both operand gradients: in PEFT training (adapters
 //! trainable, backbone frozen) every backbone linear would spend a full extra GEMM, and a
 //! weight-sized buffer, on a gradient nobody reads. [`Linear`] runs `x @ W^T` as a candle
-//! [`CustomOp2`] (the same CPU GEMM) whose `bwd` returns the input gradient, and the weight
-//! gradient only when the weight takes part in autograd (`track_op`). Other devices use
+//! [`CustomOp2`] (the same CPU GEMM; [`crate::skinny`] for up to 8 f32 rows, as in decoding)
+//! whose `bwd` returns the input gradient, and the weight gradient only when the weight takes
+//! part in autograd (`track_op`). Other devices use
 //! `candle_nn::Linear`. Tested against `candle_nn::Linear`, forward and backward (tests/linear.rs).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Module, Result, Shape, Tensor};
+
+use crate::skinny;
 
 struct MatmulWt;
 
@@ -38,11 +41,20 @@ impl CustomOp2 for MatmulWt {
             candle_core::bail!("lion-linear: input must be contiguous")
         }
         let m = l1.shape().elem_count() / k.max(1);
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("non-empty") = n;
+        if let (CpuStorage::F32(xs), CpuStorage::F32(ws), Some((w0, w1))) =
+            (s1, s2, l2.contiguous_offsets())
+        {
+            if (1..=skinny::MAX_ROWS).contains(&m) {
+                let x0 = l1.start_offset();
+                let y = skinny::matmul_wt(&xs[x0..x0 + m * k], m, k, &ws[w0..w1], n);
+                return Ok((CpuStorage::F32(y), Shape::from(shape)));
+            }
+        }
         let lhs = Layout::contiguous_with_offset((m, k), l1.start_offset());
         let rhs = l2.transpose(0, 1)?;
         let out = s1.matmul(s2, (1, m, n, k), &lhs, &rhs)?;
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("non-empty") = n;
         Ok((out, Shape::from(shape)))
     }
 

@@ -94,3 +94,45 @@ fn other_dtypes_and_shape_errors() -> lion_core::Result<()> {
     assert!(err.contains("width"), "{err}");
     Ok(())
 }
+
+/// The skinny path (1..=8 rows) against candle's matmul, through `Linear` and directly: every row
+/// count, widths that are and are not multiples of the SIMD width, an odd number of weight rows
+/// and more weight rows than one parallel task takes.
+#[test]
+fn skinny_rows_match_candle_matmul() -> lion_core::Result<()> {
+    use lion_core::skinny;
+    let dev = Device::Cpu;
+    for &(k, n) in &[(768, 130), (7, 5), (33, 1), (16, 257), (1, 3)] {
+        let w = Tensor::randn(0f32, 1., (n, k), &dev)?;
+        for m in 1..=skinny::MAX_ROWS + 1 {
+            let x = Tensor::randn(0f32, 1., (m, k), &dev)?;
+            let reference = x.matmul(&w.t()?)?;
+            let ours = Linear::new(w.clone(), None).forward(&x)?;
+            let tol = 1e-5 * (k as f32).sqrt();
+            let d = max_abs_diff(&ours, &reference)?;
+            assert!(d < tol, "m {m} k {k} n {n}: {d}");
+            if m <= skinny::MAX_ROWS {
+                let direct = skinny::matmul_wt(
+                    &x.flatten_all()?.to_vec1()?,
+                    m,
+                    k,
+                    &w.flatten_all()?.to_vec1()?,
+                    n,
+                );
+                let direct = Tensor::from_vec(direct, (m, n), &dev)?;
+                let d = max_abs_diff(&direct, &reference)?;
+                assert!(d < tol, "direct m {m} k {k} n {n}: {d}");
+            }
+        }
+    }
+    // a weight that is a view (offset into its storage) and a 3-d input with 5 rows
+    let big = Tensor::randn(0f32, 1., (10, 24), &dev)?;
+    let w = big.narrow(0, 3, 6)?;
+    let x = Tensor::randn(0f32, 1., (5, 1, 24), &dev)?;
+    let d = max_abs_diff(
+        &Linear::new(w.clone(), None).forward(&x)?,
+        &x.reshape((5, 24))?.matmul(&w.t()?)?.reshape((5, 1, 6))?,
+    )?;
+    assert!(d < 1e-4, "view weight: {d}");
+    Ok(())
+}
