@@ -15,7 +15,12 @@ use rayon::prelude::*;
 
 /// The most rows this kernel takes; above it the GEMM's packed weight is reused by enough rows
 /// to pay for itself.
-pub const MAX_ROWS: usize = 8;
+pub const MAX_ROWS: usize = 16;
+
+/// Most rows of `x` the SIMD loops hold at once (2 weight rows x 6 rows of accumulators fill the
+/// 16 AVX2 registers with the loads); more rows go in even groups, each re-reading the task's
+/// block of weight rows from L2.
+const GROUP: usize = 6;
 
 /// Weight rows per rayon task (64 rows of a 768-wide weight: 192 KiB streamed per task).
 const ROWS_PER_TASK: usize = 64;
@@ -41,7 +46,24 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32>
         .for_each(|(c, out)| {
             let j0 = c * ROWS_PER_TASK;
             let rows = out.len() / m;
-            rows_dot(x, m, k, &w[j0 * k..(j0 + rows) * k], out);
+            let wb = &w[j0 * k..(j0 + rows) * k];
+            if m <= GROUP {
+                rows_dot(x, m, k, wb, out);
+                return;
+            }
+            let groups = m.div_ceil(GROUP);
+            let mut part = vec![0f32; rows * GROUP];
+            let mut r0 = 0;
+            for gi in 0..groups {
+                // even sizes: 8 rows are 4 + 4, not 6 + 2
+                let g = (m - r0).div_ceil(groups - gi);
+                let part = &mut part[..rows * g];
+                rows_dot(&x[r0 * k..(r0 + g) * k], g, k, wb, part);
+                for (o, p) in out.chunks_exact_mut(m).zip(part.chunks_exact(g)) {
+                    o[r0..r0 + g].copy_from_slice(p);
+                }
+                r0 += g;
+            }
         });
     let mut y = vec![0f32; m * n];
     for (j, col) in yt.chunks_exact(m).enumerate() {
@@ -106,14 +128,12 @@ mod avx2 {
             4 => rows::<4>(x, k, w, out),
             5 => rows::<5>(x, k, w, out),
             6 => rows::<6>(x, k, w, out),
-            7 => rows::<7>(x, k, w, out),
-            8 => rows::<8>(x, k, w, out),
-            _ => unreachable!("m checked by matmul_wt"),
+            _ => unreachable!("groups of at most GROUP rows"),
         }
     }
 
-    /// Two weight rows at a time while 2 * M accumulators fit the 16 registers with room for
-    /// the loads (M <= 6), one at a time above that.
+    /// Two weight rows at a time (2 * M <= 12 accumulators, 2 weight and 1 input register: the
+    /// 16 AVX2 registers), the last odd row alone.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn rows<const M: usize>(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
@@ -123,39 +143,37 @@ mod avx2 {
         let wp = w.as_ptr();
         let k8 = k / 8 * 8;
         let mut j = 0;
-        if M <= 6 {
-            while j + 2 <= n {
-                let w0 = wp.add(j * k);
-                let w1 = w0.add(k);
-                let mut a0 = [_mm256_setzero_ps(); M];
-                let mut a1 = [_mm256_setzero_ps(); M];
-                let mut t = 0;
-                while t < k8 {
-                    if t % 16 == 0 {
-                        prefetch(w0.wrapping_add(t + PF_ROWS * k));
-                        prefetch(w1.wrapping_add(t + PF_ROWS * k));
-                    }
-                    let v0 = _mm256_loadu_ps(w0.add(t));
-                    let v1 = _mm256_loadu_ps(w1.add(t));
-                    for r in 0..M {
-                        let xv = _mm256_loadu_ps(xp.add(r * k + t));
-                        a0[r] = _mm256_fmadd_ps(v0, xv, a0[r]);
-                        a1[r] = _mm256_fmadd_ps(v1, xv, a1[r]);
-                    }
-                    t += 8;
+        while j + 2 <= n {
+            let w0 = wp.add(j * k);
+            let w1 = w0.add(k);
+            let mut a0 = [_mm256_setzero_ps(); M];
+            let mut a1 = [_mm256_setzero_ps(); M];
+            let mut t = 0;
+            while t < k8 {
+                if t % 16 == 0 {
+                    prefetch(w0.wrapping_add(t + PF_ROWS * k));
+                    prefetch(w1.wrapping_add(t + PF_ROWS * k));
                 }
+                let v0 = _mm256_loadu_ps(w0.add(t));
+                let v1 = _mm256_loadu_ps(w1.add(t));
                 for r in 0..M {
-                    let (mut s0, mut s1) = (hsum(a0[r]), hsum(a1[r]));
-                    for t in k8..k {
-                        let xv = *xp.add(r * k + t);
-                        s0 += *w0.add(t) * xv;
-                        s1 += *w1.add(t) * xv;
-                    }
-                    out[j * M + r] = s0;
-                    out[(j + 1) * M + r] = s1;
+                    let xv = _mm256_loadu_ps(xp.add(r * k + t));
+                    a0[r] = _mm256_fmadd_ps(v0, xv, a0[r]);
+                    a1[r] = _mm256_fmadd_ps(v1, xv, a1[r]);
                 }
-                j += 2;
+                t += 8;
             }
+            for r in 0..M {
+                let (mut s0, mut s1) = (hsum(a0[r]), hsum(a1[r]));
+                for t in k8..k {
+                    let xv = *xp.add(r * k + t);
+                    s0 += *w0.add(t) * xv;
+                    s1 += *w1.add(t) * xv;
+                }
+                out[j * M + r] = s0;
+                out[(j + 1) * M + r] = s1;
+            }
+            j += 2;
         }
         while j < n {
             let w0 = wp.add(j * k);
@@ -213,7 +231,7 @@ mod tests {
             state = state.wrapping_mul(1664525).wrapping_add(1013904223);
             (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
         };
-        for &(m, k, n) in &[(1, 19, 3), (5, 64, 7), (8, 100, 2), (3, 8, 1)] {
+        for &(m, k, n) in &[(1, 19, 3), (5, 64, 7), (6, 100, 3), (3, 8, 1)] {
             let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
             let mut a = vec![0f32; n * m];
