@@ -437,3 +437,41 @@ fn a_from_scratch_vit_starts_with_sincos_positions() {
         "pos_embed minus the code: rms {std}"
     );
 }
+
+#[test]
+fn evaluation_runs_the_current_weights_without_an_autograd_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world(tmp.path());
+    let out = tmp.path().join("e");
+    let c = write_config(tmp.path(), "e.json", &config(&w, &out, 3, 1e-3, 0));
+    let mut t = PeftTrainer::new(PeftConfig::read(&c).unwrap(), None, &Device::Cpu).unwrap();
+    for _ in 0..2 {
+        t.step().unwrap();
+    }
+    let rec: Vec<_> = t.train_samples(2)[..2].to_vec();
+    let (batch, labels, _) = t.micro_batch(2, &rec, 2).unwrap();
+    let eval = t.eval_model().unwrap();
+    let loss =
+        |m: &lion_core::lion::LionModel| m.forward_train(&batch, &labels, false).unwrap().loss;
+    let (a, b) = (loss(&t.pipe.model), loss(&eval));
+    assert!(a.track_op(), "the training model should record a graph");
+    assert!(!b.track_op(), "the evaluation model recorded a graph");
+    let bits = |x: &candle_core::Tensor| x.to_scalar::<f32>().unwrap().to_bits();
+    assert_eq!(bits(&a), bits(&b));
+    // built once, it still follows training: its weights are the trainable vars' storage
+    for _ in 0..2 {
+        t.step().unwrap();
+    }
+    let (a2, b2) = (loss(&t.pipe.model), loss(&eval));
+    assert_ne!(bits(&a2), bits(&a), "training did not move the loss");
+    assert_eq!(bits(&a2), bits(&b2));
+    let gen = lion_core::generate::GenerationConfig {
+        num_beams: 1,
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    assert_eq!(
+        t.pipe.model.generate(&batch, &gen).unwrap(),
+        eval.generate(&batch, &gen).unwrap()
+    );
+}

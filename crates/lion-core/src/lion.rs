@@ -230,6 +230,11 @@ impl LionModel {
         &self.cfg
     }
 
+    /// The same model (config, placeholder id) over the weights of `vb`.
+    pub fn rebuilt(&self, vb: VarBuilder) -> Result<Self> {
+        Self::new(&self.cfg, self.placeholder_id, vb)
+    }
+
     pub fn t5(&self) -> &T5ForConditionalGeneration {
         &self.t5
     }

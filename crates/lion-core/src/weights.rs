@@ -365,6 +365,8 @@ struct LoaderState {
     trainable: Option<(VarMap, Trainable)>,
     ignore_unexpected: Vec<String>,
     init_seed: Option<u64>,
+    /// Every tensor handed to the model, by key (shared storage; `Var`s detached).
+    handed: Mutex<HashMap<String, Tensor>>,
 }
 
 /// A [`VarBuilder`] backend over one or more checkpoints that records what the model asks for.
@@ -385,6 +387,7 @@ impl WeightLoader {
                 trainable: None,
                 ignore_unexpected: vec![],
                 init_seed: None,
+                handed: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -502,7 +505,25 @@ impl WeightLoader {
         }
     }
 
+    /// Every tensor the model was given, by key: the same storage (no copy), trainable ones
+    /// detached from their `Var`, so they follow its updates. A model built again over them
+    /// (`Checkpoint::from_tensors`) is the same model with no `Var` in it: inference that builds
+    /// no autograd graph (evaluation during training).
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.state.handed.lock().expect("poisoned").clone()
+    }
+
     fn make(&self, key: &str, value: Tensor) -> candle_core::Result<Tensor> {
+        let t = self.make_inner(key, value)?;
+        self.state
+            .handed
+            .lock()
+            .expect("poisoned")
+            .insert(key.to_string(), t.detach());
+        Ok(t)
+    }
+
+    fn make_inner(&self, key: &str, value: Tensor) -> candle_core::Result<Tensor> {
         match &self.state.trainable {
             Some((varmap, pred)) if pred(key) => {
                 let mut data = varmap.data().lock().expect("poisoned");

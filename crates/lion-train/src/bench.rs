@@ -4,8 +4,9 @@
 //!
 //! [`prepare`] writes a random-init checkpoint (`t5.safetensors`, HF key names), the inputs
 //! (`inputs.safetensors`) and the settings (`setup.json`) into a folder; [`run`] loads the model
-//! back from that checkpoint (adapters trainable, backbone frozen) and times each stage, with a
-//! warm-up run first. Stages:
+//! back from that checkpoint and times each stage, with a warm-up run first. The inference stages
+//! run it frozen (no autograd graph, as `lion caption`); the training step runs a T5 over the
+//! same weight storage whose adapters are trainable copies. Stages:
 //!
 //! | stage | what |
 //! |---|---|
@@ -515,29 +516,29 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
     let load_before = load_average();
     let dev = Device::Cpu;
     let cfg = &setup.t5;
-    let vm = VarMap::new();
     let lion_cfg = match &setup.lion {
         Some(l) if LION_STAGES.iter().any(|s| setup.wants(s)) => Some(l),
         _ => None,
     };
-    let t5_ckpt = Checkpoint::open(dir.join("t5.safetensors"))?;
+    // The inference stages run a frozen model, as `lion caption` loads it: no weight is a `Var`,
+    // so no op records an autograd graph (the PyTorch side runs them under `inference_mode`).
+    // The training step builds its own T5 over the same weight storage (`t5_checkpoint`), whose
+    // adapters are trainable copies: training them leaves the other stages' weights as loaded.
+    let t5_weights = Checkpoint::open(dir.join("t5.safetensors"))?.load_all(&dev)?;
+    let t5_checkpoint = || Checkpoint::from_tensors("t5.safetensors", t5_weights.clone());
     let (lion, t5_only) = match lion_cfg {
         Some(l) => {
             // the T5 of the T5 stages is the LION model's own (the same weights)
             let loader = WeightLoader::new(vec![
                 Checkpoint::open(dir.join("vision.safetensors"))?,
-                t5_ckpt.with_prefix("t5_model."),
-            ])
-            .with_trainable(vm.clone(), |k| {
-                k.starts_with("t5_model.") && k.contains(".adapter.")
-            });
+                t5_checkpoint().with_prefix("t5_model."),
+            ]);
             let m = LionModel::new(l, 0, loader.var_builder(DType::F32, &dev))?;
             loader.finish(LoadMode::Strict)?;
             (Some(m), None)
         }
         None => {
-            let loader = WeightLoader::new(vec![t5_ckpt])
-                .with_trainable(vm.clone(), |k| k.contains(".adapter."));
+            let loader = WeightLoader::new(vec![t5_checkpoint()]);
             let m = T5ForConditionalGeneration::new(cfg, loader.var_builder(DType::F32, &dev))?;
             loader.finish(LoadMode::Strict)?;
             (None, Some(m))
@@ -662,15 +663,11 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
             weight_decay: 0.05,
             ..ParamsAdamW::default()
         };
-        // the steps change the adapters, which later stages share: put them back afterwards
-        let saved: Vec<(candle_core::Var, Tensor)> = vm
-            .all_vars()
-            .into_iter()
-            .map(|v| {
-                let t = v.as_tensor().copy()?;
-                Ok((v, t))
-            })
-            .collect::<Result<_>>()?;
+        let vm = VarMap::new();
+        let loader = WeightLoader::new(vec![t5_checkpoint()])
+            .with_trainable(vm.clone(), |k| k.contains(".adapter."));
+        let model = T5ForConditionalGeneration::new(cfg, loader.var_builder(DType::F32, &dev))?;
+        loader.finish(LoadMode::Strict)?;
         let mut opt = AdamW::new(vm.all_vars(), params)?;
         let (mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![]);
         let runs = time_runs(reps, || {
@@ -687,9 +684,6 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
             upd.push((t3 - t2).as_secs_f64());
             Ok(())
         })?;
-        for (v, t) in &saved {
-            v.set(t)?;
-        }
         let mut st = stage("train_step", runs);
         // drop the warm-up's parts
         for (k, v) in [("forward", fwd), ("backward", bwd), ("adamw", upd)] {

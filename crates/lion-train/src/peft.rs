@@ -507,6 +507,9 @@ pub struct PeftTrainer {
     images: HashMap<String, RgbImage>,
     perms: HashMap<(usize, u64), Vec<usize>>,
     train_tf: TrainTransform,
+    /// Every tensor of the model by key, sharing its storage, `Var`s detached (they follow
+    /// training): [`Self::eval_model`] builds on them.
+    weights: HashMap<String, Tensor>,
 }
 
 impl PeftTrainer {
@@ -639,6 +642,7 @@ impl PeftTrainer {
         } else {
             LoadMode::Strict
         })?;
+        let weights = loader.tensors();
         // The model is built here (with trainable vars), so the pipeline is assembled by hand.
         let pipe = LionPipeline {
             model,
@@ -713,6 +717,7 @@ impl PeftTrainer {
             images: HashMap::new(),
             perms: HashMap::new(),
             train_tf,
+            weights,
         })
     }
 
@@ -780,7 +785,7 @@ impl PeftTrainer {
 
     /// Prepares a training micro-batch: augmented pixels (boxes moved with the image for
     /// region-level samples), prompt, labels.
-    fn micro_batch(
+    pub fn micro_batch(
         &mut self,
         task: usize,
         samples: &[LionSample],
@@ -925,8 +930,24 @@ impl PeftTrainer {
         )
     }
 
+    /// The model as it stands, for inference: the same weights (shared storage, current values)
+    /// with no `Var` in it, so its ops build no autograd graph. Decoding with the training model
+    /// would record one and keep it alive through the caches (the encoder's activations and every
+    /// step's, until the last token).
+    pub fn eval_model(&self) -> Result<lion_core::lion::LionModel> {
+        let weights = Checkpoint::from_tensors("the model (in memory)", self.weights.clone());
+        let loader = WeightLoader::new(vec![weights]);
+        let model = self
+            .pipe
+            .model
+            .rebuilt(loader.var_builder(DType::F32, &self.pipe.device))?;
+        loader.finish(LoadMode::Strict)?;
+        Ok(model)
+    }
+
     /// Greedy decoding on each task's validation samples, scored with lion-metrics.
     pub fn evaluate(&mut self) -> Result<serde_json::Value> {
+        let model = self.eval_model()?;
         let gen = lion_core::generate::GenerationConfig {
             num_beams: 1,
             max_new_tokens: self.cfg.eval_max_new_tokens,
@@ -962,7 +983,7 @@ impl PeftTrainer {
                 }
                 let reqs: Vec<Request> = chunk.iter().map(Self::request).collect();
                 let batch = self.pipe.prepare(&imgs, &reqs)?;
-                for ids in self.pipe.model.generate(&batch, &gen)? {
+                for ids in model.generate(&batch, &gen)? {
                     preds.push(self.pipe.decode(&ids)?);
                 }
             }
