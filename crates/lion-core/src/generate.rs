@@ -22,7 +22,7 @@
 //!   no longer beat the worst finished one; `Never` uses the maximum length for that bound when
 //!   `length_penalty > 0`.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::Route;
@@ -195,37 +195,65 @@ fn greedy(
         .collect())
 }
 
-/// Indices of `xs` sorted by value descending; ties keep the lower index first. NaN sorts last.
-fn argsort_desc(xs: &[f32]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..xs.len()).collect();
-    idx.sort_by(|&a, &b| {
-        xs[b]
-            .partial_cmp(&xs[a])
-            .unwrap_or_else(|| xs[a].is_nan().cmp(&xs[b].is_nan()))
-            .then(a.cmp(&b))
-    });
-    idx
+/// Order of [`topk`]: value descending, NaN last, ties by lower index.
+fn rank_cmp(xs: &[f32], a: usize, b: usize) -> std::cmp::Ordering {
+    xs[b]
+        .partial_cmp(&xs[a])
+        .unwrap_or_else(|| xs[a].is_nan().cmp(&xs[b].is_nan()))
+        .then(a.cmp(&b))
 }
 
 /// The `k` best of `xs` (descending, ties by lower index), as HF's `torch.topk`.
+///
+/// One pass keeping the best `k` so far in order: over a (beams x vocab) row almost every value
+/// is rejected by one comparison with the current k-th, with no index vector to allocate or
+/// partition.
 fn topk(xs: &[f32], k: usize) -> Vec<usize> {
-    if k * 8 < xs.len() {
-        // partial selection for the large (beams x vocab) case
-        let mut idx: Vec<usize> = (0..xs.len()).collect();
-        let cmp = |a: &usize, b: &usize| {
-            xs[*b]
-                .partial_cmp(&xs[*a])
-                .unwrap_or_else(|| xs[*a].is_nan().cmp(&xs[*b].is_nan()))
-                .then(a.cmp(b))
-        };
-        idx.select_nth_unstable_by(k - 1, cmp);
-        idx.truncate(k);
-        idx.sort_by(cmp);
-        idx
-    } else {
-        let mut idx = argsort_desc(xs);
-        idx.truncate(k);
-        idx
+    let k = k.min(xs.len());
+    let mut top: Vec<usize> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return top;
+    }
+    for (i, &x) in xs.iter().enumerate() {
+        if top.len() == k {
+            let worst = top[k - 1];
+            if x < xs[worst] || rank_cmp(xs, i, worst) != std::cmp::Ordering::Less {
+                continue;
+            }
+        }
+        let at = top.partition_point(|&t| rank_cmp(xs, t, i) == std::cmp::Ordering::Less);
+        top.insert(at, i);
+        top.truncate(k);
+    }
+    top
+}
+
+/// In place, each row to `x - max - ln(sum(exp(x - max)))` (`torch.log_softmax`), with the
+/// vectorised [`crate::kernels::exp`].
+fn log_softmax_rows(rows: &mut [Vec<f32>]) {
+    for row in rows {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if !max.is_finite() {
+            // all -inf (every token banned) or a NaN/inf logit: the plain formula's answer
+            let lse = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+            row.iter_mut().for_each(|x| *x -= lse);
+            continue;
+        }
+        // 8 partial sums: a loop that vectorises
+        let mut acc = [0f32; 8];
+        let chunks = row.chunks_exact(8);
+        let tail: f32 = chunks
+            .remainder()
+            .iter()
+            .map(|&x| crate::kernels::exp(x - max))
+            .sum();
+        for c in chunks {
+            for (a, &x) in acc.iter_mut().zip(c) {
+                *a += crate::kernels::exp(x - max);
+            }
+        }
+        let lse = max + (acc.iter().sum::<f32>() + tail).ln();
+        row.iter_mut().for_each(|x| *x -= lse);
     }
 }
 
@@ -280,8 +308,8 @@ fn beam_search(
     loop {
         let flat: Vec<Vec<u32>> = st.iter().flat_map(|s| s.running.clone()).collect();
         let logits = model.decode_step(&last_tokens(&flat, &dev)?, &mut cache, route)?;
-        let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-        let mut log_probs = rows(&log_probs)?;
+        let mut log_probs = rows(&logits)?;
+        log_softmax_rows(&mut log_probs);
         let v = log_probs[0].len();
         for (row, hist) in log_probs.iter_mut().zip(&flat) {
             process(row, hist, cfg, eos);
@@ -394,4 +422,78 @@ fn beam_search(
         .into_iter()
         .map(|s| s.finished[0][prompt_len..].to_vec())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Indices of `xs` sorted by value descending; ties keep the lower index first. NaN sorts last.
+    fn argsort_desc(xs: &[f32]) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..xs.len()).collect();
+        idx.sort_by(|&a, &b| {
+            xs[b]
+                .partial_cmp(&xs[a])
+                .unwrap_or_else(|| xs[a].is_nan().cmp(&xs[b].is_nan()))
+                .then(a.cmp(&b))
+        });
+        idx
+    }
+
+    /// The one-pass top-k against a full sort, with ties, NaN and -inf.
+    #[test]
+    fn topk_matches_a_full_sort() {
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        for n in [1usize, 2, 9, 100, 5000] {
+            for k in [1usize, 2, 3, 10, 10_000] {
+                // few distinct values: many ties
+                let mut xs: Vec<f32> = (0..n).map(|_| (next() % 17) as f32 - 8.0).collect();
+                if n > 5 {
+                    xs[3] = f32::NAN;
+                    xs[4] = f32::NEG_INFINITY;
+                    xs[n - 1] = f32::NAN;
+                }
+                let mut want = argsort_desc(&xs);
+                want.truncate(k);
+                assert_eq!(topk(&xs, k), want, "n {n} k {k}");
+            }
+        }
+        assert!(topk(&[], 3).is_empty());
+    }
+
+    /// The vectorised log-softmax against the plain f64 formula, including banned (-inf) tokens
+    /// and an all-banned row.
+    #[test]
+    fn log_softmax_rows_matches_the_formula() {
+        let row: Vec<f32> = (0..1003)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37)
+            .collect();
+        let mut banned = row.clone();
+        banned[5] = f32::NEG_INFINITY;
+        let mut rows = vec![row.clone(), banned.clone(), vec![f32::NEG_INFINITY; 4]];
+        log_softmax_rows(&mut rows);
+        for (src, got) in [row, banned].iter().zip(&rows) {
+            let max = src.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+            let lse = max
+                + src
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            for (&x, &y) in src.iter().zip(got) {
+                if x == f32::NEG_INFINITY {
+                    assert_eq!(y, f32::NEG_INFINITY);
+                } else {
+                    assert!((y as f64 - (x as f64 - lse)).abs() < 2e-5, "{x}: {y}");
+                }
+            }
+        }
+        assert!(rows[2].iter().all(|y| y.is_nan()), "{:?}", rows[2]);
+    }
 }
