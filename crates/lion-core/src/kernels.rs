@@ -140,6 +140,37 @@ fn sum_lanes(xs: &[f32]) -> f32 {
     s
 }
 
+/// Dot product of two equal-length slices in 8 lanes, summed as [`sum_lanes`].
+fn dot_lanes(xs: &[f32], ys: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (xc, yc) = (xs.chunks_exact(8), ys.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a8, b8) in xc.zip(yc) {
+        for ((a, &x), &y) in acc.iter_mut().zip(a8).zip(b8) {
+            *a += x * y;
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (&x, &y) in xr.iter().zip(yr) {
+        s += x * y;
+    }
+    s
+}
+
+/// Two contiguous f32 operands of the same shape (the backward kernels' y/x and gradient).
+fn same_shape_f32<'a>(
+    s1: &'a CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+    op: &str,
+) -> Result<(&'a [f32], &'a [f32])> {
+    if l1.dims() != l2.dims() {
+        candle_core::bail!("{op}: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
+    }
+    Ok((contiguous_f32(s1, l1, op)?, contiguous_f32(s2, l2, op)?))
+}
+
 /// Maximum of a slice in 8 lanes (NaN elements are skipped, as by `f32::max`).
 #[inline(always)]
 fn max_lanes(xs: &[f32]) -> f32 {
@@ -186,10 +217,44 @@ impl CustomOp1 for Softmax {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
-    /// dy/dx: y * (g - sum(g * y))
+    /// dy/dx: y * (g - sum(g * y)), one fused pass ([`SoftmaxGrad`])
     fn bwd(&self, _arg: &Tensor, res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let dot = (g * res)?.sum_keepdim(D::Minus1)?;
-        Ok(Some((g.broadcast_sub(&dot)? * res)?))
+        Ok(Some(res.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+/// The softmax input gradient from its output y and the output gradient g, per row:
+/// `y * (g - sum(g * y))`. One parallel pass (the composition took four single-threaded
+/// passes and three temporaries over every attention-probability tensor).
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "lion-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, g) = same_shape_f32(s1, l1, s2, l2, self.name())?;
+        let dim = l1.dims()[l1.dims().len() - 1];
+        let chunk = dim * rows_per_task(dim);
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(chunk)
+            .zip(y.par_chunks(chunk).zip(g.par_chunks(chunk)))
+            .for_each(|(dc, (yc, gc))| {
+                for ((dr, yr), gr) in dc.chunks_mut(dim).zip(yc.chunks(dim)).zip(gc.chunks(dim)) {
+                    let dot = dot_lanes(yr, gr);
+                    for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
+                        *o = yv * (gv - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
@@ -241,19 +306,33 @@ impl CustomOp1 for GeluErf {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let d = arg.apply_op1_no_bwd(&GeluErfGrad)?;
-        Ok(Some((g * d)?))
+        Ok(Some(arg.apply_op2_no_bwd(&g.contiguous()?, &GeluErfGrad)?))
     }
 }
 
-impl CustomOp1 for GeluErfGrad {
+/// The GELU input gradient from x and the output gradient g: `g * gelu'(x)`, one pass.
+impl CustomOp2 for GeluErfGrad {
     fn name(&self) -> &'static str {
         "lion-gelu-erf-grad"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, self.name())?;
-        Ok((CpuStorage::F32(map_par(x, gelu_grad)), l.shape().clone()))
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = same_shape_f32(s1, l1, s2, l2, self.name())?;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(16 * 1024)
+            .zip(x.par_chunks(16 * 1024).zip(g.par_chunks(16 * 1024)))
+            .for_each(|(dc, (xc, gc))| {
+                for ((o, &v), &gv) in dc.iter_mut().zip(xc).zip(gc) {
+                    *o = gv * gelu_grad(v);
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
