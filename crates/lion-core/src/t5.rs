@@ -353,7 +353,12 @@ impl T5Attention {
         train: bool,
     ) -> Result<Tensor> {
         let (k, v) = kv;
-        // no 1/sqrt(d_kv) scaling in T5
+        let p = if train { self.dropout as f32 } else { 0.0 };
+        if q.dtype() == DType::F32 {
+            // no 1/sqrt(d_kv) scaling in T5; fused forward and backward in training
+            let biases: Vec<&Tensor> = bias.into_iter().chain(mask).collect();
+            return crate::kernels::attention(q, k, v, &biases, p); // (b, h, q, d_kv)
+        }
         // k is contiguous (b, h, k, d_kv): its transpose is a valid strided GEMM operand, no copy
         let mut scores = q.matmul(&k.t()?)?; // (b, h, q, k)
         if let Some(bias) = bias {

@@ -213,3 +213,79 @@ fn vectorised_erf_is_within_abramowitz_stegun_bound() {
     assert_eq!(kernels::erf(-10.0), -1.0);
     assert!(kernels::erf(f32::NAN).is_nan());
 }
+
+/// The fused attention (taken when q, k or v is tracked) against the plain composition: output
+/// and the gradients of q, k and v, with a (1, h, q, k) position bias and a (b, 1, 1, k) mask,
+/// without biases, and with dropout (the same mask on both sides: same dropout seed).
+#[test]
+fn fused_attention_matches_composition_forward_and_backward() {
+    let dev = Device::Cpu;
+    let (b, h, lq, lk, d) = (2, 3, 5, 7, 4);
+    let var = |shape: (usize, usize, usize, usize)| {
+        Var::from_tensor(&Tensor::randn(0f32, 1., shape, &dev).unwrap()).unwrap()
+    };
+    let (q, k, v) = (var((b, h, lq, d)), var((b, h, lk, d)), var((b, h, lk, d)));
+    let bias = Tensor::randn(0f32, 1., (1, h, lq, lk), &dev).unwrap();
+    let mut mask = vec![0f32; b * lk];
+    mask[lk - 1] = f32::NEG_INFINITY; // row 0 may not see its last key
+    mask[lk + 2] = -1e9;
+    let mask = Tensor::from_vec(mask, (b, 1, 1, lk), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1., (b, h, lq, d), &dev).unwrap();
+    for (biases, p) in [
+        (vec![&bias, &mask], 0.0f32),
+        (vec![], 0.0),
+        (vec![&bias, &mask], 0.3),
+    ] {
+        let run = |fused: bool| {
+            kernels::seed_dropout(11);
+            let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+            let out = if fused {
+                kernels::attention(qt, kt, vt, &biases, p).unwrap()
+            } else {
+                kernels::attention_composed(qt, kt, vt, &biases, p).unwrap()
+            };
+            let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = |x: &Var| grads.get(x.as_tensor()).unwrap().clone();
+            (out, [g(&q), g(&k), g(&v)])
+        };
+        let (a, ga) = run(true);
+        let (c, gc) = run(false);
+        let what = format!("{} biases, dropout {p}", biases.len());
+        assert!(max_abs_diff(&a, &c).unwrap() < 1e-5, "{what}: forward");
+        for (name, (x, y)) in ["q", "k", "v"].iter().zip(ga.iter().zip(&gc)) {
+            let dist = max_abs_diff(x, y).unwrap();
+            assert!(dist < 1e-5, "{what}: d{name} differs by {dist}");
+            assert!(
+                y.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 1e-3
+            );
+        }
+        if p > 0.0 {
+            // dropout did drop something: the output differs from the undropped one
+            let plain = kernels::attention_composed(
+                &q.as_tensor().detach(),
+                &k.as_tensor().detach(),
+                &v.as_tensor().detach(),
+                &biases,
+                0.0,
+            )
+            .unwrap();
+            assert!(max_abs_diff(&a, &plain).unwrap() > 1e-3);
+        }
+    }
+    // untracked inputs (inference) take the composition and build no graph
+    let out = kernels::attention(
+        &q.as_tensor().detach(),
+        &k.as_tensor().detach(),
+        &v.as_tensor().detach(),
+        &[&bias],
+        0.0,
+    )
+    .unwrap();
+    assert!(!out.track_op());
+}
