@@ -246,12 +246,18 @@ impl BertSelfAttention {
         let k = self.heads(&self.key.forward(kv)?)?;
         let v = self.heads(&self.value.forward(kv)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        let probs = dropout(&softmax(&scores)?, self.dropout, train)?;
-        let ctx = probs.matmul(&v)?;
+        let ctx = if q.dtype() == DType::F32 {
+            // fused forward and backward in training
+            let p = if train { self.dropout as f32 } else { 0.0 };
+            crate::kernels::attention(&q, &k, &v, scale, &mask.into_iter().collect::<Vec<_>>(), p)?
+        } else {
+            let mut scores = (q.matmul(&k.t()?)? * scale)?;
+            if let Some(m) = mask {
+                scores = scores.broadcast_add(m)?;
+            }
+            let probs = dropout(&softmax(&scores)?, self.dropout, train)?;
+            probs.matmul(&v)?
+        };
         let (b, _, t, _) = ctx.dims4()?;
         ctx.transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))

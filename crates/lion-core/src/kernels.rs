@@ -696,9 +696,9 @@ pub fn dropout(xs: &Tensor, p: f32) -> Result<Tensor> {
 
 // ---------------------------------------------------------------- attention
 
-/// `softmax(q k^T + biases) v` with dropout `p` on the probabilities (T5: no 1/sqrt(d) scale;
-/// scale `q` first for the usual attention): q (b, h, q, d), k and v (b, h, k, d), each bias
-/// additive and broadcastable to (b, h, q, k) -> (b, h, q, d).
+/// `softmax(scale * q k^T + biases) v` with dropout `p` on the probabilities (T5: scale 1;
+/// BERT: 1/sqrt(d), applied to the scores as HF does): q (b, h, q, d), k and v (b, h, k, d), each
+/// bias additive and broadcastable to (b, h, q, k) -> (b, h, q, d).
 ///
 /// When q, k or v takes part in autograd (training), the f32 CPU case runs as one candle op
 /// whose backward is written out (dV = P'^T dO, dP' = dO V^T, dP = dropout(dP'), dS = softmax
@@ -708,7 +708,14 @@ pub fn dropout(xs: &Tensor, p: f32) -> Result<Tensor> {
 /// included. The forward keeps only the probabilities for the backward. Biases that need a
 /// gradient themselves, other dtypes and devices, and inference (nothing tracked) run the plain
 /// composition, which is also the reference of the tests.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, biases: &[&Tensor], p: f32) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    biases: &[&Tensor],
+    p: f32,
+) -> Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
         candle_core::bail!("attention dropout probability has to be in [0, 1), got {p}")
     }
@@ -716,13 +723,14 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, biases: &[&Tensor], p: f32)
     let fused =
         tracked && [q, k, v].iter().all(|t| use_kernel(t)) && biases.iter().all(|b| !b.track_op());
     if !fused {
-        return attention_composed(q, k, v, biases, p);
+        return attention_composed(q, k, v, scale, biases, p);
     }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     let op = Attention {
         q: q.detach(),
         k: k.detach(),
         v: v.detach(),
+        scale,
         biases: biases.iter().map(|b| b.detach()).collect(),
         p,
         seed: if p > 0.0 { next_seed() } else { 0 },
@@ -736,10 +744,14 @@ pub fn attention_composed(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    scale: f64,
     biases: &[&Tensor],
     p: f32,
 ) -> Result<Tensor> {
     let mut scores = q.matmul(&k.t()?)?;
+    if scale != 1.0 {
+        scores = (scores * scale)?;
+    }
     for b in biases {
         scores = scores.broadcast_add(b)?;
     }
@@ -754,6 +766,7 @@ struct Attention {
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    scale: f64,
     biases: Vec<Tensor>,
     p: f32,
     seed: u64,
@@ -775,6 +788,9 @@ impl Attention {
 
     fn probs(&self) -> Result<Tensor> {
         let mut scores = self.q.matmul(&self.k.t()?)?;
+        if self.scale != 1.0 {
+            scores = (scores * self.scale)?;
+        }
         for b in &self.biases {
             scores = scores.broadcast_add(b)?;
         }
@@ -820,8 +836,13 @@ impl CustomOp3 for Attention {
         let dv = self.dropout_mask(&probs)?.t()?.matmul(&g)?;
         let dprobs = self.dropout_mask(&g.matmul(&self.v.t()?)?)?;
         let dscores = probs.apply_op2_no_bwd(&dprobs, &SoftmaxGrad)?;
-        let dq = dscores.matmul(&self.k)?;
-        let dk = dscores.t()?.matmul(&self.q)?;
+        let mut dq = dscores.matmul(&self.k)?;
+        let mut dk = dscores.t()?.matmul(&self.q)?;
+        if self.scale != 1.0 {
+            // d(scale * q k^T): the scale on the (smaller) q and k gradients
+            dq = (dq * self.scale)?;
+            dk = (dk * self.scale)?;
+        }
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

@@ -357,7 +357,7 @@ impl T5Attention {
         if q.dtype() == DType::F32 {
             // no 1/sqrt(d_kv) scaling in T5; fused forward and backward in training
             let biases: Vec<&Tensor> = bias.into_iter().chain(mask).collect();
-            return crate::kernels::attention(q, k, v, &biases, p); // (b, h, q, d_kv)
+            return crate::kernels::attention(q, k, v, 1.0, &biases, p); // (b, h, q, d_kv)
         }
         // k is contiguous (b, h, k, d_kv): its transpose is a valid strided GEMM operand, no copy
         let mut scores = q.matmul(&k.t()?)?; // (b, h, q, k)

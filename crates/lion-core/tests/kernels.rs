@@ -231,18 +231,19 @@ fn fused_attention_matches_composition_forward_and_backward() {
     mask[lk + 2] = -1e9;
     let mask = Tensor::from_vec(mask, (b, 1, 1, lk), &dev).unwrap();
     let w = Tensor::randn(0f32, 1., (b, h, lq, d), &dev).unwrap();
-    for (biases, p) in [
-        (vec![&bias, &mask], 0.0f32),
-        (vec![], 0.0),
-        (vec![&bias, &mask], 0.3),
+    for (biases, p, scale) in [
+        (vec![&bias, &mask], 0.0f32, 1.0),
+        (vec![], 0.0, 0.5),
+        (vec![&bias, &mask], 0.3, 1.0),
+        (vec![&mask], 0.2, 0.125),
     ] {
         let run = |fused: bool| {
             kernels::seed_dropout(11);
             let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
             let out = if fused {
-                kernels::attention(qt, kt, vt, &biases, p).unwrap()
+                kernels::attention(qt, kt, vt, scale, &biases, p).unwrap()
             } else {
-                kernels::attention_composed(qt, kt, vt, &biases, p).unwrap()
+                kernels::attention_composed(qt, kt, vt, scale, &biases, p).unwrap()
             };
             let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
             let g = |x: &Var| grads.get(x.as_tensor()).unwrap().clone();
@@ -250,7 +251,7 @@ fn fused_attention_matches_composition_forward_and_backward() {
         };
         let (a, ga) = run(true);
         let (c, gc) = run(false);
-        let what = format!("{} biases, dropout {p}", biases.len());
+        let what = format!("{} biases, dropout {p}, scale {scale}", biases.len());
         assert!(max_abs_diff(&a, &c).unwrap() < 1e-5, "{what}: forward");
         for (name, (x, y)) in ["q", "k", "v"].iter().zip(ga.iter().zip(&gc)) {
             let dist = max_abs_diff(x, y).unwrap();
@@ -271,6 +272,7 @@ fn fused_attention_matches_composition_forward_and_backward() {
                 &q.as_tensor().detach(),
                 &k.as_tensor().detach(),
                 &v.as_tensor().detach(),
+                scale,
                 &biases,
                 0.0,
             )
@@ -283,6 +285,7 @@ fn fused_attention_matches_composition_forward_and_backward() {
         &q.as_tensor().detach(),
         &k.as_tensor().detach(),
         &v.as_tensor().detach(),
+        1.0,
         &[&bias],
         0.0,
     )
