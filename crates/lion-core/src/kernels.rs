@@ -478,11 +478,10 @@ impl AffineNormalize {
 
     /// Gradients of the affine parameters and of x, from x, w and the output gradient g.
     fn grads(&self, x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let d = w.dim(0)?;
         let g = g.contiguous()?;
         let xhat = x.apply_op1_no_bwd(&self.0)?;
-        let gw = (&g * xhat)?.reshape(((), d))?.sum(0)?;
-        let gb = g.reshape(((), d))?.sum(0)?;
+        let gw = sum_rows(&(&g * xhat)?)?;
+        let gb = sum_rows(&g)?;
         let gx = x.apply_op2_no_bwd(&g.broadcast_mul(w)?, &NormalizeGrad(self.0))?;
         Ok((gx, gw, gb))
     }
@@ -587,6 +586,109 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// Whether the fused kernels apply to this tensor (f32 on CPU); otherwise use the composition.
 pub fn applies(xs: &Tensor) -> bool {
     use_kernel(xs)
+}
+
+// ---------------------------------------------------------------- row sums and bias
+
+/// Sum over every dimension but the last: (..., d) -> (d), the gradient of a bias or norm weight
+/// broadcast over rows. f32 CPU: parallel over blocks of rows, each adding whole contiguous rows
+/// into its partial sums (candle's sum over dim 0 walks single-threaded down the columns).
+pub fn sum_rows(xs: &Tensor) -> Result<Tensor> {
+    let d = xs.dim(D::Minus1)?;
+    if use_kernel(xs) {
+        xs.contiguous()?.apply_op1_no_bwd(&SumRows)
+    } else {
+        xs.reshape(((), d))?.sum(0)
+    }
+}
+
+struct SumRows;
+
+impl CustomOp1 for SumRows {
+    fn name(&self) -> &'static str {
+        "lion-sum-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let d = l.dims()[l.dims().len() - 1];
+        let rows = x.len() / d;
+        let per_task = rows.div_ceil(2 * rayon::current_num_threads()).max(1);
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(per_task * d)
+            .map(|c| {
+                let mut acc = vec![0f32; d];
+                for r in c.chunks_exact(d) {
+                    acc.iter_mut().zip(r).for_each(|(a, &v)| *a += v);
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f32; d];
+        for p in partials {
+            out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(d)))
+    }
+}
+
+/// `xs + bias` with the bias (d) broadcast over the rows of xs (..., d); its backward gives the
+/// bias gradient as [`sum_rows`] (when the bias is tracked), and no zero-filled gradient buffer
+/// for a frozen one. f32 CPU, both contiguous; otherwise `broadcast_add`.
+pub fn add_bias(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let d = xs.dim(D::Minus1)?;
+    if use_kernel(xs) && bias.dtype() == DType::F32 && bias.dims() == [d] {
+        xs.contiguous()?.apply_op2(&bias.contiguous()?, BiasAdd)
+    } else {
+        xs.broadcast_add(bias)
+    }
+}
+
+struct BiasAdd;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "lion-bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let b = contiguous_f32(s2, l2, self.name())?;
+        let d = b.len();
+        let chunk = d * rows_per_task(d);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                    for ((o, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
+                        *o = v + bv;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gb = if bias.track_op() {
+            Some(sum_rows(g)?)
+        } else {
+            None
+        };
+        Ok((Some(g.clone()), gb))
+    }
 }
 
 // ---------------------------------------------------------------- dropout

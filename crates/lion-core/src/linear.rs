@@ -112,7 +112,7 @@ impl Module for Linear {
         }
         let y = xs.contiguous()?.apply_op2(&self.weight, MatmulWt)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => crate::kernels::add_bias(&y, b),
             None => Ok(y),
         }
     }

@@ -292,3 +292,48 @@ fn fused_attention_matches_composition_forward_and_backward() {
     .unwrap();
     assert!(!out.track_op());
 }
+
+/// Row sums (bias and norm-weight gradients) against candle's sum over the leading dimensions,
+/// with enough rows for several parallel blocks; the bias add against `broadcast_add`, forward
+/// and gradients, the bias trainable or frozen (then it gets no gradient).
+#[test]
+fn sum_rows_and_bias_add_match_candle() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (7, 33, 300), &dev).unwrap();
+    let want = x.reshape(((), 300)).unwrap().sum(0).unwrap();
+    let d = max_abs_diff(&kernels::sum_rows(&x).unwrap(), &want).unwrap();
+    assert!(d < 1e-4, "sum_rows: {d}");
+    let xv = Var::from_tensor(&x).unwrap();
+    let b0 = Tensor::randn(0f32, 1., 300, &dev).unwrap();
+    let w = Tensor::randn(0f32, 1., (7, 33, 300), &dev).unwrap();
+    for trainable in [true, false] {
+        let b = if trainable {
+            Var::from_tensor(&b0).unwrap().as_tensor().clone()
+        } else {
+            b0.clone()
+        };
+        let ours = kernels::add_bias(xv.as_tensor(), &b).unwrap();
+        let theirs = xv.as_tensor().broadcast_add(&b).unwrap();
+        assert_eq!(max_abs_diff(&ours, &theirs).unwrap(), 0.0);
+        let g1 = (&ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&theirs * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gx = max_abs_diff(
+            g1.get(xv.as_tensor()).unwrap(),
+            g2.get(xv.as_tensor()).unwrap(),
+        );
+        assert_eq!(gx.unwrap(), 0.0);
+        match (g1.get(&b), g2.get(&b)) {
+            (Some(a), Some(c)) => {
+                assert!(trainable);
+                assert!(max_abs_diff(a, c).unwrap() < 1e-4);
+            }
+            (None, None) => assert!(!trainable),
+            _ => panic!("bias gradient present on one side only (trainable {trainable})"),
+        }
+    }
+}
