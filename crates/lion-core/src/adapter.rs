@@ -14,7 +14,9 @@
 //! argument of every forward.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
+
+use crate::linear::Linear;
 use serde::{Deserialize, Serialize};
 
 /// Which adapter mix the router applies. Upstream: `idx = int(category != "region_level")`

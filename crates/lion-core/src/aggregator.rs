@@ -24,7 +24,9 @@
 //! Shapes: three ViT layers (b, n, 1408) -> (b, n, d_model) (n = 257 at 224 px).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
+
+use crate::linear::Linear;
 use serde::{Deserialize, Serialize};
 
 use crate::bert::{linear, BertSelfAttention};

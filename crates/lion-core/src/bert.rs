@@ -9,7 +9,9 @@
 //! Only differentiable ops are used (own LayerNorm, composed softmax), so every variable trains.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::linear::Linear;
 use serde::{Deserialize, Serialize};
 
 use crate::ops::{dropout, softmax, Activation, LayerNorm};

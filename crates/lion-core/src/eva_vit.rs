@@ -20,7 +20,9 @@
 //! ViT-g at 224: (b, 257, 1408).
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
+
+use crate::linear::Linear;
 use serde::{Deserialize, Serialize};
 
 fn default_eps() -> f64 {

@@ -17,7 +17,9 @@
 //! The tag text stays in the prompt for all three unless switched off in [`PromptTemplates`].
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
+
+use crate::linear::Linear;
 use serde::{Deserialize, Serialize};
 
 /// The T5 sentinel whose embedding row the soft prompt replaces.

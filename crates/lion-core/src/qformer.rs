@@ -28,7 +28,9 @@
 //! Shapes: vision (b, n, 1408), input_ids (b, t) -> (b, 32, d_model).
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use candle_nn::{Embedding, Init, VarBuilder};
+
+use crate::linear::Linear;
 use serde::{Deserialize, Serialize};
 
 use crate::bert::{BertAttention, BertConfig, BertFeedForward};

@@ -20,7 +20,9 @@
 //! inference and the demo trains without it.
 
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
+
+use crate::linear::Linear;
 use serde::{Deserialize, Serialize};
 
 use crate::bert::linear;

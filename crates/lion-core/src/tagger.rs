@@ -25,7 +25,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::linear::Linear;
 use serde::{Deserialize, Serialize};
 
 use crate::bert::{linear, BertAttention, BertConfig, BertFeedForward};
