@@ -27,11 +27,14 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    // Tensors whose largest entry is below 1e-3 are compared at an absolute 1e-7 instead: a
-    // gradient that is a near-cancelling sum (the scalar adapter `scale`'s gradient sums over
-    // every activation; one is -1e-4 at step 2) carries f32 rounding of that order, and our fused
-    // adapter adds its terms in another order than PyTorch.
-    d / m.max(1e-3)
+    // Tensors whose largest entry is below 1e-2 are compared at an absolute 1e-6 instead (the
+    // 1e-4 relative tolerance at the scale of this model's gradients, ~1e-2): a gradient that is
+    // a near-cancelling sum (the scalar adapter `scale`'s gradient sums over every activation;
+    // one is -1.2e-4 at step 2) carries the absolute f32 rounding of its terms, ~1e-7 here as on
+    // the +-0.04 `scale` gradients beside it, and our kernels add in another order than PyTorch.
+    // With a 1e-3 floor that one scalar sat at the threshold and moved across it with summation
+    // order alone (1.03e-7 vs 1.5e-7 with and without the skinny matmul).
+    d / m.max(1e-2)
 }
 
 #[test]
