@@ -17,6 +17,45 @@ fn rows_per_task(dim: usize) -> usize {
     (16 * 1024 / dim.max(1)).max(1)
 }
 
+/// The width of the rows a kernel works on: the last dimension.
+fn last_dim(l: &Layout) -> usize {
+    l.dims()[l.dims().len() - 1]
+}
+
+/// A new buffer whose rows (width `dim`) are written by `f(out_row, x_row)`, in parallel blocks
+/// of rows.
+fn map_rows(x: &[f32], dim: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    let chunk = dim * rows_per_task(dim);
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk))
+        .for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(dim).zip(xc.chunks(dim)) {
+                f(yr, xr)
+            }
+        });
+    y
+}
+
+/// [`map_rows`] over two inputs of the same shape: `f(out_row, x_row, g_row)`.
+fn map_rows2(
+    x: &[f32],
+    g: &[f32],
+    dim: usize,
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
+) -> Vec<f32> {
+    let chunk = dim * rows_per_task(dim);
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
+        .for_each(|(yc, (xc, gc))| {
+            for ((yr, xr), gr) in yc.chunks_mut(dim).zip(xc.chunks(dim)).zip(gc.chunks(dim)) {
+                f(yr, xr, gr)
+            }
+        });
+    y
+}
+
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
@@ -199,21 +238,14 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
-        let dim = l.dims()[l.dims().len() - 1];
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(dim * rows_per_task(dim))
-            .zip(x.par_chunks(dim * rows_per_task(dim)))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(dim).zip(xc.chunks(dim)) {
-                    let max = max_lanes(xr);
-                    for (o, &v) in yr.iter_mut().zip(xr) {
-                        *o = exp(v - max);
-                    }
-                    let sum = sum_lanes(yr);
-                    let inv = 1.0 / sum;
-                    yr.iter_mut().for_each(|o| *o *= inv);
-                }
-            });
+        let y = map_rows(x, last_dim(l), |yr, xr| {
+            let max = max_lanes(xr);
+            for (o, &v) in yr.iter_mut().zip(xr) {
+                *o = exp(v - max);
+            }
+            let inv = 1.0 / sum_lanes(yr);
+            yr.iter_mut().for_each(|o| *o *= inv);
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -241,19 +273,12 @@ impl CustomOp2 for SoftmaxGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (y, g) = same_shape_f32(s1, l1, s2, l2, self.name())?;
-        let dim = l1.dims()[l1.dims().len() - 1];
-        let chunk = dim * rows_per_task(dim);
-        let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(chunk)
-            .zip(y.par_chunks(chunk).zip(g.par_chunks(chunk)))
-            .for_each(|(dc, (yc, gc))| {
-                for ((dr, yr), gr) in dc.chunks_mut(dim).zip(yc.chunks(dim)).zip(gc.chunks(dim)) {
-                    let dot = dot_lanes(yr, gr);
-                    for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
-                        *o = yv * (gv - dot);
-                    }
-                }
-            });
+        let dx = map_rows2(y, g, last_dim(l1), |dr, yr, gr| {
+            let dot = dot_lanes(yr, gr);
+            for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
+                *o = yv * (gv - dot);
+            }
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -378,19 +403,13 @@ impl CustomOp1 for Normalize {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
-        let dim = l.dims()[l.dims().len() - 1];
-        let mut y = vec![0f32; x.len()];
         let (eps, center) = (self.eps, self.center);
-        y.par_chunks_mut(dim * rows_per_task(dim))
-            .zip(x.par_chunks(dim * rows_per_task(dim)))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(dim).zip(xc.chunks(dim)) {
-                    let (mean, rstd) = row_stats(xr, eps, center);
-                    yr.iter_mut()
-                        .zip(xr)
-                        .for_each(|(o, &v)| *o = (v - mean) * rstd);
-                }
-            });
+        let y = map_rows(x, last_dim(l), |yr, xr| {
+            let (mean, rstd) = row_stats(xr, eps, center);
+            yr.iter_mut()
+                .zip(xr)
+                .for_each(|(o, &v)| *o = (v - mean) * rstd);
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -416,32 +435,25 @@ impl CustomOp2 for NormalizeGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let g = contiguous_f32(s2, l2, self.name())?;
-        let dim = l1.dims()[l1.dims().len() - 1];
+        let (x, g) = same_shape_f32(s1, l1, s2, l2, self.name())?;
+        let dim = last_dim(l1);
         let Normalize { eps, center } = self.0;
-        let mut dx = vec![0f32; x.len()];
-        let chunk = dim * rows_per_task(dim);
-        dx.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
-            .for_each(|(dc, (xc, gc))| {
-                for ((dr, xr), gr) in dc.chunks_mut(dim).zip(xc.chunks(dim)).zip(gc.chunks(dim)) {
-                    let (mean, rstd) = row_stats(xr, eps, center);
-                    let n = dim as f32;
-                    let mut g_mean = 0f32;
-                    let mut gx_mean = 0f32;
-                    for (&xv, &gv) in xr.iter().zip(gr) {
-                        g_mean += gv;
-                        gx_mean += gv * (xv - mean) * rstd;
-                    }
-                    g_mean = if center { g_mean / n } else { 0.0 };
-                    gx_mean /= n;
-                    for ((o, &xv), &gv) in dr.iter_mut().zip(xr).zip(gr) {
-                        let xhat = (xv - mean) * rstd;
-                        *o = rstd * (gv - g_mean - xhat * gx_mean);
-                    }
-                }
-            });
+        let dx = map_rows2(x, g, dim, |dr, xr, gr| {
+            let (mean, rstd) = row_stats(xr, eps, center);
+            let n = dim as f32;
+            let mut g_mean = 0f32;
+            let mut gx_mean = 0f32;
+            for (&xv, &gv) in xr.iter().zip(gr) {
+                g_mean += gv;
+                gx_mean += gv * (xv - mean) * rstd;
+            }
+            g_mean = if center { g_mean / n } else { 0.0 };
+            gx_mean /= n;
+            for ((o, &xv), &gv) in dr.iter_mut().zip(xr).zip(gr) {
+                let xhat = (xv - mean) * rstd;
+                *o = rstd * (gv - g_mean - xhat * gx_mean);
+            }
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -451,29 +463,22 @@ struct AffineNormalize(Normalize);
 
 impl AffineNormalize {
     fn run(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
-        let dim = w.len();
         let Normalize { eps, center } = self.0;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(dim * rows_per_task(dim))
-            .zip(x.par_chunks(dim * rows_per_task(dim)))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(dim).zip(xc.chunks(dim)) {
-                    let (mean, rstd) = row_stats(xr, eps, center);
-                    match b {
-                        Some(b) => {
-                            for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                                *o = (v - mean) * rstd * wv + bv;
-                            }
-                        }
-                        None => {
-                            for ((o, &v), &wv) in yr.iter_mut().zip(xr).zip(w) {
-                                *o = (v - mean) * rstd * wv;
-                            }
-                        }
+        map_rows(x, w.len(), |yr, xr| {
+            let (mean, rstd) = row_stats(xr, eps, center);
+            match b {
+                Some(b) => {
+                    for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                        *o = (v - mean) * rstd * wv + bv;
                     }
                 }
-            });
-        y
+                None => {
+                    for ((o, &v), &wv) in yr.iter_mut().zip(xr).zip(w) {
+                        *o = (v - mean) * rstd * wv;
+                    }
+                }
+            }
+        })
     }
 
     /// Gradients of the affine parameters and of x, from x, w and the output gradient g.
@@ -611,7 +616,7 @@ impl CustomOp1 for SumRows {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
-        let d = l.dims()[l.dims().len() - 1];
+        let d = last_dim(l);
         let rows = x.len() / d;
         let per_task = rows.div_ceil(2 * rayon::current_num_threads()).max(1);
         let partials: Vec<Vec<f32>> = x
@@ -660,18 +665,11 @@ impl CustomOp2 for BiasAdd {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
         let b = contiguous_f32(s2, l2, self.name())?;
-        let d = b.len();
-        let chunk = d * rows_per_task(d);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                    for ((o, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
-                        *o = v + bv;
-                    }
-                }
-            });
+        let y = map_rows(x, b.len(), |yr, xr| {
+            for ((o, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
+                *o = v + bv;
+            }
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
