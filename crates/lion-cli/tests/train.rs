@@ -109,6 +109,21 @@ fn latest_step(out: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// A PEFT trainer on a fresh world in `tmp`, output in `tmp/name`, `steps` steps at lr 1e-3,
+/// seed 0; `edit` changes the config first.
+fn trainer(
+    tmp: &Path,
+    name: &str,
+    steps: u64,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PeftTrainer {
+    let w = world(tmp);
+    let mut cfg = config(&w, &tmp.join(name), steps, 1e-3, 0);
+    edit(&mut cfg);
+    let c = write_config(tmp, &format!("{name}.json"), &cfg);
+    PeftTrainer::new(PeftConfig::read(&c).unwrap(), None, &Device::Cpu).unwrap()
+}
+
 #[test]
 fn sigkill_then_resume_equals_an_uninterrupted_run_and_bad_checkpoints_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -257,12 +272,7 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
 #[test]
 fn every_trainable_var_gets_a_gradient_and_frozen_weights_stay_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
-    let w = world(tmp.path());
-    let out = tmp.path().join("g");
-    let c = write_config(tmp.path(), "g.json", &config(&w, &out, 3, 1e-3, 0));
-    let cfg = PeftConfig::read(&c).unwrap();
-    let dev = Device::Cpu;
-    let mut t = PeftTrainer::new(cfg, None, &dev).unwrap();
+    let mut t = trainer(tmp.path(), "g", 3, |_| {});
     let cap: Vec<_> = t.train_samples(0)[..2].to_vec();
     let rec: Vec<_> = t.train_samples(2)[..2].to_vec();
     let vars = t.trainable().to_vec();
@@ -332,17 +342,15 @@ fn every_trainable_var_gets_a_gradient_and_frozen_weights_stay_bit_identical() {
 #[test]
 fn dynamic_prompt_projection_trains_in_its_own_lr_group() {
     let tmp = tempfile::tempdir().unwrap();
-    let w = world(tmp.path());
-    let mut cfg = config(&w, &tmp.path().join("d"), 2, 1e-3, 0);
-    cfg["prompt"] = "dynamic".into();
-    cfg["tag_encoder"] = repo_root()
-        .join("models/all-MiniLM-L6-v2")
-        .display()
-        .to_string()
-        .into();
-    cfg["prompt_lr_scale"] = 5.0.into();
-    let c = write_config(tmp.path(), "d.json", &cfg);
-    let mut t = PeftTrainer::new(PeftConfig::read(&c).unwrap(), None, &Device::Cpu).unwrap();
+    let mut t = trainer(tmp.path(), "d", 2, |cfg| {
+        cfg["prompt"] = "dynamic".into();
+        cfg["tag_encoder"] = repo_root()
+            .join("models/all-MiniLM-L6-v2")
+            .display()
+            .to_string()
+            .into();
+        cfg["prompt_lr_scale"] = 5.0.into();
+    });
     let groups: Vec<(String, f64)> = t
         .opt
         .groups
@@ -378,12 +386,9 @@ fn dynamic_prompt_projection_trains_in_its_own_lr_group() {
 #[test]
 fn trainable_all_trains_the_backbone_and_every_var_gets_a_gradient() {
     let tmp = tempfile::tempdir().unwrap();
-    let w = world(tmp.path());
-    let out = tmp.path().join("all");
-    let mut c = config(&w, &out, 3, 1e-3, 0);
-    c["trainable"] = serde_json::json!("all");
-    let c = write_config(tmp.path(), "all.json", &c);
-    let mut t = PeftTrainer::new(PeftConfig::read(&c).unwrap(), None, &Device::Cpu).unwrap();
+    let mut t = trainer(tmp.path(), "all", 3, |c| {
+        c["trainable"] = serde_json::json!("all")
+    });
     let cap: Vec<_> = t.train_samples(0)[..2].to_vec();
     let rec: Vec<_> = t.train_samples(2)[..2].to_vec();
     let vars = t.trainable().to_vec();
@@ -418,10 +423,8 @@ fn trainable_all_trains_the_backbone_and_every_var_gets_a_gradient() {
 #[test]
 fn a_from_scratch_vit_starts_with_sincos_positions() {
     let tmp = tempfile::tempdir().unwrap();
-    let w = world(tmp.path());
+    let _t = trainer(tmp.path(), "scratch", 1, |_| {});
     let out = tmp.path().join("scratch");
-    let c = write_config(tmp.path(), "s.json", &config(&w, &out, 1, 1e-3, 0));
-    let _t = PeftTrainer::new(PeftConfig::read(&c).unwrap(), None, &Device::Cpu).unwrap();
     let init = lion_core::weights::Checkpoint::open(out.join("init.safetensors")).unwrap();
     let pos = init.get("visual_encoder.pos_embed", &Device::Cpu).unwrap();
     let (_, n, d) = pos.dims3().unwrap();
@@ -441,10 +444,7 @@ fn a_from_scratch_vit_starts_with_sincos_positions() {
 #[test]
 fn evaluation_runs_the_current_weights_without_an_autograd_graph() {
     let tmp = tempfile::tempdir().unwrap();
-    let w = world(tmp.path());
-    let out = tmp.path().join("e");
-    let c = write_config(tmp.path(), "e.json", &config(&w, &out, 3, 1e-3, 0));
-    let mut t = PeftTrainer::new(PeftConfig::read(&c).unwrap(), None, &Device::Cpu).unwrap();
+    let mut t = trainer(tmp.path(), "e", 3, |_| {});
     for _ in 0..2 {
         t.step().unwrap();
     }
