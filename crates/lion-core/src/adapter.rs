@@ -15,9 +15,9 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
 
 use crate::linear::Linear;
-use serde::{Deserialize, Serialize};
 
 /// Which adapter mix the router applies. Upstream: `idx = int(category != "region_level")`
 /// (`lion_t5.py` L333, L374), so region-level tasks use row 0 and everything else row 1.

@@ -25,11 +25,10 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-
-use crate::linear::Linear;
 use serde::{Deserialize, Serialize};
 
 use crate::bert::{linear, BertSelfAttention};
+use crate::linear::Linear;
 use crate::ops::{dropout, LayerNorm};
 use crate::qformer::torch_linear;
 

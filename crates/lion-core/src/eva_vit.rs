@@ -21,9 +21,9 @@
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
 
 use crate::linear::Linear;
-use serde::{Deserialize, Serialize};
 
 fn default_eps() -> f64 {
     1e-6

@@ -839,7 +839,8 @@ pub fn attention(
     q.apply_op3(&k, &v, op)
 }
 
-/// The composition [`attention`] fuses (and runs when it does not).
+/// The composition [`attention`] fuses (and runs when it does not): the softmax in f32 for other
+/// dtypes.
 pub fn attention_composed(
     q: &Tensor,
     k: &Tensor,
@@ -855,7 +856,8 @@ pub fn attention_composed(
     for b in biases {
         scores = scores.broadcast_add(b)?;
     }
-    let probs = softmax_last_dim(&scores)?;
+    // in f32 for reduced-precision inputs, as HF's T5 does
+    let probs = softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?;
     let probs = if p > 0.0 { dropout(&probs, p)? } else { probs };
     probs.matmul(v)
 }

@@ -18,9 +18,9 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
 
 use crate::linear::Linear;
-use serde::{Deserialize, Serialize};
 
 /// The T5 sentinel whose embedding row the soft prompt replaces.
 pub const PLACEHOLDER: &str = "<extra_id_0>";

@@ -29,11 +29,10 @@
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
-
-use crate::linear::Linear;
 use serde::{Deserialize, Serialize};
 
 use crate::bert::{BertAttention, BertConfig, BertFeedForward};
+use crate::linear::Linear;
 use crate::ops::{dropout, LayerNorm};
 
 fn default_freq() -> usize {

@@ -21,11 +21,10 @@
 
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-
-use crate::linear::Linear;
 use serde::{Deserialize, Serialize};
 
 use crate::bert::linear;
+use crate::linear::Linear;
 use crate::ops::{softmax, Activation, LayerNorm};
 
 fn default_in_chans() -> usize {

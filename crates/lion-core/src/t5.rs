@@ -32,7 +32,7 @@ use candle_nn::{Embedding, Init, VarBuilder};
 
 use crate::adapter::{AdapterRouter, Route};
 use crate::linear::Linear;
-use crate::ops::{dropout, softmax, Activation};
+use crate::ops::{dropout, Activation};
 
 /// T5's relative-position bucket (HF `T5Attention._relative_position_bucket`), computed with the
 /// same f32 arithmetic as the PyTorch reference so bucket boundaries agree.
@@ -353,23 +353,10 @@ impl T5Attention {
         train: bool,
     ) -> Result<Tensor> {
         let (k, v) = kv;
+        // no 1/sqrt(d_kv) scaling in T5; fused forward and backward in training
         let p = if train { self.dropout as f32 } else { 0.0 };
-        if q.dtype() == DType::F32 {
-            // no 1/sqrt(d_kv) scaling in T5; fused forward and backward in training
-            let biases: Vec<&Tensor> = bias.into_iter().chain(mask).collect();
-            return crate::kernels::attention(q, k, v, 1.0, &biases, p); // (b, h, q, d_kv)
-        }
-        // k is contiguous (b, h, k, d_kv): its transpose is a valid strided GEMM operand, no copy
-        let mut scores = q.matmul(&k.t()?)?; // (b, h, q, k)
-        if let Some(bias) = bias {
-            scores = scores.broadcast_add(bias)?;
-        }
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = softmax(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?;
-        let probs = dropout(&probs, self.dropout, train)?;
-        probs.matmul(v) // (b, h, q, d_kv)
+        let biases: Vec<&Tensor> = bias.into_iter().chain(mask).collect();
+        crate::kernels::attention(q, k, v, 1.0, &biases, p) // (b, h, q, d_kv)
     }
 }
 

@@ -26,11 +26,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-
-use crate::linear::Linear;
 use serde::{Deserialize, Serialize};
 
 use crate::bert::{linear, BertAttention, BertConfig, BertFeedForward};
+use crate::linear::Linear;
 use crate::ops::Activation;
 use crate::swin::{SwinConfig, SwinTransformer};
 use crate::weights::{Checkpoint, LoadMode, LoadReport, WeightLoader};
