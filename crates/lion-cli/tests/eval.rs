@@ -74,35 +74,119 @@ fn caption_eval_equals_pycocoevalcap() {
     ));
 }
 
-#[test]
-fn vqa_eval_equals_official() {
-    let golden = read(&root().join("tests/fixtures/metrics/vqa.json"));
-    let dir = tempfile::tempdir().unwrap();
-    let qs = golden["questions"].as_array().unwrap();
-    let anns: Vec<Value> = qs
+/// The answer records of a golden question (`compact_answers()` in
+/// scripts/fixtures_vqa_official.py).
+fn answer_records(c: &Value) -> Value {
+    let texts: Vec<Value> = match &c[0] {
+        Value::String(t) => vec![Value::String(t.clone()); 10],
+        v => v.as_array().unwrap().clone(),
+    };
+    let conf = |i: usize| match c[1].as_str().map(|s| s.as_bytes()[i]) {
+        Some(b'y') => json!("yes"),
+        Some(b'm') => json!("maybe"),
+        Some(_) => json!("no"),
+        None => Value::Null,
+    };
+    let recs: Vec<Value> = texts
         .iter()
-        .map(|q| {
-            json!({"question_id": q["question_id"], "image_id": q["image_id"], "answers": q["answers"],
-                   "answer_type": q["answer_type"], "question_type": q["question_type"]})
+        .enumerate()
+        .map(|(i, t)| {
+            let mut r = json!({"answer": t});
+            if !c[1].is_null() {
+                r["answer_confidence"] = conf(i);
+            }
+            match c.get(2) {
+                None => r["answer_id"] = json!(i + 1),
+                Some(Value::Array(ids)) => r["answer_id"] = ids[i].clone(),
+                Some(_) => {}
+            }
+            r
         })
         .collect();
-    let questions: Vec<Value> = qs
-        .iter()
-        .map(|q| json!({"question_id": q["question_id"], "image_id": q["image_id"], "question": "?"}))
-        .collect();
-    let preds: Vec<Value> = qs
-        .iter()
-        .map(|q| json!({"question_id": q["question_id"], "answer": q["prediction"]}))
-        .collect();
-    let (gt, qf, pred, out) = (
-        dir.path().join("ann.json"),
-        dir.path().join("q.json"),
-        dir.path().join("pred.json"),
-        dir.path().join("scores.json"),
+    Value::Array(recs)
+}
+
+/// `lion eval --task vqa` on the official-code goldens: every run's overall, per answer type,
+/// per question type and per question equal to GT-Vision-Lab vqaEval.py.
+#[test]
+fn vqa_eval_equals_official() {
+    let golden = read(&root().join("tests/fixtures/metrics/vqa_official.json"));
+    let dir = tempfile::tempdir().unwrap();
+    for (r, run) in golden["runs"].as_array().unwrap().iter().enumerate() {
+        let qs = run["questions"].as_array().unwrap();
+        let anns: Vec<Value> = qs
+            .iter()
+            .map(|q| {
+                json!({"question_id": q[0], "image_id": 1, "answers": answer_records(&q[5]),
+                       "answer_type": q[1], "question_type": q[2]})
+            })
+            .collect();
+        // predictions in reverse order: the scorer follows the annotation order
+        let preds: Vec<Value> = qs
+            .iter()
+            .rev()
+            .map(|q| json!({"question_id": q[0], "answer": q[3]}))
+            .collect();
+        let (gt, pred, out) = (
+            dir.path().join(format!("ann{r}.json")),
+            dir.path().join(format!("pred{r}.json")),
+            dir.path().join(format!("scores{r}.json")),
+        );
+        write(&gt, &json!({"annotations": anns}));
+        write(&pred, &Value::Array(preds));
+        let (ok, stdout, stderr) = lion(&[
+            "--task",
+            "vqa",
+            "--pred",
+            pred.to_str().unwrap(),
+            "--gt",
+            gt.to_str().unwrap(),
+            "--json",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{stderr}");
+        assert!(
+            stdout.contains("answer type yes/no") && stdout.contains("question type "),
+            "{stdout}"
+        );
+        let s = read(&out);
+        let official = &s["overall"]["official"];
+        let want = &run["accuracy"];
+        let close =
+            |a: &Value, b: &Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-9;
+        assert!(
+            close(&official["overall"], &want["overall"]),
+            "{official} {want}"
+        );
+        for key in ["perAnswerType", "perQuestionType"] {
+            let w = want[key].as_object().unwrap();
+            assert_eq!(official[key].as_object().unwrap().len(), w.len());
+            for (t, v) in w {
+                assert!(close(&official[key][t], v), "run {r} {key} {t}");
+            }
+        }
+        let items = s["per_item"].as_array().unwrap();
+        assert_eq!(items.len(), qs.len());
+        for (item, q) in items.iter().zip(qs) {
+            assert_eq!(item["question_id"], q[0].to_string().as_str());
+            assert!(close(&item["official"], &q[4]), "run {r}: {item} vs {q}");
+        }
+    }
+}
+
+/// Ground truth with `"answers": []` is an error that names the file and the question.
+#[test]
+fn vqa_empty_answers_are_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let gt = dir.path().join("ann.json");
+    let pred = dir.path().join("pred.json");
+    write(
+        &gt,
+        &json!({"annotations": [
+            {"question_id": 1, "image_id": 1, "answers": [{"answer": "yes", "answer_id": 1}]},
+            {"question_id": 7, "image_id": 1, "answers": []}]}),
     );
-    write(&gt, &json!({"annotations": anns}));
-    write(&qf, &json!({"questions": questions}));
-    write(&pred, &Value::Array(preds));
+    write(&pred, &json!([{"question_id": 1, "answer": "yes"}]));
     let (ok, _, stderr) = lion(&[
         "--task",
         "vqa",
@@ -110,16 +194,56 @@ fn vqa_eval_equals_official() {
         pred.to_str().unwrap(),
         "--gt",
         gt.to_str().unwrap(),
-        "--questions",
-        qf.to_str().unwrap(),
-        "--json",
-        out.to_str().unwrap(),
     ]);
-    assert!(ok, "{stderr}");
-    let s = read(&out);
-    let ours = s["overall"]["accuracy"].as_f64().unwrap();
-    assert!((ours - golden["overall"].as_f64().unwrap()).abs() <= 1e-9);
-    assert_eq!(s["per_item"].as_array().unwrap().len(), qs.len());
+    assert!(!ok);
+    assert!(
+        stderr.contains("ann.json") && stderr.contains("question_id 7") && stderr.contains("[]"),
+        "{stderr}"
+    );
+}
+
+/// The official A-OKVQA prediction format, both metrics, against the official-code golden.
+#[test]
+fn aokvqa_eval_equals_official() {
+    let golden = read(&root().join("tests/fixtures/metrics/aokvqa_official.json"));
+    let dir = tempfile::tempdir().unwrap();
+    for (r, run) in golden["runs"].as_array().unwrap().iter().enumerate() {
+        let data: Vec<Value> = run["dataset"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                json!({"split": "val", "image_id": i, "question_id": d[0], "question": "?",
+                       "choices": d[1], "correct_choice_idx": d[2], "direct_answers": d[3],
+                       "difficult_direct_answer": d[4], "rationales": []})
+            })
+            .collect();
+        let (gt, pred, out) = (
+            dir.path().join(format!("aok{r}.json")),
+            dir.path().join(format!("pred{r}.json")),
+            dir.path().join(format!("s{r}.json")),
+        );
+        write(&gt, &Value::Array(data));
+        write(&pred, &run["predictions"]);
+        let (ok, stdout, stderr) = lion(&[
+            "--task",
+            "aokvqa",
+            "--pred",
+            pred.to_str().unwrap(),
+            "--gt",
+            gt.to_str().unwrap(),
+            "--json",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("multiple choice") && stdout.contains("direct answer"));
+        let o = &read(&out)["overall"];
+        let close =
+            |a: &Value, b: &Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-9;
+        assert!(close(&o["multiple_choice"]["accuracy"], &run["mc"]), "{o}");
+        assert!(close(&o["direct_answer"]["accuracy"], &run["da"]), "{o}");
+    }
 }
 
 #[test]
@@ -191,6 +315,12 @@ fn aokvqa_and_rec_eval() {
         (s["overall"]["acc_at_0_5"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12,
         "{s}"
     );
+    assert_eq!(s["overall"]["accuracy"]["0.5"], s["overall"]["acc_at_0_5"]);
+    assert!(s["overall"]["accuracy"]["0.1"].as_f64().unwrap() >= 2.0 / 3.0 - 1e-12);
+    assert!(stdout.contains("Acc@0.1"), "{stdout}");
+    let splits = s["overall"]["per_split"].as_object().unwrap();
+    let n: u64 = splits.values().map(|v| v["items"].as_u64().unwrap()).sum();
+    assert_eq!(n, 3, "{s}");
     assert_eq!(s["overall"]["unparsable"], 1);
     assert_eq!(s["per_item"][1]["parsed"], false);
     assert!((s["per_item"][2]["iou"].as_f64().unwrap() - 1.0).abs() < 1e-12);

@@ -120,7 +120,8 @@ fn each_task_writes_official_predictions_and_scores() {
                 .map(|x| &x["answer"])
                 .collect();
             json!({"question_id": q["question_id"].to_string(), "image_id": q["image_id"],
-                   "question": q["question"], "split": "val", "direct_answers": da})
+                   "question": q["question"], "split": "val", "direct_answers": da,
+                   "difficult_direct_answer": false})
         })
         .collect();
     let aok_path = dir.path().join("aokvqa_val.json");

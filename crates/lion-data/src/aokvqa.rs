@@ -48,27 +48,57 @@ pub fn read_aokvqa(path: &Path) -> Result<Vec<AokvqaQuestion>> {
     Ok(qs)
 }
 
-/// Reads A-OKVQA direct-answer predictions: `[{question_id, answer}]`, the evaluation script's
-/// `{question_id: answer}`, or the leaderboard's `{question_id: {"direct_answer": ...}}`.
-pub fn read_aokvqa_results(path: &Path) -> Result<Vec<(String, String)>> {
+/// A-OKVQA predictions of one question (either may be absent).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AokvqaPrediction {
+    pub question_id: String,
+    pub multiple_choice: Option<String>,
+    pub direct_answer: Option<String>,
+}
+
+/// Reads A-OKVQA predictions: the official `{question_id: {"multiple_choice": ..,
+/// "direct_answer": ..}}` (either key may be left out), the evaluation function's
+/// `{question_id: answer}` (direct answer), or `[{question_id, answer}]` (direct answer).
+pub fn read_aokvqa_predictions(path: &Path) -> Result<Vec<AokvqaPrediction>> {
     let v = read_value(path)?;
     if let Some(obj) = v.as_object() {
-        return obj
-            .iter()
-            .map(|(k, x)| {
-                x.as_str()
-                    .or_else(|| x.get("direct_answer").and_then(serde_json::Value::as_str))
-                    .map(|a| (k.clone(), a.to_string()))
-                    .ok_or_else(|| {
-                        crate::error::Error::at_index(
-                            path,
-                            k,
-                            "expected an answer string or {\"direct_answer\": string}",
-                        )
-                    })
-            })
-            .collect();
+        let mut out = Vec::with_capacity(obj.len());
+        for (k, x) in obj {
+            let bad = |m: &str| crate::error::Error::at_index(path, k, m.to_string());
+            let mut p = AokvqaPrediction {
+                question_id: k.clone(),
+                ..Default::default()
+            };
+            if let Some(a) = x.as_str() {
+                p.direct_answer = Some(a.to_string());
+            } else if let Some(o) = x.as_object() {
+                for (key, slot) in [
+                    ("multiple_choice", &mut p.multiple_choice),
+                    ("direct_answer", &mut p.direct_answer),
+                ] {
+                    if let Some(a) = o.get(key) {
+                        *slot = Some(
+                            a.as_str()
+                                .ok_or_else(|| bad(&format!("\"{key}\" should be a string")))?
+                                .to_string(),
+                        );
+                    }
+                }
+            } else {
+                return Err(bad(
+                    "expected an answer string or {\"multiple_choice\": string, \"direct_answer\": string}",
+                ));
+            }
+            out.push(p);
+        }
+        return Ok(out);
     }
     let r: Vec<crate::vqa::VqaResult> = decode_all(path, "", array(path, &v, None)?)?;
-    Ok(r.into_iter().map(|x| (x.question_id, x.answer)).collect())
+    Ok(r.into_iter()
+        .map(|x| AokvqaPrediction {
+            question_id: x.question_id,
+            multiple_choice: None,
+            direct_answer: Some(x.answer),
+        })
+        .collect())
 }

@@ -17,13 +17,27 @@ pub struct VqaQuestion {
     pub question: String,
 }
 
+/// One answer record: its text and every other field as it is (`answer_confidence`,
+/// `answer_id`, ...: the official VQA evaluation compares whole records).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct VqaAnswer {
     pub answer: String,
-    #[serde(default)]
-    pub answer_confidence: Option<String>,
-    #[serde(default)]
-    pub answer_id: Option<i64>,
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl VqaAnswer {
+    pub fn answer_confidence(&self) -> Option<&str> {
+        self.fields
+            .get("answer_confidence")
+            .and_then(serde_json::Value::as_str)
+    }
+
+    pub fn answer_id(&self) -> Option<i64> {
+        self.fields
+            .get("answer_id")
+            .and_then(serde_json::Value::as_i64)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::cider::precook;
-use crate::vqa::py_split;
+use crate::py::py_split;
 
 #[derive(Debug, Clone)]
 struct Cooked {

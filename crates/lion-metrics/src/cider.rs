@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::vqa::py_split;
+use crate::py::py_split;
 
 type Ngram = Vec<String>;
 

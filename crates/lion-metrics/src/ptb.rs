@@ -178,7 +178,7 @@ fn is_letter(c: char) -> bool {
     c.is_alphabetic() || c == '\u{AD}'
 }
 fn is_digit(c: char) -> bool {
-    c.is_ascii_digit() || crate::vqa::is_nd(c)
+    c.is_ascii_digit() || crate::py::is_decimal(c)
 }
 fn is_alnum(c: char) -> bool {
     is_letter(c) || is_digit(c)

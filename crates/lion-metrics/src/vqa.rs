@@ -1,17 +1,42 @@
-//! VQA accuracy exactly as the official VQA evaluation computes it (`vqaEval.py`, the version
-//! LAVIS ships as `lavis/common/vqa_tools/vqa_eval.py`), and the A-OKVQA direct-answer score.
+//! VQA accuracy exactly as the official evaluation computes it: GT-Vision-Lab/VQA
+//! `PythonEvaluationTools/vqaEvaluation/vqaEval.py` with `PythonHelperTools/vqaTools/vqa.py`
+//! (commit a013f00), run under Python 3, checked on the goldens of
+//! `scripts/fixtures_vqa_official.py`.
 //!
-//! Official behaviour reproduced, quirks included:
-//! - the prediction: `\n`/`\t` -> space, strip, [`process_punctuation`], [`process_digit_article`];
-//! - the ten ground-truth answers: only [`process_punctuation`], and only when they are not all
-//!   identical (no number-word, article or contraction processing on the ground truth);
-//! - accuracy: for each ground-truth answer, drop every answer equal to it (same text, confidence
-//!   and id: the official code compares whole dicts), count the remaining matches, take
-//!   `min(1, matches / 3)`, and average over the ten;
-//! - `process_punctuation`'s period removal is `re.sub` with `count=re.UNICODE` (= 32): at most
-//!   the first 32 periods that are not followed by a digit are removed.
+//! The official behaviour, quirks included, per question:
+//! - every answer and the prediction: `\n` and `\t` -> space, then `strip()`;
+//! - only when the ten (stripped) answers are NOT all the same string: [`process_punctuation`]
+//!   then [`process_digit_article`] on every answer and on the prediction. When they are all the
+//!   same, nothing else is done: the prediction must equal it exactly (`"Yes"` or `"yes."`
+//!   against ten `"yes"` scores 0);
+//! - accuracy: for each answer record, the other records are those that are not EQUAL to it as
+//!   whole records (text after processing, `answer_confidence`, `answer_id` and any other field,
+//!   compared with Python's `==`); `min(1, matches / 3)` over those, averaged over the records.
+//!   With VQA v2's distinct `answer_id`s this is the leave-one-out over ten; records without ids
+//!   that repeat drop out together (ten identical id-less records score 0 whatever the answer);
+//! - `process_punctuation`: a punctuation character is deleted when it is next to a space in the
+//!   INPUT or when the input has a digit-comma-digit anywhere, else replaced by a space; then
+//!   periods not followed by a digit are deleted, at most 32 of them (`re.UNICODE`, 32, is passed
+//!   as `count`), and the intended "not preceded by a digit" never applies (`(?!<=\d)` is a
+//!   look-ahead);
+//! - `process_digit_article`: lower-case, split on whitespace, number words zero..ten and "none"
+//!   -> digits, articles a/an/the dropped, contractions restored (keys with capitals such as
+//!   `"Im"` can never match after lower-casing; `"somebody'd"` becomes `"somebodyd"`);
+//! - numbers: per question `round(100 * acc, 2)`; overall, per answer type and per question type
+//!   `round(100 * sum / n, 2)` summed in annotation order.
+//!
+//! Python 3, not Python 2, is reproduced where they differ: `round` sends exact ties to even,
+//! `\d` is any Unicode decimal digit, `lower()` is the full Unicode mapping.
+//!
+//! [`VqaMode::Normalized`] is an opt-in cleaned-up variant (never the default): answers and
+//! prediction are always processed, and the leave-one-out is by position.
 
 use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::py::{is_decimal, py_eq, py_round, py_split, py_strip};
 
 /// Characters the official code removes (or turns into spaces).
 const PUNCT: &[char] = &[
@@ -161,35 +186,29 @@ const CONTRACTIONS: &[(&str, &str)] = &[
     ("youve", "you've"),
 ];
 
-/// Python's `str.isspace()` (what `split()` and `strip()` use).
-pub(crate) fn py_space(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '\u{1C}'..='\u{1F}')
+/// Why a question cannot be scored.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum VqaError {
+    /// The official code divides by the number of answers and raises.
+    #[error("no ground-truth answers (\"answers\": [])")]
+    NoAnswers,
 }
 
-/// Python's `str.split()` without arguments.
-pub(crate) fn py_split(s: &str) -> impl Iterator<Item = &str> {
-    s.split(py_space).filter(|w| !w.is_empty())
+/// Which scorer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VqaMode {
+    /// The official code, quirks included (the default).
+    #[default]
+    Official,
+    /// Cleaned up: the prediction and the answers are always normalised (also when the ten
+    /// answers are identical), and each answer is left out by position, not by record equality.
+    Normalized,
 }
 
 fn has_digit_comma_digit(s: &str) -> bool {
     let c: Vec<char> = s.chars().collect();
     c.windows(3)
-        .any(|w| is_re_digit(w[0]) && w[1] == ',' && is_re_digit(w[2]))
-}
-
-/// Python 3 `re`'s `\d` on str patterns: any Unicode decimal digit.
-fn is_re_digit(c: char) -> bool {
-    c.is_ascii_digit() || is_nd(c)
-}
-
-/// Unicode decimal digits outside ASCII (general category Nd), approximated by the common blocks.
-pub(crate) fn is_nd(c: char) -> bool {
-    let u = c as u32;
-    const STARTS: &[u32] = &[
-        0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66, 0xDE6,
-        0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0xFF10,
-    ];
-    STARTS.iter().any(|&s| (s..s + 10).contains(&u))
+        .any(|w| is_decimal(w[0]) && w[1] == ',' && is_decimal(w[2]))
 }
 
 /// The official `processPunctuation`.
@@ -197,20 +216,15 @@ pub fn process_punctuation(in_text: &str) -> String {
     let comma_digit = has_digit_comma_digit(in_text);
     let mut out = in_text.to_string();
     for &p in PUNCT {
-        let ps = p.to_string();
         let spaced = in_text.contains(&format!("{p} ")) || in_text.contains(&format!(" {p}"));
-        if spaced || comma_digit {
-            out = out.replace(&ps, "");
-        } else {
-            out = out.replace(&ps, " ");
-        }
+        out = out.replace(p, if spaced || comma_digit { "" } else { " " });
     }
-    // periodStrip.sub("", out, re.UNICODE): removes '.' not followed by a digit, at most 32 times.
+    // periodStrip.sub("", out, re.UNICODE): '.' not followed by a digit, at most 32 times
     let chars: Vec<char> = out.chars().collect();
     let mut res = String::with_capacity(out.len());
     let mut removed = 0;
     for (i, &c) in chars.iter().enumerate() {
-        let next_digit = chars.get(i + 1).is_some_and(|&n| is_re_digit(n));
+        let next_digit = chars.get(i + 1).is_some_and(|&n| is_decimal(n));
         if c == '.' && !next_digit && removed < 32 {
             removed += 1;
             continue;
@@ -224,94 +238,137 @@ pub fn process_punctuation(in_text: &str) -> String {
 /// restore contractions.
 pub fn process_digit_article(in_text: &str) -> String {
     let lower = in_text.to_lowercase();
-    let mut words: Vec<&str> = Vec::new();
-    for w in py_split(&lower) {
-        let w = MANUAL_MAP
-            .iter()
-            .find(|(k, _)| *k == w)
-            .map(|(_, v)| *v)
-            .unwrap_or(w);
-        if !ARTICLES.contains(&w) {
-            words.push(w);
-        }
-    }
-    let words: Vec<&str> = words
-        .into_iter()
-        .map(|w| {
-            CONTRACTIONS
-                .iter()
-                .find(|(k, _)| *k == w)
-                .map(|(_, v)| *v)
-                .unwrap_or(w)
-        })
+    let lookup = |table: &[(&'static str, &'static str)], w: &str| {
+        table.iter().find(|(k, _)| *k == w).map(|(_, v)| *v)
+    };
+    let words: Vec<&str> = py_split(&lower)
+        .map(|w| lookup(MANUAL_MAP, w).unwrap_or(w))
+        .filter(|w| !ARTICLES.contains(w))
+        .map(|w| lookup(CONTRACTIONS, w).unwrap_or(w))
         .collect();
     words.join(" ")
 }
 
-/// The official normalisation of a predicted answer.
-pub fn normalize_prediction(answer: &str) -> String {
-    let a = answer.replace(['\n', '\t'], " ");
-    let a = a.trim_matches(py_space);
-    process_digit_article(&process_punctuation(a))
+/// `\n`/`\t` -> space, `strip()`: what the official code does to every answer and prediction.
+pub fn clean_whitespace(s: &str) -> String {
+    py_strip(&s.replace(['\n', '\t'], " ")).to_string()
 }
 
-/// One ground-truth answer as in the annotation file (the whole record takes part in the
-/// leave-one-out comparison, as in the official code).
-#[derive(Debug, Clone, PartialEq)]
+/// The full normalisation (whitespace, punctuation, digits/articles/contractions): what the
+/// official code applies to the prediction and the answers when the answers differ.
+pub fn normalize_prediction(answer: &str) -> String {
+    process_digit_article(&process_punctuation(&clean_whitespace(answer)))
+}
+
+/// One ground-truth answer record: its text and every other field of the record (the official
+/// leave-one-out compares whole records).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct GtAnswer {
     pub answer: String,
-    pub confidence: Option<String>,
-    pub id: Option<i64>,
+    /// The record's other fields (`answer_confidence`, `answer_id`, ...).
+    pub fields: Map<String, Value>,
 }
 
 impl GtAnswer {
+    /// A record with only an answer (no id: equal texts are equal records).
     pub fn new(answer: impl Into<String>) -> Self {
         Self {
             answer: answer.into(),
-            confidence: None,
-            id: None,
+            fields: Map::new(),
         }
+    }
+
+    /// A VQA v2 style record with an `answer_id`.
+    pub fn with_id(answer: impl Into<String>, id: i64) -> Self {
+        let mut fields = Map::new();
+        fields.insert("answer_id".into(), id.into());
+        Self {
+            answer: answer.into(),
+            fields,
+        }
+    }
+
+    /// A record from its JSON object (`answer` must be a string).
+    pub fn from_json(record: &Map<String, Value>) -> Option<Self> {
+        let answer = record.get("answer")?.as_str()?.to_string();
+        let mut fields = record.clone();
+        fields.remove("answer");
+        Some(Self { answer, fields })
+    }
+
+    /// Python's `==` between the two records as dicts.
+    fn same_record(&self, other: &Self) -> bool {
+        self.answer == other.answer
+            && self.fields.len() == other.fields.len()
+            && self
+                .fields
+                .iter()
+                .all(|(k, v)| other.fields.get(k).is_some_and(|w| py_eq(v, w)))
     }
 }
 
 /// The official VQA accuracy of one prediction against its (usually ten) answers, in [0, 1].
-pub fn vqa_accuracy(prediction: &str, gts: &[GtAnswer]) -> f64 {
+pub fn vqa_accuracy(prediction: &str, gts: &[GtAnswer]) -> Result<f64, VqaError> {
+    vqa_accuracy_with(VqaMode::Official, prediction, gts)
+}
+
+/// VQA accuracy under `mode`.
+pub fn vqa_accuracy_with(
+    mode: VqaMode,
+    prediction: &str,
+    gts: &[GtAnswer],
+) -> Result<f64, VqaError> {
     if gts.is_empty() {
-        return 0.0;
+        return Err(VqaError::NoAnswers);
     }
-    let res = normalize_prediction(prediction);
-    let mut gts: Vec<GtAnswer> = gts.to_vec();
-    let first = &gts[0].answer;
-    if gts.iter().any(|g| &g.answer != first) {
+    let mut gts: Vec<GtAnswer> = gts
+        .iter()
+        .map(|g| GtAnswer {
+            answer: clean_whitespace(&g.answer),
+            fields: g.fields.clone(),
+        })
+        .collect();
+    let mut res = clean_whitespace(prediction);
+    let differ = gts.iter().any(|g| g.answer != gts[0].answer);
+    if differ || mode == VqaMode::Normalized {
         for g in gts.iter_mut() {
-            g.answer = process_punctuation(&g.answer);
+            g.answer = process_digit_article(&process_punctuation(&g.answer));
         }
+        res = process_digit_article(&process_punctuation(&res));
     }
+    // Python: sum() of floats and ints 1 left to right, then / len
     let mut sum = 0.0;
-    for datum in &gts {
+    for (i, datum) in gts.iter().enumerate() {
         let matching = gts
             .iter()
-            .filter(|item| *item != datum && item.answer == res)
+            .enumerate()
+            .filter(|(j, item)| match mode {
+                VqaMode::Official => !item.same_record(datum),
+                VqaMode::Normalized => *j != i,
+            })
+            .filter(|(_, item)| item.answer == res)
             .count();
         sum += f64::min(1.0, matching as f64 / 3.0);
     }
-    sum / gts.len() as f64
+    Ok(sum / gts.len() as f64)
 }
 
-/// The A-OKVQA direct-answer score (`eval_predictions.py` / LAVIS `AOKVQATask`):
-/// `min(1, #(direct answers == prediction) / 3)`, exact string comparison, no normalisation.
-pub fn aokvqa_da_score(prediction: &str, direct_answers: &[String]) -> f64 {
-    let n = direct_answers
-        .iter()
-        .filter(|a| a.as_str() == prediction)
-        .count();
-    f64::min(1.0, n as f64 / 3.0)
+/// The official output: `vqaEval.accuracy` (percentages rounded to 2 places).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VqaOfficial {
+    pub overall: f64,
+    #[serde(rename = "perQuestionType")]
+    pub per_question_type: BTreeMap<String, f64>,
+    #[serde(rename = "perAnswerType")]
+    pub per_answer_type: BTreeMap<String, f64>,
 }
 
-/// A streaming VQA accumulator: add questions one by one; overall, per answer type and
-/// per question type (each the mean of per-question accuracies), and every item's score.
+/// A VQA accumulator: add questions in annotation order (the official sums run in that order);
+/// overall, per answer type and per question type (each the mean of per-question accuracies),
+/// every item's score, and the official rounded numbers.
 #[derive(Debug, Default, Clone)]
 pub struct VqaAccumulator {
+    mode: VqaMode,
     items: Vec<(String, f64)>,
     by_answer_type: BTreeMap<String, (f64, usize)>,
     by_question_type: BTreeMap<String, (f64, usize)>,
@@ -322,6 +379,17 @@ impl VqaAccumulator {
         Self::default()
     }
 
+    pub fn with_mode(mode: VqaMode) -> Self {
+        Self {
+            mode,
+            ..Self::default()
+        }
+    }
+
+    pub fn mode(&self) -> VqaMode {
+        self.mode
+    }
+
     /// Scores one question and records it; returns its accuracy in [0, 1].
     pub fn add(
         &mut self,
@@ -330,13 +398,13 @@ impl VqaAccumulator {
         gts: &[GtAnswer],
         answer_type: Option<&str>,
         question_type: Option<&str>,
-    ) -> f64 {
-        let acc = vqa_accuracy(prediction, gts);
+    ) -> Result<f64, VqaError> {
+        let acc = vqa_accuracy_with(self.mode, prediction, gts)?;
         self.add_score(question_id, acc, answer_type, question_type);
-        acc
+        Ok(acc)
     }
 
-    /// Records an already computed score (A-OKVQA, exact match, ...).
+    /// Records an already computed score.
     pub fn add_score(
         &mut self,
         question_id: impl Into<String>,
@@ -345,15 +413,15 @@ impl VqaAccumulator {
         question_type: Option<&str>,
     ) {
         self.items.push((question_id.into(), acc));
-        if let Some(t) = answer_type {
-            let e = self.by_answer_type.entry(t.to_string()).or_default();
-            e.0 += acc;
-            e.1 += 1;
-        }
-        if let Some(t) = question_type {
-            let e = self.by_question_type.entry(t.to_string()).or_default();
-            e.0 += acc;
-            e.1 += 1;
+        for (map, t) in [
+            (&mut self.by_answer_type, answer_type),
+            (&mut self.by_question_type, question_type),
+        ] {
+            if let Some(t) = t {
+                let e = map.entry(t.to_string()).or_default();
+                e.0 += acc;
+                e.1 += 1;
+            }
         }
     }
 
@@ -365,7 +433,7 @@ impl VqaAccumulator {
         self.items.is_empty()
     }
 
-    /// Mean accuracy in [0, 1] (the official `overall` is this times 100, rounded to 2 places).
+    /// Mean accuracy in [0, 1], unrounded.
     pub fn overall(&self) -> f64 {
         if self.items.is_empty() {
             return 0.0;
@@ -373,24 +441,49 @@ impl VqaAccumulator {
         self.items.iter().map(|x| x.1).sum::<f64>() / self.items.len() as f64
     }
 
-    /// (question id, accuracy) in the order added.
+    /// (question id, accuracy in [0, 1]) in the order added.
     pub fn per_item(&self) -> &[(String, f64)] {
         &self.items
     }
 
+    /// The official per-question number (`evalQA`): `round(100 * acc, 2)`.
+    pub fn official_item(acc: f64) -> f64 {
+        py_round(100.0 * acc, 2)
+    }
+
     pub fn per_answer_type(&self) -> BTreeMap<String, f64> {
-        self.by_answer_type
-            .iter()
-            .map(|(k, (s, n))| (k.clone(), s / *n as f64))
-            .collect()
+        mean_by(&self.by_answer_type)
     }
 
     pub fn per_question_type(&self) -> BTreeMap<String, f64> {
-        self.by_question_type
-            .iter()
-            .map(|(k, (s, n))| (k.clone(), s / *n as f64))
-            .collect()
+        mean_by(&self.by_question_type)
     }
+
+    /// The official `accuracy` dict: `round(100 * sum / n, 2)` overall and per type.
+    pub fn official(&self) -> VqaOfficial {
+        let pct = |s: f64, n: usize| py_round(100.0 * s / n as f64, 2);
+        let by = |m: &BTreeMap<String, (f64, usize)>| {
+            m.iter()
+                .map(|(k, (s, n))| (k.clone(), pct(*s, *n)))
+                .collect()
+        };
+        let sum: f64 = self.items.iter().map(|x| x.1).sum();
+        VqaOfficial {
+            overall: if self.items.is_empty() {
+                0.0
+            } else {
+                pct(sum, self.items.len())
+            },
+            per_question_type: by(&self.by_question_type),
+            per_answer_type: by(&self.by_answer_type),
+        }
+    }
+}
+
+fn mean_by(m: &BTreeMap<String, (f64, usize)>) -> BTreeMap<String, f64> {
+    m.iter()
+        .map(|(k, (s, n))| (k.clone(), s / *n as f64))
+        .collect()
 }
 
 #[cfg(test)]
@@ -400,11 +493,7 @@ mod tests {
     fn gts(a: &[&str]) -> Vec<GtAnswer> {
         a.iter()
             .enumerate()
-            .map(|(i, s)| GtAnswer {
-                answer: s.to_string(),
-                confidence: Some("yes".into()),
-                id: Some(i as i64 + 1),
-            })
+            .map(|(i, s)| GtAnswer::with_id(*s, i as i64 + 1))
             .collect()
     }
 
@@ -415,6 +504,8 @@ mod tests {
         assert_eq!(normalize_prediction("dont"), "don't");
         assert_eq!(normalize_prediction("3.5"), "3.5");
         assert_eq!(process_punctuation("1,000"), "1000");
+        // at most 32 periods go
+        assert_eq!(process_punctuation(&".".repeat(40)), "........");
     }
 
     #[test]
@@ -424,7 +515,25 @@ mod tests {
         ]);
         // three "yes": leaving out a "yes" leaves 2 (2/3), leaving out a "no" leaves 3 (1)
         let want = (3.0 * (2.0 / 3.0) + 7.0) / 10.0;
-        assert!((vqa_accuracy("Yes", &g) - want).abs() < 1e-12);
-        assert_eq!(vqa_accuracy("maybe", &g), 0.0);
+        assert!((vqa_accuracy("Yes", &g).unwrap() - want).abs() < 1e-12);
+        assert_eq!(vqa_accuracy("maybe", &g), Ok(0.0));
+    }
+
+    #[test]
+    fn identical_answers_are_not_normalised() {
+        let g = gts(&["yes"; 10]);
+        assert_eq!(vqa_accuracy("yes", &g), Ok(1.0));
+        assert_eq!(vqa_accuracy(" yes\n", &g), Ok(1.0));
+        assert_eq!(vqa_accuracy("Yes", &g), Ok(0.0));
+        assert_eq!(vqa_accuracy("yes.", &g), Ok(0.0));
+        assert_eq!(vqa_accuracy_with(VqaMode::Normalized, "Yes.", &g), Ok(1.0));
+        // id-less identical records all drop out together
+        let bare = vec![GtAnswer::new("yes"); 10];
+        assert_eq!(vqa_accuracy("yes", &bare), Ok(0.0));
+        assert_eq!(
+            vqa_accuracy_with(VqaMode::Normalized, "yes", &bare),
+            Ok(1.0)
+        );
+        assert_eq!(vqa_accuracy("yes", &[]), Err(VqaError::NoAnswers));
     }
 }

@@ -1008,8 +1008,15 @@ impl PeftTrainer {
                         .iter()
                         .zip(&preds)
                         .map(|(s, p)| {
+                            // one reference answer: the normalised variant (the official
+                            // scorer gives ten identical id-less answers 0 whatever the answer)
                             let gts = vec![lion_metrics::vqa::GtAnswer::new(s.answer.clone()); 10];
-                            lion_metrics::vqa::vqa_accuracy(p, &gts)
+                            lion_metrics::vqa::vqa_accuracy_with(
+                                lion_metrics::vqa::VqaMode::Normalized,
+                                p,
+                                &gts,
+                            )
+                            .unwrap_or(0.0)
                         })
                         .sum();
                     ("vqa_accuracy", acc / samples.len().max(1) as f64)

@@ -5,13 +5,16 @@
 //!   `test`), an official `captions_*.json`, or a TextCaps file; BLEU-1..4, ROUGE-L, CIDEr-D as
 //!   pycocoevalcap computes them, over the predicted images.
 //! - vqa: `--pred [{question_id, answer}]`, `--gt` the annotations file (`--questions` optional,
-//!   checked against it); the official VQA accuracy, per answer type too.
-//! - aokvqa: `--pred [{question_id, answer}]`, `{question_id: answer}` or
-//!   `{question_id: {direct_answer}}`, `--gt` an A-OKVQA split file; the direct-answer score over
-//!   all questions of the file, a missing prediction scoring 0 (as `eval_predictions.py` does).
+//!   checked against it); the official GT-Vision-Lab VQA accuracy, quirks included, overall, per
+//!   answer type and per question type (`--vqa-mode normalized`: the cleaned-up variant).
+//! - aokvqa: `--pred` the official `{question_id: {multiple_choice, direct_answer}}`,
+//!   `{question_id: answer}` or `[{question_id, answer}]`, `--gt` an A-OKVQA split file; the
+//!   official multiple-choice and direct-answer scores (`eval_predictions.py`), a missing
+//!   prediction scoring 0.
 //! - rec: `--pred [{ref_id | id | sent_id, box}]` (`box` = pixel `[x1,y1,x2,y2]` or the model's
 //!   text `"Answer: [0.1,0.2,0.5,0.9]"`), `--gt` a `refs(unc|google|umd).p` with `--instances`;
-//!   Acc@0.5, mean IoU, the IoU histogram; unparsable text counts as a miss.
+//!   accuracy at `--iou-thresholds` (default 0.5 and 0.1), overall and per split, mean IoU, the
+//!   IoU histogram; unparsable text counts as a miss.
 //!
 //! With a model (`--model DIR`, or `--preset P --random-weights`), `--images ROOT` and
 //! `--pred-out PRED.json` instead of `--pred`, it first runs the model over the split (batched,
@@ -28,9 +31,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use lion_core::pipeline::Request;
 use lion_data::refcoco::PredBox;
+use lion_metrics::aokvqa::{AokvqaGt, AokvqaMetric, AokvqaPred};
 use lion_metrics::caption::CaptionEval;
-use lion_metrics::rec::{parse_box_text, RecAccumulator};
-use lion_metrics::vqa::{aokvqa_da_score, GtAnswer, VqaAccumulator};
+use lion_metrics::rec::{is_proper, parse_box_text, threshold_key, RecAccumulator};
+use lion_metrics::vqa::{GtAnswer, VqaAccumulator, VqaMode};
 use serde_json::{json, Value};
 
 use super::model::{GenArgs, ModelArgs};
@@ -42,6 +46,15 @@ pub enum Task {
     Vqa,
     Aokvqa,
     Rec,
+}
+
+/// `--vqa-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VqaModeArg {
+    /// The official GT-Vision-Lab code, quirks included.
+    Official,
+    /// Cleaned up: answers and prediction always normalised, leave-one-out by position.
+    Normalized,
 }
 
 #[derive(clap::Args)]
@@ -64,6 +77,13 @@ pub struct Args {
     /// Split of a Karpathy caption file or of a RefCOCO refs file (captions default: test).
     #[arg(long)]
     split: Option<String>,
+    /// VQA scorer: `official` (GT-Vision-Lab vqaEval.py, quirks included) or `normalized` (the
+    /// cleaned-up variant: also ten identical answers are normalised; leave-one-out by position).
+    #[arg(long, value_enum, default_value = "official")]
+    vqa_mode: VqaModeArg,
+    /// REC: IoU thresholds of the accuracies reported, each in (0, 1].
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.1")]
+    iou_thresholds: Vec<f64>,
     /// Write overall and per-item scores here as JSON (atomically).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -231,81 +251,116 @@ fn vqa(args: &Args, pred: &Path) -> Result<Value> {
         let qs = lion_data::vqa::read_vqa_questions(q)?;
         check_same_questions(q, &qs, &args.gt, &anns)?;
     }
-    let by_id: HashMap<&str, &lion_data::vqa::VqaAnnotation> =
-        anns.iter().map(|a| (a.question_id.as_str(), a)).collect();
+    let mut ids = HashSet::new();
+    for (i, a) in anns.iter().enumerate() {
+        if !ids.insert(a.question_id.as_str()) {
+            bail!(
+                "{}: annotations[{i}]: question_id {} appears twice",
+                args.gt.display(),
+                a.question_id
+            );
+        }
+        if a.answers.is_empty() {
+            bail!(
+                "{}: annotations[{i}]: question_id {} has \"answers\": [] (no ground-truth \
+                 answers to score against; the official evaluation fails on it too)",
+                args.gt.display(),
+                a.question_id
+            );
+        }
+    }
     let preds = lion_data::vqa::read_vqa_results(pred)?;
-    let mut acc = VqaAccumulator::new();
-    let mut answers = Vec::with_capacity(preds.len());
-    let mut seen = HashSet::new();
+    let mut answer_of: HashMap<&str, &str> = HashMap::with_capacity(preds.len());
     for (i, p) in preds.iter().enumerate() {
-        let a = by_id.get(p.question_id.as_str()).with_context(|| {
-            format!(
+        if !ids.contains(p.question_id.as_str()) {
+            bail!(
                 "{}: record {i}: question_id {} is not in {}",
                 pred.display(),
                 p.question_id,
                 args.gt.display()
-            )
-        })?;
-        if !seen.insert(p.question_id.as_str()) {
+            );
+        }
+        if answer_of.insert(&p.question_id, &p.answer).is_some() {
             bail!(
                 "{}: record {i}: a second answer for question {}",
                 pred.display(),
                 p.question_id
             );
         }
+    }
+    let mode = match args.vqa_mode {
+        VqaModeArg::Official => VqaMode::Official,
+        VqaModeArg::Normalized => VqaMode::Normalized,
+    };
+    // the official sums run in annotation order
+    let mut acc = VqaAccumulator::with_mode(mode);
+    let mut per_item = Vec::with_capacity(preds.len());
+    for a in &anns {
+        let Some(answer) = answer_of.get(a.question_id.as_str()) else {
+            continue;
+        };
         let gts: Vec<GtAnswer> = a
             .answers
             .iter()
             .map(|x| GtAnswer {
                 answer: x.answer.clone(),
-                confidence: x.answer_confidence.clone(),
-                id: x.answer_id,
+                fields: x.fields.clone(),
             })
             .collect();
-        acc.add(
-            p.question_id.clone(),
-            &p.answer,
-            &gts,
-            a.answer_type.as_deref(),
-            a.question_type.as_deref(),
-        );
-        answers.push(p.answer.clone());
+        let s = acc
+            .add(
+                a.question_id.clone(),
+                answer,
+                &gts,
+                a.answer_type.as_deref(),
+                a.question_type.as_deref(),
+            )
+            .with_context(|| format!("{}: question {}", args.gt.display(), a.question_id))?;
+        per_item.push(json!({
+            "question_id": a.question_id, "answer": answer, "accuracy": s,
+            "official": VqaAccumulator::official_item(s),
+        }));
     }
     if acc.is_empty() {
         bail!("{}: no predictions", pred.display());
     }
-    let missing = by_id.len() - seen.len();
+    let missing = anns.len() - acc.len();
     if missing > 0 {
-        tracing::warn!("{missing} questions have no prediction (scored: the predicted ones)");
+        tracing::warn!(
+            "{missing} questions have no prediction (scored: the predicted ones; the official \
+             code refuses such a file)"
+        );
     }
-    let mut rows = vec![(
-        "overall".to_string(),
-        format!("{:.2}", 100.0 * acc.overall()),
-    )];
-    for (t, v) in acc.per_answer_type() {
-        rows.push((t, format!("{:.2}", 100.0 * v)));
+    let official = acc.official();
+    let f = |x: f64| format!("{x:.2}");
+    let mut rows = vec![("overall".to_string(), f(official.overall))];
+    for (t, v) in &official.per_answer_type {
+        rows.push((format!("answer type {t}"), f(*v)));
+    }
+    for (t, v) in &official.per_question_type {
+        rows.push((format!("question type {t}"), f(*v)));
     }
     table(
         &format!(
-            "VQA accuracy over {} questions ({missing} without prediction)",
+            "VQA accuracy ({}) over {} questions ({missing} without prediction)",
+            match mode {
+                VqaMode::Official => "official",
+                VqaMode::Normalized => "normalized variant",
+            },
             acc.len()
         ),
         &rows,
     );
-    let per_item: Vec<Value> = acc
-        .per_item()
-        .iter()
-        .zip(&answers)
-        .map(|((q, s), a)| json!({"question_id": q, "answer": a, "accuracy": s}))
-        .collect();
     Ok(json!({
         "task": "vqa",
         "pred": pred,
         "gt": args.gt,
         "overall": {
             "questions": acc.len(), "missing": missing, "accuracy": acc.overall(),
+            "mode": format!("{:?}", args.vqa_mode).to_lowercase(),
             "per_answer_type": acc.per_answer_type(),
             "per_question_type": acc.per_question_type(),
+            "official": official,
         },
         "per_item": per_item,
     }))
@@ -313,62 +368,88 @@ fn vqa(args: &Args, pred: &Path) -> Result<Value> {
 
 fn aokvqa(args: &Args, pred: &Path) -> Result<Value> {
     let qs = lion_data::aokvqa::read_aokvqa(&args.gt)?;
-    let by_id: HashMap<&str, &lion_data::aokvqa::AokvqaQuestion> =
-        qs.iter().map(|q| (q.question_id.as_str(), q)).collect();
-    let preds = lion_data::aokvqa::read_aokvqa_results(pred)?;
-    let mut acc = VqaAccumulator::new();
-    let mut per_item = Vec::new();
-    let mut seen = HashSet::new();
-    for (qid, answer) in &preds {
-        let q = by_id.get(qid.as_str()).with_context(|| {
-            format!(
-                "{}: question_id {qid} is not in {}",
-                pred.display(),
-                args.gt.display()
-            )
-        })?;
-        if q.direct_answers.is_empty() {
+    let ids: HashSet<&str> = qs.iter().map(|q| q.question_id.as_str()).collect();
+    let preds = lion_data::aokvqa::read_aokvqa_predictions(pred)?;
+    let mut by_id: HashMap<&str, &lion_data::aokvqa::AokvqaPrediction> = HashMap::new();
+    let mut unknown = 0;
+    for p in &preds {
+        if by_id.insert(&p.question_id, p).is_some() {
             bail!(
-                "{}: question {qid} has no direct answers (the test split?)",
-                args.gt.display()
+                "{}: a second prediction for question {}",
+                pred.display(),
+                p.question_id
             );
         }
-        if !seen.insert(qid.as_str()) {
-            bail!("{}: a second answer for question {qid}", pred.display());
-        }
-        let s = aokvqa_da_score(answer, &q.direct_answers);
-        acc.add_score(qid.clone(), s, None, None);
-        per_item.push(json!({"question_id": qid, "answer": answer, "score": s}));
+        unknown += usize::from(!ids.contains(p.question_id.as_str()));
     }
-    if acc.is_empty() {
-        bail!("{}: no predictions", pred.display());
-    }
-    // the official script averages over every question of the split: a missing one scores 0
-    let mut missing = 0;
-    for q in &qs {
-        if !seen.contains(q.question_id.as_str()) {
-            missing += 1;
-            acc.add_score(q.question_id.clone(), 0.0, None, None);
-            per_item.push(json!({"question_id": q.question_id, "answer": null, "score": 0.0}));
-        }
-    }
-    if missing > 0 {
+    if unknown > 0 {
         tracing::warn!(
-            "{missing} questions have no prediction: scored 0, as the official script does"
+            "{unknown} predictions are for questions not in {} (ignored, as the official script does)",
+            args.gt.display()
         );
     }
-    table(
-        &format!(
-            "A-OKVQA direct answer over {} questions ({missing} without prediction, scored 0)",
-            acc.len()
-        ),
-        &[("score".into(), format!("{:.2}", 100.0 * acc.overall()))],
-    );
+    let data: Vec<AokvqaGt> = qs
+        .iter()
+        .map(|q| AokvqaGt {
+            question_id: q.question_id.clone(),
+            choices: q.choices.clone(),
+            correct_choice_idx: q.correct_choice_idx,
+            direct_answers: q.direct_answers.clone(),
+            difficult_direct_answer: q.difficult_direct_answer,
+        })
+        .collect();
+    let scores = lion_metrics::aokvqa::evaluate(&data, |id| {
+        by_id.get(id).map(|p| AokvqaPred {
+            multiple_choice: p.multiple_choice.clone(),
+            direct_answer: p.direct_answer.clone(),
+        })
+    })
+    .with_context(|| format!("{}", args.gt.display()))?;
+    let (mc, da) = (&scores.multiple_choice, &scores.direct_answer);
+    if mc.is_none() && da.is_none() {
+        bail!("{}: no predictions", pred.display());
+    }
+    let mut rows = vec![];
+    for (name, m) in [("multiple choice", mc), ("direct answer", da)] {
+        if let Some(m) = m {
+            rows.push((
+                name.to_string(),
+                format!(
+                    "{:.2}  ({} questions, {} without prediction)",
+                    m.accuracy, m.questions, m.missing
+                ),
+            ));
+        }
+    }
+    table("A-OKVQA (official eval_predictions.py)", &rows);
+    let score_of = |m: &Option<AokvqaMetric>| -> HashMap<String, f64> {
+        m.iter().flat_map(|m| m.per_item.iter().cloned()).collect()
+    };
+    let (mc_of, da_of) = (score_of(mc), score_of(da));
+    let per_item: Vec<Value> = qs
+        .iter()
+        .map(|q| {
+            let p = by_id.get(q.question_id.as_str());
+            json!({
+                "question_id": q.question_id,
+                "multiple_choice": p.and_then(|p| p.multiple_choice.as_ref()),
+                "direct_answer": p.and_then(|p| p.direct_answer.as_ref()),
+                "mc_score": mc_of.get(&q.question_id),
+                "da_score": da_of.get(&q.question_id),
+            })
+        })
+        .collect();
     Ok(json!({
         "task": "aokvqa",
         "pred": pred,
         "gt": args.gt,
-        "overall": {"questions": acc.len(), "missing": missing, "score": acc.overall()},
+        "overall": {
+            "questions": qs.len(),
+            "missing": da.as_ref().map(|m| m.missing),
+            "score": da.as_ref().map(|m| m.accuracy / 100.0),
+            "direct_answer": da,
+            "multiple_choice": mc,
+        },
         "per_item": per_item,
     }))
 }
@@ -390,9 +471,11 @@ fn rec(args: &Args, pred: &Path) -> Result<Value> {
         .flat_map(|(i, r)| r.sent_ids.iter().map(move |&s| (s, i)))
         .collect();
     let preds = lion_data::refcoco::read_rec_results(pred)?;
-    let mut acc = RecAccumulator::new();
+    let mut acc = RecAccumulator::with_thresholds(&args.iou_thresholds)
+        .map_err(|e| anyhow::anyhow!("--iou-thresholds: {e}"))?;
     let mut per_item = Vec::new();
     let mut seen = HashSet::new();
+    let mut degenerate = 0;
     for (i, p) in preds.iter().enumerate() {
         let (k, key) = match (p.sent_id, p.ref_id) {
             (Some(s), _) => (by_sent.get(&s), format!("sent_id {s}")),
@@ -409,30 +492,50 @@ fn rec(args: &Args, pred: &Path) -> Result<Value> {
         if !seen.insert(key.clone()) {
             bail!("{}: record {i}: a second box for {key}", pred.display());
         }
+        degenerate += usize::from(!is_proper(&r.bbox));
         let (w, h) = (r.width as f64, r.height as f64);
         let pred = match &p.pred {
             PredBox::Pixels(b) => Some(*b),
             PredBox::Text(t) => parse_box_text(t, w, h),
             PredBox::Missing => None,
         };
-        let v = acc.add(key.clone(), pred.as_ref(), &r.bbox);
+        let v = acc.add(key.clone(), Some(&r.split), pred.as_ref(), &r.bbox);
         per_item.push(json!({
-            "id": key, "ref_id": r.ref_id, "pred_box": pred, "gt_box": r.bbox,
+            "id": key, "ref_id": r.ref_id, "split": r.split, "pred_box": pred, "gt_box": r.bbox,
             "iou": v, "parsed": pred.is_some(), "hit": v >= 0.5,
         }));
     }
     if acc.is_empty() {
         bail!("{}: no predictions", pred.display());
     }
+    if degenerate > 0 {
+        tracing::warn!(
+            "{degenerate} ground-truth boxes have zero width or height: every prediction for them scores IoU 0"
+        );
+    }
     let s = acc.summary();
-    let mut rows = vec![
-        (
-            "Acc@0.5".to_string(),
-            format!("{:.2}", 100.0 * s.acc_at_0_5),
-        ),
-        ("mean IoU".to_string(), format!("{:.4}", s.mean_iou)),
-        ("unparsable".to_string(), s.unparsable.to_string()),
-    ];
+    let pct = |x: f64| format!("{:.2}", 100.0 * x);
+    let mut rows: Vec<(String, String)> = acc
+        .thresholds()
+        .iter()
+        .map(|&t| (format!("Acc@{t}"), pct(s.accuracy[&threshold_key(t)])))
+        .collect();
+    rows.push(("mean IoU".to_string(), format!("{:.4}", s.mean_iou)));
+    rows.push(("unparsable".to_string(), s.unparsable.to_string()));
+    if s.per_split.len() > 1 {
+        for (name, sp) in &s.per_split {
+            for &t in acc.thresholds() {
+                rows.push((
+                    format!("{name} Acc@{t}"),
+                    format!(
+                        "{}  ({} items)",
+                        pct(sp.accuracy[&threshold_key(t)]),
+                        sp.items
+                    ),
+                ));
+            }
+        }
+    }
     let hist: BTreeMap<String, usize> = s
         .iou_histogram
         .iter()
