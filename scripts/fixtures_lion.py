@@ -43,7 +43,8 @@ Our own soft prompts (lion_core prompt.rs), on top of the same model (no upstrea
   gated k=2: two placeholders; slot j := [j == 0] soft_prompt_hint
              + dynamic_prompt_gate[j] * dynamic_prompt_projection(tag_embedding)[j*d:(j+1)*d]
 
-Writes: model.safetensors (upstream key names; static prompt), prompt_dynamic.safetensors,
+Writes: model.safetensors (upstream key names, every key `state_dict()` writes, the tied aliases
+of `t5_model.shared.weight` included; static prompt), prompt_dynamic.safetensors,
 prompt_gated.safetensors (the extra keys), io.safetensors (inputs and outputs;
 `trunc.*`: a long prompt truncated as upstream's tokenizers do).
 """
@@ -75,7 +76,8 @@ LAYER_MAP = {38: VIT_DEPTH - 1, 28: 2, 18: 1}  # presets.rs source_layers(4) = [
 
 
 def save(tensors, name):
-    save_file({k: v.detach().contiguous().float() if v.is_floating_point() else v.contiguous()
+    # cloned: safetensors stores no shared storage (tied aliases become separate equal tensors)
+    save_file({k: (v.detach().float() if v.is_floating_point() else v).contiguous().clone()
                for k, v in tensors.items()}, os.path.join(OUT, name))
 
 
@@ -328,8 +330,10 @@ def main():
             print(f"{route}: loss {ref['loss'].item():.6f}")
         assert not torch.allclose(io["region_level.logits"], io["image_level.logits"], atol=1e-3)
 
-        sd = {k: v for k, v in m.state_dict().items()
-              if not k.endswith("embed_tokens.weight")}  # aliases of t5_model.shared.weight
+        # unfiltered, as upstream's state_dict() writes it: t5_model.{encoder,decoder}.
+        # embed_tokens.weight are the tied aliases of t5_model.shared.weight
+        sd = m.state_dict()
+        assert sd["t5_model.encoder.embed_tokens.weight"] is not None
         save(sd, "model.safetensors")
 
         # our own soft prompts on the same model

@@ -1,11 +1,14 @@
 """Reference fixtures for Flan-T5 with LION's mixture of adapters, and for generation.
 
 Writes (all small) to tests/fixtures/t5/:
-  config.json, model.safetensors           tiny random-init T5ForConditionalGeneration, Flan-T5 style:
+  config.json, model.safetensors, model.pth
+                                            tiny random-init T5ForConditionalGeneration, Flan-T5 style:
                                             gated-gelu FFN, untied lm_head (the exact-erf GELU override
                                             LION applies, `dense_act_fn = "gelu"`, is set by the test)
   config_tied.json, model_tied.safetensors  the same with tie_word_embeddings = true (original T5 head:
                                             lm_head = shared, decoder output scaled by d_model^-0.5)
+  (the model files hold every key `state_dict()` writes, the tied aliases of `shared.weight`
+  included; model.pth is `torch.save(model.state_dict())`, its aliases sharing one storage)
   lion_adapters.safetensors                 LION adapters (2 adapters + router) for every encoder/decoder FFN of
                                             model.safetensors, with non-trivial (non-zero up_proj) values
   lion1_adapters.safetensors                one adapter per FFN (no router)
@@ -166,12 +169,10 @@ def hf_config_json(tied):
 
 
 def state_dict(model):
-    sd = {}
-    for k, v in model.state_dict().items():
-        if k in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
-            continue
-        sd[k] = v.detach().contiguous().clone()
-    return sd
+    """Everything `state_dict()` writes, tied aliases included (`encoder.` / `decoder.embed_tokens`
+    and, when tied, `lm_head` hold `shared.weight`): what real checkpoints carry. Cloned, because
+    safetensors stores no shared storage."""
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 def batch():
@@ -294,6 +295,9 @@ def main():
         model = make_model(tied)
         suffix = "_tied" if tied else ""
         save_file(state_dict(model), os.path.join(OUT, f"model{suffix}.safetensors"))
+        if not tied:
+            # as torch.save writes it (an older Flan-T5 pytorch_model.bin): shared storage
+            torch.save(model.state_dict(), os.path.join(OUT, "model.pth"))
         with open(os.path.join(OUT, f"config{suffix}.json"), "w") as f:
             json.dump(hf_config_json(tied), f, indent=2)
         enc, logits, loss = run(model, ids, mask, labels)

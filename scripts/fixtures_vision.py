@@ -8,6 +8,10 @@ Writes tests/fixtures/vision/ (all small, tiny random-init models with upstream 
       no k bias), LayerNorm eps 1e-6, no rope, no final norm (block outputs are taken by hooks).
       Also the same checkpoint run at img 48: its pos_embed is interpolated 4x4 -> 6x6 as upstream
       `interpolate_pos_embed` does (torch bicubic, align_corners=False, class token kept).
+  vit_official.pth, vit_official_io.safetensors
+      vit.safetensors as the official eva_vit_g.pth is stored (a torch.save'd fp16 state dict) with
+      one block more than the model uses (EVA-CLIP-g: 40, LAVIS/LION build 39), and the outputs of
+      the 4-block model upstream's create_eva_vit_g would build from it (strict=False load).
   qformer.safetensors, qformer_io.safetensors
       InstructBLIP Q-Former + ln_vision + query_tokens + t5_proj at a tiny config. Reference: written
       below in plain torch following LAVIS/LION `Qformer.py` (BertEmbeddings with query_embeds,
@@ -32,7 +36,7 @@ Writes tests/fixtures/vision/ (all small, tiny random-init models with upstream 
       Awkward inputs (CMYK / grayscale / RGB JPEG, palette, LA, RGBA, 16-bit RGB and gray PNG)
       and PIL's `Image.open(f).convert("RGB")` of them.
 
-Run: PY=$(scripts/venv.sh); $PY scripts/fixtures_vision.py [vit] [qformer] [aggregator] [preprocess]
+Run: PY=$(scripts/venv.sh); $PY scripts/fixtures_vision.py [vit] [vit_official] [qformer] [aggregator] [preprocess]
 Cross-check against the upstream modules themselves (optional, see upstream()):
      LION_UPSTREAM_MODELS=/path/to/JiuTian-LION/models $PY scripts/fixtures_vision.py upstream
 """
@@ -140,6 +144,28 @@ def vit():
           "pos_embed_48": pos48, "pixel_values_48": x48, "block4_48": outs48[4]},
          "vit_io.safetensors")
     print("vit written")
+
+
+def vit_official():
+    """vit.safetensors in the official eva_vit_g.pth layout: a torch.save'd fp16 state dict with one
+    block more than the model uses (EVA-CLIP-g's 40 blocks, of which LAVIS/LION build 39). The
+    reference is create_eva_vit_g's load: a 4-block model, load_state_dict(strict=False) (which
+    drops blocks.4.*), the fp16 values widened to f32."""
+    from safetensors.torch import load_file
+
+    sd = load_file(os.path.join(OUT, "vit.safetensors"))
+    official = {k: v.half() for k, v in sd.items()}
+    torch.save(official, os.path.join(OUT, "vit_official.pth"))
+    model = make_eva(32, 8, 16, 4, 4, 44)
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in official.items()},
+                                                strict=False)
+    assert all(k.startswith("norm.") for k in missing), missing
+    assert unexpected and all(k.startswith("blocks.4.") for k in unexpected), unexpected
+    x = load_file(os.path.join(OUT, "vit_io.safetensors"))["pixel_values"]
+    with torch.no_grad():
+        b1, b3 = eva_blocks(model, x, [1, 3])
+    save({"block1": b1, "block3": b3}, "vit_official_io.safetensors")
+    print("vit_official written")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -572,6 +598,8 @@ if __name__ == "__main__":
     what = sys.argv[1:] or ["vit", "qformer", "aggregator", "preprocess"]
     if "vit" in what:
         vit()
+    if "vit" in what or "vit_official" in what:
+        vit_official()
     if "qformer" in what:
         qformer()
     if "aggregator" in what:

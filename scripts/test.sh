@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite: fetches what the tests need (all-MiniLM-L6-v2), then runs every test.
-# Extra arguments go to `cargo test`.
+# The whole test suite: fetches what the tests need (all-MiniLM-L6-v2, libjpeg-turbo's TurboJPEG
+# library), then runs every test. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/get-minilm.sh models/all-MiniLM-L6-v2
+# With the library present the Pillow-exact JPEG tests must run (not skip); without it (no
+# apt-get, no root) they are skipped with a printed reason and everything else still runs.
+if scripts/get-turbojpeg.sh; then
+  export LION_REQUIRE_TURBOJPEG=1
+fi
 cargo test --workspace "$@"

@@ -140,3 +140,46 @@ fn forward_bad_input_is_an_error_without_a_file() {
         assert!(!out.exists(), "{args:?} wrote a file");
     }
 }
+
+/// A JPEG through `lion forward --dump` gives Pillow + upstream's eval transform's
+/// `pixel_values` bit for bit (scripts/fixtures_jpeg.py: `Image.open(f).convert("RGB")`, then
+/// torchvision `Resize((56, 56), BICUBIC)`, `ToTensor`, `Normalize(CLIP)`, the tiny preset's size):
+/// baseline 4:2:0, progressive 4:2:2 and CMYK photographs.
+#[test]
+fn forward_dump_pixel_values_of_jpegs_equal_pillow_and_torchvision() {
+    if !lion_core::testing::turbojpeg_or_skip(
+        "forward_dump_pixel_values_of_jpegs_equal_pillow_and_torchvision",
+    ) {
+        return;
+    }
+    let dev = candle_core::Device::Cpu;
+    let reference =
+        candle_core::safetensors::load(root().join("tests/fixtures/jpeg/e2e.safetensors"), &dev)
+            .unwrap();
+    assert_eq!(reference.len(), 3);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, want) in &reference {
+        let out = dir.path().join(format!("{name}.safetensors"));
+        let img = format!("tests/fixtures/jpeg/{name}.jpg");
+        let o = lion(&[&img, "--dump", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let got = candle_core::safetensors::load(&out, &dev).unwrap()["pixel_values"]
+            .squeeze(0)
+            .unwrap();
+        let bits = |t: &candle_core::Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        let (g, w) = (bits(&got), bits(want));
+        let differ = g.iter().zip(&w).filter(|(a, b)| a != b).count();
+        println!(
+            "{name}: {differ} of {} pixel values differ from torchvision",
+            w.len()
+        );
+        assert_eq!(got.dims(), want.dims(), "{name}");
+        assert_eq!(
+            differ, 0,
+            "{name}: pixel_values differ from Pillow + torchvision"
+        );
+    }
+}

@@ -8,9 +8,15 @@
 //! `blocks.{i}.attn.{q_bias,v_bias} (d)` (no k bias), `blocks.{i}.attn.proj`, `blocks.{i}.mlp.{fc1,fc2}`.
 //!
 //! Quirks kept from upstream: pre-LN blocks with LayerNorm eps 1e-6, exact (erf) GELU, q scaled by
-//! head_dim^-0.5, the qkv bias is `cat(q_bias, 0, v_bias)`, no final norm, and depth 39 for ViT-g
-//! (EVA-CLIP-g has 40 blocks; LAVIS drops the last, so a checkpoint's `blocks.39.*` are ignored by
-//! the caller). [`EvaVit::forward`] returns the outputs of the blocks asked for (LION: 38, 28, 18).
+//! head_dim^-0.5, the qkv bias is `cat(q_bias, 0, v_bias)`, no final norm, and depth 39 for ViT-g.
+//! EVA-CLIP-g has 40 blocks and `eva_vit_g.pth` holds all 40; LAVIS/LION build 39 and load the
+//! file with `strict=False`, which drops `blocks.39.*`. Here the rule is explicit:
+//! [`EvaVitConfig::checkpoint_depth`] says how many blocks the weight file has (40 for
+//! [`EvaVitConfig::vit_g`]), and the keys of the blocks past `depth` are skipped, not loaded
+//! ([`EvaVitConfig::unused_checkpoint_prefixes`], given to
+//! [`crate::weights::WeightLoader::skip_unused`] by [`crate::lion::checkpoint_loader`]). Without
+//! it (or for any block beyond it) extra blocks are unexpected keys, an error in strict loading.
+//! [`EvaVit::forward`] returns the outputs of the blocks asked for (LION: 38, 28, 18).
 //!
 //! A checkpoint whose `pos_embed` grid differs from the configured image size is interpolated
 //! at load time, as upstream `interpolate_pos_embed` does (torch bicubic, a = -0.75,
@@ -45,6 +51,11 @@ pub struct EvaVitConfig {
     pub width: usize,
     /// Number of blocks (39 for ViT-g in LAVIS/LION).
     pub depth: usize,
+    /// Blocks in the weight file when it has more than the model uses (`eva_vit_g.pth`: 40):
+    /// the keys of blocks `depth..checkpoint_depth` are accepted and skipped. None: the file
+    /// holds exactly `depth` blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_depth: Option<usize>,
     /// Attention heads (16 for ViT-g: head dim 88).
     pub num_heads: usize,
     /// MLP hidden size: `int(width * mlp_ratio)`; ViT-g uses ratio 4.3637, so 6144.
@@ -68,6 +79,7 @@ impl EvaVitConfig {
             in_chans: 3,
             width: 1408,
             depth: 39,
+            checkpoint_depth: Some(40),
             num_heads: 16,
             mlp_dim: 6144,
             layer_norm_eps: 1e-6,
@@ -101,7 +113,21 @@ impl EvaVitConfig {
         if self.depth == 0 {
             return Err("depth must be at least 1".into());
         }
+        if let Some(n) = self.checkpoint_depth.filter(|&n| n < self.depth) {
+            return Err(format!(
+                "checkpoint_depth {n} is less than depth {}: the weight file would lack blocks",
+                self.depth
+            ));
+        }
         Ok(())
+    }
+
+    /// Key prefixes (under `prefix`, e.g. `visual_encoder.`) of the checkpoint blocks the model
+    /// does not use: `blocks.{depth..checkpoint_depth}.`.
+    pub fn unused_checkpoint_prefixes(&self, prefix: &str) -> Vec<String> {
+        (self.depth..self.checkpoint_depth.unwrap_or(0))
+            .map(|i| format!("{prefix}blocks.{i}."))
+            .collect()
     }
 }
 

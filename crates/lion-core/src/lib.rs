@@ -10,6 +10,7 @@ pub mod bert;
 pub mod error;
 pub mod eva_vit;
 pub mod generate;
+pub mod jpeg;
 pub mod kernels;
 pub mod linear;
 pub mod lion;

@@ -182,6 +182,25 @@ impl Task {
     }
 }
 
+/// Checkpoint keys every LION load accepts without the model reading them: buffers the model
+/// recomputes (BERT `position_ids`, Swin `relative_position_index` / `attn_mask`).
+pub const RECOMPUTED_BUFFERS: &[&str] = &["position_ids", "relative_position_index", "attn_mask"];
+
+/// The weight loader for a LION model of `cfg` over `checkpoints` (later ones win on repeated
+/// keys), with LION's rules for what an upstream file holds beyond the model: recomputed buffers
+/// ([`RECOMPUTED_BUFFERS`]), the ViT blocks past `cfg.vit.depth` that the config says the ViT
+/// file has ([`EvaVitConfig::checkpoint_depth`]: `eva_vit_g.pth`'s 40th block), and tie aliases
+/// equal to their source ([`crate::weights::TIED_KEYS`]: T5's `embed_tokens`). Anything else the
+/// model does not read is an unexpected key.
+pub fn checkpoint_loader(
+    cfg: &LionConfig,
+    checkpoints: Vec<crate::weights::Checkpoint>,
+) -> crate::weights::WeightLoader {
+    crate::weights::WeightLoader::new(checkpoints)
+        .ignore_unexpected(RECOMPUTED_BUFFERS)
+        .skip_unused(&cfg.vit.unused_checkpoint_prefixes("visual_encoder."))
+}
+
 /// The assembled model.
 pub struct LionModel {
     vit: EvaVit,

@@ -35,7 +35,7 @@ use crate::preprocess::ImageTransform;
 use crate::prompt::{format_box, format_tag_scores, format_tags, PromptKind, Task};
 use crate::sentence::{BertTokenizer, SentenceEmbedder};
 use crate::text::T5Tokenizer;
-use crate::weights::{Checkpoint, LoadMode, LoadReport, WeightLoader};
+use crate::weights::{Checkpoint, LoadMode, LoadReport};
 use crate::{Error, Result};
 
 /// One request: a task, its text (question or expression; empty for captions) and the image's
@@ -254,11 +254,7 @@ impl LionPipeline {
             _ => None,
         };
         let random = src.checkpoints.is_empty();
-        let loader = WeightLoader::new(src.checkpoints).ignore_unexpected(&[
-            "position_ids",
-            "relative_position_index",
-            "attn_mask",
-        ]);
+        let loader = crate::lion::checkpoint_loader(&cfg, src.checkpoints);
         let vb = loader.var_builder(DType::F32, device);
         let model = LionModel::new(&cfg, placeholder, vb)?;
         let report = if random {

@@ -22,7 +22,9 @@
 //! naming the file (corrupt, truncated, empty, zero-sized, unsupported), never a panic. Alpha is
 //! dropped (not composited), grayscale replicated, 16-bit samples keep their high byte (PIL does
 //! this for 16-bit RGB; for 16-bit grayscale PIL clips values above 255 to white, which we
-//! deliberately do not copy), CMYK JPEGs are converted by the decoder.
+//! deliberately do not copy). JPEGs are decoded by libjpeg-turbo when it can be loaded, equal to
+//! Pillow byte for byte (CMYK and greyscale included; see [`crate::jpeg`]), otherwise by the
+//! pure-Rust decoder (within 1-2 levels; CMYK converted by the decoder).
 //!
 //! Shapes: one image -> (3, size, size) f32; a batch -> (b, 3, size, size).
 
@@ -56,6 +58,19 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
 
 /// Decodes image bytes to 8-bit RGB; `origin` names the source in errors.
 pub fn decode_image(bytes: &[u8], origin: impl AsRef<Path>) -> Result<RgbImage> {
+    let origin = origin.as_ref();
+    if bytes.is_empty() {
+        return Err(Error::format(origin, "image file is empty (0 bytes)"));
+    }
+    if let Some(decoded) = crate::jpeg::decode(bytes) {
+        return decoded.map_err(|msg| Error::format(origin, format!("cannot decode JPEG: {msg}")));
+    }
+    decode_image_pure_rust(bytes, origin)
+}
+
+/// [`decode_image`] without libjpeg-turbo: every format through the `image` crate's pure-Rust
+/// decoders (the fallback when the library is absent; JPEGs within 1-2 levels of Pillow).
+pub fn decode_image_pure_rust(bytes: &[u8], origin: impl AsRef<Path>) -> Result<RgbImage> {
     let origin = origin.as_ref();
     if bytes.is_empty() {
         return Err(Error::format(origin, "image file is empty (0 bytes)"));

@@ -72,3 +72,19 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> crate::Result<f32> {
         .to_scalar::<f32>()?;
     Ok(d)
 }
+
+/// For tests of Pillow-exact JPEG decoding: true when libjpeg-turbo is loaded
+/// ([`crate::jpeg::library`]). Otherwise prints why `test` is skipped and returns false, or
+/// panics when `LION_REQUIRE_TURBOJPEG` is set (scripts/test.sh sets it, so CI runs the test).
+pub fn turbojpeg_or_skip(test: &str) -> bool {
+    if let Some(lib) = crate::jpeg::library() {
+        println!("libjpeg-turbo: {lib}");
+        return true;
+    }
+    let why = "libjpeg-turbo (libturbojpeg.so.0, Debian package libturbojpeg0) cannot be loaded";
+    if std::env::var_os("LION_REQUIRE_TURBOJPEG").is_some() {
+        panic!("{test}: {why}, and LION_REQUIRE_TURBOJPEG is set");
+    }
+    println!("SKIPPED {test}: {why}; scripts/test.sh installs it");
+    false
+}

@@ -51,6 +51,37 @@ pub const KEY_RENAMES: &[Rename] = &[
     Rename::Suffix("LayerNorm.beta", "LayerNorm.bias"),
 ];
 
+/// Tied parameters: `(alias, source)` key suffixes under any common prefix (`""`, `t5_model.`,
+/// ...). PyTorch's `state_dict()` writes a tied tensor once per module that holds it, so an
+/// upstream state dict carries these aliases beside their source (`torch.save`d LION and older
+/// Flan-T5 `pytorch_model.bin` files do; safetensors exports usually drop them). A model reads
+/// the source only; an alias it never asks for is accepted when it equals its source exactly (a
+/// debug log), and is a load problem naming both keys and their largest difference when not.
+///
+/// | alias | source | tie |
+/// |---|---|---|
+/// | `encoder.embed_tokens.weight` | `shared.weight` | HF T5: both stacks' `embed_tokens` are `shared` |
+/// | `decoder.embed_tokens.weight` | `shared.weight` | same |
+/// | `lm_head.weight` | `shared.weight` | T5 with `tie_word_embeddings` only (Flan-T5 is untied: there the model reads `lm_head.weight` as its own tensor, so the rule never applies) |
+///
+/// The other ties of the upstream models are not in the files LION reads: LION (as InstructBLIP)
+/// sets `Qformer.cls = None`, so no BERT `cls.predictions.decoder` (tied to the word embeddings)
+/// is saved; RAM's tagging head tied to `tag_encoder.encoder.layer.{0,1}` is dropped with the
+/// rest of the Tag2Text parts (`tagger::RAM_IGNORED_KEYS`).
+pub const TIED_KEYS: &[(&str, &str)] = &[
+    ("encoder.embed_tokens.weight", "shared.weight"),
+    ("decoder.embed_tokens.weight", "shared.weight"),
+    ("lm_head.weight", "shared.weight"),
+];
+
+/// The source key of a tie alias (see [`TIED_KEYS`]), if `key` is one.
+pub fn tie_source(key: &str) -> Option<String> {
+    TIED_KEYS.iter().find_map(|(alias, source)| {
+        let prefix = key.strip_suffix(alias)?;
+        (prefix.is_empty() || prefix.ends_with('.')).then(|| format!("{prefix}{source}"))
+    })
+}
+
 /// One rule of [`KEY_RENAMES`].
 #[derive(Debug, Clone, Copy)]
 pub enum Rename {
@@ -316,13 +347,31 @@ pub struct LoadReport {
     pub missing: Vec<String>,
     pub unexpected: Vec<String>,
     pub mismatched: Vec<Mismatch>,
+    /// Tie aliases ([`TIED_KEYS`]) that differ from their source.
+    pub tie_mismatches: Vec<TieMismatch>,
+    /// Tie aliases equal to their source: accepted, not loaded.
+    pub tied: Vec<String>,
+    /// Keys the model declared unused ([`WeightLoader::skip_unused`]): accepted, not loaded.
+    pub skipped: Vec<String>,
     /// Keys loaded from a checkpoint.
     pub loaded: usize,
 }
 
+/// A tie alias whose value is not its source's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TieMismatch {
+    pub alias: String,
+    pub source: String,
+    /// How they differ: the largest absolute difference, or the two shapes.
+    pub difference: String,
+}
+
 impl LoadReport {
     pub fn is_clean(&self) -> bool {
-        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+        self.missing.is_empty()
+            && self.unexpected.is_empty()
+            && self.mismatched.is_empty()
+            && self.tie_mismatches.is_empty()
     }
 }
 
@@ -348,8 +397,34 @@ impl fmt::Display for LoadReport {
                 .collect();
             parts.push(format!("mis-shaped keys: {}", m.join(", ")));
         }
+        if !self.tie_mismatches.is_empty() {
+            let m: Vec<String> = self
+                .tie_mismatches
+                .iter()
+                .map(|t| format!("{} differs from {} ({})", t.alias, t.source, t.difference))
+                .collect();
+            parts.push(format!(
+                "tied keys that differ from their source: {}",
+                m.join(", ")
+            ));
+        }
         if parts.is_empty() {
-            write!(f, "{} tensors loaded, all keys match", self.loaded)
+            write!(f, "{} tensors loaded, all keys match", self.loaded)?;
+            if !self.tied.is_empty() {
+                write!(
+                    f,
+                    "; {} tied aliases equal to their source",
+                    self.tied.len()
+                )?;
+            }
+            if !self.skipped.is_empty() {
+                write!(
+                    f,
+                    "; {} unused checkpoint tensors skipped",
+                    self.skipped.len()
+                )?;
+            }
+            Ok(())
         } else {
             write!(f, "{}", parts.join("; "))
         }
@@ -364,6 +439,9 @@ struct LoaderState {
     problems: Mutex<LoadReport>,
     trainable: Option<(VarMap, Trainable)>,
     ignore_unexpected: Vec<String>,
+    skip_unused: Vec<String>,
+    /// Tie alias -> None when equal to its source, else how it differs (computed once).
+    ties: Mutex<HashMap<String, Option<String>>>,
     init_seed: Option<u64>,
     /// Every tensor handed to the model, by key (shared storage; `Var`s detached).
     handed: Mutex<HashMap<String, Tensor>>,
@@ -386,6 +464,8 @@ impl WeightLoader {
                 problems: Mutex::new(LoadReport::default()),
                 trainable: None,
                 ignore_unexpected: vec![],
+                skip_unused: vec![],
+                ties: Mutex::new(HashMap::new()),
                 init_seed: None,
                 handed: Mutex::new(HashMap::new()),
             }),
@@ -427,6 +507,17 @@ impl WeightLoader {
         self
     }
 
+    /// Checkpoint keys starting with any of these prefixes are known to be unused by the model
+    /// (e.g. `visual_encoder.blocks.39.`: LAVIS/LION build ViT-g with 39 of the 40 blocks of
+    /// `eva_vit_g.pth`, see [`crate::eva_vit::EvaVitConfig::checkpoint_depth`]): accepted when
+    /// present, never loaded, listed in [`LoadReport::skipped`].
+    pub fn skip_unused(mut self, prefixes: &[String]) -> Self {
+        self.state_mut()
+            .skip_unused
+            .extend(prefixes.iter().cloned());
+        self
+    }
+
     /// A `VarBuilder` reading from this loader.
     pub fn var_builder(&self, dtype: DType, dev: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self.clone()), dtype, dev.clone())
@@ -454,31 +545,94 @@ impl WeightLoader {
         }
     }
 
-    /// The report so far (missing, unexpected, mis-shaped keys), without judging it.
+    /// The report so far (missing, unexpected, mis-shaped keys, tie aliases), without judging
+    /// it. Tie aliases are compared with their sources once (both loaded to f32 on the CPU).
     pub fn report(&self) -> LoadReport {
         let mut report = self.state.problems.lock().expect("poisoned").clone();
-        let requested = self.state.requested.lock().expect("poisoned");
-        let mut unexpected: Vec<String> = self
-            .state
-            .checkpoints
-            .iter()
-            .flat_map(|c| c.keys())
-            .filter(|k| !requested.contains(*k))
-            .filter(|k| !self.state.ignore_unexpected.iter().any(|p| k.contains(p)))
-            .map(|k| k.to_string())
-            .collect();
-        unexpected.sort();
-        unexpected.dedup();
-        report.unexpected = unexpected;
+        let mut unrequested: Vec<String> = {
+            let requested = self.state.requested.lock().expect("poisoned");
+            self.state
+                .checkpoints
+                .iter()
+                .flat_map(|c| c.keys())
+                .filter(|k| !requested.contains(*k))
+                .filter(|k| !self.state.ignore_unexpected.iter().any(|p| k.contains(p)))
+                .map(|k| k.to_string())
+                .collect()
+        };
+        unrequested.sort();
+        unrequested.dedup();
+        for key in unrequested {
+            if self.state.skip_unused.iter().any(|p| key.starts_with(p)) {
+                report.skipped.push(key);
+                continue;
+            }
+            let source = tie_source(&key).filter(|s| self.find(s).is_some());
+            match source {
+                Some(source) => match self.tie_difference(&key, &source) {
+                    None => report.tied.push(key),
+                    Some(difference) => report.tie_mismatches.push(TieMismatch {
+                        alias: key,
+                        source,
+                        difference,
+                    }),
+                },
+                None => report.unexpected.push(key),
+            }
+        }
         report.missing.sort();
         report.mismatched.sort_by(|a, b| a.key.cmp(&b.key));
         report
+    }
+
+    /// None when the tie alias `alias` holds exactly its source's values, else how it differs.
+    fn tie_difference(&self, alias: &str, source: &str) -> Option<String> {
+        if let Some(done) = self.state.ties.lock().expect("poisoned").get(alias) {
+            return done.clone();
+        }
+        let load = |key: &str| -> Result<Tensor> {
+            let ckpt = self.find(key).expect("the caller checked the key exists");
+            Ok(ckpt.get(key, &Device::Cpu)?.to_dtype(DType::F32)?)
+        };
+        let outcome = match (load(alias), load(source)) {
+            (Ok(a), Ok(b)) if a.shape() != b.shape() => {
+                Some(format!("shapes {:?} and {:?}", a.dims(), b.dims()))
+            }
+            (Ok(a), Ok(b)) => {
+                let max_abs = |a: &Tensor, b: &Tensor| -> candle_core::Result<f32> {
+                    a.sub(b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+                };
+                match max_abs(&a, &b) {
+                    Ok(m) if m == 0.0 => None,
+                    Ok(m) => Some(format!("max abs diff {m:e}")),
+                    Err(e) => Some(format!("cannot compare: {e}")),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => Some(format!("cannot read: {e}")),
+        };
+        match &outcome {
+            None => tracing::debug!("{alias}: tied to {source}, equal; accepted"),
+            Some(d) => tracing::debug!("{alias}: tied to {source}, but differs ({d})"),
+        }
+        self.state
+            .ties
+            .lock()
+            .expect("poisoned")
+            .insert(alias.to_string(), outcome.clone());
+        outcome
     }
 
     /// Judges the load: in strict mode any problem is an [`Error::Keys`] naming every key.
     /// In lenient mode the report is returned and also logged as a warning.
     pub fn finish(&self, mode: LoadMode) -> Result<LoadReport> {
         let report = self.report();
+        if !report.tied.is_empty() || !report.skipped.is_empty() {
+            tracing::debug!(
+                tied = ?report.tied,
+                skipped = report.skipped.len(),
+                "tie aliases equal to their source and declared-unused tensors, not loaded"
+            );
+        }
         if report.is_clean() || self.state.checkpoints.is_empty() {
             return Ok(report);
         }

@@ -15,6 +15,7 @@ use candle_nn::VarMap;
 use common::fixture;
 use lion_core::adapter::Route;
 use lion_core::lion::{LionBatch, LionConfig, LionModel};
+use lion_core::pipeline::LionPipeline;
 use lion_core::presets::preset;
 use lion_core::prompt::{PromptKind, PromptTemplates};
 use lion_core::sentence::TokenBatch;
@@ -75,6 +76,55 @@ fn load_with(kind: PromptKind, trainable: Option<VarMap>) -> LionModel {
     let report = loader.finish(LoadMode::Strict).unwrap();
     assert!(report.is_clean(), "{report}");
     model
+}
+
+/// The fixture is upstream's `state_dict()` unfiltered: T5's tied `embed_tokens` aliases are in
+/// it. A model folder (lion.json with the full config) loads it strictly; an edited alias is an
+/// error naming both keys.
+#[test]
+fn unfiltered_upstream_state_dict_loads_strictly_from_a_model_folder() {
+    let model = fixture("lion/model.safetensors");
+    let ckpt = Checkpoint::open(&model).unwrap();
+    for k in [
+        "t5_model.encoder.embed_tokens.weight",
+        "t5_model.decoder.embed_tokens.weight",
+    ] {
+        assert!(ckpt.shape(k).is_some(), "{k} not in the fixture");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let write = |weights: &std::path::Path| {
+        let manifest = serde_json::json!({
+            "config": config(PromptKind::Static),
+            "weights": [{"file": weights}],
+            "t5_tokenizer": fixture("lion/tokenizer.json"),
+            "qformer_tokenizer": common::minilm_dir().join("tokenizer.json"),
+        });
+        std::fs::write(dir.path().join("lion.json"), manifest.to_string()).unwrap();
+    };
+    write(&model);
+    let p = LionPipeline::from_dir(dir.path(), LoadMode::Strict, &Device::Cpu).unwrap();
+    assert_eq!(
+        p.report.tied,
+        [
+            "t5_model.decoder.embed_tokens.weight",
+            "t5_model.encoder.embed_tokens.weight"
+        ]
+    );
+    println!("{}", p.report);
+    let mut ts = ckpt.load_all(&Device::Cpu).unwrap();
+    let k = "t5_model.encoder.embed_tokens.weight";
+    ts.insert(k.into(), ts[k].affine(1.0, 1e-3).unwrap());
+    let edited = dir.path().join("edited.safetensors");
+    lion_core::weights::save_safetensors(&ts, &edited).unwrap();
+    write(&edited);
+    let err = LionPipeline::from_dir(dir.path(), LoadMode::Strict, &Device::Cpu)
+        .err()
+        .expect("a differing alias fails strict loading")
+        .to_string();
+    assert!(
+        err.contains("t5_model.encoder.embed_tokens.weight differs from t5_model.shared.weight (max abs diff "),
+        "{err}"
+    );
 }
 
 fn to_u32(t: &Tensor) -> Tensor {

@@ -13,7 +13,7 @@ use lion_core::adapter::{AdapterConfig, AdapterRouter, Route};
 use lion_core::generate::{generate, EarlyStopping, GenerationConfig};
 use lion_core::t5::{relative_position_bucket, T5Config, T5ForConditionalGeneration, T5Input};
 use lion_core::testing::{check_all_vars_get_grad, max_abs_diff};
-use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
+use lion_core::weights::{Checkpoint, LoadMode, LoadReport, WeightLoader};
 
 const TOL: f32 = 1e-4;
 
@@ -122,13 +122,118 @@ fn plain_t5_parity_tied_head() {
     assert!(c.tie_word_embeddings);
     let loader = WeightLoader::new(vec![
         Checkpoint::open(fixture("t5/model_tied.safetensors")).unwrap()
-    ])
-    .ignore_unexpected(&["lm_head.weight"]);
+    ]);
     let model =
         T5ForConditionalGeneration::new(&c, loader.var_builder(DType::F32, &dev())).unwrap();
     loader.finish(LoadMode::Strict).unwrap();
     assert!(model.lm_head().is_none());
     check_forward(&model, "plain_tied", Route::ImageLevel);
+}
+
+/// Loads `tensors` into a T5 of `config` and returns the strict verdict and the lenient report.
+fn fit(
+    config: &str,
+    tensors: &HashMap<String, Tensor>,
+) -> (Result<LoadReport, String>, LoadReport) {
+    let go = |mode| {
+        let loader = WeightLoader::new(vec![Checkpoint::from_tensors(
+            "edited.pth",
+            tensors.clone(),
+        )]);
+        T5ForConditionalGeneration::new(&cfg(config, 0), loader.var_builder(DType::F32, &dev()))
+            .unwrap();
+        loader.finish(mode)
+    };
+    (
+        go(LoadMode::Strict).map_err(|e| e.to_string()),
+        go(LoadMode::Lenient).unwrap(),
+    )
+}
+
+#[test]
+fn unfiltered_state_dicts_load_strictly_and_tied_aliases_must_equal_their_source() {
+    // as `state_dict()` writes them: `encoder.` / `decoder.embed_tokens.weight` beside
+    // `shared.weight` (model.pth: torch.save, one shared storage; safetensors: equal copies)
+    for file in ["model.pth", "model.safetensors"] {
+        let ckpt = Checkpoint::open(fixture(&format!("t5/{file}"))).unwrap();
+        assert!(
+            ckpt.shape("encoder.embed_tokens.weight").is_some(),
+            "{file}"
+        );
+        let loader = WeightLoader::new(vec![ckpt]);
+        let model = T5ForConditionalGeneration::new(
+            &cfg("config.json", 0),
+            loader.var_builder(DType::F32, &dev()),
+        )
+        .unwrap();
+        let report = loader.finish(LoadMode::Strict).unwrap();
+        assert_eq!(
+            report.tied,
+            ["decoder.embed_tokens.weight", "encoder.embed_tokens.weight"],
+            "{file}"
+        );
+        println!("{file}: {report}");
+        check_forward(&model, "plain", Route::ImageLevel);
+    }
+    let base = Checkpoint::open(fixture("t5/model.safetensors"))
+        .unwrap()
+        .load_all(&dev())
+        .unwrap();
+    // an alias that differs from its source: strict loading names both keys and by how much
+    let mut ts = base.clone();
+    let e = (&ts["decoder.embed_tokens.weight"] + 0.25).unwrap();
+    ts.insert("decoder.embed_tokens.weight".into(), e);
+    let (strict, lenient) = fit("config.json", &ts);
+    let err = strict.unwrap_err();
+    assert!(
+        err.contains("decoder.embed_tokens.weight differs from shared.weight (max abs diff 2."),
+        "{err}"
+    );
+    assert_eq!(lenient.tie_mismatches.len(), 1);
+    assert_eq!(lenient.tied, ["encoder.embed_tokens.weight"]);
+    // ... or has another shape
+    let mut ts = base.clone();
+    let e = ts["encoder.embed_tokens.weight"].narrow(0, 0, 10).unwrap();
+    ts.insert("encoder.embed_tokens.weight".into(), e);
+    let err = fit("config.json", &ts).0.unwrap_err();
+    assert!(
+        err.contains("encoder.embed_tokens.weight differs from shared.weight (shapes [10, "),
+        "{err}"
+    );
+    // an alias without its source is just unexpected (and the source missing)
+    let mut ts = base.clone();
+    ts.remove("shared.weight");
+    let err = fit("config.json", &ts).0.unwrap_err();
+    assert!(
+        err.contains("missing keys: shared.weight")
+            && err.contains(
+                "unexpected keys: decoder.embed_tokens.weight, encoder.embed_tokens.weight"
+            ),
+        "{err}"
+    );
+    // lm_head.weight: a tie alias only where the model does not read it (tie_word_embeddings)
+    let mut ts = Checkpoint::open(fixture("t5/model_tied.safetensors"))
+        .unwrap()
+        .load_all(&dev())
+        .unwrap();
+    ts.insert("lm_head.weight".into(), ts["shared.weight"].clone());
+    let report = fit("config_tied.json", &ts).0.unwrap();
+    assert!(report.tied.contains(&"lm_head.weight".to_string()));
+    ts.insert(
+        "lm_head.weight".into(),
+        (&ts["shared.weight"] * 2.0).unwrap(),
+    );
+    let err = fit("config_tied.json", &ts).0.unwrap_err();
+    assert!(
+        err.contains("lm_head.weight differs from shared.weight"),
+        "{err}"
+    );
+    // Flan-T5 (untied) reads its own head, whatever it holds
+    assert_ne!(
+        max_abs_diff(&base["lm_head.weight"], &base["shared.weight"]).unwrap(),
+        0.0
+    );
+    assert!(fit("config.json", &base).0.is_ok());
 }
 
 #[test]

@@ -40,6 +40,7 @@ fn vit_cfg(img: usize, frozen: bool) -> EvaVitConfig {
         in_chans: 3,
         width: 16,
         depth: 5,
+        checkpoint_depth: None,
         num_heads: 4,
         mlp_dim: 44,
         layer_norm_eps: 1e-6,
@@ -75,6 +76,58 @@ fn vit_matches_timm_eva_frozen_and_trainable() {
             assert!(d <= TOL, "frozen={frozen} {name} differs by {d}");
         }
     }
+}
+
+/// The official `eva_vit_g.pth` layout: a torch.save'd fp16 state dict with one block more
+/// than the model (EVA-CLIP-g: 40, LAVIS/LION: 39). Here 5 blocks for a 4-block model.
+#[test]
+fn vit_loads_the_official_fp16_layout_with_its_extra_block_skipped() {
+    let reference = io("vit_official_io.safetensors");
+    let pixels = io("vit_io.safetensors")["pixel_values"].clone();
+    let open = || Checkpoint::open(fixture("vision/vit_official.pth")).unwrap();
+    assert_eq!(
+        open()
+            .get("blocks.4.attn.qkv.weight", &Device::Cpu)
+            .unwrap()
+            .dtype(),
+        DType::F16
+    );
+    let mut cfg = vit_cfg(32, true);
+    cfg.depth = 4;
+    cfg.checkpoint_depth = Some(5);
+    let build = |cfg: &EvaVitConfig| {
+        let l = WeightLoader::new(vec![open()]).skip_unused(&cfg.unused_checkpoint_prefixes(""));
+        let vit = EvaVit::new(cfg, l.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        (vit, l.finish(LoadMode::Strict))
+    };
+    let (vit, report) = build(&cfg);
+    let report = report.unwrap();
+    assert_eq!(report.skipped.len(), 13, "{:?}", report.skipped);
+    assert!(report.skipped.iter().all(|k| k.starts_with("blocks.4.")));
+    let outs = vit.forward(&pixels, &[3, 1]).unwrap();
+    for (o, name) in outs.iter().zip(["block3", "block1"]) {
+        let d = max_abs_diff(o, &reference[name]).unwrap();
+        println!("official layout (fp16 -> f32) {name}: max abs diff {d:e}");
+        assert!(d <= TOL, "{name} differs by {d}");
+    }
+    // without the config's word for it, the extra block is an error naming its keys
+    cfg.checkpoint_depth = None;
+    let err = build(&cfg).1.unwrap_err().to_string();
+    assert!(
+        err.contains("unexpected keys: blocks.4.attn.proj.bias, blocks.4.attn.proj.weight"),
+        "{err}"
+    );
+    // and only the blocks the config names are skipped: a 3-block model with checkpoint_depth 4
+    // still finds block 4 unexpected
+    cfg.depth = 3;
+    cfg.checkpoint_depth = Some(4);
+    let err = build(&cfg).1.unwrap_err().to_string();
+    assert!(
+        err.contains("unexpected keys: blocks.4.") && !err.contains("blocks.3."),
+        "{err}"
+    );
+    cfg.checkpoint_depth = Some(2);
+    assert!(cfg.validate().unwrap_err().contains("checkpoint_depth 2"));
 }
 
 #[test]

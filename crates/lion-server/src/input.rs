@@ -266,6 +266,12 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ApiError>
             "image: {w}x{h} has no pixels"
         )));
     }
+    // JPEGs as Pillow decodes them when libjpeg-turbo is there (lion_core::jpeg)
+    if let Some(decoded) = lion_core::jpeg::decode(bytes) {
+        return decoded.map_err(|e| {
+            ApiError::bad_request(format!("image: cannot decode the JPEG data: {e}"))
+        });
+    }
     let mut r = reader()?;
     let mut lim = image::Limits::default();
     lim.max_image_width = Some(w);

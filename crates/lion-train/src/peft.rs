@@ -619,9 +619,8 @@ impl PeftTrainer {
             lcfg.vit.frozen = false;
         }
         let varmap = VarMap::new();
-        let loader = WeightLoader::new(checkpoints)
+        let loader = lion_core::lion::checkpoint_loader(&lcfg, checkpoints)
             .with_init_seed(cfg.seed)
-            .ignore_unexpected(&["position_ids", "relative_position_index", "attn_mask"])
             .with_trainable(varmap.clone(), move |k| {
                 if all {
                     // The backbone too, but never the T5 adapters, nor the Q-Former parts that
