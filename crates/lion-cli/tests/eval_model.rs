@@ -304,15 +304,18 @@ fn an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one() {
     assert_eq!(lines[..], full.as_array().unwrap()[..4]);
 
     // a reused line is taken as it is (proof it is not recomputed); a torn last line (a killed
-    // write) is dropped and recomputed
+    // write) is dropped and recomputed, also when torn inside a multi-byte character (issue 20:
+    // that refused the resume)
     let mut tampered = lines.clone();
     tampered[1]["answer"] = json!("tampered");
     let mut text: String = tampered.iter().map(|l| format!("{l}\n")).collect();
     text.push_str(&format!(
-        "{{\"question_id\":{},\"ans",
+        "{{\"question_id\":{},\"answer\":\"caf",
         full[4]["question_id"]
     ));
-    std::fs::write(&partial, text).unwrap();
+    let mut bytes = text.into_bytes();
+    bytes.push(0xc3); // the first byte of `é`
+    std::fs::write(&partial, bytes).unwrap();
     let (stdout, stderr) = ok(&run(&pred, &scores, &[]));
     assert!(stderr.contains("torn last line"), "{stderr}");
     assert!(stderr.contains("4 of 15 items reused"), "{stderr}");

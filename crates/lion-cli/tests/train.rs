@@ -54,7 +54,7 @@ fn config(
             {"kind": "vqa", "train": w("lion_vqa_train.json"), "val": w("lion_vqa_val.json")},
             {"kind": "rec", "train": w("lion_rec_train.json"), "val": w("lion_rec_val.json"), "ratio": 2.0}
         ],
-        "schedule": {"init_lr": init_lr, "min_lr": 1e-5, "warmup_steps": 2},
+        "schedule": {"init_lr": init_lr, "min_lr": 1e-5, "warmup_steps": 2.min(steps - 1)},
         "boost_lr_scale": 2.0,
         "batch_size": 2,
         "grad_accum": 2,

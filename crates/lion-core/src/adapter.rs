@@ -65,17 +65,10 @@ pub struct AdapterConfig {
 }
 
 impl AdapterConfig {
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        if !(1..=2).contains(&self.num_adapters) {
-            return Err(format!(
-                "num_adapters must be 1 or 2, got {}",
-                self.num_adapters
-            ));
-        }
-        if self.bottleneck == 0 || self.d_model == 0 {
-            return Err("adapter d_model and bottleneck must be positive".into());
-        }
-        Ok(())
+    pub fn validate(&self) -> crate::rules::Check {
+        use crate::rules::{all_positive, in_range};
+        in_range("num_adapters", self.num_adapters, 1, 2)?;
+        all_positive(&[("d_model", self.d_model), ("bottleneck", self.bottleneck)])
     }
 }
 

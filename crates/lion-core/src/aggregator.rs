@@ -96,18 +96,28 @@ impl AggregatorConfig {
         }
     }
 
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.num_heads == 0 || self.width % self.num_heads != 0 {
-            return Err(format!(
-                "width {} is not divisible by num_heads {}",
-                self.width, self.num_heads
-            ));
-        }
-        if self.source_layers.len() != self.num_blocks + 1 {
-            return Err(format!(
-                "source_layers needs num_blocks + 1 = {} entries, got {:?}",
-                self.num_blocks + 1,
-                self.source_layers
+    pub fn validate(&self) -> crate::rules::Check {
+        use crate::rules::{all_positive, divides, dropout, epsilon, Invalid};
+        all_positive(&[
+            ("width", self.width),
+            ("num_heads", self.num_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("num_blocks", self.num_blocks),
+            ("proj_hidden", self.proj_hidden),
+            ("d_model", self.d_model),
+        ])?;
+        divides("width", self.width, "num_heads", self.num_heads)?;
+        epsilon("layer_norm_eps", self.layer_norm_eps)?;
+        epsilon("ln_adapter_eps", self.ln_adapter_eps)?;
+        dropout("dropout", self.dropout)?;
+        if self.num_blocks.checked_add(1) != Some(self.source_layers.len()) {
+            return Err(Invalid::new(
+                "source_layers",
+                format!("{:?}", self.source_layers),
+                format!(
+                    "needs num_blocks + 1 entries (num_blocks {})",
+                    self.num_blocks
+                ),
             ));
         }
         Ok(())

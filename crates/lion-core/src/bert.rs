@@ -71,17 +71,33 @@ impl BertConfig {
         Ok(cfg)
     }
 
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return Err(format!(
-                "hidden_size {} is not divisible by num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
+    pub fn validate(&self) -> crate::rules::Check {
+        use crate::rules::{all_positive, divides, dropout, epsilon, Invalid};
+        all_positive(&[
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ])?;
+        divides(
+            "hidden_size",
+            self.hidden_size,
+            "num_attention_heads",
+            self.num_attention_heads,
+        )?;
+        epsilon("layer_norm_eps", self.layer_norm_eps)?;
+        dropout("hidden_dropout_prob", self.hidden_dropout_prob)?;
+        dropout(
+            "attention_probs_dropout_prob",
+            self.attention_probs_dropout_prob,
+        )?;
         if self.position_embedding_type != "absolute" {
-            return Err(format!(
-                "position_embedding_type `{}` is not supported (only `absolute`)",
-                self.position_embedding_type
+            return Err(Invalid::new(
+                "position_embedding_type",
+                &self.position_embedding_type,
+                "only `absolute` is supported",
             ));
         }
         Ok(())

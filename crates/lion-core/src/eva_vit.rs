@@ -97,26 +97,30 @@ impl EvaVitConfig {
         1 + self.grid() * self.grid()
     }
 
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
-            return Err(format!(
-                "img_size {} is not a multiple of patch_size {}",
-                self.img_size, self.patch_size
-            ));
-        }
-        if self.num_heads == 0 || self.width % self.num_heads != 0 {
-            return Err(format!(
-                "width {} is not divisible by num_heads {}",
-                self.width, self.num_heads
-            ));
-        }
-        if self.depth == 0 {
-            return Err("depth must be at least 1".into());
-        }
+    pub fn validate(&self) -> crate::rules::Check {
+        use crate::rules::{all_positive, divides, epsilon};
+        all_positive(&[
+            ("img_size", self.img_size),
+            ("patch_size", self.patch_size),
+            ("in_chans", self.in_chans),
+            ("width", self.width),
+            ("depth", self.depth),
+            ("num_heads", self.num_heads),
+            ("mlp_dim", self.mlp_dim),
+        ])?;
+        divides("img_size", self.img_size, "patch_size", self.patch_size)?;
+        divides("width", self.width, "num_heads", self.num_heads)?;
+        // Tokens x width must be countable (img_size 2^40 would overflow).
+        crate::rules::product("img_size", &[self.grid(), self.grid(), self.width])?;
+        epsilon("layer_norm_eps", self.layer_norm_eps)?;
         if let Some(n) = self.checkpoint_depth.filter(|&n| n < self.depth) {
-            return Err(format!(
-                "checkpoint_depth {n} is less than depth {}: the weight file would lack blocks",
-                self.depth
+            return Err(crate::rules::Invalid::new(
+                "checkpoint_depth",
+                n,
+                format!(
+                    "must be at least depth ({}): the weight file would lack blocks",
+                    self.depth
+                ),
             ));
         }
         Ok(())

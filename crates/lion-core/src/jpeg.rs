@@ -268,6 +268,14 @@ mod ffi {
                 _ => (TJPF_RGB, 3),
             };
             let (wu, hu) = (w as usize, ht as usize);
+            // The same bound as the pure-Rust decoders' default allocation limit (512 MiB), so a
+            // small file declaring a huge image is refused before anything is allocated.
+            const MAX_DECODED_BYTES: usize = 512 << 20;
+            if wu.saturating_mul(hu).saturating_mul(channels.max(3)) > MAX_DECODED_BYTES {
+                return Err(format!(
+                    "image of {w}x{ht} pixels exceeds the 512 MiB decoding limit"
+                ));
+            }
             let mut buf = vec![0u8; wu * hu * channels];
             // SAFETY: `buf` holds exactly width * height * channels bytes (pitch 0 = tight rows
             // of this pixel format), which is what tjDecompress2 writes.

@@ -20,6 +20,7 @@ pub mod preprocess;
 pub mod presets;
 pub mod prompt;
 pub mod qformer;
+pub mod rules;
 pub mod sentence;
 pub mod skinny;
 pub mod swin;
@@ -28,6 +29,7 @@ pub mod tagger;
 pub mod testing;
 pub mod text;
 pub mod util;
+pub mod weight_checks;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -95,44 +95,65 @@ impl LionConfig {
                 .map_or(0, |_| self.vit.num_tokens())
     }
 
-    /// Checks that the parts fit each other, naming the mismatching fields.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        self.vit.validate()?;
-        self.t5.validate()?;
+    /// Checks every part (sizes, epsilons, dropouts) and that the parts fit each other, naming
+    /// the field, its value and the rule; also that the weight count fits in 64 bits.
+    pub fn validate(&self) -> crate::rules::Check {
+        use crate::rules::{all_positive, Invalid};
+        self.vit.validate().map_err(|e| e.within("vit"))?;
+        self.t5.validate().map_err(|e| e.within("t5"))?;
+        all_positive(&[
+            ("max_txt_len", self.max_txt_len),
+            ("max_output_txt_len", self.max_output_txt_len),
+        ])?;
+        if self.prompt.is_some_and(|p| p.needs_tag_embedding()) {
+            crate::rules::positive("tag_dim", self.tag_dim)?;
+        }
         let d = self.t5.d_model;
         if self.qformer.is_none() && self.aggregator.is_none() {
-            return Err("at least one of `qformer` and `aggregator` is needed".into());
+            return Err(Invalid::new(
+                "qformer, aggregator",
+                "null, null",
+                "at least one of them is needed",
+            ));
         }
         if let Some(q) = &self.qformer {
-            q.validate()?;
+            q.validate().map_err(|e| e.within("qformer"))?;
             if q.encoder_width != self.vit.width {
-                return Err(format!(
-                    "qformer.encoder_width {} != vit.width {}",
-                    q.encoder_width, self.vit.width
+                return Err(Invalid::new(
+                    "qformer.encoder_width",
+                    q.encoder_width,
+                    format!("must equal vit.width ({})", self.vit.width),
                 ));
             }
             if q.d_model != d {
-                return Err(format!("qformer.d_model {} != t5.d_model {d}", q.d_model));
+                return Err(Invalid::new(
+                    "qformer.d_model",
+                    q.d_model,
+                    format!("must equal t5.d_model ({d})"),
+                ));
             }
         }
         if let Some(a) = &self.aggregator {
-            a.validate()?;
+            a.validate().map_err(|e| e.within("aggregator"))?;
             if a.width != self.vit.width {
-                return Err(format!(
-                    "aggregator.width {} != vit.width {}",
-                    a.width, self.vit.width
+                return Err(Invalid::new(
+                    "aggregator.width",
+                    a.width,
+                    format!("must equal vit.width ({})", self.vit.width),
                 ));
             }
             if a.d_model != d {
-                return Err(format!(
-                    "aggregator.d_model {} != t5.d_model {d}",
-                    a.d_model
+                return Err(Invalid::new(
+                    "aggregator.d_model",
+                    a.d_model,
+                    format!("must equal t5.d_model ({d})"),
                 ));
             }
             if let Some(bad) = a.source_layers.iter().find(|&&l| l >= self.vit.depth) {
-                return Err(format!(
-                    "aggregator.source_layers names block {bad}, the ViT has {}",
-                    self.vit.depth
+                return Err(Invalid::new(
+                    "aggregator.source_layers",
+                    bad,
+                    format!("must name a ViT block below vit.depth ({})", self.vit.depth),
                 ));
             }
         }
@@ -144,15 +165,212 @@ impl LionConfig {
         match &self.t5.adapter {
             Some(a) if a.num_adapters == want => {}
             Some(a) => {
-                return Err(format!(
-                    "t5.adapter.num_adapters is {}, {:?} needs {want}",
+                return Err(Invalid::new(
+                    "t5.adapter.num_adapters",
                     a.num_adapters,
-                    self.visual_input()
+                    format!("{:?} needs {want}", self.visual_input()),
                 ))
             }
-            None => return Err("t5.adapter is missing: LION puts adapters in every FFN".into()),
+            None => {
+                return Err(Invalid::new(
+                    "t5.adapter",
+                    "null",
+                    "LION puts adapters in every FFN",
+                ))
+            }
         }
+        self.param_count()?;
         Ok(())
+    }
+
+    /// Weights of the model (the large matrices and embeddings; biases and norms are a rounding
+    /// error), with checked arithmetic: an overflow names the part.
+    pub fn param_count(&self) -> std::result::Result<u64, crate::rules::Invalid> {
+        use crate::rules::product;
+        let add = |parts: &[u64], field: &str| {
+            parts
+                .iter()
+                .try_fold(0u64, |a, &b| a.checked_add(b))
+                .ok_or_else(|| {
+                    crate::rules::Invalid::new(field, "", "the weight count overflows 64 bits")
+                })
+        };
+        let v = &self.vit;
+        let vit_block = add(
+            &[
+                product("vit.width", &[4, v.width, v.width])?,
+                product("vit.mlp_dim", &[2, v.width, v.mlp_dim])?,
+            ],
+            "vit",
+        )?;
+        let vit = add(
+            &[
+                product(
+                    "vit.patch_size",
+                    &[v.in_chans, v.patch_size, v.patch_size, v.width],
+                )?,
+                product("vit.img_size", &[v.num_tokens(), v.width])?,
+                product("vit.depth", &[v.depth])?
+                    .checked_mul(vit_block)
+                    .ok_or_else(|| {
+                        crate::rules::Invalid::new(
+                            "vit.depth",
+                            v.depth,
+                            "the weight count overflows",
+                        )
+                    })?,
+            ],
+            "vit",
+        )?;
+        let t = &self.t5;
+        let ff = if t.feed_forward_proj.starts_with("gated") {
+            3
+        } else {
+            2
+        };
+        let attn = product("t5.num_heads", &[4, t.d_model, t.num_heads, t.d_kv])?;
+        let ffn = product("t5.d_ff", &[ff, t.d_model, t.d_ff])?;
+        let enc = product("t5.num_layers", &[t.num_layers])?.checked_mul(attn.saturating_add(ffn));
+        let dec = product("t5.num_decoder_layers", &[t.num_decoder_layers()])?
+            .checked_mul(attn.saturating_mul(2).saturating_add(ffn));
+        let heads = if t.tie_word_embeddings { 1 } else { 2 };
+        let t5 = add(
+            &[
+                product("t5.vocab_size", &[heads, t.vocab_size, t.d_model])?,
+                enc.ok_or_else(|| {
+                    crate::rules::Invalid::new(
+                        "t5.num_layers",
+                        t.num_layers,
+                        "the weight count overflows",
+                    )
+                })?,
+                dec.ok_or_else(|| {
+                    crate::rules::Invalid::new(
+                        "t5.num_decoder_layers",
+                        t.num_decoder_layers(),
+                        "the weight count overflows",
+                    )
+                })?,
+            ],
+            "t5",
+        )?;
+        let mut parts = vec![vit, t5];
+        if let Some(q) = &self.qformer {
+            let b = &q.bert;
+            let h = b.hidden_size;
+            let layer = add(
+                &[
+                    product("qformer.bert.hidden_size", &[4, h, h])?,
+                    product(
+                        "qformer.bert.intermediate_size",
+                        &[4, h, b.intermediate_size],
+                    )?,
+                    product("qformer.encoder_width", &[2, h, q.encoder_width])?,
+                    product("qformer.bert.hidden_size", &[2, h, h])?,
+                ],
+                "qformer",
+            )?;
+            parts.push(product("qformer.bert.vocab_size", &[b.vocab_size, h])?);
+            parts.push(product(
+                "qformer.bert.max_position_embeddings",
+                &[b.max_position_embeddings, h],
+            )?);
+            parts.push(
+                product("qformer.bert.num_hidden_layers", &[b.num_hidden_layers])?
+                    .checked_mul(layer)
+                    .ok_or_else(|| {
+                        crate::rules::Invalid::new(
+                            "qformer.bert.num_hidden_layers",
+                            b.num_hidden_layers,
+                            "the weight count overflows",
+                        )
+                    })?,
+            );
+            parts.push(product("qformer.d_model", &[h, q.d_model])?);
+            parts.push(product("qformer.num_query_token", &[q.num_query_token, h])?);
+        }
+        if let Some(a) = &self.aggregator {
+            let w = a.width;
+            let block = add(
+                &[
+                    product("aggregator.width", &[8, w, w])?,
+                    product("aggregator.intermediate_size", &[2, w, a.intermediate_size])?,
+                ],
+                "aggregator",
+            )?;
+            parts.push(
+                product("aggregator.num_blocks", &[a.num_blocks])?
+                    .checked_mul(block)
+                    .ok_or_else(|| {
+                        crate::rules::Invalid::new(
+                            "aggregator.num_blocks",
+                            a.num_blocks,
+                            "the weight count overflows",
+                        )
+                    })?,
+            );
+            parts.push(product("aggregator.proj_hidden", &[a.proj_hidden, w])?);
+            parts.push(product(
+                "aggregator.proj_hidden",
+                &[a.proj_hidden, a.d_model],
+            )?);
+        }
+        if self.prompt.is_some_and(|p| p.needs_tag_embedding()) {
+            parts.push(product("tag_dim", &[self.tag_dim, t.d_model])?);
+        }
+        add(&parts, "config")
+    }
+
+    /// Rough bytes of an inference (`training` false) or training step over `batch` images: the
+    /// f32 weights plus the activations: per sample, every ViT block's token stream and attention scores, and the T5
+    /// stream over the visual tokens and text. An estimate to refuse hopeless runs early, not an
+    /// accounting.
+    pub fn memory_estimate(
+        &self,
+        batch: usize,
+        training: bool,
+    ) -> std::result::Result<u64, crate::rules::Invalid> {
+        // In f64: an estimate, and no product can overflow.
+        let f = |x: usize| x as f64;
+        let weights = self.param_count()? as f64;
+        let v = &self.vit;
+        let n = f(v.grid()) * f(v.grid()) + 1.0;
+        let vit_layer = n * (4.0 * f(v.width) + f(v.mlp_dim)) + f(v.num_heads) * n * n;
+        let t = &self.t5;
+        let s = f(self.qformer.as_ref().map_or(0, |q| q.num_query_token))
+            + if self.aggregator.is_some() { n } else { 0.0 }
+            + f(self.max_txt_len);
+        let t5_layer = s * (4.0 * f(t.d_model) + f(t.d_ff)) + f(t.num_heads) * s * s;
+        // Training keeps every layer's activations for the backward pass; inference one at a time.
+        let layers = if training {
+            f(v.depth) + f(t.num_layers) + f(t.num_decoder_layers())
+        } else {
+            2.0
+        };
+        let logits = f(t.vocab_size)
+            * if training {
+                f(self.max_output_txt_len)
+            } else {
+                8.0
+            };
+        let per_sample = (vit_layer + t5_layer) * layers + logits;
+        let total = 4.0 * (weights + per_sample * f(batch));
+        Ok(if total >= u64::MAX as f64 {
+            u64::MAX
+        } else {
+            total as u64
+        })
+    }
+
+    /// [`crate::rules::check_memory`] of [`Self::memory_estimate`].
+    pub fn check_memory(&self, batch: usize, training: bool) -> crate::rules::Check {
+        let need = self.memory_estimate(batch, training)?;
+        let what = if training {
+            format!("training memory (batch_size {batch})")
+        } else {
+            format!("model memory (batch {batch})")
+        };
+        crate::rules::check_memory(&what, need)
     }
 }
 

@@ -105,7 +105,7 @@ impl Manifest {
             ConfigRef::Preset(name) => crate::presets::preset(name, self.prompt),
             ConfigRef::Full(cfg) => {
                 cfg.validate()
-                    .map_err(|m| Error::config("lion.json config", m))?;
+                    .map_err(|e| Error::config("lion.json config", e))?;
                 Ok((**cfg).clone())
             }
         }
@@ -204,6 +204,10 @@ impl LionPipeline {
     /// Builds the pipeline; with no checkpoints every weight is random (smoke tests, benches).
     pub fn new(src: PipelineSources, device: &Device) -> Result<Self> {
         let cfg = src.config;
+        // Every size, then the memory estimate, before anything is allocated.
+        cfg.validate().map_err(|e| Error::config("model", e))?;
+        cfg.check_memory(1, false)
+            .map_err(|e| Error::config("model", e))?;
         let t5_tokenizer = match src.t5_tokenizer {
             Some(p) => T5Tokenizer::from_file(p)?,
             None => T5Tokenizer::bundled()?,
@@ -282,6 +286,18 @@ impl LionPipeline {
     pub fn from_dir(dir: &Path, mode: LoadMode, device: &Device) -> Result<Self> {
         let manifest_path = dir.join("lion.json");
         let m = Manifest::read(&manifest_path)?;
+        let config = m.lion_config()?;
+        if m.weights.is_empty() && mode == LoadMode::Strict {
+            return Err(Error::config(
+                manifest_path.display(),
+                crate::rules::Invalid::new(
+                    "weights",
+                    "[]",
+                    "must name at least one weight file: loading is strict (--lenient runs on \
+                     random weights; so does --preset P --random-weights)",
+                ),
+            ));
+        }
         let mut checkpoints = vec![];
         for w in &m.weights {
             checkpoints.extend(open_weights(&dir.join(&w.file), &w.prefix)?);
@@ -291,7 +307,7 @@ impl LionPipeline {
         let tag = m.tag_encoder.as_ref().map(|p| dir.join(p));
         Self::new(
             PipelineSources {
-                config: m.lion_config()?,
+                config,
                 checkpoints,
                 t5_tokenizer: Some(&t5_tok),
                 qformer_tokenizer: q_tok.as_deref(),

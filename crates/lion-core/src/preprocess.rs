@@ -51,9 +51,42 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// Reads and decodes an image file to 8-bit RGB (PIL `.convert("RGB")` semantics, see the module
 /// docs). Errors name the file.
 pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
+    use std::io::{BufRead, Read};
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_image(&bytes, path)
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // Sniff the first bytes before reading on: a file that is no image (a huge text file,
+    // `/dev/zero`) is refused without reading it whole; an image is decoded as a stream (the
+    // decoder's allocation limit applies).
+    let mut reader = std::io::BufReader::new(file);
+    let head = reader.fill_buf().map_err(|e| Error::io(path, e))?;
+    if head.is_empty() {
+        return Err(Error::format(path, "image file is empty (0 bytes)"));
+    }
+    let format = image::guess_format(head).map_err(|_| {
+        Error::format(
+            path,
+            format!(
+                "not an image: unrecognised format (first bytes {:02x?})",
+                &head[..head.len().min(8)]
+            ),
+        )
+    })?;
+    if format == image::ImageFormat::Jpeg && crate::jpeg::library().is_some() {
+        // Pillow-exact JPEG decoding (libjpeg-turbo) needs the whole file; it is a JPEG, so the
+        // decoder's own limits apply to what it allocates.
+        // A bound on what is read: no JPEG photograph comes near 1 GiB.
+        const MAX_JPEG_BYTES: u64 = 1 << 30;
+        let mut bytes = Vec::new();
+        reader
+            .take(MAX_JPEG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+        if bytes.len() as u64 > MAX_JPEG_BYTES {
+            return Err(Error::format(path, "JPEG file larger than 1 GiB"));
+        }
+        return decode_image(&bytes, path);
+    }
+    decode_with(image::ImageReader::with_format(reader, format), path)
 }
 
 /// Decodes image bytes to 8-bit RGB; `origin` names the source in errors.
@@ -75,15 +108,26 @@ pub fn decode_image_pure_rust(bytes: &[u8], origin: impl AsRef<Path>) -> Result<
     if bytes.is_empty() {
         return Err(Error::format(origin, "image file is empty (0 bytes)"));
     }
-    let decoded = std::panic::catch_unwind(|| -> std::result::Result<DynamicImage, String> {
-        let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| e.to_string())?;
-        if reader.format().is_none() {
-            return Err("unrecognised image format".into());
-        }
-        reader.decode().map_err(|e| e.to_string())
-    });
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::format(origin, format!("cannot decode image: {e}")))?;
+    decode_with(reader, origin)
+}
+
+/// The decoding both loaders share: a known format, a decoder panic turned into an error, no
+/// zero-sized image.
+fn decode_with<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+    origin: &Path,
+) -> Result<RgbImage> {
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+        || -> std::result::Result<DynamicImage, String> {
+            if reader.format().is_none() {
+                return Err("unrecognised image format".into());
+            }
+            reader.decode().map_err(|e| e.to_string())
+        },
+    ));
     let img = match decoded {
         Ok(Ok(img)) => img,
         Ok(Err(msg)) => return Err(Error::format(origin, format!("cannot decode image: {msg}"))),

@@ -93,15 +93,16 @@ impl QFormerConfig {
         }
     }
 
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        self.bert.validate()?;
-        if self.cross_attention_freq == 0 {
-            return Err("cross_attention_freq must be at least 1".into());
-        }
-        if self.num_query_token == 0 {
-            return Err("num_query_token must be at least 1".into());
-        }
-        Ok(())
+    pub fn validate(&self) -> crate::rules::Check {
+        use crate::rules::{all_positive, epsilon};
+        self.bert.validate().map_err(|e| e.within("bert"))?;
+        all_positive(&[
+            ("encoder_width", self.encoder_width),
+            ("cross_attention_freq", self.cross_attention_freq),
+            ("num_query_token", self.num_query_token),
+            ("d_model", self.d_model),
+        ])?;
+        epsilon("ln_vision_eps", self.ln_vision_eps)
     }
 }
 

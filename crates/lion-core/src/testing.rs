@@ -88,3 +88,79 @@ pub fn turbojpeg_or_skip(test: &str) -> bool {
     println!("SKIPPED {test}: {why}; scripts/test.sh installs it");
     false
 }
+
+/// The property tests' budget: `(cases, seed)`. Cases come from `LION_FUZZ_CASES` (default
+/// `default`, kept small so `scripts/test.sh` stays fast; raise it for a longer run), the seed
+/// from `LION_FUZZ_SEED` (default 20), so a run is repeatable.
+pub fn fuzz_budget(default: u32) -> (u32, u64) {
+    let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+    (
+        var("LION_FUZZ_CASES").map_or(default, |v: u64| v as u32),
+        var("LION_FUZZ_SEED").unwrap_or(20),
+    )
+}
+
+/// A mutation of valid bytes for the property tests: each `(position, byte)` overwrites one
+/// byte (position modulo the length), then the result is cut to `cut` bytes (modulo length + 1).
+pub fn mutate(bytes: &[u8], edits: &[(usize, u8)], cut: Option<usize>) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    if !v.is_empty() {
+        for &(i, b) in edits {
+            let n = v.len();
+            v[i % n] = b;
+        }
+    }
+    if let Some(c) = cut {
+        v.truncate(c % (v.len() + 1));
+    }
+    v
+}
+
+/// A structural mutation of a JSON document for the property tests: for each `(node, kind)`,
+/// the node-th value of a pre-order walk (modulo the count) is replaced by a hostile value
+/// chosen by `kind`: null, a bool, 0, -1, 2^64, 1e308, -1e-308, "", a long string, [], {}, or
+/// the same value wrapped in a list.
+pub fn mutate_json(v: &serde_json::Value, edits: &[(usize, u8)]) -> serde_json::Value {
+    use serde_json::{json, Value};
+    fn count(v: &Value) -> usize {
+        1 + match v {
+            Value::Array(a) => a.iter().map(count).sum(),
+            Value::Object(o) => o.values().map(count).sum(),
+            _ => 0,
+        }
+    }
+    fn hostile(old: &Value, kind: u8) -> Value {
+        match kind % 12 {
+            0 => Value::Null,
+            1 => json!(kind % 2 == 0),
+            2 => json!(0),
+            3 => json!(-1),
+            4 => json!(u64::MAX),
+            5 => json!(1e308),
+            6 => json!(-1e-308),
+            7 => json!(""),
+            8 => json!("x".repeat(1 + kind as usize * 16)),
+            9 => json!([]),
+            10 => json!({}),
+            _ => json!([old.clone()]),
+        }
+    }
+    fn replace_nth(v: &mut Value, n: &mut usize, kind: u8) -> bool {
+        if *n == 0 {
+            *v = hostile(v, kind);
+            return true;
+        }
+        *n -= 1;
+        match v {
+            Value::Array(a) => a.iter_mut().any(|c| replace_nth(c, n, kind)),
+            Value::Object(o) => o.values_mut().any(|c| replace_nth(c, n, kind)),
+            _ => false,
+        }
+    }
+    let mut out = v.clone();
+    for &(i, kind) in edits {
+        let mut n = i % count(&out);
+        replace_nth(&mut out, &mut n, kind);
+    }
+    out
+}

@@ -204,6 +204,7 @@ impl Checkpoint {
     }
 
     fn open_safetensors(path: &Path) -> Result<Self> {
+        crate::weight_checks::unique_safetensors_keys(path)?;
         // SAFETY: the file is mapped read-only; like every mmap reader we rely on it not being
         // truncated by another process while we hold it.
         let st = guarded(path, "cannot read safetensors", || unsafe {
@@ -305,15 +306,17 @@ impl Checkpoint {
         })?;
         let path = PathBuf::from(&self.name);
         let what = format!("cannot read tensor `{stored}`");
-        match &self.store {
-            Store::Safetensors(st) => guarded(&path, &what, || st.load(stored, dev)),
+        let t = match &self.store {
+            Store::Safetensors(st) => guarded(&path, &what, || st.load(stored, dev))?,
             Store::Pth(pth) => {
                 let t = guarded(&path, &what, || pth.get(stored))?
                     .ok_or_else(|| Error::format(&path, format!("{what}: missing")))?;
-                Ok(t.to_device(dev)?)
+                t.to_device(dev)?
             }
-            Store::Memory(m) => Ok(m[stored].to_device(dev)?),
-        }
+            Store::Memory(m) => m[stored].to_device(dev)?,
+        };
+        crate::weight_checks::check_finite(&self.name, stored, &t)?;
+        Ok(t)
     }
 
     /// Loads every tensor (small checkpoints, tests).

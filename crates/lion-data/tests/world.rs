@@ -906,3 +906,37 @@ fn files_have_the_official_keys() {
         assert!(["train", "val", "test"].contains(&r.split.as_str()));
     }
 }
+
+/// Hostile input (issue 20): `--train 18446744073709551615` overflowed `train + val + test` to a
+/// small number that passed the size cap, and the run aborted at 21 GB. Now it is refused before
+/// anything is written, naming the counts.
+#[test]
+fn image_counts_that_overflow_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cfg(0, usize::MAX, 64);
+    c.val = 100;
+    c.test = 100;
+    let out = tmp.path().join("w");
+    match generate(&c, &out, false, &|_| {}) {
+        Err(WorldError::Config(m)) => assert!(m.contains("overflows"), "{m}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+/// A staging folder left by a run that died (OOM, SIGKILL) is removed by the next run; a live
+/// process's folder (ours) is not touched.
+#[test]
+fn a_dead_runs_staging_folder_is_removed_on_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    // PIDs above the kernel's pid_max (at most 2^22) are never alive.
+    let dead = tmp.path().join(".w.partial-4294967290");
+    std::fs::create_dir_all(dead.join("images")).unwrap();
+    let other = tmp.path().join(".x.partial-4294967290");
+    std::fs::create_dir_all(&other).unwrap();
+    make(tmp.path(), "w", &cfg(0, 2, 64));
+    if Path::new("/proc/self").exists() {
+        assert!(!dead.exists(), "the dead run's folder is still there");
+    }
+    assert!(other.exists(), "another world's folder was removed");
+}

@@ -288,7 +288,22 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ApiError>
     Ok(img.to_rgb8())
 }
 
-/// A required or optional text field, checked against the prompt length limit.
+/// The shared rule's rejection as a 422 naming the field (`lion_core::rules`).
+fn invalid(e: lion_core::rules::Invalid) -> ApiError {
+    ApiError::validation(format!("field `{}` {}, got {}", e.field, e.rule, e.value))
+}
+
+/// The server's limits as the shared rule set's generation limits.
+fn generation_limits(limits: &Limits) -> lion_core::rules::GenerationLimits {
+    lion_core::rules::GenerationLimits {
+        max_new_tokens: limits.max_new_tokens,
+        max_num_beams: limits.max_num_beams,
+        max_prompt_chars: limits.max_prompt_chars,
+    }
+}
+
+/// A required or optional text field, checked by the shared rule (not blank, at most
+/// `max_prompt_chars` characters), the one `lion vqa` / `lion ground` apply to their text.
 pub fn check_text(
     name: &str,
     value: Option<String>,
@@ -299,85 +314,43 @@ pub fn check_text(
         None if required => Err(ApiError::validation(format!("missing field `{name}`"))),
         None => Ok(None),
         Some(s) => {
-            if s.trim().is_empty() {
-                return Err(ApiError::validation(format!("field `{name}` is empty")));
-            }
-            let n = s.chars().count();
-            if n > limits.max_prompt_chars {
-                return Err(ApiError::validation(format!(
-                    "field `{name}` is {n} characters long; the limit is {}",
-                    limits.max_prompt_chars
-                )));
-            }
+            lion_core::rules::text(name, &s, limits.max_prompt_chars).map_err(invalid)?;
             Ok(Some(s))
         }
     }
 }
 
-/// Generation options with LION's defaults filled in, each checked against its range.
+/// Generation options with LION's defaults filled in, then checked by the shared rule set
+/// ([`lion_core::rules::GenerationSettings::check`], the same rules as the CLI's flags) against
+/// the server's limits.
 pub fn generation_options(
     kind: TaskKind,
     f: &impl GenFields,
     limits: &Limits,
 ) -> Result<GenerationOptions, ApiError> {
     let d = GenerationOptions::lion_defaults(default_max_new_tokens(kind, limits.max_new_tokens));
-    let range = |name: &str, v: usize, lo: usize, hi: usize| {
-        if v < lo || v > hi {
-            Err(ApiError::validation(format!(
-                "field `{name}` must be between {lo} and {hi}, got {v}"
-            )))
-        } else {
-            Ok(v)
-        }
-    };
-    let frange = |name: &str, v: f32, lo: f32, hi: f32| {
-        if !v.is_finite() || v < lo || v > hi {
-            Err(ApiError::validation(format!(
-                "field `{name}` must be between {lo} and {hi}, got {v}"
-            )))
-        } else {
-            Ok(v)
-        }
-    };
-    let num_beams = range(
-        "num_beams",
-        f.num_beams()
+    let max_new_tokens = f.max_new_tokens().unwrap_or(d.max_new_tokens);
+    let o = GenerationOptions {
+        num_beams: f
+            .num_beams()
             .unwrap_or(d.num_beams.min(limits.max_num_beams)),
-        1,
-        limits.max_num_beams,
-    )?;
-    let max_new_tokens = range(
-        "max_new_tokens",
-        f.max_new_tokens().unwrap_or(d.max_new_tokens),
-        1,
-        limits.max_new_tokens,
-    )?;
-    let min_new_tokens = range(
-        "min_new_tokens",
-        f.min_new_tokens()
+        max_new_tokens,
+        min_new_tokens: f
+            .min_new_tokens()
             .unwrap_or(d.min_new_tokens.min(max_new_tokens)),
-        0,
-        max_new_tokens,
-    )?;
-    let repetition_penalty = frange(
-        "repetition_penalty",
-        f.repetition_penalty().unwrap_or(d.repetition_penalty),
-        0.01,
-        10.0,
-    )?;
-    let length_penalty = frange(
-        "length_penalty",
-        f.length_penalty().unwrap_or(d.length_penalty),
-        -10.0,
-        10.0,
-    )?;
-    Ok(GenerationOptions {
-        num_beams,
-        max_new_tokens,
-        min_new_tokens,
-        repetition_penalty,
-        length_penalty,
-    })
+        repetition_penalty: f.repetition_penalty().unwrap_or(d.repetition_penalty),
+        length_penalty: f.length_penalty().unwrap_or(d.length_penalty),
+    };
+    lion_core::rules::GenerationSettings {
+        num_beams: o.num_beams,
+        max_new_tokens: o.max_new_tokens,
+        min_new_tokens: o.min_new_tokens,
+        repetition_penalty: o.repetition_penalty,
+        length_penalty: o.length_penalty,
+    }
+    .check(&generation_limits(limits))
+    .map_err(invalid)?;
+    Ok(o)
 }
 
 /// Texts of an embed request, checked against the count and length limits.

@@ -86,7 +86,64 @@ pub fn save(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let written = write_into(&tmp, &dir, &name, out, state, trainable, optimizer, config);
+    if written.is_err() {
+        // A failed write (disk full, say) leaves no half folder behind to fill the disk.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written?;
+    // Prune older checkpoints (never the one just written).
+    let mut old: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map_err(|e| Error::io(&root, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("step-")
+        })
+        .collect();
+    old.sort();
+    while old.len() > keep.max(1) {
+        let p = old.remove(0);
+        if p != dir {
+            let _ = std::fs::remove_dir_all(&p);
+        }
+    }
+    clean_stale(out);
+    Ok(dir)
+}
+
+/// Removes the temporary folders (`.step-*.tmp`) a killed or failed save left in
+/// `OUT/checkpoints`; called by every save and by `lion train` at start.
+pub fn clean_stale(out: &Path) {
+    let Ok(entries) = std::fs::read_dir(checkpoints_dir(out)) else {
+        return;
+    };
+    for p in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with(".step-") && name.ends_with(".tmp") {
+            match std::fs::remove_dir_all(&p) {
+                Ok(()) => tracing::info!(path = %p.display(), "removed a stale checkpoint folder"),
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), "cannot remove a stale checkpoint folder: {e}")
+                }
+            }
+        }
+    }
+}
+
+/// The checkpoint's files into `tmp`, renamed to `dir`, `OUT/latest` set to `name`.
+#[allow(clippy::too_many_arguments)]
+fn write_into(
+    tmp: &Path,
+    dir: &Path,
+    name: &str,
+    out: &Path,
+    state: &TrainState,
+    trainable: &HashMap<String, Tensor>,
+    optimizer: &HashMap<String, Tensor>,
+    config: &serde_json::Value,
+) -> Result<()> {
+    std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
     let save_st = |m: &HashMap<String, Tensor>, p: &Path| {
         candle_core::safetensors::save(m, p)
             .map_err(|e| Error::format(p, format!("cannot write safetensors: {e}")))
@@ -118,31 +175,10 @@ pub fn save(
     let m = serde_json::to_vec_pretty(&manifest).expect("serializable");
     lion_core::util::write_atomic(tmp.join(MANIFEST), &m)?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
-    lion_core::util::write_atomic(out.join("latest"), name.as_bytes())?;
-    // Prune older checkpoints (never the one just written).
-    let mut old: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map_err(|e| Error::io(&root, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            // Folders a killed run left half-written are removed.
-            if name.starts_with(".step-") && name.ends_with(".tmp") {
-                let _ = std::fs::remove_dir_all(p);
-            }
-            name.starts_with("step-")
-        })
-        .collect();
-    old.sort();
-    while old.len() > keep.max(1) {
-        let p = old.remove(0);
-        if p != dir {
-            let _ = std::fs::remove_dir_all(&p);
-        }
-    }
-    Ok(dir)
+    std::fs::rename(tmp, dir).map_err(|e| Error::io(dir, e))?;
+    lion_core::util::write_atomic(out.join("latest"), name.as_bytes())
 }
 
 /// Small helper so `save` can write any serializable value.
@@ -161,7 +197,23 @@ mod erased {
 pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
     let p = out.join("latest");
     match std::fs::read_to_string(&p) {
-        Ok(name) => Ok(Some(checkpoints_dir(out).join(name.trim()))),
+        Ok(name) => {
+            let name = name.trim();
+            // Only a folder of this run: `step-` and digits, no path.
+            let ok = name
+                .strip_prefix("step-")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if !ok {
+                return Err(Error::format(
+                    &p,
+                    format!(
+                        "names `{name}`: must be a checkpoint folder name `step-NNNNNNNN` inside {}",
+                        checkpoints_dir(out).display()
+                    ),
+                ));
+            }
+            Ok(Some(checkpoints_dir(out).join(name)))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(&p, e)),
     }
@@ -240,6 +292,56 @@ mod tests {
     fn fnv_reference_values() {
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn latest_must_name_a_folder_of_this_run() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [
+            "../../other/checkpoints/step-00000001",
+            "/tmp/x",
+            "step-",
+            "step-1/..",
+        ] {
+            std::fs::write(dir.path().join("latest"), bad).unwrap();
+            let e = latest(dir.path()).unwrap_err().to_string();
+            assert!(e.contains("step-NNNNNNNN"), "{bad}: {e}");
+        }
+        std::fs::write(dir.path().join("latest"), "step-00000004\n").unwrap();
+        assert_eq!(
+            latest(dir.path()).unwrap().unwrap(),
+            dir.path().join("checkpoints/step-00000004")
+        );
+    }
+
+    #[test]
+    fn a_failed_save_leaves_no_temporary_folder_and_stale_ones_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let mut t = HashMap::new();
+        t.insert("w".to_string(), Tensor::arange(0f32, 6., &dev).unwrap());
+        let st = TrainState {
+            step: 3,
+            task_batches: vec![1],
+            seed: 0,
+        };
+        let cfg = serde_json::json!({});
+        // A stale folder of a killed (or ENOSPC-failed) run of another process.
+        let root = dir.path().join("checkpoints");
+        let stale = root.join(".step-00000002.999999.tmp");
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::write(stale.join(TRAINABLE), [0u8; 64]).unwrap();
+        clean_stale(dir.path());
+        assert!(!stale.exists());
+        // The save fails after writing its files (the final folder's name is taken by a file
+        // that cannot be removed as a folder): its temporary folder goes too.
+        std::fs::write(root.join("step-00000003"), b"in the way").unwrap();
+        assert!(save(dir.path(), &st, &t, &t, &cfg, 2).is_err());
+        let left: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, vec!["step-00000003".to_string()], "{left:?}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use image::RgbImage;
 use lion_core::pipeline::{LionPipeline, Manifest as ModelManifest, Request};
 use lion_core::preprocess::{load_image, ImageTransform, Rng, TrainTransform};
 use lion_core::prompt::{format_box, PromptKind, Task};
+use lion_core::rules::Invalid;
 use lion_core::sentence::{BertTokenizer, SentenceEmbedder};
 use lion_core::text::T5Tokenizer;
 use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
@@ -202,6 +203,7 @@ impl PeftConfig {
     /// Reads and validates a config file; relative paths become relative to its folder.
     pub fn read(path: &Path) -> Result<Self> {
         let mut c: PeftConfig = lion_core::util::read_json(path)?;
+        c.validate().map_err(|e| Error::config(path.display(), e))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -227,42 +229,117 @@ impl PeftConfig {
                 fix(v);
             }
         }
-        c.validate().map_err(|m| Error::config(path.display(), m))?;
         Ok(c)
     }
 
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    /// Signs, ranges and orderings of every setting; the first broken rule names the field, its
+    /// value and the rule.
+    pub fn validate(&self) -> std::result::Result<(), Invalid> {
+        use lion_core::rules::{all_positive, in_range, positive};
         if self.preset.is_some() == self.model_dir.is_some() {
-            return Err("give exactly one of `preset` and `model_dir`".into());
-        }
-        if self.tasks.is_empty() {
-            return Err("`tasks` is empty".into());
-        }
-        if let Some(t) = self
-            .tasks
-            .iter()
-            .find(|t| !(t.ratio >= 0.0 && t.ratio.is_finite()))
-        {
-            return Err(format!(
-                "task ratio {} is not a finite number >= 0",
-                t.ratio
+            return Err(Invalid::new(
+                "preset, model_dir",
+                format!("{:?}, {:?}", self.preset, self.model_dir),
+                "give exactly one of them",
             ));
         }
-        if self.tasks.iter().all(|t| t.ratio == 0.0) {
-            return Err("every task ratio is 0".into());
+        if self.tasks.is_empty() {
+            return Err(Invalid::new("tasks", "[]", "must name at least one task"));
         }
-        if self.batch_size == 0 || self.grad_accum == 0 || self.steps == 0 {
-            return Err("batch_size, grad_accum and steps must be > 0".into());
+        for (i, t) in self.tasks.iter().enumerate() {
+            if !(t.ratio >= 0.0 && t.ratio.is_finite()) {
+                return Err(Invalid::new(
+                    format!("tasks[{i}].ratio"),
+                    t.ratio,
+                    "must be a finite number >= 0",
+                ));
+            }
         }
-        if self.checkpoint_every == 0 {
-            return Err("checkpoint_every must be > 0".into());
+        let sum: f64 = self.tasks.iter().map(|t| t.ratio).sum();
+        if !(sum.is_finite() && sum > 0.0) {
+            return Err(Invalid::new(
+                "tasks[].ratio",
+                format!("sum {sum}"),
+                "the ratios must have a finite sum > 0",
+            ));
+        }
+        all_positive(&[
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+            ("eval_max_samples", self.eval_max_samples),
+            ("eval_max_new_tokens", self.eval_max_new_tokens),
+            ("keep_checkpoints", self.keep_checkpoints),
+        ])?;
+        positive("steps", self.steps as usize)
+            .and_then(|_| positive("checkpoint_every", self.checkpoint_every as usize))?;
+        if let Some(m) = self.max_grad_norm {
+            if !(m.is_finite() && m > 0.0) {
+                return Err(Invalid::new(
+                    "max_grad_norm",
+                    m,
+                    "must be a finite number > 0, or absent (no clipping)",
+                ));
+            }
         }
         let s = &self.schedule;
-        if !(s.init_lr.is_finite() && s.init_lr >= 0.0 && s.min_lr >= 0.0 && s.warmup_lr >= 0.0) {
-            return Err("schedule lrs must be finite and >= 0".into());
+        for (name, v) in [
+            ("schedule.init_lr", s.init_lr),
+            ("schedule.min_lr", s.min_lr),
+            ("schedule.warmup_lr", s.warmup_lr),
+            ("weight_decay", self.weight_decay),
+            ("boost_lr_scale", self.boost_lr_scale),
+            ("prompt_lr_scale", self.prompt_lr_scale),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Invalid::new(name, v, "must be a finite number >= 0"));
+            }
+        }
+        if s.min_lr > s.init_lr {
+            return Err(Invalid::new(
+                "schedule.min_lr",
+                s.min_lr,
+                format!("must not exceed schedule.init_lr ({})", s.init_lr),
+            ));
+        }
+        if s.warmup_steps > 0 && s.warmup_steps >= self.steps {
+            return Err(Invalid::new(
+                "schedule.warmup_steps",
+                s.warmup_steps,
+                format!("must be below steps ({})", self.steps),
+            ));
+        }
+        in_range("betas.0", self.betas.0, 0.0, 0.999_999_999)?;
+        in_range("betas.1", self.betas.1, 0.0, 0.999_999_999)?;
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(Invalid::new("eps", self.eps, "must be a finite number > 0"));
+        }
+        for (name, p) in [
+            ("output_dir", &self.output_dir),
+            ("image_root", &self.image_root),
+        ] {
+            if p.as_os_str().is_empty() {
+                return Err(Invalid::new(name, "\"\"", "must not be empty"));
+            }
+        }
+        for (i, t) in self.tasks.iter().enumerate() {
+            if t.train.as_os_str().is_empty() {
+                return Err(Invalid::new(
+                    format!("tasks[{i}].train"),
+                    "\"\"",
+                    "must not be empty",
+                ));
+            }
         }
         Ok(())
     }
+}
+
+/// The model's size rules, then the memory a training step of `batch_size` needs against the
+/// machine, before anything is allocated.
+fn fits(lcfg: &lion_core::lion::LionConfig, cfg: &PeftConfig) -> Result<()> {
+    lcfg.validate()
+        .and_then(|_| lcfg.check_memory(cfg.batch_size, true))
+        .map_err(|e| Error::config("lion train", e))
 }
 
 /// Parses a prompt name.
@@ -521,6 +598,7 @@ impl PeftTrainer {
             match (&cfg.preset, &cfg.model_dir) {
                 (Some(name), _) => {
                     let lcfg = lion_core::presets::preset(name, parse_prompt(&cfg.prompt)?)?;
+                    fits(&lcfg, &cfg)?;
                     let init = cfg.output_dir.join("init.safetensors");
                     if !init.exists() {
                         save_random_init(&lcfg, &init, cfg.seed, dev)?;
@@ -535,6 +613,18 @@ impl PeftTrainer {
                 }
                 (None, Some(dir)) => {
                     let m = ModelManifest::read(&dir.join("lion.json"))?;
+                    fits(&m.lion_config()?, &cfg)?;
+                    if m.weights.is_empty() && !cfg.lenient {
+                        return Err(Error::config(
+                            dir.join("lion.json").display(),
+                            Invalid::new(
+                                "weights",
+                                "[]",
+                                "must name at least one weight file (loading is strict; set \
+                                 `lenient` to start from random weights)",
+                            ),
+                        ));
+                    }
                     let mut cks = vec![];
                     for w in &m.weights {
                         cks.extend(lion_core::pipeline::open_weights(

@@ -3,7 +3,7 @@
 //! answered in batches; one JSON line out per request, in order. A bad line (malformed JSON,
 //! missing field, unreadable image) gets an `"error"` line; the others are still answered.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -97,34 +97,59 @@ fn text_field(task: Task) -> Option<&'static str> {
     }
 }
 
+/// Longest request line read (a line with a base64 image would not fit; lines name files).
+const MAX_LINE: usize = 1 << 20;
+
+/// The fields a request line may have.
+fn known_fields(task: Task) -> Vec<&'static str> {
+    let mut v = vec!["image", "tags"];
+    v.extend(text_field(task));
+    v
+}
+
 fn items_from_file(task: Task, file: &Path) -> Result<Vec<Item>> {
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let limits = lion_core::rules::GenerationLimits::default();
+    let known = known_fields(task);
     let mut items = vec![];
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: line {}", file.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for next in lion_core::util::BoundedLines::new(std::io::BufReader::new(f), MAX_LINE) {
+        let (n, line) = next.with_context(|| format!("reading {}", file.display()))?;
         let mut item = Item {
-            line: Some(i + 1),
+            line: Some(n),
             image_path: String::new(),
             text: String::new(),
             parsed: Err(String::new()),
         };
         item.parsed = (|| {
+            let line = line?;
+            if line.trim().is_empty() {
+                return Err(String::new());
+            }
             let v: Value = serde_json::from_str(&line).map_err(|e| format!("bad JSON: {e}"))?;
+            let obj = v.as_object().ok_or("a request line is a JSON object")?;
+            if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
+                return Err(format!(
+                    "unknown field `{k}` (a {} request has: {})",
+                    task_name(task),
+                    known.join(", ")
+                ));
+            }
             let image = v
                 .get("image")
                 .and_then(Value::as_str)
                 .ok_or("missing `image` (a path)")?;
             item.image_path = image.to_string();
             let text = match text_field(task) {
-                Some(f) => v
-                    .get(f)
-                    .and_then(Value::as_str)
-                    .ok_or(format!("missing `{f}`"))?
-                    .to_string(),
+                Some(f) => {
+                    let t = v
+                        .get(f)
+                        .and_then(Value::as_str)
+                        .ok_or(format!("missing `{f}`"))?;
+                    lion_core::rules::text(f, t, limits.max_prompt_chars)
+                        .map_err(|e| e.to_string())?;
+                    t.to_string()
+                }
                 None => String::new(),
             };
             item.text = text.clone();
@@ -132,6 +157,10 @@ fn items_from_file(task: Task, file: &Path) -> Result<Vec<Item>> {
             let img = load(image, &base)?;
             Ok((img, Request { task, text, tags }))
         })();
+        // Blank lines are skipped, not answered.
+        if item.parsed.as_ref().is_err_and(|e| e.is_empty()) {
+            continue;
+        }
         items.push(item);
     }
     Ok(items)
@@ -159,6 +188,10 @@ fn items_from_args(task: Task, args: &Args) -> Result<Vec<Item>> {
                     text_field(task).unwrap_or("TEXT").to_uppercase()
                 );
             }
+            let field = text_field(task).unwrap_or("text");
+            let limits = lion_core::rules::GenerationLimits::default();
+            lion_core::rules::text(field, &args.args[1], limits.max_prompt_chars)
+                .map_err(|e| anyhow::anyhow!("the {}: {e}", field))?;
             vec![(args.args[0].clone(), args.args[1].clone())]
         }
     };
@@ -273,13 +306,15 @@ pub fn run(task: Task, args: Args) -> Result<()> {
     if args.draw.is_some() && (task != Task::Rec || items.len() != 1) {
         bail!("--draw works with `lion ground IMAGE EXPRESSION` (one request)");
     }
+    let gen = args.gen.checked_config()?;
+    lion_core::rules::positive("--batch-size", args.batch_size)?;
     let pipe = args.model.load()?;
-    let gen = args.gen.config();
+    pipe.config().check_memory(args.batch_size, false)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let pb = super::progress(items.len() as u64, task_name(task));
     let mut failed = 0usize;
-    for chunk in items.chunks(args.batch_size.max(1)) {
+    for chunk in items.chunks(args.batch_size) {
         let ok: Vec<&Item> = chunk.iter().filter(|i| i.parsed.is_ok()).collect();
         let imgs: Vec<RgbImage> = ok
             .iter()

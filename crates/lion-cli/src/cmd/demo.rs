@@ -249,7 +249,7 @@ fn train_config(
         "image_root": s(image_root),
         "tasks": [task("caption", 1.0), task("vqa", 1.0), task("rec", 1.5)],
         "schedule": {"init_lr": lr, "min_lr": lr / 20.0, "warmup_lr": lr / 20.0,
-                     "warmup_steps": (steps / 20).max(1)},
+                     "warmup_steps": (steps / 20).max(1).min(steps.saturating_sub(1))},
         "batch_size": batch, "steps": steps, "eval_every": 0, "checkpoint_every": steps,
         "augment": false,
         "keep_checkpoints": 1, "output_dir": s(out), "seed": seed,

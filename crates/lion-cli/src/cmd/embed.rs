@@ -1,6 +1,6 @@
 //! `lion embed`: one JSON object per sentence, `{"text": ..., "embedding": [...]}`.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -21,15 +21,23 @@ pub struct Args {
     sentences: Vec<String>,
 }
 
+/// Longest sentence line read from `--file` (bytes).
+const MAX_LINE: usize = 1 << 20;
+
 pub fn run(args: Args) -> Result<()> {
+    lion_core::rules::positive("--batch-size", args.batch_size)?;
     let mut texts = args.sentences.clone();
     if let Some(file) = &args.file {
         let f =
             std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-            let line = line.with_context(|| format!("{}: line {}", file.display(), i + 1))?;
-            if !line.trim().is_empty() {
-                texts.push(line);
+        // Line by line with a bound: a file with no line ends (`/dev/zero`) is an error, not a
+        // slurp; a bad line (too long, not UTF-8) is named and skipped.
+        for next in lion_core::util::BoundedLines::new(std::io::BufReader::new(f), MAX_LINE) {
+            let (n, line) = next.with_context(|| format!("reading {}", file.display()))?;
+            match line {
+                Ok(l) if !l.trim().is_empty() => texts.push(l),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("{}: skipping line {n}: {e}", file.display()),
             }
         }
     }
@@ -42,7 +50,7 @@ pub fn run(args: Args) -> Result<()> {
     let pb = super::progress(texts.len() as u64, "embedding");
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for chunk in texts.chunks(args.batch_size.max(1)) {
+    for chunk in texts.chunks(args.batch_size) {
         let refs: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
         let embs = model.embed(&refs, args.batch_size)?;
         for (text, emb) in chunk.iter().zip(embs) {

@@ -852,12 +852,14 @@ fn predict(args: &Args) -> Result<Option<(PathBuf, Value)>> {
         .as_ref()
         .context("with a model, give --images ROOT (the folder of the split's images)")?;
     let items = split_items(args, root)?;
+    let gen = args.gen.checked_config()?;
     let pipe = args.model.load()?;
+    pipe.config().check_memory(args.batch_size.max(1), false)?;
     let partial = partial_path(out);
     let opts = PredictOptions {
         partial: Some(partial.clone()),
         max_new: args.stop_after,
-        ..PredictOptions::new(args.batch_size, args.gen.config())
+        ..PredictOptions::new(args.batch_size, gen)
     };
     let start = std::time::Instant::now();
     let preds = predict_split(&pipe, &items, &opts)?;

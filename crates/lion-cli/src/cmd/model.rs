@@ -127,6 +127,21 @@ pub struct GenArgs {
 }
 
 impl GenArgs {
+    /// The decoder settings after the rules the server applies to the same fields
+    /// ([`lion_core::rules::GenerationSettings::check`], default limits). `--min-length` counts
+    /// the decoder start token, so it is checked as `min_new_tokens = min_length - 1`.
+    pub fn checked_config(&self) -> Result<GenerationConfig> {
+        let c = self.config();
+        lion_core::rules::GenerationSettings::from_config(&c)
+            .check(&lion_core::rules::GenerationLimits::default())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "decoding flags (--num-beams, --max-new-tokens, --min-length = min_new_tokens + 1, --repetition-penalty, --length-penalty): {e}"
+                )
+            })?;
+        Ok(c)
+    }
+
     pub fn config(&self) -> GenerationConfig {
         GenerationConfig {
             num_beams: self.num_beams,

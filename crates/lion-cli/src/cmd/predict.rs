@@ -195,21 +195,25 @@ fn parse_line(task: Task, line: &str) -> std::result::Result<ItemPrediction, Str
 /// rewritten without it, so appending goes on from a clean line end). A bad line elsewhere is an
 /// error naming it.
 fn read_partial(task: Task, path: &Path) -> Result<Vec<ItemPrediction>> {
-    let text = match std::fs::read_to_string(path) {
+    // Bytes, not text: a kill can tear the last line inside a multi-byte character.
+    let bytes = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();
     let mut out = Vec::with_capacity(lines.len());
     let mut torn = false;
     for (i, raw) in lines.iter().enumerate() {
-        if raw.trim().is_empty() {
+        if raw.trim_ascii().is_empty() {
             continue;
         }
         let last = i + 1 == lines.len();
-        match parse_line(task, raw.trim_end()) {
-            Ok(p) if raw.ends_with('\n') => out.push(p),
+        let parsed = std::str::from_utf8(raw)
+            .map_err(|e| format!("not valid UTF-8 ({e})"))
+            .and_then(|t| parse_line(task, t.trim_end()));
+        match parsed {
+            Ok(p) if raw.ends_with(b"\n") => out.push(p),
             // complete JSON without its newline: keep it, but rewrite the file
             Ok(p) => {
                 out.push(p);

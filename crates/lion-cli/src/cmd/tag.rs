@@ -157,6 +157,13 @@ pub fn load_tagger(
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(t) = args.threshold {
+        lion_core::rules::tag_threshold("--threshold", t)?;
+    }
+    if let Some(k) = args.top_k {
+        lion_core::rules::positive("--top-k", k)?;
+    }
+    lion_core::rules::positive("--batch-size", args.batch_size)?;
     let images = collect_images(&args.inputs, args.list.as_deref())?;
     if images.is_empty() {
         bail!("no images: give image files, folders, or --list FILE");

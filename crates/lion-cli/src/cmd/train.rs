@@ -38,6 +38,7 @@ pub fn run(args: Args) -> Result<()> {
     let dev = super::device()?;
     let out = cfg.output_dir.clone();
     let metrics = out.join("metrics.jsonl");
+    checkpoint::clean_stale(&out);
     let resume = if args.resume {
         let Some(dir) = checkpoint::latest(&out)? else {
             bail!(

@@ -65,7 +65,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         questions_per_image: a.questions_per_image,
         threads: a.threads,
     };
-    let total = (cfg.train + cfg.val + cfg.test) as u64;
+    let total = cfg.train.saturating_add(cfg.val).saturating_add(cfg.test) as u64;
     let pb = super::progress(total, "generating ShapesWorld");
     let start = Instant::now();
     let manifest = generate(&cfg, &a.out, a.force, &|n| pb.set_position(n))

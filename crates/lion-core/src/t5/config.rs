@@ -102,44 +102,55 @@ impl T5Config {
         self
     }
 
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        for (name, v) in [
+    pub fn validate(&self) -> crate::rules::Check {
+        use crate::rules::{all_positive, dropout, epsilon, Invalid};
+        all_positive(&[
             ("vocab_size", self.vocab_size),
             ("d_model", self.d_model),
             ("d_kv", self.d_kv),
             ("d_ff", self.d_ff),
+            ("num_layers", self.num_layers),
+            ("num_decoder_layers", self.num_decoder_layers()),
             ("num_heads", self.num_heads),
             (
                 "relative_attention_num_buckets",
                 self.relative_attention_num_buckets,
             ),
-        ] {
-            if v == 0 {
-                return Err(format!("{name} must be positive"));
-            }
-        }
+        ])?;
         if self.relative_attention_num_buckets < 4 {
-            return Err("relative_attention_num_buckets must be at least 4".into());
+            return Err(Invalid::new(
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+                "must be at least 4",
+            ));
         }
-        self.ffn_kind()?;
+        epsilon("layer_norm_epsilon", self.layer_norm_epsilon)?;
+        dropout("dropout_rate", self.dropout_rate)?;
+        self.ffn_kind()
+            .map_err(|m| Invalid::new("feed_forward_proj", &self.feed_forward_proj, m))?;
         for (name, id) in [
             ("pad_token_id", self.pad_token_id),
             ("eos_token_id", self.eos_token_id),
             ("decoder_start_token_id", self.decoder_start_token_id()),
         ] {
             if id as usize >= self.vocab_size {
-                return Err(format!(
-                    "{name} {id} is outside the vocabulary ({})",
-                    self.vocab_size
+                return Err(Invalid::new(
+                    name,
+                    id,
+                    format!(
+                        "must be inside the vocabulary (vocab_size {})",
+                        self.vocab_size
+                    ),
                 ));
             }
         }
         if let Some(a) = &self.adapter {
-            a.validate()?;
+            a.validate().map_err(|e| e.within("adapter"))?;
             if a.d_model != self.d_model {
-                return Err(format!(
-                    "adapter d_model {} differs from d_model {}",
-                    a.d_model, self.d_model
+                return Err(Invalid::new(
+                    "adapter.d_model",
+                    a.d_model,
+                    format!("must equal d_model ({})", self.d_model),
                 ));
             }
         }

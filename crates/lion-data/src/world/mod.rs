@@ -159,7 +159,16 @@ impl WorldConfig {
                 self.size
             )));
         }
-        let total = self.train + self.val + self.test;
+        let Some(total) = self
+            .train
+            .checked_add(self.val)
+            .and_then(|n| n.checked_add(self.test))
+        else {
+            return Err(WorldError::Config(format!(
+                "train {} + val {} + test {} images overflows; at most 10,000,000 in all",
+                self.train, self.val, self.test
+            )));
+        };
         if total == 0 {
             return Err(WorldError::Config(
                 "no images requested (train + val + test = 0)".into(),
@@ -284,6 +293,7 @@ pub fn generate(
             msg: "has no directory name".into(),
         })?;
     std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    remove_stale_staging(&parent, &name);
     let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
@@ -299,6 +309,32 @@ pub fn generate(
         let _ = std::fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// Removes `.NAME.partial-PID` folders of earlier runs that died (killed, out of memory) before
+/// they could clean up: those whose process is gone (Linux: no `/proc/PID`).
+pub fn remove_stale_staging(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.partial-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let can_tell = Path::new("/proc/self").exists();
+    for e in entries.filter_map(|e| e.ok()) {
+        let file_name = e.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive =
+            pid == std::process::id() || !can_tell || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            // Best effort: a folder that cannot be removed only costs disk space.
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn check_output(out: &Path, force: bool) -> Result<(), WorldError> {
