@@ -714,6 +714,50 @@ fn sigterm_answers_every_request_in_flight_then_exits() {
 }
 
 #[test]
+fn sigterm_finishes_while_clients_hold_partial_requests() {
+    use std::io::Write;
+    let mut s = Serve::start(&["--shutdown-grace-ms", "300", "--header-timeout-ms", "60000"]);
+    let connect = |bytes: &[u8]| {
+        let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+        c.write_all(bytes).unwrap();
+        c
+    };
+    // Half a header; a whole header and a tenth of the body; then both stall.
+    let _partial_head = connect(b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Ty");
+    let mut partial_body = connect(
+        b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"inputs\"",
+    );
+    // The partial body is being read by its handler (plus this /metrics request).
+    let t0 = Instant::now();
+    while http::metric(
+        &http::get(s.addr, "/metrics").text(),
+        "lion_requests_in_flight",
+    ) < Some(2.0)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the request never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t_term = Instant::now();
+    let status = s.terminate(Duration::from_secs(10));
+    let took = t_term.elapsed();
+    assert!(
+        status.success(),
+        "exit {status:?}; stderr:\n{}",
+        s.stderr.lock().unwrap()
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The handler waiting for the body was answered, not cut off.
+    let mut raw = Vec::new();
+    let _ = partial_body.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("shutting down"), "{text}");
+}
+
+#[test]
 fn bad_model_flags_give_a_clear_error() {
     for (args, want) in [
         (

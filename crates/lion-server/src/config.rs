@@ -12,6 +12,7 @@ pub struct ServerConfig {
     /// Longest a request may take from arrival to answer (504 after that).
     pub request_timeout: Duration,
     pub limits: Limits,
+    pub connections: ConnectionConfig,
 }
 
 impl Default for ServerConfig {
@@ -21,6 +22,36 @@ impl Default for ServerConfig {
             batching: BatchConfig::default(),
             request_timeout: Duration::from_secs(30),
             limits: Limits::default(),
+            connections: ConnectionConfig::default(),
+        }
+    }
+}
+
+/// Connection handling: slow and stalled clients, the cap on open connections, shutdown.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Open connections at most. At the cap a new connection replaces the oldest one that has
+    /// no request in progress; when every connection has one, the new one gets a bare 503.
+    pub max_connections: usize,
+    /// Longest a client may take to send a complete request header (also the idle time of a
+    /// keep-alive connection between requests); the connection is closed after it.
+    pub header_timeout: Duration,
+    /// Longest a client may take to send the request body, from the end of its header
+    /// (408 after it); never longer than the request timeout.
+    pub body_timeout: Duration,
+    /// After SIGTERM: how long connections without a request in progress (stalled, partial
+    /// requests, idle keep-alive) are given before they are dropped. Requests in progress are
+    /// answered (they end within the request timeout).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -63,6 +94,10 @@ pub struct Limits {
     pub max_new_tokens: usize,
     /// Largest `num_beams` a request may ask for.
     pub max_num_beams: usize,
+    /// Bytes that decoded images may hold at once, over all requests (decoder output plus the
+    /// RGB copy while decoding, the RGB image until its request is answered); reserved from the
+    /// image header before decoding.
+    pub max_decoded_bytes: u64,
 }
 
 impl Default for Limits {
@@ -75,6 +110,7 @@ impl Default for Limits {
             max_embed_inputs: 64,
             max_new_tokens: 256,
             max_num_beams: 8,
+            max_decoded_bytes: 2 << 30,
         }
     }
 }
@@ -107,6 +143,21 @@ impl ServerConfig {
         }
         if l.max_image_pixels == 0 {
             return Err("max image pixels must be at least 1".into());
+        }
+        if l.max_decoded_bytes == 0 {
+            return Err("max decoded bytes must be at least 1".into());
+        }
+        let c = &self.connections;
+        if c.max_connections == 0 {
+            return Err("max connections must be at least 1".into());
+        }
+        for (name, d) in [
+            ("header timeout", c.header_timeout),
+            ("body timeout", c.body_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{name} must be positive"));
+            }
         }
         Ok(())
     }

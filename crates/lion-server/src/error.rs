@@ -23,7 +23,9 @@ pub enum ErrorType {
     NotFound,
     /// 405
     MethodNotAllowed,
-    /// 429: the queue is full.
+    /// 408: the request body did not arrive within the body timeout.
+    RequestTimeout,
+    /// 429: the queue is full, or the decoded-image budget is in use.
     Overloaded,
     /// 501: the server has no model for this endpoint.
     ModelNotLoaded,
@@ -44,6 +46,7 @@ impl ErrorType {
             ErrorType::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorType::NotFound => StatusCode::NOT_FOUND,
             ErrorType::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorType::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorType::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorType::ModelNotLoaded => StatusCode::NOT_IMPLEMENTED,
             ErrorType::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -53,13 +56,14 @@ impl ErrorType {
     }
 
     /// Every kind, for the OpenAPI document.
-    pub const ALL: [ErrorType; 11] = [
+    pub const ALL: [ErrorType; 12] = [
         ErrorType::BadRequest,
         ErrorType::Validation,
         ErrorType::PayloadTooLarge,
         ErrorType::UnsupportedMediaType,
         ErrorType::NotFound,
         ErrorType::MethodNotAllowed,
+        ErrorType::RequestTimeout,
         ErrorType::Overloaded,
         ErrorType::ModelNotLoaded,
         ErrorType::Unavailable,
@@ -75,6 +79,7 @@ impl ErrorType {
             ErrorType::UnsupportedMediaType => "unsupported_media_type",
             ErrorType::NotFound => "not_found",
             ErrorType::MethodNotAllowed => "method_not_allowed",
+            ErrorType::RequestTimeout => "request_timeout",
             ErrorType::Overloaded => "overloaded",
             ErrorType::ModelNotLoaded => "model_not_loaded",
             ErrorType::Unavailable => "unavailable",

@@ -22,9 +22,11 @@ use crate::backend::{
     Backend, BackendResult, Capabilities, CaptionRequest, GroundRequest, TagsRequest, TaskKind,
     VqaRequest,
 };
+use crate::budget::{DecodeBudget, Reservation};
 use crate::config::ServerConfig;
 use crate::error::{json_response, ApiError, ErrorType};
 use crate::input::{self, CaptionBody, EmbedBody, GroundBody, TagsBody, VqaBody};
+use crate::listener::{body_deadline, BodyDeadline, Listener};
 use crate::metrics::Metrics;
 use crate::queue::{spawn_worker, EnqueueError, Job, Queue};
 
@@ -49,6 +51,7 @@ struct AppState {
     caps: Capabilities,
     cfg: ServerConfig,
     metrics: Arc<Metrics>,
+    budget: Arc<DecodeBudget>,
     openapi: Value,
 }
 
@@ -76,6 +79,7 @@ impl ShutdownHandle {
 pub struct Server {
     listener: tokio::net::TcpListener,
     router: Router,
+    connections: Listener,
     worker: JoinHandle<()>,
     shutdown: ShutdownHandle,
     addr: SocketAddr,
@@ -96,18 +100,26 @@ impl Server {
         let metrics = Arc::new(Metrics::new(cfg.batching.queue_capacity));
         let (queue, worker) = spawn_worker(backend, cfg.batching.clone(), metrics.clone())?;
         let openapi = crate::openapi::document(&cfg, &caps);
+        let connections = Listener::new(
+            cfg.connections.clone(),
+            cfg.request_timeout,
+            metrics.clone(),
+        );
+        let deadline = connections.body_deadline();
         let state = Arc::new(AppState {
             queue,
             caps,
+            budget: DecodeBudget::new(cfg.limits.max_decoded_bytes, metrics.clone()),
             cfg,
             metrics,
             openapi,
         });
-        let router = router(state);
+        let router = router(state, deadline);
         let (tx, _) = watch::channel(false);
         Ok(Self {
             listener,
             router,
+            connections,
             worker,
             shutdown: ShutdownHandle(Arc::new(tx)),
             addr,
@@ -123,13 +135,14 @@ impl Server {
         self.shutdown.clone()
     }
 
-    /// Serves until the shutdown handle fires; then finishes in-flight requests and the queue,
-    /// and joins the worker thread.
+    /// Serves until the shutdown handle fires; then finishes in-flight requests (connections
+    /// without one are dropped after the shutdown grace period, see [`crate::listener`]) and the
+    /// queue, and joins the worker thread.
     pub async fn serve(self) -> Result<(), ServerError> {
         let rx = self.shutdown.0.subscribe();
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(ShutdownHandle::wait(rx))
-            .await?;
+        self.connections
+            .serve(self.listener, self.router, ShutdownHandle::wait(rx))
+            .await;
         // The router (and with it the queue's sender) is gone: the worker drains and exits.
         let worker = self.worker;
         tokio::task::spawn_blocking(move || worker.join())
@@ -190,7 +203,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-fn router(state: Shared) -> Router {
+fn router(state: Shared, deadline: BodyDeadline) -> Router {
     let limit = state.cfg.limits.max_body_bytes;
     Router::new()
         .route("/v1/embed", post(embed))
@@ -204,6 +217,7 @@ fn router(state: Shared) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(deadline, body_deadline))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -412,35 +426,52 @@ fn unsupported_media_type(ct: &str, images: bool) -> ApiError {
     )
 }
 
-/// Decodes the image off the async threads, with the pixel limit.
-async fn decode(s: &AppState, bytes: Vec<u8>) -> Result<RgbImage, ApiError> {
-    let max = s.cfg.limits.max_image_pixels;
-    tokio::task::spawn_blocking(move || input::decode_image(&bytes, max))
+/// A decoded image and its share of the decoded-image budget, held until the job leaves the
+/// model queue.
+struct Decoded {
+    image: RgbImage,
+    hold: Reservation,
+}
+
+/// Decodes the image off the async threads: the pixel limit and the decoded-image budget are
+/// checked from the header first; the reservation shrinks to the RGB image once decoded.
+async fn decode(s: &AppState, bytes: Vec<u8>) -> Result<Decoded, ApiError> {
+    let header = input::probe_image(&bytes, s.cfg.limits.max_image_pixels)?;
+    let what = format!("image: {}x{}", header.width, header.height);
+    let mut hold = s.budget.reserve(header.decode_bytes(), &what)?;
+    let image = tokio::task::spawn_blocking(move || input::decode_probed(&bytes, &header))
         .await
-        .map_err(|e| ApiError::new(ErrorType::Backend, format!("image decoding failed: {e}")))?
+        .map_err(|e| ApiError::new(ErrorType::Backend, format!("image decoding failed: {e}")))??;
+    hold.shrink_to(header.rgb_bytes());
+    Ok(Decoded { image, hold })
 }
 
 impl AppState {
     /// Capability check, then queue, then wait for the worker's answer until `deadline`.
+    /// `hold` (the image's decoded-bytes reservation) goes with the job and is released when the
+    /// worker is done with it.
     async fn submit<T>(
         &self,
         kind: TaskKind,
         deadline: Instant,
+        hold: Option<Reservation>,
         make: impl FnOnce(oneshot::Sender<BackendResult<T>>) -> Job,
     ) -> Result<T, ApiError> {
         if !self.caps.supports(kind) {
             return Err(crate::backend::BackendError::NotLoaded { kind }.into());
         }
         let (tx, rx) = oneshot::channel();
-        self.queue.try_push(make(tx)).map_err(|e| match e {
-            EnqueueError::Full { capacity } => ApiError::new(
-                ErrorType::Overloaded,
-                format!("the model queue is full ({capacity} requests waiting); retry later"),
-            ),
-            EnqueueError::Closed => {
-                ApiError::new(ErrorType::Unavailable, "the model worker has stopped")
-            }
-        })?;
+        self.queue
+            .try_push_holding(make(tx), hold)
+            .map_err(|e| match e {
+                EnqueueError::Full { capacity } => ApiError::new(
+                    ErrorType::Overloaded,
+                    format!("the model queue is full ({capacity} requests waiting); retry later"),
+                ),
+                EnqueueError::Closed => {
+                    ApiError::new(ErrorType::Unavailable, "the model worker has stopped")
+                }
+            })?;
         match tokio::time::timeout_at(deadline.into(), rx).await {
             Err(_) => Err(ApiError::new(
                 ErrorType::Timeout,
@@ -486,7 +517,7 @@ async fn embed_inner(s: &AppState, req: Request) -> Result<Vec<Vec<f32>>, ApiErr
     let bytes = body_bytes(req, s.cfg.limits.max_body_bytes).await?;
     let body: EmbedBody = input::typed(input::json_object(&bytes)?)?;
     let texts = input::check_inputs(body.inputs, &s.cfg.limits)?;
-    s.submit(TaskKind::Embed, deadline, |reply| Job::Embed {
+    s.submit(TaskKind::Embed, deadline, None, |reply| Job::Embed {
         texts,
         reply,
     })
@@ -500,15 +531,14 @@ async fn caption(State(s): State<Shared>, req: Request) -> Response {
             let (b, img): (CaptionBody, _) = image_request(&s, req).await?;
             let prompt = input::check_text("prompt", b.prompt.clone(), false, &s.cfg.limits)?;
             let options = input::generation_options(TaskKind::Caption, &b, &s.cfg.limits)?;
-            let image = decode(&s, img).await?;
+            let Decoded { image, hold } = decode(&s, img).await?;
             let req = CaptionRequest {
                 image,
                 prompt,
                 options,
             };
-            s.submit(TaskKind::Caption, deadline, |reply| Job::Caption {
-                req,
-                reply,
+            s.submit(TaskKind::Caption, deadline, Some(hold), |reply| {
+                Job::Caption { req, reply }
             })
             .await
         }
@@ -525,14 +555,17 @@ async fn vqa(State(s): State<Shared>, req: Request) -> Response {
                 input::check_text("question", Some(b.question.clone()), true, &s.cfg.limits)?
                     .unwrap_or_default();
             let options = input::generation_options(TaskKind::Vqa, &b, &s.cfg.limits)?;
-            let image = decode(&s, img).await?;
+            let Decoded { image, hold } = decode(&s, img).await?;
             let req = VqaRequest {
                 image,
                 question,
                 options,
             };
-            s.submit(TaskKind::Vqa, deadline, |reply| Job::Vqa { req, reply })
-                .await
+            s.submit(TaskKind::Vqa, deadline, Some(hold), |reply| Job::Vqa {
+                req,
+                reply,
+            })
+            .await
         }
         .await,
     )
@@ -551,15 +584,14 @@ async fn ground(State(s): State<Shared>, req: Request) -> Response {
             )?
             .unwrap_or_default();
             let options = input::generation_options(TaskKind::Ground, &b, &s.cfg.limits)?;
-            let image = decode(&s, img).await?;
+            let Decoded { image, hold } = decode(&s, img).await?;
             let req = GroundRequest {
                 image,
                 expression,
                 options,
             };
-            s.submit(TaskKind::Ground, deadline, |reply| Job::Ground {
-                req,
-                reply,
+            s.submit(TaskKind::Ground, deadline, Some(hold), |reply| {
+                Job::Ground { req, reply }
             })
             .await
         }
@@ -582,14 +614,17 @@ async fn tags(State(s): State<Shared>, req: Request) -> Response {
             if b.max_tags == Some(0) {
                 return Err(ApiError::validation("field `max_tags` must be at least 1"));
             }
-            let image = decode(&s, img).await?;
+            let Decoded { image, hold } = decode(&s, img).await?;
             let req = TagsRequest {
                 image,
                 threshold: b.threshold,
                 max_tags: b.max_tags,
             };
-            s.submit(TaskKind::Tags, deadline, |reply| Job::Tags { req, reply })
-                .await
+            s.submit(TaskKind::Tags, deadline, Some(hold), |reply| Job::Tags {
+                req,
+                reply,
+            })
+            .await
         }
         .await,
     )

@@ -5,14 +5,14 @@
 use std::io::Cursor;
 
 use base64::Engine;
-use image::{ImageError, ImageReader, RgbImage};
+use image::{ImageDecoder, ImageError, ImageReader, RgbImage};
 use serde::de::{self, DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::backend::{GenerationOptions, TaskKind};
 use crate::config::{default_max_new_tokens, Limits};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorType};
 
 /// Texts to embed: `"text"` or `["a", "b"]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,10 +166,22 @@ pub fn multipart_value(name: &str, text: &str) -> Result<Value, ApiError> {
     }
 }
 
-/// Parses a JSON body into an object. Malformed JSON is 400; valid JSON that is not an object
-/// is 422.
+/// Parses a JSON body into an object. Malformed JSON is 400; valid JSON that is not an object,
+/// or an object with a key given twice (at any depth), is 422 naming the key.
 pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let v: Value = serde_json::from_slice(bytes)
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let StrictValue(v) = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.classify() != serde_json::error::Category::Data {
+            ApiError::bad_request(format!("invalid JSON: {inner}"))
+        } else if path == "." || path.is_empty() {
+            ApiError::validation(format!("invalid request: {inner}"))
+        } else {
+            ApiError::validation(format!("invalid request: in `{path}`: {inner}"))
+        }
+    })?;
+    de.end()
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     match v {
         Value::Object(m) => Ok(m),
@@ -177,6 +189,69 @@ pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
             "expected a JSON object, got {}",
             json_kind(&other)
         ))),
+    }
+}
+
+/// A JSON value whose objects never repeat a key (serde_json's `Value` keeps the last silently).
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        StrictValue::deserialize(d).map(|v| v.0)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(StrictValue(x)) = seq.next_element()? {
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut m = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if m.contains_key(&k) {
+                return Err(de::Error::custom(format!("field `{k}` is given twice")));
+            }
+            let StrictValue(v) = map.next_value()?;
+            m.insert(k, v);
+        }
+        Ok(Value::Object(m))
     }
 }
 
@@ -220,7 +295,7 @@ pub fn take_base64_image(map: &mut Map<String, Value>) -> Result<Vec<u8>, ApiErr
         )));
     };
     let data = match s.strip_prefix("data:") {
-        Some(rest) => rest.split_once(',').map(|(_, d)| d).unwrap_or(""),
+        Some(rest) => data_url_payload(rest)?,
         None => s.as_str(),
     };
     let data: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
@@ -234,58 +309,145 @@ pub fn take_base64_image(map: &mut Map<String, Value>) -> Result<Vec<u8>, ApiErr
         .map_err(|e| ApiError::bad_request(format!("field `image`: invalid base64: {e}")))
 }
 
-/// Checks an encoded image and decodes it to RGB. The pixel count is read from the header and
-/// checked before any pixel is decoded, so a small file claiming a huge image costs nothing.
-pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ApiError> {
+/// The base64 payload of a `data:` URL (after `data:`): the media type must be `image/...` (415
+/// otherwise, naming it) and the data base64 (`;base64,`).
+fn data_url_payload(rest: &str) -> Result<&str, ApiError> {
+    let (meta, data) = rest.split_once(',').ok_or_else(|| {
+        ApiError::bad_request("field `image`: a data: URL needs a comma before its data")
+    })?;
+    let mut params = meta.split(';').map(str::trim);
+    let media = params.next().unwrap_or("").to_ascii_lowercase();
+    if !media.starts_with("image/") {
+        let shown = if media.is_empty() {
+            "none (text/plain by default)".to_string()
+        } else {
+            format!("{media:?}")
+        };
+        return Err(ApiError::new(
+            ErrorType::UnsupportedMediaType,
+            format!("field `image`: the data: URL's media type is {shown}; expected image/..."),
+        ));
+    }
+    if !params.any(|p| p.eq_ignore_ascii_case("base64")) {
+        return Err(ApiError::bad_request(format!(
+            "field `image`: the data: URL ({media}) is not base64; use data:{media};base64,..."
+        )));
+    }
+    Ok(data)
+}
+
+/// What an image's header says, read before any pixel is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    pub format: image::ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    /// Bytes per pixel of the decoder's output (before conversion to RGB).
+    pub bytes_per_pixel: u8,
+}
+
+impl ImageHeader {
+    pub fn pixels(&self) -> u64 {
+        self.width as u64 * self.height as u64
+    }
+
+    /// Bytes of the RGB image the request keeps until it is answered.
+    pub fn rgb_bytes(&self) -> u64 {
+        self.pixels() * 3
+    }
+
+    /// Most bytes decoding holds at once: the decoder's buffer, plus the RGB copy when the
+    /// decoder's output is not already RGB.
+    pub fn decode_bytes(&self) -> u64 {
+        let decoded = self.pixels() * self.bytes_per_pixel as u64;
+        if self.bytes_per_pixel == 3 {
+            decoded
+        } else {
+            decoded + self.rgb_bytes()
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("{:?}", self.format).to_uppercase()
+    }
+}
+
+fn image_reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, ApiError> {
+    ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ApiError::bad_request(format!("image: cannot read: {e}")))
+}
+
+/// Reads an encoded image's format, size and colour type from its header and checks the pixel
+/// count, so a small file claiming a huge image costs nothing.
+pub fn probe_image(bytes: &[u8], max_pixels: u64) -> Result<ImageHeader, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request("field `image` is empty"));
     }
-    let reader = || {
-        ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| ApiError::bad_request(format!("image: cannot read: {e}")))
-    };
-    let r = reader()?;
+    let r = image_reader(bytes)?;
     let Some(format) = r.format() else {
         return Err(ApiError::bad_request(
             "image: unrecognised format (send PNG, JPEG, WebP, GIF, BMP or TIFF)",
         ));
     };
-    let fmt = format!("{format:?}").to_uppercase();
-    let (w, h) = r
-        .into_dimensions()
-        .map_err(|e| ApiError::bad_request(format!("image: corrupt {fmt} header: {e}")))?;
-    let pixels = w as u64 * h as u64;
+    let corrupt = |e: ImageError| {
+        ApiError::bad_request(format!(
+            "image: corrupt {} header: {e}",
+            format!("{format:?}").to_uppercase()
+        ))
+    };
+    let decoder = r.into_decoder().map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
+    let header = ImageHeader {
+        format,
+        width,
+        height,
+        bytes_per_pixel: decoder.color_type().bytes_per_pixel(),
+    };
+    let pixels = header.pixels();
     if pixels > max_pixels {
         return Err(ApiError::too_large(format!(
-            "image: {w}x{h} = {pixels} pixels is more than the limit of {max_pixels} pixels"
+            "image: {width}x{height} = {pixels} pixels is more than the limit of {max_pixels} pixels"
         )));
     }
     if pixels == 0 {
         return Err(ApiError::bad_request(format!(
-            "image: {w}x{h} has no pixels"
+            "image: {width}x{height} has no pixels"
         )));
     }
+    Ok(header)
+}
+
+/// Decodes an image whose header [`probe_image`] has checked, to RGB, holding the decoder to the
+/// header's size.
+pub fn decode_probed(bytes: &[u8], header: &ImageHeader) -> Result<RgbImage, ApiError> {
     // JPEGs as Pillow decodes them when libjpeg-turbo is there (lion_core::jpeg)
     if let Some(decoded) = lion_core::jpeg::decode(bytes) {
         return decoded.map_err(|e| {
             ApiError::bad_request(format!("image: cannot decode the JPEG data: {e}"))
         });
     }
-    let mut r = reader()?;
+    let mut r = image_reader(bytes)?;
     let mut lim = image::Limits::default();
-    lim.max_image_width = Some(w);
-    lim.max_image_height = Some(h);
+    lim.max_image_width = Some(header.width);
+    lim.max_image_height = Some(header.height);
     r.limits(lim);
     let img = r.decode().map_err(|e| match e {
         ImageError::Limits(l) => ApiError::too_large(format!(
             "image: decoding it needs more memory than allowed: {l}"
         )),
         e => ApiError::bad_request(format!(
-            "image: cannot decode the {fmt} data (corrupt or truncated?): {e}"
+            "image: cannot decode the {} data (corrupt or truncated?): {e}",
+            header.name()
         )),
     })?;
-    Ok(img.to_rgb8())
+    Ok(img.into_rgb8())
+}
+
+/// Checks an encoded image and decodes it to RGB ([`probe_image`], then [`decode_probed`]).
+pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ApiError> {
+    let header = probe_image(bytes, max_pixels)?;
+    decode_probed(bytes, &header)
 }
 
 /// The shared rule's rejection as a 422 naming the field (`lion_core::rules`).
@@ -505,6 +667,87 @@ mod tests {
         assert_eq!(
             json_object(b"[1, 2]").unwrap_err().error_type,
             ErrorType::Validation
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_422_naming_the_key_at_any_depth() {
+        let e = json_object(br#"{"image": "a", "question": "q", "image": "b"}"#).unwrap_err();
+        assert_eq!(e.error_type, ErrorType::Validation, "{e}");
+        assert!(e.error.contains("field `image` is given twice"), "{e}");
+        let e = json_object(br#"{"messages": [{"role": "user", "role": "system"}]}"#).unwrap_err();
+        assert!(e.error.contains("field `role` is given twice"), "{e}");
+        assert!(e.error.contains("messages[0]"), "{e}");
+        // Same key in different objects, numbers, nulls, nesting: all fine and unchanged.
+        let text =
+            r#"{"a": {"k": 1}, "b": {"k": [-2, 3.5, null, true, "s"]}, "c": 18446744073709551615}"#;
+        let m = json_object(text.as_bytes()).unwrap();
+        let want: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(Value::Object(m), want);
+        // Malformed JSON and trailing garbage stay 400.
+        assert_eq!(
+            json_object(br#"{"a": 1} x"#).unwrap_err().error_type,
+            ErrorType::BadRequest
+        );
+    }
+
+    #[test]
+    fn data_urls_must_be_base64_images() {
+        let raw = png(2, 2);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
+        let take = |s: String| {
+            let mut m = Map::new();
+            m.insert("image".into(), Value::String(s));
+            take_base64_image(&mut m)
+        };
+        assert_eq!(take(format!("data:IMAGE/PNG;base64,{b64}")).unwrap(), raw);
+        for (url, t, needle) in [
+            (
+                format!("data:text/plain;base64,{b64}"),
+                ErrorType::UnsupportedMediaType,
+                "\"text/plain\"",
+            ),
+            (
+                format!("data:;base64,{b64}"),
+                ErrorType::UnsupportedMediaType,
+                "text/plain by default",
+            ),
+            (
+                format!("data:application/pdf;base64,{b64}"),
+                ErrorType::UnsupportedMediaType,
+                "application/pdf",
+            ),
+            (
+                format!("data:image/png,{b64}"),
+                ErrorType::BadRequest,
+                "not base64",
+            ),
+            (
+                "data:image/png;base64".to_string(),
+                ErrorType::BadRequest,
+                "comma",
+            ),
+        ] {
+            let e = take(url.clone()).unwrap_err();
+            assert_eq!(e.error_type, t, "{url}: {e}");
+            assert!(e.error.contains(needle), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_header_gives_the_decoding_memory() {
+        let h = probe_image(&png(10, 4), 100).unwrap();
+        assert_eq!((h.width, h.height, h.bytes_per_pixel), (10, 4, 3));
+        assert_eq!((h.rgb_bytes(), h.decode_bytes()), (120, 120));
+        // RGBA: the decoder's 4 bytes a pixel plus the RGB copy.
+        let rgba = image::RgbaImage::new(10, 4);
+        let mut out = Cursor::new(Vec::new());
+        rgba.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        let h = probe_image(out.get_ref(), 100).unwrap();
+        assert_eq!((h.bytes_per_pixel, h.decode_bytes()), (4, 160 + 120));
+        assert_eq!(
+            decode_probed(out.get_ref(), &h).unwrap().dimensions(),
+            (10, 4)
         );
     }
 

@@ -9,6 +9,8 @@
 //!   and batches requests of the same kind dynamically (max batch size, max wait).
 //! - [`http`]: axum routes, validation ([`input`]), per-request timeout, metrics, graceful
 //!   shutdown ([`ShutdownHandle`], SIGINT/SIGTERM).
+//! - [`listener`]: the accept loop: header timeout, body deadline, connection cap, shutdown
+//!   grace period; [`budget`]: the decoded-image memory budget.
 //!
 //! Adding a model (the LION model, the RAM tagger): give [`ModelBackend`] an optional field for
 //! it, return `true` for its kinds in `capabilities`, and implement the batch methods
@@ -26,10 +28,12 @@
 //! ```
 
 pub mod backend;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod input;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod queue;
@@ -39,6 +43,6 @@ pub use backend::{
     GenerationOptions, GroundRequest, GroundResponse, ModelBackend, TagScore, TagsRequest,
     TagsResponse, TaskKind, VqaRequest, VqaResponse,
 };
-pub use config::{BatchConfig, Limits, ServerConfig};
+pub use config::{BatchConfig, ConnectionConfig, Limits, ServerConfig};
 pub use error::{ApiError, ErrorType};
 pub use http::{run_blocking, shutdown_signal, Server, ServerError, ShutdownHandle};

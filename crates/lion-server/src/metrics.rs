@@ -6,10 +6,15 @@
 //! - `lion_queue_depth`, `lion_queue_capacity` gauges
 //! - `lion_batch_size{task}` histogram (items per batch run by the model)
 //! - `lion_inference_duration_seconds{task}` histogram (time in the model per batch)
+//! - `lion_connections_open` gauge, `lion_connection_events_total{event}` counter (accepted,
+//!   refused at the cap, evicted at the cap, header timeout, keep-alive idle timeout, body
+//!   timeout, dropped at shutdown)
+//! - `lion_decoded_bytes` gauge (decoded-image budget in use),
+//!   `lion_decoded_budget_rejections_total` counter
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -73,6 +78,48 @@ struct Tables {
     inference: BTreeMap<&'static str, Histogram>,
 }
 
+/// What happened to a connection, counted in `lion_connection_events_total{event}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnEvent {
+    Accepted,
+    /// At the connection cap with every connection busy: a bare 503 and close.
+    Refused,
+    /// At the connection cap: closed (no request in progress) to make room for a new one.
+    Evicted,
+    /// No complete request header within the header timeout.
+    HeaderTimeout,
+    /// A keep-alive connection sent no new request within the header timeout.
+    IdleTimeout,
+    /// The request body did not arrive within the body timeout (408).
+    BodyTimeout,
+    /// Still open (no request in progress) when the shutdown grace period ended.
+    DroppedAtShutdown,
+}
+
+impl ConnEvent {
+    const ALL: [ConnEvent; 7] = [
+        ConnEvent::Accepted,
+        ConnEvent::Refused,
+        ConnEvent::Evicted,
+        ConnEvent::HeaderTimeout,
+        ConnEvent::IdleTimeout,
+        ConnEvent::BodyTimeout,
+        ConnEvent::DroppedAtShutdown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnEvent::Accepted => "accepted",
+            ConnEvent::Refused => "refused",
+            ConnEvent::Evicted => "evicted",
+            ConnEvent::HeaderTimeout => "header_timeout",
+            ConnEvent::IdleTimeout => "idle_timeout",
+            ConnEvent::BodyTimeout => "body_timeout",
+            ConnEvent::DroppedAtShutdown => "dropped_at_shutdown",
+        }
+    }
+}
+
 /// The server's metrics; shared by the HTTP layer and the worker thread.
 #[derive(Default)]
 pub struct Metrics {
@@ -80,6 +127,10 @@ pub struct Metrics {
     in_flight: AtomicI64,
     queue_depth: AtomicI64,
     queue_capacity: AtomicUsize,
+    connections_open: AtomicI64,
+    conn_events: [AtomicU64; 7],
+    decoded_bytes: AtomicU64,
+    decode_budget_rejections: AtomicU64,
 }
 
 /// Escapes a label value (backslash, quote, newline).
@@ -141,6 +192,35 @@ impl Metrics {
         self.queue_capacity.load(Ordering::Relaxed)
     }
 
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn connections_open(&self) -> i64 {
+        self.connections_open.load(Ordering::Relaxed)
+    }
+
+    pub fn connection_event(&self, e: ConnEvent) {
+        self.conn_events[e as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_events(&self, e: ConnEvent) -> u64 {
+        self.conn_events[e as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn set_decoded_bytes(&self, bytes: u64) {
+        self.decoded_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn decode_budget_rejected(&self) {
+        self.decode_budget_rejections
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// One batch run by the model: `items` inputs in `elapsed`.
     pub fn batch_done(&self, task: &'static str, items: usize, elapsed: Duration) {
         let mut t = self.tables();
@@ -187,6 +267,33 @@ impl Metrics {
         out.push_str("# HELP lion_queue_capacity Requests the queue holds before answering 429.\n");
         out.push_str("# TYPE lion_queue_capacity gauge\n");
         let _ = writeln!(out, "lion_queue_capacity {}", self.queue_capacity());
+        out.push_str("# HELP lion_connections_open Open client connections.\n");
+        out.push_str("# TYPE lion_connections_open gauge\n");
+        let _ = writeln!(out, "lion_connections_open {}", self.connections_open());
+        out.push_str("# HELP lion_connection_events_total Connections by what happened to them.\n");
+        out.push_str("# TYPE lion_connection_events_total counter\n");
+        for e in ConnEvent::ALL {
+            let _ = writeln!(
+                out,
+                "lion_connection_events_total{{event=\"{}\"}} {}",
+                e.name(),
+                self.connection_events(e)
+            );
+        }
+        out.push_str("# HELP lion_decoded_bytes Bytes of the decoded-image budget in use.\n");
+        out.push_str("# TYPE lion_decoded_bytes gauge\n");
+        let _ = writeln!(
+            out,
+            "lion_decoded_bytes {}",
+            self.decoded_bytes.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP lion_decoded_budget_rejections_total Image requests refused because the decoded-image budget was in use.\n");
+        out.push_str("# TYPE lion_decoded_budget_rejections_total counter\n");
+        let _ = writeln!(
+            out,
+            "lion_decoded_budget_rejections_total {}",
+            self.decode_budget_rejections.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP lion_batch_size Items per batch run by the model.\n");
         out.push_str("# TYPE lion_batch_size histogram\n");
         for (task, h) in &t.batch_size {

@@ -18,10 +18,11 @@ fn error_response(desc: &str) -> Value {
 fn model_errors() -> Value {
     json!({
         "400": error_response("malformed JSON or multipart, bad base64, undecodable image"),
-        "413": error_response("body larger than the body limit, or image over the pixel limit"),
-        "415": error_response("unsupported Content-Type"),
-        "422": error_response("unknown, missing or invalid field (the message names it)"),
-        "429": error_response("the model queue is full"),
+        "408": error_response("the request body did not arrive within the body timeout"),
+        "413": error_response("body larger than the body limit, or image over the pixel limit or the whole decoded-image budget"),
+        "415": error_response("unsupported Content-Type, or a data: URL that is not an image"),
+        "422": error_response("unknown, missing, duplicated or invalid field (the message names it)"),
+        "429": error_response("the model queue is full, or the decoded-image budget is in use"),
         "500": error_response("the model failed on this batch"),
         "501": error_response("this server has no model for this endpoint"),
         "503": error_response("the model worker has stopped"),

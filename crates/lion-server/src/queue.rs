@@ -20,6 +20,7 @@ use crate::backend::{
     Backend, BackendError, BackendResult, CaptionRequest, CaptionResponse, GenerationOptions,
     GroundRequest, GroundResponse, TagsRequest, TagsResponse, TaskKind, VqaRequest, VqaResponse,
 };
+use crate::budget::Reservation;
 use crate::config::BatchConfig;
 use crate::metrics::Metrics;
 
@@ -100,6 +101,13 @@ impl Job {
     }
 }
 
+/// A job in the channel, with the decoded-image bytes it holds (released when the worker is
+/// done with it or skips it).
+struct Queued {
+    job: Job,
+    hold: Option<Reservation>,
+}
+
 /// Why a job could not be queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum EnqueueError {
@@ -111,7 +119,7 @@ pub enum EnqueueError {
 
 /// The sending side: cheap to share between request handlers.
 pub struct Queue {
-    tx: SyncSender<Job>,
+    tx: SyncSender<Queued>,
     capacity: usize,
     metrics: Arc<Metrics>,
     alive: Arc<AtomicBool>,
@@ -120,9 +128,19 @@ pub struct Queue {
 impl Queue {
     /// Never blocks: a full queue is an immediate error (the caller answers 429).
     pub fn try_push(&self, job: Job) -> Result<(), EnqueueError> {
+        self.try_push_holding(job, None)
+    }
+
+    /// [`Queue::try_push`] for a job that holds part of the decoded-image budget: `hold` is
+    /// released when the worker has run or skipped the job.
+    pub fn try_push_holding(
+        &self,
+        job: Job,
+        hold: Option<Reservation>,
+    ) -> Result<(), EnqueueError> {
         // Count first so the worker's decrement can never run before the increment.
         self.metrics.enqueued();
-        match self.tx.try_send(job) {
+        match self.tx.try_send(Queued { job, hold }) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.metrics.dequeued();
@@ -157,7 +175,7 @@ pub fn spawn_worker(
     cfg: BatchConfig,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(Queue, JoinHandle<()>)> {
-    let (tx, rx) = mpsc::sync_channel::<Job>(cfg.queue_capacity.max(1));
+    let (tx, rx) = mpsc::sync_channel::<Queued>(cfg.queue_capacity.max(1));
     let alive = Arc::new(AtomicBool::new(true));
     let guard = AliveGuard(alive.clone());
     let worker_metrics = metrics.clone();
@@ -191,11 +209,11 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self, rx: mpsc::Receiver<Job>) {
+    fn run(mut self, rx: mpsc::Receiver<Queued>) {
         let max_batch = self.cfg.max_batch.max(1);
-        let mut carry: Option<Job> = None;
+        let mut carry: Option<Queued> = None;
         loop {
-            let first = match carry.take() {
+            let Queued { job: first, hold } = match carry.take() {
                 Some(j) => j,
                 None => match rx.recv() {
                     Ok(j) => {
@@ -208,6 +226,8 @@ impl Worker {
             let key = first.key();
             let mut size = first.size();
             let mut batch = vec![first];
+            // Released (dropped) when the batch is done.
+            let mut holds: Vec<Reservation> = hold.into_iter().collect();
             let deadline = Instant::now() + self.cfg.max_wait;
             while size < max_batch {
                 let now = Instant::now();
@@ -220,17 +240,19 @@ impl Worker {
                 };
                 let Some(next) = next else { break };
                 self.metrics.dequeued();
-                if next.key() != key || size + next.size() > max_batch {
+                if next.job.key() != key || size + next.job.size() > max_batch {
                     carry = Some(next);
                     break;
                 }
-                size += next.size();
-                batch.push(next);
+                size += next.job.size();
+                batch.push(next.job);
+                holds.extend(next.hold);
             }
             batch.retain(|j| !j.abandoned());
             if !batch.is_empty() {
                 self.run_batch(batch);
             }
+            drop(holds);
         }
         tracing::debug!("model worker: queue closed, exiting");
     }
@@ -319,11 +341,7 @@ fn guarded<T>(f: impl FnOnce() -> BackendResult<T>) -> BackendResult<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let msg = crate::listener::panic_message(p.as_ref());
             tracing::error!("model panicked: {msg}");
             Err(BackendError::Inference(format!(
                 "the model panicked: {msg}"

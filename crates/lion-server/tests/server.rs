@@ -1,10 +1,13 @@
 //! In-process server tests with a scripted backend: routing of a loaded image task, batching,
-//! timeout, overload and graceful shutdown through the programmatic handle. The real binary with
-//! the real embedder is tested in crates/lion-cli/tests/serve.rs.
+//! timeout, overload and graceful shutdown through the programmatic handle; hostile clients
+//! (stalled and slow connections, the connection cap, the decoded-image budget, duplicate JSON
+//! keys, non-image data URLs, a panicking model). The real binary with the real embedder is
+//! tested in crates/lion-cli/tests/serve.rs.
 
 mod common;
 
-use std::net::SocketAddr;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +43,13 @@ impl Backend for Scripted {
     }
 
     fn vqa(&mut self, batch: &[VqaRequest]) -> BackendResult<Vec<VqaResponse>> {
+        if batch.iter().any(|r| r.question == "panic") {
+            // As a kernel's slice index would on a degenerate config.
+            let empty: &[f32] = &[];
+            let _ = empty[batch.len()];
+        }
+        self.batches.lock().unwrap().push(batch.len());
+        std::thread::sleep(self.delay);
         Ok(batch
             .iter()
             .map(|r| VqaResponse {
@@ -279,4 +289,325 @@ fn bad_settings_are_refused_at_bind() {
         .err()
         .expect("refused");
     assert!(e.to_string().contains("max batch"), "{e}");
+}
+
+// ---- hostile clients (issue 20) ----
+
+/// A client that sends `bytes` and then stalls, holding the connection open.
+fn stall(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.write_all(bytes).expect("send");
+    s
+}
+
+/// Whether the server has closed `s` (EOF or reset) within `wait`; reads and drops any answer.
+fn closed_by_server(s: &mut TcpStream, wait: Duration) -> bool {
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    while t0.elapsed() < wait {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+fn metric_value(addr: SocketAddr, sample: &str) -> f64 {
+    let m = http::get(addr, "/metrics").text();
+    http::metric(&m, sample).unwrap_or_else(|| panic!("no {sample} in\n{m}"))
+}
+
+/// Polls a metric until it has `want` (server-side bookkeeping may trail the client's view of a
+/// closed connection or an answered request by a moment).
+fn wait_metric(addr: SocketAddr, sample: &str, want: f64) {
+    let t0 = Instant::now();
+    loop {
+        let v = metric_value(addr, sample);
+        if v == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "{sample} is {v}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn event(addr: SocketAddr, name: &str) -> f64 {
+    metric_value(
+        addr,
+        &format!("lion_connection_events_total{{event=\"{name}\"}}"),
+    )
+}
+
+#[test]
+fn stalled_clients_neither_lock_out_health_nor_outlive_the_header_timeout() {
+    let mut c = cfg(4, 0, 8, 5000);
+    c.connections.max_connections = 8;
+    c.connections.header_timeout = Duration::from_millis(1500);
+    let r = start(c, 0);
+    // Three times the cap: half a request header each, then silence (and some say nothing).
+    let mut stalled: Vec<TcpStream> = (0..24)
+        .map(|i| {
+            let part: &[u8] = if i % 3 == 0 {
+                b""
+            } else {
+                b"GET /health HTTP/1.1\r\nHost: x\r\n"
+            };
+            stall(r.addr, part)
+        })
+        .collect();
+    let t0 = Instant::now();
+    let resp = http::get(r.addr, "/health");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["status"], "ok");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    // The oldest stalled connections made room (no request in progress on them).
+    assert!(closed_by_server(&mut stalled[0], Duration::from_secs(1)));
+    assert!(event(r.addr, "evicted") >= 16.0);
+    // The rest are closed by the header timeout, with the event counted.
+    let t1 = Instant::now();
+    let still: Vec<bool> = stalled[16..]
+        .iter_mut()
+        .map(|s| closed_by_server(s, Duration::from_secs(5)))
+        .collect();
+    assert!(still.iter().all(|&c| c), "{still:?}");
+    assert!(t1.elapsed() < Duration::from_secs(5));
+    assert!(event(r.addr, "header_timeout") >= 1.0);
+    // Only the /metrics request's own connection is open now.
+    wait_metric(r.addr, "lion_connections_open", 1.0);
+    stop(r);
+}
+
+#[test]
+fn at_the_cap_with_every_connection_busy_a_new_one_gets_a_bare_503() {
+    let mut c = cfg(2, 2000, 8, 10_000);
+    c.connections.max_connections = 2;
+    let r = start(c, 1000);
+    let addr = r.addr;
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || http::post_json(addr, "/v1/embed", &json!({"inputs": "a"})))
+        })
+        .collect();
+    // Both are with the model (one batch of two): every connection has a request in progress.
+    let t0 = Instant::now();
+    while r.batches.lock().unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no batch ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(*r.batches.lock().unwrap(), vec![2]);
+    let resp = http::get(addr, "/health");
+    let msg = resp.expect_error(503, "unavailable");
+    assert!(msg.contains("--max-connections"), "{msg}");
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    for t in busy {
+        assert_eq!(t.join().unwrap().status, 200);
+    }
+    // Their connections are closing: new ones are served again.
+    let t0 = Instant::now();
+    while http::get(addr, "/health").status != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(3), "still refused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(event(addr, "refused") >= 1.0);
+    stop(r);
+}
+
+#[test]
+fn a_slow_upload_is_answered_408_at_the_body_deadline() {
+    let mut c = cfg(4, 0, 8, 10_000);
+    c.connections.body_timeout = Duration::from_millis(400);
+    let r = start(c, 0);
+    let body = json!({"inputs": "a sentence"}).to_string();
+    let head = format!(
+        "POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // One byte every 100 ms (the whole body would take 2.6 s), then nothing: the deadline
+    // counts from the header, not from the last byte.
+    let mut s = stall(r.addr, head.as_bytes());
+    let t0 = Instant::now();
+    for b in &body.as_bytes()[..3] {
+        s.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut raw = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains("\"error_type\":\"request_timeout\""),
+        "{text}"
+    );
+    assert!(text.contains("400 ms"), "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    // A body that never comes, not even in part.
+    let mut s = stall(r.addr, head.as_bytes());
+    assert!(closed_by_server(&mut s, Duration::from_secs(3)));
+    assert_eq!(event(r.addr, "body_timeout"), 2.0);
+    let m = http::get(r.addr, "/metrics").text();
+    assert_eq!(
+        http::metric(
+            &m,
+            "lion_requests_total{endpoint=\"/v1/embed\",status=\"408\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    // The server is fine for everyone else.
+    let resp = http::post_json(r.addr, "/v1/embed", &json!({"inputs": "ok"}));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    stop(r);
+}
+
+#[test]
+fn shutdown_answers_requests_in_flight_and_drops_stalled_clients_after_the_grace_period() {
+    let mut c = cfg(1, 0, 8, 10_000);
+    c.connections.shutdown_grace = Duration::from_millis(300);
+    // Far beyond the test: only the grace period can end the stalled connections.
+    c.connections.header_timeout = Duration::from_secs(60);
+    let r = start(c, 800);
+    let addr = r.addr;
+    let mut partial = stall(addr, b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Le");
+    let mut silent = stall(addr, b"");
+    let in_flight =
+        std::thread::spawn(move || http::post_json(addr, "/v1/embed", &json!({"inputs": "abc"})));
+    let t0 = Instant::now();
+    while r.batches.lock().unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no batch ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t_stop = Instant::now();
+    r.handle.shutdown();
+    let resp = in_flight.join().unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json(), json!([[3.0]]));
+    r.done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("server stopped while clients held partial requests")
+        .unwrap();
+    let took = t_stop.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(closed_by_server(&mut partial, Duration::from_secs(1)));
+    assert!(closed_by_server(&mut silent, Duration::from_secs(1)));
+}
+
+fn vqa_body(png: &[u8], question: &str) -> serde_json::Value {
+    json!({"image": http::b64(png), "question": question})
+}
+
+#[test]
+fn the_decoded_image_budget_refuses_what_would_exceed_it_before_decoding() {
+    let mut c = cfg(1, 0, 8, 10_000);
+    // One 64x64 RGB image (12288 bytes) fits, two do not.
+    c.limits.max_decoded_bytes = 20_000;
+    let r = start(c, 800);
+    let addr = r.addr;
+    let png = http::png(64, 64);
+    let p = png.clone();
+    let first = std::thread::spawn(move || http::post_json(addr, "/v1/vqa", &vqa_body(&p, "q")));
+    let t0 = Instant::now();
+    while r.batches.lock().unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no batch ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let resp = http::post_json(addr, "/v1/vqa", &vqa_body(&png, "q"));
+    let msg = resp.expect_error(429, "overloaded");
+    assert!(
+        msg.contains("12288 bytes") && msg.contains("--max-decoded-bytes"),
+        "{msg}"
+    );
+    assert_eq!(first.join().unwrap().status, 200);
+    // Released with the answer: the same request fits now.
+    let resp = http::post_json(addr, "/v1/vqa", &vqa_body(&png, "q"));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    wait_metric(addr, "lion_decoded_bytes", 0.0);
+    assert_eq!(
+        metric_value(addr, "lion_decoded_budget_rejections_total"),
+        1.0
+    );
+    // An image that alone needs more than the whole budget: 413, from its header only (a
+    // 6000x6000 claim in a 60-byte file).
+    let resp = http::post_json(addr, "/v1/vqa", &vqa_body(&http::png_bomb(6000, 6000), "q"));
+    let msg = resp.expect_error(413, "payload_too_large");
+    assert!(
+        msg.contains("6000x6000") && msg.contains("108000000 bytes"),
+        "{msg}"
+    );
+    stop(r);
+}
+
+#[test]
+fn a_duplicate_json_key_is_refused_naming_it() {
+    let r = start(cfg(4, 0, 8, 5000), 0);
+    let b64 = http::b64(&http::png(4, 4));
+    let body = format!(r#"{{"image": "{b64}", "question": "q", "image": "{b64}"}}"#);
+    let resp = http::post_raw(r.addr, "/v1/vqa", "application/json", body.as_bytes());
+    let msg = resp.expect_error(422, "validation");
+    assert!(msg.contains("field `image` is given twice"), "{msg}");
+    let resp = http::post_raw(
+        r.addr,
+        "/v1/embed",
+        "application/json",
+        br#"{"inputs": "a", "inputs": ["b"]}"#,
+    );
+    let msg = resp.expect_error(422, "validation");
+    assert!(msg.contains("field `inputs` is given twice"), "{msg}");
+    stop(r);
+}
+
+#[test]
+fn a_data_url_that_is_not_an_image_is_refused_naming_its_media_type() {
+    let r = start(cfg(4, 0, 8, 5000), 0);
+    let b64 = http::b64(&http::png(4, 4));
+    let resp = http::post_json(
+        r.addr,
+        "/v1/vqa",
+        &vqa_body_str(&format!("data:text/plain;base64,{b64}")),
+    );
+    let msg = resp.expect_error(415, "unsupported_media_type");
+    assert!(msg.contains("text/plain"), "{msg}");
+    let resp = http::post_json(
+        r.addr,
+        "/v1/vqa",
+        &vqa_body_str(&format!("data:image/png,{b64}")),
+    );
+    let msg = resp.expect_error(400, "bad_request");
+    assert!(msg.contains("not base64"), "{msg}");
+    let resp = http::post_json(
+        r.addr,
+        "/v1/vqa",
+        &vqa_body_str(&format!("data:image/png;base64,{b64}")),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    stop(r);
+}
+
+fn vqa_body_str(image: &str) -> serde_json::Value {
+    json!({"image": image, "question": "q"})
+}
+
+#[test]
+fn a_panicking_model_answers_500_and_the_worker_keeps_serving() {
+    let r = start(cfg(4, 0, 8, 5000), 0);
+    let png = http::png(8, 8);
+    let resp = http::post_json(r.addr, "/v1/vqa", &vqa_body(&png, "panic"));
+    let msg = resp.expect_error(500, "backend");
+    assert!(
+        msg.contains("panicked") && msg.contains("index out of bounds"),
+        "{msg}"
+    );
+    let resp = http::post_json(r.addr, "/v1/vqa", &vqa_body(&png, "fine?"));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = http::get(r.addr, "/health");
+    assert_eq!(resp.json()["status"], "ok");
+    stop(r);
 }

@@ -1,6 +1,6 @@
 //! `lion serve`: the HTTP API (see the lion-server crate). Prints the bound address as one line
 //! on stdout (`127.0.0.1:PORT`), logs on stderr, stops on SIGINT/SIGTERM after answering the
-//! requests in flight.
+//! requests in flight (connections without one are dropped after `--shutdown-grace-ms`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lion_core::sentence::SentenceEmbedder;
-use lion_server::{BatchConfig, Limits, ModelBackend, ServerConfig};
+use lion_server::{BatchConfig, ConnectionConfig, Limits, ModelBackend, ServerConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -65,6 +65,26 @@ pub struct Args {
     /// Largest num_beams a request may ask for.
     #[arg(long, default_value_t = Limits::default().max_num_beams)]
     max_num_beams: usize,
+    /// Bytes decoded images may hold at once over all requests (reserved from each image's
+    /// header before decoding; 429 when in use, 413 when one image alone needs more).
+    #[arg(long, default_value_t = Limits::default().max_decoded_bytes)]
+    max_decoded_bytes: u64,
+    /// Open connections at most; at the cap a new one replaces the oldest connection without a
+    /// request in progress, or gets 503 when all have one.
+    #[arg(long, default_value_t = ConnectionConfig::default().max_connections)]
+    max_connections: usize,
+    /// Milliseconds a client has to send a complete request header (and a keep-alive connection
+    /// to start its next request) before it is closed.
+    #[arg(long, default_value_t = ConnectionConfig::default().header_timeout.as_millis() as u64)]
+    header_timeout_ms: u64,
+    /// Milliseconds a client has to send the request body after its header (408 after it;
+    /// never more than --timeout-ms).
+    #[arg(long, default_value_t = ConnectionConfig::default().body_timeout.as_millis() as u64)]
+    body_timeout_ms: u64,
+    /// On SIGINT/SIGTERM: milliseconds before connections without a request in progress
+    /// (stalled or partial requests, idle keep-alive) are dropped.
+    #[arg(long, default_value_t = ConnectionConfig::default().shutdown_grace.as_millis() as u64)]
+    shutdown_grace_ms: u64,
 }
 
 impl Args {
@@ -85,6 +105,13 @@ impl Args {
                 max_embed_inputs: self.max_embed_inputs,
                 max_new_tokens: self.max_new_tokens,
                 max_num_beams: self.max_num_beams,
+                max_decoded_bytes: self.max_decoded_bytes,
+            },
+            connections: ConnectionConfig {
+                max_connections: self.max_connections,
+                header_timeout: Duration::from_millis(self.header_timeout_ms),
+                body_timeout: Duration::from_millis(self.body_timeout_ms),
+                shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             },
         }
     }
