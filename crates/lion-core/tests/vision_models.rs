@@ -127,7 +127,8 @@ fn vit_loads_the_official_fp16_layout_with_its_extra_block_skipped() {
         "{err}"
     );
     cfg.checkpoint_depth = Some(2);
-    assert!(cfg.validate().unwrap_err().contains("checkpoint_depth 2"));
+    let err = cfg.validate().unwrap_err();
+    assert!(err.field == "checkpoint_depth" && err.value == "2", "{err}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use lion_core::testing::{fuzz_budget, mutate, mutate_json};
-use lion_data::aokvqa::{read_aokvqa, read_aokvqa_results};
+use lion_data::aokvqa::{read_aokvqa, read_aokvqa_predictions};
 use lion_data::coco::{read_caption_results, read_coco_captions, read_karpathy};
 use lion_data::lion_json::read_lion;
 use lion_data::refcoco::{read_rec_results, read_refcoco};
@@ -45,7 +45,9 @@ fn readers() -> Vec<(&'static str, Reader)> {
         ("vqa_annotations.json", |p| read_vqa_annotations(p).is_ok()),
         ("vqa_results.json", |p| read_vqa_results(p).is_ok()),
         ("aokvqa_v1p0_val.json", |p| read_aokvqa(p).is_ok()),
-        ("aokvqa_results.json", |p| read_aokvqa_results(p).is_ok()),
+        ("aokvqa_results.json", |p| {
+            read_aokvqa_predictions(p).is_ok()
+        }),
         ("TextCaps_0.1_val.json", |p| read_textcaps(p).is_ok()),
         ("lion_train.json", |p| read_lion(p).is_ok()),
         ("rec_results.json", |p| read_rec_results(p).is_ok()),
