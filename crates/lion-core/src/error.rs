@@ -23,7 +23,7 @@ pub enum Error {
     #[error("{source_name}: checkpoint does not fit the model: {report}")]
     Keys {
         source_name: String,
-        report: LoadReport,
+        report: Box<LoadReport>,
     },
 
     /// A configuration file or value is invalid.

@@ -603,7 +603,7 @@ impl WeightLoader {
                     a.sub(b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
                 };
                 match max_abs(&a, &b) {
-                    Ok(m) if m == 0.0 => None,
+                    Ok(0.0) => None,
                     Ok(m) => Some(format!("max abs diff {m:e}")),
                     Err(e) => Some(format!("cannot compare: {e}")),
                 }
@@ -639,7 +639,7 @@ impl WeightLoader {
         match mode {
             LoadMode::Strict => Err(Error::Keys {
                 source_name: self.source_name(),
-                report,
+                report: Box::new(report),
             }),
             LoadMode::Lenient => {
                 tracing::warn!(source = %self.source_name(), "{report}");
