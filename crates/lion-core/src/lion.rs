@@ -108,6 +108,9 @@ impl LionConfig {
         if self.prompt.is_some_and(|p| p.needs_tag_embedding()) {
             crate::rules::positive("tag_dim", self.tag_dim)?;
         }
+        if let Some(p) = self.prompt {
+            crate::rules::positive("prompt.k", p.slots())?;
+        }
         let d = self.t5.d_model;
         if self.qformer.is_none() && self.aggregator.is_none() {
             return Err(Invalid::new(
@@ -317,6 +320,19 @@ impl LionConfig {
         }
         if self.prompt.is_some_and(|p| p.needs_tag_embedding()) {
             parts.push(product("tag_dim", &[self.tag_dim, t.d_model])?);
+        }
+        if let Some(p) = self.prompt {
+            parts.push(product("prompt", &[p.slots(), t.d_model])?);
+        }
+        parts.push(product(
+            "t5.relative_attention_num_buckets",
+            &[2, t.relative_attention_num_buckets, t.num_heads],
+        )?);
+        if let Some(q) = &self.qformer {
+            parts.push(product(
+                "qformer.bert.type_vocab_size",
+                &[q.bert.type_vocab_size, q.bert.hidden_size],
+            )?);
         }
         add(&parts, "config")
     }

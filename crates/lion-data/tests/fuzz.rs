@@ -78,7 +78,7 @@ proptest! {
         // LION JSON lines: a mutated line among good ones.
         let lines = std::fs::read_to_string(f("lion_train.jsonl")).unwrap();
         let mut out = String::new();
-        for (i, l) in lines.lines().enumerate() {
+        for (i, l) in lines.lines().filter(|l| !l.trim().is_empty()).enumerate() {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             let v = if i == 0 { mutate_json(&v, &edits) } else { v };
             out.push_str(&v.to_string());
