@@ -9,7 +9,9 @@ Starts `lion serve` (port 0 on 127.0.0.1) and, for --duration seconds, runs at o
   Content-Length over the body limit, a garbage request line, an oversized header;
 - slow clients: a body trickled past the body timeout (expects 408) or just within it (expects 200);
 - stalled clients: --stalled connections that send part of a request header (or nothing) and
-  stall, reopened as the server closes them (more than --max-connections: the cap evicts them);
+  stall, reopened as the server closes them (the header timeout), and every --burst-every
+  seconds a burst of --burst more that takes the server over --max-connections (the cap evicts
+  the oldest stalled ones);
 - a monitor: GET /health and the server's RSS (/proc) every second.
 
 Then it checks /health, stops the clients, opens a partial request and a request in progress and
@@ -230,7 +232,7 @@ def slow_client(host, port, stats, stop, body_timeout_s, seed):
             stats.add(kind, status)
 
 
-def stalled_clients(host, port, stats, stop, count, lifetimes):
+def stalled_clients(host, port, stats, stop, count, lifetimes, burst=0, burst_every=0.0):
     partial = [b"", b"POST /v1/embed HTTP/1.1\r\nHost: soak\r\nContent-Le",
                b"GET /health HTTP/1.1\r\n", b"G"]
     open_socks = {}
@@ -241,8 +243,13 @@ def stalled_clients(host, port, stats, stop, count, lifetimes):
         s.setblocking(False)
         open_socks[s] = time.monotonic()
 
+    next_burst = time.monotonic() + burst_every
     while not stop.is_set():
-        while len(open_socks) < count and not stop.is_set():
+        want = count
+        if burst and time.monotonic() >= next_burst:
+            want = count + burst
+            next_burst = time.monotonic() + burst_every
+        while len(open_socks) < want and not stop.is_set():
             try:
                 opened()
             except OSError as e:
@@ -322,7 +329,9 @@ def main():
     ap.add_argument("--valid", type=int, default=4, help="valid keep-alive clients")
     ap.add_argument("--invalid", type=int, default=2, help="clients sending invalid requests")
     ap.add_argument("--slow", type=int, default=2, help="slow-upload clients")
-    ap.add_argument("--stalled", type=int, default=100, help="stalled connections held open")
+    ap.add_argument("--stalled", type=int, default=40, help="stalled connections held open")
+    ap.add_argument("--burst", type=int, default=100, help="extra stalled connections in a burst")
+    ap.add_argument("--burst-every", type=float, default=15.0, help="seconds between bursts")
     ap.add_argument("--max-rss-mb", type=float, default=2048.0, help="fail above this server RSS")
     ap.add_argument("--max-answer-s", type=float, default=10.0,
                     help="shutdown may take the grace period plus this (requests in progress)")
@@ -379,7 +388,8 @@ def soak(args, proc, host, port):
     threads += [threading.Thread(target=slow_client, args=(host, port, stats, stop, body_timeout_s, i))
                 for i in range(args.slow)]
     threads.append(threading.Thread(target=stalled_clients,
-                                    args=(host, port, stats, stop, args.stalled, lifetimes)))
+                                    args=(host, port, stats, stop, args.stalled, lifetimes, args.burst,
+                                          args.burst_every)))
     t0 = time.monotonic()
     for t in threads:
         t.start()
@@ -471,7 +481,8 @@ def soak(args, proc, host, port):
         failures.append(f"requests in progress at SIGTERM: {shutdown['in_progress_answers']}")
     return {
         "duration_s": args.duration,
-        "clients": {"valid": args.valid, "invalid": args.invalid, "slow": args.slow, "stalled": args.stalled},
+        "clients": {"valid": args.valid, "invalid": args.invalid, "slow": args.slow, "stalled": args.stalled,
+                    "burst": args.burst, "burst_every_s": args.burst_every},
         "server_flags": SERVER_FLAGS,
         "server_args": args.server_args,
         "statuses": {k: {str(s): n for s, n in sorted(d.items(), key=lambda x: str(x[0]))}

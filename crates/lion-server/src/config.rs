@@ -31,7 +31,8 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone)]
 pub struct ConnectionConfig {
     /// Open connections at most. At the cap a new connection replaces the oldest one that has
-    /// no request in progress; when every connection has one, the new one gets a bare 503.
+    /// no request in progress (first those that never completed one: stalled clients, then idle
+    /// keep-alive ones); when every connection has one, the new one gets a bare 503.
     pub max_connections: usize,
     /// Longest a client may take to send a complete request header (also the idle time of a
     /// keep-alive connection between requests); the connection is closed after it.

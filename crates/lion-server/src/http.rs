@@ -326,8 +326,25 @@ fn is_json(ct: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// 413 at once for a declared `Content-Length` over the body limit, without waiting for the
+/// bytes (they would only be read up to the limit, or until the body deadline).
+fn check_declared_length(req: &Request, limit: usize) -> Result<(), ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => Err(ApiError::too_large(format!(
+            "request body is larger than the limit of {limit} bytes (Content-Length: {n})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The whole body, within the body limit (413 beyond it).
 async fn body_bytes(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    check_declared_length(&req, limit)?;
     Bytes::from_request(req, &()).await.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(format!(
@@ -358,6 +375,7 @@ async fn image_request<T: DeserializeOwned>(
     let limit = s.cfg.limits.max_body_bytes;
     let ct = content_type(req.headers());
     if ct.starts_with("multipart/form-data") {
+        check_declared_length(&req, limit)?;
         let mut mp = Multipart::from_request(req, &()).await.map_err(|rej| {
             ApiError::bad_request(format!("invalid multipart body: {}", rej.body_text()))
         })?;

@@ -7,9 +7,9 @@
 //!   (never later than the request timeout) is answered 408 and its connection closed
 //!   ([`body_deadline`], an axum middleware);
 //! - connection cap: at `max_connections` a new connection replaces the oldest one with no
-//!   request in progress (stalled, sending its header, idle keep-alive), so stalled clients
-//!   cannot lock others out; when every connection has a request in progress the new one gets a
-//!   bare 503 and is closed;
+//!   request in progress (first those that never completed a request: stalled, still sending
+//!   their header; then idle keep-alive ones), so stalled clients cannot lock others out; when
+//!   every connection has a request in progress the new one gets a bare 503 and is closed;
 //! - shutdown: stop accepting, let connections finish the request in progress and close; after
 //!   `shutdown_grace`, drop those with no request in progress (a client holding a partial request
 //!   cannot hold the server); requests in progress end within the request timeout, after which
@@ -109,15 +109,19 @@ struct Registry {
 }
 
 impl Registry {
-    /// Makes room for one more connection: at the cap, evicts the oldest connection with no
-    /// request in progress. `None` when every connection is busy.
+    /// Makes room for one more connection: at the cap, evicts the oldest connection that has
+    /// not completed a request yet and has none in progress (stalled, or still sending its
+    /// first header), else the oldest idle keep-alive connection. `None` when every connection
+    /// has a request in progress.
     fn admit(&mut self, max: usize) -> Option<(u64, Arc<ConnShared>, bool)> {
         let mut evicted = false;
         if self.open.len() >= max {
+            let idle = |c: &ConnShared| c.busy.load(Ordering::SeqCst) == 0;
             let (&id, _) = self
                 .open
                 .iter()
-                .find(|(_, c)| c.busy.load(Ordering::SeqCst) == 0)?;
+                .find(|(_, c)| idle(c) && c.served.load(Ordering::SeqCst) == 0)
+                .or_else(|| self.open.iter().find(|(_, c)| idle(c)))?;
             if let Some(old) = self.open.remove(&id) {
                 old.evict.notify_one();
             }
@@ -575,6 +579,22 @@ mod tests {
         let _busy_c = Busy::new(r.open[&c].clone());
         assert!(r.admit(2).is_none(), "every connection busy: refused");
         assert_eq!(r.open.len(), 2);
+    }
+
+    #[test]
+    fn the_cap_evicts_connections_that_never_sent_a_request_before_idle_keep_alive_ones() {
+        let mut r = Registry::default();
+        let (a, ca, _) = r.admit(2).unwrap();
+        drop(Busy::new(ca)); // a served one request and is idle now
+        let (b, _, _) = r.admit(2).unwrap(); // b has sent nothing yet
+        let (c, _, evicted) = r.admit(2).unwrap();
+        assert!(evicted);
+        assert!(r.open.contains_key(&a) && !r.open.contains_key(&b));
+        // Only idle keep-alive connections or busy ones left: the oldest idle one goes.
+        let _busy_c = Busy::new(r.open[&c].clone());
+        r.open[&c].served.store(1, Ordering::SeqCst);
+        let (_, _, evicted) = r.admit(2).unwrap();
+        assert!(evicted && !r.open.contains_key(&a) && r.open.contains_key(&c));
     }
 
     #[test]

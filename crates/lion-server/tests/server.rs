@@ -468,6 +468,31 @@ fn a_slow_upload_is_answered_408_at_the_body_deadline() {
 }
 
 #[test]
+fn a_declared_body_over_the_limit_is_413_at_once() {
+    let r = start(cfg(4, 0, 8, 10_000), 0);
+    for (path, ct) in [
+        ("/v1/embed", "application/json"),
+        ("/v1/vqa", "application/json"),
+        ("/v1/vqa", "multipart/form-data; boundary=x"),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ct}\r\nContent-Length: 999999999\r\n\r\n"
+        );
+        let t0 = Instant::now();
+        let mut s = stall(r.addr, head.as_bytes());
+        let mut raw = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 413"), "{path} {ct}: {text}");
+        assert!(text.contains("Content-Length: 999999999"), "{text}");
+        // Not the 30 s body deadline.
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    }
+    stop(r);
+}
+
+#[test]
 fn shutdown_answers_requests_in_flight_and_drops_stalled_clients_after_the_grace_period() {
     let mut c = cfg(1, 0, 8, 10_000);
     c.connections.shutdown_grace = Duration::from_millis(300);
