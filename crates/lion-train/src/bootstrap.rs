@@ -44,16 +44,21 @@ pub fn paired_interval(
     let n = d.len();
     let mean = d.iter().sum::<f64>() / n as f64;
     let mut rng = SplitMix64::new(seed);
-    let mut means: Vec<f64> = (0..resamples)
+    let means: Vec<f64> = (0..resamples)
         .map(|_| (0..n).map(|_| d[rng.below(n)]).sum::<f64>() / n as f64)
         .collect();
+    Some(percentile_interval(mean, means, level))
+}
+
+/// `mean` with the `level` percentile interval of its bootstrap resamples' `means`.
+fn percentile_interval(mean: f64, mut means: Vec<f64>, level: f64) -> Interval {
     means.sort_by(f64::total_cmp);
     let tail = (1.0 - level) / 2.0;
-    Some(Interval {
+    Interval {
         mean,
         lo: percentile(&means, tail),
         hi: percentile(&means, 1.0 - tail),
-    })
+    }
 }
 
 /// The `level` interval of the mean of `a - b` over runs (seeds) and items: `a[s][i]` is item
@@ -90,7 +95,7 @@ pub fn nested_paired_interval(
     }
     let mean = d.iter().flatten().sum::<f64>() / (runs * n) as f64;
     let mut rng = SplitMix64::new(seed);
-    let mut means: Vec<f64> = (0..resamples)
+    let means: Vec<f64> = (0..resamples)
         .map(|_| {
             (0..runs)
                 .map(|_| {
@@ -101,13 +106,7 @@ pub fn nested_paired_interval(
                 / runs as f64
         })
         .collect();
-    means.sort_by(f64::total_cmp);
-    let tail = (1.0 - level) / 2.0;
-    Some(Interval {
-        mean,
-        lo: percentile(&means, tail),
-        hi: percentile(&means, 1.0 - tail),
-    })
+    Some(percentile_interval(mean, means, level))
 }
 
 /// The interval of the mean of `a`.
