@@ -1,6 +1,8 @@
 //! `lion demo` through the real binary at a toy size: every stage runs (world, tagger, tag
-//! encoder, three PEFT runs from the shipped backbone, evaluation, report), and a second run with
-//! the same seed gives the same world and the same table.
+//! encoder, PEFT runs of three prompt kinds and two ablations over two seeds from the shipped
+//! backbone, evaluation, report with the comparison); a rerun into a folder made with another
+//! seed redoes every stage and gives the same table as a fresh run with that seed; a rerun with
+//! the same settings reuses every stage.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,10 +13,12 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn demo(out: &Path) -> String {
+/// Runs the toy demo (with `extra` flags); returns (stdout, stderr).
+fn demo(out: &Path, seed: u64, extra: &[&str]) -> (String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_lion"))
         .args(["demo", "--out"])
         .arg(out)
+        .args(["--seed", &seed.to_string()])
         .args([
             "--train",
             "12",
@@ -28,17 +32,17 @@ fn demo(out: &Path) -> String {
             "1",
             "--resamples",
             "200",
+            "--num-beams",
+            "1",
         ])
+        .args(extra)
         .current_dir(root())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(
-        o.status.success(),
-        "demo failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    stdout
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    (stdout, stderr)
 }
 
 fn json(p: &Path) -> Value {
@@ -46,10 +50,10 @@ fn json(p: &Path) -> Value {
 }
 
 #[test]
-fn demo_runs_every_stage_and_repeats_exactly_with_the_same_seed() {
+fn demo_runs_every_stage_and_redoes_exactly_what_a_new_seed_changes() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let printed = demo(&a);
+    let (printed, _) = demo(&a, 0, &["--seeds", "2", "--ablations", "none,oracle"]);
     assert!(printed.contains("| system |"), "{printed}");
     for f in [
         "report.md",
@@ -57,14 +61,24 @@ fn demo_runs_every_stage_and_repeats_exactly_with_the_same_seed() {
         "lion-loss.png",
         "tag-encoder/curves.png",
         "tags.jsonl",
-        "lion/static/model/lion.json",
-        "lion/dynamic/model/lion.json",
-        "lion/gated/model/lion.json",
-        "eval/gated/rec_pred.json",
+        "tags-oracle.jsonl",
+        "tags-none.jsonl",
+        "tagger/stage.json",
+        "tag-encoder/stage.json",
+        "lion/static/seed-0/model/lion.json",
+        "lion/dynamic/seed-1/model/lion.json",
+        "lion/gated/seed-0/stage.json",
+        "lion/no-tags/seed-1/model/lion.json",
+        "lion/oracle-tags/seed-0/model/lion.json",
+        "eval/gated/seed-1/rec_pred.json",
+        "eval/oracle-tags/seed-0/stage.json",
         "eval/baselines/vqa_scores.json",
     ] {
         assert!(a.join(f).exists(), "{f} missing");
     }
+    // The oracle's tags are the world's, at score 1.
+    let oracle = std::fs::read_to_string(a.join("tags-oracle.jsonl")).unwrap();
+    assert!(oracle.contains("\"score\":1.0"), "{oracle}");
     let report = std::fs::read_to_string(a.join("report.md")).unwrap();
     for row in [
         "LION (static prompt)",
@@ -72,6 +86,20 @@ fn demo_runs_every_stage_and_repeats_exactly_with_the_same_seed() {
         "LION (gated prompt)",
         "trivial baselines",
         "RAM tagger",
+        "### Means over 2 seed(s)",
+        "| oracle-tags |",
+        "| no-tags |",
+        "### Paired differences",
+        "| dynamic - static |",
+        "| oracle-tags - dynamic |",
+        "### VQA acc. by kind",
+        "| count |",
+        "### Acc@0.5 by kind",
+        "| attributes |",
+        "Acc@0.1",
+        "### Conclusions",
+        "- dynamic - static on VQA acc.: ",
+        "- gated - dynamic on Acc@0.5: ",
     ] {
         assert!(report.contains(row), "report lacks {row}:\n{report}");
     }
@@ -90,16 +118,51 @@ fn demo_runs_every_stage_and_repeats_exactly_with_the_same_seed() {
             assert!(lo <= mean && mean <= hi, "{sys} {task}: {ci}");
         }
     }
+    let d = &ra["comparison"]["differences"]["gated - static"]["vqa"];
+    assert!(
+        d["lo"].as_f64().unwrap() <= d["hi"].as_f64().unwrap(),
+        "{d}"
+    );
+    assert_eq!(ra["comparison"]["seeds"], 2);
 
-    demo(&b);
+    // Another seed into b, then seed 0 again into the same folder: every stage is redone (the
+    // log says why), and the result is a fresh seed-0 run's.
+    // (No ablations here, and the seed-1 folder one seed: the runs are the slow part. Seed 0's
+    // second seed is 1, so its seed-1 runs are redone, made from other tags.)
+    demo(&b, 1, &[]);
+    let (_, log) = demo(&b, 0, &["--seeds", "2"]);
+    for why in [
+        "tagger: redone (seed 1 -> 0",
+        "tag encoder: redone (seed 1 -> 0",
+        "LION static seed 1: redone (",
+        "evaluation of gated seed 1: redone (",
+    ] {
+        assert!(log.contains(why), "no `{why}` in the log:\n{log}");
+    }
     assert_eq!(
         json(&a.join("world/world.json")),
         json(&b.join("world/world.json")),
         "same seed, different world"
     );
+    let rb = json(&b.join("report.json"));
+    assert_eq!(ra["scores"], rb["scores"], "same seed, different table");
+    assert_eq!(ra["tagger"], rb["tagger"], "same seed, different tagger");
     assert_eq!(
-        ra,
-        json(&b.join("report.json")),
-        "same seed, different table"
+        ra["comparison"]["means"]["gated"], rb["comparison"]["means"]["gated"],
+        "same seeds, different comparison"
     );
+
+    // The same settings again: every stage is reused.
+    let (_, log) = demo(&b, 0, &["--seeds", "2"]);
+    assert!(!log.contains("redone"), "{log}");
+    for stage in [
+        "tagger",
+        "tag encoder",
+        "LION gated seed 0",
+        "LION static seed 1",
+        "evaluation of dynamic seed 1",
+    ] {
+        assert!(log.contains(&format!("{stage}: reused")), "{stage}:\n{log}");
+    }
+    assert_eq!(rb, json(&b.join("report.json")));
 }

@@ -9,6 +9,7 @@ pub mod aggregator;
 pub mod bert;
 pub mod error;
 pub mod eva_vit;
+pub mod flip_text;
 pub mod generate;
 pub mod jpeg;
 pub mod kernels;

@@ -6,16 +6,21 @@
 //!   embeddings, with [`triplet::TripletMarginLoss`] and AdamW; metrics as JSONL, curves as PNG
 //!   ([`plot`]).
 //! - [`optim`]: AdamW updating variables in place in one pass; [`bench`]: `lion bench`.
-//! - [`peft`]: PEFT training of LION (`lion train`) with [`schedule`] and [`checkpoint`].
+//! - [`peft`]: PEFT training of LION (`lion train`) with [`schedule`] and [`checkpoint`];
+//!   [`augment`]: a sample's augmented image and the text that agrees with it.
 //! - [`tagger_trainer`]: training the tiny RAM-architecture tagger on a ShapesWorld with RAM's
 //!   [`asymmetric_loss`] (`lion train-tagger`).
 //! - [`records`]: the JSON-lines inputs and outputs of these stages.
+//! - [`demo`]: the library side of `lion demo` (stage records, intermediate files, the
+//!   multi-seed comparison and its conclusions).
 
 pub mod asymmetric_loss;
+pub mod augment;
 pub mod bench;
 pub mod bootstrap;
 pub mod centroid;
 pub mod checkpoint;
+pub mod demo;
 pub mod optim;
 pub mod peft;
 pub mod plot;

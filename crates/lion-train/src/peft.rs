@@ -23,7 +23,7 @@ use candle_nn::VarMap;
 use image::RgbImage;
 use lion_core::pipeline::{LionPipeline, Manifest as ModelManifest, Request};
 use lion_core::preprocess::{load_image, ImageTransform, Rng, TrainTransform};
-use lion_core::prompt::{format_box, PromptKind, Task};
+use lion_core::prompt::{PromptKind, Task};
 use lion_core::rules::Invalid;
 use lion_core::sentence::{BertTokenizer, SentenceEmbedder};
 use lion_core::text::T5Tokenizer;
@@ -33,6 +33,7 @@ use lion_data::lion_json::{read_lion, Level, LionSample};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::augment::augment_sample;
 use crate::checkpoint::{self, TrainState};
 use crate::rng::SplitMix64;
 use crate::schedule::Schedule;
@@ -873,7 +874,9 @@ impl PeftTrainer {
     }
 
     /// Prepares a training micro-batch: augmented pixels (boxes moved with the image for
-    /// region-level samples), prompt, labels.
+    /// region-level samples), prompt, labels. A mirrored sample's text is mirrored too
+    /// ([`augment_sample`]: "the leftmost star" -> "the rightmost star" in expressions,
+    /// questions, answers and captions), so that its words keep describing the picture.
     pub fn micro_batch(
         &mut self,
         task: usize,
@@ -884,33 +887,23 @@ impl PeftTrainer {
         let mut imgs = vec![];
         let mut pix = vec![];
         let mut answers = vec![];
+        let mut texts: Vec<LionSample> = samples.to_vec();
         for (j, s) in samples.iter().enumerate() {
             let img = self.image(&s.image)?;
-            let (w, h) = (img.width(), img.height());
             let mut rng = Rng::new(mix(seed, j as u64));
             if !self.cfg.augment {
                 pix.push(self.pipe.transform.apply(&img, &dev)?);
                 answers.push(s.answer.clone());
-            } else if s.level == Level::RegionLevel {
-                let b = lion_metrics::rec::parse_box_text(&s.answer, w as f64, h as f64)
-                    .ok_or_else(|| {
-                        Error::config(
-                            self.cfg.tasks[task].train.display(),
-                            format!("region-level answer `{}` is not a box", s.answer),
-                        )
-                    })?;
-                let b = [b[0] as f32, b[1] as f32, b[2] as f32, b[3] as f32];
-                let a = self.train_tf.apply_with_boxes(&img, &[b], &mut rng, &dev)?;
-                let size = self.train_tf.size;
-                answers.push(format_box(a.boxes[0], size, size));
-                pix.push(a.pixel_values);
             } else {
-                pix.push(self.train_tf.apply(&img, &mut rng, &dev)?.pixel_values);
-                answers.push(s.answer.clone());
+                let origin = self.cfg.tasks[task].train.display();
+                let a = augment_sample(&self.train_tf, &img, s, &mut rng, &dev, &origin)?;
+                pix.push(a.pixel_values);
+                answers.push(a.sample.answer.clone());
+                texts[j] = a.sample;
             }
             imgs.push(img);
         }
-        let reqs: Vec<Request> = samples.iter().map(Self::request).collect();
+        let reqs: Vec<Request> = texts.iter().map(Self::request).collect();
         let mut batch = self.pipe.prepare(&imgs, &reqs)?;
         batch.pixel_values = Tensor::stack(&pix, 0)?;
         let refs: Vec<&str> = answers.iter().map(|s| s.as_str()).collect();

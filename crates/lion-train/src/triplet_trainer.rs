@@ -7,9 +7,12 @@
 //!
 //! Each epoch: a seeded shuffle of the training images, batches of `batch_size`, one AdamW step
 //! per batch; then the validation split is scored with fixed negatives (drawn once, so the
-//! validation loss is comparable across epochs). Epoch 0 is the validation score before
-//! training. Per epoch, `metrics.jsonl` gets one line (appended atomically), `curves.png` is
-//! redrawn and the model folder is saved, so a killed run keeps its last finished epoch.
+//! validation loss is comparable across epochs), at each epoch's end and, with `eval_every`,
+//! every that many steps. Step 0 is the validation score before training. Per validation,
+//! `metrics.jsonl` gets one line (appended atomically) and `curves.png` is redrawn (x: optimizer
+//! step). The model folder is saved at each epoch's end, so a killed run keeps its last finished
+//! epoch; with `patience`, training stops once the validation loss has not improved for that
+//! many validations, and the folder holds the best validation loss's weights instead.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -49,6 +52,15 @@ pub struct TripletConfig {
     pub seed: u64,
     /// Dropout in the encoder while training (the model's own rates); off for parity tests.
     pub dropout: bool,
+    /// Also validate (one metrics line, one curve point) every this many optimizer steps, not
+    /// only at each epoch's end (0: epoch ends only).
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Early stop: end training when the validation loss has not beaten its best for this many
+    /// validations in a row; the model folder then holds the weights of the best validation
+    /// loss (0: train every epoch, keep the last).
+    #[serde(default)]
+    pub patience: usize,
 }
 
 impl Default for TripletConfig {
@@ -66,6 +78,8 @@ impl Default for TripletConfig {
             val_fraction: 0.05,
             seed: 0,
             dropout: true,
+            eval_every: 0,
+            patience: 0,
         }
     }
 }
@@ -89,6 +103,12 @@ impl TripletConfig {
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             input_err!("weight decay must be >= 0, got {}", self.weight_decay);
+        }
+        if self.patience > 0 && self.val_fraction == 0.0 {
+            input_err!(
+                "patience {} needs a validation split (val fraction is 0)",
+                self.patience
+            );
         }
         Ok(())
     }
@@ -226,16 +246,21 @@ impl BatchStats {
     }
 }
 
-/// One line of `metrics.jsonl`. Epoch 0 is before training (validation only).
+/// One line of `metrics.jsonl`: a validation, with the training statistics of the steps since
+/// the previous line. Epoch 0 is before training (validation only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     pub epoch: usize,
+    /// Optimizer steps done so far (over all epochs).
+    #[serde(default)]
+    pub step: usize,
     pub train_loss: Option<f64>,
     pub train_cos_ap: Option<f64>,
     pub train_cos_an: Option<f64>,
     pub val_loss: Option<f64>,
     pub val_cos_ap: Option<f64>,
     pub val_cos_an: Option<f64>,
+    /// Optimizer steps since the previous line.
     pub steps: usize,
     pub train_seconds: f64,
     pub seconds_per_step: Option<f64>,
@@ -436,6 +461,7 @@ impl TripletTrainer {
         let v0 = self.evaluate(data, &val, &val_neg)?;
         let m0 = EpochMetrics {
             epoch: 0,
+            step: 0,
             train_loss: None,
             train_cos_ap: None,
             train_cos_an: None,
@@ -451,11 +477,19 @@ impl TripletTrainer {
         self.record(out, &mut history, m0, &mut on_event)?;
 
         let mut rng = SplitMix64::new(cfg.seed);
-        for epoch in 1..=cfg.epochs {
+        let mut global = 0usize;
+        let mut best = v0.loss().unwrap_or(f64::INFINITY);
+        let mut since_best = 0usize;
+        if cfg.patience > 0 {
+            // The initial weights are the best until a validation beats them.
+            self.encoder.save(&out.dir)?;
+        }
+        'epochs: for epoch in 1..=cfg.epochs {
             let mut order = train.clone();
             rng.shuffle(&mut order);
             let mut total = BatchStats::default();
-            let t0 = Instant::now();
+            let mut since = 0usize;
+            let mut t0 = Instant::now();
             for (step, idx) in order.chunks(cfg.batch_size).enumerate() {
                 let neg: Vec<usize> = idx
                     .iter()
@@ -471,6 +505,8 @@ impl TripletTrainer {
                     e => e,
                 })?;
                 total.add(&s);
+                global += 1;
+                since += 1;
                 let seconds = ts.elapsed().as_secs_f64();
                 tracing::debug!(
                     epoch,
@@ -485,24 +521,46 @@ impl TripletTrainer {
                     loss: s.loss().unwrap_or(f64::NAN),
                     seconds,
                 });
+                let epoch_end = step + 1 == steps_per_epoch;
+                if !(epoch_end || (cfg.eval_every > 0 && global % cfg.eval_every == 0)) {
+                    continue;
+                }
+                let train_seconds = t0.elapsed().as_secs_f64();
+                let v = self.evaluate(data, &val, &val_neg)?;
+                let m = EpochMetrics {
+                    epoch,
+                    step: global,
+                    train_loss: total.loss(),
+                    train_cos_ap: total.cos_ap(),
+                    train_cos_an: total.cos_an(),
+                    val_loss: v.loss(),
+                    val_cos_ap: v.cos_ap(),
+                    val_cos_an: v.cos_an(),
+                    steps: since,
+                    train_seconds,
+                    seconds_per_step: Some(train_seconds / since as f64),
+                };
+                let val_loss = v.loss().unwrap_or(f64::INFINITY);
+                let improved = val_loss < best;
+                if improved {
+                    best = val_loss;
+                    since_best = 0;
+                } else {
+                    since_best += 1;
+                }
+                if (cfg.patience > 0 && improved) || (cfg.patience == 0 && epoch_end) {
+                    self.encoder.save(&out.dir)?;
+                }
+                self.record(out, &mut history, m, &mut on_event)?;
+                (total, since, t0) = (BatchStats::default(), 0, Instant::now());
+                if cfg.patience > 0 && since_best >= cfg.patience {
+                    tracing::info!(
+                        "validation loss has not improved on {best:.4} for {since_best} \
+                         validations: stopped at epoch {epoch} step {global}, the best weights are kept"
+                    );
+                    break 'epochs;
+                }
             }
-            let train_seconds = t0.elapsed().as_secs_f64();
-            let v = self.evaluate(data, &val, &val_neg)?;
-            let steps = steps_per_epoch;
-            let m = EpochMetrics {
-                epoch,
-                train_loss: total.loss(),
-                train_cos_ap: total.cos_ap(),
-                train_cos_an: total.cos_an(),
-                val_loss: v.loss(),
-                val_cos_ap: v.cos_ap(),
-                val_cos_an: v.cos_an(),
-                steps,
-                train_seconds,
-                seconds_per_step: Some(train_seconds / steps as f64),
-            };
-            self.encoder.save(&out.dir)?;
-            self.record(out, &mut history, m, &mut on_event)?;
         }
         if cfg.epochs == 0 {
             self.encoder.save(&out.dir)?;
@@ -519,8 +577,9 @@ impl TripletTrainer {
     ) -> Result<()> {
         let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
         tracing::info!(
-            "epoch {}: train loss {} val loss {} val cos(a,p) {} val cos(a,n) {} ({} s/step)",
+            "epoch {} step {}: train loss {} val loss {} val cos(a,p) {} val cos(a,n) {} ({} s/step)",
             m.epoch,
+            m.step,
             f(m.train_loss),
             f(m.val_loss),
             f(m.val_cos_ap),
@@ -538,18 +597,18 @@ impl TripletTrainer {
     }
 }
 
-/// Loss and cosine curves over epochs as a two-panel PNG.
+/// Loss and cosine curves over optimizer steps as a two-panel PNG.
 pub fn draw_curves(path: impl AsRef<Path>, history: &[EpochMetrics]) -> Result<()> {
     let pts = |f: &dyn Fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
         history
             .iter()
-            .filter_map(|m| f(m).map(|v| (m.epoch as f64, v)))
+            .filter_map(|m| f(m).map(|v| (m.step as f64, v)))
             .collect()
     };
     let panels = [
         Panel {
             title: "triplet loss",
-            x_label: "epoch",
+            x_label: "optimizer step",
             y_label: "loss",
             series: vec![
                 Series {
@@ -564,7 +623,7 @@ pub fn draw_curves(path: impl AsRef<Path>, history: &[EpochMetrics]) -> Result<(
         },
         Panel {
             title: "cosine to caption embeddings",
-            x_label: "epoch",
+            x_label: "optimizer step",
             y_label: "mean cosine",
             series: vec![
                 Series {

@@ -153,3 +153,77 @@ fn too_few_images_is_an_error() {
     .to_string();
     assert!(err.contains("at least 2"), "{err}");
 }
+
+#[test]
+fn eval_every_writes_a_line_per_validation_and_patience_stops_at_the_best() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = data(8, None);
+    // 6 training images in batches of 3: 2 steps per epoch; a validation every step.
+    let every = TripletConfig {
+        eval_every: 1,
+        epochs: 3,
+        ..cfg()
+    };
+    let h = run(&tmp.path().join("e"), every.clone(), &d).unwrap();
+    let steps: Vec<(usize, usize)> = h.iter().map(|m| (m.epoch, m.step)).collect();
+    assert_eq!(
+        steps,
+        [(0, 0), (1, 1), (1, 2), (2, 3), (2, 4), (3, 5), (3, 6)]
+    );
+    assert!(h[1..]
+        .iter()
+        .all(|m| m.steps == 1 && m.train_loss.is_some()));
+    // The same run validated only at epoch ends has the same epoch-end validations.
+    let ends = run(
+        &tmp.path().join("n"),
+        TripletConfig {
+            eval_every: 0,
+            ..every.clone()
+        },
+        &d,
+    )
+    .unwrap();
+    assert_eq!(ends.len(), 4);
+    assert_eq!(ends[3].val_loss, h[6].val_loss);
+
+    // A learning rate this high overshoots: the validation loss rises, and patience 2 stops
+    // the run two validations after its best, keeping the best weights.
+    let wild = TripletConfig {
+        lr: 0.5,
+        patience: 2,
+        epochs: 20,
+        ..every
+    };
+    let dir = tmp.path().join("p");
+    let enc = TagEncoder::load(fixture("tagenc/model"), &Device::Cpu).unwrap();
+    let mut t = TripletTrainer::new(enc, wild).unwrap();
+    let out = TrainOutputs { dir: dir.clone() };
+    let h = t.fit(&d, &out, |_| {}).unwrap();
+    assert!(h.len() < 41, "stopped early: {} validations", h.len());
+    let losses: Vec<f64> = h.iter().map(|m| m.val_loss.unwrap()).collect();
+    let best = losses.iter().copied().fold(f64::INFINITY, f64::min);
+    let at = losses.iter().position(|&l| l == best).unwrap();
+    assert_eq!(
+        at + 2,
+        h.len() - 1,
+        "stops 2 validations after the best: {losses:?}"
+    );
+    // The saved folder is the best validation's weights: reloaded, it scores the best loss.
+    let (_, val) = split(8, 0.25, 5);
+    let saved = TripletTrainer::new(TagEncoder::load(&dir, &Device::Cpu).unwrap(), cfg()).unwrap();
+    let mut rng = lion_train::rng::SplitMix64::new(5 ^ 0x7A1_0000_0000_0002);
+    let neg: Vec<usize> = val
+        .iter()
+        .map(|&i| lion_train::triplet_trainer::draw_negative(&mut rng, &val, i))
+        .collect();
+    let reloaded = saved.evaluate(&d, &val, &neg).unwrap().loss().unwrap();
+    assert!((reloaded - best).abs() < 1e-4, "{reloaded} vs best {best}");
+
+    let bad = TripletConfig {
+        patience: 1,
+        val_fraction: 0.0,
+        ..cfg()
+    };
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("patience") && e.contains("validation"), "{e}");
+}

@@ -58,6 +58,14 @@ pub struct Args {
     /// Train without dropout.
     #[arg(long)]
     no_dropout: bool,
+    /// Also validate every N optimizer steps (a metrics line and a curve point each), not only
+    /// at each epoch's end (0: epoch ends only).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Stop once the validation loss has not improved for this many validations in a row and
+    /// keep the best weights (0: train every epoch, keep the last). --epochs is then the most.
+    #[arg(long, default_value_t = 0)]
+    patience: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -71,6 +79,8 @@ pub fn run(args: Args) -> Result<()> {
         val_fraction: args.val_fraction,
         seed: args.seed,
         dropout: !args.no_dropout,
+        eval_every: args.eval_every,
+        patience: args.patience,
         ..Default::default()
     };
     cfg.validate()?;

@@ -1,0 +1,246 @@
+//! `lion demo`'s tagging, tag-encoder and evaluation stages, each reused only when its stage
+//! record matches its inputs.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use lion_train::demo::baselines::write_baseline_predictions;
+use lion_train::demo::files::ImageTags;
+use lion_train::demo::report::{per_item, RunScores};
+use lion_train::demo::stage::{mark_done, reuse_or_clear, StageInputs};
+
+use super::{read, s, sub, Args};
+
+/// The ground-truth flags of `lion eval` for a task on the world's test split.
+fn gt_flags(world: &Path, task: &str) -> Vec<String> {
+    match task {
+        "caption" => argv![
+            "--task",
+            "caption",
+            "--gt",
+            s(&world.join("captions_test.json"))
+        ],
+        "vqa" => argv![
+            "--task",
+            "vqa",
+            "--gt",
+            s(&world.join("annotations_test.json")),
+            "--questions",
+            s(&world.join("questions_test.json"))
+        ],
+        _ => argv![
+            "--task",
+            "rec",
+            "--gt",
+            s(&world.join("refs.json")),
+            "--instances",
+            s(&world.join("instances.json")),
+            "--split",
+            "test"
+        ],
+    }
+}
+
+/// Scores a model folder on the test split's three tasks (`lion eval --model`) into `dir`,
+/// or reuses `dir` when its record shows the same model, tags, world and settings.
+pub(super) fn eval_model(
+    args: &Args,
+    stage: &str,
+    world: &Path,
+    tags: &Path,
+    model: &Path,
+    dir: &Path,
+) -> Result<RunScores> {
+    let inputs = StageInputs::new(
+        json!({"num_beams": args.num_beams, "batch_size": 32, "max_new_tokens": 40,
+               "repetition_penalty": 1.0}),
+        &[
+            ("model", &model.join("model.safetensors")),
+            ("model manifest", &model.join("lion.json")),
+            ("tags", tags),
+            ("world", &world.join("world.json")),
+        ],
+    )?;
+    let reuse = reuse_or_clear(stage, dir, &inputs)?;
+    std::fs::create_dir_all(dir)?;
+    let mut out = RunScores::new();
+    for task in ["caption", "vqa", "rec"] {
+        let scores = dir.join(format!("{task}_scores.json"));
+        if !reuse {
+            let mut a = gt_flags(world, task);
+            a.extend(argv![
+                "--tags",
+                s(tags),
+                "--model",
+                s(model),
+                "--images",
+                s(world),
+                "--pred-out",
+                s(&dir.join(format!("{task}_pred.json"))),
+                "--json",
+                s(&scores),
+                "--batch-size",
+                32,
+                "--num-beams",
+                args.num_beams,
+                "--repetition-penalty",
+                1.0,
+                "--max-new-tokens",
+                40
+            ]);
+            crate::cmd::eval::run(sub(&a)?)?;
+        }
+        out.extend(per_item(&scores, task)?);
+    }
+    if !reuse {
+        mark_done(dir, &inputs)?;
+    }
+    Ok(out)
+}
+
+/// Scores the trivial baselines ([`write_baseline_predictions`]) on the test split.
+pub(super) fn eval_baselines(world: &Path, dir: &Path) -> Result<RunScores> {
+    write_baseline_predictions(world, dir)?;
+    let mut out = RunScores::new();
+    for task in ["caption", "vqa", "rec"] {
+        let scores = dir.join(format!("{task}_scores.json"));
+        let mut a = gt_flags(world, task);
+        a.extend(argv![
+            "--pred",
+            s(&dir.join(format!("{task}_pred.json"))),
+            "--json",
+            s(&scores)
+        ]);
+        crate::cmd::eval::run(sub(&a)?)?;
+        out.extend(per_item(&scores, task)?);
+    }
+    Ok(out)
+}
+/// Stage 3: triplet fine-tuning of the tag encoder, or its reuse.
+pub(super) fn train_encoder(args: &Args, images: &Path, encoder: &Path) -> Result<()> {
+    let inputs = StageInputs::new(
+        json!({"seed": args.seed, "epochs": args.epochs, "batch_size": 16, "val_fraction": 0.2,
+               "eval_every": args.tagenc_eval_every, "patience": args.tagenc_patience}),
+        &[
+            ("images", images),
+            (
+                "sentence model",
+                &args.sentence_model.join("model.safetensors"),
+            ),
+            (
+                "sentence tokenizer",
+                &args.sentence_model.join("tokenizer.json"),
+            ),
+        ],
+    )?;
+    if reuse_or_clear("tag encoder", encoder, &inputs)? {
+        return Ok(());
+    }
+    crate::cmd::train_tag_encoder::run(sub(&argv![
+        "--model",
+        s(&args.sentence_model),
+        "--data",
+        s(images),
+        "--out",
+        s(encoder),
+        "--epochs",
+        args.epochs,
+        "--batch-size",
+        16,
+        "--val-fraction",
+        0.2,
+        "--seed",
+        args.seed,
+        "--eval-every",
+        args.tagenc_eval_every,
+        "--patience",
+        args.tagenc_patience
+    ])?)?;
+    Ok(mark_done(encoder, &inputs)?)
+}
+
+/// Stage 2: trains the tagger (or reuses a finished one in `out`), and returns every image's
+/// scored tags (by path relative to the world) and the test scores.
+pub(super) fn tag_world(args: &Args, world: &Path, out: &Path) -> Result<(ImageTags, Value)> {
+    use lion_train::tagger_trainer::{
+        train_tagger_with, TaggerEvent, TaggerFiles, TaggerTrainOptions,
+    };
+    let files = TaggerFiles::new(out);
+    let inputs = StageInputs::new(
+        json!({"seed": args.seed, "epochs": args.tagger_epochs}),
+        &[("world", &world.join("world.json"))],
+    )?;
+    let report = if reuse_or_clear("tagger", out, &inputs)? {
+        read(&files.eval())?
+    } else {
+        let opts = TaggerTrainOptions {
+            epochs: args.tagger_epochs,
+            seed: args.seed,
+            ..TaggerTrainOptions::default()
+        };
+        let mut pb: Option<indicatif::ProgressBar> = None;
+        let r = train_tagger_with(world, out, &opts, |e| match e {
+            TaggerEvent::Start {
+                steps_per_epoch,
+                epochs,
+            } => {
+                pb = Some(crate::cmd::progress(
+                    (steps_per_epoch * epochs) as u64,
+                    "tagger",
+                ))
+            }
+            TaggerEvent::Step { loss, .. } => {
+                if let Some(pb) = &pb {
+                    pb.inc(1);
+                    pb.set_message(format!("loss {loss:.4}"));
+                }
+            }
+            TaggerEvent::Epoch(m) => tracing::info!(
+                "tagger epoch {}: val F1 {:.3} (P {:.3}, R {:.3})",
+                m.epoch,
+                m.val_f1,
+                m.val_precision,
+                m.val_recall
+            ),
+            _ => {}
+        })?;
+        if let Some(pb) = pb {
+            pb.finish_and_clear();
+        }
+        mark_done(out, &inputs)?;
+        serde_json::to_value(&r)?
+    };
+    let mut tags = ImageTags::new();
+    for split in ["train", "val", "test"] {
+        let path = files.tags_jsonl(split);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: Value = serde_json::from_str(line)
+                .with_context(|| format!("{}: line {}: bad JSON", path.display(), i + 1))?;
+            let file = v["file_name"]
+                .as_str()
+                .with_context(|| format!("{}: line {}: no file_name", path.display(), i + 1))?;
+            let scored = v["tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| Some((t["tag"].as_str()?.to_string(), t["score"].as_f64()? as f32)))
+                .collect();
+            tags.insert(file.to_string(), scored);
+        }
+    }
+    let summary = json!({
+        "test": report["test"],
+        "test_by_group": report["test_groups"],
+        "thresholds_tuned_on": "validation split (micro F1)",
+        "epochs": report["epochs"],
+    });
+    Ok((tags, summary))
+}

@@ -1,0 +1,192 @@
+//! The demo's intermediate files: every image's scored tags (predicted by the tagger, the
+//! world's ground truth for the oracle ablation, or none), the tag encoder's training input, the
+//! LION training JSON with those tags, and the evaluation's tags file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use lion_core::{Error, Result};
+use serde_json::{json, Value};
+
+/// Scored tags by image path relative to the world (`images/train/000001.png`).
+pub type ImageTags = HashMap<String, Vec<(String, f32)>>;
+
+/// Reads a JSON file, naming it in errors.
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("bad JSON: {e}")))
+}
+
+/// Writes pretty JSON atomically.
+pub fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).expect("a JSON value serialises");
+    lion_core::util::write_atomic(path, text.as_bytes())
+}
+
+fn field<'a>(path: &Path, v: &'a Value, key: &str, what: &str) -> Result<&'a Value> {
+    match v.get(key) {
+        Some(x) if !x.is_null() => Ok(x),
+        _ => Err(Error::format(path, format!("{what} without `{key}`"))),
+    }
+}
+
+fn list<'a>(path: &Path, v: &'a Value, what: &str) -> Result<&'a Vec<Value>> {
+    v.as_array()
+        .ok_or_else(|| Error::format(path, format!("{what} is not a list")))
+}
+
+/// `"red: 0.97"` strings, as the prompt and the tag encoder read them.
+pub fn tag_strings(tags: &[(String, f32)]) -> Vec<String> {
+    tags.iter().map(|(t, v)| format!("{t}: {v:.2}")).collect()
+}
+
+/// The world's ground-truth tags (`tags_{split}.json`), each with score 1.0: the oracle.
+pub fn ground_truth_tags(world: &Path) -> Result<ImageTags> {
+    let mut out = ImageTags::new();
+    for split in ["train", "val", "test"] {
+        let path = world.join(format!("tags_{split}.json"));
+        let rows = read_json(&path)?;
+        for r in list(&path, &rows, "the file")? {
+            let file = field(&path, r, "file_name", "a row")?
+                .as_str()
+                .ok_or_else(|| Error::format(&path, "file_name is not a string"))?;
+            let tags = list(&path, field(&path, r, "tags", "a row")?, "tags")?
+                .iter()
+                .filter_map(|t| Some((t.as_str()?.to_string(), 1.0)))
+                .collect();
+            out.insert(file.to_string(), tags);
+        }
+    }
+    Ok(out)
+}
+
+/// The same images with no tags at all (the no-tags ablation).
+pub fn no_tags(like: &ImageTags) -> ImageTags {
+    like.keys().map(|k| (k.clone(), vec![])).collect()
+}
+
+/// The tag-encoder training input: each training image's captions and scored tags, one JSON
+/// line per image. Returns the number of images.
+pub fn images_jsonl(world: &Path, tags: &ImageTags, out: &Path) -> Result<usize> {
+    let path = world.join("captions_train.json");
+    let caps = read_json(&path)?;
+    let mut files: BTreeMap<u64, String> = BTreeMap::new();
+    for im in list(&path, field(&path, &caps, "images", "captions")?, "images")? {
+        let id = field(&path, im, "id", "an image")?.as_u64();
+        let f = field(&path, im, "file_name", "an image")?.as_str();
+        let (Some(id), Some(f)) = (id, f) else {
+            return Err(Error::format(&path, "an image with a bad id or file_name"));
+        };
+        files.insert(id, f.to_string());
+    }
+    let mut by_image: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for a in list(
+        &path,
+        field(&path, &caps, "annotations", "captions")?,
+        "annotations",
+    )? {
+        let id = field(&path, a, "image_id", "a caption")?.as_u64();
+        let c = field(&path, a, "caption", "a caption")?.as_str();
+        let (Some(id), Some(c)) = (id, c) else {
+            return Err(Error::format(
+                &path,
+                "a caption with a bad image_id or text",
+            ));
+        };
+        by_image.entry(id).or_default().push(c.to_string());
+    }
+    let mut text = String::new();
+    for (id, file) in &files {
+        let scored: Vec<Value> = tags
+            .get(file)
+            .ok_or_else(|| Error::format(out, format!("no tags for {file}")))?
+            .iter()
+            .map(|(t, v)| json!({"tag": t, "score": v}))
+            .collect();
+        let captions = by_image.get(id).cloned().unwrap_or_default();
+        text.push_str(&json!({"image": id, "captions": captions, "tags": scored}).to_string());
+        text.push('\n');
+    }
+    lion_core::util::write_atomic(out, text.as_bytes())?;
+    Ok(files.len())
+}
+
+/// The world's LION training JSON (`lion_{task}_{split}.json`) with `tags` in place of the
+/// ground truth, into `out`.
+pub fn lion_data(world: &Path, tags: &ImageTags, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    for task in ["caption", "vqa", "rec"] {
+        for split in ["train", "val", "test"] {
+            let name = format!("lion_{task}_{split}.json");
+            let path = world.join(&name);
+            let mut recs = read_json(&path)?;
+            let n = list(&path, &recs, "the file")?.len();
+            for i in 0..n {
+                let r = &mut recs[i];
+                let img = r["image"]
+                    .as_str()
+                    .ok_or_else(|| Error::format(&path, format!("record {i} without image")))?;
+                let t = tags
+                    .get(img)
+                    .ok_or_else(|| Error::format(&path, format!("no tags for {img}")))?;
+                r["tags"] = json!(tag_strings(t));
+            }
+            write_json(&out.join(name), &recs)?;
+        }
+    }
+    Ok(())
+}
+
+/// The evaluation's tags file: one JSON line per image (`image`, `tags` [`tag`, `score`]),
+/// sorted, so the same tags give the same bytes.
+pub fn write_tags_file(tags: &ImageTags, out: &Path) -> Result<()> {
+    let mut lines: Vec<String> = tags
+        .iter()
+        .map(|(img, t)| {
+            let scored: Vec<Value> = t
+                .iter()
+                .map(|(n, v)| json!({"tag": n, "score": v}))
+                .collect();
+            json!({"image": img, "tags": scored}).to_string()
+        })
+        .collect();
+    lines.sort();
+    lion_core::util::write_atomic(out, (lines.join("\n") + "\n").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_files_and_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let world = tmp.path();
+        for split in ["train", "val", "test"] {
+            let rows = json!([{"image_id": 1, "file_name": format!("images/{split}/1.png"), "tags": ["red", "star"]}]);
+            write_json(&world.join(format!("tags_{split}.json")), &rows).unwrap();
+        }
+        let gt = ground_truth_tags(world).unwrap();
+        assert_eq!(
+            gt["images/test/1.png"],
+            vec![("red".to_string(), 1.0), ("star".to_string(), 1.0)]
+        );
+        assert_eq!(
+            tag_strings(&gt["images/val/1.png"]),
+            ["red: 1.00", "star: 1.00"]
+        );
+        let none = no_tags(&gt);
+        assert_eq!(none.len(), 3);
+        assert!(none.values().all(Vec::is_empty));
+        let (a, b) = (world.join("a.jsonl"), world.join("b.jsonl"));
+        write_tags_file(&gt, &a).unwrap();
+        write_tags_file(&gt.clone().into_iter().collect(), &b).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        write_json(&world.join("tags_val.json"), &json!([{"image_id": 1}])).unwrap();
+        let e = ground_truth_tags(world).unwrap_err().to_string();
+        assert!(
+            e.contains("tags_val.json") && e.contains("file_name"),
+            "{e}"
+        );
+    }
+}
