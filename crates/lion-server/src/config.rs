@@ -1,6 +1,7 @@
 //! Server settings: one struct, passed whole (no long argument lists).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything `lion serve` can tune.
@@ -12,6 +13,8 @@ pub struct ServerConfig {
     /// Longest a request may take from arrival to answer (504 after that).
     pub request_timeout: Duration,
     pub limits: Limits,
+    /// Where the chat API may read `image_url`s from besides `data:` URLs.
+    pub images: ImageSources,
 }
 
 impl Default for ServerConfig {
@@ -21,6 +24,28 @@ impl Default for ServerConfig {
             batching: BatchConfig::default(),
             request_timeout: Duration::from_secs(30),
             limits: Limits::default(),
+            images: ImageSources::default(),
+        }
+    }
+}
+
+/// Image URLs of the chat API other than `data:` (always accepted): both off by default.
+#[derive(Debug, Clone)]
+pub struct ImageSources {
+    /// `file://` URLs are read when they resolve (symlinks followed) to a file under this folder.
+    pub file_root: Option<PathBuf>,
+    /// `http://` URLs are fetched (any host the client names: only for trusted clients), at
+    /// most the body limit in bytes and within `fetch_timeout`. `https://` is not supported.
+    pub allow_http: bool,
+    pub fetch_timeout: Duration,
+}
+
+impl Default for ImageSources {
+    fn default() -> Self {
+        Self {
+            file_root: None,
+            allow_http: false,
+            fetch_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -107,6 +132,14 @@ impl ServerConfig {
         }
         if l.max_image_pixels == 0 {
             return Err("max image pixels must be at least 1".into());
+        }
+        if let Some(root) = &self.images.file_root {
+            if !root.is_dir() {
+                return Err(format!("image root {} is not a folder", root.display()));
+            }
+        }
+        if self.images.allow_http && self.images.fetch_timeout.is_zero() {
+            return Err("image fetch timeout must be positive".into());
         }
         Ok(())
     }

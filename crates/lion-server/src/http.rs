@@ -44,15 +44,15 @@ pub enum ServerError {
     WorkerPanicked,
 }
 
-struct AppState {
+pub(crate) struct AppState {
     queue: Queue,
-    caps: Capabilities,
-    cfg: ServerConfig,
+    pub(crate) caps: Capabilities,
+    pub(crate) cfg: ServerConfig,
     metrics: Arc<Metrics>,
     openapi: Value,
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 /// Stops a running [`Server`]: it stops accepting connections, answers the requests in flight,
 /// lets the worker finish the queue, then [`Server::serve`] returns. Cheap to clone.
@@ -201,6 +201,16 @@ fn router(state: Shared) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route(
+            "/v1/chat/completions",
+            post(crate::openai::chat).fallback(crate::openai::method_not_allowed),
+        )
+        .route(
+            "/v1/models",
+            get(crate::openai::models).fallback(crate::openai::method_not_allowed),
+        )
+        .route("/", get(crate::playground::page))
+        .route("/playground/{file}", get(crate::playground::asset))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -297,7 +307,7 @@ async fn openapi(State(s): State<Shared>) -> Response {
     json_response(StatusCode::OK, &s.openapi)
 }
 
-fn content_type(headers: &HeaderMap) -> String {
+pub(crate) fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -306,14 +316,14 @@ fn content_type(headers: &HeaderMap) -> String {
         .to_ascii_lowercase()
 }
 
-fn is_json(ct: &str) -> bool {
+pub(crate) fn is_json(ct: &str) -> bool {
     let essence = ct.split(';').next().unwrap_or("").trim();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// The whole body, within the body limit (413 beyond it).
-async fn body_bytes(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn body_bytes(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, &()).await.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(format!(
@@ -413,7 +423,7 @@ fn unsupported_media_type(ct: &str, images: bool) -> ApiError {
 }
 
 /// Decodes the image off the async threads, with the pixel limit.
-async fn decode(s: &AppState, bytes: Vec<u8>) -> Result<RgbImage, ApiError> {
+pub(crate) async fn decode(s: &AppState, bytes: Vec<u8>) -> Result<RgbImage, ApiError> {
     let max = s.cfg.limits.max_image_pixels;
     tokio::task::spawn_blocking(move || input::decode_image(&bytes, max))
         .await
@@ -422,7 +432,7 @@ async fn decode(s: &AppState, bytes: Vec<u8>) -> Result<RgbImage, ApiError> {
 
 impl AppState {
     /// Capability check, then queue, then wait for the worker's answer until `deadline`.
-    async fn submit<T>(
+    pub(crate) async fn submit<T>(
         &self,
         kind: TaskKind,
         deadline: Instant,
@@ -457,7 +467,7 @@ impl AppState {
         }
     }
 
-    fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         Instant::now() + self.cfg.request_timeout
     }
 }
@@ -500,10 +510,12 @@ async fn caption(State(s): State<Shared>, req: Request) -> Response {
             let (b, img): (CaptionBody, _) = image_request(&s, req).await?;
             let prompt = input::check_text("prompt", b.prompt.clone(), false, &s.cfg.limits)?;
             let options = input::generation_options(TaskKind::Caption, &b, &s.cfg.limits)?;
+            let tags = input::check_tags(b.tags, &s.cfg.limits)?;
             let image = decode(&s, img).await?;
             let req = CaptionRequest {
                 image,
                 prompt,
+                tags,
                 options,
             };
             s.submit(TaskKind::Caption, deadline, |reply| Job::Caption {
@@ -525,10 +537,12 @@ async fn vqa(State(s): State<Shared>, req: Request) -> Response {
                 input::check_text("question", Some(b.question.clone()), true, &s.cfg.limits)?
                     .unwrap_or_default();
             let options = input::generation_options(TaskKind::Vqa, &b, &s.cfg.limits)?;
+            let tags = input::check_tags(b.tags, &s.cfg.limits)?;
             let image = decode(&s, img).await?;
             let req = VqaRequest {
                 image,
                 question,
+                tags,
                 options,
             };
             s.submit(TaskKind::Vqa, deadline, |reply| Job::Vqa { req, reply })
@@ -551,10 +565,12 @@ async fn ground(State(s): State<Shared>, req: Request) -> Response {
             )?
             .unwrap_or_default();
             let options = input::generation_options(TaskKind::Ground, &b, &s.cfg.limits)?;
+            let tags = input::check_tags(b.tags, &s.cfg.limits)?;
             let image = decode(&s, img).await?;
             let req = GroundRequest {
                 image,
                 expression,
+                tags,
                 options,
             };
             s.submit(TaskKind::Ground, deadline, |reply| Job::Ground {

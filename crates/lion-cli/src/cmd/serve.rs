@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lion_core::sentence::SentenceEmbedder;
-use lion_server::{BatchConfig, Limits, ModelBackend, ServerConfig};
+use lion_server::{BatchConfig, ImageSources, Limits, ModelBackend, ServerConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -65,6 +65,16 @@ pub struct Args {
     /// Largest num_beams a request may ask for.
     #[arg(long, default_value_t = Limits::default().max_num_beams)]
     max_num_beams: usize,
+    /// Chat API: read `file://` image URLs that resolve to files under this folder (off without).
+    #[arg(long, value_name = "DIR")]
+    image_root: Option<PathBuf>,
+    /// Chat API: fetch `http://` image URLs (any host a client names: trusted clients only;
+    /// `https://` is not supported), within --max-body-bytes and --image-fetch-timeout-ms.
+    #[arg(long)]
+    allow_http_images: bool,
+    /// Chat API: longest an `http://` image fetch may take, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    image_fetch_timeout_ms: u64,
 }
 
 impl Args {
@@ -85,6 +95,11 @@ impl Args {
                 max_embed_inputs: self.max_embed_inputs,
                 max_new_tokens: self.max_new_tokens,
                 max_num_beams: self.max_num_beams,
+            },
+            images: ImageSources {
+                file_root: self.image_root.clone(),
+                allow_http: self.allow_http_images,
+                fetch_timeout: Duration::from_millis(self.image_fetch_timeout_ms),
             },
         }
     }
