@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: fetches what the tests need (all-MiniLM-L6-v2, libjpeg-turbo's TurboJPEG
-# library), then runs every test. Extra arguments go to `cargo test`.
+# library), then runs every test, then the client tests of `lion serve` when their venv and
+# Chromium are installed (scripts/client-tests.sh; it says so when it skips them). Extra arguments
+# go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/get-minilm.sh models/all-MiniLM-L6-v2
@@ -10,3 +12,4 @@ if scripts/get-turbojpeg.sh; then
   export LION_REQUIRE_TURBOJPEG=1
 fi
 cargo test --workspace "$@"
+scripts/client-tests.sh --if-installed

@@ -444,9 +444,9 @@ fn image_endpoints_answer_and_validate() {
         assert!(msg.contains("`image`"), "{msg}");
         // Unknown field, JSON and multipart.
         let mut b = body(&good);
-        b["temperature"] = json!(0.7);
+        b["colour"] = json!(0.7);
         let msg = http::post_json(s.addr, path, &b).expect_error(422, "validation");
-        assert!(msg.contains("unknown field `temperature`"), "{path}: {msg}");
+        assert!(msg.contains("unknown field `colour`"), "{path}: {msg}");
         let (ct, mp) =
             http::multipart(&[("image", Part::File(&good)), ("colour", Part::Text("red"))]);
         let msg = http::post_raw(s.addr, path, &ct, &mp).expect_error(422, "validation");

@@ -21,11 +21,20 @@
 //!   (the default) stops when the best running beam, length-normalised at the current length, can
 //!   no longer beat the worst finished one; `Never` uses the maximum length for that bound when
 //!   `length_penalty > 0`.
+//! - sampling (`sampling: Some(..)`, HF `do_sample=True` with `num_beams=1`): after the logits
+//!   processors above, the warpers in HF's order, temperature then top-k then top-p (nucleus),
+//!   then one draw from the softmax. The random numbers are our own (SplitMix64, one stream per
+//!   output row derived from the seed and the row's index among its input's
+//!   `num_return_sequences`), so the same seed gives the same tokens on every platform and in
+//!   any batch, but not PyTorch's tokens.
+//! - `num_return_sequences`: beam search returns each input's best `n <= num_beams` finished
+//!   hypotheses; sampling draws `n` sequences per input; greedy search allows only 1 (as HF).
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::Route;
+use crate::preprocess::Rng;
 use crate::t5::{T5Cache, T5ForConditionalGeneration, T5Input};
 use crate::{input_err, Result};
 
@@ -42,17 +51,44 @@ pub enum EarlyStopping {
     Never,
 }
 
+/// Multinomial sampling (HF `do_sample=True`): the warpers applied to the processed logits
+/// before the draw.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// > 0: the logits are divided by it (below 1 sharpens, above 1 flattens).
+    pub temperature: f32,
+    /// In (0, 1]: keep the smallest set of most likely tokens whose probabilities add up to more
+    /// than `top_p` (nucleus sampling); 1 keeps every token.
+    pub top_p: f32,
+    /// Keep only the `k` most likely tokens (ties with the k-th kept); `None` keeps every token
+    /// (HF's `GenerationConfig` defaults to 50).
+    pub top_k: Option<usize>,
+    /// Seed of the random numbers: the same seed and inputs give the same tokens.
+    pub seed: u64,
+}
+
 /// Decoding settings. `Default` gives LION's (`num_beams` 5, `max_new_tokens` 256, `min_length` 1,
-/// `repetition_penalty` 1.5, `length_penalty` 1.0, HF's `early_stopping` False).
+/// `repetition_penalty` 1.5, `length_penalty` 1.0, HF's `early_stopping` False), no sampling and
+/// one sequence per input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationConfig {
-    /// 1 = greedy search.
+    /// 1 = greedy search (or sampling, with `sampling`).
     pub num_beams: usize,
     pub max_new_tokens: usize,
     pub min_length: usize,
     pub repetition_penalty: f32,
     pub length_penalty: f32,
     pub early_stopping: EarlyStopping,
+    /// Sample instead of taking the best token (needs `num_beams` 1); `None`: greedy / beam search.
+    #[serde(default)]
+    pub sampling: Option<Sampling>,
+    /// Sequences returned per input, consecutive in the output (HF `num_return_sequences`).
+    #[serde(default = "one")]
+    pub num_return_sequences: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for GenerationConfig {
@@ -64,6 +100,8 @@ impl Default for GenerationConfig {
             repetition_penalty: 1.5,
             length_penalty: 1.0,
             early_stopping: EarlyStopping::False,
+            sampling: None,
+            num_return_sequences: 1,
         }
     }
 }
@@ -85,6 +123,44 @@ impl GenerationConfig {
         if !self.length_penalty.is_finite() {
             input_err!("length_penalty must be finite")
         }
+        let n = self.num_return_sequences;
+        if n == 0 {
+            input_err!("num_return_sequences must be at least 1")
+        }
+        match &self.sampling {
+            Some(s) => {
+                if self.num_beams != 1 {
+                    input_err!(
+                        "sampling takes num_beams 1 (beam sampling is not implemented), got {}",
+                        self.num_beams
+                    )
+                }
+                if !(s.temperature > 0.0 && s.temperature.is_finite()) {
+                    input_err!(
+                        "temperature must be a positive number, got {}",
+                        s.temperature
+                    )
+                }
+                if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+                    input_err!("top_p must be in (0, 1], got {}", s.top_p)
+                }
+                if s.top_k == Some(0) {
+                    input_err!("top_k must be at least 1")
+                }
+            }
+            None if self.num_beams == 1 && n > 1 => {
+                input_err!(
+                    "greedy search returns one sequence per input, not {n} (sample or use beams)"
+                )
+            }
+            None if n > self.num_beams => {
+                input_err!(
+                    "num_return_sequences ({n}) must be at most num_beams ({})",
+                    self.num_beams
+                )
+            }
+            None => {}
+        }
         Ok(())
     }
 }
@@ -93,7 +169,8 @@ impl GenerationConfig {
 ///
 /// input: ids (b, s) u32 or embeddings (b, s, d); attention_mask: (b, s) 0/1 (None = all ones).
 /// Returns, per row, the generated ids without the decoder start token, ending with EOS when the
-/// row finished (otherwise `max_new_tokens` long). `num_beams == 1` is greedy search.
+/// row finished (otherwise `max_new_tokens` long); with `num_return_sequences` n, n rows per input
+/// (input i's at `i * n .. (i + 1) * n`). `num_beams == 1` is greedy search or sampling.
 pub fn generate(
     model: &T5ForConditionalGeneration,
     input: T5Input,
@@ -105,7 +182,7 @@ pub fn generate(
     let _span = tracing::debug_span!("generate", num_beams = cfg.num_beams).entered();
     let encoder_states = model.encode(input, attention_mask, route, false)?;
     if cfg.num_beams == 1 {
-        greedy(model, &encoder_states, attention_mask, route, cfg)
+        greedy_or_sample(model, &encoder_states, attention_mask, route, cfg)
     } else {
         beam_search(model, &encoder_states, attention_mask, route, cfg)
     }
@@ -150,7 +227,93 @@ fn last_tokens(seqs: &[Vec<u32>], dev: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(last, (n, 1), dev)?)
 }
 
-fn greedy(
+/// The first maximum (`torch.argmax`); a NaN never wins over a number.
+fn argmax(scores: &[f32]) -> usize {
+    let mut best = 0;
+    for (j, &s) in scores.iter().enumerate() {
+        if s > scores[best] || (scores[best].is_nan() && !s.is_nan()) {
+            best = j;
+        }
+    }
+    best
+}
+
+/// The random stream of output row `j` of an input (its index among the input's
+/// `num_return_sequences`): independent streams per `j`, the same for every input and batch.
+fn row_rng(seed: u64, j: usize) -> Rng {
+    let mut mix = Rng::new(seed ^ (j as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    Rng::new(mix.next_u64())
+}
+
+/// HF's warpers in order (temperature, top-k, top-p) on one row of processed scores, in place:
+/// removed tokens become `-inf`.
+fn warp(scores: &mut [f32], s: &Sampling) {
+    if s.temperature != 1.0 {
+        scores.iter_mut().for_each(|x| *x /= s.temperature);
+    }
+    if let Some(k) = s.top_k {
+        if k < scores.len() {
+            // TopKLogitsWarper: remove what is below the k-th largest value
+            let kth = scores[topk(scores, k)[k - 1]];
+            scores
+                .iter_mut()
+                .filter(|x| **x < kth)
+                .for_each(|x| *x = f32::NEG_INFINITY);
+        }
+    }
+    if s.top_p < 1.0 {
+        // TopPLogitsWarper: sort ascending, remove the tokens whose cumulative probability is
+        // at most 1 - top_p, always keep the most likely one. Ties: the lower index ranks higher
+        // (so a tiny top_p keeps exactly greedy's token).
+        let probs = softmax(scores);
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| rank_cmp(scores, b, a));
+        let mut cum = 0f64;
+        let last = order.len() - 1;
+        for (r, &i) in order.iter().enumerate() {
+            cum += probs[i];
+            if r < last && cum <= 1.0 - s.top_p as f64 {
+                scores[i] = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// Probabilities of one row of scores, in f64 (`-inf` gives 0).
+fn softmax(scores: &[f32]) -> Vec<f64> {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = scores.iter().map(|&x| (x as f64 - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / sum).collect()
+}
+
+/// One draw from the warped row's softmax (`torch.multinomial`). A row without a finite score
+/// (everything removed or NaN) falls back to the argmax.
+fn sample(scores: &mut [f32], s: &Sampling, rng: &mut Rng) -> usize {
+    warp(scores, s);
+    let probs = softmax(scores);
+    if probs.iter().any(|p| !p.is_finite()) {
+        return argmax(scores);
+    }
+    let u = rng.uniform(0.0, 1.0);
+    let mut cum = 0.0;
+    let mut last_kept = argmax(scores);
+    for (i, &p) in probs.iter().enumerate() {
+        if p > 0.0 {
+            cum += p;
+            last_kept = i;
+            if u < cum {
+                return i;
+            }
+        }
+    }
+    // rounding left u above the total: the last token with any probability
+    last_kept
+}
+
+/// Greedy search, or sampling with `cfg.sampling`; `num_return_sequences` rows per input share
+/// the input's cross-attention K/V.
+fn greedy_or_sample(
     model: &T5ForConditionalGeneration,
     encoder_states: &Tensor,
     attention_mask: Option<&Tensor>,
@@ -159,10 +322,18 @@ fn greedy(
 ) -> Result<Vec<Vec<u32>>> {
     let mcfg = model.config();
     let (eos, pad) = (mcfg.eos_token_id, mcfg.pad_token_id);
-    let b = encoder_states.dim(0)?;
+    let n = cfg.num_return_sequences;
+    let b = encoder_states.dim(0)? * n;
     let dev = encoder_states.device();
     let max_length = 1 + cfg.max_new_tokens;
     let mut cache = model.start_decoding(encoder_states, attention_mask)?;
+    if n > 1 {
+        cache.share_inputs(n)?;
+    }
+    let mut rngs: Vec<Rng> = match &cfg.sampling {
+        Some(s) => (0..b).map(|r| row_rng(s.seed, r % n)).collect(),
+        None => Vec::new(),
+    };
     let mut seqs = vec![vec![mcfg.decoder_start_token_id()]; b];
     let mut unfinished = vec![true; b];
     // lengths of the real (unpadded) outputs
@@ -170,21 +341,19 @@ fn greedy(
     while seqs[0].len() < max_length && unfinished.iter().any(|&u| u) {
         let logits = rows(&model.decode_step(&last_tokens(&seqs, dev)?, &mut cache, route)?)?;
         for (i, mut scores) in logits.into_iter().enumerate() {
-            process(&mut scores, &seqs[i], cfg, eos);
-            // torch.argmax: the first maximum
-            let mut best = 0;
-            for (j, &s) in scores.iter().enumerate() {
-                if s > scores[best] || (scores[best].is_nan() && !s.is_nan()) {
-                    best = j;
-                }
+            if !unfinished[i] {
+                seqs[i].push(pad);
+                continue;
             }
-            let tok = if unfinished[i] { best as u32 } else { pad };
+            process(&mut scores, &seqs[i], cfg, eos);
+            let tok = match &cfg.sampling {
+                Some(s) => sample(&mut scores, s, &mut rngs[i]),
+                None => argmax(&scores),
+            } as u32;
             seqs[i].push(tok);
-            if unfinished[i] {
-                out_len[i] += 1;
-                if tok == eos {
-                    unfinished[i] = false;
-                }
+            out_len[i] += 1;
+            if tok == eos {
+                unfinished[i] = false;
             }
         }
     }
@@ -418,9 +587,16 @@ fn beam_search(
             break;
         }
     }
+    // finished hypotheses are kept best first
+    let n = cfg.num_return_sequences;
     Ok(st
         .into_iter()
-        .map(|s| s.finished[0][prompt_len..].to_vec())
+        .flat_map(|s| {
+            s.finished
+                .into_iter()
+                .take(n)
+                .map(|f| f[prompt_len..].to_vec())
+        })
         .collect())
 }
 
@@ -438,6 +614,163 @@ mod tests {
                 .then(a.cmp(&b))
         });
         idx
+    }
+
+    fn sampling(temperature: f32, top_p: f32, top_k: Option<usize>) -> Sampling {
+        Sampling {
+            temperature,
+            top_p,
+            top_k,
+            seed: 0,
+        }
+    }
+
+    /// Draw frequencies on a toy row match the warped softmax: plain, temperature, top-k
+    /// (renormalised over the kept tokens), top-p (the nucleus), chi-square-style bound.
+    #[test]
+    fn sampling_follows_the_warped_distribution() {
+        let logits = [2.0f32, 1.0, 0.0, -1.0, 0.5];
+        let soft = |t: f64, keep: &[usize]| -> Vec<f64> {
+            let e: Vec<f64> = logits
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    if keep.contains(&i) {
+                        (x as f64 / t).exp()
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let z: f64 = e.iter().sum();
+            e.iter().map(|x| x / z).collect()
+        };
+        let all = [0, 1, 2, 3, 4];
+        // p at t=1: [.563, .207, .076, .028, .126]; ascending cumulative .028, .104, .230, .437:
+        // top_p 0.85 removes what adds up to at most .15 ({3, 2}), top_p 0.75 at most .25
+        // ({3, 2, 4})
+        let cases = [
+            (sampling(1.0, 1.0, None), soft(1.0, &all)),
+            (sampling(0.5, 1.0, None), soft(0.5, &all)),
+            (sampling(2.0, 1.0, None), soft(2.0, &all)),
+            (sampling(1.0, 1.0, Some(2)), soft(1.0, &[0, 1])),
+            (sampling(1.0, 0.85, None), soft(1.0, &[0, 1, 4])),
+            (sampling(1.0, 0.75, None), soft(1.0, &[0, 1])),
+        ];
+        let draws = 40_000;
+        for (s, want) in cases {
+            let mut rng = row_rng(11, 0);
+            let mut counts = [0usize; 5];
+            for _ in 0..draws {
+                let mut row = logits.to_vec();
+                counts[sample(&mut row, &s, &mut rng)] += 1;
+            }
+            for (i, (&c, &p)) in counts.iter().zip(&want).enumerate() {
+                let f = c as f64 / draws as f64;
+                // 5 standard deviations of a binomial frequency, and never a removed token
+                let sd = (p * (1.0 - p) / draws as f64).sqrt();
+                assert!(
+                    (f - p).abs() <= 5.0 * sd + 1e-12,
+                    "{s:?} token {i}: {f} vs {p}"
+                );
+                if p == 0.0 {
+                    assert_eq!(c, 0, "{s:?} token {i} was removed but drawn");
+                }
+            }
+        }
+    }
+
+    /// A tiny top_p leaves only the most likely token (the first on ties, as argmax); top_k 1
+    /// too (it keeps ties, as HF); the same seed repeats the draws, another seed does not.
+    #[test]
+    fn tiny_top_p_is_argmax_and_seeds_repeat() {
+        let tie = [0.5f32, 3.0, 3.0, -2.0, 1.0];
+        let no_tie = [0.5f32, 3.0, 2.9, -2.0, 1.0];
+        for (row, s) in [
+            (tie, sampling(1.0, 1e-6, None)),
+            (no_tie, sampling(5.0, 1.0, Some(1))),
+        ] {
+            let mut rng = row_rng(3, 0);
+            for _ in 0..200 {
+                assert_eq!(sample(&mut row.to_vec(), &s, &mut rng), 1, "{s:?}");
+            }
+        }
+        // top_k 1 on a tie keeps both
+        let mut rng = row_rng(3, 0);
+        let drawn: std::collections::BTreeSet<usize> = (0..200)
+            .map(|_| sample(&mut tie.to_vec(), &sampling(1.0, 1.0, Some(1)), &mut rng))
+            .collect();
+        assert_eq!(drawn.into_iter().collect::<Vec<_>>(), vec![1, 2]);
+        let flat = [0f32; 50];
+        let s = sampling(1.0, 1.0, None);
+        let draw = |seed: u64, j: usize| -> Vec<usize> {
+            let mut rng = row_rng(seed, j);
+            (0..30)
+                .map(|_| sample(&mut flat.to_vec(), &s, &mut rng))
+                .collect()
+        };
+        assert_eq!(draw(5, 0), draw(5, 0));
+        assert_ne!(draw(5, 0), draw(6, 0));
+        assert_ne!(draw(5, 0), draw(5, 1));
+    }
+
+    #[test]
+    fn sampling_settings_are_validated() {
+        let ok = GenerationConfig {
+            num_beams: 1,
+            sampling: Some(sampling(0.7, 0.9, Some(40))),
+            num_return_sequences: 3,
+            ..Default::default()
+        };
+        ok.validate().unwrap();
+        for (bad, what) in [
+            (
+                GenerationConfig {
+                    num_beams: 4,
+                    ..ok.clone()
+                },
+                "num_beams 1",
+            ),
+            (
+                GenerationConfig {
+                    sampling: Some(sampling(0.0, 0.9, None)),
+                    ..ok.clone()
+                },
+                "temperature",
+            ),
+            (
+                GenerationConfig {
+                    sampling: Some(sampling(1.0, 0.0, None)),
+                    ..ok.clone()
+                },
+                "top_p",
+            ),
+            (
+                GenerationConfig {
+                    sampling: Some(sampling(1.0, 1.0, Some(0))),
+                    ..ok.clone()
+                },
+                "top_k",
+            ),
+            (
+                GenerationConfig {
+                    sampling: None,
+                    ..ok.clone()
+                },
+                "greedy search returns one",
+            ),
+            (
+                GenerationConfig {
+                    sampling: None,
+                    num_beams: 2,
+                    ..ok.clone()
+                },
+                "at most num_beams",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
     }
 
     /// The one-pass top-k against a full sort, with ties, NaN and -inf.

@@ -56,6 +56,16 @@ pub struct Answer {
     pub text: String,
     #[serde(rename = "box", skip_serializing_if = "Option::is_none")]
     pub bbox: Option<[f32; 4]>,
+    /// Tokens of the request's T5 text prompt (instruction and tags; the image's query tokens
+    /// not counted).
+    #[serde(skip)]
+    pub prompt_tokens: usize,
+    /// Tokens generated (the final `</s>` included when the text ended with one).
+    #[serde(skip)]
+    pub tokens: usize,
+    /// The text ended with `</s>` (not cut at `max_new_tokens`).
+    #[serde(skip)]
+    pub finished: bool,
 }
 
 /// A weight file of the manifest.
@@ -384,14 +394,17 @@ impl LionPipeline {
         })
     }
 
-    /// Answers requests, batching those of the same route together (order kept).
+    /// Answers requests, batching those of the same route together (order kept). With
+    /// `gen.num_return_sequences` n, n answers per request, consecutive (request i's at
+    /// `i * n .. (i + 1) * n`).
     pub fn answer(
         &self,
         images: &[RgbImage],
         reqs: &[Request],
         gen: &GenerationConfig,
     ) -> Result<Vec<Answer>> {
-        let mut out: Vec<Option<Answer>> = vec![None; reqs.len()];
+        let n = gen.num_return_sequences.max(1);
+        let mut out: Vec<Vec<Answer>> = vec![Vec::new(); reqs.len()];
         for route in [Route::ImageLevel, Route::RegionLevel] {
             let idx: Vec<usize> = (0..reqs.len())
                 .filter(|&i| reqs[i].task.route() == route)
@@ -403,20 +416,35 @@ impl LionPipeline {
             let rs: Vec<Request> = idx.iter().map(|&i| reqs[i].clone()).collect();
             let batch = self.prepare(&imgs, &rs)?;
             let ids = self.model.generate(&batch, gen)?;
-            for ((&i, row), img) in idx.iter().zip(ids).zip(&imgs) {
-                let text = self.decode(&row)?;
-                let bbox = if reqs[i].task == Task::Rec {
-                    parse_box(&text, img.width(), img.height())
-                } else {
-                    None
-                };
-                out[i] = Some(Answer { text, bbox });
+            if ids.len() != idx.len() * n {
+                return Err(Error::Input(format!(
+                    "generation returned {} sequences for {} requests x {n}",
+                    ids.len(),
+                    idx.len()
+                )));
+            }
+            let prompts = &batch.prompt.ids;
+            let eos = self.model.t5().config().eos_token_id;
+            for (((&i, rows), img), prompt) in idx.iter().zip(ids.chunks(n)).zip(&imgs).zip(prompts)
+            {
+                for row in rows {
+                    let text = self.decode(row)?;
+                    let bbox = if reqs[i].task == Task::Rec {
+                        parse_box(&text, img.width(), img.height())
+                    } else {
+                        None
+                    };
+                    out[i].push(Answer {
+                        text,
+                        bbox,
+                        prompt_tokens: prompt.len(),
+                        tokens: row.len(),
+                        finished: row.last() == Some(&eos),
+                    });
+                }
             }
         }
-        Ok(out
-            .into_iter()
-            .map(|a| a.expect("every request answered"))
-            .collect())
+        Ok(out.into_iter().flatten().collect())
     }
 
     /// Decoded text of generated ids; ids outside the tokenizer (random-weight models) are

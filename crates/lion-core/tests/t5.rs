@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use common::fixture;
 use lion_core::adapter::{AdapterConfig, AdapterRouter, Route};
-use lion_core::generate::{generate, EarlyStopping, GenerationConfig};
+use lion_core::generate::{generate, EarlyStopping, GenerationConfig, Sampling};
 use lion_core::t5::{relative_position_bucket, T5Config, T5ForConditionalGeneration, T5Input};
 use lion_core::testing::{check_all_vars_get_grad, max_abs_diff};
 use lion_core::weights::{Checkpoint, LoadMode, LoadReport, WeightLoader};
@@ -363,6 +363,7 @@ fn gen_config(v: &serde_json::Value) -> GenerationConfig {
         repetition_penalty: v["repetition_penalty"].as_f64().unwrap() as f32,
         length_penalty: v["length_penalty"].as_f64().unwrap() as f32,
         early_stopping: early,
+        ..GenerationConfig::default()
     }
 }
 
@@ -448,6 +449,76 @@ fn generation_runs_the_same_from_embeddings_and_single_rows() {
     };
     let err = generate(&plain, T5Input::Ids(&row), None, Route::ImageLevel, &bad).unwrap_err();
     assert!(err.to_string().contains("num_beams"), "{err}");
+}
+
+/// Sampling on the fixture's random tiny T5: the same seed gives the same tokens (also inside a
+/// bigger batch), other seeds other tokens, a tiny top_p greedy's tokens; n sequences per input
+/// come out consecutive, the first equal to a single draw; beam search returns its n best.
+#[test]
+fn sampling_is_seeded_and_tiny_top_p_is_greedy() {
+    let plain = load(&cfg("config.json", 0), "model.safetensors");
+    let rows = Tensor::new(&[[44u32, 3, 90, 27, 1], [8, 61, 5, 1, 0]], &dev()).unwrap();
+    let mask = Tensor::new(&[[1f32, 1., 1., 1., 1.], [1., 1., 1., 1., 0.]], &dev()).unwrap();
+    let run = |g: &GenerationConfig| {
+        generate(
+            &plain,
+            T5Input::Ids(&rows),
+            Some(&mask),
+            Route::ImageLevel,
+            g,
+        )
+        .unwrap()
+    };
+    let sample = |seed: u64, top_p: f32, n: usize| GenerationConfig {
+        num_beams: 1,
+        max_new_tokens: 12,
+        min_length: 13, // no EOS: every draw counts
+        repetition_penalty: 1.0,
+        sampling: Some(Sampling {
+            temperature: 1.0,
+            top_p,
+            top_k: None,
+            seed,
+        }),
+        num_return_sequences: n,
+        ..Default::default()
+    };
+    let a = run(&sample(7, 1.0, 1));
+    assert_eq!(a, run(&sample(7, 1.0, 1)));
+    assert_eq!(a[0].len(), 12);
+    let others: Vec<_> = (8..12).map(|s| run(&sample(s, 1.0, 1))).collect();
+    assert!(others.iter().all(|o| *o != a), "seeds 7..12 all gave {a:?}");
+    // a row's draws do not depend on the batch around it
+    let alone = generate(
+        &plain,
+        T5Input::Ids(&rows.narrow(0, 0, 1).unwrap()),
+        Some(&mask.narrow(0, 0, 1).unwrap()),
+        Route::ImageLevel,
+        &sample(7, 1.0, 1),
+    )
+    .unwrap();
+    assert_eq!(alone[0], a[0]);
+    let greedy = GenerationConfig {
+        sampling: None,
+        ..sample(0, 1.0, 1)
+    };
+    assert_eq!(run(&sample(123, 1e-6, 1)), run(&greedy));
+    // n = 3: rows 0..3 for input 0, 3..6 for input 1; copy 0 is the single draw
+    let three = run(&sample(7, 1.0, 3));
+    assert_eq!(three.len(), 6);
+    assert_eq!((&three[0], &three[3]), (&a[0], &a[1]));
+    assert!(three[0] != three[1] || three[1] != three[2], "{three:?}");
+    // beam search: the best of n returned hypotheses is the single answer
+    let beams = |n: usize| GenerationConfig {
+        num_beams: 4,
+        max_new_tokens: 8,
+        num_return_sequences: n,
+        ..Default::default()
+    };
+    let one = run(&beams(1));
+    let best3 = run(&beams(3));
+    assert_eq!(best3.len(), 6);
+    assert_eq!((&best3[0], &best3[3]), (&one[0], &one[1]));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::fmt;
 
 use candle_core::Device;
 use image::RgbImage;
-use lion_core::generate::GenerationConfig;
+use lion_core::generate::{GenerationConfig, Sampling};
 use lion_core::pipeline::{Answer, LionPipeline, Request};
 use lion_core::preprocess::ImageTransform;
 use lion_core::prompt::Task;
@@ -110,6 +110,11 @@ pub struct GenerationOptions {
     pub repetition_penalty: f32,
     /// Exponent of the length normalisation of beam scores (upstream LION: 1.0).
     pub length_penalty: f32,
+    /// Sample (temperature, top-p, top-k, seed) instead of greedy / beam search; needs
+    /// `num_beams` 1.
+    pub sampling: Option<Sampling>,
+    /// Sequences per request: the `n` best beams (`n <= num_beams`) or `n` samples.
+    pub n: usize,
 }
 
 impl GenerationOptions {
@@ -121,6 +126,8 @@ impl GenerationOptions {
             min_new_tokens: 0,
             repetition_penalty: 1.5,
             length_penalty: 1.0,
+            sampling: None,
+            n: 1,
         }
     }
 
@@ -132,6 +139,8 @@ impl GenerationOptions {
             min_length: self.min_new_tokens + 1,
             repetition_penalty: self.repetition_penalty,
             length_penalty: self.length_penalty,
+            sampling: self.sampling,
+            num_return_sequences: self.n,
             ..GenerationConfig::default()
         }
     }
@@ -144,12 +153,44 @@ pub struct CaptionRequest {
     pub image: RgbImage,
     /// Instruction replacing the default captioning prompt, if given.
     pub prompt: Option<String>,
+    /// Tags with scores for LION's prompt, used instead of the tagger's.
+    pub tags: Option<Vec<(String, f32)>>,
     pub options: GenerationOptions,
+}
+
+/// What a generating answer leaves out of its JSON and the chat API reports: token counts and,
+/// with `n` > 1, the other sequences.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationInfo {
+    /// Tokens of the T5 text prompt (instruction and tags).
+    pub prompt_tokens: usize,
+    /// Tokens generated for each returned sequence, best (or first) first.
+    pub completion_tokens: Vec<usize>,
+    /// Whether each sequence ended with `</s>` (else it was cut at `max_new_tokens`).
+    pub finished: Vec<bool>,
+    /// The texts of sequences 2..=n (the response holds the first).
+    pub alternatives: Vec<String>,
+}
+
+impl GenerationInfo {
+    /// One request's `n` answers: the first one's text and the info.
+    fn from_answers(answers: &[Answer]) -> (String, Self) {
+        let first = answers.first().map(|a| a.text.clone()).unwrap_or_default();
+        let info = Self {
+            prompt_tokens: answers.first().map_or(0, |a| a.prompt_tokens),
+            completion_tokens: answers.iter().map(|a| a.tokens).collect(),
+            finished: answers.iter().map(|a| a.finished).collect(),
+            alternatives: answers.iter().skip(1).map(|a| a.text.clone()).collect(),
+        };
+        (first, info)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CaptionResponse {
     pub caption: String,
+    #[serde(skip)]
+    pub info: GenerationInfo,
 }
 
 /// `POST /v1/vqa`: answer a question about an image.
@@ -157,12 +198,16 @@ pub struct CaptionResponse {
 pub struct VqaRequest {
     pub image: RgbImage,
     pub question: String,
+    /// Tags with scores for LION's prompt, used instead of the tagger's.
+    pub tags: Option<Vec<(String, f32)>>,
     pub options: GenerationOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VqaResponse {
     pub answer: String,
+    #[serde(skip)]
+    pub info: GenerationInfo,
 }
 
 /// `POST /v1/ground`: locate the object a referring expression describes.
@@ -170,6 +215,8 @@ pub struct VqaResponse {
 pub struct GroundRequest {
     pub image: RgbImage,
     pub expression: String,
+    /// Tags with scores for LION's prompt, used instead of the tagger's.
+    pub tags: Option<Vec<(String, f32)>>,
     pub options: GenerationOptions,
 }
 
@@ -182,6 +229,8 @@ pub struct GroundResponse {
     pub bbox_normalized: Option<[f32; 4]>,
     /// The generated text (LION writes `[x1,y1,x2,y2]`, 3 decimals).
     pub text: String,
+    #[serde(skip)]
+    pub info: GenerationInfo,
 }
 
 impl GroundResponse {
@@ -206,6 +255,7 @@ impl GroundResponse {
             bbox: norm.map(|b| [b[0] * w, b[1] * h, b[2] * w, b[3] * h]),
             bbox_normalized: norm,
             text,
+            info: GenerationInfo::default(),
         }
     }
 }
@@ -220,7 +270,8 @@ pub struct TagsRequest {
     pub max_tags: Option<usize>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TagScore {
     pub tag: String,
     pub score: f32,
@@ -365,41 +416,65 @@ impl ModelBackend {
         self
     }
 
-    /// Runs LION on one batch of one task: tags each image first when a tagger is loaded (no
-    /// tags otherwise), then generates with the batch's shared options.
+    /// Runs LION on one batch of one task: each image gets the tags its request gives, else the
+    /// tagger's when one is loaded (no tags otherwise); then generates with the batch's shared
+    /// options. `n` answers per item, consecutive.
     fn lion_answer(
         &self,
         kind: TaskKind,
-        items: Vec<(&RgbImage, Task, String)>,
+        items: Vec<LionItem<'_>>,
         options: &GenerationOptions,
     ) -> BackendResult<Vec<Answer>> {
         let Some(lion) = &self.lion else {
             return Err(BackendError::NotLoaded { kind });
         };
-        let images: Vec<&RgbImage> = items.iter().map(|(i, _, _)| *i).collect();
-        let tags: Vec<Vec<(String, f32)>> = match &self.tagger {
-            Some(t) => t
-                .probabilities(&images)?
+        let untagged: Vec<&RgbImage> = items
+            .iter()
+            .filter(|it| it.tags.is_none())
+            .map(|it| it.image)
+            .collect();
+        let mut computed = match &self.tagger {
+            Some(t) if !untagged.is_empty() => t
+                .probabilities(&untagged)?
                 .iter()
                 .map(|p| {
                     let kept = select_tags(p, &t.tagger.vocab, t.tagger.selection, t.tagger.order)?;
                     Ok(kept.into_iter().map(|s| (s.tag, s.score)).collect())
                 })
-                .collect::<lion_core::Result<_>>()?,
-            None => vec![vec![]; items.len()],
-        };
+                .collect::<lion_core::Result<Vec<Vec<(String, f32)>>>>()?,
+            _ => vec![vec![]; untagged.len()],
+        }
+        .into_iter();
         let reqs: Vec<Request> = items
             .iter()
-            .zip(tags)
-            .map(|((_, task, text), tags)| Request {
-                task: *task,
-                text: text.clone(),
-                tags,
+            .map(|it| Request {
+                task: it.task,
+                text: it.text.clone(),
+                tags: match it.tags {
+                    Some(t) => t.clone(),
+                    None => computed.next().unwrap_or_default(),
+                },
             })
             .collect();
-        let owned: Vec<RgbImage> = images.into_iter().cloned().collect();
+        let owned: Vec<RgbImage> = items.iter().map(|it| it.image.clone()).collect();
         Ok(lion.answer(&owned, &reqs, &options.generation_config())?)
     }
+}
+
+/// One LION request of a batch, borrowed from its typed request.
+struct LionItem<'a> {
+    image: &'a RgbImage,
+    task: Task,
+    text: String,
+    tags: Option<&'a Vec<(String, f32)>>,
+}
+
+/// `n` answers per request -> one (text, info) per request.
+fn per_request(answers: Vec<Answer>, n: usize) -> Vec<(String, GenerationInfo)> {
+    answers
+        .chunks(n.max(1))
+        .map(GenerationInfo::from_answers)
+        .collect()
 }
 
 /// The options a batch shares (the batcher guarantees it); an empty batch is a caller bug.
@@ -443,18 +518,17 @@ impl Backend for ModelBackend {
         let options = shared_options(batch.iter().map(|r| &r.options))?;
         let items = batch
             .iter()
-            .map(|r| {
-                (
-                    &r.image,
-                    Task::Caption,
-                    r.prompt.clone().unwrap_or_default(),
-                )
+            .map(|r| LionItem {
+                image: &r.image,
+                task: Task::Caption,
+                text: r.prompt.clone().unwrap_or_default(),
+                tags: r.tags.as_ref(),
             })
             .collect();
         let answers = self.lion_answer(TaskKind::Caption, items, &options)?;
-        Ok(answers
+        Ok(per_request(answers, options.n)
             .into_iter()
-            .map(|a| CaptionResponse { caption: a.text })
+            .map(|(caption, info)| CaptionResponse { caption, info })
             .collect())
     }
 
@@ -462,12 +536,17 @@ impl Backend for ModelBackend {
         let options = shared_options(batch.iter().map(|r| &r.options))?;
         let items = batch
             .iter()
-            .map(|r| (&r.image, Task::Vqa, r.question.clone()))
+            .map(|r| LionItem {
+                image: &r.image,
+                task: Task::Vqa,
+                text: r.question.clone(),
+                tags: r.tags.as_ref(),
+            })
             .collect();
         let answers = self.lion_answer(TaskKind::Vqa, items, &options)?;
-        Ok(answers
+        Ok(per_request(answers, options.n)
             .into_iter()
-            .map(|a| VqaResponse { answer: a.text })
+            .map(|(answer, info)| VqaResponse { answer, info })
             .collect())
     }
 
@@ -475,13 +554,21 @@ impl Backend for ModelBackend {
         let options = shared_options(batch.iter().map(|r| &r.options))?;
         let items = batch
             .iter()
-            .map(|r| (&r.image, Task::Rec, r.expression.clone()))
+            .map(|r| LionItem {
+                image: &r.image,
+                task: Task::Rec,
+                text: r.expression.clone(),
+                tags: r.tags.as_ref(),
+            })
             .collect();
         let answers = self.lion_answer(TaskKind::Ground, items, &options)?;
-        Ok(answers
+        Ok(per_request(answers, options.n)
             .into_iter()
             .zip(batch)
-            .map(|(a, r)| GroundResponse::from_text(a.text, r.image.width(), r.image.height()))
+            .map(|((text, info), r)| GroundResponse {
+                info,
+                ..GroundResponse::from_text(text, r.image.width(), r.image.height())
+            })
             .collect())
     }
 
@@ -543,6 +630,7 @@ mod tests {
         let cap = CaptionRequest {
             image: img.clone(),
             prompt: None,
+            tags: None,
             options: opts,
         };
         assert!(matches!(
@@ -554,6 +642,7 @@ mod tests {
         let vqa = VqaRequest {
             image: img.clone(),
             question: "q".into(),
+            tags: None,
             options: opts,
         };
         assert!(matches!(
@@ -565,6 +654,7 @@ mod tests {
         let g = GroundRequest {
             image: img.clone(),
             expression: "e".into(),
+            tags: None,
             options: opts,
         };
         assert!(matches!(
@@ -625,12 +715,15 @@ mod tests {
             min_new_tokens: 4,
             repetition_penalty: 1.2,
             length_penalty: 0.5,
+            sampling: None,
+            n: 2,
         };
         let g = o.generation_config();
         assert_eq!((g.num_beams, g.max_new_tokens), (3, 17));
         // min_length counts the decoder start token.
         assert_eq!(g.min_length, 5);
         assert_eq!((g.repetition_penalty, g.length_penalty), (1.2, 0.5));
+        assert_eq!((g.sampling, g.num_return_sequences), (None, 2));
         // The defaults are upstream LION's generate(): min_length 1, 5 beams, penalty 1.5.
         let g = GenerationOptions::lion_defaults(30).generation_config();
         let up = GenerationConfig::default();

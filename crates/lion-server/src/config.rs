@@ -1,6 +1,7 @@
 //! Server settings: one struct, passed whole (no long argument lists).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything `lion serve` can tune.
@@ -13,6 +14,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub limits: Limits,
     pub connections: ConnectionConfig,
+    /// Where the chat API may read `image_url`s from besides `data:` URLs.
+    pub images: ImageSources,
 }
 
 impl Default for ServerConfig {
@@ -23,6 +26,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             limits: Limits::default(),
             connections: ConnectionConfig::default(),
+            images: ImageSources::default(),
         }
     }
 }
@@ -53,6 +57,27 @@ impl Default for ConnectionConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Image URLs of the chat API other than `data:` (always accepted): both off by default.
+#[derive(Debug, Clone)]
+pub struct ImageSources {
+    /// `file://` URLs are read when they resolve (symlinks followed) to a file under this folder.
+    pub file_root: Option<PathBuf>,
+    /// `http://` URLs are fetched (any host the client names: only for trusted clients), at
+    /// most the body limit in bytes and within `fetch_timeout`. `https://` is not supported.
+    pub allow_http: bool,
+    pub fetch_timeout: Duration,
+}
+
+impl Default for ImageSources {
+    fn default() -> Self {
+        Self {
+            file_root: None,
+            allow_http: false,
+            fetch_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -159,6 +184,14 @@ impl ServerConfig {
             if d.is_zero() {
                 return Err(format!("{name} must be positive"));
             }
+        }
+        if let Some(root) = &self.images.file_root {
+            if !root.is_dir() {
+                return Err(format!("image root {} is not a folder", root.display()));
+            }
+        }
+        if self.images.allow_http && self.images.fetch_timeout.is_zero() {
+            return Err("image fetch timeout must be positive".into());
         }
         Ok(())
     }

@@ -46,16 +46,16 @@ pub enum ServerError {
     WorkerPanicked,
 }
 
-struct AppState {
+pub(crate) struct AppState {
     queue: Queue,
-    caps: Capabilities,
-    cfg: ServerConfig,
+    pub(crate) caps: Capabilities,
+    pub(crate) cfg: ServerConfig,
     metrics: Arc<Metrics>,
     budget: Arc<DecodeBudget>,
     openapi: Value,
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 /// Stops a running [`Server`]: it stops accepting connections, answers the requests in flight,
 /// lets the worker finish the queue, then [`Server::serve`] returns. Cheap to clone.
@@ -214,6 +214,16 @@ fn router(state: Shared, deadline: BodyDeadline) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route(
+            "/v1/chat/completions",
+            post(crate::openai::chat).fallback(crate::openai::method_not_allowed),
+        )
+        .route(
+            "/v1/models",
+            get(crate::openai::models).fallback(crate::openai::method_not_allowed),
+        )
+        .route("/", get(crate::playground::page))
+        .route("/playground/{file}", get(crate::playground::asset))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -311,7 +321,7 @@ async fn openapi(State(s): State<Shared>) -> Response {
     json_response(StatusCode::OK, &s.openapi)
 }
 
-fn content_type(headers: &HeaderMap) -> String {
+pub(crate) fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -320,7 +330,7 @@ fn content_type(headers: &HeaderMap) -> String {
         .to_ascii_lowercase()
 }
 
-fn is_json(ct: &str) -> bool {
+pub(crate) fn is_json(ct: &str) -> bool {
     let essence = ct.split(';').next().unwrap_or("").trim();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
@@ -343,7 +353,7 @@ fn check_declared_length(req: &Request, limit: usize) -> Result<(), ApiError> {
 }
 
 /// The whole body, within the body limit (413 beyond it).
-async fn body_bytes(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn body_bytes(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     check_declared_length(&req, limit)?;
     Bytes::from_request(req, &()).await.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -446,14 +456,14 @@ fn unsupported_media_type(ct: &str, images: bool) -> ApiError {
 
 /// A decoded image and its share of the decoded-image budget, held until the job leaves the
 /// model queue.
-struct Decoded {
-    image: RgbImage,
-    hold: Reservation,
+pub(crate) struct Decoded {
+    pub(crate) image: RgbImage,
+    pub(crate) hold: Reservation,
 }
 
 /// Decodes the image off the async threads: the pixel limit and the decoded-image budget are
 /// checked from the header first; the reservation shrinks to the RGB image once decoded.
-async fn decode(s: &AppState, bytes: Vec<u8>) -> Result<Decoded, ApiError> {
+pub(crate) async fn decode(s: &AppState, bytes: Vec<u8>) -> Result<Decoded, ApiError> {
     let header = input::probe_image(&bytes, s.cfg.limits.max_image_pixels)?;
     let what = format!("image: {}x{}", header.width, header.height);
     let mut hold = s.budget.reserve(header.decode_bytes(), &what)?;
@@ -468,7 +478,7 @@ impl AppState {
     /// Capability check, then queue, then wait for the worker's answer until `deadline`.
     /// `hold` (the image's decoded-bytes reservation) goes with the job and is released when the
     /// worker is done with it.
-    async fn submit<T>(
+    pub(crate) async fn submit<T>(
         &self,
         kind: TaskKind,
         deadline: Instant,
@@ -506,7 +516,7 @@ impl AppState {
         }
     }
 
-    fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         Instant::now() + self.cfg.request_timeout
     }
 }
@@ -549,10 +559,12 @@ async fn caption(State(s): State<Shared>, req: Request) -> Response {
             let (b, img): (CaptionBody, _) = image_request(&s, req).await?;
             let prompt = input::check_text("prompt", b.prompt.clone(), false, &s.cfg.limits)?;
             let options = input::generation_options(TaskKind::Caption, &b, &s.cfg.limits)?;
+            let tags = input::check_tags(b.tags, &s.cfg.limits)?;
             let Decoded { image, hold } = decode(&s, img).await?;
             let req = CaptionRequest {
                 image,
                 prompt,
+                tags,
                 options,
             };
             s.submit(TaskKind::Caption, deadline, Some(hold), |reply| {
@@ -573,10 +585,12 @@ async fn vqa(State(s): State<Shared>, req: Request) -> Response {
                 input::check_text("question", Some(b.question.clone()), true, &s.cfg.limits)?
                     .unwrap_or_default();
             let options = input::generation_options(TaskKind::Vqa, &b, &s.cfg.limits)?;
+            let tags = input::check_tags(b.tags, &s.cfg.limits)?;
             let Decoded { image, hold } = decode(&s, img).await?;
             let req = VqaRequest {
                 image,
                 question,
+                tags,
                 options,
             };
             s.submit(TaskKind::Vqa, deadline, Some(hold), |reply| Job::Vqa {
@@ -602,10 +616,12 @@ async fn ground(State(s): State<Shared>, req: Request) -> Response {
             )?
             .unwrap_or_default();
             let options = input::generation_options(TaskKind::Ground, &b, &s.cfg.limits)?;
+            let tags = input::check_tags(b.tags, &s.cfg.limits)?;
             let Decoded { image, hold } = decode(&s, img).await?;
             let req = GroundRequest {
                 image,
                 expression,
+                tags,
                 options,
             };
             s.submit(TaskKind::Ground, deadline, Some(hold), |reply| {

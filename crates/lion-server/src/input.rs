@@ -10,7 +10,9 @@ use serde::de::{self, DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::backend::{GenerationOptions, TaskKind};
+use lion_core::generate::Sampling;
+
+use crate::backend::{GenerationOptions, TagScore, TaskKind};
 use crate::config::{default_max_new_tokens, Limits};
 use crate::error::{ApiError, ErrorType};
 
@@ -58,6 +60,15 @@ pub trait GenFields {
     fn min_new_tokens(&self) -> Option<usize>;
     fn repetition_penalty(&self) -> Option<f32>;
     fn length_penalty(&self) -> Option<f32>;
+    /// > 0 samples; absent or 0: greedy / beam search.
+    fn temperature(&self) -> Option<f32>;
+    fn top_p(&self) -> Option<f32>;
+    fn top_k(&self) -> Option<usize>;
+    fn seed(&self) -> Option<u64>;
+    /// Sequences per request (the chat API's `n`); 1 elsewhere.
+    fn n(&self) -> Option<usize> {
+        None
+    }
 }
 
 macro_rules! gen_fields {
@@ -78,6 +89,18 @@ macro_rules! gen_fields {
             fn length_penalty(&self) -> Option<f32> {
                 self.length_penalty
             }
+            fn temperature(&self) -> Option<f32> {
+                self.temperature
+            }
+            fn top_p(&self) -> Option<f32> {
+                self.top_p
+            }
+            fn top_k(&self) -> Option<usize> {
+                self.top_k
+            }
+            fn seed(&self) -> Option<u64> {
+                self.seed
+            }
         }
     };
 }
@@ -96,6 +119,12 @@ pub struct CaptionBody {
     pub min_new_tokens: Option<usize>,
     pub repetition_penalty: Option<f32>,
     pub length_penalty: Option<f32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub seed: Option<u64>,
+    /// Tags with scores for LION's prompt, instead of the tagger's.
+    pub tags: Option<Vec<TagScore>>,
 }
 gen_fields!(CaptionBody);
 
@@ -112,6 +141,12 @@ pub struct VqaBody {
     pub min_new_tokens: Option<usize>,
     pub repetition_penalty: Option<f32>,
     pub length_penalty: Option<f32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub seed: Option<u64>,
+    /// Tags with scores for LION's prompt, instead of the tagger's.
+    pub tags: Option<Vec<TagScore>>,
 }
 gen_fields!(VqaBody);
 
@@ -128,6 +163,12 @@ pub struct GroundBody {
     pub min_new_tokens: Option<usize>,
     pub repetition_penalty: Option<f32>,
     pub length_penalty: Option<f32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub seed: Option<u64>,
+    /// Tags with scores for LION's prompt, instead of the tagger's.
+    pub tags: Option<Vec<TagScore>>,
 }
 gen_fields!(GroundBody);
 
@@ -143,8 +184,23 @@ pub struct TagsBody {
 }
 
 /// Multipart text fields that hold integers / floats (multipart values are all text).
-const INT_FIELDS: [&str; 4] = ["num_beams", "max_new_tokens", "min_new_tokens", "max_tags"];
-const FLOAT_FIELDS: [&str; 3] = ["repetition_penalty", "length_penalty", "threshold"];
+const INT_FIELDS: [&str; 6] = [
+    "num_beams",
+    "max_new_tokens",
+    "min_new_tokens",
+    "max_tags",
+    "top_k",
+    "seed",
+];
+const FLOAT_FIELDS: [&str; 5] = [
+    "repetition_penalty",
+    "length_penalty",
+    "threshold",
+    "temperature",
+    "top_p",
+];
+/// Multipart text fields that hold JSON (`tags`: `[{"tag": "dog", "score": 0.9}]`).
+const JSON_FIELDS: [&str; 1] = ["tags"];
 
 /// A multipart text field as the JSON value it stands for.
 pub fn multipart_value(name: &str, text: &str) -> Result<Value, ApiError> {
@@ -161,6 +217,10 @@ pub fn multipart_value(name: &str, text: &str) -> Result<Value, ApiError> {
             ApiError::validation(format!("field `{name}`: expected a number, got {text:?}"))
         })?;
         Ok(Value::from(v))
+    } else if JSON_FIELDS.contains(&name) {
+        serde_json::from_str(t).map_err(|e| {
+            ApiError::validation(format!("field `{name}`: expected JSON, got {text:?}: {e}"))
+        })
     } else {
         Ok(Value::String(text.to_string()))
     }
@@ -298,6 +358,11 @@ pub fn take_base64_image(map: &mut Map<String, Value>) -> Result<Vec<u8>, ApiErr
         Some(rest) => data_url_payload(rest)?,
         None => s.as_str(),
     };
+    base64_bytes("image", data)
+}
+
+/// Standard base64 (padding optional, whitespace ignored) of the field `name`.
+pub fn base64_bytes(name: &str, data: &str) -> Result<Vec<u8>, ApiError> {
     let data: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     let engine = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
@@ -306,7 +371,7 @@ pub fn take_base64_image(map: &mut Map<String, Value>) -> Result<Vec<u8>, ApiErr
     );
     engine
         .decode(data.as_bytes())
-        .map_err(|e| ApiError::bad_request(format!("field `image`: invalid base64: {e}")))
+        .map_err(|e| ApiError::bad_request(format!("field `{name}`: invalid base64: {e}")))
 }
 
 /// The base64 payload of a `data:` URL (after `data:`): the media type must be `image/...` (415
@@ -482,26 +547,130 @@ pub fn check_text(
     }
 }
 
+/// Most tags a request may give.
+pub const MAX_TAGS: usize = 256;
+
+/// Tags a request gives for LION's prompt: non-empty names within the prompt length limit,
+/// scores in [0, 1], at most [`MAX_TAGS`].
+pub fn check_tags(
+    tags: Option<Vec<TagScore>>,
+    limits: &Limits,
+) -> Result<Option<Vec<(String, f32)>>, ApiError> {
+    let Some(tags) = tags else { return Ok(None) };
+    if tags.len() > MAX_TAGS {
+        return Err(ApiError::validation(format!(
+            "field `tags` has {} tags; the limit is {MAX_TAGS}",
+            tags.len()
+        )));
+    }
+    tags.into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let name = t.tag.trim();
+            if name.is_empty() {
+                return Err(ApiError::validation(format!("tags[{i}].tag is empty")));
+            }
+            if name.chars().count() > limits.max_prompt_chars {
+                return Err(ApiError::validation(format!(
+                    "tags[{i}].tag is longer than the limit of {} characters",
+                    limits.max_prompt_chars
+                )));
+            }
+            if !(0.0..=1.0).contains(&t.score) {
+                return Err(ApiError::validation(format!(
+                    "tags[{i}].score must be between 0 and 1, got {}",
+                    t.score
+                )));
+            }
+            Ok((name.to_string(), t.score))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// A seed for a sampling request that gives none: differs between requests.
+pub(crate) fn fresh_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let c = COUNTER.fetch_add(1, Ordering::Relaxed);
+    lion_core::preprocess::Rng::new(t ^ c.rotate_left(32)).next_u64()
+}
+
+fn range(name: &str, v: usize, lo: usize, hi: usize) -> Result<usize, ApiError> {
+    if v < lo || v > hi {
+        Err(ApiError::validation(format!(
+            "field `{name}` must be between {lo} and {hi}, got {v}"
+        )))
+    } else {
+        Ok(v)
+    }
+}
+
+fn frange(name: &str, v: f32, lo: f32, hi: f32) -> Result<f32, ApiError> {
+    if !v.is_finite() || v < lo || v > hi {
+        Err(ApiError::validation(format!(
+            "field `{name}` must be between {lo} and {hi}, got {v}"
+        )))
+    } else {
+        Ok(v)
+    }
+}
+
+/// The sampling settings when `temperature` > 0 (`top_p`, `top_k`, `seed` are ignored
+/// otherwise, as HF without `do_sample`); a missing seed is drawn fresh.
+fn sampling(f: &impl GenFields) -> Result<Option<Sampling>, ApiError> {
+    let temperature = frange("temperature", f.temperature().unwrap_or(0.0), 0.0, 100.0)?;
+    let top_p = frange("top_p", f.top_p().unwrap_or(1.0), 0.0, 1.0)?;
+    if temperature == 0.0 {
+        return Ok(None);
+    }
+    if top_p == 0.0 {
+        return Err(ApiError::validation(
+            "field `top_p` must be more than 0 (1 keeps every token)",
+        ));
+    }
+    if f.top_k() == Some(0) {
+        return Err(ApiError::validation("field `top_k` must be at least 1"));
+    }
+    Ok(Some(Sampling {
+        temperature,
+        top_p,
+        top_k: f.top_k(),
+        seed: f.seed().unwrap_or_else(fresh_seed),
+    }))
+}
+
 /// Generation options with LION's defaults filled in, then checked by the shared rule set
 /// ([`lion_core::rules::GenerationSettings::check`], the same rules as the CLI's flags) against
-/// the server's limits.
+/// the server's limits. With `temperature` > 0 the request samples with one beam; `n` sequences
+/// come from the `n` best beams (the beam count raised to `n` when not given) or `n` samples.
 pub fn generation_options(
     kind: TaskKind,
     f: &impl GenFields,
     limits: &Limits,
 ) -> Result<GenerationOptions, ApiError> {
     let d = GenerationOptions::lion_defaults(default_max_new_tokens(kind, limits.max_new_tokens));
+    let sampling = sampling(f)?;
+    let n = range("n", f.n().unwrap_or(1), 1, limits.max_num_beams)?;
+    let default_beams = if sampling.is_some() {
+        1
+    } else {
+        d.num_beams.min(limits.max_num_beams).max(n)
+    };
     let max_new_tokens = f.max_new_tokens().unwrap_or(d.max_new_tokens);
     let o = GenerationOptions {
-        num_beams: f
-            .num_beams()
-            .unwrap_or(d.num_beams.min(limits.max_num_beams)),
+        num_beams: f.num_beams().unwrap_or(default_beams),
         max_new_tokens,
         min_new_tokens: f
             .min_new_tokens()
             .unwrap_or(d.min_new_tokens.min(max_new_tokens)),
         repetition_penalty: f.repetition_penalty().unwrap_or(d.repetition_penalty),
         length_penalty: f.length_penalty().unwrap_or(d.length_penalty),
+        sampling,
+        n,
     };
     lion_core::rules::GenerationSettings {
         num_beams: o.num_beams,
@@ -512,6 +681,18 @@ pub fn generation_options(
     }
     .check(&generation_limits(limits))
     .map_err(invalid)?;
+    if o.sampling.is_some() && o.num_beams != 1 {
+        return Err(ApiError::validation(format!(
+            "field `num_beams` must be 1 when sampling (temperature > 0), got {}",
+            o.num_beams
+        )));
+    }
+    if o.sampling.is_none() && n > o.num_beams {
+        return Err(ApiError::validation(format!(
+            "field `n` ({n}) must be at most `num_beams` ({}) without sampling",
+            o.num_beams
+        )));
+    }
     Ok(o)
 }
 
@@ -544,6 +725,7 @@ pub fn check_inputs(inputs: Inputs, limits: &Limits) -> Result<Vec<String>, ApiE
 mod tests {
     use super::*;
     use crate::error::ErrorType;
+    use serde_json::json;
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
@@ -636,10 +818,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_wrong_types_name_the_field() {
-        let m = json_object(br#"{"question": "q", "temperature": 0.5}"#).unwrap();
+        let m = json_object(br#"{"question": "q", "colour": 0.5}"#).unwrap();
         let e = typed::<VqaBody>(m).unwrap_err();
         assert_eq!(e.error_type, ErrorType::Validation);
-        assert!(e.error.contains("unknown field `temperature`"), "{e}");
+        assert!(e.error.contains("unknown field `colour`"), "{e}");
         assert!(e.error.contains("question"), "{e}");
 
         let m = json_object(br#"{"question": "q", "num_beams": "five"}"#).unwrap();
@@ -818,6 +1000,88 @@ mod tests {
             assert!(e.error.contains(field), "{body}: {e}");
             assert_eq!(e.error_type, ErrorType::Validation);
         }
+    }
+
+    #[test]
+    fn sampling_options_and_their_errors() {
+        let l = Limits {
+            max_num_beams: 4,
+            ..Limits::default()
+        };
+        let opts = |body: &str| {
+            let b: VqaBody = typed(json_object(body.as_bytes()).unwrap()).unwrap();
+            generation_options(TaskKind::Vqa, &b, &l)
+        };
+        // temperature 0 or absent: beam search, top_p ignored
+        let o = opts(r#"{"question": "q", "temperature": 0, "top_p": 0.5}"#).unwrap();
+        assert_eq!((o.sampling, o.num_beams), (None, 4));
+        let o =
+            opts(r#"{"question": "q", "temperature": 0.7, "top_p": 0.9, "top_k": 5, "seed": 3}"#)
+                .unwrap();
+        assert_eq!(o.num_beams, 1);
+        assert_eq!(
+            o.sampling,
+            Some(Sampling {
+                temperature: 0.7,
+                top_p: 0.9,
+                top_k: Some(5),
+                seed: 3
+            })
+        );
+        // no seed: a fresh one per request
+        let a = opts(r#"{"question": "q", "temperature": 1}"#).unwrap();
+        let b = opts(r#"{"question": "q", "temperature": 1}"#).unwrap();
+        assert_ne!(a.sampling.unwrap().seed, b.sampling.unwrap().seed);
+        for (body, field) in [
+            (r#"{"question": "q", "temperature": -1}"#, "temperature"),
+            (
+                r#"{"question": "q", "temperature": 1, "top_p": 0}"#,
+                "top_p",
+            ),
+            (
+                r#"{"question": "q", "temperature": 1, "top_p": 1.5}"#,
+                "top_p",
+            ),
+            (
+                r#"{"question": "q", "temperature": 1, "top_k": 0}"#,
+                "top_k",
+            ),
+            (
+                r#"{"question": "q", "temperature": 1, "num_beams": 3}"#,
+                "num_beams",
+            ),
+        ] {
+            let e = opts(body).unwrap_err();
+            assert!(e.error.contains(field), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn given_tags_are_checked() {
+        let l = Limits::default();
+        let tags = |v: Value| check_tags(serde_json::from_value(v).unwrap(), &l);
+        assert_eq!(
+            tags(json!([{"tag": " dog ", "score": 0.9}])).unwrap(),
+            Some(vec![("dog".to_string(), 0.9)])
+        );
+        assert_eq!(tags(Value::Null).unwrap(), None);
+        let e = tags(json!([{"tag": "a", "score": 0.5}, {"tag": "", "score": 0.5}])).unwrap_err();
+        assert!(e.error.contains("tags[1].tag"), "{e}");
+        let e = tags(json!([{"tag": "a", "score": 1.5}])).unwrap_err();
+        assert!(e.error.contains("tags[0].score"), "{e}");
+        let many: Vec<Value> = (0..MAX_TAGS + 1)
+            .map(|i| json!({"tag": format!("t{i}"), "score": 0.5}))
+            .collect();
+        assert!(tags(Value::Array(many))
+            .unwrap_err()
+            .error
+            .contains("limit"));
+        // multipart: JSON text
+        assert_eq!(
+            multipart_value("tags", r#"[{"tag": "x", "score": 0.1}]"#).unwrap(),
+            json!([{"tag": "x", "score": 0.1}])
+        );
+        assert!(multipart_value("tags", "dog").is_err());
     }
 
     #[test]

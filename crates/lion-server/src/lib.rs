@@ -11,6 +11,8 @@
 //!   shutdown ([`ShutdownHandle`], SIGINT/SIGTERM).
 //! - [`listener`]: the accept loop: header timeout, body deadline, connection cap, shutdown
 //!   grace period; [`budget`]: the decoded-image memory budget.
+//! - [`openai`]: the OpenAI-compatible chat API (`/v1/chat/completions`, `/v1/models`) over the
+//!   same queue, with images from [`image_url`]; [`playground`]: the browser page at `GET /`.
 //!
 //! Adding a model (the LION model, the RAM tagger): give [`ModelBackend`] an optional field for
 //! it, return `true` for its kinds in `capabilities`, and implement the batch methods
@@ -32,17 +34,20 @@ pub mod budget;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod image_url;
 pub mod input;
 pub mod listener;
 pub mod metrics;
+pub mod openai;
 pub mod openapi;
+pub mod playground;
 pub mod queue;
 
 pub use backend::{
     Backend, BackendError, BackendResult, Capabilities, CaptionRequest, CaptionResponse,
-    GenerationOptions, GroundRequest, GroundResponse, ModelBackend, TagScore, TagsRequest,
-    TagsResponse, TaskKind, VqaRequest, VqaResponse,
+    GenerationInfo, GenerationOptions, GroundRequest, GroundResponse, ModelBackend, TagScore,
+    TagsRequest, TagsResponse, TaskKind, VqaRequest, VqaResponse,
 };
-pub use config::{BatchConfig, ConnectionConfig, Limits, ServerConfig};
+pub use config::{BatchConfig, ConnectionConfig, ImageSources, Limits, ServerConfig};
 pub use error::{ApiError, ErrorType};
 pub use http::{run_blocking, shutdown_signal, Server, ServerError, ShutdownHandle};

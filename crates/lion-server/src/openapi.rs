@@ -48,6 +48,15 @@ fn generation_properties(cfg: &ServerConfig, kind: TaskKind) -> Value {
             "description": "at most max_new_tokens"},
         "repetition_penalty": {"type": "number", "minimum": 0.01, "maximum": 10.0, "default": 1.5},
         "length_penalty": {"type": "number", "minimum": -10.0, "maximum": 10.0, "default": 1.0},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 100, "default": 0,
+            "description": "> 0 samples (with num_beams 1); 0 or absent: greedy / beam search"},
+        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1,
+            "description": "nucleus sampling (with temperature > 0)"},
+        "top_k": {"type": "integer", "minimum": 1, "description": "keep the k most likely tokens (with temperature > 0); off when absent"},
+        "seed": {"type": "integer", "minimum": 0, "description": "sampling seed; a fresh one when absent"},
+        "tags": {"type": "array", "maxItems": crate::input::MAX_TAGS, "description": "tags with scores for LION's prompt, instead of the tagger's",
+            "items": {"type": "object", "additionalProperties": false, "required": ["tag", "score"],
+                "properties": {"tag": {"type": "string"}, "score": {"type": "number", "minimum": 0, "maximum": 1}}}},
     })
 }
 
@@ -196,6 +205,33 @@ pub fn document(cfg: &ServerConfig, caps: &Capabilities) -> Value {
                 "operationId": "metrics",
                 "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}
             }},
+            "/v1/chat/completions": {"post": {
+                "summary": "OpenAI-compatible chat completion (text and image_url parts; stream: true for server-sent events)",
+                "operationId": "chat_completions",
+                "description": format!(
+                    "LION model loaded on this server: {}. The task comes from `lion.task` or is inferred from the last user message; see the README. file:// image URLs: {}; http:// image URLs: {}. Errors come as {{\"error\": {{\"message\", \"type\", \"param\", \"code\"}}}}.",
+                    if caps.caption { "yes" } else { "no (answers 501)" },
+                    if cfg.images.file_root.is_some() { "under the server's image root" } else { "off" },
+                    if cfg.images.allow_http { "on" } else { "off" },
+                ),
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["messages"]}}}},
+                "responses": {
+                    "200": {"description": "a chat.completion object, or text/event-stream of chat.completion.chunk objects ending with data: [DONE]",
+                        "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}}},
+                    "4XX": {"description": "OpenAI error object", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAiError"}}}},
+                    "5XX": {"description": "OpenAI error object", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAiError"}}}},
+                }
+            }},
+            "/v1/models": {"get": {
+                "summary": "OpenAI-compatible model list",
+                "operationId": "models",
+                "responses": {"200": {"description": "the LION model when loaded", "content": {"application/json": {"schema": {"type": "object"}}}}}
+            }},
+            "/": {"get": {
+                "summary": "The playground page (HTML)",
+                "operationId": "playground",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}
+            }},
             "/openapi.json": {"get": {
                 "summary": "This document",
                 "operationId": "openapi",
@@ -238,6 +274,13 @@ pub fn document(cfg: &ServerConfig, caps: &Capabilities) -> Value {
                 "queue": {"type": "object", "properties": {"depth": {"type": "integer"}, "capacity": {"type": "integer"}}},
                 "version": {"type": "string"},
             }},
+            "OpenAiError": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["message", "type", "code"], "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string", "enum": ["invalid_request_error", "server_error"]},
+                    "param": {"type": "string", "nullable": true},
+                    "code": {"type": "string", "enum": error_types.clone()},
+                }}}},
             "ErrorResponse": {"type": "object", "required": ["error", "error_type"], "properties": {
                 "error": {"type": "string"},
                 "error_type": {"type": "string", "enum": error_types},

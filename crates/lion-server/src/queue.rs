@@ -558,6 +558,7 @@ mod tests {
             req: VqaRequest {
                 image: image::RgbImage::new(1, 1),
                 question: "q".into(),
+                tags: None,
                 options: GenerationOptions::lion_defaults(5),
             },
             reply: tx,

@@ -62,6 +62,7 @@ impl Backend for Scripted {
                     r.options.num_beams,
                     r.options.max_new_tokens
                 ),
+                info: Default::default(),
             })
             .collect())
     }
@@ -567,6 +568,96 @@ fn the_decoded_image_budget_refuses_what_would_exceed_it_before_decoding() {
         msg.contains("6000x6000") && msg.contains("108000000 bytes"),
         "{msg}"
     );
+#[test]
+fn chat_completions_in_the_openai_shape() {
+    let r = start(cfg(8, 1, 8, 5000), 0);
+    let png = http::png(7, 5);
+    let url = format!("data:image/png;base64,{}", http::b64(&png));
+    let body = |text: &str, extra: serde_json::Value| {
+        let mut b = json!({"model": "lion", "max_tokens": 4, "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": text}]}]});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    // VQA inferred from the question mark; the scripted model echoes question, size, options
+    let resp = http::post_json(r.addr, "/v1/chat/completions", &body("why?", json!({})));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let v = resp.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "why? 7x5 px(1,2)=[1, 2, 99] beams=5 max=4"
+    );
+    assert_eq!(v["lion"]["task"], "vqa");
+    assert_eq!(v["usage"]["total_tokens"], 0); // the scripted model reports no tokens
+
+    // streaming: role delta, one content delta, finish chunk, usage chunk, [DONE]
+    let resp = http::post_json(
+        r.addr,
+        "/v1/chat/completions",
+        &body(
+            "why?",
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+        ),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("content-type"), Some("text/event-stream"));
+    let text = resp.text();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").expect("data: event"))
+        .collect();
+    assert_eq!(events.len(), 5, "{text}");
+    assert_eq!(events[4], "[DONE]");
+    let chunks: Vec<serde_json::Value> = events[..4]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(
+        chunks[1]["choices"][0]["delta"]["content"],
+        v["choices"][0]["message"]["content"]
+    );
+    assert_eq!(chunks[2]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(chunks[3]["choices"], json!([]));
+    assert!(chunks[3]["usage"].is_object());
+
+    // errors in OpenAI's shape: validation, not loaded (caption), wrong method, media type
+    let resp = http::post_json(
+        r.addr,
+        "/v1/chat/completions",
+        &body("why?", json!({"n": 99})),
+    );
+    assert_eq!(resp.status, 422, "{}", resp.text());
+    let e = resp.json();
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert_eq!(e["error"]["code"], "validation");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("`n`"),
+        "{e}"
+    );
+    let resp = http::post_json(r.addr, "/v1/chat/completions", &body("", json!({})));
+    assert_eq!(resp.status, 501, "{}", resp.text());
+    assert_eq!(resp.json()["error"]["code"], "model_not_loaded");
+    let resp = http::get(r.addr, "/v1/chat/completions");
+    assert_eq!(resp.status, 405);
+    assert_eq!(resp.json()["error"]["code"], "method_not_allowed");
+    let resp = http::post_raw(r.addr, "/v1/chat/completions", "text/plain", b"hi");
+    assert_eq!(resp.status, 415);
+    assert!(resp.json()["error"]["message"].is_string());
+    // no LION model behind this backend (no caption capability): no model listed
+    let resp = http::get(r.addr, "/v1/models");
+    assert_eq!(resp.json(), json!({"object": "list", "data": []}));
     stop(r);
 }
 
@@ -634,5 +725,38 @@ fn a_panicking_model_answers_500_and_the_worker_keeps_serving() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     let resp = http::get(r.addr, "/health");
     assert_eq!(resp.json()["status"], "ok");
+fn playground_page_and_its_files() {
+    let r = start(cfg(8, 1, 8, 5000), 0);
+    let page = http::get(r.addr, "/");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    let html = page.text();
+    for needle in [
+        "/playground/playground.js",
+        "/playground/playground.css",
+        "id=\"image-input\"",
+        "id=\"drop-zone\"",
+    ] {
+        assert!(html.contains(needle), "{needle}");
+    }
+    // nothing from elsewhere
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    assert!(page
+        .header("content-security-policy")
+        .unwrap()
+        .contains("default-src 'self'"));
+    let js = http::get(r.addr, "/playground/playground.js");
+    assert_eq!(js.status, 200);
+    assert!(js
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert!(js.text().contains("/v1/${task}"));
+    let css = http::get(r.addr, "/playground/playground.css");
+    assert!(css.header("content-type").unwrap().starts_with("text/css"));
+    http::get(r.addr, "/playground/secret.txt").expect_error(404, "not_found");
     stop(r);
 }

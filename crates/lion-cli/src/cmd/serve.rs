@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lion_core::sentence::SentenceEmbedder;
-use lion_server::{BatchConfig, ConnectionConfig, Limits, ModelBackend, ServerConfig};
+use lion_server::{
+    BatchConfig, ConnectionConfig, ImageSources, Limits, ModelBackend, ServerConfig,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -85,6 +87,16 @@ pub struct Args {
     /// (stalled or partial requests, idle keep-alive) are dropped.
     #[arg(long, default_value_t = ConnectionConfig::default().shutdown_grace.as_millis() as u64)]
     shutdown_grace_ms: u64,
+    /// Chat API: read `file://` image URLs that resolve to files under this folder (off without).
+    #[arg(long, value_name = "DIR")]
+    image_root: Option<PathBuf>,
+    /// Chat API: fetch `http://` image URLs (any host a client names: trusted clients only;
+    /// `https://` is not supported), within --max-body-bytes and --image-fetch-timeout-ms.
+    #[arg(long)]
+    allow_http_images: bool,
+    /// Chat API: longest an `http://` image fetch may take, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    image_fetch_timeout_ms: u64,
 }
 
 impl Args {
@@ -112,6 +124,11 @@ impl Args {
                 header_timeout: Duration::from_millis(self.header_timeout_ms),
                 body_timeout: Duration::from_millis(self.body_timeout_ms),
                 shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            },
+            images: ImageSources {
+                file_root: self.image_root.clone(),
+                allow_http: self.allow_http_images,
+                fetch_timeout: Duration::from_millis(self.image_fetch_timeout_ms),
             },
         }
     }

@@ -1,0 +1,712 @@
+//! The OpenAI-compatible chat API: `POST /v1/chat/completions` (text and `image_url` content
+//! parts, non-streaming or server-sent events) and `GET /v1/models`, in the shape vLLM, TGI and
+//! mistral.rs serve, so that OpenAI clients can talk to LION.
+//!
+//! A chat request becomes one caption, VQA or grounding job on the same queue as the LION
+//! endpoints: the task comes from `lion.task` or is inferred from the last user message
+//! ([`infer_task`]); the image is the last `image_url` of the conversation ([`crate::image_url`]);
+//! `max_tokens`, `n`, `temperature`, `top_p`, `seed` map to the generation options, the `lion`
+//! extension adds the rest and the image's tags. Streaming answers come as
+//! `chat.completion.chunk` events once the text is generated (one content delta per choice),
+//! then `data: [DONE]`. Every error on these routes is OpenAI's
+//! `{"error": {"message", "type", "param", "code"}}`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::backend::{
+    CaptionRequest, GenerationInfo, GroundRequest, GroundResponse, TagScore, TaskKind, VqaRequest,
+};
+use crate::error::{json_response, ApiError, ErrorType};
+use crate::http::{body_bytes, content_type, decode, is_json, Shared};
+use crate::input::{self, GenFields};
+use crate::queue::Job;
+
+/// The one model this server lists and answers as.
+pub const MODEL_ID: &str = "lion";
+
+/// An [`ApiError`] answered in OpenAI's error shape, with the same status.
+pub struct OpenAiError(pub ApiError);
+
+impl From<ApiError> for OpenAiError {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = e.status();
+        let kind = if status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        };
+        json_response(
+            status,
+            &json!({"error": {
+                "message": e.error,
+                "type": kind,
+                "param": null,
+                "code": e.error_type.name(),
+            }}),
+        )
+    }
+}
+
+/// `GET /v1/models`: the LION model when one is loaded.
+pub(crate) async fn models(State(s): State<Shared>) -> Response {
+    let data: Vec<Value> = if s.caps.caption {
+        vec![json!({"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "lion-rs"})]
+    } else {
+        vec![]
+    };
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+/// Any other method on the chat routes.
+pub async fn method_not_allowed(req: Request) -> OpenAiError {
+    OpenAiError(ApiError::new(
+        ErrorType::MethodNotAllowed,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    ))
+}
+
+/// The task of a chat request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatTask {
+    Caption,
+    Vqa,
+    Ground,
+}
+
+impl ChatTask {
+    fn parse(s: &str) -> Result<Self, ApiError> {
+        match s {
+            "caption" => Ok(Self::Caption),
+            "vqa" => Ok(Self::Vqa),
+            "ground" => Ok(Self::Ground),
+            other => Err(ApiError::validation(format!(
+                "field `lion.task`: expected caption, vqa or ground, got {other:?}"
+            ))),
+        }
+    }
+
+    fn kind(self) -> TaskKind {
+        match self {
+            Self::Caption => TaskKind::Caption,
+            Self::Vqa => TaskKind::Vqa,
+            Self::Ground => TaskKind::Ground,
+        }
+    }
+}
+
+/// Phrases that ask for a box, longest first: the expression is the text after them.
+const GROUND_PREFIXES: [&str; 14] = [
+    "find the bounding box of",
+    "give the bounding box of",
+    "bounding box of",
+    "bounding box for",
+    "box around",
+    "where is",
+    "where are",
+    "where's",
+    "point to",
+    "ground:",
+    "locate:",
+    "ground",
+    "locate",
+    "find",
+];
+
+/// The task a message asks for, and its text (question or expression; empty for a caption):
+/// a grounding phrase ("where is", "locate", "find", "bounding box of", "ground:" ...) at the
+/// start -> grounding of the rest; "bounding box" anywhere -> grounding of the text after it;
+/// else a question mark -> VQA of the whole text; else (also no text) -> caption.
+pub fn infer_task(text: &str) -> (ChatTask, String) {
+    let t = text.trim();
+    // ASCII lower case keeps byte offsets
+    let lower = t.to_ascii_lowercase();
+    let clean = |rest: &str| {
+        rest.trim_start_matches(|c: char| c.is_whitespace() || c == ':' || c == ',')
+            .trim_end_matches(|c: char| c.is_whitespace() || matches!(c, '?' | '.' | '!'))
+            .to_string()
+    };
+    for p in GROUND_PREFIXES {
+        let boundary = lower[p.len().min(lower.len())..]
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_alphanumeric());
+        if lower.starts_with(p) && boundary {
+            return (ChatTask::Ground, clean(&t[p.len()..]));
+        }
+    }
+    if let Some(i) = lower.find("bounding box") {
+        let mut rest = &t[i + "bounding box".len()..];
+        for w in [" of ", " for ", " around "] {
+            if rest.to_ascii_lowercase().starts_with(w) {
+                rest = &rest[w.len()..];
+                break;
+            }
+        }
+        return (ChatTask::Ground, clean(rest));
+    }
+    if t.contains('?') {
+        (ChatTask::Vqa, t.to_string())
+    } else {
+        (ChatTask::Caption, String::new())
+    }
+}
+
+/// The `lion` extension of a chat request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LionExt {
+    task: Option<String>,
+    tags: Option<Vec<TagScore>>,
+    num_beams: Option<usize>,
+    min_new_tokens: Option<usize>,
+    repetition_penalty: Option<f32>,
+    length_penalty: Option<f32>,
+    top_k: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The fields of a chat request this server reads (the rest: see [`IGNORED`], [`UNSUPPORTED`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatBody {
+    #[allow(dead_code)]
+    model: Option<String>,
+    messages: Vec<Value>,
+    max_tokens: Option<usize>,
+    max_completion_tokens: Option<usize>,
+    n: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    lion: LionExt,
+}
+
+impl GenFields for ChatBody {
+    fn num_beams(&self) -> Option<usize> {
+        self.lion.num_beams
+    }
+    fn max_new_tokens(&self) -> Option<usize> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+    fn min_new_tokens(&self) -> Option<usize> {
+        self.lion.min_new_tokens
+    }
+    fn repetition_penalty(&self) -> Option<f32> {
+        self.lion.repetition_penalty
+    }
+    fn length_penalty(&self) -> Option<f32> {
+        self.lion.length_penalty
+    }
+    fn temperature(&self) -> Option<f32> {
+        self.temperature
+    }
+    fn top_p(&self) -> Option<f32> {
+        self.top_p
+    }
+    fn top_k(&self) -> Option<usize> {
+        self.lion.top_k
+    }
+    fn seed(&self) -> Option<u64> {
+        self.seed
+    }
+    fn n(&self) -> Option<usize> {
+        self.n
+    }
+}
+
+/// OpenAI fields that change nothing here and are accepted: bookkeeping, and the penalties at
+/// their neutral 0.
+const IGNORED: [&str; 6] = [
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "frequency_penalty",
+    "presence_penalty",
+];
+
+/// OpenAI fields this server cannot honour: an error when they ask for something.
+const UNSUPPORTED: [&str; 11] = [
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "stop",
+    "response_format",
+    "audio",
+    "modalities",
+];
+
+/// Drops the ignorable fields and rejects the unsupported ones that ask for something.
+fn strip_openai_extras(map: &mut Map<String, Value>) -> Result<(), ApiError> {
+    for k in IGNORED {
+        match map.remove(k) {
+            Some(Value::Number(x)) if k.ends_with("_penalty") && x.as_f64() != Some(0.0) => {
+                return Err(ApiError::validation(format!(
+                    "field `{k}` is not supported (only 0); use `lion.repetition_penalty`"
+                )));
+            }
+            _ => {}
+        }
+    }
+    for k in UNSUPPORTED {
+        let Some(v) = map.remove(k) else { continue };
+        let neutral = match &v {
+            Value::Null | Value::Bool(false) => true,
+            Value::Array(a) => a.is_empty(),
+            Value::Object(o) => k == "response_format" && o.get("type") == Some(&json!("text")),
+            Value::String(s) => k == "tool_choice" && s == "none",
+            _ => false,
+        };
+        if !neutral {
+            return Err(ApiError::validation(format!(
+                "field `{k}` is not supported by this server"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The conversation's last image URL and the last user message's text.
+fn read_messages(messages: &[Value]) -> Result<(String, String), ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::validation("field `messages` is empty"));
+    }
+    let mut image: Option<String> = None;
+    let mut last_user_text: Option<String> = None;
+    for (i, m) in messages.iter().enumerate() {
+        let obj = m
+            .as_object()
+            .ok_or_else(|| ApiError::validation(format!("messages[{i}]: expected an object")))?;
+        let role = obj.get("role").and_then(Value::as_str).ok_or_else(|| {
+            ApiError::validation(format!("messages[{i}].role: missing or not a string"))
+        })?;
+        if !matches!(role, "system" | "developer" | "user" | "assistant") {
+            return Err(ApiError::validation(format!(
+                "messages[{i}].role: {role:?} is not supported (system, developer, user, assistant)"
+            )));
+        }
+        let mut texts = Vec::new();
+        let mut images_here = 0;
+        match obj.get("content") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => texts.push(s.clone()),
+            Some(Value::Array(parts)) => {
+                for (j, p) in parts.iter().enumerate() {
+                    let at = format!("messages[{i}].content[{j}]");
+                    let ty = p.get("type").and_then(Value::as_str).ok_or_else(|| {
+                        ApiError::validation(format!("{at}.type: missing or not a string"))
+                    })?;
+                    match ty {
+                        "text" => texts.push(
+                            p.get("text")
+                                .and_then(Value::as_str)
+                                .ok_or_else(|| ApiError::validation(format!("{at}.text: missing")))?
+                                .to_string(),
+                        ),
+                        "image_url" => {
+                            let url = match p.get("image_url") {
+                                Some(Value::String(u)) => Some(u.clone()),
+                                Some(Value::Object(o)) => {
+                                    o.get("url").and_then(Value::as_str).map(str::to_string)
+                                }
+                                _ => None,
+                            };
+                            let url = url.ok_or_else(|| {
+                                ApiError::validation(format!("{at}.image_url.url: missing"))
+                            })?;
+                            if role != "user" {
+                                return Err(ApiError::validation(format!(
+                                    "{at}: images belong in user messages"
+                                )));
+                            }
+                            images_here += 1;
+                            if images_here > 1 {
+                                return Err(ApiError::validation(format!(
+                                    "messages[{i}]: LION answers about one image; this \
+                                     message has more"
+                                )));
+                            }
+                            image = Some(url);
+                        }
+                        other => {
+                            return Err(ApiError::validation(format!(
+                                "{at}.type: {other:?} is not supported (text, image_url)"
+                            )))
+                        }
+                    }
+                }
+            }
+            Some(_) => {
+                return Err(ApiError::validation(format!(
+                    "messages[{i}].content: expected a string or an array of parts"
+                )))
+            }
+        }
+        if role == "user" {
+            last_user_text = Some(texts.join("\n"));
+        }
+    }
+    let text = last_user_text
+        .ok_or_else(|| ApiError::validation("field `messages` has no user message"))?;
+    let image = image.ok_or_else(|| {
+        ApiError::validation(
+            "no image: add an image_url content part (a data: URL, or file:// / http:// where \
+             the server allows them) to a user message",
+        )
+    })?;
+    Ok((image, text))
+}
+
+/// One generated answer of any task, as the chat API reports it.
+struct Generated {
+    texts: Vec<String>,
+    info: GenerationInfo,
+    boxes: Option<Vec<Value>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat(State(s): State<Shared>, req: Request) -> Response {
+    match chat_inner(&s, req).await {
+        Ok(r) => r,
+        Err(e) => OpenAiError(e).into_response(),
+    }
+}
+
+async fn chat_inner(s: &Shared, req: Request) -> Result<Response, ApiError> {
+    let deadline = s.deadline();
+    let ct = content_type(req.headers());
+    if !is_json(&ct) {
+        return Err(ApiError::new(
+            ErrorType::UnsupportedMediaType,
+            format!("expected application/json, got {ct:?}"),
+        ));
+    }
+    let bytes = body_bytes(req, s.cfg.limits.max_body_bytes).await?;
+    let mut map = input::json_object(&bytes)?;
+    strip_openai_extras(&mut map)?;
+    let body: ChatBody = input::typed(map)?;
+    let (url, text) = read_messages(&body.messages)?;
+    let (task, text) = match &body.lion.task {
+        Some(t) => (ChatTask::parse(t)?, text.trim().to_string()),
+        None => infer_task(&text),
+    };
+    let kind = task.kind();
+    let options = input::generation_options(kind, &body, &s.cfg.limits)?;
+    let tags = input::check_tags(body.lion.tags.clone(), &s.cfg.limits)?;
+    let limits = &s.cfg.limits;
+    let text = match task {
+        ChatTask::Caption if text.is_empty() => None,
+        ChatTask::Caption => input::check_text("prompt", Some(text), false, limits)?,
+        ChatTask::Vqa => input::check_text("question", Some(text), true, limits)?,
+        ChatTask::Ground => input::check_text("expression", Some(text), true, limits)?,
+    };
+    let encoded = crate::image_url::load(&url, &s.cfg.images, limits.max_body_bytes).await?;
+    let crate::http::Decoded { image, hold } = decode(s, encoded).await?;
+    let (w, h) = image.dimensions();
+    let input_text = text.clone().unwrap_or_default();
+    let generated = match task {
+        ChatTask::Caption => {
+            let req = CaptionRequest {
+                image,
+                prompt: text,
+                tags,
+                options,
+            };
+            let r = s
+                .submit(kind, deadline, Some(hold), |reply| Job::Caption { req, reply })
+                .await?;
+            Generated::new(r.caption, r.info, None)
+        }
+        ChatTask::Vqa => {
+            let req = VqaRequest {
+                image,
+                question: text.unwrap_or_default(),
+                tags,
+                options,
+            };
+            let r = s
+                .submit(kind, deadline, Some(hold), |reply| Job::Vqa { req, reply })
+                .await?;
+            Generated::new(r.answer, r.info, None)
+        }
+        ChatTask::Ground => {
+            let req = GroundRequest {
+                image,
+                expression: text.unwrap_or_default(),
+                tags,
+                options,
+            };
+            let r = s
+                .submit(kind, deadline, Some(hold), |reply| Job::Ground { req, reply })
+                .await?;
+            let mut g = Generated::new(r.text, r.info, None);
+            let boxes = g
+                .texts
+                .iter()
+                .map(|t| {
+                    let b = GroundResponse::from_text(t.clone(), w, h);
+                    json!({"bbox": b.bbox, "bbox_normalized": b.bbox_normalized})
+                })
+                .collect();
+            g.boxes = Some(boxes);
+            g
+        }
+    };
+    let lion = json!({
+        "task": kind.name(),
+        "input": input_text,
+        "seed": options.sampling.map(|x| x.seed),
+        "num_beams": options.num_beams,
+        "boxes": generated.boxes,
+    });
+    let id = format!("chatcmpl-{:016x}", input::fresh_seed());
+    let include_usage = body
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    Ok(if body.stream {
+        sse(&id, &generated, lion, include_usage)
+    } else {
+        json_response(StatusCode::OK, &completion(&id, &generated, lion))
+    })
+}
+
+impl Generated {
+    fn new(first: String, info: GenerationInfo, boxes: Option<Vec<Value>>) -> Self {
+        let mut texts = vec![first];
+        texts.extend(info.alternatives.iter().cloned());
+        Self { texts, info, boxes }
+    }
+
+    fn finish_reason(&self, i: usize) -> &'static str {
+        if self.info.finished.get(i).copied().unwrap_or(true) {
+            "stop"
+        } else {
+            "length"
+        }
+    }
+
+    fn usage(&self) -> Value {
+        let completion: usize = self.info.completion_tokens.iter().sum();
+        json!({
+            "prompt_tokens": self.info.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.info.prompt_tokens + completion,
+        })
+    }
+}
+
+/// The non-streaming answer (`chat.completion`).
+fn completion(id: &str, g: &Generated, lion: Value) -> Value {
+    let choices: Vec<Value> = g
+        .texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({
+                "index": i,
+                "message": {"role": "assistant", "content": t},
+                "finish_reason": g.finish_reason(i),
+                "logprobs": null,
+            })
+        })
+        .collect();
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": MODEL_ID,
+        "choices": choices,
+        "usage": g.usage(),
+        "lion": lion,
+    })
+}
+
+/// The streaming answer: per choice a role delta, the text as one content delta and a finish
+/// chunk (the last one carrying `lion`), then the usage chunk when asked for, then `[DONE]`.
+fn sse(id: &str, g: &Generated, lion: Value, usage: bool) -> Response {
+    let created = unix_now();
+    let chunk = |choices: Value, extra: Option<(&str, Value)>| {
+        let mut c = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": MODEL_ID,
+            "choices": choices,
+        });
+        if let Some((k, v)) = extra {
+            c[k] = v;
+        }
+        format!("data: {c}\n\n")
+    };
+    let mut out = String::new();
+    let last = g.texts.len() - 1;
+    for (i, t) in g.texts.iter().enumerate() {
+        let one = |delta: Value, finish: Value| json!([{"index": i, "delta": delta, "finish_reason": finish, "logprobs": null}]);
+        out += &chunk(
+            one(json!({"role": "assistant", "content": ""}), Value::Null),
+            None,
+        );
+        out += &chunk(one(json!({"content": t}), Value::Null), None);
+        let extra = (i == last).then(|| ("lion", lion.clone()));
+        out += &chunk(one(json!({}), json!(g.finish_reason(i))), extra);
+    }
+    if usage {
+        out += &chunk(json!([]), Some(("usage", g.usage())));
+    }
+    out += "data: [DONE]\n\n";
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from(out))
+        .unwrap_or_else(|e| {
+            OpenAiError(ApiError::new(ErrorType::Backend, e.to_string())).into_response()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_are_inferred_from_the_message() {
+        for (text, task, rest) in [
+            ("", ChatTask::Caption, ""),
+            ("Describe the picture.", ChatTask::Caption, ""),
+            (
+                "What colour is the car?",
+                ChatTask::Vqa,
+                "What colour is the car?",
+            ),
+            ("Where is the red car?", ChatTask::Ground, "the red car"),
+            ("where's the dog", ChatTask::Ground, "the dog"),
+            (
+                "Locate: the man on the left.",
+                ChatTask::Ground,
+                "the man on the left",
+            ),
+            ("ground: left cup", ChatTask::Ground, "left cup"),
+            ("find the blue ball", ChatTask::Ground, "the blue ball"),
+            (
+                "Give me the bounding box of the tall tree",
+                ChatTask::Ground,
+                "the tall tree",
+            ),
+            ("Bounding box for: zebra?", ChatTask::Ground, "zebra"),
+            // a word that merely starts like a trigger is not one
+            ("Findings? none", ChatTask::Vqa, "Findings? none"),
+            ("groundhog", ChatTask::Caption, ""),
+        ] {
+            assert_eq!(infer_task(text), (task, rest.to_string()), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn messages_give_the_last_image_and_the_last_user_text() {
+        let msgs = vec![
+            json!({"role": "system", "content": "be brief"}),
+            json!({"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:a"}},
+                {"type": "text", "text": "first"}]}),
+            json!({"role": "assistant", "content": "ok"}),
+            json!({"role": "user", "content": [
+                {"type": "text", "text": "what"},
+                {"type": "text", "text": "is it?"},
+                {"type": "image_url", "image_url": "data:b"}]}),
+        ];
+        assert_eq!(
+            read_messages(&msgs).unwrap(),
+            ("data:b".to_string(), "what\nis it?".to_string())
+        );
+        for (msgs, want) in [
+            (vec![], "empty"),
+            (vec![json!({"role": "user", "content": "hi"})], "no image"),
+            (
+                vec![json!({"role": "tool", "content": "x"})],
+                "messages[0].role",
+            ),
+            (
+                vec![json!({"role": "user", "content": [{"type": "audio"}]})],
+                "messages[0].content[0].type",
+            ),
+            (
+                vec![json!({"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "data:a"}},
+                    {"type": "image_url", "image_url": {"url": "data:b"}}]})],
+                "one image",
+            ),
+            (
+                vec![json!({"role": "user", "content": [{"type": "image_url"}]})],
+                "image_url.url",
+            ),
+        ] {
+            let e = read_messages(&msgs).unwrap_err();
+            assert!(e.error.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn openai_extras_are_ignored_or_refused_by_name() {
+        let mut m = input::json_object(
+            br#"{"user": "u", "frequency_penalty": 0, "tools": [], "stop": null, "logprobs": false,
+                "response_format": {"type": "text"}, "messages": []}"#,
+        )
+        .unwrap();
+        strip_openai_extras(&mut m).unwrap();
+        assert_eq!(m.keys().collect::<Vec<_>>(), vec!["messages"]);
+        for body in [
+            r#"{"stop": ["\n"]}"#,
+            r#"{"logprobs": true}"#,
+            r#"{"tools": [{"type": "function"}]}"#,
+            r#"{"presence_penalty": 0.5}"#,
+        ] {
+            let mut m = input::json_object(body.as_bytes()).unwrap();
+            let key = m.keys().next().unwrap().clone();
+            let e = strip_openai_extras(&mut m).unwrap_err();
+            assert!(e.error.contains(&format!("`{key}`")), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn errors_have_the_openai_shape() {
+        let r = OpenAiError(ApiError::validation("field `n` is bad")).into_response();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let r = OpenAiError(ApiError::new(ErrorType::Backend, "x")).into_response();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
