@@ -10,6 +10,10 @@ pub mod bert;
 pub mod error;
 pub mod eva_vit;
 pub mod generate;
+pub mod hub;
+#[cfg(feature = "hub-download")]
+mod hub_download;
+pub mod image_files;
 pub mod kernels;
 pub mod linear;
 pub mod lion;
