@@ -46,6 +46,9 @@ enum Command {
     /// Score predictions (captioning, VQA, A-OKVQA, REC) against a benchmark's ground truth,
     /// or (--model / --preset, --images, --pred-out) run the model over the split first.
     Eval(cmd::eval::Args),
+    /// Join the shard files of a sharded run (`--shard i/N`) into what one unsharded run writes:
+    /// `lion merge --out OUT FILES...`.
+    Merge(cmd::merge::Args),
     /// HTTP API: POST /v1/{caption,vqa,ground,tags,embed}, /health,
     /// /metrics, /openapi.json.
     Serve(cmd::serve::Args),
@@ -79,6 +82,7 @@ fn main() {
         Command::Train(args) => cmd::train::run(args),
         Command::Tag(args) => cmd::tag::run(args),
         Command::Serve(args) => cmd::serve::run(args),
+        Command::Merge(args) => cmd::merge::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

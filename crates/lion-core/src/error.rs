@@ -38,6 +38,14 @@ pub enum Error {
     #[error("invalid input: {0}")]
     Input(String),
 
+    /// A model given as a folder or Hub id is in none of the places searched.
+    #[error("model `{spec}` not found; looked in: {}; {hint}", searched.join(", "))]
+    ModelNotFound {
+        spec: String,
+        searched: Vec<String>,
+        hint: String,
+    },
+
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -11,6 +11,10 @@ pub mod error;
 pub mod eva_vit;
 pub mod flip_text;
 pub mod generate;
+pub mod hub;
+#[cfg(feature = "hub-download")]
+mod hub_download;
+pub mod image_files;
 pub mod jpeg;
 pub mod kernels;
 pub mod linear;

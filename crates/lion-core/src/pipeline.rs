@@ -17,6 +17,8 @@
 //!   "tag_encoder": "all-MiniLM-L6-v2"
 //! }
 //! ```
+//! A tokenizer or tag-encoder entry that is no path in the folder but a Hub id
+//! (`"sentence-transformers/all-MiniLM-L6-v2"`) is looked up as [`crate::hub`] describes.
 //! A weight entry may name a file or a folder (every `*.safetensors` in it, for sharded
 //! checkpoints). Later entries win on repeated keys. Loading is strict unless asked otherwise:
 //! every missing, unexpected or mis-shaped key is named.
@@ -142,6 +144,20 @@ pub fn open_weights(path: &Path, prefix: &str) -> Result<Vec<Checkpoint>> {
         .iter()
         .map(|f| Ok(Checkpoint::open(f)?.with_prefix(prefix)))
         .collect()
+}
+
+/// A path of the manifest: relative to the model folder; one that is not there but reads as a
+/// Hub id (`sentence-transformers/all-MiniLM-L6-v2`) is found by [`crate::hub`] (with `file`,
+/// that file inside the model).
+fn manifest_entry(dir: &Path, p: &Path, file: Option<&str>) -> Result<PathBuf> {
+    let local = dir.join(p);
+    match p.to_str() {
+        Some(id) if !local.exists() && crate::hub::is_hub_id(id) => match file {
+            Some(name) => crate::hub::resolve_file(id, name),
+            None => crate::hub::resolve_model(id),
+        },
+        _ => Ok(local),
+    }
 }
 
 /// Everything around the model that turns requests into answers.
@@ -312,9 +328,17 @@ impl LionPipeline {
         for w in &m.weights {
             checkpoints.extend(open_weights(&dir.join(&w.file), &w.prefix)?);
         }
-        let t5_tok = dir.join(&m.t5_tokenizer);
-        let q_tok = m.qformer_tokenizer.as_ref().map(|p| dir.join(p));
-        let tag = m.tag_encoder.as_ref().map(|p| dir.join(p));
+        let t5_tok = manifest_entry(dir, &m.t5_tokenizer, Some("tokenizer.json"))?;
+        let q_tok = m
+            .qformer_tokenizer
+            .as_ref()
+            .map(|p| manifest_entry(dir, p, Some("tokenizer.json")))
+            .transpose()?;
+        let tag = m
+            .tag_encoder
+            .as_ref()
+            .map(|p| manifest_entry(dir, p, None))
+            .transpose()?;
         Self::new(
             PipelineSources {
                 config,

@@ -277,6 +277,23 @@ impl Ram {
         Ok((model, report))
     }
 
+    /// A RAM of the sizes `config` names (`swin-l`, `tiny` or a RamConfig JSON file), from the
+    /// checkpoint `weights`, or with random weights (warned) when None.
+    pub fn from_spec(weights: Option<&Path>, config: &str, dev: &Device) -> crate::Result<Self> {
+        let cfg = RamConfig::from_name_or_file(config)?;
+        match weights {
+            Some(w) => {
+                let (model, report) = Self::load(&cfg, w, dev)?;
+                tracing::info!("loaded {}: {report}", w.display());
+                Ok(model)
+            }
+            None => {
+                tracing::warn!("random weights: the tags mean nothing");
+                Self::random(&cfg, dev)
+            }
+        }
+    }
+
     /// A randomly initialised RAM (smoke tests, benchmarks).
     pub fn random(cfg: &RamConfig, dev: &Device) -> crate::Result<Self> {
         Self::new(cfg, WeightLoader::random().var_builder(DType::F32, dev))
@@ -381,6 +398,22 @@ impl TagVocab {
             tags: (0..n).map(|i| format!("tag{i}")).collect(),
             thresholds: vec![threshold; n],
         }
+    }
+
+    /// The vocabulary of a model with `num_tags` tags: the given (tag list, thresholds) files,
+    /// else RAM's own for 4585 tags, else synthetic names `tag0..` with threshold 0.68 (warned).
+    pub fn for_model(files: Option<(&Path, &Path)>, num_tags: usize) -> crate::Result<Self> {
+        if let Some((t, th)) = files {
+            return Self::from_files(t, th);
+        }
+        if num_tags == RAM_TAG_LIST.lines().count() {
+            return Ok(Self::ram());
+        }
+        tracing::warn!(
+            "the model has {num_tags} tags, not RAM's 4585: naming them tag0..tag{} (threshold 0.68); give --tags/--thresholds for real names",
+            num_tags.saturating_sub(1)
+        );
+        Ok(Self::synthetic(num_tags, 0.68))
     }
 
     pub fn len(&self) -> usize {
@@ -549,6 +582,32 @@ impl Tagger {
             order: TagOrder::Index,
             device,
         })
+    }
+
+    /// A tagger as LION uses it (per-class thresholds, tag-list order), RAM's tag list or
+    /// synthetic names ([`TagVocab::for_model`]); see [`Ram::from_spec`].
+    pub fn from_spec(weights: Option<&Path>, config: &str, dev: &Device) -> crate::Result<Self> {
+        let model = Ram::from_spec(weights, config, dev)?;
+        let vocab = TagVocab::for_model(None, model.config().num_tags)?;
+        Self::new(model, vocab, dev.clone())
+    }
+
+    /// Tags decoded images with RAM's transform (`ImageTransform::ram` at the model's size), as
+    /// `lion serve` tags the images of LION requests: the kept tags with their scores.
+    pub fn tag_images(&self, images: &[image::RgbImage]) -> crate::Result<Vec<Vec<(String, f32)>>> {
+        if images.is_empty() {
+            return Ok(vec![]);
+        }
+        let transform = crate::preprocess::ImageTransform {
+            size: self.model.config().swin.img_size as u32,
+            ..crate::preprocess::ImageTransform::ram()
+        };
+        let x = transform.apply_batch(images, &self.device)?;
+        Ok(self
+            .tag_tensor(&x)?
+            .into_iter()
+            .map(|r| r.tags.into_iter().map(|t| (t.tag, t.score)).collect())
+            .collect())
     }
 
     /// Tags preprocessed images: (b, 3, img, img) -> one result per image.

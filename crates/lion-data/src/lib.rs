@@ -9,6 +9,7 @@ pub mod json;
 pub mod lion_json;
 pub mod pickle;
 pub mod refcoco;
+pub mod shard;
 pub mod textcaps;
 pub mod vqa;
 pub mod world;

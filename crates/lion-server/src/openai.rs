@@ -447,7 +447,10 @@ async fn chat_inner(s: &Shared, req: Request) -> Result<Response, ApiError> {
                 options,
             };
             let r = s
-                .submit(kind, deadline, Some(hold), |reply| Job::Caption { req, reply })
+                .submit(kind, deadline, Some(hold), |reply| Job::Caption {
+                    req,
+                    reply,
+                })
                 .await?;
             Generated::new(r.caption, r.info, None)
         }
@@ -471,7 +474,10 @@ async fn chat_inner(s: &Shared, req: Request) -> Result<Response, ApiError> {
                 options,
             };
             let r = s
-                .submit(kind, deadline, Some(hold), |reply| Job::Ground { req, reply })
+                .submit(kind, deadline, Some(hold), |reply| Job::Ground {
+                    req,
+                    reply,
+                })
                 .await?;
             let mut g = Generated::new(r.text, r.info, None);
             let boxes = g

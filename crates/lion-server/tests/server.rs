@@ -568,6 +568,76 @@ fn the_decoded_image_budget_refuses_what_would_exceed_it_before_decoding() {
         msg.contains("6000x6000") && msg.contains("108000000 bytes"),
         "{msg}"
     );
+    stop(r);
+}
+
+#[test]
+fn a_duplicate_json_key_is_refused_naming_it() {
+    let r = start(cfg(4, 0, 8, 5000), 0);
+    let b64 = http::b64(&http::png(4, 4));
+    let body = format!(r#"{{"image": "{b64}", "question": "q", "image": "{b64}"}}"#);
+    let resp = http::post_raw(r.addr, "/v1/vqa", "application/json", body.as_bytes());
+    let msg = resp.expect_error(422, "validation");
+    assert!(msg.contains("field `image` is given twice"), "{msg}");
+    let resp = http::post_raw(
+        r.addr,
+        "/v1/embed",
+        "application/json",
+        br#"{"inputs": "a", "inputs": ["b"]}"#,
+    );
+    let msg = resp.expect_error(422, "validation");
+    assert!(msg.contains("field `inputs` is given twice"), "{msg}");
+    stop(r);
+}
+
+#[test]
+fn a_data_url_that_is_not_an_image_is_refused_naming_its_media_type() {
+    let r = start(cfg(4, 0, 8, 5000), 0);
+    let b64 = http::b64(&http::png(4, 4));
+    let resp = http::post_json(
+        r.addr,
+        "/v1/vqa",
+        &vqa_body_str(&format!("data:text/plain;base64,{b64}")),
+    );
+    let msg = resp.expect_error(415, "unsupported_media_type");
+    assert!(msg.contains("text/plain"), "{msg}");
+    let resp = http::post_json(
+        r.addr,
+        "/v1/vqa",
+        &vqa_body_str(&format!("data:image/png,{b64}")),
+    );
+    let msg = resp.expect_error(400, "bad_request");
+    assert!(msg.contains("not base64"), "{msg}");
+    let resp = http::post_json(
+        r.addr,
+        "/v1/vqa",
+        &vqa_body_str(&format!("data:image/png;base64,{b64}")),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    stop(r);
+}
+
+fn vqa_body_str(image: &str) -> serde_json::Value {
+    json!({"image": image, "question": "q"})
+}
+
+#[test]
+fn a_panicking_model_answers_500_and_the_worker_keeps_serving() {
+    let r = start(cfg(4, 0, 8, 5000), 0);
+    let png = http::png(8, 8);
+    let resp = http::post_json(r.addr, "/v1/vqa", &vqa_body(&png, "panic"));
+    let msg = resp.expect_error(500, "backend");
+    assert!(
+        msg.contains("panicked") && msg.contains("index out of bounds"),
+        "{msg}"
+    );
+    let resp = http::post_json(r.addr, "/v1/vqa", &vqa_body(&png, "fine?"));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = http::get(r.addr, "/health");
+    assert_eq!(resp.json()["status"], "ok");
+    stop(r);
+}
+
 #[test]
 fn chat_completions_in_the_openai_shape() {
     let r = start(cfg(8, 1, 8, 5000), 0);
@@ -662,69 +732,6 @@ fn chat_completions_in_the_openai_shape() {
 }
 
 #[test]
-fn a_duplicate_json_key_is_refused_naming_it() {
-    let r = start(cfg(4, 0, 8, 5000), 0);
-    let b64 = http::b64(&http::png(4, 4));
-    let body = format!(r#"{{"image": "{b64}", "question": "q", "image": "{b64}"}}"#);
-    let resp = http::post_raw(r.addr, "/v1/vqa", "application/json", body.as_bytes());
-    let msg = resp.expect_error(422, "validation");
-    assert!(msg.contains("field `image` is given twice"), "{msg}");
-    let resp = http::post_raw(
-        r.addr,
-        "/v1/embed",
-        "application/json",
-        br#"{"inputs": "a", "inputs": ["b"]}"#,
-    );
-    let msg = resp.expect_error(422, "validation");
-    assert!(msg.contains("field `inputs` is given twice"), "{msg}");
-    stop(r);
-}
-
-#[test]
-fn a_data_url_that_is_not_an_image_is_refused_naming_its_media_type() {
-    let r = start(cfg(4, 0, 8, 5000), 0);
-    let b64 = http::b64(&http::png(4, 4));
-    let resp = http::post_json(
-        r.addr,
-        "/v1/vqa",
-        &vqa_body_str(&format!("data:text/plain;base64,{b64}")),
-    );
-    let msg = resp.expect_error(415, "unsupported_media_type");
-    assert!(msg.contains("text/plain"), "{msg}");
-    let resp = http::post_json(
-        r.addr,
-        "/v1/vqa",
-        &vqa_body_str(&format!("data:image/png,{b64}")),
-    );
-    let msg = resp.expect_error(400, "bad_request");
-    assert!(msg.contains("not base64"), "{msg}");
-    let resp = http::post_json(
-        r.addr,
-        "/v1/vqa",
-        &vqa_body_str(&format!("data:image/png;base64,{b64}")),
-    );
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    stop(r);
-}
-
-fn vqa_body_str(image: &str) -> serde_json::Value {
-    json!({"image": image, "question": "q"})
-}
-
-#[test]
-fn a_panicking_model_answers_500_and_the_worker_keeps_serving() {
-    let r = start(cfg(4, 0, 8, 5000), 0);
-    let png = http::png(8, 8);
-    let resp = http::post_json(r.addr, "/v1/vqa", &vqa_body(&png, "panic"));
-    let msg = resp.expect_error(500, "backend");
-    assert!(
-        msg.contains("panicked") && msg.contains("index out of bounds"),
-        "{msg}"
-    );
-    let resp = http::post_json(r.addr, "/v1/vqa", &vqa_body(&png, "fine?"));
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let resp = http::get(r.addr, "/health");
-    assert_eq!(resp.json()["status"], "ok");
 fn playground_page_and_its_files() {
     let r = start(cfg(8, 1, 8, 5000), 0);
     let page = http::get(r.addr, "/");

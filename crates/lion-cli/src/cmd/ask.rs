@@ -3,17 +3,18 @@
 //! answered in batches; one JSON line out per request, in order. A bad line (malformed JSON,
 //! missing field, unreadable image) gets an `"error"` line; the others are still answered.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
+use lion_core::image_files::collect_images;
 use lion_core::pipeline::{Answer, LionPipeline, Request};
 use lion_core::preprocess::load_image;
 use lion_core::prompt::Task;
+use lion_core::tagger::Tagger;
 use serde_json::{json, Value};
 
-use super::model::{GenArgs, ModelArgs};
+use super::model::{GenArgs, ModelArgs, RamArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,6 +22,8 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     gen: GenArgs,
+    #[command(flatten)]
+    ram: RamArgs,
     /// JSONL requests instead of positional arguments.
     #[arg(long)]
     requests: Option<PathBuf>,
@@ -33,16 +36,28 @@ pub struct Args {
     /// `ground` only: draw the box on the image and save it here (PNG).
     #[arg(long)]
     draw: Option<PathBuf>,
-    /// The image, then (vqa / ground) the question or expression. `caption` takes several images.
+    /// Write the JSON lines to this file (atomically, resumable through FILE.partial) instead
+    /// of stdout; with --shard, FILE's shard file (`lion merge` joins them).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    shard: super::shard::ShardArgs,
+    /// The image, then (vqa / ground) the question or expression. `caption` takes several
+    /// images and folders of images.
     args: Vec<String>,
 }
 
-/// One line of work: where it came from, and either a request or an error.
+/// One line of work: where it came from, and either a request or an error. Images are read per
+/// batch, when the item is answered.
 struct Item {
     line: Option<usize>,
+    /// The item's id for --shard: the request's `"id"`, else its line number, else the image.
+    id: String,
     image_path: String,
+    file: PathBuf,
     text: String,
-    parsed: Result<(RgbImage, Request), String>,
+    /// The request, and whether its tags were given (given tags win over the tagger's).
+    parsed: Result<(Request, bool), String>,
 }
 
 pub(crate) fn parse_tags(s: &str) -> Result<Vec<(String, f32)>, String> {
@@ -84,11 +99,6 @@ pub(crate) fn tags_from_json(v: Option<&Value>) -> Result<Vec<(String, f32)>, St
         .collect()
 }
 
-fn load(path: &str, base: &Path) -> Result<RgbImage, String> {
-    let p = base.join(path);
-    load_image(&p).map_err(|e| e.to_string())
-}
-
 fn text_field(task: Task) -> Option<&'static str> {
     match task {
         Task::Caption => None,
@@ -102,7 +112,7 @@ const MAX_LINE: usize = 1 << 20;
 
 /// The fields a request line may have.
 fn known_fields(task: Task) -> Vec<&'static str> {
-    let mut v = vec!["image", "tags"];
+    let mut v = vec!["id", "image", "tags"];
     v.extend(text_field(task));
     v
 }
@@ -117,7 +127,9 @@ fn items_from_file(task: Task, file: &Path) -> Result<Vec<Item>> {
         let (n, line) = next.with_context(|| format!("reading {}", file.display()))?;
         let mut item = Item {
             line: Some(n),
+            id: n.to_string(),
             image_path: String::new(),
+            file: PathBuf::new(),
             text: String::new(),
             parsed: Err(String::new()),
         };
@@ -135,11 +147,17 @@ fn items_from_file(task: Task, file: &Path) -> Result<Vec<Item>> {
                     known.join(", ")
                 ));
             }
+            match v.get("id") {
+                Some(Value::String(s)) => item.id = s.clone(),
+                Some(Value::Number(n)) => item.id = n.to_string(),
+                _ => {}
+            }
             let image = v
                 .get("image")
                 .and_then(Value::as_str)
                 .ok_or("missing `image` (a path)")?;
             item.image_path = image.to_string();
+            item.file = base.join(image);
             let text = match text_field(task) {
                 Some(f) => {
                     let t = v
@@ -154,8 +172,7 @@ fn items_from_file(task: Task, file: &Path) -> Result<Vec<Item>> {
             };
             item.text = text.clone();
             let tags = tags_from_json(v.get("tags"))?;
-            let img = load(image, &base)?;
-            Ok((img, Request { task, text, tags }))
+            Ok((Request { task, text, tags }, v.get("tags").is_some()))
         })();
         // Blank lines are skipped, not answered.
         if item.parsed.as_ref().is_err_and(|e| e.is_empty()) {
@@ -174,11 +191,16 @@ fn items_from_args(task: Task, args: &Args) -> Result<Vec<Item>> {
     let pairs: Vec<(String, String)> = match task {
         Task::Caption => {
             if args.args.is_empty() {
-                bail!("give one or more images, or --requests FILE");
+                bail!("give one or more images or folders, or --requests FILE");
             }
-            args.args
-                .iter()
-                .map(|a| (a.clone(), String::new()))
+            let inputs: Vec<PathBuf> = args.args.iter().map(PathBuf::from).collect();
+            let images = collect_images(&inputs, None)?;
+            if images.is_empty() {
+                bail!("no images in {}", args.args.join(", "));
+            }
+            images
+                .into_iter()
+                .map(|p| (p.display().to_string(), String::new()))
                 .collect()
         }
         _ => {
@@ -199,23 +221,28 @@ fn items_from_args(task: Task, args: &Args) -> Result<Vec<Item>> {
         .into_iter()
         .map(|(image, text)| Item {
             line: None,
-            parsed: load(&image, Path::new(".")).map(|img| {
-                (
-                    img,
-                    Request {
-                        task,
-                        text: text.clone(),
-                        tags: tags.clone(),
-                    },
-                )
-            }),
+            id: image.clone(),
+            file: PathBuf::from(&image),
+            parsed: Ok((
+                Request {
+                    task,
+                    text: text.clone(),
+                    tags: tags.clone(),
+                },
+                args.tags.is_some(),
+            )),
             image_path: image,
             text,
         })
         .collect())
 }
 
-fn output(task: Task, item: &Item, answer: Result<&Answer, &str>) -> Value {
+fn output(
+    task: Task,
+    item: &Item,
+    tagged: Option<&[(String, f32)]>,
+    answer: Result<&Answer, &str>,
+) -> Value {
     let mut v = json!({ "image": item.image_path });
     if let Some(l) = item.line {
         v["line"] = json!(l);
@@ -233,6 +260,12 @@ fn output(task: Task, item: &Item, answer: Result<&Answer, &str>) -> Value {
             v[key] = json!(a.text);
             if task == Task::Rec {
                 v["box"] = json!(a.bbox);
+            }
+            if let Some(tags) = tagged {
+                v["tags"] = tags
+                    .iter()
+                    .map(|(tag, score)| json!({"tag": tag, "score": score}))
+                    .collect();
             }
         }
         Err(e) => v["error"] = json!(e),
@@ -306,66 +339,103 @@ pub fn run(task: Task, args: Args) -> Result<()> {
     if args.draw.is_some() && (task != Task::Rec || items.len() != 1) {
         bail!("--draw works with `lion ground IMAGE EXPRESSION` (one request)");
     }
+    let shard = args.shard.resolve(args.out.as_ref().map(|_| "--out"))?;
     let gen = args.gen.checked_config()?;
     lion_core::rules::positive("--batch-size", args.batch_size)?;
+    let dev = super::device()?;
     let pipe = args.model.load()?;
     pipe.config().check_memory(args.batch_size, false)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let pb = super::progress(items.len() as u64, task_name(task));
-    let mut failed = 0usize;
-    for chunk in items.chunks(args.batch_size) {
-        let ok: Vec<&Item> = chunk.iter().filter(|i| i.parsed.is_ok()).collect();
-        let imgs: Vec<RgbImage> = ok
-            .iter()
-            .map(|i| i.parsed.as_ref().unwrap().0.clone())
-            .collect();
-        let reqs: Vec<Request> = ok
-            .iter()
-            .map(|i| i.parsed.as_ref().unwrap().1.clone())
-            .collect();
-        let mut answers = if reqs.is_empty() {
-            vec![]
-        } else {
-            answer_chunk(&pipe, &imgs, &reqs, &gen)
-        }
-        .into_iter();
-        for item in chunk {
-            let line = match &item.parsed {
-                Err(e) => {
-                    failed += 1;
-                    tracing::warn!(image = %item.image_path, line = ?item.line, "{e}");
-                    output(task, item, Err(e.as_str()))
-                }
-                Ok((img, _)) => match answers.next().expect("one answer per request") {
-                    Ok(a) => {
-                        if let (Some(path), Some(b)) = (&args.draw, a.bbox) {
-                            draw_box(img, b, path)?;
-                        }
-                        output(task, item, Ok(&a))
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        output(task, item, Err(e.as_str()))
-                    }
-                },
-            };
-            writeln!(out, "{line}")?;
-        }
-        out.flush()?;
-        pb.inc(chunk.len() as u64);
-    }
-    pb.finish_and_clear();
-    if failed > 0 {
+    let tagger = args.ram.load(&dev)?;
+    let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    let summary = super::shard::run_batches(
+        &ids,
+        args.out.as_deref(),
+        shard,
+        task_name(task),
+        args.batch_size,
+        |chunk| {
+            let chunk: Vec<&Item> = chunk.iter().map(|&k| &items[k]).collect();
+            answer_items(
+                task,
+                &chunk,
+                &pipe,
+                tagger.as_ref(),
+                &gen,
+                args.draw.as_deref(),
+            )
+        },
+    )?;
+    if summary.failed > 0 {
         tracing::warn!(
-            "{failed} of {} requests failed (see their error lines)",
-            items.len()
+            "{} of {} requests failed (see their error lines)",
+            summary.failed,
+            summary.items
         );
     }
-    if failed == items.len() {
+    if summary.failed == summary.items && summary.items > 0 {
         bail!("no request could be answered");
     }
     Ok(())
+}
+
+/// Answers a batch of items: reads their images, tags those without given tags when a tagger is
+/// loaded, generates; one output record per item, in order.
+fn answer_items(
+    task: Task,
+    chunk: &[&Item],
+    pipe: &LionPipeline,
+    tagger: Option<&Tagger>,
+    gen: &lion_core::generate::GenerationConfig,
+    draw: Option<&Path>,
+) -> Result<Vec<Value>> {
+    let mut ready: Vec<(usize, RgbImage, Request, bool)> = vec![];
+    let mut out: Vec<Option<Value>> = vec![None; chunk.len()];
+    for (j, item) in chunk.iter().enumerate() {
+        let loaded = item.parsed.clone().and_then(|(req, given)| {
+            load_image(&item.file)
+                .map(|img| (img, req, given))
+                .map_err(|e| e.to_string())
+        });
+        match loaded {
+            Ok((img, req, given)) => ready.push((j, img, req, given)),
+            Err(e) => {
+                tracing::warn!(image = %item.image_path, line = ?item.line, "{e}");
+                out[j] = Some(output(task, item, None, Err(e.as_str())));
+            }
+        }
+    }
+    let mut tagged = vec![false; ready.len()];
+    if let Some(t) = tagger {
+        let todo: Vec<usize> = (0..ready.len()).filter(|&r| !ready[r].3).collect();
+        let imgs: Vec<RgbImage> = todo.iter().map(|&r| ready[r].1.clone()).collect();
+        for (&r, tags) in todo.iter().zip(t.tag_images(&imgs)?) {
+            ready[r].2.tags = tags;
+            tagged[r] = true;
+        }
+    }
+    let imgs: Vec<RgbImage> = ready.iter().map(|r| r.1.clone()).collect();
+    let reqs: Vec<Request> = ready.iter().map(|r| r.2.clone()).collect();
+    let answers = if reqs.is_empty() {
+        vec![]
+    } else {
+        answer_chunk(pipe, &imgs, &reqs, gen)
+    };
+    for ((r, (j, img, req, _)), a) in ready.iter().enumerate().zip(answers) {
+        let tags = tagged[r].then_some(req.tags.as_slice());
+        out[*j] = Some(match a {
+            Ok(a) => {
+                if let (Some(path), Some(b)) = (draw, a.bbox) {
+                    draw_box(img, b, path)?;
+                }
+                output(task, chunk[*j], tags, Ok(&a))
+            }
+            Err(e) => output(task, chunk[*j], tags, Err(e.as_str())),
+        });
+    }
+    Ok(out
+        .into_iter()
+        .map(|v| v.expect("one record per item"))
+        .collect())
 }
 
 fn task_name(task: Task) -> &'static str {

@@ -30,9 +30,10 @@ pub struct Args {
     /// Rows of the training step.
     #[arg(long, default_value_t = 2)]
     train_batch: usize,
-    /// Tag-encoder model folder (the tag-encoder stage is skipped when it does not exist).
+    /// Tag-encoder model, a folder or a Hub id (the tag-encoder stage is skipped when it is not
+    /// found).
     #[arg(long, default_value = crate::cmd::DEFAULT_MINILM)]
-    tagenc: PathBuf,
+    tagenc: String,
     /// Only these stages (comma-separated): gemm, t5_encoder, decode_token, caption_beam5,
     /// caption_batch, train_step, tagenc_triplet, vit, qformer, aggregator, caption_e2e,
     /// caption_e2e_batch, tagger.
@@ -57,7 +58,9 @@ pub fn run(args: Args) -> Result<()> {
     setup.repeats = args.repeats;
     setup.batch = args.batch;
     setup.train_batch = args.train_batch;
-    setup.tagenc_dir = Some(args.tagenc.clone());
+    setup.tagenc_dir = Some(
+        lion_core::hub::resolve_model(&args.tagenc).unwrap_or_else(|_| PathBuf::from(&args.tagenc)),
+    );
     setup.stages = args.stages.clone();
     setup.validate()?;
     let reusable = !args.fresh

@@ -8,8 +8,9 @@ use lion_core::sentence::SentenceEmbedder;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model folder (config.json, model.safetensors, tokenizer.json); see scripts/get-minilm.sh.
-    #[arg(long, default_value = super::DEFAULT_MINILM)]
+    /// Model folder (config.json, model.safetensors, tokenizer.json) or Hub id; see
+    /// scripts/get-minilm.sh.
+    #[arg(long, default_value = super::DEFAULT_MINILM, value_parser = super::model_dir)]
     model: PathBuf,
     /// A file with one sentence per line (empty lines are skipped).
     #[arg(long)]

@@ -112,6 +112,9 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     gen: GenArgs,
+    /// With a model: run shard i/N of the split (see `lion merge`).
+    #[command(flatten)]
+    shard: super::shard::ShardArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -851,11 +854,13 @@ fn predict(args: &Args) -> Result<Option<(PathBuf, Value)>> {
         .images
         .as_ref()
         .context("with a model, give --images ROOT (the folder of the split's images)")?;
-    let items = split_items(args, root)?;
+    let shard = args.shard.resolve(Some("--pred-out"))?;
+    let all = split_items(args, root)?;
+    let (items, target) = super::shard::select(&all, |it| it.id.as_str(), shard, out);
     let gen = args.gen.checked_config()?;
     let pipe = args.model.load()?;
     pipe.config().check_memory(args.batch_size.max(1), false)?;
-    let partial = partial_path(out);
+    let partial = partial_path(&target);
     let opts = PredictOptions {
         partial: Some(partial.clone()),
         max_new: args.stop_after,
@@ -877,16 +882,36 @@ fn predict(args: &Args) -> Result<Option<(PathBuf, Value)>> {
         return Ok(None);
     }
     let records = preds.records();
-    let mut text = String::from("[\n");
-    for (i, r) in records.iter().enumerate() {
-        text.push_str(&r.to_string());
-        text.push_str(if i + 1 < records.len() { ",\n" } else { "\n" });
-    }
-    text.push_str("]\n");
-    lion_core::util::write_atomic(out, text.as_bytes())?;
-    if partial.exists() {
-        std::fs::remove_file(&partial)
-            .with_context(|| format!("cannot remove {}", partial.display()))?;
+    let text = match shard {
+        None => lion_data::shard::render(
+            lion_data::shard::Format::JsonArray,
+            records.iter().map(Value::to_string),
+        ),
+        Some(s) => {
+            let ids: Vec<&str> = all.iter().map(|it| it.id.as_str()).collect();
+            super::shard::shard_text(s, &ids, &records, &format!("eval {:?}", args.task))
+        }
+    };
+    super::shard::write_output(lion_data::shard::Output {
+        path: target.clone(),
+        text,
+        partial,
+    })?;
+    if let Some(s) = shard {
+        println!(
+            "shard {}/{}: {} of {} items ({} reused, {} computed, {} failed) -> {}; \
+             join the shards with `lion merge --out {} FILES...`",
+            s.index,
+            s.count,
+            items.len(),
+            all.len(),
+            preds.reused,
+            preds.computed,
+            preds.failed,
+            target.display(),
+            out.display()
+        );
+        return Ok(None);
     }
     println!(
         "predictions: {} items ({} reused, {} computed in {secs:.1} s, {} failed) -> {}",

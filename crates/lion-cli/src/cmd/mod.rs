@@ -4,10 +4,12 @@ pub mod demo;
 pub mod embed;
 pub mod eval;
 pub mod forward;
+pub mod merge;
 pub mod model;
 pub mod predict;
 pub mod select_captions;
 pub mod serve;
+pub mod shard;
 pub mod tag;
 pub mod train;
 pub mod train_tag_encoder;
@@ -22,8 +24,14 @@ pub fn device() -> Result<Device> {
     Ok(Device::Cpu)
 }
 
-/// Where `scripts/get-minilm.sh` puts all-MiniLM-L6-v2 by default.
-pub const DEFAULT_MINILM: &str = "models/all-MiniLM-L6-v2";
+/// all-MiniLM-L6-v2 by Hub id, found wherever `lion_core::hub` looks (never relative to the
+/// current directory); `scripts/get-minilm.sh` puts it in the Hugging Face cache.
+pub const DEFAULT_MINILM: &str = lion_core::hub::DEFAULT_MINILM;
+
+/// clap value parser of a model flag: a folder or a Hub id, resolved by `lion_core::hub`.
+pub fn model_dir(spec: &str) -> std::result::Result<std::path::PathBuf, String> {
+    lion_core::hub::resolve_model(spec).map_err(|e| e.to_string())
+}
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
 pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use lion_core::generate::GenerationConfig;
+use lion_core::hub::{resolve_file, resolve_model};
 use lion_core::pipeline::{LionPipeline, PipelineSources};
 use lion_core::presets::{preset, PRESETS};
 use lion_core::prompt::PromptKind;
@@ -12,9 +13,10 @@ use lion_core::weights::LoadMode;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model folder holding `lion.json` (config, weight files, tokenizers).
+    /// Model folder holding `lion.json` (config, weight files, tokenizers), or a Hub id
+    /// `org/name` found under $LION_HOME/models or in the Hugging Face cache.
     #[arg(long, conflicts_with = "preset")]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
     /// A preset (tiny, base, lion-4b, lion-12b); needs --random-weights.
     #[arg(long)]
     pub preset: Option<String>,
@@ -27,12 +29,13 @@ pub struct ModelArgs {
     /// T5 tokenizer.json with --preset (default: the bundled small tokenizer).
     #[arg(long)]
     pub t5_tokenizer: Option<PathBuf>,
-    /// BERT tokenizer.json for the Q-Former with --preset (bert-base-uncased vocabulary).
-    #[arg(long, default_value = "models/all-MiniLM-L6-v2/tokenizer.json")]
-    pub qformer_tokenizer: PathBuf,
-    /// Tag encoder folder with --preset (dynamic and gated prompts).
-    #[arg(long, default_value = super::DEFAULT_MINILM)]
-    pub tag_encoder: PathBuf,
+    /// BERT tokenizer for the Q-Former with --preset (bert-base-uncased vocabulary): a
+    /// tokenizer.json, or a model folder or Hub id holding one.
+    #[arg(long, default_value = lion_core::hub::DEFAULT_MINILM)]
+    pub qformer_tokenizer: String,
+    /// Tag encoder with --preset (dynamic and gated prompts): a folder or a Hub id.
+    #[arg(long, default_value = lion_core::hub::DEFAULT_MINILM)]
+    pub tag_encoder: String,
     /// Accept a checkpoint that does not fit exactly (missing keys keep their initialisation).
     #[arg(long)]
     pub lenient: bool,
@@ -61,8 +64,9 @@ impl ModelArgs {
         } else {
             LoadMode::Strict
         };
-        if let Some(dir) = &self.model {
-            return LionPipeline::from_dir(dir, mode, &dev)
+        if let Some(spec) = &self.model {
+            let dir = resolve_model(spec)?;
+            return LionPipeline::from_dir(&dir, mode, &dev)
                 .with_context(|| format!("cannot load the model folder {}", dir.display()));
         }
         let Some(name) = &self.preset else {
@@ -89,13 +93,22 @@ impl ModelArgs {
             cfg.t5.vocab_size = tok.vocab_size();
         }
         tracing::info!(preset = %name, "building the model with random weights");
+        // Only what the config uses is looked for (a static prompt needs no tag encoder).
+        let qformer_tokenizer = match cfg.qformer {
+            Some(_) => Some(resolve_file(&self.qformer_tokenizer, "tokenizer.json")?),
+            None => None,
+        };
+        let tag_encoder = match cfg.prompt.is_some_and(|p| p.needs_tag_embedding()) {
+            true => Some(resolve_model(&self.tag_encoder)?),
+            false => None,
+        };
         let p = LionPipeline::new(
             PipelineSources {
                 config: cfg,
                 checkpoints: vec![],
                 t5_tokenizer: self.t5_tokenizer.as_deref(),
-                qformer_tokenizer: Some(&self.qformer_tokenizer),
-                tag_encoder: Some(&self.tag_encoder),
+                qformer_tokenizer: qformer_tokenizer.as_deref(),
+                tag_encoder: tag_encoder.as_deref(),
                 mode,
             },
             &dev,
@@ -151,5 +164,35 @@ impl GenArgs {
             length_penalty: self.length_penalty,
             ..GenerationConfig::default()
         }
+    }
+}
+
+/// A RAM tagger for the LION commands: every image is tagged first (per-class thresholds,
+/// tag-list order, as `lion serve` does) unless its request gives tags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RamArgs {
+    /// RAM checkpoint (`ram_swin_large_14m.pth`) that tags each image for LION's prompt.
+    #[arg(long, conflicts_with = "ram_random")]
+    pub ram: Option<PathBuf>,
+    /// RAM sizes with --ram: `swin-l` (ram_swin_large_14m), `tiny`, or a JSON file (RamConfig).
+    #[arg(long, default_value = "swin-l", requires = "ram")]
+    pub ram_config: String,
+    /// A RAM tagger of these sizes (`tiny`, `swin-l`, JSON file) with random weights (smoke
+    /// tests).
+    #[arg(long, value_name = "CONFIG")]
+    pub ram_random: Option<String>,
+}
+
+impl RamArgs {
+    /// The tagger the flags describe; None without --ram / --ram-random.
+    pub fn load(&self, dev: &candle_core::Device) -> Result<Option<lion_core::tagger::Tagger>> {
+        let (weights, config) = match (&self.ram, &self.ram_random) {
+            (Some(w), _) => (Some(w.as_path()), self.ram_config.as_str()),
+            (None, Some(cfg)) => (None, cfg.as_str()),
+            (None, None) => return Ok(None),
+        };
+        let tagger = lion_core::tagger::Tagger::from_spec(weights, config, dev)?;
+        tracing::info!(tags = tagger.vocab.len(), "RAM tagger loaded");
+        Ok(Some(tagger))
     }
 }

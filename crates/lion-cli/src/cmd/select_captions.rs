@@ -10,8 +10,8 @@ use lion_train::records::{read_images, JsonlWriter};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Sentence-transformer folder that embeds the captions.
-    #[arg(long, default_value = super::DEFAULT_MINILM)]
+    /// Sentence transformer that embeds the captions: a folder or a Hub id.
+    #[arg(long, default_value = super::DEFAULT_MINILM, value_parser = super::model_dir)]
     model: PathBuf,
     /// Images as JSON lines: {"image": id, "captions": [...], ...}.
     #[arg(long)]

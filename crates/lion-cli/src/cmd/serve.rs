@@ -28,8 +28,8 @@ pub struct Args {
     /// tests, benchmarks).
     #[arg(long, value_name = "CONFIG")]
     ram_random: Option<String>,
-    /// Sentence-embedding model folder for POST /v1/embed.
-    #[arg(long, default_value = super::DEFAULT_MINILM)]
+    /// Sentence-embedding model for POST /v1/embed: a folder or a Hub id.
+    #[arg(long, default_value = super::DEFAULT_MINILM, value_parser = super::model_dir)]
     embed_model: PathBuf,
     /// Address to listen on; port 0 picks a free port (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -157,7 +157,7 @@ pub fn run(args: Args) -> Result<()> {
         (None, None) => None,
     };
     if let Some((weights, config)) = ram {
-        let tagger = super::tag::load_tagger(weights, config, &dev)?;
+        let tagger = lion_core::tagger::Tagger::from_spec(weights, config, &dev)?;
         tracing::info!(tags = tagger.vocab.len(), "RAM tagger loaded");
         backend = backend.with_tagger(tagger, dev.clone());
     }

@@ -17,10 +17,10 @@ use lion_train::triplet_trainer::{
 pub struct Args {
     /// Sentence-transformer folder: embeds the chosen captions (frozen) and, unless --encoder
     /// is given, initialises the tag encoder.
-    #[arg(long, default_value = super::DEFAULT_MINILM)]
+    #[arg(long, default_value = super::DEFAULT_MINILM, value_parser = super::model_dir)]
     model: PathBuf,
-    /// Initial tag-encoder folder (default: --model).
-    #[arg(long)]
+    /// Initial tag encoder, a folder or a Hub id (default: --model).
+    #[arg(long, value_parser = super::model_dir)]
     encoder: Option<PathBuf>,
     /// Images as JSON lines: {"image": id, "captions": [...], "tags": [...]}.
     #[arg(long)]

@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long, default_value = "demo-out")]
     out: PathBuf,
     /// Sentence transformer (caption selection) and initial tag encoder.
-    #[arg(long, default_value = super::DEFAULT_MINILM)]
+    #[arg(long, default_value = super::DEFAULT_MINILM, value_parser = super::model_dir)]
     sentence_model: PathBuf,
     #[arg(long, default_value_t = 0)]
     seed: u64,
