@@ -466,7 +466,7 @@ fn image_endpoints_answer_and_validate() {
     )
     .expect_error(422, "validation");
     assert!(
-        msg.contains("`question`") && msg.contains("limit is 50"),
+        msg.contains("`question`") && msg.contains("at most 50"),
         "{msg}"
     );
     let msg =

@@ -182,7 +182,7 @@ fn vit_rejects_bad_inputs_with_clear_errors() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("not a multiple of patch_size"), "{e}");
+    assert!(e.contains("multiple of patch_size"), "{e}");
 }
 
 #[test]
