@@ -41,6 +41,10 @@ pub struct Args {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Linear weights of the inference stages and the gemm stage: f32, bf16 or auto (bf16 where
+    /// the CPU has native bf16 dot products). Training stages run f32 either way.
+    #[arg(long, default_value = "f32", value_parser = crate::cmd::model::parse_dtype)]
+    dtype: lion_core::cpu::WeightDtype,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -59,6 +63,7 @@ pub fn run(args: Args) -> Result<()> {
     setup.train_batch = args.train_batch;
     setup.tagenc_dir = Some(args.tagenc.clone());
     setup.stages = args.stages.clone();
+    setup.dtype = args.dtype;
     setup.validate()?;
     let reusable = !args.fresh
         && args.dir.join("t5.safetensors").exists()
