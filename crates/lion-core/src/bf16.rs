@@ -24,6 +24,10 @@ const TILE_M: usize = 6;
 /// Weight rows per tile.
 const TILE_N: usize = 4;
 
+/// Columns per pass over a block (a multiple of 32): 6 input rows and 4 weight rows of it (10 KiB)
+/// stay in L1, the block's 32 weight rows of it (32 KiB) in L2; partial sums add into the output.
+const TILE_K: usize = 512;
+
 /// bf16 (round to nearest even, as `vcvtne2ps2bf16`).
 pub fn to_bf16(x: &[f32]) -> Vec<bf16> {
     x.iter().map(|&v| bf16::from_f32(v)).collect()
@@ -103,36 +107,60 @@ fn native(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
             *d = bf16::from_f32(s);
         }
     }
-    let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(ROWS_PER_TASK))
+    let mut y = vec![0f32; m * n];
+    let out = OutPtr(y.as_mut_ptr());
+    (0..n.div_ceil(ROWS_PER_TASK))
         .into_par_iter()
-        .map(|b| {
+        .for_each(|b| {
             let j0 = b * ROWS_PER_TASK;
             let rows = ROWS_PER_TASK.min(n - j0);
-            let mut out = vec![0f32; m * rows];
-            // SAFETY: `native` runs only when `cpu::kernels()` picked AVX512-BF16, i.e. the CPU
-            // has AVX-512 F/BW/VL and BF16; lengths: xb is m * kp, the block is rows * k, out
-            // is m * rows.
-            unsafe { avx512::block(&xb, m, kp, &w[j0 * k..(j0 + rows) * k], k, &mut out) };
-            (j0, out)
-        })
-        .collect();
-    let mut y = vec![0f32; m * n];
-    for (j0, out) in blocks {
-        let rows = out.len() / m;
-        for (r, o) in out.chunks_exact(rows).enumerate() {
-            y[r * n + j0..r * n + j0 + rows].copy_from_slice(o);
-        }
-    }
+            // SAFETY: `native` runs only when `cpu::kernels()` picked AVX512-BF16, i.e. the CPU has
+            // AVX-512 F/BW/VL and BF16. Lengths: xb is m * kp, the block is rows * k. Each task
+            // writes only the columns j0..j0 + rows of the m rows of `y` (row stride n), disjoint
+            // from every other task's, and `y` outlives the parallel loop.
+            unsafe {
+                avx512::block(
+                    &xb,
+                    m,
+                    kp,
+                    &w[j0 * k..(j0 + rows) * k],
+                    k,
+                    out.at(j0),
+                    rows,
+                    n,
+                )
+            };
+        });
     y
+}
+
+/// The output pointer shared by the tasks (each writes its own columns).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: the tasks write disjoint elements through it (see `native`).
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for OutPtr {}
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for OutPtr {}
+
+#[cfg(target_arch = "x86_64")]
+impl OutPtr {
+    fn at(self, j: usize) -> *mut f32 {
+        self.0.wrapping_add(j)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{TILE_M, TILE_N};
+    use super::{TILE_K, TILE_M, TILE_N};
     use half::bf16;
     use std::arch::x86_64::*;
 
-    /// `out (m, rows) = x (m, kp) @ w (rows, k)^T`, every row of `x` against the block's weight rows.
+    /// `out[r * ld + c] = (x (m, kp) @ w (rows, k)^T)[r, c]` for every row of `x` against the
+    /// block's weight rows; `out` must be zero.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn block(
         xb: &[bf16],
@@ -140,12 +168,34 @@ mod avx512 {
         kp: usize,
         w: &[bf16],
         k: usize,
-        out: &mut [f32],
+        out: *mut f32,
+        rows: usize,
+        ld: usize,
     ) {
-        let rows = out.len() / m;
         debug_assert!(xb.len() == m * kp && w.len() == rows * k);
         let tail = k % 32;
         let mask: __mmask32 = if tail == 0 { !0 } else { (1u32 << tail) - 1 };
+        for k0 in (0..kp).step_by(TILE_K) {
+            let ks = (k0, (k0 + TILE_K).min(kp));
+            pass(xb, m, kp, w, k, mask, out, rows, ld, ks);
+        }
+    }
+
+    /// One `TILE_K` slice `ks` of the columns: adds its products into `out`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn pass(
+        xb: &[bf16],
+        m: usize,
+        kp: usize,
+        w: &[bf16],
+        k: usize,
+        mask: __mmask32,
+        out: *mut f32,
+        rows: usize,
+        ld: usize,
+        ks: (usize, usize),
+    ) {
         let mut r0 = 0;
         while r0 < m {
             let mr = TILE_M.min(m - r0);
@@ -154,20 +204,20 @@ mod avx512 {
                 let nr = TILE_N.min(rows - j);
                 let xs = xb.as_ptr().add(r0 * kp);
                 let ws = w.as_ptr().add(j * k);
-                let o = out.as_mut_ptr().add(r0 * rows + j);
+                let o = out.add(r0 * ld + j);
                 match (mr, nr) {
-                    (6, 4) => tile::<6, 4>(xs, kp, ws, k, mask, o, rows),
-                    (5, 4) => tile::<5, 4>(xs, kp, ws, k, mask, o, rows),
-                    (4, 4) => tile::<4, 4>(xs, kp, ws, k, mask, o, rows),
-                    (3, 4) => tile::<3, 4>(xs, kp, ws, k, mask, o, rows),
-                    (2, 4) => tile::<2, 4>(xs, kp, ws, k, mask, o, rows),
-                    (1, 4) => tile::<1, 4>(xs, kp, ws, k, mask, o, rows),
-                    (6, _) => tile::<6, 1>(xs, kp, ws, k, mask, o, rows),
-                    (5, _) => tile::<5, 1>(xs, kp, ws, k, mask, o, rows),
-                    (4, _) => tile::<4, 1>(xs, kp, ws, k, mask, o, rows),
-                    (3, _) => tile::<3, 1>(xs, kp, ws, k, mask, o, rows),
-                    (2, _) => tile::<2, 1>(xs, kp, ws, k, mask, o, rows),
-                    _ => tile::<1, 1>(xs, kp, ws, k, mask, o, rows),
+                    (6, 4) => tile::<6, 4>(xs, kp, ws, k, mask, o, ld, ks),
+                    (5, 4) => tile::<5, 4>(xs, kp, ws, k, mask, o, ld, ks),
+                    (4, 4) => tile::<4, 4>(xs, kp, ws, k, mask, o, ld, ks),
+                    (3, 4) => tile::<3, 4>(xs, kp, ws, k, mask, o, ld, ks),
+                    (2, 4) => tile::<2, 4>(xs, kp, ws, k, mask, o, ld, ks),
+                    (1, 4) => tile::<1, 4>(xs, kp, ws, k, mask, o, ld, ks),
+                    (6, _) => tile::<6, 1>(xs, kp, ws, k, mask, o, ld, ks),
+                    (5, _) => tile::<5, 1>(xs, kp, ws, k, mask, o, ld, ks),
+                    (4, _) => tile::<4, 1>(xs, kp, ws, k, mask, o, ld, ks),
+                    (3, _) => tile::<3, 1>(xs, kp, ws, k, mask, o, ld, ks),
+                    (2, _) => tile::<2, 1>(xs, kp, ws, k, mask, o, ld, ks),
+                    _ => tile::<1, 1>(xs, kp, ws, k, mask, o, ld, ks),
                 }
                 j += if nr == 4 { 4 } else { 1 };
             }
@@ -175,7 +225,8 @@ mod avx512 {
         }
     }
 
-    /// `M` rows of x against `N` weight rows over the whole width; writes out[r * ld + c].
+    /// `M` rows of x against `N` weight rows over the columns `ks`; adds into out[r * ld + c].
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     #[inline]
     unsafe fn tile<const M: usize, const N: usize>(
@@ -186,11 +237,12 @@ mod avx512 {
         mask: __mmask32,
         out: *mut f32,
         ld: usize,
+        ks: (usize, usize),
     ) {
         let mut acc = [[_mm512_setzero_ps(); N]; M];
         let full = k / 32 * 32;
-        let mut t = 0;
-        while t < kp {
+        let mut t = ks.0;
+        while t < ks.1 {
             let mut wv = [_mm512_setzero_si512(); N];
             for (c, v) in wv.iter_mut().enumerate() {
                 let p = w.add(c * k + t);
@@ -214,10 +266,10 @@ mod avx512 {
         for (r, a) in acc.iter().enumerate() {
             let o = out.add(r * ld);
             if N == 4 {
-                _mm_storeu_ps(o, sum4(a[0], a[1], a[2], a[3]));
+                _mm_storeu_ps(o, _mm_add_ps(_mm_loadu_ps(o), sum4(a[0], a[1], a[2], a[3])));
             } else {
                 for (c, v) in a.iter().enumerate() {
-                    *o.add(c) = _mm512_reduce_add_ps(*v);
+                    *o.add(c) += _mm512_reduce_add_ps(*v);
                 }
             }
         }
