@@ -146,7 +146,7 @@ def build_model(setup, path):
     return model.eval()
 
 
-def build_vision(setup, path):
+def build_vision(setup, path, dtype):
     """The LION vision side from `vision.safetensors` (LION keys), loaded strictly into the
     references of scripts/fixtures_vision.py at the setup's sizes: timm's Eva as the EVA ViT, the
     plain-torch Q-Former (after LAVIS/LION Qformer.py), and the aggregator as
@@ -169,7 +169,7 @@ def build_vision(setup, path):
         if missing or unexpected:
             raise SystemExit(f"vision.safetensors {prefixes}: missing {missing[:5]}, unexpected {unexpected[:5]}")
         used.update(strip + k for k in want)
-        return module.eval()
+        return module.eval().to(dtype)
 
     vit = load(fv.make_eva(v["img_size"], v["patch_size"], v["width"], v["depth"], v["num_heads"], v["mlp_dim"],
                            v["layer_norm_eps"]), ("visual_encoder.",), strip="visual_encoder.",
@@ -206,17 +206,18 @@ def check_sample(t, n=64):
     return [float(x) for x in v[::stride][:n]]
 
 
-def vision_stages(setup, dir_, model, inputs, gemm, reps):
+def vision_stages(setup, dir_, model, inputs, gemm, reps, dtype):
     import torch
 
     wants = lambda name: not setup.get("stages") or name in setup["stages"]
     names = ["vit", "qformer", "aggregator", "caption_e2e", "caption_e2e_batch"]
     if not setup.get("lion") or not any(wants(n) for n in names):
         return []
-    vit_layers, layers, qformer, aggregator, sources = build_vision(setup, os.path.join(dir_, "vision.safetensors"))
+    vit_layers, layers, qformer, aggregator, sources = build_vision(setup, os.path.join(dir_, "vision.safetensors"),
+                                                                    dtype)
     lc = setup["lion"]
     v, q, a = lc["vit"], lc["qformer"], lc["aggregator"]
-    px, prompt_ids = inputs["pixel_values"], inputs["prompt_ids"].long()
+    px, prompt_ids = inputs["pixel_values"].to(dtype), inputs["prompt_ids"].long()
     px1 = px[:1]
     n_tok = (v["img_size"] // v["patch_size"]) ** 2 + 1
     out = []
@@ -300,7 +301,12 @@ def aggregator_flops(a, n, b):
     return b * (a["num_blocks"] * per_block + proj)
 
 
-def run(dir_, threads):
+def run(dir_, threads, dtype_name=None):
+    """dtype_name: f32 or bf16 for the inference stages (default: setup.json's `dtype`). bf16 is
+    PyTorch's own best: the whole module in bfloat16 (weights and activations; oneDNN / AMX or
+    AVX512-BF16 kernels where the CPU has them). The training stages run f32 either way, as ours."""
+    import copy
+
     import torch
     from safetensors.torch import load_file
 
@@ -309,9 +315,14 @@ def run(dir_, threads):
     load_before = load_avg()
     setup = json.load(open(os.path.join(dir_, "setup.json")))
     c = setup["t5"]
+    dtype_name = dtype_name or setup.get("dtype", "f32")
+    dt = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     model = build_model(setup, os.path.join(dir_, "t5.safetensors"))
+    # the inference stages' model (the training step keeps the f32 one)
+    imodel = model if dt == torch.float32 else copy.deepcopy(model).to(dt)
     inputs = load_file(os.path.join(dir_, "inputs.safetensors"))
     embeds, labels = inputs["embeds"], inputs["labels"].long()
+    iembeds = embeds.to(dt)
     s = setup["visual_tokens"] + setup["text_tokens"]
     reps = setup["repeats"]
     wants = lambda name: not setup.get("stages") or name in setup["stages"]
@@ -319,32 +330,32 @@ def run(dir_, threads):
     gen = dict(num_beams=setup["beams"], max_new_tokens=setup["new_tokens"], min_new_tokens=setup["new_tokens"],
                repetition_penalty=setup["repetition_penalty"], length_penalty=1.0, early_stopping=False,
                do_sample=False)
-    x1 = embeds[:1]
+    x1 = iembeds[:1]
     with torch.inference_mode():
         if wants("gemm"):
             reset_peak()
             n = setup["gemm_n"]
-            a, b = torch.randn(n, n), torch.randn(n, n)
+            a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
             st = with_flops(stage("gemm", time_runs(max(reps, 5), lambda: a @ b)), 2.0 * n ** 3, None)
             gemm = st["gflops"]
             stages.append(st)
         if wants("t5_encoder"):
             reset_peak()
-            runs = time_runs(reps, lambda: model.encoder(inputs_embeds=x1))
+            runs = time_runs(reps, lambda: imodel.encoder(inputs_embeds=x1))
             stages.append(with_flops(stage("t5_encoder", runs), encoder_flops(c, 1, s), gemm))
         if wants("decode_token"):
             reset_peak()
-            states = model.encoder(inputs_embeds=x1).last_hidden_state.repeat(setup["beams"], 1, 1)
+            states = imodel.encoder(inputs_embeds=x1).last_hidden_state.repeat(setup["beams"], 1, 1)
             ids = torch.zeros(setup["beams"], 1, dtype=torch.long)
             steps = setup["new_tokens"]
             per = []
             for rep in range(reps + 1):
                 # first step (cache set-up, cross K/V) untimed, as on the Rust side
-                out = model(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True)
+                out = imodel(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True)
                 pkv = cache_of(out)
                 t0 = time.perf_counter()
                 for _ in range(steps - 1):
-                    out = model(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True, **{CACHE_KW: pkv})
+                    out = imodel(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True, **{CACHE_KW: pkv})
                     pkv = cache_of(out)
                 assert pkv is not None and pkv.get_seq_length() == steps, "the KV cache was not used"
 
@@ -356,15 +367,15 @@ def run(dir_, threads):
             reset_peak()
 
             def cap():
-                out = model.generate(inputs_embeds=x1, **gen)
+                out = imodel.generate(inputs_embeds=x1, **gen)
                 assert out.shape[1] == 1 + setup["new_tokens"], out.shape
             st = stage("caption_beam5", time_runs(reps, cap))
             st["items_per_s"] = 1.0 / st["median_s"]
             stages.append(st)
         if wants("caption_batch"):
             reset_peak()
-            xb = embeds[: setup["batch"]]
-            st = stage("caption_batch", time_runs(reps, lambda: model.generate(inputs_embeds=xb, **gen)))
+            xb = iembeds[: setup["batch"]]
+            st = stage("caption_batch", time_runs(reps, lambda: imodel.generate(inputs_embeds=xb, **gen)))
             st["items_per_s"] = setup["batch"] / st["median_s"]
             stages.append(st)
     if wants("train_step"):
@@ -399,7 +410,7 @@ def run(dir_, threads):
             for p, t in zip(params, saved):
                 p.copy_(t)
         model.eval()
-    stages.extend(vision_stages(setup, dir_, model, inputs, gemm, reps))
+    stages.extend(vision_stages(setup, dir_, imodel, inputs, gemm, reps, dt))
     tag_dir = setup.get("tagenc_dir")
     if wants("tagenc_triplet") and tag_dir and os.path.exists(os.path.join(tag_dir, "config.json")):
         reset_peak()
@@ -408,7 +419,8 @@ def run(dir_, threads):
         st = tagger_stage(dir_, setup)
         if st is not None:
             stages.append(st)
-    return {"implementation": f"pytorch {torch.__version__} eager", "threads": torch.get_num_threads(),
+    return {"implementation": f"pytorch {torch.__version__} eager", "dtype": dtype_name,
+            "threads": torch.get_num_threads(),
             "load_before": load_before, "load_after": load_avg(), "setup": setup, "stages": stages}
 
 
@@ -570,7 +582,10 @@ def compare(out_dir):
           f"| {setup['new_tokens']} new tokens | batch {setup['batch']} | train batch {setup['train_batch']} "
           f"| {ours[0]['threads']} threads (lion) / {theirs[0]['threads']} (torch) | {len(ours)} rounds x "
           f"{setup['repeats']} runs | load avg {min(loads):.1f}-{max(loads):.1f}")
-    print(f"{theirs[0]['implementation']} vs {ours[0]['implementation']}; speedup = torch time / lion time")
+    print(f"{theirs[0]['implementation']} ({theirs[0].get('dtype', 'f32')}) vs {ours[0]['implementation']} "
+          f"({ours[0].get('dtype') or 'f32'}); speedup = torch time / lion time")
+    if ours[0].get("cpu"):
+        print(f"cpu: {ours[0]['cpu']}")
     hdr = f"{'stage':<16} {'lion ms':>10} {'torch ms':>10} {'speedup':>8} {'lion GF/s':>10} {'torch GF/s':>10} " \
           f"{'lion %GEMM':>10} {'torch %GEMM':>11} {'lion MiB':>9} {'torch MiB':>9}"
     print(hdr)
@@ -643,13 +658,15 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--compare")
+    ap.add_argument("--dtype", choices=["f32", "bf16"],
+                    help="inference stages' dtype (default: setup.json's, as `lion bench --dtype` wrote it)")
     args = ap.parse_args()
     if args.compare:
         compare(args.compare)
         return
     if not args.dir:
         ap.error("DIR (from `lion bench --prepare-only --dir DIR`) is required")
-    report = run(args.dir, args.threads)
+    report = run(args.dir, args.threads, args.dtype)
     text = json.dumps(report, indent=1)
     if args.json:
         tmp = args.json + ".tmp"

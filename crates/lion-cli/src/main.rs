@@ -54,6 +54,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Per-stage timing with random weights (`scripts/bench.sh` runs PyTorch beside it).
     Bench(cmd::bench::Args),
+    /// The CPU features found and the kernels picked for them (JSON).
+    Doctor(cmd::doctor::Args),
 }
 
 fn main() {
@@ -66,6 +68,7 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    lion_core::cpu::log_choice();
     let result = match cli.command {
         Command::Embed(args) => cmd::embed::run(args),
         Command::Caption(args) => cmd::ask::run(lion_core::prompt::Task::Caption, args),
@@ -83,6 +86,7 @@ fn main() {
         Command::Tag(args) => cmd::tag::run(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Merge(args) => cmd::merge::run(args),
+        Command::Doctor(args) => cmd::doctor::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

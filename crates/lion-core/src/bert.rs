@@ -123,7 +123,7 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
         },
     )?;
     let b = vb.get_with_hints(out_dim, "bias", candle_nn::Init::Const(0.))?;
-    Ok(Linear::new(w, Some(b)))
+    Ok(Linear::new(crate::linear::load_weight(w)?, Some(b)))
 }
 
 /// `BertEmbeddings`: word + absolute position + token type, LayerNorm, dropout.

@@ -181,7 +181,7 @@ pub fn sincos_pos_embed(grid: usize, dim: usize, dev: &candle_core::Device) -> R
 fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder, frozen: bool) -> Result<Linear> {
     let w = param(&vb, (out_dim, in_dim), "weight", TRUNC_NORMAL, frozen)?;
     let b = param(&vb, out_dim, "bias", Init::Const(0.), frozen)?;
-    Ok(Linear::new(w, Some(b)))
+    Ok(Linear::new(crate::linear::load_weight(w)?, Some(b)))
 }
 
 /// `nn.LayerNorm`: fused kernel when frozen, differentiable composition otherwise.
@@ -241,7 +241,13 @@ impl Attention {
         let d = cfg.width;
         let f = cfg.frozen;
         Ok(Self {
-            qkv: param(&vb.pp("qkv"), (3 * d, d), "weight", TRUNC_NORMAL, f)?,
+            qkv: crate::linear::load_weight(param(
+                &vb.pp("qkv"),
+                (3 * d, d),
+                "weight",
+                TRUNC_NORMAL,
+                f,
+            )?)?,
             q_bias: param(&vb, d, "q_bias", Init::Const(0.), f)?,
             v_bias: param(&vb, d, "v_bias", Init::Const(0.), f)?,
             proj: linear(d, d, vb.pp("proj"), f)?,

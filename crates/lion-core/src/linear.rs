@@ -7,11 +7,47 @@
 //! whose `bwd` returns the input gradient, and the weight gradient only when the weight takes
 //! part in autograd (`track_op`). Other devices use
 //! `candle_nn::Linear`. Tested against `candle_nn::Linear`, forward and backward (tests/linear.rs).
+//!
+//! bf16 weights (`--dtype bf16`): a model built inside [`with_weight_dtype`]`(Bf16, ..)` gets the
+//! frozen weights of its big linear layers (those built through [`load_weight`]: T5, BERT /
+//! Q-Former, EVA ViT) converted to bf16 once; activations stay f32, and `x @ W^T` runs
+//! [`crate::bf16::matmul_wt`] (f32 accumulation). Trainable weights (`Var`s) stay f32.
+
+use std::cell::Cell;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 
+use crate::cpu::WeightDtype;
 use crate::skinny;
+
+thread_local! {
+    static WEIGHT_DTYPE: Cell<WeightDtype> = const { Cell::new(WeightDtype::F32) };
+}
+
+/// Runs `f` (a model's construction) with [`load_weight`] storing frozen linear weights in
+/// `dtype`; the previous setting comes back afterwards, also when `f` panics.
+pub fn with_weight_dtype<T>(dtype: WeightDtype, f: impl FnOnce() -> T) -> T {
+    struct Restore(WeightDtype);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            WEIGHT_DTYPE.with(|d| d.set(self.0));
+        }
+    }
+    let _restore = Restore(WEIGHT_DTYPE.with(|d| d.replace(dtype)));
+    f()
+}
+
+/// A linear layer's weight as loaded: converted to bf16 inside `with_weight_dtype(Bf16, ..)`
+/// when it is a frozen f32 CPU tensor, else unchanged.
+pub fn load_weight(w: Tensor) -> Result<Tensor> {
+    let bf16 = WEIGHT_DTYPE.with(|d| d.get()) == WeightDtype::Bf16;
+    if bf16 && w.dtype() == DType::F32 && !w.is_variable() && w.device().is_cpu() {
+        w.to_dtype(DType::BF16)
+    } else {
+        Ok(w)
+    }
+}
 
 struct MatmulWt;
 
@@ -52,6 +88,13 @@ impl CustomOp2 for MatmulWt {
                 return Ok((CpuStorage::F32(y), Shape::from(shape)));
             }
         }
+        if let (CpuStorage::F32(xs), CpuStorage::BF16(ws), Some((w0, w1))) =
+            (s1, s2, l2.contiguous_offsets())
+        {
+            let x0 = l1.start_offset();
+            let y = crate::bf16::matmul_wt(&xs[x0..x0 + m * k], m, k, &ws[w0..w1], n);
+            return Ok((CpuStorage::F32(y), Shape::from(shape)));
+        }
         let lhs = Layout::contiguous_with_offset((m, k), l1.start_offset());
         let rhs = l2.transpose(0, 1)?;
         let out = s1.matmul(s2, (1, m, n, k), &lhs, &rhs)?;
@@ -68,6 +111,8 @@ impl CustomOp2 for MatmulWt {
         let (n, k) = w.dims2()?;
         let m = x.elem_count() / k.max(1);
         let g = grad.reshape((m, n))?;
+        // (a bf16 weight is frozen inference storage; its gradients run in the input's dtype)
+        let w = &w.to_dtype(x.dtype())?;
         let gx = g.matmul(w)?.reshape(x.shape())?;
         let gw = if w.track_op() {
             Some(g.t()?.matmul(&x.reshape((m, k))?)?)
@@ -104,11 +149,13 @@ impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let cpu = xs.device().is_cpu()
             && self.weight.device().is_cpu()
-            && xs.dtype() == self.weight.dtype()
+            && (xs.dtype() == self.weight.dtype()
+                || (xs.dtype() == DType::F32 && self.weight.dtype() == DType::BF16))
             && xs.rank() >= 1
             && self.weight.rank() == 2;
         if !cpu {
-            return candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(xs);
+            let w = self.weight.to_dtype(xs.dtype())?;
+            return candle_nn::Linear::new(w, self.bias.clone()).forward(xs);
         }
         let y = xs.contiguous()?.apply_op2(&self.weight, MatmulWt)?;
         match &self.bias {

@@ -77,11 +77,13 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32>
 /// out[j * m + r] = dot(w[j], x[r]) for every row j of `w` and r < m.
 fn rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked above); the slice lengths are checked by
-        // `matmul_wt` and each loop below stays inside them.
-        unsafe { avx2::rows_dot(x, m, k, w, out) };
-        return;
+    match crate::cpu::kernels().f32_skinny {
+        // SAFETY: `cpu::kernels()` picks a kernel only when the CPU has its features (AVX-512
+        // F/BW/VL; AVX2 and FMA); the slice lengths are checked by `matmul_wt` and each loop
+        // below stays inside them.
+        crate::cpu::F32Kernel::Avx512 => return unsafe { avx512::rows_dot(x, m, k, w, out) },
+        crate::cpu::F32Kernel::Avx2Fma => return unsafe { avx2::rows_dot(x, m, k, w, out) },
+        crate::cpu::F32Kernel::Portable => {}
     }
     portable_rows_dot(x, m, k, w, out);
 }
@@ -219,9 +221,145 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// As in the AVX2 loop.
+    const PF_ROWS: usize = 2;
+
+    /// Callers guarantee AVX-512 F/BW/VL, `x.len() == m * k`, `w.len() == out.len() / m * k`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
+        match m {
+            1 => rows::<1>(x, k, w, out),
+            2 => rows::<2>(x, k, w, out),
+            3 => rows::<3>(x, k, w, out),
+            4 => rows::<4>(x, k, w, out),
+            5 => rows::<5>(x, k, w, out),
+            6 => rows::<6>(x, k, w, out),
+            _ => unreachable!("groups of at most GROUP rows"),
+        }
+    }
+
+    /// As the AVX2 loop, 16 lanes wide (2 * M accumulators of the 32 registers).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn rows<const M: usize>(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
+        let n = out.len() / M;
+        debug_assert!(x.len() == M * k && w.len() >= n * k);
+        let xp = x.as_ptr();
+        let wp = w.as_ptr();
+        let k8 = k / 16 * 16;
+        let mut j = 0;
+        while j + 2 <= n {
+            let w0 = wp.add(j * k);
+            let w1 = w0.add(k);
+            let mut a0 = [_mm512_setzero_ps(); M];
+            let mut a1 = [_mm512_setzero_ps(); M];
+            let mut t = 0;
+            while t < k8 {
+                if t % 16 == 0 {
+                    prefetch(w0.wrapping_add(t + PF_ROWS * k));
+                    prefetch(w1.wrapping_add(t + PF_ROWS * k));
+                }
+                let v0 = _mm512_loadu_ps(w0.add(t));
+                let v1 = _mm512_loadu_ps(w1.add(t));
+                for r in 0..M {
+                    let xv = _mm512_loadu_ps(xp.add(r * k + t));
+                    a0[r] = _mm512_fmadd_ps(v0, xv, a0[r]);
+                    a1[r] = _mm512_fmadd_ps(v1, xv, a1[r]);
+                }
+                t += 16;
+            }
+            for r in 0..M {
+                let (mut s0, mut s1) = (hsum(a0[r]), hsum(a1[r]));
+                for t in k8..k {
+                    let xv = *xp.add(r * k + t);
+                    s0 += *w0.add(t) * xv;
+                    s1 += *w1.add(t) * xv;
+                }
+                out[j * M + r] = s0;
+                out[(j + 1) * M + r] = s1;
+            }
+            j += 2;
+        }
+        while j < n {
+            let w0 = wp.add(j * k);
+            let mut a0 = [_mm512_setzero_ps(); M];
+            let mut t = 0;
+            while t < k8 {
+                if t % 16 == 0 {
+                    prefetch(w0.wrapping_add(t + PF_ROWS * k));
+                }
+                let v0 = _mm512_loadu_ps(w0.add(t));
+                for (r, a) in a0.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xp.add(r * k + t)), *a);
+                }
+                t += 16;
+            }
+            for (r, a) in a0.iter().enumerate() {
+                let mut s = hsum(*a);
+                for t in k8..k {
+                    s += *w0.add(t) * *xp.add(r * k + t);
+                }
+                out[j * M + r] = s;
+            }
+            j += 1;
+        }
+    }
+
+    /// Asks for the cache line at `p` ahead of its use. A hint: it never faults, so `p` may lie
+    /// past the end of the weight (the last rows prefetch nothing useful).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn prefetch(p: *const f32) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+    }
+
+    /// The 16 lanes summed.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn hsum(v: __m512) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every SIMD kernel this CPU can run, by name (a missing one is said, not silently passed).
+    fn simd_kernels(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[f32],
+        n: usize,
+    ) -> Vec<(&'static str, Vec<f32>)> {
+        let mut outs = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let f = crate::cpu::features();
+            if f.avx2_fma() {
+                let mut a = vec![0f32; n * m];
+                // SAFETY: AVX2 and FMA checked above.
+                unsafe { avx2::rows_dot(x, m, k, w, &mut a) };
+                outs.push(("avx2", a));
+            } else {
+                eprintln!("skipped: the AVX2 skinny kernel (no AVX2+FMA on this CPU)");
+            }
+            if f.avx512() {
+                let mut a = vec![0f32; n * m];
+                // SAFETY: AVX-512 F/BW/VL checked above.
+                unsafe { avx512::rows_dot(x, m, k, w, &mut a) };
+                outs.push(("avx512", a));
+            } else {
+                eprintln!("skipped: the AVX-512 skinny kernel (no AVX-512 F/BW/VL on this CPU)");
+            }
+        }
+        outs
+    }
 
     /// The portable loop (what non-AVX2 machines run) agrees with the dispatched one.
     #[test]
@@ -231,15 +369,28 @@ mod tests {
             state = state.wrapping_mul(1664525).wrapping_add(1013904223);
             (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
         };
-        for &(m, k, n) in &[(1, 19, 3), (5, 64, 7), (6, 100, 3), (3, 8, 1)] {
+        for &(m, k, n) in &[
+            (1, 19, 3),
+            (5, 64, 7),
+            (6, 100, 3),
+            (3, 8, 1),
+            (1, 1, 1),
+            (4, 7, 17),
+            (2, 16, 16),
+            (6, 17, 5),
+            (3, 33, 2),
+        ] {
             let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
-            let mut a = vec![0f32; n * m];
             let mut b = vec![0f32; n * m];
-            rows_dot(&x, m, k, &w, &mut a);
             portable_rows_dot(&x, m, k, &w, &mut b);
-            for (j, (p, q)) in a.iter().zip(&b).enumerate() {
-                assert!((p - q).abs() < 1e-5, "m {m} k {k} n {n} at {j}: {p} vs {q}");
+            for (name, a) in simd_kernels(&x, m, k, &w, n) {
+                for (j, (p, q)) in a.iter().zip(&b).enumerate() {
+                    assert!(
+                        (p - q).abs() < 1e-5,
+                        "{name} m {m} k {k} n {n} at {j}: {p} vs {q}"
+                    );
+                }
             }
             // and both against a plain f64 dot product
             for j in 0..n {

@@ -105,7 +105,7 @@ fn linear_no_bias(in_dim: usize, out_dim: usize, std: f64, vb: VarBuilder) -> Re
             stdev: std,
         },
     )?;
-    Ok(Linear::new(w, None))
+    Ok(Linear::new(crate::linear::load_weight(w)?, None))
 }
 
 /// The FFN (`DenseReluDense`): `wo(dropout(act(wi_0 x) * wi_1 x))` when gated, else
@@ -627,7 +627,11 @@ impl T5ForConditionalGeneration {
             None
         } else {
             Some(Linear::new(
-                vb.pp("lm_head").get_with_hints((v, d), "weight", unit)?,
+                crate::linear::load_weight(vb.pp("lm_head").get_with_hints(
+                    (v, d),
+                    "weight",
+                    unit,
+                )?)?,
                 None,
             ))
         };

@@ -136,3 +136,109 @@ fn skinny_rows_match_candle_matmul() -> lion_core::Result<()> {
     assert!(d < 1e-4, "view weight: {d}");
     Ok(())
 }
+
+/// Random f32 data in [-1, 1) from a seed (no candle RNG: the same data on every run).
+fn uniform(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// The bf16 kernel this CPU runs (AVX512-BF16 or the widening path) against the exact product
+/// of the bf16-rounded operands, on edge shapes: 1 row, tile remainders (7, 17 rows; 1..3 weight
+/// rows past a tile of 4), odd and short widths, more than one rayon block of weight rows.
+#[test]
+fn bf16_matmul_matches_the_exact_product_on_edge_shapes() {
+    let k = lion_core::cpu::kernels().bf16;
+    eprintln!("bf16 kernel on this CPU: {k:?}");
+    if k != lion_core::cpu::Bf16Kernel::Avx512Bf16 {
+        eprintln!("skipped: the AVX512-BF16 kernel (this CPU has no AVX512-BF16); the widening path is tested");
+    }
+    let shapes = [
+        (1, 1, 1),
+        (1, 7, 5),
+        (7, 16, 17),
+        (16, 17, 3),
+        (17, 33, 9),
+        (6, 64, 4),
+        (5, 31, 70),
+        (33, 100, 37),
+        (2, 768, 67),
+    ];
+    for (i, &(m, kk, n)) in shapes.iter().enumerate() {
+        let x = uniform(m * kk, 2 * i as u32);
+        let w = lion_core::bf16::to_bf16(&uniform(n * kk, 2 * i as u32 + 1));
+        let native = k == lion_core::cpu::Bf16Kernel::Avx512Bf16;
+        let rounded = lion_core::bf16::reference(&x, m, kk, &w, n, true);
+        let exact = lion_core::bf16::reference(&x, m, kk, &w, n, false);
+        // the native kernel rounds x to bf16; the widening path keeps it f32
+        let dispatched_want = if native { &rounded } else { &exact };
+        for (name, got, want) in [
+            (
+                "dispatched",
+                lion_core::bf16::matmul_wt(&x, m, kk, &w, n),
+                dispatched_want,
+            ),
+            (
+                "portable",
+                lion_core::bf16::portable_rounded(&x, m, kk, &w, n),
+                &rounded,
+            ),
+        ] {
+            assert_eq!(got.len(), m * n);
+            for (j, (g, r)) in got.iter().zip(want).enumerate() {
+                // f32 accumulation of exact products: the error grows with the width
+                let tol = 1e-6 * (kk as f64).sqrt() * 4.0 + 1e-6;
+                assert!(
+                    (*g as f64 - r).abs() < tol,
+                    "{name} ({m}, {kk}) x ({n}, {kk}) at {j}: {g} vs {r}"
+                );
+            }
+        }
+    }
+}
+
+/// A model built under `with_weight_dtype(Bf16)` stores its frozen linear weights in bf16 and
+/// keeps trainable ones (and everything built outside the scope) in f32; the bf16 layer's output
+/// is f32 and close to the f32 layer's, and its input gradient flows.
+#[test]
+fn bf16_weights_are_converted_once_at_load_and_run_in_f32_activations() -> lion_core::Result<()> {
+    use lion_core::cpu::WeightDtype;
+    use lion_core::linear::{load_weight, with_weight_dtype};
+    let dev = Device::Cpu;
+    let w = Tensor::randn(0f32, 0.1, (33, 48), &dev)?;
+    let b = Tensor::randn(0f32, 0.1, 33, &dev)?;
+    let trainable = Var::from_tensor(&w)?;
+    let (frozen, tracked) = with_weight_dtype(WeightDtype::Bf16, || -> candle_core::Result<_> {
+        Ok((
+            load_weight(w.clone())?,
+            load_weight(trainable.as_tensor().clone())?,
+        ))
+    })?;
+    assert_eq!(frozen.dtype(), DType::BF16);
+    assert_eq!(tracked.dtype(), DType::F32);
+    assert_eq!(
+        load_weight(w.clone())?.dtype(),
+        DType::F32,
+        "outside the scope"
+    );
+    let f32_layer = Linear::new(w.clone(), Some(b.clone()));
+    let bf16_layer = Linear::new(frozen, Some(b));
+    for rows in [1, 5, 16, 17, 40] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (rows, 48), &dev)?)?;
+        let y = bf16_layer.forward(x.as_tensor())?;
+        assert_eq!(y.dtype(), DType::F32);
+        let d = max_abs_diff(&y, &f32_layer.forward(x.as_tensor())?)?;
+        // bf16 keeps 8 bits of mantissa: ~0.4% of |x| |w| sqrt(k) ~ 0.7
+        assert!(d < 0.02, "{rows} rows: {d}");
+        let g = y.sum_all()?.backward()?;
+        let gx = g.get(x.as_tensor()).expect("input gradient");
+        let want = w.sum(0)?.broadcast_as((rows, 48))?;
+        assert!(max_abs_diff(gx, &want)? < 0.01);
+    }
+    Ok(())
+}

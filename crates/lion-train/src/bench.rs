@@ -45,6 +45,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{ParamsAdamW, VarMap};
 use lion_core::adapter::Route;
 use lion_core::aggregator::{AggregatorConfig, VisionAggregator};
+use lion_core::cpu::WeightDtype;
 use lion_core::eva_vit::{EvaVit, EvaVitConfig};
 use lion_core::generate::{generate, GenerationConfig};
 use lion_core::lion::{LionBatch, LionConfig, LionModel};
@@ -152,6 +153,14 @@ pub struct BenchSetup {
     /// The RAM tagger of the `tagger` stage ([`tagger_preset`]).
     #[serde(default)]
     pub tagger: Option<RamConfig>,
+    /// Linear weights of the inference stages and the `gemm` stage's right operand (`--dtype`);
+    /// training stages run f32 either way.
+    #[serde(default = "f32_weights")]
+    pub dtype: WeightDtype,
+}
+
+fn f32_weights() -> WeightDtype {
+    WeightDtype::F32
 }
 
 impl BenchSetup {
@@ -178,6 +187,7 @@ impl BenchSetup {
             tagenc_batch: 32,
             stages: vec![],
             tagger: Some(tagger_preset(preset)?),
+            dtype: WeightDtype::F32,
         })
     }
 
@@ -270,6 +280,12 @@ pub fn check_sample(t: &Tensor) -> Result<Vec<f64>> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
     pub implementation: String,
+    /// The CPU features and kernels picked ([`lion_core::cpu::summary`]).
+    #[serde(default)]
+    pub cpu: String,
+    /// The inference stages' weight dtype.
+    #[serde(default)]
+    pub dtype: String,
     pub threads: usize,
     /// `CANDLE_NUM_THREADS` (candle's element-wise thread pool), when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -526,7 +542,7 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
     // adapters are trainable copies: training them leaves the other stages' weights as loaded.
     let t5_weights = Checkpoint::open(dir.join("t5.safetensors"))?.load_all(&dev)?;
     let t5_checkpoint = || Checkpoint::from_tensors("t5.safetensors", t5_weights.clone());
-    let (lion, t5_only) = match lion_cfg {
+    let (lion, t5_only) = lion_core::linear::with_weight_dtype(setup.dtype, || match lion_cfg {
         Some(l) => {
             // the T5 of the T5 stages is the LION model's own (the same weights)
             let loader = WeightLoader::new(vec![
@@ -535,15 +551,15 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
             ]);
             let m = LionModel::new(l, 0, loader.var_builder(DType::F32, &dev))?;
             loader.finish(LoadMode::Strict)?;
-            (Some(m), None)
+            Ok((Some(m), None))
         }
         None => {
             let loader = WeightLoader::new(vec![t5_checkpoint()]);
             let m = T5ForConditionalGeneration::new(cfg, loader.var_builder(DType::F32, &dev))?;
             loader.finish(LoadMode::Strict)?;
-            (None, Some(m))
+            Ok::<_, Error>((None, Some(m)))
         }
-    };
+    })?;
     // (the checkpoints' mappings are dropped with the loaders: they would count in the peak RSS)
     let model: &T5ForConditionalGeneration = match (&lion, &t5_only) {
         (Some(l), _) => l.t5(),
@@ -564,8 +580,19 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
         let n = setup.gemm_n;
         let a = Tensor::randn(0f32, 1., (n, n), &dev)?;
         let b = Tensor::randn(0f32, 1., (n, n), &dev)?;
+        // bf16: f32 activations times a bf16 weight, as the model's linear layers run it
+        let bw = match setup.dtype {
+            WeightDtype::Bf16 => Some(lion_core::linear::Linear::new(
+                b.t()?.contiguous()?.to_dtype(DType::BF16)?,
+                None,
+            )),
+            WeightDtype::F32 => None,
+        };
         let runs = time_runs(reps.max(5), || {
-            a.matmul(&b)?;
+            match &bw {
+                Some(l) => candle_core::Module::forward(l, &a)?,
+                None => a.matmul(&b)?,
+            };
             Ok(())
         })?;
         let st = with_flops(stage("gemm", runs), 2.0 * (n as f64).powi(3), None);
@@ -711,6 +738,8 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
 
     Ok(BenchReport {
         implementation: "lion-rs (candle)".into(),
+        cpu: lion_core::cpu::summary(),
+        dtype: setup.dtype.name().into(),
         threads: candle_core::utils::get_num_threads(),
         candle_num_threads: std::env::var("CANDLE_NUM_THREADS").ok(),
         load_before,
@@ -899,8 +928,9 @@ fn tagenc_stage(dir: &Path, batch: usize, reps: usize) -> Result<StageResult> {
 /// The report as a table (one row per stage).
 pub fn table(r: &BenchReport) -> String {
     let mut out = format!(
-        "{} | {} threads | load {:.1} -> {:.1} | preset {} | seq {} | beams {} | {} new tokens\n",
+        "{} | weights {} | {} threads | load {:.1} -> {:.1} | preset {} | seq {} | beams {} | {} new tokens\ncpu: {}\n",
         r.implementation,
+        r.dtype,
         r.threads,
         r.load_before.unwrap_or(f64::NAN),
         r.load_after.unwrap_or(f64::NAN),
@@ -908,6 +938,7 @@ pub fn table(r: &BenchReport) -> String {
         r.setup.seq_len(),
         r.setup.beams,
         r.setup.new_tokens,
+        r.cpu,
     );
     out += &format!(
         "{:<16} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}  {}\n",

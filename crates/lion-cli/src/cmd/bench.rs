@@ -42,6 +42,10 @@ pub struct Args {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Linear weights of the inference stages and the gemm stage: f32, bf16 or auto (bf16 where
+    /// the CPU has native bf16 dot products). Training stages run f32 either way.
+    #[arg(long, default_value = "f32", value_parser = crate::cmd::model::parse_dtype)]
+    dtype: lion_core::cpu::WeightDtype,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -62,6 +66,7 @@ pub fn run(args: Args) -> Result<()> {
         lion_core::hub::resolve_model(&args.tagenc).unwrap_or_else(|_| PathBuf::from(&args.tagenc)),
     );
     setup.stages = args.stages.clone();
+    setup.dtype = args.dtype;
     setup.validate()?;
     let reusable = !args.fresh
         && args.dir.join("t5.safetensors").exists()

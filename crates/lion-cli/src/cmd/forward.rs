@@ -80,7 +80,10 @@ pub fn run(args: Args) -> Result<()> {
     };
     let img = load_image(&args.image)
         .with_context(|| format!("cannot read the image {}", args.image.display()))?;
-    let p = args.model.load()?;
+    // the dump is compared against the reference in f32 unless asked otherwise
+    let mut model = args.model.clone();
+    model.dtype.get_or_insert(lion_core::cpu::WeightDtype::F32);
+    let p = model.load()?;
     let cfg = p.config().clone();
     let layers = args.layers.clone().unwrap_or_else(|| cfg.vit_layers());
     let req = Request {

@@ -1,6 +1,7 @@
 pub mod ask;
 pub mod bench;
 pub mod demo;
+pub mod doctor;
 pub mod embed;
 pub mod eval;
 pub mod forward;

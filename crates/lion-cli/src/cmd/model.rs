@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use lion_core::cpu::WeightDtype;
 use lion_core::generate::GenerationConfig;
 use lion_core::hub::{resolve_file, resolve_model};
 use lion_core::pipeline::{LionPipeline, PipelineSources};
@@ -39,6 +40,16 @@ pub struct ModelArgs {
     /// Accept a checkpoint that does not fit exactly (missing keys keep their initialisation).
     #[arg(long)]
     pub lenient: bool,
+    /// Linear-layer weights: f32, bf16 (stored in bf16, f32 activations and accumulation) or
+    /// auto (bf16 where the CPU has native bf16 dot products, else f32; `lion doctor` says).
+    /// Default: auto (f32 for `lion forward`).
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<WeightDtype>,
+}
+
+/// Parses `--dtype`.
+pub fn parse_dtype(s: &str) -> std::result::Result<WeightDtype, String> {
+    WeightDtype::parse(s).ok_or_else(|| format!("`{s}`: expected f32, bf16 or auto"))
 }
 
 /// Parses `--prompt`.
@@ -56,8 +67,14 @@ pub fn parse_prompt(s: &str) -> Result<Option<PromptKind>> {
 }
 
 impl ModelArgs {
-    /// Loads the pipeline the flags describe.
+    /// Loads the pipeline the flags describe, its linear weights in `--dtype`.
     pub fn load(&self) -> Result<LionPipeline> {
+        let dtype = self.dtype.unwrap_or(lion_core::cpu::kernels().auto_dtype);
+        tracing::info!("linear weights in {}", dtype.name());
+        lion_core::linear::with_weight_dtype(dtype, || self.load_as_is())
+    }
+
+    fn load_as_is(&self) -> Result<LionPipeline> {
         let dev = super::device()?;
         let mode = if self.lenient {
             LoadMode::Lenient

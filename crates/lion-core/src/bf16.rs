@@ -1,0 +1,301 @@
+//! `x (m, k) f32 @ W^T` with `W (n, k)` stored in bf16: the linear layers of a `--dtype bf16` model.
+//!
+//! The weight stays in its checkpoint layout (converted to bf16 once, at load); `x` is rounded to
+//! bf16 (nearest-even) once per call, padded to a multiple of 32 columns. Where the CPU has
+//! AVX512-BF16 ([`crate::cpu`]), `vdpbf16ps` multiplies 32 bf16 pairs per instruction into 16 f32
+//! accumulators: each tile holds 6 rows of `x` against 4 weight rows (24 accumulators, 4 weight
+//! and 1 input register of the 32), reads each weight row once per 6 input rows, and sums the 4
+//! columns' lanes together at the end. Parallel over blocks of weight rows (rayon), so a few
+//! decoding rows stream the weight once at half the f32 bytes. Without AVX512-BF16 the weight is
+//! widened to f32 and the f32 path runs (`portable`). Accumulation is f32 throughout; products
+//! of bf16 values are exact in f32, so the paths differ by summation order only (tested on edge
+//! shapes against [`reference`], `tests/linear.rs`).
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Weight rows per rayon task: enough to amortise scheduling, few enough that 2 cores share the
+/// 768-row weights evenly.
+const ROWS_PER_TASK: usize = 32;
+
+/// Rows of `x` per tile (and of the accumulator grid).
+const TILE_M: usize = 6;
+
+/// Weight rows per tile.
+const TILE_N: usize = 4;
+
+/// Columns per pass over a block (a multiple of 32): 6 input rows and 4 weight rows of it (10 KiB)
+/// stay in L1, the block's 32 weight rows of it (32 KiB) in L2; partial sums add into the output.
+const TILE_K: usize = 512;
+
+/// bf16 (round to nearest even, as `vcvtne2ps2bf16`).
+pub fn to_bf16(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+/// `x` (m, k) row-major f32, `w` (n, k) row-major bf16 -> `x @ w^T` (m, n) f32.
+///
+/// Panics unless `x.len() == m * k` and `w.len() == n * k` (callers check shapes first).
+pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
+    assert!(
+        x.len() == m * k && w.len() == n * k,
+        "bf16::matmul_wt: x {} for ({m}, {k}), w {} for ({n}, {k})",
+        x.len(),
+        w.len()
+    );
+    if m == 0 || n == 0 {
+        return vec![];
+    }
+    if k == 0 {
+        return vec![0.0; m * n];
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::kernels().bf16 == crate::cpu::Bf16Kernel::Avx512Bf16 {
+        return native(x, m, k, w, n);
+    }
+    portable(x, m, k, w, n)
+}
+
+/// The widening path: the weight to f32, then the f32 matmul (skinny rows or candle's GEMM).
+pub fn portable(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
+    let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+    if m <= crate::skinny::MAX_ROWS {
+        return crate::skinny::matmul_wt(x, m, k, &wf, n);
+    }
+    let a = candle_core::Tensor::from_vec(x.to_vec(), (m, k), &candle_core::Device::Cpu);
+    let b = candle_core::Tensor::from_vec(wf, (n, k), &candle_core::Device::Cpu);
+    a.and_then(|a| a.matmul(&b?.t()?))
+        .and_then(|y| y.flatten_all()?.to_vec1::<f32>())
+        .expect("f32 matmul of checked shapes")
+}
+
+/// [`portable`] with `x` rounded to bf16 first, as the native kernel rounds it (tests compare
+/// both against [`reference`]).
+pub fn portable_rounded(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
+    let xr: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+    portable(&xr, m, k, w, n)
+}
+
+/// The exact answer, in f64, for `x` rounded to bf16 first when `round_x` (as the native kernel
+/// rounds it) or as given (the widening path) (tests).
+pub fn reference(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, round_x: bool) -> Vec<f64> {
+    let xv = |v: f32| {
+        if round_x {
+            bf16::from_f32(v).to_f64()
+        } else {
+            v as f64
+        }
+    };
+    let mut y = vec![0f64; m * n];
+    for r in 0..m {
+        for j in 0..n {
+            y[r * n + j] = (0..k)
+                .map(|t| xv(x[r * k + t]) * w[j * k + t].to_f64())
+                .sum();
+        }
+    }
+    y
+}
+
+#[cfg(target_arch = "x86_64")]
+fn native(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
+    let kp = k.div_ceil(32) * 32;
+    // x in bf16, rows padded with zeros to kp (the weight's tail is read masked)
+    let mut xb = vec![bf16::ZERO; m * kp];
+    for (d, s) in xb.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
+        for (d, &s) in d.iter_mut().zip(s) {
+            *d = bf16::from_f32(s);
+        }
+    }
+    let mut y = vec![0f32; m * n];
+    let out = OutPtr(y.as_mut_ptr());
+    (0..n.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .for_each(|b| {
+            let j0 = b * ROWS_PER_TASK;
+            let rows = ROWS_PER_TASK.min(n - j0);
+            // SAFETY: `native` runs only when `cpu::kernels()` picked AVX512-BF16, i.e. the CPU has
+            // AVX-512 F/BW/VL and BF16. Lengths: xb is m * kp, the block is rows * k. Each task
+            // writes only the columns j0..j0 + rows of the m rows of `y` (row stride n), disjoint
+            // from every other task's, and `y` outlives the parallel loop.
+            unsafe {
+                avx512::block(
+                    &xb,
+                    m,
+                    kp,
+                    &w[j0 * k..(j0 + rows) * k],
+                    k,
+                    out.at(j0),
+                    rows,
+                    n,
+                )
+            };
+        });
+    y
+}
+
+/// The output pointer shared by the tasks (each writes its own columns).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: the tasks write disjoint elements through it (see `native`).
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for OutPtr {}
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for OutPtr {}
+
+#[cfg(target_arch = "x86_64")]
+impl OutPtr {
+    fn at(self, j: usize) -> *mut f32 {
+        self.0.wrapping_add(j)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{TILE_K, TILE_M, TILE_N};
+    use half::bf16;
+    use std::arch::x86_64::*;
+
+    /// `out[r * ld + c] = (x (m, kp) @ w (rows, k)^T)[r, c]` for every row of `x` against the
+    /// block's weight rows; `out` must be zero.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn block(
+        xb: &[bf16],
+        m: usize,
+        kp: usize,
+        w: &[bf16],
+        k: usize,
+        out: *mut f32,
+        rows: usize,
+        ld: usize,
+    ) {
+        debug_assert!(xb.len() == m * kp && w.len() == rows * k);
+        let tail = k % 32;
+        let mask: __mmask32 = if tail == 0 { !0 } else { (1u32 << tail) - 1 };
+        for k0 in (0..kp).step_by(TILE_K) {
+            let ks = (k0, (k0 + TILE_K).min(kp));
+            pass(xb, m, kp, w, k, mask, out, rows, ld, ks);
+        }
+    }
+
+    /// One `TILE_K` slice `ks` of the columns: adds its products into `out`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn pass(
+        xb: &[bf16],
+        m: usize,
+        kp: usize,
+        w: &[bf16],
+        k: usize,
+        mask: __mmask32,
+        out: *mut f32,
+        rows: usize,
+        ld: usize,
+        ks: (usize, usize),
+    ) {
+        let mut r0 = 0;
+        while r0 < m {
+            let mr = TILE_M.min(m - r0);
+            let mut j = 0;
+            while j < rows {
+                let nr = TILE_N.min(rows - j);
+                let xs = xb.as_ptr().add(r0 * kp);
+                let ws = w.as_ptr().add(j * k);
+                let o = out.add(r0 * ld + j);
+                match (mr, nr) {
+                    (6, 4) => tile::<6, 4>(xs, kp, ws, k, mask, o, ld, ks),
+                    (5, 4) => tile::<5, 4>(xs, kp, ws, k, mask, o, ld, ks),
+                    (4, 4) => tile::<4, 4>(xs, kp, ws, k, mask, o, ld, ks),
+                    (3, 4) => tile::<3, 4>(xs, kp, ws, k, mask, o, ld, ks),
+                    (2, 4) => tile::<2, 4>(xs, kp, ws, k, mask, o, ld, ks),
+                    (1, 4) => tile::<1, 4>(xs, kp, ws, k, mask, o, ld, ks),
+                    (6, _) => tile::<6, 1>(xs, kp, ws, k, mask, o, ld, ks),
+                    (5, _) => tile::<5, 1>(xs, kp, ws, k, mask, o, ld, ks),
+                    (4, _) => tile::<4, 1>(xs, kp, ws, k, mask, o, ld, ks),
+                    (3, _) => tile::<3, 1>(xs, kp, ws, k, mask, o, ld, ks),
+                    (2, _) => tile::<2, 1>(xs, kp, ws, k, mask, o, ld, ks),
+                    _ => tile::<1, 1>(xs, kp, ws, k, mask, o, ld, ks),
+                }
+                j += if nr == 4 { 4 } else { 1 };
+            }
+            r0 += mr;
+        }
+    }
+
+    /// `M` rows of x against `N` weight rows over the columns `ks`; adds into out[r * ld + c].
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    #[inline]
+    unsafe fn tile<const M: usize, const N: usize>(
+        x: *const bf16,
+        kp: usize,
+        w: *const bf16,
+        k: usize,
+        mask: __mmask32,
+        out: *mut f32,
+        ld: usize,
+        ks: (usize, usize),
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); N]; M];
+        let full = k / 32 * 32;
+        let mut t = ks.0;
+        while t < ks.1 {
+            let mut wv = [_mm512_setzero_si512(); N];
+            for (c, v) in wv.iter_mut().enumerate() {
+                let p = w.add(c * k + t);
+                *v = if t < full {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(4 * k) as *const i8);
+                    _mm512_loadu_si512(p as *const __m512i)
+                } else {
+                    _mm512_maskz_loadu_epi16(mask, p as *const i16)
+                };
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_loadu_si512(x.add(r * kp + t) as *const __m512i);
+                let xv: __m512bh = std::mem::transmute(xv);
+                for c in 0..N {
+                    a[c] =
+                        _mm512_dpbf16_ps(a[c], xv, std::mem::transmute::<__m512i, __m512bh>(wv[c]));
+                }
+            }
+            t += 32;
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let o = out.add(r * ld);
+            if N == 4 {
+                _mm_storeu_ps(o, _mm_add_ps(_mm_loadu_ps(o), sum4(a[0], a[1], a[2], a[3])));
+            } else {
+                for (c, v) in a.iter().enumerate() {
+                    *o.add(c) += _mm512_reduce_add_ps(*v);
+                }
+            }
+        }
+    }
+
+    /// The lane sums of four vectors, as one 4-lane vector.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    #[inline]
+    unsafe fn sum4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
+        // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3]
+        let ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+        let cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+        // per 128-bit lane: [a, b, c, d] partial sums
+        let lo = _mm512_castpd_ps(_mm512_unpacklo_pd(
+            _mm512_castps_pd(ab),
+            _mm512_castps_pd(cd),
+        ));
+        let hi = _mm512_castpd_ps(_mm512_unpackhi_pd(
+            _mm512_castps_pd(ab),
+            _mm512_castps_pd(cd),
+        ));
+        let s = _mm512_add_ps(lo, hi);
+        let s = _mm256_add_ps(
+            _mm512_castps512_ps256(s),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s))),
+        );
+        _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s))
+    }
+}
