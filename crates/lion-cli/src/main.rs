@@ -56,7 +56,7 @@ enum Command {
     Bench(cmd::bench::Args),
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     lion_core::util::tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -84,8 +84,11 @@ fn main() {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Merge(args) => cmd::merge::run(args),
     };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

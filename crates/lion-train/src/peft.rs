@@ -1,4 +1,4 @@
-//! PEFT training of LION (upstream stage-4 recipe, reference section 3.2): the ViT and the T5
+//! PEFT training of LION (upstream stage-4 recipe, docs/DESIGN.md §4, "Training"): the ViT and the T5
 //! backbone are frozen; trained are the Q-Former, `query_tokens`, `t5_proj`, `ln_vision`, the
 //! aggregator (`fusion_adapter.*`, `ln_adapter`, `adapter_proj.*`), the T5 adapters and router
 //! (`t5_model.*adapter*`) and the soft prompt (`soft_prompt_hint`, `dynamic_prompt_*`).
