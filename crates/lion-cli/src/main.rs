@@ -58,7 +58,7 @@ enum Command {
     Doctor(cmd::doctor::Args),
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     lion_core::util::tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -88,8 +88,11 @@ fn main() {
         Command::Merge(args) => cmd::merge::run(args),
         Command::Doctor(args) => cmd::doctor::run(args),
     };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

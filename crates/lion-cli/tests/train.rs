@@ -270,6 +270,35 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
 }
 
 #[test]
+fn a_non_finite_step_is_a_typed_error_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = trainer(tmp.path(), "nf", 30, |c| {
+        c["schedule"] = serde_json::json!({"init_lr": 1e30, "warmup_steps": 0});
+        c["max_grad_norm"] = serde_json::Value::Null;
+    });
+    let err = loop {
+        let before = t.state.step;
+        match t.step() {
+            Ok(_) => assert!(t.state.step < 30, "30 steps at lr 1e30 stayed finite"),
+            Err(e) => {
+                assert_eq!(t.state.step, before, "a failed step advanced the state");
+                break (before, e);
+            }
+        }
+    };
+    match err {
+        (before, lion_train::error::Error::NonFinite { step, what }) => {
+            assert_eq!(step, before + 1);
+            assert!(
+                what.starts_with("loss (") || what.starts_with("gradient (norm "),
+                "{what}"
+            );
+        }
+        (_, e) => panic!("expected Error::NonFinite, got {e}"),
+    }
+}
+
+#[test]
 fn every_trainable_var_gets_a_gradient_and_frozen_weights_stay_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let mut t = trainer(tmp.path(), "g", 3, |_| {});

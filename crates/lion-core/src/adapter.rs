@@ -2,7 +2,7 @@
 //! block, mixed per channel by a router chosen by the task.
 //!
 //! Reference: JiuTian-LION `models/lion_adapters.py` (`Adapter`, `AdapterRouter`, `forward_ffn_t5`,
-//! `set_adapter_t5`) @7578437; lion-upstream.md §1.6.
+//! `set_adapter_t5`) @7578437; docs/DESIGN.md §4.
 //! Checkpoint keys, relative to a T5 FFN layer (`encoder.block.{i}.layer.1` /
 //! `decoder.block.{i}.layer.2`):
 //! - `adapter.adapters.{0,1}.down_proj.{weight (bottleneck, d), bias (bottleneck,)}`

@@ -1,7 +1,7 @@
 //! LION's vision aggregator: the fine-grained path from three ViT layers to T5 tokens.
 //!
 //! Reference: JiuTian-LION `models/lion_adapters.py` `FusionAdapter` (L13-60) and
-//! `models/lion_t5.py` L117-126, L261 @7578437 (lion-upstream.md §1.5).
+//! `models/lion_t5.py` L117-126, L261 @7578437 (docs/DESIGN.md §4).
 //! Checkpoint keys (LION checkpoint root):
 //! `fusion_adapter.blocks.{0,1}.{attention,crossattention}.self.{query,key,value}`,
 //! `fusion_adapter.blocks.{0,1}.{attention,crossattention}.output.{dense,LayerNorm}`,

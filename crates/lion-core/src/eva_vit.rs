@@ -1,7 +1,7 @@
 //! EVA-CLIP ViT (the BLIP-2 / InstructBLIP / LION image encoder), with LAVIS's key names.
 //!
 //! Reference: JiuTian-LION `models/eva_vit.py` @7578437 (= LAVIS `eva_vit.py`): `VisionTransformer`
-//! built by `create_eva_vit_g` (lion-upstream.md §1.3).
+//! built by `create_eva_vit_g` (docs/DESIGN.md §4).
 //! Checkpoint keys (LAVIS `eva_vit_g.pth`; inside LION under `visual_encoder.`):
 //! `cls_token (1,1,d)`, `pos_embed (1,1+g*g,d)`, `patch_embed.proj.{weight (d,3,p,p),bias}`,
 //! `blocks.{i}.{norm1,norm2}.{weight,bias}`, `blocks.{i}.attn.qkv.weight (3d,d)`,

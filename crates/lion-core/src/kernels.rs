@@ -1,7 +1,7 @@
 //! Fused, multi-threaded CPU kernels for the non-GEMM work, with backward passes.
 //!
 //! candle's generic CPU paths run softmax, erf-GELU and normalisation single-threaded and as
-//! several passes over memory (DESIGN.md, measured facts), and some of its fused ops drop
+//! several passes over memory (docs/DESIGN.md §5), and some of its fused ops drop
 //! gradients. These are candle [`CustomOp1`]/[`CustomOp2`]s over contiguous f32 rows, parallel
 //! over rows with rayon, whose `bwd` returns exact gradients. Other dtypes and devices fall back
 //! to the differentiable composition in [`crate::ops`]; every kernel is tested against it,

@@ -390,7 +390,7 @@ impl LionConfig {
     }
 }
 
-/// One batch of prepared inputs (see `LionProcessor` in `pipeline`).
+/// One batch of prepared inputs (made by [`crate::pipeline::LionPipeline::prepare`]).
 #[derive(Debug, Clone)]
 pub struct LionBatch {
     /// (b, 3, img, img), LION eval or train transform.

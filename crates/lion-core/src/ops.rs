@@ -1,5 +1,5 @@
 //! Differentiable building blocks. candle's fused `layer_norm`, `rms_norm` and
-//! `softmax_last_dim` drop gradients (DESIGN.md, measured facts), so trainable models use these.
+//! `softmax_last_dim` drop gradients (docs/DESIGN.md §5), so trainable models use these.
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;

@@ -1,7 +1,7 @@
 //! Image loading and the LION / RAM image transforms, matching PIL + torchvision.
 //!
 //! References: JiuTian-LION `preprocessors/lion_preprocessors.py` (eval L18-34, train L49-70) and
-//! `ram/transform.py` (L7-13) @7578437 (lion-upstream.md §1.2); Pillow `src/libImaging/Resample.c`
+//! `ram/transform.py` (L7-13) @7578437 (docs/DESIGN.md §4); Pillow `src/libImaging/Resample.c`
 //! for the resampling arithmetic; torchvision `RandomResizedCrop.get_params`.
 //!
 //! - [`ImageTransform::lion_eval`]: `Resize((224, 224), BICUBIC)` (no crop: the aspect ratio is not
@@ -11,7 +11,7 @@
 //!   p = 0.5, from a seeded [`Rng`]. [`TrainTransform::apply_with_boxes`] is the box-aware mode for
 //!   REC data: it only picks crops that contain every box and maps the boxes through the crop,
 //!   resize and flip (upstream flips and crops region-level images without touching their boxes,
-//!   which corrupts the targets, lion-upstream.md §3.3).
+//!   which corrupts the targets, docs/DESIGN.md §4).
 //!
 //! [`resize`] is PIL's `Image.resize` on 8-bit RGB: separable two-pass (horizontal, then vertical)
 //! convolution with the filter widened by the downscale factor (antialiasing), coefficients

@@ -1,7 +1,7 @@
 //! InstructBLIP Q-Former with LION's `ln_vision`, `query_tokens` and `t5_proj`.
 //!
 //! Reference: JiuTian-LION `models/Qformer.py` (= LAVIS `lavis/models/blip2_models/Qformer.py`)
-//! and `models/lion_t5.py` `_init_Qformer`, `encode_img` @7578437 (lion-upstream.md §1.4).
+//! and `models/lion_t5.py` `_init_Qformer`, `encode_img` @7578437 (docs/DESIGN.md §4).
 //! Checkpoint keys (root of a LION checkpoint):
 //! `query_tokens (1, 32, 768)`, `ln_vision.{weight,bias} (1408)`, `t5_proj.{weight (D, 768), bias}`,
 //! `Qformer.bert.embeddings.{word_embeddings,position_embeddings,LayerNorm}`,

@@ -2,7 +2,7 @@
 //! adapters in every feed-forward block.
 //!
 //! Reference: `transformers/models/t5/modeling_t5.py` (LION ships a copy for transformers 4.42.4),
-//! JiuTian-LION `models/lion_t5.py` L168-188 and `models/lion_adapters.py`; lion-upstream.md §1.6.
+//! JiuTian-LION `models/lion_t5.py` L168-188 and `models/lion_adapters.py`; docs/DESIGN.md §4.
 //!
 //! Checkpoint keys are HF's: `shared.weight`, `encoder.block.{i}.layer.0.SelfAttention.{q,k,v,o}`,
 //! `...relative_attention_bias` (block 0 only), `...layer.0.layer_norm`,

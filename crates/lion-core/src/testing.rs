@@ -6,7 +6,7 @@ use candle_nn::VarMap;
 /// Checks that every trainable variable in `varmap` receives a gradient from `loss` that is
 /// finite and not all zero. Returns the names of the variables that do not, sorted, as an error.
 ///
-/// candle silently drops gradients through some fused ops (DESIGN.md); this is the guard.
+/// candle silently drops gradients through some fused ops (docs/DESIGN.md §5); this is the guard.
 pub fn check_all_vars_get_grad(varmap: &VarMap, loss: &Tensor) -> crate::Result<usize> {
     let vars: Vec<(String, Var)> = varmap
         .data()

@@ -804,7 +804,7 @@ fn config_defaults_follow_hf() {
 
 #[test]
 fn loads_from_a_lion_style_checkpoint_under_t5_model_prefix() {
-    // Inside LION the T5 keys carry the prefix `t5_model.` (lion-upstream §2.1, §2.3).
+    // Inside LION the T5 keys carry the prefix `t5_model.` (docs/DESIGN.md §3).
     let mut ts = HashMap::new();
     for c in checkpoints(LION) {
         for (k, v) in c.load_all(&dev()).unwrap() {

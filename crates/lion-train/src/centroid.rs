@@ -1,4 +1,4 @@
-//! Centroid caption selection (Dynamic LION step 2, lion-upstream §3.4): for each image, embed
+//! Centroid caption selection (Dynamic LION step 2, docs/DESIGN.md §4): for each image, embed
 //! all its captions with the sentence transformer and keep the one whose embedding has the
 //! highest cosine to their mean.
 //!

@@ -10,6 +10,8 @@
 //!   [`augment`]: a sample's augmented image and the text that agrees with it.
 //! - [`tagger_trainer`]: training the tiny RAM-architecture tagger on a ShapesWorld with RAM's
 //!   [`asymmetric_loss`] (`lion train-tagger`).
+//! - [`error`]: the error of a training step ([`error::Error::NonFinite`] for a loss or gradient
+//!   that overflowed; library errors pass through).
 //! - [`records`]: the JSON-lines inputs and outputs of these stages.
 //! - [`demo`]: the library side of `lion demo` (stage records, intermediate files, the
 //!   multi-seed comparison and its conclusions).
@@ -21,6 +23,7 @@ pub mod bootstrap;
 pub mod centroid;
 pub mod checkpoint;
 pub mod demo;
+pub mod error;
 pub mod optim;
 pub mod peft;
 pub mod plot;

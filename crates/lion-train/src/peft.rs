@@ -1,4 +1,4 @@
-//! PEFT training of LION (upstream stage-4 recipe, reference section 3.2): the ViT and the T5
+//! PEFT training of LION (upstream stage-4 recipe, docs/DESIGN.md §4, "Training"): the ViT and the T5
 //! backbone are frozen; trained are the Q-Former, `query_tokens`, `t5_proj`, `ln_vision`, the
 //! aggregator (`fusion_adapter.*`, `ln_adapter`, `adapter_proj.*`), the T5 adapters and router
 //! (`t5_model.*adapter*`) and the soft prompt (`soft_prompt_hint`, `dynamic_prompt_*`).
@@ -566,9 +566,6 @@ pub struct StepRecord {
     pub samples: usize,
 }
 
-/// Error text of a non-finite loss (tests look for it).
-pub const NON_FINITE: &str = "non-finite loss";
-
 fn mix(a: u64, b: u64) -> u64 {
     SplitMix64::new(a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
 }
@@ -922,9 +919,9 @@ impl PeftTrainer {
         &self.data[task]
     }
 
-    /// One optimizer step (all micro-batches). On a non-finite loss nothing is changed and an
-    /// error containing [`NON_FINITE`] is returned.
-    pub fn step(&mut self) -> Result<StepRecord> {
+    /// One optimizer step (all micro-batches). On a non-finite loss or gradient nothing is
+    /// changed and [`crate::error::Error::NonFinite`] is returned.
+    pub fn step(&mut self) -> crate::error::Result<StepRecord> {
         let step = self.state.step;
         let task = self.task_for_step(step);
         let mut counters = self.state.task_batches.clone();
@@ -951,14 +948,10 @@ impl PeftTrainer {
             let loss = self.pipe.model.forward_train(&batch, &labels, false)?.loss;
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
-                return Err(Error::format(
-                    &self.cfg.output_dir,
-                    format!(
-                        "{NON_FINITE} ({lv}) at step {} (task {task}, micro-batch {micro}); \
-                         stopping, the last good checkpoint is kept",
-                        step + 1
-                    ),
-                ));
+                return Err(crate::error::Error::NonFinite {
+                    step: step + 1,
+                    what: format!("loss ({lv}) of task {task}, micro-batch {micro}"),
+                });
             }
             let gs = (loss / accum as f64)?.backward()?;
             accumulate(&mut grads, &gs, &self.opt.vars)?;
@@ -967,14 +960,10 @@ impl PeftTrainer {
         }
         let grad_norm = clip_global_norm(&mut grads, self.cfg.max_grad_norm)?;
         if !grad_norm.is_finite() {
-            return Err(Error::format(
-                &self.cfg.output_dir,
-                format!(
-                    "non-finite gradient (norm {grad_norm}) at step {}; stopping, the last \
-                     good checkpoint is kept",
-                    step + 1
-                ),
-            ));
+            return Err(crate::error::Error::NonFinite {
+                step: step + 1,
+                what: format!("gradient (norm {grad_norm})"),
+            });
         }
         let lr = self.cfg.schedule.lr(step, self.cfg.steps);
         self.opt.step(&grads, lr)?;

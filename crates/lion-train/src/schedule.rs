@@ -2,7 +2,7 @@
 //! `warmup_lr` to `init_lr` over `warmup_steps`, then a cosine from `init_lr` to `min_lr` over the
 //! remaining steps.
 //!
-//! Differences from upstream (`LAVIS common/optims.py`, reference section 3.2): upstream's warmup
+//! Differences from upstream (`LAVIS common/optims.py`, docs/DESIGN.md §4, "Training"): upstream's warmup
 //! starts at `init_lr` when `warmup_lr` is unset (a no-op warmup); here `warmup_lr` defaults to 0
 //! so the warmup really warms. Upstream's cosine is per epoch; here it is per step (smooth).
 

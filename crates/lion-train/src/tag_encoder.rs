@@ -2,7 +2,7 @@
 //! weights are all `Var`s, embedding `"tag: score, ..."` strings (mean pooling + L2 norm for
 //! all-MiniLM-L6-v2, as its folder says).
 //!
-//! DynLION (lion-upstream §3.4) used bert-base-uncased's unnormalised `[CLS]` state; we keep the
+//! DynLION (docs/DESIGN.md §4, "Dynamic LION prior art") used bert-base-uncased's unnormalised `[CLS]` state; we keep the
 //! sentence transformer's own pooling, so the anchor lives on the same unit sphere as the caption
 //! embeddings it is pulled towards.
 //!

@@ -1,4 +1,4 @@
-//! Triplet fine-tuning of the tag encoder (Dynamic LION step 3, lion-upstream §3.4):
+//! Triplet fine-tuning of the tag encoder (Dynamic LION step 3, docs/DESIGN.md §4):
 //! anchor = encoder(`"tag: score, ..."`), positive = the image's chosen caption embedded by the
 //! frozen sentence transformer, negative = the chosen caption embedding of a different image
 //! (uniform, seeded, never the same image; DynLION's could collide with the positive).

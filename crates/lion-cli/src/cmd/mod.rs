@@ -20,7 +20,7 @@ pub mod world;
 use anyhow::Result;
 use candle_core::Device;
 
-/// The compute device: CPU (CUDA comes behind the `cuda` feature).
+/// The compute device: CPU (the only one this build supports).
 pub fn device() -> Result<Device> {
     Ok(Device::Cpu)
 }

@@ -2,7 +2,7 @@
 //! truth for captioning, VQA, referring expressions (REC) and tagging.
 //!
 //! Real LION weights and COCO cannot be had on a fresh machine, so the seed experiment
-//! (`lion demo`, DESIGN.md section 5) runs here, through the same readers, models and metrics a COCO
+//! (`lion demo`, docs/DESIGN.md §6) runs here, through the same readers, models and metrics a COCO
 //! run would use: every file is written in the official layout of its task.
 //!
 //! # The world
