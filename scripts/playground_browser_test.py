@@ -63,6 +63,7 @@ def main():
     args = ap.parse_args()
     signal.signal(signal.SIGALRM, lambda *_: sys.exit(f"timed out after {args.timeout} s"))
     signal.alarm(args.timeout)
+    args.screens = os.path.abspath(args.screens)  # the browser needs absolute file paths
     os.makedirs(args.screens, exist_ok=True)
     picture = png(160, 120, box=(30, 20, 100, 80))
     pic_path = os.path.join(args.screens, "picture.png")
