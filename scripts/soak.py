@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -348,7 +349,9 @@ def main():
     for k, v in SERVER_FLAGS.items():
         cmd += [k, v]
     cmd += shlex.split(args.server_args)
-    log_path = os.environ.get("SOAK_SERVER_LOG", "/tmp/lion-soak-server.log")
+    log_path = os.environ.get(
+        "SOAK_SERVER_LOG", os.path.join(tempfile.gettempdir(), "lion-soak-server.log")
+    )
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
