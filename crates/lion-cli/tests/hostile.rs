@@ -285,6 +285,34 @@ fn decoding_flags_and_texts_follow_the_servers_rules() {
         "`repetition_penalty` = NaN",
     );
     refused(
+        &run("caption", &["--temperature", "-1"], &[&img]),
+        "`temperature` = -1: must be between 0 and 100",
+    );
+    refused(
+        &run(
+            "caption",
+            &["--temperature", "0.7", "--top-p", "0"],
+            &[&img],
+        ),
+        "`top_p` = 0: must be more than 0",
+    );
+    refused(
+        &run(
+            "caption",
+            &["--temperature", "0.7", "--top-k", "0"],
+            &[&img],
+        ),
+        "`top_k` = 0: must be at least 1",
+    );
+    refused(
+        &run(
+            "caption",
+            &["--temperature", "0.7", "--num-beams", "3"],
+            &[&img],
+        ),
+        "`num_beams` = 3: must be 1 when sampling",
+    );
+    refused(
         &run("vqa", FAST, &[&img, "  "]),
         "`question` = \"  \": must not be empty",
     );

@@ -224,6 +224,50 @@ fn model_folder_loads_and_a_wrong_preset_checkpoint_is_named() {
     );
 }
 
+/// `--temperature` samples (one beam by default), the same `--seed` gives the same text, and
+/// the CLI's default decoding (beam search) is unchanged by the sampling flags being absent.
+#[test]
+fn sampling_flags_are_seeded() {
+    let img = photo("chelsea.png");
+    let dir = tempfile::tempdir().unwrap();
+    let d = model_dir(dir.path(), &tiny_weights());
+    let caption = |extra: &[&str]| {
+        let mut args = vec![
+            "caption",
+            "--model",
+            &d,
+            "--max-new-tokens",
+            "8",
+            "--min-length",
+            "9",
+        ];
+        args.extend(extra);
+        args.push(&img);
+        let out = lion(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines(&out)[0]["caption"].as_str().unwrap().to_string()
+    };
+    let a = caption(&["--temperature", "1.0", "--top-p", "0.95", "--seed", "7"]);
+    assert_eq!(
+        a,
+        caption(&["--temperature", "1.0", "--top-p", "0.95", "--seed", "7"])
+    );
+    let others: Vec<String> = ["8", "9", "10"]
+        .iter()
+        .map(|s| caption(&["--temperature", "1.0", "--top-p", "0.95", "--seed", s]))
+        .collect();
+    assert!(
+        others.iter().any(|o| *o != a),
+        "other seeds, other texts: {a:?} {others:?}"
+    );
+    // temperature 0: no sampling, the seed does not matter
+    assert_eq!(caption(&["--seed", "1"]), caption(&["--seed", "2"]));
+}
+
 /// Issue 7: `lion ground` with a trained model folder returns boxes in pixels. The shipped
 /// ShapesWorld backbone (`assets/shapes-backbone`, pretrained on a world of seed 1000) grounds
 /// expressions of a world it never saw (seed 5).

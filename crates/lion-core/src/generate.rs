@@ -178,11 +178,29 @@ pub fn generate(
     route: Route,
     cfg: &GenerationConfig,
 ) -> Result<Vec<Vec<u32>>> {
+    generate_streaming(model, input, attention_mask, route, cfg, None)
+}
+
+/// Called once per decoding step of greedy search and sampling with the token each output row
+/// got (`None` for a row that had already finished); returning `false` stops generation there
+/// (the rows are returned as they are, unfinished). Beam search never calls it: its best
+/// hypothesis is known only at the end (as in HF, whose streamers refuse beam search).
+pub type OnStep<'a> = &'a mut dyn FnMut(&[Option<u32>]) -> bool;
+
+/// [`generate`], calling `on_step` after every step of greedy search or sampling.
+pub fn generate_streaming(
+    model: &T5ForConditionalGeneration,
+    input: T5Input,
+    attention_mask: Option<&Tensor>,
+    route: Route,
+    cfg: &GenerationConfig,
+    on_step: Option<OnStep>,
+) -> Result<Vec<Vec<u32>>> {
     cfg.validate()?;
     let _span = tracing::debug_span!("generate", num_beams = cfg.num_beams).entered();
     let encoder_states = model.encode(input, attention_mask, route, false)?;
     if cfg.num_beams == 1 {
-        greedy_or_sample(model, &encoder_states, attention_mask, route, cfg)
+        greedy_or_sample(model, &encoder_states, attention_mask, route, cfg, on_step)
     } else {
         beam_search(model, &encoder_states, attention_mask, route, cfg)
     }
@@ -319,6 +337,7 @@ fn greedy_or_sample(
     attention_mask: Option<&Tensor>,
     route: Route,
     cfg: &GenerationConfig,
+    mut on_step: Option<OnStep>,
 ) -> Result<Vec<Vec<u32>>> {
     let mcfg = model.config();
     let (eos, pad) = (mcfg.eos_token_id, mcfg.pad_token_id);
@@ -340,6 +359,7 @@ fn greedy_or_sample(
     let mut out_len = vec![0usize; b];
     while seqs[0].len() < max_length && unfinished.iter().any(|&u| u) {
         let logits = rows(&model.decode_step(&last_tokens(&seqs, dev)?, &mut cache, route)?)?;
+        let mut step = vec![None; b];
         for (i, mut scores) in logits.into_iter().enumerate() {
             if !unfinished[i] {
                 seqs[i].push(pad);
@@ -351,9 +371,19 @@ fn greedy_or_sample(
                 None => argmax(&scores),
             } as u32;
             seqs[i].push(tok);
+            step[i] = Some(tok);
             out_len[i] += 1;
             if tok == eos {
                 unfinished[i] = false;
+            }
+        }
+        if let Some(f) = on_step.as_mut() {
+            if !f(&step) {
+                tracing::debug!(
+                    steps = seqs[0].len() - 1,
+                    "generation stopped by its caller"
+                );
+                break;
             }
         }
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::adapter::Route;
 use crate::aggregator::{AggregatorConfig, VisionAggregator};
 use crate::eva_vit::{EvaVit, EvaVitConfig};
-use crate::generate::{generate, GenerationConfig};
+use crate::generate::GenerationConfig;
 use crate::prompt::{insert_soft_prompt, PromptKind, PromptTemplates, SoftPrompt, Task};
 use crate::qformer::{QFormer, QFormerConfig};
 use crate::sentence::TokenBatch;
@@ -624,15 +624,27 @@ impl LionModel {
 
     /// Generation (`generate`): token ids per image, without the decoder start token.
     pub fn generate(&self, batch: &LionBatch, gen: &GenerationConfig) -> Result<Vec<Vec<u32>>> {
+        self.generate_streaming(batch, gen, None)
+    }
+
+    /// [`Self::generate`] with a per-step callback ([`crate::generate::OnStep`]: greedy search
+    /// and sampling only).
+    pub fn generate_streaming(
+        &self,
+        batch: &LionBatch,
+        gen: &GenerationConfig,
+        on_step: Option<crate::generate::OnStep>,
+    ) -> Result<Vec<Vec<u32>>> {
         let visual = self.encode_image(&batch.pixel_values, batch.qformer_text.as_ref(), false)?;
         let (embeds, mask) =
             self.encoder_input(&visual, &batch.prompt, batch.tag_embedding.as_ref())?;
-        generate(
+        crate::generate::generate_streaming(
             &self.t5,
             T5Input::Embeds(&embeds),
             Some(&mask),
             batch.route,
             gen,
+            on_step,
         )
     }
 }

@@ -427,6 +427,23 @@ impl LionPipeline {
         reqs: &[Request],
         gen: &GenerationConfig,
     ) -> Result<Vec<Answer>> {
+        self.answer_streaming(images, reqs, gen, None)
+    }
+
+    /// [`Self::answer`], handing each answer's text to `on_text` in pieces while it is generated
+    /// (greedy search and sampling; beam search knows its answer only at the end, so there the
+    /// whole text comes as one piece). For every (request, sequence) the pieces joined equal the
+    /// answer's `text`. A piece ends before the last space decoded so far, so that
+    /// detokenisation can still change the word being generated (T5's clean-up joins `dog 's` into
+    /// `dog's`); the rest comes when the sequence ends. `on_text` returning `false` stops
+    /// generation; the answers are then cut where they stopped.
+    pub fn answer_streaming(
+        &self,
+        images: &[RgbImage],
+        reqs: &[Request],
+        gen: &GenerationConfig,
+        mut on_text: Option<OnText>,
+    ) -> Result<Vec<Answer>> {
         let n = gen.num_return_sequences.max(1);
         let mut out: Vec<Vec<Answer>> = vec![Vec::new(); reqs.len()];
         for route in [Route::ImageLevel, Route::RegionLevel] {
@@ -439,7 +456,33 @@ impl LionPipeline {
             let imgs: Vec<RgbImage> = idx.iter().map(|&i| images[i].clone()).collect();
             let rs: Vec<Request> = idx.iter().map(|&i| reqs[i].clone()).collect();
             let batch = self.prepare(&imgs, &rs)?;
-            let ids = self.model.generate(&batch, gen)?;
+            let mut pieces: Vec<StreamedText> = vec![StreamedText::default(); idx.len() * n];
+            let ids = match on_text.as_mut() {
+                Some(f) => {
+                    let mut on_step = |step: &[Option<u32>]| -> bool {
+                        let mut go_on = true;
+                        for (r, tok) in step.iter().enumerate() {
+                            let Some(tok) = tok else { continue };
+                            let Some(p) = pieces.get_mut(r) else { continue };
+                            p.ids.push(*tok);
+                            let Ok(text) = self.decode(&p.ids) else {
+                                continue;
+                            };
+                            if let Some(piece) = p.stable_piece(&text) {
+                                go_on &= f(TextDelta {
+                                    request: idx[r / n],
+                                    sequence: r % n,
+                                    text: piece,
+                                });
+                            }
+                        }
+                        go_on
+                    };
+                    self.model
+                        .generate_streaming(&batch, gen, Some(&mut on_step))?
+                }
+                None => self.model.generate(&batch, gen)?,
+            };
             if ids.len() != idx.len() * n {
                 return Err(Error::Input(format!(
                     "generation returned {} sequences for {} requests x {n}",
@@ -449,10 +492,20 @@ impl LionPipeline {
             }
             let prompts = &batch.prompt.ids;
             let eos = self.model.t5().config().eos_token_id;
-            for (((&i, rows), img), prompt) in idx.iter().zip(ids.chunks(n)).zip(&imgs).zip(prompts)
-            {
-                for row in rows {
+            let groups = idx.iter().zip(ids.chunks(n)).zip(&imgs).zip(prompts);
+            for (g, (((&i, rows), img), prompt)) in groups.enumerate() {
+                for (j, row) in rows.iter().enumerate() {
                     let text = self.decode(row)?;
+                    if let Some(f) = on_text.as_mut() {
+                        let rest = pieces[g * n + j].rest(&text);
+                        if !rest.is_empty() {
+                            f(TextDelta {
+                                request: i,
+                                sequence: j,
+                                text: rest,
+                            });
+                        }
+                    }
                     let bbox = if reqs[i].task == Task::Rec {
                         parse_box(&text, img.width(), img.height())
                     } else {
@@ -491,6 +544,62 @@ impl LionPipeline {
     }
 }
 
+/// A piece of an answer's text while it is generated ([`LionPipeline::answer_streaming`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextDelta<'a> {
+    /// Index of the request in the call's `reqs`.
+    pub request: usize,
+    /// Index of the sequence among the request's `num_return_sequences`.
+    pub sequence: usize,
+    /// Text to append to the pieces before it of the same request and sequence.
+    pub text: &'a str,
+}
+
+/// Receives the pieces of [`LionPipeline::answer_streaming`]; `false` stops generation.
+pub type OnText<'a> = &'a mut dyn FnMut(TextDelta) -> bool;
+
+/// One generated sequence's ids so far and how much of its text was handed out.
+#[derive(Debug, Clone, Default)]
+struct StreamedText {
+    ids: Vec<u32>,
+    /// The text handed out so far (always a prefix of the decoded text).
+    sent: String,
+}
+
+impl StreamedText {
+    /// The new stable part of `text` (the decode of `ids`): what lies before its last space and
+    /// after what was sent. None when there is nothing new, or when `text` no longer starts with
+    /// what was sent (then nothing more is sent until the end).
+    fn stable_piece(&mut self, text: &str) -> Option<&str> {
+        let end = text.rfind(' ')?;
+        if end <= self.sent.len() || !text.starts_with(self.sent.as_str()) {
+            return None;
+        }
+        let from = self.sent.len();
+        self.sent.push_str(&text[from..end]);
+        Some(&self.sent[from..])
+    }
+
+    /// What remains of the final text after the pieces sent. The final decode extends what was
+    /// sent (see [`Self::stable_piece`]); should it not, the difference is logged and the text
+    /// after the common prefix is returned.
+    fn rest<'t>(&mut self, text: &'t str) -> &'t str {
+        if let Some(rest) = text.strip_prefix(self.sent.as_str()) {
+            self.sent = text.to_string();
+            return rest;
+        }
+        let common = text
+            .char_indices()
+            .zip(self.sent.chars())
+            .take_while(|((_, a), b)| a == b)
+            .last()
+            .map_or(0, |((i, c), _)| i + c.len_utf8());
+        tracing::warn!(sent = %self.sent, text, "streamed text is not a prefix of the answer");
+        self.sent = text.to_string();
+        &text[common..]
+    }
+}
+
 /// LION's box text (`[x1,y1,x2,y2]` normalised, maybe after `Answer:`) to pixels of the
 /// original image; malformed text gives None.
 pub fn parse_box(text: &str, width: u32, height: u32) -> Option<[f32; 4]> {
@@ -501,6 +610,35 @@ pub fn parse_box(text: &str, width: u32, height: u32) -> Option<[f32; 4]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pieces end before the last space, so a clean-up that joins the last word to the one
+    /// before (`dog 's` -> `dog's`) never contradicts what was sent; the pieces join to the text.
+    #[test]
+    fn streamed_pieces_are_prefixes_of_the_final_text() {
+        let mut s = StreamedText::default();
+        let mut sent = String::new();
+        for text in [
+            "a",
+            "a dog",
+            "a dog '",
+            "a dog's",
+            "a dog's ball",
+            "a dog's ball.",
+        ] {
+            if let Some(p) = s.stable_piece(text) {
+                sent.push_str(p);
+            }
+            assert!(text.starts_with(&sent), "{sent:?} vs {text:?}");
+        }
+        assert_eq!(sent, "a dog's");
+        let final_text = "a dog's ball.";
+        sent.push_str(s.rest(final_text));
+        assert_eq!(sent, final_text);
+        // a final text that disagrees with what was sent: the differing tail is what is left
+        let mut s = StreamedText::default();
+        assert_eq!(s.stable_piece("one two three"), Some("one two"));
+        assert_eq!(s.rest("one too"), "oo");
+    }
 
     #[test]
     fn box_text_maps_to_pixels_of_the_original_image() {

@@ -11,7 +11,7 @@
 
 use std::fmt::Display;
 
-use crate::generate::GenerationConfig;
+use crate::generate::{GenerationConfig, Sampling};
 
 /// A rejected input value: which field, what value, which rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -216,6 +216,65 @@ impl GenerationSettings {
     }
 }
 
+/// Sampling as CLI flags or request fields give it (HF `do_sample`): `temperature` 0 means no
+/// sampling, and `top_p` / `top_k` are then ignored (as HF ignores its warpers without
+/// `do_sample`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingSettings {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: Option<usize>,
+    pub seed: u64,
+}
+
+impl SamplingSettings {
+    /// The one rule set: temperature in [0, 100], top_p in [0, 1]; when sampling (temperature
+    /// above 0) top_p above 0 and top_k at least 1. Checked in that order.
+    pub fn check(&self) -> Result<Option<Sampling>, Invalid> {
+        let temperature = in_range("temperature", self.temperature, 0.0, 100.0)?;
+        let top_p = in_range("top_p", self.top_p, 0.0, 1.0)?;
+        if temperature == 0.0 {
+            return Ok(None);
+        }
+        if top_p == 0.0 {
+            return Err(Invalid::new(
+                "top_p",
+                top_p,
+                "must be more than 0 (1 keeps every token)",
+            ));
+        }
+        if self.top_k == Some(0) {
+            return Err(Invalid::new("top_k", 0, "must be at least 1"));
+        }
+        Ok(Some(Sampling {
+            temperature,
+            top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+        }))
+    }
+}
+
+/// Beams and returned sequences: sampling takes one beam; without sampling `n` is at most
+/// `num_beams` (the `n` best beams), and greedy search returns one sequence.
+pub fn check_sequences(num_beams: usize, n: usize, sampling: bool) -> Check {
+    if sampling && num_beams != 1 {
+        return Err(Invalid::new(
+            "num_beams",
+            num_beams,
+            "must be 1 when sampling (temperature > 0)",
+        ));
+    }
+    if !sampling && n > num_beams {
+        return Err(Invalid::new(
+            "n",
+            n,
+            format!("must be at most num_beams ({num_beams}) without sampling"),
+        ));
+    }
+    Ok(())
+}
+
 /// Bytes available for new allocations (`MemAvailable` of `/proc/meminfo`); None off Linux or
 /// when unreadable.
 pub fn mem_available() -> Option<u64> {
@@ -286,5 +345,41 @@ mod tests {
         s.min_new_tokens = 0;
         s.num_beams = 0;
         assert_eq!(s.check(&l).unwrap_err().field, "num_beams");
+    }
+
+    #[test]
+    fn sampling_rules() {
+        let s = |temperature, top_p, top_k| {
+            SamplingSettings {
+                temperature,
+                top_p,
+                top_k,
+                seed: 3,
+            }
+            .check()
+        };
+        assert_eq!(
+            s(0.0, 0.0, Some(0)),
+            Ok(None),
+            "no sampling: the warpers are ignored"
+        );
+        let on = s(0.7, 0.9, Some(5)).unwrap().unwrap();
+        assert_eq!(
+            (on.temperature, on.top_p, on.top_k, on.seed),
+            (0.7, 0.9, Some(5), 3)
+        );
+        for (t, p, k, field) in [
+            (-0.1, 1.0, None, "temperature"),
+            (f32::NAN, 1.0, None, "temperature"),
+            (101.0, 1.0, None, "temperature"),
+            (1.0, 1.5, None, "top_p"),
+            (1.0, 0.0, None, "top_p"),
+            (1.0, 1.0, Some(0), "top_k"),
+        ] {
+            assert_eq!(s(t, p, k).unwrap_err().field, field, "{t} {p} {k:?}");
+        }
+        assert_eq!(check_sequences(3, 1, true).unwrap_err().field, "num_beams");
+        assert_eq!(check_sequences(2, 3, false).unwrap_err().field, "n");
+        assert!(check_sequences(1, 4, true).is_ok() && check_sequences(5, 3, false).is_ok());
     }
 }

@@ -391,3 +391,128 @@ fn every_trainable_lion_variable_gets_a_gradient() {
         println!("{kind:?}: {n} trainable variables with gradients (+6 dead as upstream)");
     }
 }
+
+/// A tiny static LION with random weights, the fixture's T5 tokenizer and MiniLM's BERT
+/// tokenizer for the Q-Former (its full vocabulary: questions use real words).
+fn random_pipeline() -> LionPipeline {
+    use lion_core::pipeline::PipelineSources;
+    let t5 = fixture("lion/tokenizer.json");
+    let q = common::minilm_dir().join("tokenizer.json");
+    LionPipeline::new(
+        PipelineSources {
+            config: preset("tiny", Some(PromptKind::Static)).unwrap(),
+            checkpoints: vec![],
+            t5_tokenizer: Some(&t5),
+            qformer_tokenizer: Some(&q),
+            tag_encoder: None,
+            mode: LoadMode::Strict,
+        },
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// Streaming hands out each answer in pieces whose concatenation is the answer `answer` gives
+/// (greedy, sampling with n = 2, beam search as one piece at the end), per request and sequence;
+/// stopping from the callback cuts generation short.
+#[test]
+fn streamed_pieces_join_to_the_answers() {
+    use lion_core::generate::{GenerationConfig, Sampling};
+    use lion_core::pipeline::{Request, TextDelta};
+    use lion_core::prompt::Task;
+    let p = random_pipeline();
+    let images: Vec<image::RgbImage> = (0..3u8)
+        .map(|k| image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * k, y as u8, 9])))
+        .collect();
+    let reqs = vec![
+        Request {
+            task: Task::Caption,
+            text: String::new(),
+            tags: vec![("dog".into(), 0.9)],
+        },
+        Request {
+            task: Task::Rec,
+            text: "the left dog".into(),
+            tags: vec![],
+        },
+        Request {
+            task: Task::Vqa,
+            text: "what is it?".into(),
+            tags: vec![],
+        },
+    ];
+    let greedy = GenerationConfig {
+        num_beams: 1,
+        max_new_tokens: 12,
+        min_length: 13,
+        ..GenerationConfig::default()
+    };
+    let sampled = GenerationConfig {
+        sampling: Some(Sampling {
+            temperature: 1.0,
+            top_p: 0.95,
+            top_k: None,
+            seed: 5,
+        }),
+        num_return_sequences: 2,
+        ..greedy.clone()
+    };
+    let beams = GenerationConfig {
+        num_beams: 3,
+        ..greedy.clone()
+    };
+    for (name, gen) in [
+        ("greedy", &greedy),
+        ("sampled", &sampled),
+        ("beams", &beams),
+    ] {
+        let n = gen.num_return_sequences;
+        let want = p.answer(&images, &reqs, gen).unwrap();
+        let mut pieces: Vec<Vec<String>> = vec![Vec::new(); reqs.len() * n];
+        let mut on_text = |d: TextDelta| {
+            pieces[d.request * n + d.sequence].push(d.text.to_string());
+            true
+        };
+        let got = p
+            .answer_streaming(&images, &reqs, gen, Some(&mut on_text))
+            .unwrap();
+        if name != "beams" {
+            assert!(
+                pieces.iter().any(|p| p.len() >= 3),
+                "{name}: word by word: {pieces:?}"
+            );
+        }
+        assert_eq!(got, want, "{name}: streaming changed the answers");
+        for (k, a) in want.iter().enumerate() {
+            assert_eq!(
+                pieces[k].concat(),
+                a.text,
+                "{name}: sequence {k}: {:?}",
+                pieces[k]
+            );
+            assert!(
+                pieces[k].iter().all(|s| !s.is_empty()),
+                "{name}: empty piece"
+            );
+            let spaces = a.text.matches(' ').count();
+            if name == "beams" {
+                assert!(pieces[k].len() <= 1, "{name}: beam search streams once");
+            } else {
+                // every word before the last space arrives on its own step at the latest
+                assert!(
+                    pieces[k].len() > spaces.min(1),
+                    "{name}: {:?} for {:?}",
+                    pieces[k],
+                    a.text
+                );
+            }
+        }
+    }
+    // stopping after the first piece: every answer is cut short
+    let mut first = true;
+    let mut stop = |_: TextDelta| std::mem::take(&mut first);
+    let cut = p
+        .answer_streaming(&images, &reqs, &greedy, Some(&mut stop))
+        .unwrap();
+    assert!(cut.iter().all(|a| a.tokens < 12 && !a.finished), "{cut:?}");
+}

@@ -12,7 +12,7 @@ use std::fmt;
 use candle_core::Device;
 use image::RgbImage;
 use lion_core::generate::{GenerationConfig, Sampling};
-use lion_core::pipeline::{Answer, LionPipeline, Request};
+use lion_core::pipeline::{Answer, LionPipeline, Request, TextDelta};
 use lion_core::preprocess::ImageTransform;
 use lion_core::prompt::Task;
 use lion_core::sentence::SentenceEmbedder;
@@ -146,6 +146,11 @@ impl GenerationOptions {
     }
 }
 
+/// Where a streaming request's text goes while it is generated: `(sequence, piece)` pairs, the
+/// pieces of one sequence joining to its text ([`lion_core::pipeline::TextDelta`]). Dropping
+/// the receiver asks the worker to stop generating once no request of the batch listens.
+pub type TextSink = tokio::sync::mpsc::UnboundedSender<(usize, String)>;
+
 /// `POST /v1/caption`: describe an image.
 #[derive(Debug, Clone)]
 pub struct CaptionRequest {
@@ -156,6 +161,8 @@ pub struct CaptionRequest {
     /// Tags with scores for LION's prompt, used instead of the tagger's.
     pub tags: Option<Vec<(String, f32)>>,
     pub options: GenerationOptions,
+    /// The text in pieces while it is generated (the chat API's streaming), if wanted.
+    pub stream: Option<TextSink>,
 }
 
 /// What a generating answer leaves out of its JSON and the chat API reports: token counts and,
@@ -201,6 +208,8 @@ pub struct VqaRequest {
     /// Tags with scores for LION's prompt, used instead of the tagger's.
     pub tags: Option<Vec<(String, f32)>>,
     pub options: GenerationOptions,
+    /// The text in pieces while it is generated (the chat API's streaming), if wanted.
+    pub stream: Option<TextSink>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -218,6 +227,8 @@ pub struct GroundRequest {
     /// Tags with scores for LION's prompt, used instead of the tagger's.
     pub tags: Option<Vec<(String, f32)>>,
     pub options: GenerationOptions,
+    /// The text in pieces while it is generated (the chat API's streaming), if wanted.
+    pub stream: Option<TextSink>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -457,7 +468,20 @@ impl ModelBackend {
             })
             .collect();
         let owned: Vec<RgbImage> = items.iter().map(|it| it.image.clone()).collect();
-        Ok(lion.answer(&owned, &reqs, &options.generation_config())?)
+        let gen = options.generation_config();
+        let sinks: Vec<Option<&TextSink>> = items.iter().map(|it| it.stream).collect();
+        if sinks.iter().all(Option::is_none) {
+            return Ok(lion.answer(&owned, &reqs, &gen)?);
+        }
+        let mut on_text = |d: TextDelta| {
+            if let Some(Some(tx)) = sinks.get(d.request) {
+                // a gone listener is seen below
+                let _ = tx.send((d.sequence, d.text.to_string()));
+            }
+            // stop only once every request of the batch streams and none listens any more
+            !sinks.iter().all(|s| s.is_some_and(|tx| tx.is_closed()))
+        };
+        Ok(lion.answer_streaming(&owned, &reqs, &gen, Some(&mut on_text))?)
     }
 }
 
@@ -467,6 +491,7 @@ struct LionItem<'a> {
     task: Task,
     text: String,
     tags: Option<&'a Vec<(String, f32)>>,
+    stream: Option<&'a TextSink>,
 }
 
 /// `n` answers per request -> one (text, info) per request.
@@ -523,6 +548,7 @@ impl Backend for ModelBackend {
                 task: Task::Caption,
                 text: r.prompt.clone().unwrap_or_default(),
                 tags: r.tags.as_ref(),
+                stream: r.stream.as_ref(),
             })
             .collect();
         let answers = self.lion_answer(TaskKind::Caption, items, &options)?;
@@ -541,6 +567,7 @@ impl Backend for ModelBackend {
                 task: Task::Vqa,
                 text: r.question.clone(),
                 tags: r.tags.as_ref(),
+                stream: r.stream.as_ref(),
             })
             .collect();
         let answers = self.lion_answer(TaskKind::Vqa, items, &options)?;
@@ -559,6 +586,7 @@ impl Backend for ModelBackend {
                 task: Task::Rec,
                 text: r.expression.clone(),
                 tags: r.tags.as_ref(),
+                stream: r.stream.as_ref(),
             })
             .collect();
         let answers = self.lion_answer(TaskKind::Ground, items, &options)?;
@@ -632,6 +660,7 @@ mod tests {
             prompt: None,
             tags: None,
             options: opts,
+            stream: None,
         };
         assert!(matches!(
             b.caption(&[cap]),
@@ -644,6 +673,7 @@ mod tests {
             question: "q".into(),
             tags: None,
             options: opts,
+            stream: None,
         };
         assert!(matches!(
             b.vqa(&[vqa]),
@@ -656,6 +686,7 @@ mod tests {
             expression: "e".into(),
             tags: None,
             options: opts,
+            stream: None,
         };
         assert!(matches!(
             b.ground(&[g]),

@@ -566,6 +566,7 @@ async fn caption(State(s): State<Shared>, req: Request) -> Response {
                 prompt,
                 tags,
                 options,
+                stream: None,
             };
             s.submit(TaskKind::Caption, deadline, Some(hold), |reply| {
                 Job::Caption { req, reply }
@@ -592,6 +593,7 @@ async fn vqa(State(s): State<Shared>, req: Request) -> Response {
                 question,
                 tags,
                 options,
+                stream: None,
             };
             s.submit(TaskKind::Vqa, deadline, Some(hold), |reply| Job::Vqa {
                 req,
@@ -623,6 +625,7 @@ async fn ground(State(s): State<Shared>, req: Request) -> Response {
                 expression,
                 tags,
                 options,
+                stream: None,
             };
             s.submit(TaskKind::Ground, deadline, Some(hold), |reply| {
                 Job::Ground { req, reply }

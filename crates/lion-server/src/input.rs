@@ -609,38 +609,17 @@ fn range(name: &str, v: usize, lo: usize, hi: usize) -> Result<usize, ApiError> 
     }
 }
 
-fn frange(name: &str, v: f32, lo: f32, hi: f32) -> Result<f32, ApiError> {
-    if !v.is_finite() || v < lo || v > hi {
-        Err(ApiError::validation(format!(
-            "field `{name}` must be between {lo} and {hi}, got {v}"
-        )))
-    } else {
-        Ok(v)
-    }
-}
-
 /// The sampling settings when `temperature` > 0 (`top_p`, `top_k`, `seed` are ignored
 /// otherwise, as HF without `do_sample`); a missing seed is drawn fresh.
 fn sampling(f: &impl GenFields) -> Result<Option<Sampling>, ApiError> {
-    let temperature = frange("temperature", f.temperature().unwrap_or(0.0), 0.0, 100.0)?;
-    let top_p = frange("top_p", f.top_p().unwrap_or(1.0), 0.0, 1.0)?;
-    if temperature == 0.0 {
-        return Ok(None);
-    }
-    if top_p == 0.0 {
-        return Err(ApiError::validation(
-            "field `top_p` must be more than 0 (1 keeps every token)",
-        ));
-    }
-    if f.top_k() == Some(0) {
-        return Err(ApiError::validation("field `top_k` must be at least 1"));
-    }
-    Ok(Some(Sampling {
-        temperature,
-        top_p,
+    lion_core::rules::SamplingSettings {
+        temperature: f.temperature().unwrap_or(0.0),
+        top_p: f.top_p().unwrap_or(1.0),
         top_k: f.top_k(),
         seed: f.seed().unwrap_or_else(fresh_seed),
-    }))
+    }
+    .check()
+    .map_err(invalid)
 }
 
 /// Generation options with LION's defaults filled in, then checked by the shared rule set
@@ -681,18 +660,7 @@ pub fn generation_options(
     }
     .check(&generation_limits(limits))
     .map_err(invalid)?;
-    if o.sampling.is_some() && o.num_beams != 1 {
-        return Err(ApiError::validation(format!(
-            "field `num_beams` must be 1 when sampling (temperature > 0), got {}",
-            o.num_beams
-        )));
-    }
-    if o.sampling.is_none() && n > o.num_beams {
-        return Err(ApiError::validation(format!(
-            "field `n` ({n}) must be at most `num_beams` ({}) without sampling",
-            o.num_beams
-        )));
-    }
+    lion_core::rules::check_sequences(o.num_beams, n, o.sampling.is_some()).map_err(invalid)?;
     Ok(o)
 }
 

@@ -7,8 +7,10 @@
 //! ([`infer_task`]); the image is the last `image_url` of the conversation ([`crate::image_url`]);
 //! `max_tokens`, `n`, `temperature`, `top_p`, `seed` map to the generation options, the `lion`
 //! extension adds the rest and the image's tags. Streaming answers come as
-//! `chat.completion.chunk` events once the text is generated (one content delta per choice),
-//! then `data: [DONE]`. Every error on these routes is OpenAI's
+//! `chat.completion.chunk` events: with greedy search or sampling (`num_beams` 1) a content
+//! delta per word while the text is generated; beam search knows its text only at the end and
+//! sends it as one delta per choice. Then the finish chunks and `data: [DONE]`; an error after
+//! the first piece comes as an `{"error": ...}` event before `[DONE]`. Every error on these routes is OpenAI's
 //! `{"error": {"message", "type", "param", "code"}}`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -40,24 +42,27 @@ impl From<ApiError> for OpenAiError {
     }
 }
 
-impl IntoResponse for OpenAiError {
-    fn into_response(self) -> Response {
-        let e = self.0;
-        let status = e.status();
-        let kind = if status.is_server_error() {
+impl OpenAiError {
+    /// `{"error": {"message", "type", "param", "code"}}`.
+    fn body(&self) -> Value {
+        let e = &self.0;
+        let kind = if e.status().is_server_error() {
             "server_error"
         } else {
             "invalid_request_error"
         };
-        json_response(
-            status,
-            &json!({"error": {
-                "message": e.error,
-                "type": kind,
-                "param": null,
-                "code": e.error_type.name(),
-            }}),
-        )
+        json!({"error": {
+            "message": e.error,
+            "type": kind,
+            "param": null,
+            "code": e.error_type.name(),
+        }})
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        json_response(self.0.status(), &self.body())
     }
 }
 
@@ -438,77 +443,177 @@ async fn chat_inner(s: &Shared, req: Request) -> Result<Response, ApiError> {
     let crate::http::Decoded { image, hold } = decode(s, encoded).await?;
     let (w, h) = image.dimensions();
     let input_text = text.clone().unwrap_or_default();
-    let generated = match task {
-        ChatTask::Caption => {
-            let req = CaptionRequest {
-                image,
-                prompt: text,
-                tags,
-                options,
-            };
-            let r = s
-                .submit(kind, deadline, Some(hold), |reply| Job::Caption {
-                    req,
-                    reply,
-                })
-                .await?;
-            Generated::new(r.caption, r.info, None)
+    let (sink, pieces) = match body.stream {
+        true => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
         }
-        ChatTask::Vqa => {
-            let req = VqaRequest {
-                image,
-                question: text.unwrap_or_default(),
-                tags,
-                options,
-            };
-            let r = s
-                .submit(kind, deadline, Some(hold), |reply| Job::Vqa { req, reply })
-                .await?;
-            Generated::new(r.answer, r.info, None)
-        }
-        ChatTask::Ground => {
-            let req = GroundRequest {
-                image,
-                expression: text.unwrap_or_default(),
-                tags,
-                options,
-            };
-            let r = s
-                .submit(kind, deadline, Some(hold), |reply| Job::Ground {
-                    req,
-                    reply,
-                })
-                .await?;
-            let mut g = Generated::new(r.text, r.info, None);
-            let boxes = g
-                .texts
-                .iter()
-                .map(|t| {
-                    let b = GroundResponse::from_text(t.clone(), w, h);
-                    json!({"bbox": b.bbox, "bbox_normalized": b.bbox_normalized})
-                })
-                .collect();
-            g.boxes = Some(boxes);
-            g
+        false => (None, None),
+    };
+    // the job, owning what it needs, so that a stream's body can drive it
+    let shared = s.clone();
+    let work = async move {
+        let s = &shared;
+        Ok::<_, ApiError>(match task {
+            ChatTask::Caption => {
+                let req = CaptionRequest {
+                    image,
+                    prompt: text,
+                    tags,
+                    options,
+                    stream: sink,
+                };
+                let r = s
+                    .submit(kind, deadline, Some(hold), |reply| Job::Caption {
+                        req,
+                        reply,
+                    })
+                    .await?;
+                Generated::new(r.caption, r.info, None)
+            }
+            ChatTask::Vqa => {
+                let req = VqaRequest {
+                    image,
+                    question: text.unwrap_or_default(),
+                    tags,
+                    options,
+                    stream: sink,
+                };
+                let r = s
+                    .submit(kind, deadline, Some(hold), |reply| Job::Vqa { req, reply })
+                    .await?;
+                Generated::new(r.answer, r.info, None)
+            }
+            ChatTask::Ground => {
+                let req = GroundRequest {
+                    image,
+                    expression: text.unwrap_or_default(),
+                    tags,
+                    options,
+                    stream: sink,
+                };
+                let r = s
+                    .submit(kind, deadline, Some(hold), |reply| Job::Ground {
+                        req,
+                        reply,
+                    })
+                    .await?;
+                let mut g = Generated::new(r.text, r.info, None);
+                let boxes = g
+                    .texts
+                    .iter()
+                    .map(|t| {
+                        let b = GroundResponse::from_text(t.clone(), w, h);
+                        json!({"bbox": b.bbox, "bbox_normalized": b.bbox_normalized})
+                    })
+                    .collect();
+                g.boxes = Some(boxes);
+                g
+            }
+        })
+    };
+    let lion = move |g: &Generated| {
+        json!({
+            "task": kind.name(),
+            "input": input_text,
+            "seed": options.sampling.map(|x| x.seed),
+            "num_beams": options.num_beams,
+            "boxes": g.boxes,
+        })
+    };
+    let chunks = Chunks {
+        id: format!("chatcmpl-{:016x}", input::fresh_seed()),
+        created: unix_now(),
+        usage: body
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage),
+    };
+    let Some(mut pieces) = pieces else {
+        let g = work.await?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &completion(&chunks.id, &g, lion(&g)),
+        ));
+    };
+    // Stream: wait for the first piece of text or the end. Until then an error is an HTTP error
+    // status (a full queue, a timeout); beam search has no pieces and sends its text at the end.
+    let mut work = Box::pin(work);
+    let first = tokio::select! {
+        biased;
+        Some(piece) = pieces.recv() => piece,
+        r = &mut work => {
+            let g = r?;
+            return Ok(sse_response(Body::from(chunks.whole(&g, lion(&g)))));
         }
     };
-    let lion = json!({
-        "task": kind.name(),
-        "input": input_text,
-        "seed": options.sampling.map(|x| x.seed),
-        "num_beams": options.num_beams,
-        "boxes": generated.boxes,
+    let (out, body_rx) = tokio::sync::mpsc::channel::<String>(64);
+    let n = options.n;
+    tokio::spawn(async move {
+        let mut events = vec![chunks.role(n), chunks.piece(first)];
+        let result = loop {
+            for e in events.drain(..) {
+                if out.send(e).await.is_err() {
+                    // the client is gone: dropping the job abandons it (the worker stops
+                    // generating once no request of its batch listens)
+                    return;
+                }
+            }
+            tokio::select! {
+                biased;
+                () = out.closed() => return,
+                Some(piece) = pieces.recv() => events.push(chunks.piece(piece)),
+                r = &mut work => break r,
+            }
+        };
+        // the worker sent every piece before its answer
+        while let Ok(piece) = pieces.try_recv() {
+            events.push(chunks.piece(piece));
+        }
+        match result {
+            Ok(g) => events.push(chunks.end(&g, lion(&g))),
+            Err(e) => {
+                tracing::warn!(error = %e.error, "streamed chat answer failed after its first piece");
+                let err = OpenAiError(e).body();
+                events.push(format!("data: {err}\n\n"));
+            }
+        }
+        events.push("data: [DONE]\n\n".to_string());
+        for e in events {
+            if out.send(e).await.is_err() {
+                return;
+            }
+        }
     });
-    let id = format!("chatcmpl-{:016x}", input::fresh_seed());
-    let include_usage = body
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    Ok(if body.stream {
-        sse(&id, &generated, lion, include_usage)
-    } else {
-        json_response(StatusCode::OK, &completion(&id, &generated, lion))
-    })
+    Ok(sse_response(Body::new(SseBody(body_rx))))
+}
+
+/// The events of a streamed answer, already formatted (`data: ...` and a blank line).
+struct SseBody(tokio::sync::mpsc::Receiver<String>);
+
+impl http_body::Body for SseBody {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|e| e.map(|e| Ok(http_body::Frame::data(e.into()))))
+    }
+}
+
+fn sse_response(body: Body) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(body)
+        .unwrap_or_else(|e| {
+            OpenAiError(ApiError::new(ErrorType::Backend, e.to_string())).into_response()
+        })
 }
 
 impl Generated {
@@ -562,15 +667,20 @@ fn completion(id: &str, g: &Generated, lion: Value) -> Value {
     })
 }
 
-/// The streaming answer: per choice a role delta, the text as one content delta and a finish
-/// chunk (the last one carrying `lion`), then the usage chunk when asked for, then `[DONE]`.
-fn sse(id: &str, g: &Generated, lion: Value, usage: bool) -> Response {
-    let created = unix_now();
-    let chunk = |choices: Value, extra: Option<(&str, Value)>| {
+/// The `chat.completion.chunk` events of one streamed answer.
+struct Chunks {
+    id: String,
+    created: u64,
+    /// `stream_options.include_usage`: a last chunk with the usage and no choices.
+    usage: bool,
+}
+
+impl Chunks {
+    fn chunk(&self, choices: Value, extra: Option<(&str, Value)>) -> String {
         let mut c = json!({
-            "id": id,
+            "id": self.id,
             "object": "chat.completion.chunk",
-            "created": created,
+            "created": self.created,
             "model": MODEL_ID,
             "choices": choices,
         });
@@ -578,31 +688,56 @@ fn sse(id: &str, g: &Generated, lion: Value, usage: bool) -> Response {
             c[k] = v;
         }
         format!("data: {c}\n\n")
-    };
-    let mut out = String::new();
-    let last = g.texts.len() - 1;
-    for (i, t) in g.texts.iter().enumerate() {
-        let one = |delta: Value, finish: Value| json!([{"index": i, "delta": delta, "finish_reason": finish, "logprobs": null}]);
-        out += &chunk(
-            one(json!({"role": "assistant", "content": ""}), Value::Null),
-            None,
-        );
-        out += &chunk(one(json!({"content": t}), Value::Null), None);
-        let extra = (i == last).then(|| ("lion", lion.clone()));
-        out += &chunk(one(json!({}), json!(g.finish_reason(i))), extra);
     }
-    if usage {
-        out += &chunk(json!([]), Some(("usage", g.usage())));
+
+    fn choice(i: usize, delta: Value, finish: Value) -> Value {
+        json!([{"index": i, "delta": delta, "finish_reason": finish, "logprobs": null}])
     }
-    out += "data: [DONE]\n\n";
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from(out))
-        .unwrap_or_else(|e| {
-            OpenAiError(ApiError::new(ErrorType::Backend, e.to_string())).into_response()
-        })
+
+    /// The role delta of each of the `n` choices.
+    fn role(&self, n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                let delta = json!({"role": "assistant", "content": ""});
+                self.chunk(Self::choice(i, delta, Value::Null), None)
+            })
+            .collect()
+    }
+
+    /// A piece of choice `i`'s text.
+    fn piece(&self, (i, text): (usize, String)) -> String {
+        self.chunk(Self::choice(i, json!({"content": text}), Value::Null), None)
+    }
+
+    /// Each choice's finish chunk (the last one carrying `lion`), then the usage chunk when
+    /// asked for.
+    fn end(&self, g: &Generated, lion: Value) -> String {
+        let last = g.texts.len() - 1;
+        let mut out = String::new();
+        for i in 0..g.texts.len() {
+            let extra = (i == last).then(|| ("lion", lion.clone()));
+            let finish = json!(g.finish_reason(i));
+            out += &self.chunk(Self::choice(i, json!({}), finish), extra);
+        }
+        if self.usage {
+            out += &self.chunk(json!([]), Some(("usage", g.usage())));
+        }
+        out
+    }
+
+    /// A whole answer at once (beam search): per choice a role delta and the text as one
+    /// content delta, then the finish chunks and `[DONE]`.
+    fn whole(&self, g: &Generated, lion: Value) -> String {
+        let mut out = String::new();
+        for (i, t) in g.texts.iter().enumerate() {
+            out += &self.chunk(
+                Self::choice(i, json!({"role": "assistant", "content": ""}), Value::Null),
+                None,
+            );
+            out += &self.piece((i, t.clone()));
+        }
+        out + &self.end(g, lion) + "data: [DONE]\n\n"
+    }
 }
 
 #[cfg(test)]

@@ -560,6 +560,7 @@ mod tests {
                 question: "q".into(),
                 tags: None,
                 options: GenerationOptions::lion_defaults(5),
+                stream: None,
             },
             reply: tx,
         })

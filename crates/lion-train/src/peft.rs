@@ -211,17 +211,41 @@ impl PeftConfig {
                 *p = base.join(&*p);
             }
         };
-        for p in [
-            c.model_dir.as_mut(),
-            c.qformer_tokenizer.as_mut(),
-            c.t5_tokenizer.as_mut(),
-            c.tag_encoder.as_mut(),
-            Some(&mut c.image_root),
-            Some(&mut c.output_dir),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        // Models and tokenizers: a path relative to the config, else a Hub id found under
+        // $LION_HOME or in the Hugging Face cache (as the CLI's --model / --tag-encoder).
+        let model = |p: &mut PathBuf, file: Option<&str>| -> Result<()> {
+            let local = base.join(&*p);
+            let spec = p.to_string_lossy().into_owned();
+            if p.is_absolute() || local.exists() || !lion_core::hub::is_hub_id(&spec) {
+                *p = local;
+                return Ok(());
+            }
+            *p = match file {
+                Some(f) => lion_core::hub::resolve_file(&spec, f)?,
+                None => lion_core::hub::resolve_model(&spec)?,
+            };
+            Ok(())
+        };
+        for (field, p, file) in [
+            ("model_dir", c.model_dir.as_mut(), None),
+            (
+                "qformer_tokenizer",
+                c.qformer_tokenizer.as_mut(),
+                Some("tokenizer.json"),
+            ),
+            (
+                "t5_tokenizer",
+                c.t5_tokenizer.as_mut(),
+                Some("tokenizer.json"),
+            ),
+            ("tag_encoder", c.tag_encoder.as_mut(), None),
+        ] {
+            if let Some(p) = p {
+                model(p, file)
+                    .map_err(|e| Error::config(path.display(), format!("`{field}`: {e}")))?;
+            }
+        }
+        for p in [&mut c.image_root, &mut c.output_dir] {
             fix(p);
         }
         for t in &mut c.tasks {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use lion_core::cpu::WeightDtype;
-use lion_core::generate::GenerationConfig;
+use lion_core::generate::{GenerationConfig, Sampling};
 use lion_core::hub::{resolve_file, resolve_model};
 use lion_core::pipeline::{LionPipeline, PipelineSources};
 use lion_core::presets::{preset, PRESETS};
@@ -141,9 +141,9 @@ impl ModelArgs {
 /// Decoding flags shared by the generating commands.
 #[derive(clap::Args, Debug, Clone)]
 pub struct GenArgs {
-    /// Beams (1 = greedy). LION: 5.
-    #[arg(long, default_value_t = 5)]
-    pub num_beams: usize,
+    /// Beams (1 = greedy). Default: LION's 5, or 1 when sampling.
+    #[arg(long)]
+    pub num_beams: Option<usize>,
     /// New tokens at most (LION's generate allows 256; captions and boxes need far fewer).
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
@@ -154,31 +154,59 @@ pub struct GenArgs {
     pub length_penalty: f32,
     #[arg(long, default_value_t = 1)]
     pub min_length: usize,
+    /// Sample with this temperature instead of searching (0 = no sampling, LION's default;
+    /// HF `do_sample=True`); takes one beam.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass (1 = all).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Sample among the k most likely tokens only.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Seed of the sampling: the same seed, flags and inputs give the same text.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 impl GenArgs {
     /// The decoder settings after the rules the server applies to the same fields
-    /// ([`lion_core::rules::GenerationSettings::check`], default limits). `--min-length` counts
-    /// the decoder start token, so it is checked as `min_new_tokens = min_length - 1`.
+    /// ([`lion_core::rules::GenerationSettings::check`] with default limits,
+    /// [`lion_core::rules::SamplingSettings::check`], [`lion_core::rules::check_sequences`]).
+    /// `--min-length` counts the decoder start token, so it is checked as
+    /// `min_new_tokens = min_length - 1`.
     pub fn checked_config(&self) -> Result<GenerationConfig> {
-        let c = self.config();
+        let flags = "decoding flags (--num-beams, --max-new-tokens, --min-length = min_new_tokens + 1, --repetition-penalty, --length-penalty, --temperature, --top-p, --top-k)";
+        let sampling = self
+            .sampling()
+            .map_err(|e| anyhow::anyhow!("{flags}: {e}"))?;
+        let c = self.with_sampling(sampling);
         lion_core::rules::GenerationSettings::from_config(&c)
             .check(&lion_core::rules::GenerationLimits::default())
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "decoding flags (--num-beams, --max-new-tokens, --min-length = min_new_tokens + 1, --repetition-penalty, --length-penalty): {e}"
-                )
-            })?;
+            .and_then(|()| lion_core::rules::check_sequences(c.num_beams, 1, sampling.is_some()))
+            .map_err(|e| anyhow::anyhow!("{flags}: {e}"))?;
         Ok(c)
     }
 
-    pub fn config(&self) -> GenerationConfig {
+    fn sampling(&self) -> std::result::Result<Option<Sampling>, lion_core::rules::Invalid> {
+        lion_core::rules::SamplingSettings {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+        }
+        .check()
+    }
+
+    fn with_sampling(&self, sampling: Option<Sampling>) -> GenerationConfig {
+        let default_beams = if sampling.is_some() { 1 } else { 5 };
         GenerationConfig {
-            num_beams: self.num_beams,
+            num_beams: self.num_beams.unwrap_or(default_beams),
             max_new_tokens: self.max_new_tokens,
             min_length: self.min_length,
             repetition_penalty: self.repetition_penalty,
             length_penalty: self.length_penalty,
+            sampling,
             ..GenerationConfig::default()
         }
     }
