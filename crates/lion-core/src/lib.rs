@@ -9,6 +9,7 @@
 
 pub mod adapter;
 pub mod aggregator;
+pub mod bbox;
 pub mod bert;
 pub mod bf16;
 pub mod cpu;

@@ -348,10 +348,3 @@ pub fn format_tag_scores<S: AsRef<str>>(tags: &[(S, f32)]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
-
-/// LION's box text: `[x1,y1,x2,y2]` normalised by the image size, 3 decimals, no spaces.
-pub fn format_box(bbox: [f32; 4], width: u32, height: u32) -> String {
-    let (w, h) = (width.max(1) as f32, height.max(1) as f32);
-    let n = [bbox[0] / w, bbox[1] / h, bbox[2] / w, bbox[3] / h].map(|v| v.clamp(0.0, 1.0));
-    format!("[{:.3},{:.3},{:.3},{:.3}]", n[0], n[1], n[2], n[3])
-}

@@ -1097,8 +1097,8 @@ impl PeftTrainer {
                     for (s, p) in samples.iter().zip(&preds) {
                         let img = self.image(&s.image)?;
                         let (w, h) = (img.width() as f64, img.height() as f64);
-                        let gt = lion_metrics::rec::parse_box_text(&s.answer, w, h);
-                        let pr = lion_metrics::rec::parse_box_text(p, w, h);
+                        let gt = lion_core::bbox::parse(&s.answer, w, h);
+                        let pr = lion_core::bbox::parse(p, w, h);
                         if let (Some(g), Some(q)) = (gt, pr) {
                             if lion_metrics::rec::iou(&g, &q) >= 0.5 {
                                 hits += 1;

@@ -33,7 +33,7 @@ use lion_core::pipeline::Request;
 use lion_data::refcoco::PredBox;
 use lion_metrics::aokvqa::{AokvqaGt, AokvqaMetric, AokvqaPred};
 use lion_metrics::caption::CaptionEval;
-use lion_metrics::rec::{is_proper, parse_box_text, threshold_key, RecAccumulator};
+use lion_metrics::rec::{is_proper, threshold_key, RecAccumulator};
 use lion_metrics::vqa::{GtAnswer, VqaAccumulator, VqaMode};
 use serde_json::{json, Value};
 
@@ -457,6 +457,16 @@ fn aokvqa(args: &Args, pred: &Path) -> Result<Value> {
     }))
 }
 
+/// A REC prediction in pixels: given as pixels, or LION's box text read by `lion_core::bbox`
+/// (as `lion ground` and the server read it); `None` is a miss.
+fn pred_box(p: &PredBox, width: f64, height: f64) -> Option<[f64; 4]> {
+    match p {
+        PredBox::Pixels(b) => Some(*b),
+        PredBox::Text(t) => lion_core::bbox::parse(t, width, height),
+        PredBox::Missing => None,
+    }
+}
+
 fn rec(args: &Args, pred: &Path) -> Result<Value> {
     let instances = args
         .instances
@@ -496,12 +506,7 @@ fn rec(args: &Args, pred: &Path) -> Result<Value> {
             bail!("{}: record {i}: a second box for {key}", pred.display());
         }
         degenerate += usize::from(!is_proper(&r.bbox));
-        let (w, h) = (r.width as f64, r.height as f64);
-        let pred = match &p.pred {
-            PredBox::Pixels(b) => Some(*b),
-            PredBox::Text(t) => parse_box_text(t, w, h),
-            PredBox::Missing => None,
-        };
+        let pred = pred_box(&p.pred, r.width as f64, r.height as f64);
         let v = acc.add(key.clone(), Some(&r.split), pred.as_ref(), &r.bbox);
         per_item.push(json!({
             "id": key, "ref_id": r.ref_id, "split": r.split, "pred_box": pred, "gt_box": r.bbox,
@@ -928,4 +933,57 @@ fn predict(args: &Args) -> Result<Option<(PathBuf, Value)>> {
             "failed": preds.failed, "failures": preds.failures(), "seconds": secs,
         }),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `lion ground` (the pipeline's answer box), `POST /v1/ground` and the chat route
+    /// (`GroundResponse::from_text`) and `lion eval --task rec` (`pred_box`) read the same texts
+    /// the same way: the one rule of `lion_core::bbox`.
+    #[test]
+    fn cli_server_and_evaluator_read_box_text_alike() {
+        let (w, h) = (640u32, 480u32);
+        let cases: [(&str, Option<[f32; 4]>); 16] = [
+            (
+                "Answer: [0.440,0.060,0.650,0.367]",
+                Some([281.6, 28.8, 416.0, 176.16]),
+            ),
+            ("[0,0,1,1]", Some([0.0, 0.0, 640.0, 480.0])),
+            ("[0.1,0.2,1.04,0.4]", Some([64.0, 96.0, 640.0, 192.0])),
+            ("[0.5,0.5,0.5,0.9]", Some([320.0, 240.0, 320.0, 432.0])),
+            (
+                "[0.1,0.2,0.3,0.4] or [0.5,0.5,0.6,0.6]",
+                Some([320.0, 240.0, 384.0, 288.0]),
+            ),
+            ("[0.1,0.2,0.3,0.4] [x]", Some([64.0, 96.0, 192.0, 192.0])),
+            ("[0.1,0.2,1.5,0.4]", None),
+            ("[0.1,0.2,1.051,0.4]", None),
+            ("[0.1,0.2,0.3,0.4] then [2,2,3,3]", None),
+            ("[0.5,0.5,0.2,0.9]", None),
+            ("[-0.1,0.2,0.3,0.4]", None),
+            ("[nan,0.2,0.3,0.4]", None),
+            ("[0.1,0.2,inf,0.4]", None),
+            ("[1e-1,0.2,0.3,0.4]", None),
+            ("[0.1,0.2,0.3]", None),
+            ("the dog on the left [0.1,0.2", None),
+        ];
+        for (text, want) in cases {
+            let cli = lion_core::pipeline::answer_box(text, w, h);
+            let server = lion_server::GroundResponse::from_text(text.into(), w, h).bbox;
+            let eval = pred_box(&PredBox::Text(text.into()), w as f64, h as f64)
+                .map(|b| b.map(|v| v as f32));
+            assert_eq!(cli, server, "{text}: lion ground vs the server");
+            assert_eq!(cli, eval, "{text}: lion ground vs lion eval");
+            match (cli, want) {
+                (Some(b), Some(want)) => {
+                    for (a, w) in b.iter().zip(want) {
+                        assert!((a - w).abs() < 1e-3, "{text}: {b:?}, want {want:?}");
+                    }
+                }
+                (got, want) => assert_eq!(got, want, "{text}"),
+            }
+        }
+    }
 }
