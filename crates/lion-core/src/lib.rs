@@ -37,6 +37,7 @@ pub mod skinny;
 pub mod swin;
 pub mod t5;
 pub mod tagger;
+pub mod task;
 pub mod testing;
 pub mod text;
 pub mod util;
@@ -44,3 +45,4 @@ pub mod weight_checks;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub use task::Task;

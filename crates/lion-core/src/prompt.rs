@@ -263,21 +263,7 @@ pub fn insert_soft_prompt(
         .add(&select.matmul(&prompt.to_dtype(dtype)?.contiguous()?)?)
 }
 
-/// The three request kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    Caption,
-    Vqa,
-    Rec,
-}
-
-impl Task {
-    /// LION's `category`: REC is region-level, everything else image-level.
-    pub fn is_region_level(&self) -> bool {
-        matches!(self, Task::Rec)
-    }
-}
+pub use crate::task::Task;
 
 /// Prompt text per task; every field can be overridden.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -38,18 +38,6 @@ use crate::checkpoint::{self, TrainState};
 use crate::rng::SplitMix64;
 use crate::schedule::Schedule;
 
-/// What a task's data is scored with at evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskKind {
-    /// CIDEr-D against every caption of the image in the validation file.
-    Caption,
-    /// VQA accuracy (the single answer stands for all ten annotators).
-    Vqa,
-    /// Acc@0.5 of the parsed box.
-    Rec,
-}
-
 /// One tag of a training sample: `"red: 0.93"` (a tagger's confidence) or a bare `"red"`
 /// (ground truth, score 1).
 pub fn tag_with_score(t: &str) -> (String, f32) {
@@ -78,7 +66,10 @@ pub enum TrainableSet {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskData {
-    pub kind: TaskKind,
+    /// The task, which also picks the score at evaluation: CIDEr-D against every caption of the
+    /// image in the validation file (caption), VQA accuracy with the single answer standing for
+    /// all ten annotators (vqa), Acc@0.5 of the parsed box (rec).
+    pub kind: Task,
     pub train: PathBuf,
     #[serde(default)]
     pub val: Option<PathBuf>,
@@ -1033,7 +1024,7 @@ impl PeftTrainer {
             let kind = self.cfg.tasks[t].kind;
             let all = self.val[t].clone();
             // Captions: one prediction per image, all of its captions as references.
-            let samples: Vec<LionSample> = if kind == TaskKind::Caption {
+            let samples: Vec<LionSample> = if kind == Task::Caption {
                 let mut seen = std::collections::HashSet::new();
                 all.iter()
                     .filter(|s| seen.insert(s.image.clone()))
@@ -1062,7 +1053,7 @@ impl PeftTrainer {
                 tracing::debug!(task = t, prediction = %p, target = %s.answer, "eval sample");
             }
             let (name, score) = match kind {
-                TaskKind::Caption => {
+                Task::Caption => {
                     let mut c = lion_metrics::cider::CiderD::new();
                     for (s, p) in samples.iter().zip(&preds) {
                         let refs: Vec<String> = all
@@ -1074,7 +1065,7 @@ impl PeftTrainer {
                     }
                     ("cider", c.compute().0)
                 }
-                TaskKind::Vqa => {
+                Task::Vqa => {
                     let acc: f64 = samples
                         .iter()
                         .zip(&preds)
@@ -1092,7 +1083,7 @@ impl PeftTrainer {
                         .sum();
                     ("vqa_accuracy", acc / samples.len().max(1) as f64)
                 }
-                TaskKind::Rec => {
+                Task::Rec => {
                     let mut hits = 0usize;
                     for (s, p) in samples.iter().zip(&preds) {
                         let img = self.image(&s.image)?;

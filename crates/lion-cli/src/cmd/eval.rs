@@ -40,12 +40,25 @@ use serde_json::{json, Value};
 use super::model::{GenArgs, ModelArgs};
 use super::predict::{predict_split, PredictOptions, SplitItem};
 
+/// `--task`: the benchmark (its ground-truth format and metric). Each asks LION one
+/// [`lion_core::Task`] ([`Benchmark::task`]); A-OKVQA is VQA with its own scorer.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum Task {
+pub enum Benchmark {
     Caption,
     Vqa,
     Aokvqa,
     Rec,
+}
+
+impl Benchmark {
+    /// The task LION is asked for the benchmark's items.
+    pub fn task(self) -> lion_core::Task {
+        match self {
+            Benchmark::Caption => lion_core::Task::Caption,
+            Benchmark::Vqa | Benchmark::Aokvqa => lion_core::Task::Vqa,
+            Benchmark::Rec => lion_core::Task::Rec,
+        }
+    }
 }
 
 /// `--vqa-mode`.
@@ -61,7 +74,7 @@ pub enum VqaModeArg {
 pub struct Args {
     /// Which benchmark metric to compute.
     #[arg(long, value_enum)]
-    task: Task,
+    task: Benchmark,
     /// Predictions in the official result format of the task.
     #[arg(long, required_unless_present_any = ["model", "preset"], conflicts_with = "pred_out")]
     pred: Option<PathBuf>,
@@ -131,10 +144,10 @@ pub fn run(args: Args) -> Result<()> {
         },
     };
     let mut report = match args.task {
-        Task::Caption => caption(&args, &pred)?,
-        Task::Vqa => vqa(&args, &pred)?,
-        Task::Aokvqa => aokvqa(&args, &pred)?,
-        Task::Rec => rec(&args, &pred)?,
+        Benchmark::Caption => caption(&args, &pred)?,
+        Benchmark::Vqa => vqa(&args, &pred)?,
+        Benchmark::Aokvqa => aokvqa(&args, &pred)?,
+        Benchmark::Rec => rec(&args, &pred)?,
     };
     if let Some(v) = prediction {
         report["prediction"] = v;
@@ -630,7 +643,7 @@ fn id_candidates(id: &str, sub: Option<&str>) -> Vec<String> {
 /// The items of the split the flags describe, each with its image file under `root` (or the
 /// first candidate when none exists: that item then fails, named, and the others go on).
 fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
-    use lion_core::prompt::Task as P;
+    let task = args.task.task();
     let req = |task, text: &str| Request {
         task,
         text: text.to_string(),
@@ -638,14 +651,14 @@ fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
     };
     // (id, image id, candidate files, request)
     let raw: Vec<(String, String, Vec<String>, Request)> = match args.task {
-        Task::Caption => read_caption_gt(&args.gt, args.split.as_deref())?
+        Benchmark::Caption => read_caption_gt(&args.gt, args.split.as_deref())?
             .into_iter()
             .map(|im| {
                 let c = name_candidates(&im.file_name);
-                (im.image_id.clone(), im.image_id, c, req(P::Caption, ""))
+                (im.image_id.clone(), im.image_id, c, req(task, ""))
             })
             .collect(),
-        Task::Vqa => {
+        Benchmark::Vqa => {
             let q = args.questions.as_ref().context(
                 "--task vqa with a model needs --questions (the questions file: the model reads the question texts)",
             )?;
@@ -660,18 +673,18 @@ fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
             qs.into_iter()
                 .map(|x| {
                     let c = id_candidates(&x.image_id, sub.as_deref());
-                    (x.question_id, x.image_id, c, req(P::Vqa, &x.question))
+                    (x.question_id, x.image_id, c, req(task, &x.question))
                 })
                 .collect()
         }
-        Task::Aokvqa => lion_data::aokvqa::read_aokvqa(&args.gt)?
+        Benchmark::Aokvqa => lion_data::aokvqa::read_aokvqa(&args.gt)?
             .into_iter()
             .map(|x| {
                 let c = id_candidates(&x.image_id, x.split.as_deref());
-                (x.question_id, x.image_id, c, req(P::Vqa, &x.question))
+                (x.question_id, x.image_id, c, req(task, &x.question))
             })
             .collect(),
-        Task::Rec => {
+        Benchmark::Rec => {
             let instances = args
                 .instances
                 .as_ref()
@@ -685,7 +698,7 @@ fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
                         id.to_string(),
                         r.image_id.to_string(),
                         name_candidates(&r.file_name),
-                        req(P::Rec, s),
+                        req(task, s),
                     ));
                 }
             }
