@@ -558,7 +558,7 @@ pub struct StepRecord {
 }
 
 fn mix(a: u64, b: u64) -> u64 {
-    SplitMix64::new(a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+    SplitMix64::new(a ^ b.wrapping_mul(lion_rng::GAMMA)).next_u64()
 }
 
 /// The trainer: model, optimizer, data, and where it stands.
