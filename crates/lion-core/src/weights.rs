@@ -827,6 +827,15 @@ impl candle_nn::var_builder::SimpleBackend for WeightLoader {
 }
 
 /// Writes tensors as safetensors atomically: to a temporary file beside `path`, then renamed.
+/// The variables of a [`VarMap`] as named tensors (the same storage, not copies): what a model
+/// built on it holds, under its checkpoint keys. A poisoned lock is read as it is.
+pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    data.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
 pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
     let tmp = crate::util::temp_path(path);

@@ -201,13 +201,8 @@ fn finite_scan_cost_on_the_base_preset() {
         loader.var_builder(candle_core::DType::F32, &Device::Cpu),
     )
     .unwrap();
-    let tensors: std::collections::HashMap<String, candle_core::Tensor> = vm
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> =
+        lion_core::weights::varmap_tensors(&vm);
     drop(vm);
     let n: usize = tensors.values().map(|t| t.elem_count()).sum();
     let dir = tempfile::tempdir().unwrap();

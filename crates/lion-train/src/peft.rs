@@ -1120,13 +1120,7 @@ fn save_random_init(
     let vb = loader.var_builder(DType::F32, dev);
     let _ = lion_core::lion::LionModel::new(cfg, 32099.min(cfg.t5.vocab_size as u32 - 1), vb)?;
     add_sincos_positions(&varmap, cfg)?;
-    let tensors: HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .expect("poisoned")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
+    let tensors: HashMap<String, Tensor> = lion_core::weights::varmap_tensors(&varmap);
     lion_core::weights::save_safetensors(&tensors, path)
 }
 
