@@ -37,6 +37,7 @@ pub mod skinny;
 pub mod swin;
 pub mod t5;
 pub mod tagger;
+pub mod tags;
 pub mod task;
 pub mod testing;
 pub mod text;

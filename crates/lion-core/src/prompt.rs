@@ -327,10 +327,5 @@ pub fn format_tags<S: AsRef<str>>(tags: &[S]) -> String {
         .join(", ")
 }
 
-/// Dynamic LION's tag-encoder input: `"tag: 0.92, tag: 0.81"` (scores with 2 decimals).
-pub fn format_tag_scores<S: AsRef<str>>(tags: &[(S, f32)]) -> String {
-    tags.iter()
-        .map(|(t, s)| format!("{}: {:.2}", t.as_ref(), s))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+/// Dynamic LION's tag-encoder input (`crate::tags::format_list`).
+pub use crate::tags::format_list as format_tag_scores;

@@ -261,12 +261,8 @@ pub struct TagsRequest {
     pub max_tags: Option<usize>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TagScore {
-    pub tag: String,
-    pub score: f32,
-}
+/// A tag and its score (`{"tag", "score"}`): `lion_core`'s one scored-tag type.
+pub use lion_core::tags::ScoredTag as TagScore;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TagsResponse {

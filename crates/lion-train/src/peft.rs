@@ -39,14 +39,9 @@ use crate::rng::SplitMix64;
 use crate::schedule::Schedule;
 
 /// One tag of a training sample: `"red: 0.93"` (a tagger's confidence) or a bare `"red"`
-/// (ground truth, score 1).
+/// (ground truth, score 1); `lion_core::tags::ScoredTag::parse_or_bare`.
 pub fn tag_with_score(t: &str) -> (String, f32) {
-    if let Some((name, score)) = t.rsplit_once(": ") {
-        if let Ok(v) = score.trim().parse::<f32>() {
-            return (name.to_string(), v);
-        }
-    }
-    (t.to_string(), 1.0)
+    lion_core::tags::ScoredTag::parse_or_bare(t).into_pair()
 }
 
 /// The set of trained weights.

@@ -60,45 +60,6 @@ struct Item {
     parsed: Result<(Request, bool), String>,
 }
 
-pub(crate) fn parse_tags(s: &str) -> Result<Vec<(String, f32)>, String> {
-    s.split(',')
-        .filter(|t| !t.trim().is_empty())
-        .map(|t| {
-            let (name, score) = t
-                .rsplit_once(':')
-                .ok_or(format!("tag `{t}` is not tag:score"))?;
-            let score: f32 = score
-                .trim()
-                .parse()
-                .map_err(|_| format!("tag `{t}`: bad score"))?;
-            Ok((name.trim().to_string(), score))
-        })
-        .collect()
-}
-
-pub(crate) fn tags_from_json(v: Option<&Value>) -> Result<Vec<(String, f32)>, String> {
-    let Some(v) = v else { return Ok(vec![]) };
-    let arr = v.as_array().ok_or("`tags` must be a list")?;
-    arr.iter()
-        .map(|t| match t {
-            Value::String(s) => parse_tags(s).and_then(|mut v| v.pop().ok_or("empty tag".into())),
-            Value::Object(o) => {
-                let tag = o
-                    .get("tag")
-                    .and_then(Value::as_str)
-                    .ok_or("tag object without `tag`")?;
-                let score = o.get("score").and_then(Value::as_f64).unwrap_or(1.0) as f32;
-                Ok((tag.to_string(), score))
-            }
-            Value::Array(a) if a.len() == 2 => Ok((
-                a[0].as_str().ok_or("tag pair needs a name")?.to_string(),
-                a[1].as_f64().ok_or("tag pair needs a score")? as f32,
-            )),
-            _ => Err("each tag is \"tag:score\", {\"tag\",\"score\"} or [tag, score]".into()),
-        })
-        .collect()
-}
-
 fn text_field(task: Task) -> Option<&'static str> {
     match task {
         Task::Caption => None,
@@ -171,7 +132,7 @@ fn items_from_file(task: Task, file: &Path) -> Result<Vec<Item>> {
                 None => String::new(),
             };
             item.text = text.clone();
-            let tags = tags_from_json(v.get("tags"))?;
+            let tags = lion_core::tags::from_json(v.get("tags"))?;
             Ok((Request { task, text, tags }, v.get("tags").is_some()))
         })();
         // Blank lines are skipped, not answered.
@@ -185,7 +146,7 @@ fn items_from_file(task: Task, file: &Path) -> Result<Vec<Item>> {
 
 fn items_from_args(task: Task, args: &Args) -> Result<Vec<Item>> {
     let tags = match &args.tags {
-        Some(t) => parse_tags(t).map_err(anyhow::Error::msg)?,
+        Some(t) => lion_core::tags::parse_list(t).map_err(anyhow::Error::msg)?,
         None => vec![],
     };
     let pairs: Vec<(String, String)> = match task {

@@ -804,7 +804,7 @@ impl ImageTags {
                 match t.as_str() {
                     Some(name) if !name.contains(':') => tags.push((name.trim().to_string(), 1.0)),
                     _ => tags.extend(
-                        super::ask::tags_from_json(Some(&json!([t]))).map_err(|e| bad(&e))?,
+                        lion_core::tags::from_json(Some(&json!([t]))).map_err(|e| bad(&e))?,
                     ),
                 }
             }

@@ -71,7 +71,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--task {:?} needs --text", args.task);
     }
     let tags = match &args.tags {
-        Some(t) => super::ask::parse_tags(t).map_err(anyhow::Error::msg)?,
+        Some(t) => lion_core::tags::parse_list(t).map_err(anyhow::Error::msg)?,
         None => vec![],
     };
     let img = load_image(&args.image)
