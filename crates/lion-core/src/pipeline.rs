@@ -418,6 +418,31 @@ impl LionPipeline {
         })
     }
 
+    /// Answers a chunk of requests, one result each; if the batch fails, retries them one by one
+    /// so that one bad request cannot sink the others (one answer per request: `gen`'s
+    /// `num_return_sequences` is expected to be 1).
+    pub fn answer_each(
+        &self,
+        imgs: &[RgbImage],
+        reqs: &[Request],
+        gen: &crate::generate::GenerationConfig,
+    ) -> Vec<Result<Answer>> {
+        match self.answer(imgs, reqs, gen) {
+            Ok(a) => a.into_iter().map(Ok).collect(),
+            Err(e) if reqs.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                tracing::warn!("batch failed ({e}); answering its requests one by one");
+                imgs.iter()
+                    .zip(reqs)
+                    .map(|(i, r)| {
+                        self.answer(std::slice::from_ref(i), std::slice::from_ref(r), gen)
+                            .map(|mut a| a.remove(0))
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// Answers requests, batching those of the same route together (order kept). With
     /// `gen.num_return_sequences` n, n answers per request, consecutive (request i's at
     /// `i * n .. (i + 1) * n`).

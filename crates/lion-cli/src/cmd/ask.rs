@@ -234,31 +234,6 @@ fn output(
     v
 }
 
-/// Answers a chunk; if the batch fails, retries one by one so one bad request cannot sink the
-/// others.
-pub(crate) fn answer_chunk(
-    pipe: &LionPipeline,
-    imgs: &[RgbImage],
-    reqs: &[Request],
-    gen: &lion_core::generate::GenerationConfig,
-) -> Vec<Result<Answer, String>> {
-    match pipe.answer(imgs, reqs, gen) {
-        Ok(a) => a.into_iter().map(Ok).collect(),
-        Err(e) if reqs.len() == 1 => vec![Err(e.to_string())],
-        Err(e) => {
-            tracing::warn!("batch failed ({e}); answering its requests one by one");
-            imgs.iter()
-                .zip(reqs)
-                .map(|(i, r)| {
-                    pipe.answer(std::slice::from_ref(i), std::slice::from_ref(r), gen)
-                        .map(|mut a| a.remove(0))
-                        .map_err(|e| e.to_string())
-                })
-                .collect()
-        }
-    }
-}
-
 /// Draws a 3-pixel red rectangle and writes a PNG atomically.
 fn draw_box(img: &RgbImage, b: [f32; 4], out: &Path) -> Result<()> {
     let mut img = img.clone();
@@ -379,7 +354,7 @@ fn answer_items(
     let answers = if reqs.is_empty() {
         vec![]
     } else {
-        answer_chunk(pipe, &imgs, &reqs, gen)
+        pipe.answer_each(&imgs, &reqs, gen)
     };
     for ((r, (j, img, req, _)), a) in ready.iter().enumerate().zip(answers) {
         let tags = tagged[r].then_some(req.tags.as_slice());
@@ -390,7 +365,7 @@ fn answer_items(
                 }
                 output(task, chunk[*j], tags, Ok(&a))
             }
-            Err(e) => output(task, chunk[*j], tags, Err(e.as_str())),
+            Err(e) => output(task, chunk[*j], tags, Err(&e.to_string())),
         });
     }
     Ok(out
