@@ -163,10 +163,7 @@ fn tiny_weights() -> HashMap<String, Tensor> {
     let vm = VarMap::new();
     let loader = WeightLoader::random().with_trainable(vm.clone(), |_| true);
     LionModel::new(&cfg, 199, loader.var_builder(DType::F32, &Device::Cpu)).unwrap();
-    let data = vm.data().lock().unwrap();
-    data.iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect()
+    lion_core::weights::varmap_tensors(&vm)
 }
 
 fn model_dir(dir: &Path, weights: &HashMap<String, Tensor>) -> String {

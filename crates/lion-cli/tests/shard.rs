@@ -4,11 +4,10 @@
 //! runs in a folder other than the checkout, finding all-MiniLM-L6-v2 by Hub id in a temporary
 //! Hugging Face cache.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use lion_core::lion::LionModel;
 use lion_core::presets::preset;
@@ -140,12 +139,7 @@ fn ram_weights(path: &Path) -> String {
 
 fn save(vm: &VarMap, path: &Path) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let data = vm.data().lock().unwrap();
-    let t: HashMap<String, Tensor> = data
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
-    lion_core::weights::save_safetensors(&t, path).unwrap();
+    lion_core::weights::save_safetensors(&lion_core::weights::varmap_tensors(vm), path).unwrap();
 }
 
 fn world(env: &Env) -> PathBuf {

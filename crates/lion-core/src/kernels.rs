@@ -699,13 +699,8 @@ struct Dropout {
     seed: u64,
 }
 
-/// SplitMix64 finaliser: a well-mixed 64-bit hash of `x`.
-fn mix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
+// SplitMix64 as a hash (lion_rng's): a well-mixed 64-bit hash of `x`.
+use lion_rng::splitmix64 as mix64;
 
 impl Dropout {
     /// Elements whose 32-bit hash is below this are dropped.

@@ -9,6 +9,7 @@
 
 pub mod adapter;
 pub mod aggregator;
+pub mod bbox;
 pub mod bert;
 pub mod bf16;
 pub mod cpu;
@@ -36,6 +37,8 @@ pub mod skinny;
 pub mod swin;
 pub mod t5;
 pub mod tagger;
+pub mod tags;
+pub mod task;
 pub mod testing;
 pub mod text;
 pub mod util;
@@ -43,3 +46,4 @@ pub mod weight_checks;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub use task::Task;

@@ -19,7 +19,7 @@ use crate::adapter::Route;
 use crate::aggregator::{AggregatorConfig, VisionAggregator};
 use crate::eva_vit::{EvaVit, EvaVitConfig};
 use crate::generate::GenerationConfig;
-use crate::prompt::{insert_soft_prompt, PromptKind, PromptTemplates, SoftPrompt, Task};
+use crate::prompt::{insert_soft_prompt, PromptKind, PromptTemplates, SoftPrompt};
 use crate::qformer::{QFormer, QFormerConfig};
 use crate::sentence::TokenBatch;
 use crate::t5::{T5Config, T5ForConditionalGeneration, T5Input, T5Output};
@@ -403,17 +403,6 @@ pub struct LionBatch {
     pub tag_embedding: Option<Tensor>,
     /// Router row: one task type per batch, as upstream.
     pub route: Route,
-}
-
-impl Task {
-    /// LION's router row for the task.
-    pub fn route(&self) -> Route {
-        if self.is_region_level() {
-            Route::RegionLevel
-        } else {
-            Route::ImageLevel
-        }
-    }
 }
 
 /// Checkpoint keys every LION load accepts without the model reading them: buffers the model

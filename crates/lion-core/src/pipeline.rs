@@ -34,7 +34,7 @@ use crate::adapter::Route;
 use crate::generate::GenerationConfig;
 use crate::lion::{LionBatch, LionConfig, LionModel};
 use crate::preprocess::ImageTransform;
-use crate::prompt::{format_box, format_tag_scores, format_tags, PromptKind, Task};
+use crate::prompt::{format_tag_scores, format_tags, PromptKind, Task};
 use crate::sentence::{BertTokenizer, SentenceEmbedder};
 use crate::text::T5Tokenizer;
 use crate::weights::{Checkpoint, LoadMode, LoadReport};
@@ -418,6 +418,31 @@ impl LionPipeline {
         })
     }
 
+    /// Answers a chunk of requests, one result each; if the batch fails, retries them one by one
+    /// so that one bad request cannot sink the others (one answer per request: `gen`'s
+    /// `num_return_sequences` is expected to be 1).
+    pub fn answer_each(
+        &self,
+        imgs: &[RgbImage],
+        reqs: &[Request],
+        gen: &crate::generate::GenerationConfig,
+    ) -> Vec<Result<Answer>> {
+        match self.answer(imgs, reqs, gen) {
+            Ok(a) => a.into_iter().map(Ok).collect(),
+            Err(e) if reqs.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                tracing::warn!("batch failed ({e}); answering its requests one by one");
+                imgs.iter()
+                    .zip(reqs)
+                    .map(|(i, r)| {
+                        self.answer(std::slice::from_ref(i), std::slice::from_ref(r), gen)
+                            .map(|mut a| a.remove(0))
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// Answers requests, batching those of the same route together (order kept). With
     /// `gen.num_return_sequences` n, n answers per request, consecutive (request i's at
     /// `i * n .. (i + 1) * n`).
@@ -507,7 +532,7 @@ impl LionPipeline {
                         }
                     }
                     let bbox = if reqs[i].task == Task::Rec {
-                        parse_box(&text, img.width(), img.height())
+                        answer_box(&text, img.width(), img.height())
                     } else {
                         None
                     };
@@ -537,11 +562,12 @@ impl LionPipeline {
         self.t5_tokenizer
             .labels(answers, self.config().max_output_txt_len, &self.device)
     }
+}
 
-    /// The target text of a REC box (pixels of an image of the given size).
-    pub fn box_text(bbox: [f32; 4], width: u32, height: u32) -> String {
-        format_box(bbox, width, height)
-    }
+/// The box of a REC answer (`lion ground`, `lion ask --task rec`): LION's box text read by
+/// [`crate::bbox::parse`], in pixels of the original image (`width` x `height`).
+pub fn answer_box(text: &str, width: u32, height: u32) -> Option<[f32; 4]> {
+    crate::bbox::parse(text, width as f64, height as f64).map(|b| b.map(|v| v as f32))
 }
 
 /// A piece of an answer's text while it is generated ([`LionPipeline::answer_streaming`]).
@@ -600,13 +626,6 @@ impl StreamedText {
     }
 }
 
-/// LION's box text (`[x1,y1,x2,y2]` normalised, maybe after `Answer:`) to pixels of the
-/// original image; malformed text gives None.
-pub fn parse_box(text: &str, width: u32, height: u32) -> Option<[f32; 4]> {
-    let b = lion_metrics::rec::parse_box_text(text, width as f64, height as f64)?;
-    Some(b.map(|v| v as f32))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -638,18 +657,5 @@ mod tests {
         let mut s = StreamedText::default();
         assert_eq!(s.stable_piece("one two three"), Some("one two"));
         assert_eq!(s.rest("one too"), "oo");
-    }
-
-    #[test]
-    fn box_text_maps_to_pixels_of_the_original_image() {
-        let b = parse_box("Answer: [0.440,0.060,0.650,0.367]", 640, 480).unwrap();
-        let want = [281.6, 28.8, 416.0, 176.16];
-        for (a, w) in b.iter().zip(want) {
-            assert!((a - w).abs() < 1e-3, "{b:?}");
-        }
-        assert_eq!(parse_box("a dog on the left", 640, 480), None);
-        assert_eq!(parse_box("[0.5,0.5,0.2,0.9]", 640, 480), None);
-        let text = LionPipeline::box_text([281.6, 28.8, 416.0, 176.16], 640, 480);
-        assert_eq!(text, "[0.440,0.060,0.650,0.367]");
     }
 }

@@ -430,28 +430,23 @@ impl ImageTransform {
 // ------------------------------------------------------------------------------------------
 // Random transforms
 
-/// A small seeded generator (SplitMix64) for data augmentation: the same seed gives the same
-/// crops on every platform.
+/// The seeded generator of data augmentation (`lion_rng`'s SplitMix64): the same seed gives the
+/// same crops on every platform.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(lion_rng::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed)
+        Self(lion_rng::SplitMix64::new(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [lo, hi).
     pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        lo + (hi - lo) * u
+        lo + (hi - lo) * self.0.next_f64()
     }
 
     /// Uniform integer in [lo, hi] (inclusive).

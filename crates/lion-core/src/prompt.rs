@@ -263,21 +263,7 @@ pub fn insert_soft_prompt(
         .add(&select.matmul(&prompt.to_dtype(dtype)?.contiguous()?)?)
 }
 
-/// The three request kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    Caption,
-    Vqa,
-    Rec,
-}
-
-impl Task {
-    /// LION's `category`: REC is region-level, everything else image-level.
-    pub fn is_region_level(&self) -> bool {
-        matches!(self, Task::Rec)
-    }
-}
+pub use crate::task::Task;
 
 /// Prompt text per task; every field can be overridden.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -341,17 +327,5 @@ pub fn format_tags<S: AsRef<str>>(tags: &[S]) -> String {
         .join(", ")
 }
 
-/// Dynamic LION's tag-encoder input: `"tag: 0.92, tag: 0.81"` (scores with 2 decimals).
-pub fn format_tag_scores<S: AsRef<str>>(tags: &[(S, f32)]) -> String {
-    tags.iter()
-        .map(|(t, s)| format!("{}: {:.2}", t.as_ref(), s))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// LION's box text: `[x1,y1,x2,y2]` normalised by the image size, 3 decimals, no spaces.
-pub fn format_box(bbox: [f32; 4], width: u32, height: u32) -> String {
-    let (w, h) = (width.max(1) as f32, height.max(1) as f32);
-    let n = [bbox[0] / w, bbox[1] / h, bbox[2] / w, bbox[3] / h].map(|v| v.clamp(0.0, 1.0));
-    format!("[{:.3},{:.3},{:.3},{:.3}]", n[0], n[1], n[2], n[3])
-}
+/// Dynamic LION's tag-encoder input (`crate::tags::format_list`).
+pub use crate::tags::format_list as format_tag_scores;

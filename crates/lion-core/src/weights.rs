@@ -702,16 +702,11 @@ impl WeightLoader {
 fn seeded_init(h: Init, shape: &Shape, seed: u64, key: &str) -> candle_core::Result<Tensor> {
     use candle_nn::init::NormalOrUniform;
     let n = shape.elem_count();
-    let mut state = key.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+    let state = key.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     });
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut rng = lion_rng::SplitMix64::new(state);
+    let mut next = || rng.next_f64();
     let mut uniform = |lo: f64, up: f64| -> Vec<f32> {
         (0..n).map(|_| (lo + (up - lo) * next()) as f32).collect()
     };
@@ -832,6 +827,15 @@ impl candle_nn::var_builder::SimpleBackend for WeightLoader {
 }
 
 /// Writes tensors as safetensors atomically: to a temporary file beside `path`, then renamed.
+/// The variables of a [`VarMap`] as named tensors (the same storage, not copies): what a model
+/// built on it holds, under its checkpoint keys. A poisoned lock is read as it is.
+pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    data.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
 pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
     let tmp = crate::util::temp_path(path);

@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use lion_core::bbox;
 use lion_core::generate::GenerationConfig;
-use lion_core::pipeline::{parse_box, LionPipeline, PipelineSources, Request};
+use lion_core::pipeline::{LionPipeline, PipelineSources, Request};
 use lion_core::presets::preset;
 use lion_core::prompt::{PromptKind, Task};
 use lion_core::rules::{GenerationLimits, GenerationSettings};
@@ -162,9 +163,9 @@ proptest! {
     /// Any text: a box or None, and a box is ordered and inside the image.
     #[test]
     fn box_parser_never_panics(s in "\\PC{0,40}", nums in prop::collection::vec(-2.0f64..3.0, 4), w in 0u32..2000, h in 0u32..2000) {
-        let _ = parse_box(&s, w, h);
+        let _ = bbox::parse(&s, w as f64, h as f64);
         let text = format!("[{:.3},{:.3},{:.3},{:.3}]", nums[0], nums[1], nums[2], nums[3]);
-        if let Some(b) = parse_box(&text, w, h) {
+        if let Some(b) = bbox::parse(&text, w as f64, h as f64) {
             prop_assert!(b[0] <= b[2] && b[1] <= b[3], "{text} -> {b:?}");
         }
     }
@@ -200,13 +201,8 @@ fn finite_scan_cost_on_the_base_preset() {
         loader.var_builder(candle_core::DType::F32, &Device::Cpu),
     )
     .unwrap();
-    let tensors: std::collections::HashMap<String, candle_core::Tensor> = vm
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> =
+        lion_core::weights::varmap_tensors(&vm);
     drop(vm);
     let n: usize = tensors.values().map(|t| t.elem_count()).sum();
     let dir = tempfile::tempdir().unwrap();

@@ -4,8 +4,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use lion_core::prompt::{
-    format_box, format_tag_scores, format_tags, insert_soft_prompt, PromptKind, PromptTemplates,
-    SoftPrompt, Task,
+    format_tag_scores, format_tags, insert_soft_prompt, PromptKind, PromptTemplates, SoftPrompt,
+    Task,
 };
 use lion_core::testing::{check_all_vars_get_grad, max_abs_diff};
 
@@ -170,11 +170,11 @@ fn prompt_text_as_lion_writes_it() {
         "dog: 0.92, grass: 0.80"
     );
     assert_eq!(
-        format_box([44., 6., 65., 36.7], 100, 100),
+        lion_core::bbox::format([44., 6., 65., 36.7], 100, 100),
         "[0.440,0.060,0.650,0.367]"
     );
     assert_eq!(
-        format_box([-5., 0., 250., 50.], 200, 100),
+        lion_core::bbox::format([-5., 0., 250., 50.], 200, 100),
         "[0.000,0.000,1.000,0.500]"
     );
 }

@@ -6,7 +6,7 @@
 //!   per answer type and per question type, equal to the official code on the committed goldens.
 //! - [`aokvqa`]: A-OKVQA multiple-choice and direct-answer scores as allenai/aokvqa computes them.
 //! - [`rec`]: IoU (with written corner-case rules), accuracy at IoU thresholds overall and per
-//!   split, the IoU distribution, LION's box-text parser.
+//!   split, the IoU distribution (LION's box text is read by `lion_core::bbox`).
 //! - [`py`]: the Python semantics those scorers rely on.
 
 pub mod aokvqa;

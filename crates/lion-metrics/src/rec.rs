@@ -1,6 +1,6 @@
 //! Referring expression comprehension: IoU, accuracy at IoU thresholds (Acc@0.5, Acc@0.1, ...)
-//! overall and per split, the IoU distribution, and the parser of LION's box text
-//! (`"Answer: [0.440,0.060,0.650,0.367]"`, normalised `[x1,y1,x2,y2]`).
+//! overall and per split, and the IoU distribution. LION's box text
+//! (`"Answer: [0.440,0.060,0.650,0.367]"`) is read by `lion_core::bbox`, before the boxes get here.
 //!
 //! IoU rules (continuous coordinates, `[x1, y1, x2, y2]`, no +1 pixel convention):
 //! - a coordinate that is NaN or infinite, in either box: IoU 0;
@@ -66,59 +66,6 @@ pub fn check_thresholds(ts: &[f64]) -> Result<Vec<f64>, String> {
 /// The key of a threshold in the accuracy maps: `0.5` -> "0.5".
 pub fn threshold_key(t: f64) -> String {
     format!("{t}")
-}
-
-/// Parses LION's box text into a pixel box: the last `[a,b,c,d]` in the text (an `Answer:`
-/// prefix, spaces and surrounding words are tolerated), four finite numbers, normalised
-/// coordinates multiplied by the original image size. Anything else is `None` (a miss).
-///
-/// Coordinates are expected in [0, 1]; values up to 1.05 are clamped (rounding), larger ones make
-/// the box malformed. `x2 < x1` or `y2 < y1` is malformed too.
-pub fn parse_box_text(text: &str, width: f64, height: f64) -> Option<BoxXyxy> {
-    let nums = last_bracket_numbers(text)?;
-    if nums.iter().any(|v| !v.is_finite() || *v < 0.0 || *v > 1.05) {
-        return None;
-    }
-    let c = |v: f64| v.clamp(0.0, 1.0);
-    let b = [
-        c(nums[0]) * width,
-        c(nums[1]) * height,
-        c(nums[2]) * width,
-        c(nums[3]) * height,
-    ];
-    (b[2] >= b[0] && b[3] >= b[1]).then_some(b)
-}
-
-/// The four numbers of the last bracketed group that holds exactly four numbers.
-fn last_bracket_numbers(text: &str) -> Option<[f64; 4]> {
-    let mut found = None;
-    let mut rest = text;
-    while let Some(open) = rest.find('[') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find(']') else { break };
-        let inner = &after[..close];
-        let parts: Vec<&str> = inner.split(',').map(str::trim).collect();
-        if parts.len() == 4 {
-            let vals: Option<Vec<f64>> = parts
-                .iter()
-                .map(|p| {
-                    let ok = !p.is_empty()
-                        && p.chars()
-                            .all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+');
-                    if ok {
-                        p.parse::<f64>().ok()
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            if let Some(v) = vals {
-                found = Some([v[0], v[1], v[2], v[3]]);
-            }
-        }
-        rest = &after[close + 1..];
-    }
-    found
 }
 
 /// Accuracy at thresholds and the IoU distribution, accumulated item by item.
@@ -287,19 +234,6 @@ fn mean(v: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_lion_box_text() {
-        let b = parse_box_text("Answer: [0.440,0.060,0.650,0.367]", 100.0, 200.0).unwrap();
-        assert!((b[0] - 44.0).abs() < 1e-9 && (b[3] - 73.4).abs() < 1e-9);
-        assert!(parse_box_text("Answer:[0.533,0.120,0.804,1.0]", 10.0, 10.0).is_some());
-        assert!(parse_box_text("[0.1, 0.2, 0.3]", 10.0, 10.0).is_none());
-        assert!(parse_box_text("[0.5,0.5,0.2,0.9]", 10.0, 10.0).is_none());
-        assert!(parse_box_text("no box", 10.0, 10.0).is_none());
-        assert!(parse_box_text("[a,b,c,d]", 10.0, 10.0).is_none());
-        let last = parse_box_text("[0,0,0.1,0.1] or [0.2,0.2,0.4,0.4]", 10.0, 10.0).unwrap();
-        assert!((last[0] - 2.0).abs() < 1e-9);
-    }
 
     #[test]
     fn iou_values() {

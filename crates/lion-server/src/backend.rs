@@ -245,26 +245,17 @@ pub struct GroundResponse {
 }
 
 impl GroundResponse {
-    /// Reads LION's box text (`[x1,y1,x2,y2]`, coordinates normalised to [0, 1], e.g.
-    /// `"Answer: [0.440,0.060,0.650,0.367]"`; the last bracket with four numbers wins, as in
-    /// Dynamic LION's evaluation) and scales it to the image. Coordinates are clamped to [0, 1];
-    /// no box when the text has none.
+    /// Reads LION's box text (`[x1,y1,x2,y2]` normalised, e.g.
+    /// `"Answer: [0.440,0.060,0.650,0.367]"`) with `lion_core::bbox::parse_normalized`, as
+    /// `lion ground` and `lion eval --task rec` do (the last four-number bracket; coordinates in
+    /// [0, 1.05], clamped to 1; an inverted box is no box), and scales it to the image. No box
+    /// when the text holds none.
     pub fn from_text(text: String, width: u32, height: u32) -> Self {
-        let norm = text.rmatch_indices('[').find_map(|(i, _)| {
-            let rest = &text[i + 1..];
-            let inner = &rest[..rest.find(']')?];
-            let v: Vec<f32> = inner
-                .split(',')
-                .map(|x| x.trim().parse::<f32>())
-                .collect::<Result<_, _>>()
-                .ok()?;
-            (v.len() == 4 && v.iter().all(|x| x.is_finite()))
-                .then(|| [v[0], v[1], v[2], v[3]].map(|x| x.clamp(0.0, 1.0)))
-        });
-        let (w, h) = (width as f32, height as f32);
+        let norm = lion_core::bbox::parse_normalized(&text);
+        let (w, h) = (width as f64, height as f64);
         Self {
-            bbox: norm.map(|b| [b[0] * w, b[1] * h, b[2] * w, b[3] * h]),
-            bbox_normalized: norm,
+            bbox: norm.map(|n| lion_core::bbox::to_pixels(n, w, h).map(|v| v as f32)),
+            bbox_normalized: norm.map(|n| n.map(|v| v as f32)),
             text,
             info: GenerationInfo::default(),
         }
@@ -281,12 +272,8 @@ pub struct TagsRequest {
     pub max_tags: Option<usize>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TagScore {
-    pub tag: String,
-    pub score: f32,
-}
+/// A tag and its score (`{"tag", "score"}`): `lion_core`'s one scored-tag type.
+pub use lion_core::tags::ScoredTag as TagScore;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TagsResponse {
@@ -728,10 +715,18 @@ mod tests {
             assert!((x - y).abs() < 1e-3, "{b:?}");
         }
         assert_eq!(g.bbox_normalized, Some([0.44, 0.06, 0.65, 0.367]));
-        // The last parsable bracket wins; out-of-range values are clamped.
-        let g = GroundResponse::from_text("[1,2] then [0.1, 0.2, 1.5, 0.4] [x]".into(), 10, 10);
+        // The last four-number bracket wins; rounding slack up to 1.05 is clamped.
+        let g = GroundResponse::from_text("[1,2] then [0.1, 0.2, 1.04, 0.4] [x]".into(), 10, 10);
         assert_eq!(g.bbox_normalized, Some([0.1, 0.2, 1.0, 0.4]));
-        for t in ["no box", "[0.1,0.2,0.3]", "[a,b,c,d]", "[0.1,0.2,0.3,0.4"] {
+        // Out of range or inverted: no box (as `lion eval --task rec` scores it), not a clamped one.
+        for t in [
+            "no box",
+            "[0.1,0.2,0.3]",
+            "[a,b,c,d]",
+            "[0.1,0.2,0.3,0.4",
+            "[0.1, 0.2, 1.5, 0.4]",
+            "[0.3,0.2,0.1,0.4]",
+        ] {
             let g = GroundResponse::from_text(t.into(), 10, 10);
             assert_eq!((g.bbox, g.bbox_normalized), (None, None), "{t}");
             assert_eq!(g.text, t);

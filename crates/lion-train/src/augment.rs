@@ -8,7 +8,6 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use lion_core::flip_text::mirror_spatial_words;
 use lion_core::preprocess::{Rng, TrainTransform};
-use lion_core::prompt::format_box;
 use lion_core::{Error, Result};
 use lion_data::lion_json::{Level, LionSample};
 
@@ -34,7 +33,7 @@ pub fn augment_sample(
     let mut out = s.clone();
     let (pixel_values, flipped) = if s.level == Level::RegionLevel {
         let (w, h) = (img.width() as f64, img.height() as f64);
-        let b = lion_metrics::rec::parse_box_text(&s.answer, w, h).ok_or_else(|| {
+        let b = lion_core::bbox::parse(&s.answer, w, h).ok_or_else(|| {
             Error::config(
                 origin,
                 format!("region-level answer `{}` is not a box", s.answer),
@@ -42,7 +41,7 @@ pub fn augment_sample(
         })?;
         let b = [b[0] as f32, b[1] as f32, b[2] as f32, b[3] as f32];
         let a = tf.apply_with_boxes(img, &[b], rng, dev)?;
-        out.answer = format_box(a.boxes[0], tf.size, tf.size);
+        out.answer = lion_core::bbox::format(a.boxes[0], tf.size, tf.size);
         (a.pixel_values, a.flipped)
     } else {
         let a = tf.apply(img, rng, dev)?;

@@ -430,17 +430,15 @@ fn random_vision(cfg: &LionConfig, dev: &Device) -> Result<HashMap<String, Tenso
     if let Some(a) = &cfg.aggregator {
         let _a = VisionAggregator::new(a, vb.clone())?;
     }
-    let data = vm.data().lock().expect("poisoned");
     let mut out = HashMap::new();
-    for (k, v) in data.iter() {
-        let t = v.as_tensor().clone();
+    for (k, t) in lion_core::weights::varmap_tensors(&vm) {
         let zero = t.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
         let t = if zero {
             (t.randn_like(0., 1.)? * 0.02)?
         } else {
             t
         };
-        out.insert(k.clone(), t);
+        out.insert(k, t);
     }
     Ok(out)
 }
@@ -455,13 +453,7 @@ pub fn prepare(setup: &BenchSetup, dir: &Path) -> Result<()> {
         let vm = VarMap::new();
         let loader = WeightLoader::random().with_trainable(vm.clone(), |_| true);
         let _model = T5ForConditionalGeneration::new(cfg, loader.var_builder(DType::F32, &dev))?;
-        let tensors: HashMap<String, Tensor> = vm
-            .data()
-            .lock()
-            .expect("poisoned")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
+        let tensors: HashMap<String, Tensor> = lion_core::weights::varmap_tensors(&vm);
         save_safetensors(&tensors, dir.join("t5.safetensors"))?;
     }
     let s = setup.seq_len();
@@ -1015,14 +1007,13 @@ fn prepare_tagger(setup: &BenchSetup, dir: &Path) -> Result<()> {
     let loader = WeightLoader::random().with_trainable(vm.clone(), |_| true);
     let _ram = Ram::new(cfg, loader.var_builder(DType::F32, &dev))?;
     let mut out = HashMap::new();
-    for (k, v) in vm.data().lock().expect("poisoned").iter() {
-        let t = v.as_tensor().clone();
+    for (k, t) in lion_core::weights::varmap_tensors(&vm) {
         let t = if t.abs()?.max_all()?.to_scalar::<f32>()? == 0.0 {
             (t.randn_like(0., 1.)? * 0.02)?
         } else {
             t
         };
-        out.insert(k.clone(), t);
+        out.insert(k, t);
     }
     save_safetensors(&out, dir.join("tagger.safetensors"))?;
     let img = cfg.swin.img_size;

@@ -38,27 +38,10 @@ use crate::checkpoint::{self, TrainState};
 use crate::rng::SplitMix64;
 use crate::schedule::Schedule;
 
-/// What a task's data is scored with at evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskKind {
-    /// CIDEr-D against every caption of the image in the validation file.
-    Caption,
-    /// VQA accuracy (the single answer stands for all ten annotators).
-    Vqa,
-    /// Acc@0.5 of the parsed box.
-    Rec,
-}
-
 /// One tag of a training sample: `"red: 0.93"` (a tagger's confidence) or a bare `"red"`
-/// (ground truth, score 1).
+/// (ground truth, score 1); `lion_core::tags::ScoredTag::parse_or_bare`.
 pub fn tag_with_score(t: &str) -> (String, f32) {
-    if let Some((name, score)) = t.rsplit_once(": ") {
-        if let Ok(v) = score.trim().parse::<f32>() {
-            return (name.to_string(), v);
-        }
-    }
-    (t.to_string(), 1.0)
+    lion_core::tags::ScoredTag::parse_or_bare(t).into_pair()
 }
 
 /// The set of trained weights.
@@ -78,7 +61,10 @@ pub enum TrainableSet {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskData {
-    pub kind: TaskKind,
+    /// The task, which also picks the score at evaluation: CIDEr-D against every caption of the
+    /// image in the validation file (caption), VQA accuracy with the single answer standing for
+    /// all ten annotators (vqa), Acc@0.5 of the parsed box (rec).
+    pub kind: Task,
     pub train: PathBuf,
     #[serde(default)]
     pub val: Option<PathBuf>,
@@ -591,7 +577,7 @@ pub struct StepRecord {
 }
 
 fn mix(a: u64, b: u64) -> u64 {
-    SplitMix64::new(a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+    SplitMix64::new(a ^ b.wrapping_mul(lion_rng::GAMMA)).next_u64()
 }
 
 /// The trainer: model, optimizer, data, and where it stands.
@@ -1057,7 +1043,7 @@ impl PeftTrainer {
             let kind = self.cfg.tasks[t].kind;
             let all = self.val[t].clone();
             // Captions: one prediction per image, all of its captions as references.
-            let samples: Vec<LionSample> = if kind == TaskKind::Caption {
+            let samples: Vec<LionSample> = if kind == Task::Caption {
                 let mut seen = std::collections::HashSet::new();
                 all.iter()
                     .filter(|s| seen.insert(s.image.clone()))
@@ -1086,7 +1072,7 @@ impl PeftTrainer {
                 tracing::debug!(task = t, prediction = %p, target = %s.answer, "eval sample");
             }
             let (name, score) = match kind {
-                TaskKind::Caption => {
+                Task::Caption => {
                     let mut c = lion_metrics::cider::CiderD::new();
                     for (s, p) in samples.iter().zip(&preds) {
                         let refs: Vec<String> = all
@@ -1098,7 +1084,7 @@ impl PeftTrainer {
                     }
                     ("cider", c.compute().0)
                 }
-                TaskKind::Vqa => {
+                Task::Vqa => {
                     let acc: f64 = samples
                         .iter()
                         .zip(&preds)
@@ -1116,13 +1102,13 @@ impl PeftTrainer {
                         .sum();
                     ("vqa_accuracy", acc / samples.len().max(1) as f64)
                 }
-                TaskKind::Rec => {
+                Task::Rec => {
                     let mut hits = 0usize;
                     for (s, p) in samples.iter().zip(&preds) {
                         let img = self.image(&s.image)?;
                         let (w, h) = (img.width() as f64, img.height() as f64);
-                        let gt = lion_metrics::rec::parse_box_text(&s.answer, w, h);
-                        let pr = lion_metrics::rec::parse_box_text(p, w, h);
+                        let gt = lion_core::bbox::parse(&s.answer, w, h);
+                        let pr = lion_core::bbox::parse(p, w, h);
                         if let (Some(g), Some(q)) = (gt, pr) {
                             if lion_metrics::rec::iou(&g, &q) >= 0.5 {
                                 hits += 1;
@@ -1153,13 +1139,7 @@ fn save_random_init(
     let vb = loader.var_builder(DType::F32, dev);
     let _ = lion_core::lion::LionModel::new(cfg, 32099.min(cfg.t5.vocab_size as u32 - 1), vb)?;
     add_sincos_positions(&varmap, cfg)?;
-    let tensors: HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .expect("poisoned")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
+    let tensors: HashMap<String, Tensor> = lion_core::weights::varmap_tensors(&varmap);
     lion_core::weights::save_safetensors(&tensors, path)
 }
 

@@ -96,8 +96,8 @@ impl TagEncoder {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let src = Checkpoint::open(weight_file(&self.source)?)?;
         let mut tensors: HashMap<String, Tensor> = src.load_all(&Device::Cpu)?;
-        for (k, v) in self.varmap.data().lock().expect("poisoned").iter() {
-            tensors.insert(k.clone(), v.as_tensor().to_device(&Device::Cpu)?);
+        for (k, v) in lion_core::weights::varmap_tensors(&self.varmap) {
+            tensors.insert(k, v.to_device(&Device::Cpu)?);
         }
         for name in SIDE_FILES {
             let from = self.source.join(name);

@@ -923,13 +923,7 @@ pub fn train_tagger_with(
     write_atomic(files.tag_list(), (tags.join("\n") + "\n").as_bytes())?;
     let th_text: String = thresholds.iter().map(|t| format!("{t}\n")).collect();
     write_atomic(files.thresholds(), th_text.as_bytes())?;
-    let tensors: HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .expect("poisoned")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
+    let tensors: HashMap<String, Tensor> = lion_core::weights::varmap_tensors(&varmap);
     lion_core::weights::save_safetensors(&tensors, files.weights())?;
 
     // Tag every split; score the test split.

@@ -244,12 +244,7 @@ fn rec_sample(g: &Generated, object: usize, expr: &str) -> LionSample {
 }
 
 fn parse_box(t: &str) -> [f64; 4] {
-    let v: Vec<f64> = t
-        .trim_matches(|c| c == '[' || c == ']')
-        .split(',')
-        .map(|x| x.trim().parse().unwrap())
-        .collect();
-    [v[0], v[1], v[2], v[3]]
+    lion_core::bbox::parse_normalized(t).unwrap_or_else(|| panic!("not a box: {t}"))
 }
 
 #[test]

@@ -60,45 +60,6 @@ struct Item {
     parsed: Result<(Request, bool), String>,
 }
 
-pub(crate) fn parse_tags(s: &str) -> Result<Vec<(String, f32)>, String> {
-    s.split(',')
-        .filter(|t| !t.trim().is_empty())
-        .map(|t| {
-            let (name, score) = t
-                .rsplit_once(':')
-                .ok_or(format!("tag `{t}` is not tag:score"))?;
-            let score: f32 = score
-                .trim()
-                .parse()
-                .map_err(|_| format!("tag `{t}`: bad score"))?;
-            Ok((name.trim().to_string(), score))
-        })
-        .collect()
-}
-
-pub(crate) fn tags_from_json(v: Option<&Value>) -> Result<Vec<(String, f32)>, String> {
-    let Some(v) = v else { return Ok(vec![]) };
-    let arr = v.as_array().ok_or("`tags` must be a list")?;
-    arr.iter()
-        .map(|t| match t {
-            Value::String(s) => parse_tags(s).and_then(|mut v| v.pop().ok_or("empty tag".into())),
-            Value::Object(o) => {
-                let tag = o
-                    .get("tag")
-                    .and_then(Value::as_str)
-                    .ok_or("tag object without `tag`")?;
-                let score = o.get("score").and_then(Value::as_f64).unwrap_or(1.0) as f32;
-                Ok((tag.to_string(), score))
-            }
-            Value::Array(a) if a.len() == 2 => Ok((
-                a[0].as_str().ok_or("tag pair needs a name")?.to_string(),
-                a[1].as_f64().ok_or("tag pair needs a score")? as f32,
-            )),
-            _ => Err("each tag is \"tag:score\", {\"tag\",\"score\"} or [tag, score]".into()),
-        })
-        .collect()
-}
-
 fn text_field(task: Task) -> Option<&'static str> {
     match task {
         Task::Caption => None,
@@ -171,7 +132,7 @@ fn items_from_file(task: Task, file: &Path) -> Result<Vec<Item>> {
                 None => String::new(),
             };
             item.text = text.clone();
-            let tags = tags_from_json(v.get("tags"))?;
+            let tags = lion_core::tags::from_json(v.get("tags"))?;
             Ok((Request { task, text, tags }, v.get("tags").is_some()))
         })();
         // Blank lines are skipped, not answered.
@@ -185,7 +146,7 @@ fn items_from_file(task: Task, file: &Path) -> Result<Vec<Item>> {
 
 fn items_from_args(task: Task, args: &Args) -> Result<Vec<Item>> {
     let tags = match &args.tags {
-        Some(t) => parse_tags(t).map_err(anyhow::Error::msg)?,
+        Some(t) => lion_core::tags::parse_list(t).map_err(anyhow::Error::msg)?,
         None => vec![],
     };
     let pairs: Vec<(String, String)> = match task {
@@ -271,31 +232,6 @@ fn output(
         Err(e) => v["error"] = json!(e),
     }
     v
-}
-
-/// Answers a chunk; if the batch fails, retries one by one so one bad request cannot sink the
-/// others.
-pub(crate) fn answer_chunk(
-    pipe: &LionPipeline,
-    imgs: &[RgbImage],
-    reqs: &[Request],
-    gen: &lion_core::generate::GenerationConfig,
-) -> Vec<Result<Answer, String>> {
-    match pipe.answer(imgs, reqs, gen) {
-        Ok(a) => a.into_iter().map(Ok).collect(),
-        Err(e) if reqs.len() == 1 => vec![Err(e.to_string())],
-        Err(e) => {
-            tracing::warn!("batch failed ({e}); answering its requests one by one");
-            imgs.iter()
-                .zip(reqs)
-                .map(|(i, r)| {
-                    pipe.answer(std::slice::from_ref(i), std::slice::from_ref(r), gen)
-                        .map(|mut a| a.remove(0))
-                        .map_err(|e| e.to_string())
-                })
-                .collect()
-        }
-    }
 }
 
 /// Draws a 3-pixel red rectangle and writes a PNG atomically.
@@ -418,7 +354,7 @@ fn answer_items(
     let answers = if reqs.is_empty() {
         vec![]
     } else {
-        answer_chunk(pipe, &imgs, &reqs, gen)
+        pipe.answer_each(&imgs, &reqs, gen)
     };
     for ((r, (j, img, req, _)), a) in ready.iter().enumerate().zip(answers) {
         let tags = tagged[r].then_some(req.tags.as_slice());
@@ -429,7 +365,7 @@ fn answer_items(
                 }
                 output(task, chunk[*j], tags, Ok(&a))
             }
-            Err(e) => output(task, chunk[*j], tags, Err(e.as_str())),
+            Err(e) => output(task, chunk[*j], tags, Err(&e.to_string())),
         });
     }
     Ok(out

@@ -33,19 +33,32 @@ use lion_core::pipeline::Request;
 use lion_data::refcoco::PredBox;
 use lion_metrics::aokvqa::{AokvqaGt, AokvqaMetric, AokvqaPred};
 use lion_metrics::caption::CaptionEval;
-use lion_metrics::rec::{is_proper, parse_box_text, threshold_key, RecAccumulator};
+use lion_metrics::rec::{is_proper, threshold_key, RecAccumulator};
 use lion_metrics::vqa::{GtAnswer, VqaAccumulator, VqaMode};
 use serde_json::{json, Value};
 
 use super::model::{GenArgs, ModelArgs};
 use super::predict::{predict_split, PredictOptions, SplitItem};
 
+/// `--task`: the benchmark (its ground-truth format and metric). Each asks LION one
+/// [`lion_core::Task`] ([`Benchmark::task`]); A-OKVQA is VQA with its own scorer.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum Task {
+pub enum Benchmark {
     Caption,
     Vqa,
     Aokvqa,
     Rec,
+}
+
+impl Benchmark {
+    /// The task LION is asked for the benchmark's items.
+    pub fn task(self) -> lion_core::Task {
+        match self {
+            Benchmark::Caption => lion_core::Task::Caption,
+            Benchmark::Vqa | Benchmark::Aokvqa => lion_core::Task::Vqa,
+            Benchmark::Rec => lion_core::Task::Rec,
+        }
+    }
 }
 
 /// `--vqa-mode`.
@@ -61,7 +74,7 @@ pub enum VqaModeArg {
 pub struct Args {
     /// Which benchmark metric to compute.
     #[arg(long, value_enum)]
-    task: Task,
+    task: Benchmark,
     /// Predictions in the official result format of the task.
     #[arg(long, required_unless_present_any = ["model", "preset"], conflicts_with = "pred_out")]
     pred: Option<PathBuf>,
@@ -131,10 +144,10 @@ pub fn run(args: Args) -> Result<()> {
         },
     };
     let mut report = match args.task {
-        Task::Caption => caption(&args, &pred)?,
-        Task::Vqa => vqa(&args, &pred)?,
-        Task::Aokvqa => aokvqa(&args, &pred)?,
-        Task::Rec => rec(&args, &pred)?,
+        Benchmark::Caption => caption(&args, &pred)?,
+        Benchmark::Vqa => vqa(&args, &pred)?,
+        Benchmark::Aokvqa => aokvqa(&args, &pred)?,
+        Benchmark::Rec => rec(&args, &pred)?,
     };
     if let Some(v) = prediction {
         report["prediction"] = v;
@@ -457,6 +470,16 @@ fn aokvqa(args: &Args, pred: &Path) -> Result<Value> {
     }))
 }
 
+/// A REC prediction in pixels: given as pixels, or LION's box text read by `lion_core::bbox`
+/// (as `lion ground` and the server read it); `None` is a miss.
+fn pred_box(p: &PredBox, width: f64, height: f64) -> Option<[f64; 4]> {
+    match p {
+        PredBox::Pixels(b) => Some(*b),
+        PredBox::Text(t) => lion_core::bbox::parse(t, width, height),
+        PredBox::Missing => None,
+    }
+}
+
 fn rec(args: &Args, pred: &Path) -> Result<Value> {
     let instances = args
         .instances
@@ -496,12 +519,7 @@ fn rec(args: &Args, pred: &Path) -> Result<Value> {
             bail!("{}: record {i}: a second box for {key}", pred.display());
         }
         degenerate += usize::from(!is_proper(&r.bbox));
-        let (w, h) = (r.width as f64, r.height as f64);
-        let pred = match &p.pred {
-            PredBox::Pixels(b) => Some(*b),
-            PredBox::Text(t) => parse_box_text(t, w, h),
-            PredBox::Missing => None,
-        };
+        let pred = pred_box(&p.pred, r.width as f64, r.height as f64);
         let v = acc.add(key.clone(), Some(&r.split), pred.as_ref(), &r.bbox);
         per_item.push(json!({
             "id": key, "ref_id": r.ref_id, "split": r.split, "pred_box": pred, "gt_box": r.bbox,
@@ -625,7 +643,7 @@ fn id_candidates(id: &str, sub: Option<&str>) -> Vec<String> {
 /// The items of the split the flags describe, each with its image file under `root` (or the
 /// first candidate when none exists: that item then fails, named, and the others go on).
 fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
-    use lion_core::prompt::Task as P;
+    let task = args.task.task();
     let req = |task, text: &str| Request {
         task,
         text: text.to_string(),
@@ -633,14 +651,14 @@ fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
     };
     // (id, image id, candidate files, request)
     let raw: Vec<(String, String, Vec<String>, Request)> = match args.task {
-        Task::Caption => read_caption_gt(&args.gt, args.split.as_deref())?
+        Benchmark::Caption => read_caption_gt(&args.gt, args.split.as_deref())?
             .into_iter()
             .map(|im| {
                 let c = name_candidates(&im.file_name);
-                (im.image_id.clone(), im.image_id, c, req(P::Caption, ""))
+                (im.image_id.clone(), im.image_id, c, req(task, ""))
             })
             .collect(),
-        Task::Vqa => {
+        Benchmark::Vqa => {
             let q = args.questions.as_ref().context(
                 "--task vqa with a model needs --questions (the questions file: the model reads the question texts)",
             )?;
@@ -655,18 +673,18 @@ fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
             qs.into_iter()
                 .map(|x| {
                     let c = id_candidates(&x.image_id, sub.as_deref());
-                    (x.question_id, x.image_id, c, req(P::Vqa, &x.question))
+                    (x.question_id, x.image_id, c, req(task, &x.question))
                 })
                 .collect()
         }
-        Task::Aokvqa => lion_data::aokvqa::read_aokvqa(&args.gt)?
+        Benchmark::Aokvqa => lion_data::aokvqa::read_aokvqa(&args.gt)?
             .into_iter()
             .map(|x| {
                 let c = id_candidates(&x.image_id, x.split.as_deref());
-                (x.question_id, x.image_id, c, req(P::Vqa, &x.question))
+                (x.question_id, x.image_id, c, req(task, &x.question))
             })
             .collect(),
-        Task::Rec => {
+        Benchmark::Rec => {
             let instances = args
                 .instances
                 .as_ref()
@@ -680,7 +698,7 @@ fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
                         id.to_string(),
                         r.image_id.to_string(),
                         name_candidates(&r.file_name),
-                        req(P::Rec, s),
+                        req(task, s),
                     ));
                 }
             }
@@ -786,7 +804,7 @@ impl ImageTags {
                 match t.as_str() {
                     Some(name) if !name.contains(':') => tags.push((name.trim().to_string(), 1.0)),
                     _ => tags.extend(
-                        super::ask::tags_from_json(Some(&json!([t]))).map_err(|e| bad(&e))?,
+                        lion_core::tags::from_json(Some(&json!([t]))).map_err(|e| bad(&e))?,
                     ),
                 }
             }
@@ -928,4 +946,57 @@ fn predict(args: &Args) -> Result<Option<(PathBuf, Value)>> {
             "failed": preds.failed, "failures": preds.failures(), "seconds": secs,
         }),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `lion ground` (the pipeline's answer box), `POST /v1/ground` and the chat route
+    /// (`GroundResponse::from_text`) and `lion eval --task rec` (`pred_box`) read the same texts
+    /// the same way: the one rule of `lion_core::bbox`.
+    #[test]
+    fn cli_server_and_evaluator_read_box_text_alike() {
+        let (w, h) = (640u32, 480u32);
+        let cases: [(&str, Option<[f32; 4]>); 16] = [
+            (
+                "Answer: [0.440,0.060,0.650,0.367]",
+                Some([281.6, 28.8, 416.0, 176.16]),
+            ),
+            ("[0,0,1,1]", Some([0.0, 0.0, 640.0, 480.0])),
+            ("[0.1,0.2,1.04,0.4]", Some([64.0, 96.0, 640.0, 192.0])),
+            ("[0.5,0.5,0.5,0.9]", Some([320.0, 240.0, 320.0, 432.0])),
+            (
+                "[0.1,0.2,0.3,0.4] or [0.5,0.5,0.6,0.6]",
+                Some([320.0, 240.0, 384.0, 288.0]),
+            ),
+            ("[0.1,0.2,0.3,0.4] [x]", Some([64.0, 96.0, 192.0, 192.0])),
+            ("[0.1,0.2,1.5,0.4]", None),
+            ("[0.1,0.2,1.051,0.4]", None),
+            ("[0.1,0.2,0.3,0.4] then [2,2,3,3]", None),
+            ("[0.5,0.5,0.2,0.9]", None),
+            ("[-0.1,0.2,0.3,0.4]", None),
+            ("[nan,0.2,0.3,0.4]", None),
+            ("[0.1,0.2,inf,0.4]", None),
+            ("[1e-1,0.2,0.3,0.4]", None),
+            ("[0.1,0.2,0.3]", None),
+            ("the dog on the left [0.1,0.2", None),
+        ];
+        for (text, want) in cases {
+            let cli = lion_core::pipeline::answer_box(text, w, h);
+            let server = lion_server::GroundResponse::from_text(text.into(), w, h).bbox;
+            let eval = pred_box(&PredBox::Text(text.into()), w as f64, h as f64)
+                .map(|b| b.map(|v| v as f32));
+            assert_eq!(cli, server, "{text}: lion ground vs the server");
+            assert_eq!(cli, eval, "{text}: lion ground vs lion eval");
+            match (cli, want) {
+                (Some(b), Some(want)) => {
+                    for (a, w) in b.iter().zip(want) {
+                        assert!((a - w).abs() < 1e-3, "{text}: {b:?}, want {want:?}");
+                    }
+                }
+                (got, want) => assert_eq!(got, want, "{text}"),
+            }
+        }
+    }
 }

@@ -28,22 +28,15 @@ use lion_core::weights::save_safetensors;
 
 use super::model::ModelArgs;
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum TaskArg {
-    Caption,
-    Vqa,
-    Rec,
-}
-
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
     /// The image.
     image: PathBuf,
-    /// Which task's prompt and router route.
-    #[arg(long, value_enum, default_value = "caption")]
-    task: TaskArg,
+    /// Which task's prompt and router route: caption, vqa or rec.
+    #[arg(long, default_value = "caption", value_parser = task_parser())]
+    task: Task,
     /// The question (vqa) or expression (rec).
     #[arg(long, default_value = "")]
     text: String,
@@ -61,21 +54,24 @@ pub struct Args {
     dump: PathBuf,
 }
 
+/// `--task`: one of `lion_core::Task`'s names (listed in `--help`).
+fn task_parser() -> impl clap::builder::TypedValueParser<Value = Task> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Task::ALL.map(Task::name))
+        .try_map(|s| s.parse::<Task>())
+}
+
 fn i64s(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(DType::I64)?)
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let task = match args.task {
-        TaskArg::Caption => Task::Caption,
-        TaskArg::Vqa => Task::Vqa,
-        TaskArg::Rec => Task::Rec,
-    };
+    let task = args.task;
     if task != Task::Caption && args.text.trim().is_empty() {
         bail!("--task {:?} needs --text", args.task);
     }
     let tags = match &args.tags {
-        Some(t) => super::ask::parse_tags(t).map_err(anyhow::Error::msg)?,
+        Some(t) => lion_core::tags::parse_list(t).map_err(anyhow::Error::msg)?,
         None => vec![],
     };
     let img = load_image(&args.image)

@@ -333,7 +333,7 @@ pub fn predict_split(
             }
         }
         if !reqs.is_empty() {
-            let answers = super::ask::answer_chunk(pipe, &imgs, &reqs, &opts.gen);
+            let answers = pipe.answer_each(&imgs, &reqs, &opts.gen);
             for (&k, a) in ok.iter().zip(answers) {
                 let it = &items[k];
                 results.push((
@@ -345,7 +345,7 @@ pub fn predict_split(
                             bbox: a.bbox,
                             error: None,
                         },
-                        Err(e) => failure(it, e),
+                        Err(e) => failure(it, e.to_string()),
                     },
                 ));
             }

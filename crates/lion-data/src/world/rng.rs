@@ -2,13 +2,9 @@
 //! byte for byte across dependency upgrades: `rand`'s value-to-range algorithms may change between
 //! releases, these never will without a bump of [`super::GENERATOR_VERSION`].
 
-/// SplitMix64 step: a good 64-bit mixer, also used to derive per-image seeds and per-pixel noise.
-pub fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+/// SplitMix64 step (`lion_rng`'s): a good 64-bit mixer, also used to derive per-image seeds and
+/// per-pixel noise.
+pub use lion_rng::splitmix64;
 
 /// Mixes several integers into one seed (order matters).
 pub fn mix(parts: &[u64]) -> u64 {
@@ -25,11 +21,11 @@ pub struct Rng {
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        let mut x = seed;
+        // The stream starts one step in (state seed + GAMMA): the world's numbers since v1.
+        let mut x = lion_rng::SplitMix64::new(seed.wrapping_add(lion_rng::GAMMA));
         let mut s = [0u64; 4];
         for v in &mut s {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            *v = splitmix64(x);
+            *v = x.next_u64();
         }
         Self { s }
     }

@@ -37,7 +37,9 @@ fn list<'a>(path: &Path, v: &'a Value, what: &str) -> Result<&'a Vec<Value>> {
 
 /// `"red: 0.97"` strings, as the prompt and the tag encoder read them.
 pub fn tag_strings(tags: &[(String, f32)]) -> Vec<String> {
-    tags.iter().map(|(t, v)| format!("{t}: {v:.2}")).collect()
+    tags.iter()
+        .map(|(t, v)| lion_core::tags::format_one(t, *v))
+        .collect()
 }
 
 /// The world's ground-truth tags (`tags_{split}.json`), each with score 1.0: the oracle.
