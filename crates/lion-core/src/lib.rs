@@ -12,6 +12,7 @@ pub mod aggregator;
 pub mod bert;
 pub mod bf16;
 pub mod cpu;
+pub mod device;
 pub mod error;
 pub mod eva_vit;
 pub mod flip_text;
