@@ -40,7 +40,7 @@ impl DeviceSpec {
         let bad = |rule: &str| Invalid::new("device", format!("{s:?}"), rule);
         match t.as_str() {
             "cpu" => return Ok(DeviceSpec::Cpu),
-            "cuda" | "gpu" => return Ok(DeviceSpec::Cuda(0)),
+            "cuda" => return Ok(DeviceSpec::Cuda(0)),
             _ => {}
         }
         let Some(n) = t.strip_prefix("cuda:") else {
@@ -150,7 +150,7 @@ mod tests {
     #[test]
     fn rejects_bad_spellings_naming_the_value() {
         for s in [
-            "", "tpu", "cuda:", "cuda:-1", "cuda:x", "cuda:1.5", "cuda:64", "cuda0", "cpu:0",
+            "", "tpu", "gpu", "cuda:", "cuda:-1", "cuda:x", "cuda:1.5", "cuda:64", "cuda0", "cpu:0",
         ] {
             let e = DeviceSpec::parse(s).unwrap_err();
             assert_eq!(e.field, "device", "{s}");
