@@ -203,7 +203,7 @@ want caption && run_step caption:lion-4b 180 "$out/caption.log" "$lion" caption 
 if ! want caption; then
   :
 elif [ "$step_rc" = 0 ]; then
-  row caption:lion-4b ok "$step_s" "wall (random init + load + caption); caption alone: $(grep -oE 'seconds="?[0-9.]+' "$out/caption.log" | tail -1 | tr -d '"')"
+  row caption:lion-4b ok "$step_s" "wall (random init + load + caption); caption alone: $(sed 's/\x1b\[[0-9;]*m//g' "$out/caption.log" | grep -oE 'seconds="?[0-9.]+' | tail -1 | tr -d '"') s"
 else
   row caption:lion-4b FAIL "$step_s" "rc $step_rc: $(why "$out/caption.log")"
 fi
