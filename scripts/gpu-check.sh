@@ -7,8 +7,10 @@
 #
 # On the build machine (no GPU needed), first:
 #   scripts/build-cuda.sh --tests      # the `lion` binary and the parity test binaries, --features cuda
-#   scripts/gpu-check.sh --pack        # strips them into target/gpu-carry/ (< 64 MiB), with the
-#                                      # Q-Former tokenizer (all-MiniLM-L6-v2's tokenizer.json)
+#   scripts/gpu-check.sh --pack        # strips them into target/gpu-carry/bundle.tar.xz (each
+#                                      # binary is ~75 MiB stripped, mostly candle's PTX; the
+#                                      # bundle shares it: < 60 MiB), with the Q-Former tokenizer
+#                                      # (all-MiniLM-L6-v2's tokenizer.json)
 # then carry target/gpu-carry (the working tree travels as it is: fixtures, scripts).
 #
 # On the GPU machine:
@@ -49,13 +51,19 @@ if [ "${1:-}" = "--pack" ]; then
   [ -x "$lion" ] || die "no $lion: run scripts/build-cuda.sh --tests first"
   [ -s "$list" ] || die "no $list: run scripts/build-cuda.sh --tests first"
   rm -rf "$carry"
-  mkdir -p "$carry/tests"
-  strip -o "$carry/lion" "$lion"
+  stage="$root/target/gpu-carry-stage"
+  rm -rf "$stage"
+  mkdir -p "$carry" "$stage/tests"
+  strip -o "$stage/lion" "$lion"
   while read -r bin; do
     [ -x "$bin" ] || die "test binary $bin (listed in $list) is missing"
     name=$(basename "$bin")
-    strip -o "$carry/tests/${name%-*}" "$bin"
+    strip -o "$stage/tests/${name%-*}" "$bin"
   done <"$list"
+  # One xz stream with a dictionary larger than a binary: the PTX and code the binaries share is
+  # stored once.
+  tar -C "$stage" -cf - lion tests | xz -T1 --lzma2=preset=6,dict=192MiB >"$carry/bundle.tar.xz"
+  rm -rf "$stage"
   # The Q-Former tokenizer of the lion-4b runs (bert-base-uncased's vocabulary).
   tok=""
   for t in "$root/models/all-MiniLM-L6-v2/tokenizer.json" \
@@ -134,8 +142,13 @@ print_table() {
 }
 
 # -------- env: carried binaries, GPU, libraries
-lion="$carry/lion"
-[ -x "$lion" ] || die "no prebuilt binary at $lion: on the build machine run scripts/build-cuda.sh --tests and scripts/gpu-check.sh --pack, and carry target/gpu-carry"
+[ -f "$carry/bundle.tar.xz" ] || die "no prebuilt binaries at $carry/bundle.tar.xz: on the build machine run scripts/build-cuda.sh --tests and scripts/gpu-check.sh --pack, and carry target/gpu-carry"
+bin="$out/bin"
+rm -rf "$bin"
+mkdir -p "$bin"
+xz -dc "$carry/bundle.tar.xz" | tar -C "$bin" -xf - || die "cannot unpack $carry/bundle.tar.xz"
+lion="$bin/lion"
+[ -x "$lion" ] || die "$carry/bundle.tar.xz holds no lion binary"
 command -v nvidia-smi >/dev/null || die "nvidia-smi not found: this is not a GPU machine"
 nvidia-smi -L >"$out/env.log" 2>&1 || die "nvidia-smi sees no GPU: $(tail -1 "$out/env.log")"
 grep -q '^GPU ' "$out/env.log" || die "nvidia-smi lists no GPU: $(cat "$out/env.log")"
@@ -158,7 +171,7 @@ row env ok 0 "$(head -1 "$out/env.log" | cut -c1-80)"
 # -------- parity fixtures on the GPU
 export LION_REPO_ROOT="$root" LION_TEST_DEVICE=cuda
 want parity || set --
-want parity && set -- "$carry"/tests/*
+want parity && set -- "$bin"/tests/*
 for t in "$@"; do
   name=$(basename "$t")
   log="$out/parity-$name.log"
