@@ -75,7 +75,8 @@ if [ "${1:-}" = "--pack" ]; then
   git -C "$root" rev-parse HEAD >"$carry/COMMIT" 2>/dev/null || true
   size=$(du -sb "$carry" | cut -f1)
   echo "packed $(find "$carry" -type f | wc -l) files, $((size / 1048576)) MiB, into $carry:" >&2
-  (cd "$carry" && ls -la . tests) >&2
+  ls -la "$carry" >&2
+  xz -dc "$carry/bundle.tar.xz" | tar -tvf - >&2
   [ "$size" -lt $((60 * 1048576)) ] || die "$carry is $((size / 1048576)) MiB: over the 60 MiB carry budget"
   exit 0
 fi
@@ -124,8 +125,13 @@ run_step() {
   fi
 }
 
-# the last line of a log that says what went wrong
-why() { grep -E 'error|panicked|FAILED|Error|timed out|not found' "$1" | tail -1 | cut -c1-110; }
+# what went wrong, from a log: the first panic's message (tests), else the last error line
+why() {
+  local p
+  p=$(awk '/panicked at/ { getline; print; exit }' "$1")
+  [ -n "$p" ] || p=$(grep -E 'error|FAILED|Error|timed out|not found' "$1" | tail -1)
+  echo "$p" | cut -c1-110
+}
 
 print_table() {
   {
@@ -162,7 +168,7 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/loc
 done
 export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 missing=$(ldd "$lion" 2>&1 | grep 'not found' | awk '{print $1}' | tr '\n' ' ')
-[ -z "$missing" ] || die "libraries the cuda build links are missing: $missing(searched: ${libdirs#:}; install the CUDA 13 runtime, cuBLAS, cuRAND and NVRTC)"
+[ -z "$missing" ] || die "libraries the cuda build links are missing: $missing(searched: ${libdirs#:}; libcuda.so.1 is the NVIDIA driver's; the others: the CUDA 13 runtime, cuBLAS, cuRAND, NVRTC)"
 "$lion" --version >>"$out/env.log" 2>&1 || die "$lion does not start: $(tail -1 "$out/env.log")"
 "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >>"$out/env.log" 2>&1 ||
   die "PyTorch ($PY) sees no CUDA device"
