@@ -11,7 +11,9 @@ the Q-Former reference of scripts/fixtures_vision.py and transformers BertLayers
 and give T5's generate the same [Q-Former | aggregator | prompt] embeddings as LionModel::generate.
 `--compare` also compares both sides' `check` samples (output values, generated token ids).
 
-Run:      PY=$(scripts/venv.sh); $PY scripts/bench_torch.py DIR [--json OUT] [--threads N]
+Run:      PY=$(scripts/venv.sh); $PY scripts/bench_torch.py DIR [--json OUT] [--threads N] [--device cuda]
+          (--device: where the models and inputs go, `cpu` by default; on a GPU each timing waits for
+          the device, torch.cuda.synchronize, as `lion bench --device cuda` does)
 Compare:  $PY scripts/bench_torch.py --compare OUTDIR   (lion_*.json vs torch_*.json in OUTDIR,
           medians over rounds; see scripts/bench.sh)
 """
@@ -53,12 +55,29 @@ def peak_mib():
     return None
 
 
+# Where the models and inputs live (--device); a CUDA device is synchronised before every clock read.
+DEVICE = "cpu"
+
+
+def dev():
+    import torch
+    return torch.device(DEVICE)
+
+
+def sync():
+    if DEVICE.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
 def time_runs(repeats, f):
     f()  # warm-up
+    sync()
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         f()
+        sync()
         out.append(time.perf_counter() - t0)
     return out
 
@@ -143,7 +162,7 @@ def build_model(setup, path):
     if missing or unexpected:
         raise SystemExit(f"checkpoint mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     set_route(model, 1)
-    return model.eval()
+    return model.eval().to(dev())
 
 
 def build_vision(setup, path, dtype):
@@ -169,7 +188,7 @@ def build_vision(setup, path, dtype):
         if missing or unexpected:
             raise SystemExit(f"vision.safetensors {prefixes}: missing {missing[:5]}, unexpected {unexpected[:5]}")
         used.update(strip + k for k in want)
-        return module.eval().to(dtype)
+        return module.eval().to(device=dev(), dtype=dtype)
 
     vit = load(fv.make_eva(v["img_size"], v["patch_size"], v["width"], v["depth"], v["num_heads"], v["mlp_dim"],
                            v["layer_norm_eps"]), ("visual_encoder.",), strip="visual_encoder.",
@@ -188,7 +207,7 @@ def build_vision(setup, path, dtype):
     left = set(sd) - used
     if left:
         raise SystemExit(f"vision.safetensors: unused keys {sorted(left)[:5]}")
-    no_text = torch.zeros(1, 0, dtype=torch.long)
+    no_text = torch.zeros(1, 0, dtype=torch.long, device=dev())
 
     def qformer(vision):
         n = vision.shape[0]
@@ -251,7 +270,7 @@ def vision_stages(setup, dir_, model, inputs, gemm, reps, dtype):
             o = vit_layers(px[:rows])
             visual = torch.cat([qformer(o[0]), aggregator(sources(o))], 1)
             embeds = torch.cat([visual, model.shared(prompt_ids[:rows])], 1)
-            mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=dev())
             ids = model.generate(inputs_embeds=embeds, attention_mask=mask, **gen)
             assert ids.shape[1] == 1 + setup["new_tokens"], ids.shape
             return ids[:, 1:]  # without the decoder start token, as ours
@@ -266,7 +285,7 @@ def vision_stages(setup, dir_, model, inputs, gemm, reps, dtype):
             o = vit_layers(px[:rows])
             visual = torch.cat([qformer(o[0]), aggregator(sources(o))], 1)
             embeds = torch.cat([visual, model.shared(prompt_ids[:rows])], 1)
-            mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=dev())
             st["check"]["encoder"] = check_sample(
                 model.encoder(inputs_embeds=embeds, attention_mask=mask).last_hidden_state)
             out.append(st)
@@ -320,7 +339,7 @@ def run(dir_, threads, dtype_name=None):
     model = build_model(setup, os.path.join(dir_, "t5.safetensors"))
     # the inference stages' model (the training step keeps the f32 one)
     imodel = model if dt == torch.float32 else copy.deepcopy(model).to(dt)
-    inputs = load_file(os.path.join(dir_, "inputs.safetensors"))
+    inputs = {k: v.to(dev()) for k, v in load_file(os.path.join(dir_, "inputs.safetensors")).items()}
     embeds, labels = inputs["embeds"], inputs["labels"].long()
     iembeds = embeds.to(dt)
     s = setup["visual_tokens"] + setup["text_tokens"]
@@ -335,7 +354,7 @@ def run(dir_, threads, dtype_name=None):
         if wants("gemm"):
             reset_peak()
             n = setup["gemm_n"]
-            a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
+            a, b = torch.randn(n, n, device=dev()).to(dt), torch.randn(n, n, device=dev()).to(dt)
             st = with_flops(stage("gemm", time_runs(max(reps, 5), lambda: a @ b)), 2.0 * n ** 3, None)
             gemm = st["gflops"]
             stages.append(st)
@@ -346,18 +365,20 @@ def run(dir_, threads, dtype_name=None):
         if wants("decode_token"):
             reset_peak()
             states = imodel.encoder(inputs_embeds=x1).last_hidden_state.repeat(setup["beams"], 1, 1)
-            ids = torch.zeros(setup["beams"], 1, dtype=torch.long)
+            ids = torch.zeros(setup["beams"], 1, dtype=torch.long, device=dev())
             steps = setup["new_tokens"]
             per = []
             for rep in range(reps + 1):
                 # first step (cache set-up, cross K/V) untimed, as on the Rust side
                 out = imodel(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True)
                 pkv = cache_of(out)
+                sync()
                 t0 = time.perf_counter()
                 for _ in range(steps - 1):
                     out = imodel(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True, **{CACHE_KW: pkv})
                     pkv = cache_of(out)
                 assert pkv is not None and pkv.get_seq_length() == steps, "the KV cache was not used"
+                sync()
 
                 if rep > 0:
                     per.append((time.perf_counter() - t0) / max(steps - 1, 1))
@@ -397,8 +418,10 @@ def run(dir_, threads, dtype_name=None):
             t1 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            sync()
             t2 = time.perf_counter()
             opt.step()
+            sync()
             t3 = time.perf_counter()
             parts["forward"].append(t1 - t0)
             parts["backward"].append(t2 - t1)
@@ -419,7 +442,7 @@ def run(dir_, threads, dtype_name=None):
         st = tagger_stage(dir_, setup)
         if st is not None:
             stages.append(st)
-    return {"implementation": f"pytorch {torch.__version__} eager", "dtype": dtype_name,
+    return {"implementation": f"pytorch {torch.__version__} eager", "dtype": dtype_name, "device": DEVICE,
             "threads": torch.get_num_threads(),
             "load_before": load_before, "load_after": load_avg(), "setup": setup, "stages": stages}
 
@@ -432,12 +455,12 @@ def tagenc_stage(model_dir, batch, reps):
 
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     tok.no_padding()
-    model = BertModel.from_pretrained(model_dir).train()
+    model = BertModel.from_pretrained(model_dir).train().to(dev())
     texts = tag_texts(batch)
     g = torch.Generator().manual_seed(0)
     d = model.config.hidden_size
-    pos = F.normalize(torch.randn(batch, d, generator=g), dim=1)
-    neg = F.normalize(torch.randn(batch, d, generator=g), dim=1)
+    pos = F.normalize(torch.randn(batch, d, generator=g), dim=1).to(dev())
+    neg = F.normalize(torch.randn(batch, d, generator=g), dim=1).to(dev())
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
     loss_fn = torch.nn.TripletMarginLoss()
 
@@ -449,6 +472,7 @@ def tagenc_stage(model_dir, batch, reps):
         for i, e in enumerate(enc):
             ids[i, : len(e.ids)] = torch.tensor(e.ids)
             mask[i, : len(e.ids)] = 1
+        ids, mask = ids.to(dev()), mask.to(dev())
         h = model(input_ids=ids, attention_mask=mask).last_hidden_state
         m = mask.unsqueeze(-1).float()
         a = F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=1)
@@ -542,14 +566,15 @@ def tagger_stage(dir_, setup):
     if missing or unexpected:
         raise SystemExit(f"tagger.safetensors mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     del sd
-    px = load_file(os.path.join(dir_, "tagger_input.safetensors"))["pixel_values"]
+    model = model.to(dev())
+    px = load_file(os.path.join(dir_, "tagger_input.safetensors"))["pixel_values"].to(dev())
     out = {}
 
     def probs():
         # RAM.generate_tag's computation, stopping at the probabilities it thresholds
         label_embed = torch.nn.functional.relu(model.wordvec_proj(model.label_embed))
         emb = model.image_proj(model.visual_encoder(px))
-        atts = torch.ones(emb.size()[:-1], dtype=torch.long)
+        atts = torch.ones(emb.size()[:-1], dtype=torch.long, device=dev())
         tagging = model.tagging_head(encoder_embeds=label_embed.unsqueeze(0).repeat(px.shape[0], 1, 1),
                                      encoder_hidden_states=emb, encoder_attention_mask=atts,
                                      return_dict=False, mode="tagging")
@@ -582,8 +607,9 @@ def compare(out_dir):
           f"| {setup['new_tokens']} new tokens | batch {setup['batch']} | train batch {setup['train_batch']} "
           f"| {ours[0]['threads']} threads (lion) / {theirs[0]['threads']} (torch) | {len(ours)} rounds x "
           f"{setup['repeats']} runs | load avg {min(loads):.1f}-{max(loads):.1f}")
-    print(f"{theirs[0]['implementation']} ({theirs[0].get('dtype', 'f32')}) vs {ours[0]['implementation']} "
-          f"({ours[0].get('dtype') or 'f32'}); speedup = torch time / lion time")
+    print(f"{theirs[0]['implementation']} ({theirs[0].get('dtype', 'f32')}, {theirs[0].get('device', 'cpu')}) vs "
+          f"{ours[0]['implementation']} ({ours[0].get('dtype') or 'f32'}, {ours[0].get('device') or 'cpu'}); "
+          f"speedup = torch time / lion time")
     if ours[0].get("cpu"):
         print(f"cpu: {ours[0]['cpu']}")
     hdr = f"{'stage':<16} {'lion ms':>10} {'torch ms':>10} {'speedup':>8} {'lion GF/s':>10} {'torch GF/s':>10} " \
@@ -658,6 +684,8 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--compare")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu (default), cuda or cuda:N: where the models and inputs go")
     ap.add_argument("--dtype", choices=["f32", "bf16"],
                     help="inference stages' dtype (default: setup.json's, as `lion bench --dtype` wrote it)")
     args = ap.parse_args()
@@ -666,6 +694,12 @@ def main():
         return
     if not args.dir:
         ap.error("DIR (from `lion bench --prepare-only --dir DIR`) is required")
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {DEVICE}: torch {torch.__version__} sees no CUDA device")
     report = run(args.dir, args.threads, args.dtype)
     text = json.dumps(report, indent=1)
     if args.json:

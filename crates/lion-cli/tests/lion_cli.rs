@@ -373,3 +373,67 @@ fn ground_with_the_shipped_shapes_backbone_returns_pixel_boxes() {
         gt.len()
     );
 }
+
+/// `--device`: parsed and validated before anything is loaded, on every model command. A default
+/// build names the missing feature for `cuda`; a bad spelling names the flag and the value.
+#[test]
+fn device_flag_is_validated_on_every_model_command() {
+    let img = photo("astronaut.png");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lion"))
+            .args(args)
+            .current_dir(root())
+            .output()
+            .expect("run lion");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let commands: &[&[&str]] = &[
+        &["caption", "--preset", "tiny", "--random-weights", &img],
+        &[
+            "bench",
+            "--preset",
+            "tiny",
+            "--dir",
+            "/nonexistent/never-written",
+        ],
+        &["train", "--config", "/nonexistent/train.json"],
+        &["serve", "--addr", "127.0.0.1:0"],
+        &["embed", "a sentence"],
+    ];
+    for cmd in commands {
+        let (ok, err) = run(&[*cmd, &["--device", "tpu"][..]].concat());
+        assert!(!ok, "{cmd:?} --device tpu succeeded");
+        assert!(
+            err.contains("--device") && err.contains("tpu") && err.contains("cuda:N"),
+            "{cmd:?}: {err}"
+        );
+        if !lion_core::device::CUDA_BUILT {
+            let (ok, err) = run(&[*cmd, &["--device", "cuda:1"][..]].concat());
+            assert!(!ok, "{cmd:?} --device cuda:1 succeeded in a CPU build");
+            assert!(
+                err.contains("this build has no CUDA support; rebuild with --features cuda"),
+                "{cmd:?}: {err}"
+            );
+        }
+    }
+    // cpu is accepted (and the default): a tiny caption runs
+    let (ok, err) = run(&[
+        "caption",
+        "--preset",
+        "tiny",
+        "--random-weights",
+        "--device",
+        "cpu",
+        "--qformer-tokenizer",
+        &minilm_tokenizer(),
+        "--num-beams",
+        "1",
+        "--max-new-tokens",
+        "2",
+        &img,
+    ]);
+    assert!(ok, "--device cpu: {err}");
+}

@@ -6,11 +6,69 @@
 //! over rows with rayon, whose `bwd` returns exact gradients. Other dtypes and devices fall back
 //! to the differentiable composition in [`crate::ops`]; every kernel is tested against it,
 //! forward and backward (`tests/kernels.rs`).
+//!
+//! The ops have a CPU forward only (`cpu_fwd`): on a GPU they would fail. [`fused`] is the one
+//! decision "fused CPU kernel or plain candle ops", from the tensor's device; every fused op of
+//! the crate (these, [`crate::linear::Linear`], lion-train's AdamW) asks it. The plain path can be
+//! forced on the CPU ([`with_plain_ops`], or `LION_PLAIN_OPS=1` for a whole process), so that the
+//! path a GPU takes is tested, values and gradients, without one (`tests/plain_ops.rs`).
+
+use std::cell::Cell;
+use std::sync::OnceLock;
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D,
 };
 use rayon::prelude::*;
+
+// ---------------------------------------------------------------- fused or plain
+
+thread_local! {
+    /// [`with_plain_ops`]'s setting on this thread (None: the process default).
+    static PLAIN_OPS: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// `LION_PLAIN_OPS=1` (or `true`): the process runs the plain candle ops everywhere, also on the
+/// CPU (slower; for checking the GPU path on a CPU).
+fn plain_ops_env() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    *ENV.get_or_init(|| {
+        let on = std::env::var("LION_PLAIN_OPS")
+            .map(|v| matches!(v.trim(), "1" | "true" | "yes"))
+            .unwrap_or(false);
+        if on {
+            tracing::info!("LION_PLAIN_OPS: the fused CPU kernels are off (plain candle ops)");
+        }
+        on
+    })
+}
+
+/// Whether the plain ops are forced on this thread ([`with_plain_ops`], else `LION_PLAIN_OPS`).
+pub fn plain_ops_forced() -> bool {
+    PLAIN_OPS.with(|p| p.get()).unwrap_or_else(plain_ops_env)
+}
+
+/// Runs `f` with the plain candle ops forced (`plain = true`) or the fused kernels allowed
+/// (`false`) on this thread, whatever `LION_PLAIN_OPS` says; the previous setting comes back
+/// afterwards, also when `f` panics. The decision is taken on the calling thread when an op is
+/// built, so a model's forward and backward called inside `f` follow it.
+pub fn with_plain_ops<T>(plain: bool, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PLAIN_OPS.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PLAIN_OPS.with(|p| p.replace(Some(plain))));
+    f()
+}
+
+/// The dispatch decision: the fused CPU kernels run for tensors on `dev` when it is the CPU and
+/// the plain ops are not forced; otherwise (a GPU) plain candle ops, whose gradients candle
+/// computes.
+pub fn fused(dev: &Device) -> bool {
+    dev.is_cpu() && !plain_ops_forced()
+}
 
 /// Rows per rayon task: enough work per task to amortise scheduling.
 fn rows_per_task(dim: usize) -> usize {
@@ -69,7 +127,7 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f3
 
 fn use_kernel(xs: &Tensor) -> bool {
     xs.dtype() == DType::F32
-        && xs.device().is_cpu()
+        && fused(xs.device())
         && xs.rank() >= 1
         && xs.dim(D::Minus1).map(|d| d > 0).unwrap_or(false)
 }
@@ -566,10 +624,14 @@ fn check_affine(xs: &Tensor, w: &Tensor) -> Result<()> {
 }
 
 /// LayerNorm over the last dimension (biased variance, as PyTorch), with affine weight and bias,
-/// in one pass. xs: (..., d), weight/bias: (d,) -> (..., d)
+/// in one pass. xs: (..., d), weight/bias: (d,) -> (..., d). Where the kernel does not apply
+/// (not f32, not the CPU, plain ops forced): [`layer_norm_composed`].
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     check_affine(xs, weight)?;
     check_affine(xs, bias)?;
+    if !(use_kernel(xs) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32) {
+        return layer_norm_composed(xs, weight, bias, eps);
+    }
     let op = AffineNormalize(Normalize {
         eps: eps as f32,
         center: true,
@@ -578,9 +640,32 @@ pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resu
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
-/// T5's RMSNorm (no mean subtraction, no bias), in one pass. xs: (..., d), weight: (d,) -> (..., d)
+/// The plain composition of [`layer_norm`], in f32 (statistics and affine part), returned in
+/// the input's dtype.
+pub fn layer_norm_composed(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let dtype = xs.dtype();
+    let x = xs.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xn.broadcast_mul(&weight.to_dtype(DType::F32)?)?
+        .broadcast_add(&bias.to_dtype(DType::F32)?)?
+        .to_dtype(dtype)
+}
+
+/// T5's RMSNorm (no mean subtraction, no bias), in one pass. xs: (..., d), weight: (d,) -> (..., d).
+/// Where the kernel does not apply: [`rms_norm_composed`].
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     check_affine(xs, weight)?;
+    if !(use_kernel(xs) && weight.dtype() == DType::F32) {
+        return rms_norm_composed(xs, weight, eps);
+    }
     let op = AffineNormalize(Normalize {
         eps: eps as f32,
         center: false,
@@ -588,7 +673,20 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     xs.contiguous()?.apply_op2(&weight.contiguous()?, op)
 }
 
-/// Whether the fused kernels apply to this tensor (f32 on CPU); otherwise use the composition.
+/// The plain composition of [`rms_norm`]: mean of squares in f32, normalised rows cast to the
+/// weight's dtype before the multiply (as HF's T5), returned in the input's dtype.
+pub fn rms_norm_composed(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = xs.dtype();
+    let x = xs.to_dtype(DType::F32)?;
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    xn.to_dtype(weight.dtype())?
+        .broadcast_mul(weight)?
+        .to_dtype(dtype)
+}
+
+/// Whether the fused kernels apply to this tensor (f32, and [`fused`] for its device);
+/// otherwise use the composition.
 pub fn applies(xs: &Tensor) -> bool {
     use_kernel(xs)
 }

@@ -13,6 +13,7 @@ pub mod bbox;
 pub mod bert;
 pub mod bf16;
 pub mod cpu;
+pub mod device;
 pub mod error;
 pub mod eva_vit;
 pub mod flip_text;

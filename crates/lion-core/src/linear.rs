@@ -5,8 +5,8 @@
 //! weight-sized buffer, on a gradient nobody reads. [`Linear`] runs `x @ W^T` as a candle
 //! [`CustomOp2`] (the same CPU GEMM; [`crate::skinny`] for up to 8 f32 rows, as in decoding)
 //! whose `bwd` returns the input gradient, and the weight gradient only when the weight takes
-//! part in autograd (`track_op`). Other devices use
-//! `candle_nn::Linear`. Tested against `candle_nn::Linear`, forward and backward (tests/linear.rs).
+//! part in autograd (`track_op`). Other devices (and the plain path,
+//! [`crate::kernels::fused`]) use `candle_nn::Linear`. Tested against `candle_nn::Linear`, forward and backward (tests/linear.rs).
 //!
 //! bf16 weights (`--dtype bf16`): a model built inside [`with_weight_dtype`]`(Bf16, ..)` gets the
 //! frozen weights of its big linear layers (those built through [`load_weight`]: T5, BERT /
@@ -39,10 +39,10 @@ pub fn with_weight_dtype<T>(dtype: WeightDtype, f: impl FnOnce() -> T) -> T {
 }
 
 /// A linear layer's weight as loaded: converted to bf16 inside `with_weight_dtype(Bf16, ..)`
-/// when it is a frozen f32 CPU tensor, else unchanged.
+/// when it is a frozen f32 tensor (on the CPU or a GPU), else unchanged.
 pub fn load_weight(w: Tensor) -> Result<Tensor> {
     let bf16 = WEIGHT_DTYPE.with(|d| d.get()) == WeightDtype::Bf16;
-    if bf16 && w.dtype() == DType::F32 && !w.is_variable() && w.device().is_cpu() {
+    if bf16 && w.dtype() == DType::F32 && !w.is_variable() {
         w.to_dtype(DType::BF16)
     } else {
         Ok(w)
@@ -144,18 +144,36 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// Plain candle ops (a GPU, or the plain path forced): a bf16 weight with f32 activations
+    /// multiplies in bf16 (activations rounded to bf16, as PyTorch's bf16 linear) and returns
+    /// f32, the bias added in f32; otherwise the weight in the input's dtype.
+    fn forward_plain(&self, xs: &Tensor) -> Result<Tensor> {
+        if self.weight.dtype() == DType::BF16 && xs.dtype() == DType::F32 {
+            let y = candle_nn::Linear::new(self.weight.clone(), None)
+                .forward(&xs.to_dtype(DType::BF16)?)?
+                .to_dtype(DType::F32)?;
+            return match &self.bias {
+                Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?),
+                None => Ok(y),
+            };
+        }
+        let w = self.weight.to_dtype(xs.dtype())?;
+        candle_nn::Linear::new(w, self.bias.clone()).forward(xs)
+    }
+}
+
 impl Module for Linear {
     /// xs: (..., in) -> (..., out)
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let cpu = xs.device().is_cpu()
+        let cpu = crate::kernels::fused(xs.device())
             && self.weight.device().is_cpu()
             && (xs.dtype() == self.weight.dtype()
                 || (xs.dtype() == DType::F32 && self.weight.dtype() == DType::BF16))
             && xs.rank() >= 1
             && self.weight.rank() == 2;
         if !cpu {
-            let w = self.weight.to_dtype(xs.dtype())?;
-            return candle_nn::Linear::new(w, self.bias.clone()).forward(xs);
+            return self.forward_plain(xs);
         }
         let y = xs.contiguous()?.apply_op2(&self.weight, MatmulWt)?;
         match &self.bias {

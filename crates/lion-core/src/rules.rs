@@ -8,6 +8,7 @@
 //! - Generation options: [`GenerationSettings::check`] against [`GenerationLimits`] (the same rules
 //!   for `lion caption/vqa/ground` flags and the server's request fields), and [`text`] for
 //!   questions, expressions and prompts.
+//! - The compute device: [`device`] (`--device cpu|cuda[:N]`, CUDA only in a `cuda` build).
 
 use std::fmt::Display;
 
@@ -148,6 +149,20 @@ pub fn tag_threshold(field: &str, t: f32) -> Check {
         ));
     }
     Ok(())
+}
+
+/// `--device`: `cpu`, `cuda` or `cuda:N` ([`crate::device::DeviceSpec::parse`]), and a CUDA
+/// device only in a build with the `cuda` feature.
+pub fn device(s: &str) -> Result<crate::device::DeviceSpec, Invalid> {
+    let spec = crate::device::DeviceSpec::parse(s)?;
+    if spec.is_cuda() && !crate::device::CUDA_BUILT {
+        return Err(Invalid::new(
+            "device",
+            format!("{s:?}"),
+            crate::device::NO_CUDA_BUILD,
+        ));
+    }
+    Ok(spec)
 }
 
 /// The largest generation settings a request may ask for (the server's `--max-new-tokens` etc.;

@@ -56,6 +56,27 @@ pub fn check_vars_get_grad(vars: &[(String, Var)], loss: &Tensor) -> crate::Resu
     }
 }
 
+/// The device the device-aware tests run on: `LION_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`;
+/// default `cpu`), so that the parity tests built with `--features cuda` run on a GPU
+/// (scripts/gpu-check.sh). Panics (this is for tests) naming the value when it is invalid, when
+/// this build has no CUDA, or when the device is absent.
+pub fn device() -> candle_core::Device {
+    let spec = std::env::var("LION_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let parsed = crate::rules::device(&spec).unwrap_or_else(|e| panic!("LION_TEST_DEVICE: {e}"));
+    parsed
+        .open()
+        .unwrap_or_else(|e| panic!("LION_TEST_DEVICE={spec}: {e}"))
+}
+
+/// The repository root of the tests' fixtures: `LION_REPO_ROOT` when set (test binaries carried
+/// to another machine, scripts/gpu-check.sh), else `compiled_root` (the tests pass their
+/// `CARGO_MANIFEST_DIR/../..`).
+pub fn repo_root(compiled_root: &str) -> std::path::PathBuf {
+    std::env::var_os("LION_REPO_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(compiled_root))
+}
+
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> crate::Result<f32> {
     if a.shape() != b.shape() {

@@ -26,8 +26,13 @@ use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
 const TOL: f32 = 1e-4;
 const QF_VOCAB: usize = 1000;
 
+/// `LION_TEST_DEVICE` (default cpu): the GPU check runs these parity tests on a GPU.
+fn dev() -> Device {
+    lion_core::testing::device()
+}
+
 fn io() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture("lion/io.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(fixture("lion/io.safetensors"), &dev()).unwrap()
 }
 
 fn config(kind: PromptKind) -> LionConfig {
@@ -70,7 +75,7 @@ fn load_with(kind: PromptKind, trainable: Option<VarMap>) -> LionModel {
     let model = LionModel::new(
         &config(kind),
         tok.placeholder_id().unwrap(),
-        loader.var_builder(DType::F32, &Device::Cpu),
+        loader.var_builder(DType::F32, &dev()),
     )
     .unwrap();
     let report = loader.finish(LoadMode::Strict).unwrap();
@@ -102,7 +107,7 @@ fn unfiltered_upstream_state_dict_loads_strictly_from_a_model_folder() {
         std::fs::write(dir.path().join("lion.json"), manifest.to_string()).unwrap();
     };
     write(&model);
-    let p = LionPipeline::from_dir(dir.path(), LoadMode::Strict, &Device::Cpu).unwrap();
+    let p = LionPipeline::from_dir(dir.path(), LoadMode::Strict, &dev()).unwrap();
     assert_eq!(
         p.report.tied,
         [
@@ -111,13 +116,13 @@ fn unfiltered_upstream_state_dict_loads_strictly_from_a_model_folder() {
         ]
     );
     println!("{}", p.report);
-    let mut ts = ckpt.load_all(&Device::Cpu).unwrap();
+    let mut ts = ckpt.load_all(&dev()).unwrap();
     let k = "t5_model.encoder.embed_tokens.weight";
     ts.insert(k.into(), ts[k].affine(1.0, 1e-3).unwrap());
     let edited = dir.path().join("edited.safetensors");
     lion_core::weights::save_safetensors(&ts, &edited).unwrap();
     write(&edited);
-    let err = LionPipeline::from_dir(dir.path(), LoadMode::Strict, &Device::Cpu)
+    let err = LionPipeline::from_dir(dir.path(), LoadMode::Strict, &dev())
         .err()
         .expect("a differing alias fails strict loading")
         .to_string();
@@ -203,7 +208,7 @@ fn prompt_text_tokenizes_as_upstream() {
             t.encoder_text(slots, "dog", "where is the dog?"),
         ];
         let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-        let ours = tok.batch(&refs, Some(128), true, &Device::Cpu).unwrap();
+        let ours = tok.batch(&refs, Some(128), true, &dev()).unwrap();
         let theirs = encoded(
             &io[&format!("{prefix}prompt_ids")],
             &io[&format!("{prefix}prompt_mask")],
@@ -214,7 +219,7 @@ fn prompt_text_tokenizes_as_upstream() {
         .labels(
             &["a cat and a dog under the sky", "in the park"],
             128,
-            &Device::Cpu,
+            &dev(),
         )
         .unwrap();
     assert_eq!(
@@ -515,4 +520,75 @@ fn streamed_pieces_join_to_the_answers() {
         .answer_streaming(&images, &reqs, &greedy, Some(&mut stop))
         .unwrap();
     assert!(cut.iter().all(|a| a.tokens < 12 && !a.finished), "{cut:?}");
+}
+
+/// The GPU's path on the CPU: the whole LION training forward with the plain candle ops forced
+/// ([`lion_core::kernels::with_plain_ops`]) against the fused CPU kernels: the loss within 1e-5
+/// and the gradient of every trainable variable within 1e-5 of its largest element.
+#[test]
+fn plain_ops_match_the_fused_kernels_loss_and_every_gradient() {
+    use lion_core::kernels::with_plain_ops;
+    let io = io();
+    for (kind, prefix) in [
+        (PromptKind::Static, ""),
+        (PromptKind::Gated { k: 2 }, "gated."),
+    ] {
+        let run = |plain: bool| {
+            with_plain_ops(plain, || {
+                let vm = VarMap::new();
+                let model = load_with(kind, Some(vm.clone()));
+                let b = batch(&io, prefix, Route::RegionLevel);
+                let out = model.forward_train(&b, &io["labels"], false).unwrap();
+                let grads = out.loss.backward().unwrap();
+                let mut g: Vec<(String, Option<Tensor>)> = vm
+                    .data()
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), grads.get(v.as_tensor()).cloned()))
+                    .collect();
+                g.sort_by(|a, b| a.0.cmp(&b.0));
+                (out.loss.to_scalar::<f32>().unwrap(), g)
+            })
+        };
+        let (loss_f, grads_f) = run(false);
+        let (loss_p, grads_p) = run(true);
+        let d = (loss_f - loss_p).abs() / loss_f.abs().max(1.0);
+        assert!(
+            d <= 1e-5,
+            "{kind:?}: loss {loss_f} (fused) vs {loss_p} (plain)"
+        );
+        assert_eq!(grads_f.len(), grads_p.len());
+        let mut worst = 0f32;
+        for ((k, a), (k2, b)) in grads_f.iter().zip(&grads_p) {
+            assert_eq!(k, k2);
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    let scale = a
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    let d = max_abs_diff(a, b).unwrap();
+                    // + 1e-9: attention key biases have an exactly-zero gradient (softmax is
+                    // invariant to q.b added to a whole row); both paths give ~1e-10 of rounding
+                    assert!(
+                        d <= 1e-5 * scale + 1e-9,
+                        "{kind:?}: gradient of {k} differs by {d:e} (largest element {scale:e})"
+                    );
+                    if scale > 1e-6 {
+                        worst = worst.max(d / scale);
+                    }
+                }
+                (None, None) => {}
+                _ => panic!("{kind:?}: {k} has a gradient on one path only"),
+            }
+        }
+        println!(
+            "{kind:?}: loss {loss_f}, {} gradients, plain vs fused worst relative difference {worst:e}",
+            grads_f.len()
+        );
+    }
 }

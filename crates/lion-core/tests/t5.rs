@@ -17,8 +17,9 @@ use lion_core::weights::{Checkpoint, LoadMode, LoadReport, WeightLoader};
 
 const TOL: f32 = 1e-4;
 
+/// `LION_TEST_DEVICE` (default cpu): the GPU check runs these parity tests on a GPU.
 fn dev() -> Device {
-    Device::Cpu
+    lion_core::testing::device()
 }
 
 fn io() -> HashMap<String, Tensor> {

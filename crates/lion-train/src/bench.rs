@@ -286,6 +286,9 @@ pub struct BenchReport {
     /// The inference stages' weight dtype.
     #[serde(default)]
     pub dtype: String,
+    /// Where the stages ran (`cpu`, `cuda:0`).
+    #[serde(default)]
+    pub device: String,
     pub threads: usize,
     /// `CANDLE_NUM_THREADS` (candle's element-wise thread pool), when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -483,12 +486,16 @@ pub fn prepare(setup: &BenchSetup, dir: &Path) -> Result<()> {
 }
 
 /// Times `f`: one warm-up run, then `repeats` timed runs (seconds).
-fn time_runs(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+/// Runs `f` once to warm up, then `repeats` timed times; on a GPU each timing waits for the
+/// device to finish (a no-op on the CPU).
+fn time_runs(dev: &Device, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     f()?;
+    dev.synchronize()?;
     (0..repeats)
         .map(|_| {
             let t0 = Instant::now();
             f()?;
+            dev.synchronize()?;
             Ok(t0.elapsed().as_secs_f64())
         })
         .collect()
@@ -517,12 +524,17 @@ fn with_flops(mut st: StageResult, flop: f64, gemm: Option<f64>) -> StageResult 
     st
 }
 
-/// Runs the stages on the model and inputs [`prepare`] wrote into `dir`.
+/// Runs the stages on the model and inputs [`prepare`] wrote into `dir`, on the CPU.
 pub fn run(dir: &Path) -> Result<BenchReport> {
+    run_on(dir, &Device::Cpu)
+}
+
+/// [`run`] on `dev` (`lion bench --device`): weights and inputs are loaded onto it.
+pub fn run_on(dir: &Path, dev: &Device) -> Result<BenchReport> {
     let setup: BenchSetup = lion_core::util::read_json(dir.join("setup.json"))?;
     setup.validate()?;
     let load_before = load_average();
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let cfg = &setup.t5;
     let lion_cfg = match &setup.lion {
         Some(l) if LION_STAGES.iter().any(|s| setup.wants(s)) => Some(l),
@@ -580,7 +592,7 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
             )),
             WeightDtype::F32 => None,
         };
-        let runs = time_runs(reps.max(5), || {
+        let runs = time_runs(&dev, reps.max(5), || {
             match &bw {
                 Some(l) => candle_core::Module::forward(l, &a)?,
                 None => a.matmul(&b)?,
@@ -596,7 +608,7 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
     let x1 = embeds.narrow(0, 0, 1)?;
     if setup.wants("t5_encoder") {
         reset_peak_rss();
-        let runs = time_runs(reps, || {
+        let runs = time_runs(&dev, reps, || {
             model.encode(T5Input::Embeds(&x1), None, route, false)?;
             Ok(())
         })?;
@@ -621,10 +633,12 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
             // the first step untimed, as on the PyTorch side (whose cache set-up happens there)
             let mut cache = model.start_decoding(&states, None)?;
             model.decode_step(&ids, &mut cache, route)?;
+            dev.synchronize()?;
             let t0 = Instant::now();
             for _ in 1..steps {
                 model.decode_step(&ids, &mut cache, route)?;
             }
+            dev.synchronize()?;
             if rep > 0 {
                 per_token.push(t0.elapsed().as_secs_f64() / (steps - 1).max(1) as f64);
             }
@@ -644,7 +658,7 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
     let gen = setup.generation();
     if setup.wants("caption_beam5") {
         reset_peak_rss();
-        let runs = time_runs(reps, || {
+        let runs = time_runs(&dev, reps, || {
             let out = generate(model, T5Input::Embeds(&x1), None, route, &gen)?;
             if out[0].len() != setup.new_tokens {
                 input_err!(
@@ -664,7 +678,7 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
     if setup.wants("caption_batch") {
         reset_peak_rss();
         let xb = embeds.narrow(0, 0, setup.batch)?;
-        let runs = time_runs(reps, || {
+        let runs = time_runs(&dev, reps, || {
             generate(model, T5Input::Embeds(&xb), None, route, &gen)?;
             Ok(())
         })?;
@@ -689,14 +703,16 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
         loader.finish(LoadMode::Strict)?;
         let mut opt = AdamW::new(vm.all_vars(), params)?;
         let (mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![]);
-        let runs = time_runs(reps, || {
+        let runs = time_runs(&dev, reps, || {
             let t0 = Instant::now();
             let out = model.forward_train(T5Input::Embeds(&xt), None, &labels, route, true)?;
             let _ = out.loss.to_scalar::<f32>()?;
             let t1 = Instant::now();
             let grads = out.loss.backward()?;
+            dev.synchronize()?;
             let t2 = Instant::now();
             opt.step(&grads)?;
+            dev.synchronize()?;
             let t3 = Instant::now();
             fwd.push((t1 - t0).as_secs_f64());
             bwd.push((t2 - t1).as_secs_f64());
@@ -716,7 +732,7 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
         match &setup.tagenc_dir {
             Some(d) if d.join("config.json").exists() => {
                 reset_peak_rss();
-                stages.push(tagenc_stage(d, setup.tagenc_batch, reps)?);
+                stages.push(tagenc_stage(d, setup.tagenc_batch, reps, &dev)?);
                 tracing::info!("tagenc_triplet done");
             }
             _ => tracing::warn!("tagenc_triplet skipped: no tag-encoder model folder"),
@@ -724,14 +740,15 @@ pub fn run(dir: &Path) -> Result<BenchReport> {
     }
 
     if let Some(lion) = &lion {
-        stages.extend(lion_stages(lion, &setup, &inputs, gemm_rate)?);
+        stages.extend(lion_stages(lion, &setup, &inputs, gemm_rate, &dev)?);
     }
-    stages.extend(tagger_stage(&setup, dir)?);
+    stages.extend(tagger_stage(&setup, dir, &dev)?);
 
     Ok(BenchReport {
         implementation: "lion-rs (candle)".into(),
         cpu: lion_core::cpu::summary(),
         dtype: setup.dtype.name().into(),
+        device: lion_core::device::name(&dev),
         threads: candle_core::utils::get_num_threads(),
         candle_num_threads: std::env::var("CANDLE_NUM_THREADS").ok(),
         load_before,
@@ -747,8 +764,9 @@ fn lion_stages(
     setup: &BenchSetup,
     inputs: &Checkpoint,
     gemm_rate: Option<f64>,
+    dev: &Device,
 ) -> Result<Vec<StageResult>> {
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let cfg = lion.config();
     let reps = setup.repeats;
     let px = inputs.get("pixel_values", &dev)?;
@@ -771,7 +789,7 @@ fn lion_stages(
 
     if setup.wants("vit") {
         reset_peak_rss();
-        let runs = time_runs(reps, || {
+        let runs = time_runs(&dev, reps, || {
             lion.vit_layers(&px1)?;
             Ok(())
         })?;
@@ -790,7 +808,7 @@ fn lion_stages(
 
     if let (true, Some(q)) = (setup.wants("qformer"), lion.qformer()) {
         reset_peak_rss();
-        let runs = time_runs(reps, || {
+        let runs = time_runs(&dev, reps, || {
             q.forward(&layers[0], None, None, false)?;
             Ok(())
         })?;
@@ -810,7 +828,7 @@ fn lion_stages(
     if let (true, Some(a)) = (setup.wants("aggregator"), lion.aggregator()) {
         reset_peak_rss();
         let pick = lion.aggregator_sources(&layers);
-        let runs = time_runs(reps, || {
+        let runs = time_runs(&dev, reps, || {
             a.forward(&pick, false)?;
             Ok(())
         })?;
@@ -848,7 +866,7 @@ fn lion_stages(
         reset_peak_rss();
         let batch = batch_of(rows)?;
         let mut tokens = vec![];
-        let runs = time_runs(reps, || {
+        let runs = time_runs(&dev, reps, || {
             let out = lion.generate(&batch, &gen)?;
             if let Some(bad) = out.iter().find(|o| o.len() != setup.new_tokens) {
                 input_err!(
@@ -898,10 +916,10 @@ pub fn tag_texts(batch: usize) -> Vec<String> {
         .collect()
 }
 
-fn tagenc_stage(dir: &Path, batch: usize, reps: usize) -> Result<StageResult> {
+fn tagenc_stage(dir: &Path, batch: usize, reps: usize, dev: &Device) -> Result<StageResult> {
     use crate::tag_encoder::TagEncoder;
     use crate::triplet_trainer::{TripletConfig, TripletTrainer};
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let enc = TagEncoder::load(dir, &dev)?;
     let d = enc.embedder().hidden_size();
     let texts = tag_texts(batch);
@@ -909,7 +927,7 @@ fn tagenc_stage(dir: &Path, batch: usize, reps: usize) -> Result<StageResult> {
     let pos = lion_core::bert::l2_normalize(&Tensor::randn(0f32, 1., (batch, d), &dev)?)?;
     let neg = lion_core::bert::l2_normalize(&Tensor::randn(0f32, 1., (batch, d), &dev)?)?;
     let mut trainer = TripletTrainer::new(enc, TripletConfig::default())?;
-    let runs = time_runs(reps, || {
+    let runs = time_runs(&dev, reps, || {
         let (loss, _) = trainer.loss(&refs, &pos, &neg, true)?;
         let grads = loss.backward()?;
         trainer.apply(&grads)
@@ -920,8 +938,9 @@ fn tagenc_stage(dir: &Path, batch: usize, reps: usize) -> Result<StageResult> {
 /// The report as a table (one row per stage).
 pub fn table(r: &BenchReport) -> String {
     let mut out = format!(
-        "{} | weights {} | {} threads | load {:.1} -> {:.1} | preset {} | seq {} | beams {} | {} new tokens\ncpu: {}\n",
+        "{} | {} | weights {} | {} threads | load {:.1} -> {:.1} | preset {} | seq {} | beams {} | {} new tokens\ncpu: {}\n",
         r.implementation,
+        if r.device.is_empty() { "cpu" } else { &r.device },
         r.dtype,
         r.threads,
         r.load_before.unwrap_or(f64::NAN),
@@ -1027,7 +1046,7 @@ fn prepare_tagger(setup: &BenchSetup, dir: &Path) -> Result<()> {
 /// The `tagger` stage: RAM pixels -> tag probabilities, batch 1 ([`Ram::probabilities`], the
 /// forward of `lion tag`), loaded strictly from `tagger.safetensors`. `check["probs"]`: every
 /// `num_tags / 64`-th probability.
-fn tagger_stage(setup: &BenchSetup, dir: &Path) -> Result<Option<StageResult>> {
+fn tagger_stage(setup: &BenchSetup, dir: &Path, dev: &Device) -> Result<Option<StageResult>> {
     if !setup.wants("tagger") {
         return Ok(None);
     }
@@ -1035,7 +1054,7 @@ fn tagger_stage(setup: &BenchSetup, dir: &Path) -> Result<Option<StageResult>> {
         tracing::warn!("tagger skipped: setup.json has no tagger config (rerun with --fresh)");
         return Ok(None);
     };
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let (ram, _) = Ram::load(cfg, dir.join("tagger.safetensors"), &dev)?;
     let px = Checkpoint::open(dir.join("tagger_input.safetensors"))?.get("pixel_values", &dev)?;
     let img = cfg.swin.img_size;
@@ -1048,7 +1067,7 @@ fn tagger_stage(setup: &BenchSetup, dir: &Path) -> Result<Option<StageResult>> {
     }
     reset_peak_rss();
     let mut probs = None;
-    let runs = time_runs(setup.repeats, || {
+    let runs = time_runs(&dev, setup.repeats, || {
         probs = Some(ram.probabilities(&px)?);
         Ok(())
     })?;

@@ -116,7 +116,9 @@ impl InplaceOp2 for Step<'_> {
 }
 
 fn fused(var: &Var) -> bool {
-    var.dtype() == DType::F32 && var.device().is_cpu() && var.as_tensor().is_contiguous()
+    var.dtype() == DType::F32
+        && lion_core::kernels::fused(var.device())
+        && var.as_tensor().is_contiguous()
 }
 
 impl AdamW {

@@ -112,3 +112,17 @@ fn first_step_is_sign_descent_with_decay() -> candle_core::Result<()> {
     }
     Ok(())
 }
+
+/// The GPU's path on the CPU: f32 variables with the plain ops forced
+/// ([`lion_core::kernels::with_plain_ops`]) take the tensor path of our AdamW (as on a GPU, where
+/// the in-place fused update cannot run), and give the fused path's parameters within 2e-6.
+#[test]
+fn plain_path_adamw_matches_the_fused_update() -> candle_core::Result<()> {
+    use lion_core::kernels::with_plain_ops;
+    let (fw, fu, ff) = with_plain_ops(false, || run(DType::F32, true))?;
+    let (pw, pu, pf) = with_plain_ops(true, || run(DType::F32, true))?;
+    assert!(max_diff(&fw, &pw) <= 2e-6, "w: {}", max_diff(&fw, &pw));
+    assert!(max_diff(&fu, &pu) <= 2e-6, "u: {}", max_diff(&fu, &pu));
+    assert_eq!(ff, pf);
+    Ok(())
+}

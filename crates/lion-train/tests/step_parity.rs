@@ -7,7 +7,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
 use common::fixture;
 use lion_core::adapter::Route;
@@ -39,7 +39,8 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn three_adamw_steps_with_two_groups_match_pytorch() {
-    let dev = Device::Cpu;
+    // LION_TEST_DEVICE (default cpu): the GPU check runs this on a GPU
+    let dev = lion_core::testing::device();
     let r = candle_core::safetensors::load(fixture("train/step.safetensors"), &dev).unwrap();
     let io = candle_core::safetensors::load(fixture("t5/io.safetensors"), &dev).unwrap();
     let cfg = T5Config::from_file(fixture("t5/config.json"))

@@ -278,11 +278,12 @@ pub fn run(task: Task, args: Args) -> Result<()> {
     let shard = args.shard.resolve(args.out.as_ref().map(|_| "--out"))?;
     let gen = args.gen.checked_config()?;
     lion_core::rules::positive("--batch-size", args.batch_size)?;
-    let dev = super::device()?;
+    let dev = args.model.device.open()?;
     let pipe = args.model.load()?;
     pipe.config().check_memory(args.batch_size, false)?;
     let tagger = args.ram.load(&dev)?;
     let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    let started = std::time::Instant::now();
     let summary = super::shard::run_batches(
         &ids,
         args.out.as_deref(),
@@ -301,6 +302,12 @@ pub fn run(task: Task, args: Args) -> Result<()> {
             )
         },
     )?;
+    // after the model is loaded: preprocessing, tagging and generation of every request
+    tracing::info!(
+        requests = ids.len(),
+        seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+        "answered"
+    );
     if summary.failed > 0 {
         tracing::warn!(
             "{} of {} requests failed (see their error lines)",

@@ -46,6 +46,9 @@ pub struct Args {
     /// the CPU has native bf16 dot products). Training stages run f32 either way.
     #[arg(long, default_value = "f32", value_parser = crate::cmd::model::parse_dtype)]
     dtype: lion_core::cpu::WeightDtype,
+    /// Where the timed stages run (the random weights and inputs are written on the CPU).
+    #[command(flatten)]
+    device: crate::cmd::DeviceArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -57,6 +60,8 @@ pub fn run(args: Args) -> Result<()> {
         // SAFETY: set before any candle call or thread start in this command.
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    // the device first: a `--device cuda` that cannot run fails before minutes of preparation
+    let dev = args.device.open()?;
     let setup_path = args.dir.join("setup.json");
     let mut setup = BenchSetup::new(&args.preset)?;
     setup.repeats = args.repeats;
@@ -101,7 +106,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.prepare_only {
         return Ok(());
     }
-    let report = bench::run(&args.dir)?;
+    let report = bench::run_on(&args.dir, &dev)?;
     print!("{}", bench::table(&report));
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&report)?;

@@ -20,6 +20,8 @@ pub struct Args {
     batch_size: usize,
     /// Sentences to embed.
     sentences: Vec<String>,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Longest sentence line read from `--file` (bytes).
@@ -45,7 +47,7 @@ pub fn run(args: Args) -> Result<()> {
     if texts.is_empty() {
         bail!("nothing to embed: give sentences as arguments or --file FILE");
     }
-    let dev = super::device()?;
+    let dev = args.device.open()?;
     let model = SentenceEmbedder::load(&args.model, &dev, None)
         .with_context(|| format!("cannot load model folder {}", args.model.display()))?;
     let pb = super::progress(texts.len() as u64, "embedding");

@@ -19,10 +19,29 @@ pub mod world;
 
 use anyhow::Result;
 use candle_core::Device;
+use lion_core::device::DeviceSpec;
 
-/// The compute device: CPU (the only one this build supports).
-pub fn device() -> Result<Device> {
-    Ok(Device::Cpu)
+/// `--device`, shared by every command that runs a model.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct DeviceArgs {
+    /// Compute device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`,
+    /// see scripts/build-cuda.sh).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceSpec,
+}
+
+/// clap value parser of `--device` ([`lion_core::rules::device`]).
+pub fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
+    lion_core::rules::device(s).map_err(String::from)
+}
+
+impl DeviceArgs {
+    /// Opens the device; an absent CUDA device is an error naming it.
+    pub fn open(&self) -> Result<Device> {
+        let dev = self.device.open()?;
+        tracing::info!(device = %self.device, "compute device");
+        Ok(dev)
+    }
 }
 
 /// all-MiniLM-L6-v2 by Hub id, found wherever `lion_core::hub` looks (never relative to the

@@ -42,9 +42,11 @@ pub struct ModelArgs {
     pub lenient: bool,
     /// Linear-layer weights: f32, bf16 (stored in bf16, f32 activations and accumulation) or
     /// auto (bf16 where the CPU has native bf16 dot products, else f32; `lion doctor` says).
-    /// Default: auto (f32 for `lion forward`).
+    /// Default: auto (f32 for `lion forward`; bf16 with `--device cuda`).
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<WeightDtype>,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 /// Parses `--dtype`.
@@ -69,13 +71,18 @@ pub fn parse_prompt(s: &str) -> Result<Option<PromptKind>> {
 impl ModelArgs {
     /// Loads the pipeline the flags describe, its linear weights in `--dtype`.
     pub fn load(&self) -> Result<LionPipeline> {
-        let dtype = self.dtype.unwrap_or(lion_core::cpu::kernels().auto_dtype);
+        // On a GPU the frozen linear weights default to bf16 (norms, softmax and losses stay f32).
+        let dtype = self.dtype.unwrap_or(if self.device.device.is_cuda() {
+            WeightDtype::Bf16
+        } else {
+            lion_core::cpu::kernels().auto_dtype
+        });
         tracing::info!("linear weights in {}", dtype.name());
         lion_core::linear::with_weight_dtype(dtype, || self.load_as_is())
     }
 
     fn load_as_is(&self) -> Result<LionPipeline> {
-        let dev = super::device()?;
+        let dev = self.device.open()?;
         let mode = if self.lenient {
             LoadMode::Lenient
         } else {

@@ -22,11 +22,13 @@ pub struct Args {
     /// Captions per forward pass.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let images = read_images(&args.input)?;
-    let dev = super::device()?;
+    let dev = args.device.open()?;
     let model = SentenceEmbedder::load(&args.model, &dev, None)
         .with_context(|| format!("cannot load model folder {}", args.model.display()))?;
     let pb = super::progress(images.len() as u64, "selecting captions");

@@ -137,7 +137,7 @@ impl Args {
 pub fn run(args: Args) -> Result<()> {
     let cfg = args.config();
     cfg.validate().map_err(anyhow::Error::msg)?;
-    let dev = super::device()?;
+    let dev = args.lion.device.open()?;
     let embedder = SentenceEmbedder::load(&args.embed_model, &dev, None).with_context(|| {
         format!(
             "cannot load the embedding model folder {} (see scripts/get-minilm.sh)",

@@ -56,6 +56,8 @@ pub struct Args {
     shard: super::shard::ShardArgs,
     /// Images, or folders of images (not recursive).
     inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 fn vocab(args: &Args, num_tags: usize) -> Result<TagVocab> {
@@ -78,7 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("no images: give image files, folders, or --list FILE");
     }
     let shard = args.shard.resolve(args.out.as_ref().map(|_| "--out"))?;
-    let dev = super::device()?;
+    let dev = args.device.open()?;
     let mut tagger = match &args.model {
         Some(dir) => lion_train::tagger_trainer::load_trained_tagger(dir, &dev)
             .with_context(|| format!("cannot load the tagger folder {}", dir.display()))?,

@@ -19,6 +19,8 @@ pub struct Args {
     /// Continue from the output folder's latest checkpoint (refused if it is corrupt).
     #[arg(long)]
     resume: bool,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Appends one JSON line (a plain append: a line cut short by a kill is dropped at `--resume`).
@@ -35,7 +37,7 @@ fn append_line(path: &std::path::Path, v: &serde_json::Value) -> Result<()> {
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = PeftConfig::read(&args.config)?;
-    let dev = super::device()?;
+    let dev = args.device.open()?;
     let out = cfg.output_dir.clone();
     let metrics = out.join("metrics.jsonl");
     checkpoint::clean_stale(&out);

@@ -66,6 +66,8 @@ pub struct Args {
     /// keep the best weights (0: train every epoch, keep the last). --epochs is then the most.
     #[arg(long, default_value_t = 0)]
     patience: usize,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -85,7 +87,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     cfg.validate()?;
     let images = read_images(&args.data)?;
-    let dev = super::device()?;
+    let dev = args.device.open()?;
     let data = {
         let frozen = SentenceEmbedder::load(&args.model, &dev, None)
             .with_context(|| format!("cannot load model folder {}", args.model.display()))?;

@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
+/// The repository root (`LION_REPO_ROOT` when set: test binaries carried to another machine).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    lion_core::testing::repo_root(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 pub fn fixture(rel: &str) -> PathBuf {
