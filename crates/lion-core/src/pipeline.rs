@@ -53,7 +53,7 @@ pub struct Request {
 
 /// One answer: the decoded text, and for REC the box in pixels of the original image
 /// (`None` when the text holds no valid box: counted as a miss).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
     pub text: String,
     #[serde(rename = "box", skip_serializing_if = "Option::is_none")]
@@ -461,7 +461,8 @@ impl LionPipeline {
     /// answer's `text`. A piece ends before the last space decoded so far, so that
     /// detokenisation can still change the word being generated (T5's clean-up joins `dog 's` into
     /// `dog's`); the rest comes when the sequence ends. `on_text` returning `false` stops
-    /// generation; the answers are then cut where they stopped.
+    /// generation; the answers are then cut where they stopped, and requests of the other route
+    /// (generated as a second batch) not yet begun get empty answers.
     pub fn answer_streaming(
         &self,
         images: &[RgbImage],
@@ -471,11 +472,19 @@ impl LionPipeline {
     ) -> Result<Vec<Answer>> {
         let n = gen.num_return_sequences.max(1);
         let mut out: Vec<Vec<Answer>> = vec![Vec::new(); reqs.len()];
+        let mut stopped = false;
         for route in [Route::ImageLevel, Route::RegionLevel] {
             let idx: Vec<usize> = (0..reqs.len())
                 .filter(|&i| reqs[i].task.route() == route)
                 .collect();
             if idx.is_empty() {
+                continue;
+            }
+            if stopped {
+                // the callback stopped generation: the requests not begun get empty answers
+                for &i in &idx {
+                    out[i] = vec![Answer::default(); n];
+                }
                 continue;
             }
             let imgs: Vec<RgbImage> = idx.iter().map(|&i| images[i].clone()).collect();
@@ -501,6 +510,7 @@ impl LionPipeline {
                                 });
                             }
                         }
+                        stopped |= !go_on;
                         go_on
                     };
                     self.model

@@ -155,18 +155,18 @@ pub struct GenArgs {
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
     /// LION: 1.5.
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.5)]
     pub repetition_penalty: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub length_penalty: f32,
     #[arg(long, default_value_t = 1)]
     pub min_length: usize,
     /// Sample with this temperature instead of searching (0 = no sampling, LION's default;
     /// HF `do_sample=True`); takes one beam.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     pub temperature: f32,
     /// Nucleus sampling: keep the most likely tokens up to this probability mass (1 = all).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub top_p: f32,
     /// Sample among the k most likely tokens only.
     #[arg(long)]
