@@ -135,6 +135,16 @@ def main():
         c.equal(three.choices[0].message.content, a.choices[0].message.content,
                 "sample 0 of n=3 = the single sample")
         c.equal(three.usage.completion_tokens, 36, "usage sums the n samples")
+        # sampling streams word by word: several content deltas joining to the same text
+        streamed = list(client.chat.completions.create(
+            model="lion", messages=image_msg(url), max_tokens=12, temperature=1.0, top_p=0.95,
+            seed=7, stream=True, extra_body={"lion": {"min_new_tokens": 12}}))
+        pieces = [ch.choices[0].delta.content for ch in streamed
+                  if ch.choices and ch.choices[0].delta.content]
+        c.equal("".join(pieces), a.choices[0].message.content, "streamed sample = the sample")
+        spaces = a.choices[0].message.content.strip().count(" ")
+        c.check(len(pieces) >= min(spaces, 2) + 1,
+                f"{len(pieces)} content deltas for {spaces + 1} words: streamed as generated")
         s = client.chat.completions.create(model="lion", messages=image_msg(url), max_tokens=4,
                                            temperature=0.8)
         c.check(isinstance(s.model_extra["lion"]["seed"], int), "a fresh seed when none given")

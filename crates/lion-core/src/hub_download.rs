@@ -69,7 +69,8 @@ fn default_files(names: &[String]) -> Vec<String> {
                 || n.starts_with("onnx/")
                 || n.starts_with("openvino/");
             let pickled = [".bin", ".pt", ".pth"].iter().any(|x| n.ends_with(x));
-            !other_framework && !(has_safetensors && pickled)
+            let pickled_beside_safetensors = has_safetensors && pickled;
+            !(other_framework || pickled_beside_safetensors)
         })
         .cloned()
         .collect()
