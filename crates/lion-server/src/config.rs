@@ -66,10 +66,13 @@ impl Default for ConnectionConfig {
 pub struct ImageSources {
     /// `file://` URLs are read when they resolve (symlinks followed) to a file under this folder.
     pub file_root: Option<PathBuf>,
-    /// `http://` URLs are fetched (any host the client names: only for trusted clients), at
-    /// most the body limit in bytes and within `fetch_timeout`. `https://` is not supported.
+    /// `http://` URLs (and `https://`, built with the `https-images` feature) are fetched (any
+    /// host the client names: only for trusted clients), at most the body limit in bytes and
+    /// within `fetch_timeout`.
     pub allow_http: bool,
     pub fetch_timeout: Duration,
+    /// PEM certificates trusted for `https://` besides Mozilla's roots (`https-images` only).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ImageSources {
@@ -78,6 +81,7 @@ impl Default for ImageSources {
             file_root: None,
             allow_http: false,
             fetch_timeout: Duration::from_secs(10),
+            ca_file: None,
         }
     }
 }
@@ -192,6 +196,16 @@ impl ServerConfig {
         }
         if self.images.allow_http && self.images.fetch_timeout.is_zero() {
             return Err("image fetch timeout must be positive".into());
+        }
+        if let Some(ca) = &self.images.ca_file {
+            #[cfg(feature = "https-images")]
+            crate::image_url::tls::client_config(Some(ca))?;
+            #[cfg(not(feature = "https-images"))]
+            return Err(format!(
+                "--image-ca {}: this server has no TLS client (build with --features \
+                 https-images)",
+                ca.display()
+            ));
         }
         Ok(())
     }

@@ -1,11 +1,13 @@
 //! The bytes behind a chat API `image_url`: `data:` URLs (base64) always; `file://` under the
-//! configured root only; `http://` only when allowed, fetched with a plain HTTP/1.0 GET within
-//! a size and a time limit (no redirects). `https://` is refused: this build has no TLS client.
-//! The bytes are then checked and decoded like every other image (see [`crate::input`]).
+//! configured root only; `http://` (and, built with the `https-images` feature, `https://`:
+//! rustls, Mozilla's roots plus `--image-ca`) only when allowed, fetched with a plain HTTP/1.0
+//! GET within a size and a time limit (no redirects). Without the feature `https://` is refused
+//! naming it. The bytes are then checked and decoded like every other image (see
+//! [`crate::input`]).
 
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::ImageSources;
 use crate::error::{ApiError, ErrorType};
@@ -27,15 +29,22 @@ pub async fn load(url: &str, src: &ImageSources, max_bytes: usize) -> Result<Vec
         tokio::task::spawn_blocking(move || read_under(&root, Path::new(&path), max_bytes))
             .await
             .map_err(|e| ApiError::new(ErrorType::Backend, format!("file read failed: {e}")))?
-    } else if lower.starts_with("http://") {
+    } else if lower.starts_with("http://") || lower.starts_with("https://") {
+        let https = lower.starts_with("https://");
+        if https && !cfg!(feature = "https-images") {
+            return Err(ApiError::bad_request(
+                "image_url: https:// URLs need a server built with `--features https-images` \
+                 (this build has no TLS client); send the image as a data: URL",
+            ));
+        }
         if !src.allow_http {
             return Err(ApiError::bad_request(
-                "image_url: http:// URLs are off on this server (start it with \
+                "image_url: http(s):// URLs are off on this server (start it with \
                  --allow-http-images), send the image as a data: URL",
             ));
         }
         let limit = src.fetch_timeout;
-        tokio::time::timeout(limit, http_get(url, max_bytes))
+        tokio::time::timeout(limit, http_get(url, https, src, max_bytes))
             .await
             .map_err(|_| {
                 ApiError::new(
@@ -46,15 +55,10 @@ pub async fn load(url: &str, src: &ImageSources, max_bytes: usize) -> Result<Vec
                     ),
                 )
             })?
-    } else if lower.starts_with("https://") {
-        Err(ApiError::bad_request(
-            "image_url: https:// URLs are not supported (this server has no TLS client); \
-             send the image as a data: URL",
-        ))
     } else {
         let scheme = url.split(':').next().unwrap_or("");
         Err(ApiError::bad_request(format!(
-            "image_url: unsupported URL scheme {scheme:?} (data:, file://, http://)"
+            "image_url: unsupported URL scheme {scheme:?} (data:, file://, http://, https://)"
         )))
     }
 }
@@ -138,9 +142,13 @@ fn read_under(root: &Path, path: &Path, max_bytes: usize) -> Result<Vec<u8>, Api
     })
 }
 
-/// `http://host[:port]/path` -> (host, port, path).
-fn split_http_url(url: &str) -> Result<(String, u16, String), ApiError> {
-    let rest = &url["http://".len()..];
+/// `http(s)://host[:port]/path` -> (host, port, path); the port defaults to 80 (443 for https).
+fn split_http_url(url: &str, https: bool) -> Result<(String, u16, String), ApiError> {
+    let rest = &url[if https {
+        "https://".len()
+    } else {
+        "http://".len()
+    }..];
     let (authority, path) = match rest.find(['/', '?', '#']) {
         Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], &rest[i..]),
         Some(i) => (&rest[..i], "/"),
@@ -159,19 +167,47 @@ fn split_http_url(url: &str) -> Result<(String, u16, String), ApiError> {
                 .map_err(|_| ApiError::bad_request(format!("image_url: bad port in {url:?}")))?;
             (h, port)
         }
-        _ => (authority, 80),
+        _ => (authority, if https { 443 } else { 80 }),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     Ok((host.to_string(), port, path.to_string()))
 }
 
-/// A GET over a fresh connection: status 200 required, body at most `max_bytes`.
-async fn http_get(url: &str, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
-    let (host, port, path) = split_http_url(url)?;
+/// A GET over a fresh connection (TLS for https): status 200 required, body at most
+/// `max_bytes`.
+async fn http_get(
+    url: &str,
+    https: bool,
+    src: &ImageSources,
+    max_bytes: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let (host, port, path) = split_http_url(url, https)?;
     let fail = |what: String| ApiError::bad_request(format!("image_url: {url}: {what}"));
-    let mut conn = tokio::net::TcpStream::connect((host.as_str(), port))
+    let conn = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| fail(format!("cannot connect: {e}")))?;
+    if https {
+        #[cfg(feature = "https-images")]
+        {
+            let tls = tls::connect(conn, &host, src.ca_file.as_deref())
+                .await
+                .map_err(fail)?;
+            return exchange(tls, url, &host, &path, max_bytes).await;
+        }
+    }
+    let _ = src;
+    exchange(conn, url, &host, &path, max_bytes).await
+}
+
+/// Sends the GET on `conn` and reads the response to its end.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: S,
+    url: &str,
+    host: &str,
+    path: &str,
+    max_bytes: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let fail = |what: String| ApiError::bad_request(format!("image_url: {url}: {what}"));
     let req = format!(
         "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: lion-serve\r\nAccept: image/*\r\n\
          Connection: close\r\n\r\n"
@@ -183,11 +219,18 @@ async fn http_get(url: &str, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
     let cap = max_bytes + 64 * 1024;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
+    let mut unclean_close = false;
     loop {
-        let n = conn
-            .read(&mut chunk)
-            .await
-            .map_err(|e| fail(format!("read failed: {e}")))?;
+        let n = match conn.read(&mut chunk).await {
+            Ok(n) => n,
+            // a TLS peer that closes without close_notify: the body is checked against its
+            // Content-Length below, which must then be present
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                unclean_close = true;
+                0
+            }
+            Err(e) => return Err(fail(format!("read failed: {e}"))),
+        };
         if n == 0 {
             break;
         }
@@ -217,6 +260,7 @@ async fn http_get(url: &str, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
         };
         return Err(fail(format!("the server answered {status}{hint}")));
     }
+    let mut content_length = None;
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
             if k.trim().eq_ignore_ascii_case("transfer-encoding")
@@ -224,7 +268,29 @@ async fn http_get(url: &str, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
             {
                 return Err(fail(format!("unsupported transfer encoding {}", v.trim())));
             }
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                content_length = Some(
+                    v.trim()
+                        .parse::<usize>()
+                        .map_err(|_| fail(format!("bad Content-Length {:?}", v.trim())))?,
+                );
+            }
         }
+    }
+    match content_length {
+        Some(n) if n != body.len() && n <= max_bytes => {
+            return Err(fail(format!(
+                "the body has {} bytes, its Content-Length says {n} (cut short?)",
+                body.len()
+            )));
+        }
+        None if unclean_close => {
+            return Err(fail(
+                "the connection was cut (no TLS close_notify) and there is no Content-Length"
+                    .into(),
+            ));
+        }
+        _ => {}
     }
     if body.len() > max_bytes {
         return Err(ApiError::too_large(format!(
@@ -233,6 +299,62 @@ async fn http_get(url: &str, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
         )));
     }
     Ok(body)
+}
+
+/// TLS for `https://` image URLs: rustls on ring, Mozilla's root certificates (compiled in)
+/// plus the PEM certificates of `--image-ca`.
+#[cfg(feature = "https-images")]
+pub mod tls {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+
+    /// The client configuration: Mozilla's roots, plus every certificate of `ca_file`. Errors
+    /// name the file and what is wrong with it (checked at server start as well).
+    pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, String> {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = ca_file {
+            let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("--image-ca {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "--image-ca {}: no PEM certificate in the file",
+                    path.display()
+                ));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("--image-ca {}: {e}", path.display()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS set-up failed: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
+
+    /// The TLS handshake with `host` (a name or an IP address) over `conn`.
+    pub async fn connect(
+        conn: tokio::net::TcpStream,
+        host: &str,
+        ca_file: Option<&Path>,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let config = client_config(ca_file)?;
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|_| format!("{host:?} is not a valid TLS server name"))?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, conn)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))
+    }
 }
 
 #[cfg(test)]
@@ -245,6 +367,7 @@ mod tests {
             file_root: root,
             allow_http: http,
             fetch_timeout: Duration::from_millis(2000),
+            ca_file: None,
         }
     }
 
@@ -267,7 +390,14 @@ mod tests {
             ("data:image/png,%00", "only base64"),
             ("file:///etc/passwd", "--image-root"),
             ("http://127.0.0.1:1/x.png", "--allow-http-images"),
-            ("https://example.com/x.png", "no TLS"),
+            (
+                "https://example.com/x.png",
+                if cfg!(feature = "https-images") {
+                    "--allow-http-images"
+                } else {
+                    "--features https-images"
+                },
+            ),
             ("ftp://example.com/x.png", "unsupported URL scheme"),
         ] {
             let e = block(load(url, &off, 100)).unwrap_err();
@@ -358,18 +488,98 @@ mod tests {
     #[test]
     fn http_urls_split_into_host_port_path() {
         assert_eq!(
-            split_http_url("http://h:81/a/b.png?q#f").unwrap(),
+            split_http_url("http://h:81/a/b.png?q#f", false).unwrap(),
             ("h".into(), 81, "/a/b.png?q".into())
         );
         assert_eq!(
-            split_http_url("http://h").unwrap(),
+            split_http_url("http://h", false).unwrap(),
             ("h".into(), 80, "/".into())
         );
         assert_eq!(
-            split_http_url("http://[::1]:8080/x").unwrap(),
+            split_http_url("http://[::1]:8080/x", false).unwrap(),
             ("::1".into(), 8080, "/x".into())
         );
-        assert!(split_http_url("http://user@h/x").is_err());
-        assert!(split_http_url("http://h:port/x").is_err());
+        assert!(split_http_url("http://user@h/x", false).is_err());
+        assert!(split_http_url("http://h:port/x", false).is_err());
+        assert_eq!(
+            split_http_url("https://h/x.png", true).unwrap(),
+            ("h".into(), 443, "/x.png".into())
+        );
+    }
+
+    /// A Content-Length the body does not reach: refused as cut short.
+    #[test]
+    fn a_body_shorter_than_its_content_length_is_refused() {
+        let src = sources(None, true);
+        let port = serve_once(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nIMAGE".to_vec(),
+            Duration::ZERO,
+        );
+        let e = block(load(&format!("http://127.0.0.1:{port}/"), &src, 100)).unwrap_err();
+        assert!(e.error.contains("cut short"), "{e}");
+    }
+
+    /// `https://` for real: a TLS server on loopback with the test certificate
+    /// (scripts/make-test-cert.sh), trusted through `ca_file`; without it the handshake fails
+    /// (Mozilla's roots do not hold it), naming the reason.
+    #[cfg(feature = "https-images")]
+    #[test]
+    fn https_fetch_checks_the_certificate() {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls::{self, ServerConfig};
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+        let cert = CertificateDer::from_pem_file(dir.join("cert.pem")).unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        rt.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 1024];
+                    let _ = tls.read(&mut buf).await;
+                    let _ = tls
+                        .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nIMAGE")
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        let url = format!("https://127.0.0.1:{port}/cat.png");
+        let trusted = ImageSources {
+            ca_file: Some(dir.join("cert.pem")),
+            ..sources(None, true)
+        };
+        assert_eq!(rt.block_on(load(&url, &trusted, 100)).unwrap(), b"IMAGE");
+        let e = rt
+            .block_on(load(&url, &sources(None, true), 100))
+            .unwrap_err();
+        assert!(e.error.contains("TLS handshake failed"), "{e}");
+        // a CA file without certificates is named
+        let empty = dir.join("key.pem");
+        let e = tls::client_config(Some(&empty)).unwrap_err();
+        assert!(e.contains("key.pem"), "{e}");
     }
 }

@@ -91,12 +91,17 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     image_root: Option<PathBuf>,
     /// Chat API: fetch `http://` image URLs (any host a client names: trusted clients only;
-    /// `https://` is not supported), within --max-body-bytes and --image-fetch-timeout-ms.
+    /// `https://` too in a build with `--features https-images`), within --max-body-bytes and
+    /// --image-fetch-timeout-ms.
     #[arg(long)]
     allow_http_images: bool,
-    /// Chat API: longest an `http://` image fetch may take, in milliseconds.
+    /// Chat API: longest an `http(s)://` image fetch may take, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     image_fetch_timeout_ms: u64,
+    /// Chat API: PEM certificates to trust for `https://` image URLs besides Mozilla's roots
+    /// (`https-images` builds).
+    #[arg(long, value_name = "FILE")]
+    image_ca: Option<PathBuf>,
 }
 
 impl Args {
@@ -129,6 +134,7 @@ impl Args {
                 file_root: self.image_root.clone(),
                 allow_http: self.allow_http_images,
                 fetch_timeout: Duration::from_millis(self.image_fetch_timeout_ms),
+                ca_file: self.image_ca.clone(),
             },
         }
     }
