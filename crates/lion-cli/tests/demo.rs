@@ -4,14 +4,11 @@
 //! seed redoes every stage and gives the same table as a fresh run with that seed; a rerun with
 //! the same settings reuses every stage.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use lion_core::testing::repo_root as root;
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// Runs the toy demo (with `extra` flags); returns (stdout, stderr).
 fn demo(out: &Path, seed: u64, extra: &[&str]) -> (String, String) {

@@ -10,19 +10,9 @@ use candle_nn::VarMap;
 use lion_core::lion::LionModel;
 use lion_core::presets::preset;
 use lion_core::prompt::PromptKind;
+use lion_core::testing::{minilm_tokenizer, repo_root as root};
 use lion_core::weights::WeightLoader;
 use serde_json::{json, Value};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn minilm_tokenizer() -> String {
-    root()
-        .join("models/all-MiniLM-L6-v2/tokenizer.json")
-        .display()
-        .to_string()
-}
 
 fn lion(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lion"))

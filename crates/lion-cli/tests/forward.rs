@@ -2,13 +2,9 @@
 //! holds every intermediate tensor with the documented names and shapes; bad input is an error
 //! and leaves no file.
 
+use lion_core::testing::repo_root as root;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Command;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn lion(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lion"))

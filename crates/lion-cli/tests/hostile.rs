@@ -10,25 +10,11 @@ use std::process::{Command, Output};
 use candle_core::{DType, Device, Tensor};
 use lion_core::presets::preset;
 use lion_core::prompt::PromptKind;
+use lion_core::testing::{fixture, minilm_tokenizer, repo_root as root};
 use serde_json::{json, Value};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fixture(rel: &str) -> PathBuf {
-    root().join("tests/fixtures").join(rel)
-}
 
 fn photo() -> String {
     fixture("vision/images/rocket.png").display().to_string()
-}
-
-fn minilm_tokenizer() -> String {
-    root()
-        .join("models/all-MiniLM-L6-v2/tokenizer.json")
-        .display()
-        .to_string()
 }
 
 /// Runs `lion ARGS` with at most `vm_kib` of virtual memory (a slurp or a big allocation then

@@ -2,7 +2,7 @@
 //! preset, request files with bad lines, and model folders whose checkpoint does not fit.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
@@ -10,24 +10,14 @@ use candle_nn::VarMap;
 use lion_core::lion::LionModel;
 use lion_core::presets::preset;
 use lion_core::prompt::PromptKind;
+use lion_core::testing::{minilm_tokenizer, repo_root as root};
 use lion_core::weights::WeightLoader;
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn photo(name: &str) -> String {
     root()
         .join("tests/fixtures/vision/images")
         .join(name)
-        .display()
-        .to_string()
-}
-
-fn minilm_tokenizer() -> String {
-    root()
-        .join("models/all-MiniLM-L6-v2/tokenizer.json")
         .display()
         .to_string()
 }

@@ -8,30 +8,13 @@ mod http;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::Part;
+use lion_core::testing::minilm_dir;
 use serde_json::{json, Value};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The all-MiniLM-L6-v2 folder: `LION_MINILM_DIR`, else `models/all-MiniLM-L6-v2`.
-fn minilm_dir() -> PathBuf {
-    let dir = std::env::var_os("LION_MINILM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models/all-MiniLM-L6-v2"));
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "all-MiniLM-L6-v2 not found in {}: run scripts/get-minilm.sh (the test command does)",
-        dir.display()
-    );
-    dir
-}
 
 /// A running `lion serve`; killed on drop if the test did not stop it.
 struct Serve {

@@ -13,14 +13,11 @@ use lion_core::lion::LionModel;
 use lion_core::presets::preset;
 use lion_core::prompt::PromptKind;
 use lion_core::tagger::{Ram, RamConfig};
+use lion_core::testing::repo_root as root;
 use lion_core::weights::WeightLoader;
 use serde_json::{json, Value};
 
 const MINILM_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn s(p: &Path) -> String {
     p.display().to_string()

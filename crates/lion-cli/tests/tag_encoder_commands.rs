@@ -1,26 +1,11 @@
 //! `lion select-captions` and `lion train-tag-encoder` end to end on a tiny synthetic dataset
 //! (12 images, 5 captions each, random tags) with the real all-MiniLM-L6-v2.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use lion_core::testing::minilm_dir;
 use serde_json::Value;
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn minilm_dir() -> PathBuf {
-    let dir = std::env::var_os("LION_MINILM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models/all-MiniLM-L6-v2"));
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "all-MiniLM-L6-v2 not found in {}: run scripts/get-minilm.sh",
-        dir.display()
-    );
-    dir
-}
 
 fn lion(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lion"))

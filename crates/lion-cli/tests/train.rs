@@ -8,15 +8,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
+use lion_core::testing::repo_root;
 use lion_train::checkpoint;
 use lion_train::peft::{PeftConfig, PeftTrainer};
 
 fn lion() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lion"))
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn world(dir: &Path) -> PathBuf {

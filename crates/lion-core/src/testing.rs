@@ -69,12 +69,38 @@ pub fn device() -> candle_core::Device {
 }
 
 /// The repository root of the tests' fixtures: `LION_REPO_ROOT` when set (test binaries carried
-/// to another machine, scripts/gpu-check.sh), else `compiled_root` (the tests pass their
-/// `CARGO_MANIFEST_DIR/../..`).
-pub fn repo_root(compiled_root: &str) -> std::path::PathBuf {
+/// to another machine, scripts/gpu-check.sh), else the checkout this crate was compiled in (one
+/// workspace: the same root for every crate's tests).
+pub fn repo_root() -> std::path::PathBuf {
     std::env::var_os("LION_REPO_ROOT")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(compiled_root))
+        .unwrap_or_else(|| {
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).to_path_buf()
+        })
+}
+
+/// A file or folder under the repository's `tests/fixtures/`.
+pub fn fixture(rel: &str) -> std::path::PathBuf {
+    repo_root().join("tests/fixtures").join(rel)
+}
+
+/// The all-MiniLM-L6-v2 folder: `LION_MINILM_DIR`, else `models/all-MiniLM-L6-v2` of the
+/// repository. Panics (this is for tests) saying how to get it when it is not there.
+pub fn minilm_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("LION_MINILM_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("models/all-MiniLM-L6-v2"));
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "all-MiniLM-L6-v2 not found in {}: run scripts/get-minilm.sh (the test command does)",
+        dir.display()
+    );
+    dir
+}
+
+/// all-MiniLM-L6-v2's `tokenizer.json` (the Q-Former tokenizer of the tests), as a flag value.
+pub fn minilm_tokenizer() -> String {
+    minilm_dir().join("tokenizer.json").display().to_string()
 }
 
 /// Largest absolute difference between two tensors of the same shape.

@@ -1,15 +1,13 @@
 //! BERT parity with `transformers.BertModel` (fixtures by scripts/fixtures_bert.py), weight
 //! loading from safetensors and .pth, key reports, bad files, and gradients.
 
-mod common;
-
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use common::fixture;
 use lion_core::bert::{BertConfig, BertModel};
 use lion_core::sentence::load_bert;
+use lion_core::testing::fixture;
 use lion_core::testing::{check_all_vars_get_grad, max_abs_diff};
 use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
 use lion_core::Error;

@@ -6,13 +6,11 @@
 //! exactness test is skipped with a printed reason, unless `LION_REQUIRE_TURBOJPEG` is set (as
 //! scripts/test.sh, and so CI, does): then it fails.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::fixture;
 use image::RgbImage;
 use lion_core::preprocess::{decode_image, decode_image_pure_rust, load_image};
+use lion_core::testing::fixture;
 use lion_core::testing::turbojpeg_or_skip;
 
 #[derive(serde::Deserialize)]

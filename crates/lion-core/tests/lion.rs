@@ -6,19 +6,17 @@
 //! The only change from `preset("tiny")` is the Q-Former vocabulary (1000 instead of 30523), to
 //! keep the checkpoint fixture small; the script builds the same.
 
-mod common;
-
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use candle_nn::VarMap;
-use common::fixture;
 use lion_core::adapter::Route;
 use lion_core::lion::{LionBatch, LionConfig, LionModel};
 use lion_core::pipeline::LionPipeline;
 use lion_core::presets::preset;
 use lion_core::prompt::{PromptKind, PromptTemplates};
 use lion_core::sentence::TokenBatch;
+use lion_core::testing::fixture;
 use lion_core::testing::{check_vars_get_grad, max_abs_diff};
 use lion_core::text::{Encoded, T5Tokenizer};
 use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
@@ -102,7 +100,7 @@ fn unfiltered_upstream_state_dict_loads_strictly_from_a_model_folder() {
             "config": config(PromptKind::Static),
             "weights": [{"file": weights}],
             "t5_tokenizer": fixture("lion/tokenizer.json"),
-            "qformer_tokenizer": common::minilm_dir().join("tokenizer.json"),
+            "qformer_tokenizer": lion_core::testing::minilm_dir().join("tokenizer.json"),
         });
         std::fs::write(dir.path().join("lion.json"), manifest.to_string()).unwrap();
     };
@@ -402,7 +400,7 @@ fn every_trainable_lion_variable_gets_a_gradient() {
 fn random_pipeline() -> LionPipeline {
     use lion_core::pipeline::PipelineSources;
     let t5 = fixture("lion/tokenizer.json");
-    let q = common::minilm_dir().join("tokenizer.json");
+    let q = lion_core::testing::minilm_dir().join("tokenizer.json");
     LionPipeline::new(
         PipelineSources {
             config: preset("tiny", Some(PromptKind::Static)).unwrap(),

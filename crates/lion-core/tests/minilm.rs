@@ -1,19 +1,17 @@
 //! The real all-MiniLM-L6-v2 against sentence-transformers' embeddings of the same sentences
 //! (scripts/fixtures_bert.py).
 
-mod common;
-
 use candle_core::Device;
 use lion_core::sentence::SentenceEmbedder;
 
 #[test]
 fn minilm_matches_sentence_transformers() {
     let sentences: Vec<String> = serde_json::from_str(
-        &std::fs::read_to_string(common::fixture("minilm/sentences.json")).unwrap(),
+        &std::fs::read_to_string(lion_core::testing::fixture("minilm/sentences.json")).unwrap(),
     )
     .unwrap();
     let reference = candle_core::safetensors::load(
-        common::fixture("minilm/embeddings.safetensors"),
+        lion_core::testing::fixture("minilm/embeddings.safetensors"),
         &Device::Cpu,
     )
     .unwrap()["embeddings"]
@@ -21,7 +19,8 @@ fn minilm_matches_sentence_transformers() {
         .unwrap();
     assert!(sentences.len() >= 20);
     assert_eq!(sentences.len(), reference.len());
-    let model = SentenceEmbedder::load(common::minilm_dir(), &Device::Cpu, None).unwrap();
+    let model =
+        SentenceEmbedder::load(lion_core::testing::minilm_dir(), &Device::Cpu, None).unwrap();
     let refs: Vec<&str> = sentences.iter().map(|s| s.as_str()).collect();
     // batch of 7 so that batches mix very different lengths (padding must not change results)
     let ours = model.embed(&refs, 7).unwrap();
@@ -46,7 +45,7 @@ fn minilm_matches_sentence_transformers() {
 #[test]
 fn tag_cache_returns_the_encoders_embeddings_once_per_text() {
     use lion_core::pipeline::TagCache;
-    let enc = SentenceEmbedder::load(common::minilm_dir(), &Device::Cpu, None).unwrap();
+    let enc = SentenceEmbedder::load(lion_core::testing::minilm_dir(), &Device::Cpu, None).unwrap();
     let cache = TagCache::default();
     let s = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let first = cache

@@ -2,16 +2,14 @@
 //! sample photos; references by scripts/fixtures_vision.py), the box-aware train transform, and
 //! image loading of awkward files.
 
-mod common;
-
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use common::fixture;
 use image::RgbImage;
 use lion_core::preprocess::{
     crop, decode_image, hflip, load_image, resize, Filter, ImageTransform, Rng, TrainTransform,
 };
+use lion_core::testing::fixture;
 use lion_core::testing::max_abs_diff;
 
 fn vision(rel: &str) -> std::path::PathBuf {

@@ -2,19 +2,17 @@
 //! keys (the `vision_multi` rename, ignored Tag2Text parts, the tied-head fallback), recomputed
 //! Swin buffers, tag selection and formatting, batched file tagging with a broken image, gradients.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use common::fixture;
 use lion_core::swin::{relative_position_index, shifted_window_mask};
 use lion_core::tagger::{
     format_tags, format_tags_with_scores, load_image, select_tags, Ram, RamConfig, TagOrder,
     TagSelection, TagVocab, Tagger, IMAGENET_MEAN, IMAGENET_STD, RAM_IGNORED_KEYS,
 };
+use lion_core::testing::fixture;
 use lion_core::testing::{check_all_vars_get_grad, max_abs_diff};
 use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
 use lion_core::Error;

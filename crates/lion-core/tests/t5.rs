@@ -2,16 +2,14 @@
 //! reference of LION's adapters (fixtures by scripts/fixtures_t5.py), KV-cache decoding, greedy and
 //! beam search token ids against `transformers` `generate`, gradients with a frozen backbone.
 
-mod common;
-
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use common::fixture;
 use lion_core::adapter::{AdapterConfig, AdapterRouter, Route};
 use lion_core::generate::{generate, EarlyStopping, GenerationConfig, Sampling};
 use lion_core::t5::{relative_position_bucket, T5Config, T5ForConditionalGeneration, T5Input};
+use lion_core::testing::fixture;
 use lion_core::testing::{check_all_vars_get_grad, max_abs_diff};
 use lion_core::weights::{Checkpoint, LoadMode, LoadReport, WeightLoader};
 

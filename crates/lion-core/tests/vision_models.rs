@@ -3,18 +3,16 @@
 //! Qformer.py for the Q-Former, transformers.BertLayer for the aggregator), key names, frozen
 //! weights, and gradients.
 
-mod common;
-
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use common::fixture;
 use lion_core::aggregator::{AggregatorConfig, VisionAggregator};
 use lion_core::bert::BertConfig;
 use lion_core::eva_vit::{interpolate_pos_embed, EvaVit, EvaVitConfig};
 use lion_core::ops::Activation;
 use lion_core::qformer::{QFormer, QFormerConfig};
+use lion_core::testing::fixture;
 use lion_core::testing::{check_all_vars_get_grad, max_abs_diff};
 use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
 

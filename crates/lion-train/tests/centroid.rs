@@ -1,7 +1,5 @@
 //! Centroid caption selection with the real all-MiniLM-L6-v2.
 
-mod common;
-
 use candle_core::Device;
 use lion_core::sentence::{nearest_to_centroid, SentenceEmbedder};
 use lion_train::centroid::select_captions;
@@ -18,7 +16,8 @@ fn image(id: usize, captions: &[&str]) -> ImageRecord {
 
 #[test]
 fn picks_the_centroid_caption_whatever_the_batching() {
-    let model = SentenceEmbedder::load(common::minilm_dir(), &Device::Cpu, None).unwrap();
+    let model =
+        SentenceEmbedder::load(lion_core::testing::minilm_dir(), &Device::Cpu, None).unwrap();
     let images = vec![
         image(
             0,

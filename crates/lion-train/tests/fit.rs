@@ -1,10 +1,8 @@
 //! `TripletTrainer::fit` at the tiny config: outputs, determinism from the seed, and a
 //! non-finite loss stopping the run with a clear message.
 
-mod common;
-
 use candle_core::{Device, Tensor};
-use common::fixture;
+use lion_core::testing::fixture;
 use lion_train::tag_encoder::TagEncoder;
 use lion_train::triplet_trainer::{
     split, EpochMetrics, TrainEvent, TrainOutputs, TripletConfig, TripletData, TripletTrainer,

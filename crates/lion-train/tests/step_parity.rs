@@ -5,13 +5,11 @@
 //! loss and every trainable gradient of each step, and the parameters after the last step, match
 //! to <= 1e-4 relative (per tensor: max abs error / max abs reference value).
 
-mod common;
-
 use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
-use common::fixture;
 use lion_core::adapter::Route;
 use lion_core::t5::{T5Config, T5ForConditionalGeneration, T5Input};
+use lion_core::testing::fixture;
 use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
 use lion_train::peft::{accumulate, clip_global_norm, GroupedAdamW};
 use lion_train::schedule::Schedule;

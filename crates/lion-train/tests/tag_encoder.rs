@@ -2,12 +2,10 @@
 //! all-MiniLM-L6-v2), the unused pooler is frozen, and a saved folder loads back as a
 //! `SentenceEmbedder` that computes what the trained encoder computes.
 
-mod common;
-
 use candle_core::{Device, Tensor};
-use common::{fixture, minilm_dir};
 use lion_core::sentence::SentenceEmbedder;
 use lion_core::testing::{check_all_vars_get_grad, max_abs_diff};
+use lion_core::testing::{fixture, minilm_dir};
 use lion_core::weights::Checkpoint;
 use lion_train::tag_encoder::TagEncoder;
 use lion_train::triplet_trainer::{TripletConfig, TripletData, TripletTrainer};

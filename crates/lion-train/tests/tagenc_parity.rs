@@ -5,12 +5,10 @@
 //! Dropout is off on both sides (PyTorch: `model.eval()` with gradients; here:
 //! `TripletConfig::dropout = false`), so the steps are deterministic.
 
-mod common;
-
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use common::fixture;
+use lion_core::testing::fixture;
 use lion_core::testing::max_abs_diff;
 use lion_train::tag_encoder::TagEncoder;
 use lion_train::triplet::TripletMarginLoss;

@@ -2,14 +2,12 @@
 //! gradients reaching every variable, a short training run on a tiny world whose folder loads as
 //! a tagger, determinism, and clear errors for broken worlds.
 
-mod common;
-
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use common::fixture;
 use lion_core::tagger::Ram;
+use lion_core::testing::fixture;
 use lion_train::asymmetric_loss::AsymmetricLoss;
 use lion_train::tagger_trainer::{
     best_global_threshold, load_trained_tagger, micro_prf, train_tagger, tune_class_thresholds,
