@@ -34,6 +34,17 @@ pub enum TaskKind {
     Tags,
 }
 
+impl From<lion_core::Task> for TaskKind {
+    /// The route of a LION task (REC is `/v1/ground`).
+    fn from(t: lion_core::Task) -> Self {
+        match t {
+            lion_core::Task::Caption => TaskKind::Caption,
+            lion_core::Task::Vqa => TaskKind::Vqa,
+            lion_core::Task::Rec => TaskKind::Ground,
+        }
+    }
+}
+
 impl TaskKind {
     pub const ALL: [TaskKind; 5] = [
         TaskKind::Embed,

@@ -19,6 +19,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use lion_core::Task;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -84,32 +85,16 @@ pub async fn method_not_allowed(req: Request) -> OpenAiError {
     ))
 }
 
-/// The task of a chat request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChatTask {
-    Caption,
-    Vqa,
-    Ground,
-}
-
-impl ChatTask {
-    fn parse(s: &str) -> Result<Self, ApiError> {
-        match s {
-            "caption" => Ok(Self::Caption),
-            "vqa" => Ok(Self::Vqa),
-            "ground" => Ok(Self::Ground),
-            other => Err(ApiError::validation(format!(
+/// The task `lion.task` names: the server's route names (`caption`, `vqa`, `ground`) or
+/// LION's (`rec` for grounding).
+fn parse_chat_task(s: &str) -> Result<Task, ApiError> {
+    match s {
+        "ground" => Ok(Task::Rec),
+        other => other.parse().map_err(|_| {
+            ApiError::validation(format!(
                 "field `lion.task`: expected caption, vqa or ground, got {other:?}"
-            ))),
-        }
-    }
-
-    fn kind(self) -> TaskKind {
-        match self {
-            Self::Caption => TaskKind::Caption,
-            Self::Vqa => TaskKind::Vqa,
-            Self::Ground => TaskKind::Ground,
-        }
+            ))
+        }),
     }
 }
 
@@ -135,7 +120,7 @@ const GROUND_PREFIXES: [&str; 14] = [
 /// a grounding phrase ("where is", "locate", "find", "bounding box of", "ground:" ...) at the
 /// start -> grounding of the rest; "bounding box" anywhere -> grounding of the text after it;
 /// else a question mark -> VQA of the whole text; else (also no text) -> caption.
-pub fn infer_task(text: &str) -> (ChatTask, String) {
+pub fn infer_task(text: &str) -> (Task, String) {
     let t = text.trim();
     // ASCII lower case keeps byte offsets
     let lower = t.to_ascii_lowercase();
@@ -150,7 +135,7 @@ pub fn infer_task(text: &str) -> (ChatTask, String) {
             .next()
             .is_none_or(|c| !c.is_alphanumeric());
         if lower.starts_with(p) && boundary {
-            return (ChatTask::Ground, clean(&t[p.len()..]));
+            return (Task::Rec, clean(&t[p.len()..]));
         }
     }
     if let Some(i) = lower.find("bounding box") {
@@ -161,12 +146,12 @@ pub fn infer_task(text: &str) -> (ChatTask, String) {
                 break;
             }
         }
-        return (ChatTask::Ground, clean(rest));
+        return (Task::Rec, clean(rest));
     }
     if t.contains('?') {
-        (ChatTask::Vqa, t.to_string())
+        (Task::Vqa, t.to_string())
     } else {
-        (ChatTask::Caption, String::new())
+        (Task::Caption, String::new())
     }
 }
 
@@ -426,18 +411,18 @@ async fn chat_inner(s: &Shared, req: Request) -> Result<Response, ApiError> {
     let body: ChatBody = input::typed(map)?;
     let (url, text) = read_messages(&body.messages)?;
     let (task, text) = match &body.lion.task {
-        Some(t) => (ChatTask::parse(t)?, text.trim().to_string()),
+        Some(t) => (parse_chat_task(t)?, text.trim().to_string()),
         None => infer_task(&text),
     };
-    let kind = task.kind();
+    let kind = TaskKind::from(task);
     let options = input::generation_options(kind, &body, &s.cfg.limits)?;
     let tags = input::check_tags(body.lion.tags.clone(), &s.cfg.limits)?;
     let limits = &s.cfg.limits;
     let text = match task {
-        ChatTask::Caption if text.is_empty() => None,
-        ChatTask::Caption => input::check_text("prompt", Some(text), false, limits)?,
-        ChatTask::Vqa => input::check_text("question", Some(text), true, limits)?,
-        ChatTask::Ground => input::check_text("expression", Some(text), true, limits)?,
+        Task::Caption if text.is_empty() => None,
+        Task::Caption => input::check_text("prompt", Some(text), false, limits)?,
+        Task::Vqa => input::check_text("question", Some(text), true, limits)?,
+        Task::Rec => input::check_text("expression", Some(text), true, limits)?,
     };
     let encoded = crate::image_url::load(&url, &s.cfg.images, limits.max_body_bytes).await?;
     let crate::http::Decoded { image, hold } = decode(s, encoded).await?;
@@ -455,7 +440,7 @@ async fn chat_inner(s: &Shared, req: Request) -> Result<Response, ApiError> {
     let work = async move {
         let s = &shared;
         Ok::<_, ApiError>(match task {
-            ChatTask::Caption => {
+            Task::Caption => {
                 let req = CaptionRequest {
                     image,
                     prompt: text,
@@ -471,7 +456,7 @@ async fn chat_inner(s: &Shared, req: Request) -> Result<Response, ApiError> {
                     .await?;
                 Generated::new(r.caption, r.info, None)
             }
-            ChatTask::Vqa => {
+            Task::Vqa => {
                 let req = VqaRequest {
                     image,
                     question: text.unwrap_or_default(),
@@ -484,7 +469,7 @@ async fn chat_inner(s: &Shared, req: Request) -> Result<Response, ApiError> {
                     .await?;
                 Generated::new(r.answer, r.info, None)
             }
-            ChatTask::Ground => {
+            Task::Rec => {
                 let req = GroundRequest {
                     image,
                     expression: text.unwrap_or_default(),
@@ -744,34 +729,53 @@ impl Chunks {
 mod tests {
     use super::*;
 
+    /// `lion.task` takes the route names and LION's; the route of each is the server's.
+    #[test]
+    fn explicit_tasks_name_lions_task() {
+        for (name, task, kind) in [
+            ("caption", Task::Caption, TaskKind::Caption),
+            ("vqa", Task::Vqa, TaskKind::Vqa),
+            ("ground", Task::Rec, TaskKind::Ground),
+            ("rec", Task::Rec, TaskKind::Ground),
+        ] {
+            let t = parse_chat_task(name).unwrap();
+            assert_eq!((t, TaskKind::from(t)), (task, kind), "{name}");
+        }
+        let e = parse_chat_task("tags").unwrap_err();
+        assert!(
+            e.error.contains("lion.task") && e.error.contains("\"tags\""),
+            "{e}"
+        );
+    }
+
     #[test]
     fn tasks_are_inferred_from_the_message() {
         for (text, task, rest) in [
-            ("", ChatTask::Caption, ""),
-            ("Describe the picture.", ChatTask::Caption, ""),
+            ("", Task::Caption, ""),
+            ("Describe the picture.", Task::Caption, ""),
             (
                 "What colour is the car?",
-                ChatTask::Vqa,
+                Task::Vqa,
                 "What colour is the car?",
             ),
-            ("Where is the red car?", ChatTask::Ground, "the red car"),
-            ("where's the dog", ChatTask::Ground, "the dog"),
+            ("Where is the red car?", Task::Rec, "the red car"),
+            ("where's the dog", Task::Rec, "the dog"),
             (
                 "Locate: the man on the left.",
-                ChatTask::Ground,
+                Task::Rec,
                 "the man on the left",
             ),
-            ("ground: left cup", ChatTask::Ground, "left cup"),
-            ("find the blue ball", ChatTask::Ground, "the blue ball"),
+            ("ground: left cup", Task::Rec, "left cup"),
+            ("find the blue ball", Task::Rec, "the blue ball"),
             (
                 "Give me the bounding box of the tall tree",
-                ChatTask::Ground,
+                Task::Rec,
                 "the tall tree",
             ),
-            ("Bounding box for: zebra?", ChatTask::Ground, "zebra"),
+            ("Bounding box for: zebra?", Task::Rec, "zebra"),
             // a word that merely starts like a trigger is not one
-            ("Findings? none", ChatTask::Vqa, "Findings? none"),
-            ("groundhog", ChatTask::Caption, ""),
+            ("Findings? none", Task::Vqa, "Findings? none"),
+            ("groundhog", Task::Caption, ""),
         ] {
             assert_eq!(infer_task(text), (task, rest.to_string()), "{text:?}");
         }
