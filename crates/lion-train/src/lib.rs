@@ -5,7 +5,8 @@
 //! - [`triplet_trainer`]: triplet fine-tuning of the [`tag_encoder`] towards the chosen captions'
 //!   embeddings, with [`triplet::TripletMarginLoss`] and AdamW; metrics as JSONL, curves as PNG
 //!   ([`plot`]).
-//! - [`optim`]: AdamW updating variables in place in one pass; [`bench`]: `lion bench`.
+//! - [`optim`]: AdamW updating variables in place in one pass (`lion bench` is the `lion-bench`
+//!   crate).
 //! - [`peft`]: PEFT training of LION (`lion train`) with [`schedule`] and [`checkpoint`];
 //!   [`augment`]: a sample's augmented image and the text that agrees with it.
 //! - [`tagger_trainer`]: training the tiny RAM-architecture tagger on a ShapesWorld with RAM's
@@ -18,7 +19,6 @@
 
 pub mod asymmetric_loss;
 pub mod augment;
-pub mod bench;
 pub mod bootstrap;
 pub mod centroid;
 pub mod checkpoint;

@@ -1,11 +1,11 @@
-//! `lion bench`: per-stage timing with random weights (see `lion_train::bench`), and the files
+//! `lion bench`: per-stage timing with random weights (the `lion-bench` crate), and the files
 //! `scripts/bench_torch.py` reads to run the same workloads in PyTorch.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use lion_train::bench::{self, BenchSetup};
+use lion_bench::{self as bench, BenchSetup};
 
 #[derive(ClapArgs)]
 pub struct Args {
