@@ -36,6 +36,11 @@ use candle_nn::{Init, VarBuilder, VarMap};
 
 use crate::{Error, Result};
 
+mod checkpoint;
+mod init;
+
+pub use checkpoint::*;
+use init::*;
 /// The one key-rename table: `(stored, canonical)` substitutions applied to every key read from
 /// a checkpoint file, in order. Canonical names are the upstream names our modules use.
 ///
@@ -107,224 +112,6 @@ pub fn canonical_key(stored: &str) -> String {
         }
     }
     key
-}
-
-enum Store {
-    Safetensors(candle_core::safetensors::MmapedSafetensors),
-    Pth(candle_core::pickle::PthTensors),
-    Memory(HashMap<String, Tensor>),
-}
-
-/// One checkpoint file (or an in-memory tensor map), with keys in canonical form.
-pub struct Checkpoint {
-    name: String,
-    store: Store,
-    /// canonical key -> (stored key, shape)
-    keys: BTreeMap<String, (String, Shape)>,
-}
-
-impl fmt::Debug for Checkpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Checkpoint")
-            .field("name", &self.name)
-            .field("tensors", &self.keys.len())
-            .finish()
-    }
-}
-
-/// What a file's first bytes say it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileFormat {
-    Safetensors,
-    /// `torch.save` zip archive (PyTorch >= 1.6).
-    PthZip,
-    /// Old `torch.save` pickle stream, not a zip archive.
-    PthLegacy,
-}
-
-/// Sniffs the format of a weight file from its first bytes.
-pub fn sniff_format(path: &Path) -> Result<FileFormat> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    if len == 0 {
-        return Err(Error::format(path, "file is empty (0 bytes)"));
-    }
-    let mut head = [0u8; 9];
-    let n = f.read(&mut head).map_err(|e| Error::io(path, e))?;
-    let head = &head[..n];
-    if head.starts_with(b"PK\x03\x04") {
-        return Ok(FileFormat::PthZip);
-    }
-    if head.first() == Some(&0x80) {
-        return Ok(FileFormat::PthLegacy);
-    }
-    if n >= 9 {
-        let header_len = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-        if head[8] == b'{' && header_len + 8 <= len {
-            return Ok(FileFormat::Safetensors);
-        }
-        if head[8] == b'{' {
-            return Err(Error::format(
-                path,
-                format!(
-                    "safetensors header says {header_len} header bytes but the file has only {len} bytes (truncated?)"
-                ),
-            ));
-        }
-    }
-    Err(Error::format(
-        path,
-        "not a weight file: expected safetensors or a PyTorch .pth zip archive",
-    ))
-}
-
-/// Runs a parser that may panic on malformed input, turning a panic into a format error.
-fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> candle_core::Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(Error::format(path, format!("{what}: {e}"))),
-        Err(_) => Err(Error::format(path, format!("{what}: malformed file"))),
-    }
-}
-
-impl Checkpoint {
-    /// Opens a safetensors or `.pth` file. A `.pth` may hold a bare state dict or
-    /// `{"model": state_dict}` (or `{"state_dict": ...}`).
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        match sniff_format(path)? {
-            FileFormat::Safetensors => Self::open_safetensors(path),
-            FileFormat::PthZip => Self::open_pth(path),
-            FileFormat::PthLegacy => Err(Error::format(
-                path,
-                "legacy (non-zip) torch.save format is not supported; re-save it with a PyTorch >= 1.6 `torch.save`",
-            )),
-        }
-    }
-
-    fn open_safetensors(path: &Path) -> Result<Self> {
-        crate::weight_checks::unique_safetensors_keys(path)?;
-        // SAFETY: the file is mapped read-only; like every mmap reader we rely on it not being
-        // truncated by another process while we hold it.
-        let st = guarded(path, "cannot read safetensors", || unsafe {
-            candle_core::safetensors::MmapedSafetensors::new(path)
-        })?;
-        let mut keys = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            let shape = Shape::from(view.shape().to_vec());
-            keys.insert(canonical_key(&name), (name, shape));
-        }
-        Ok(Self {
-            name: path.display().to_string(),
-            store: Store::Safetensors(st),
-            keys,
-        })
-    }
-
-    fn open_pth(path: &Path) -> Result<Self> {
-        let mut last_err = None;
-        for key in [None, Some("model"), Some("state_dict")] {
-            match guarded(path, "cannot read .pth", || {
-                candle_core::pickle::PthTensors::new(path, key)
-            }) {
-                Ok(pth) if !pth.tensor_infos().is_empty() => {
-                    let mut keys = BTreeMap::new();
-                    for (name, info) in pth.tensor_infos() {
-                        keys.insert(
-                            canonical_key(name),
-                            (name.clone(), info.layout.shape().clone()),
-                        );
-                    }
-                    return Ok(Self {
-                        name: path.display().to_string(),
-                        store: Store::Pth(pth),
-                        keys,
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| {
-            Error::format(
-                path,
-                "no tensors found: expected a state dict, {\"model\": state_dict} or {\"state_dict\": ...}",
-            )
-        }))
-    }
-
-    /// An in-memory checkpoint (tests, converted weights). Keys go through [`KEY_RENAMES`] too.
-    pub fn from_tensors(name: impl Into<String>, tensors: HashMap<String, Tensor>) -> Self {
-        let keys = tensors
-            .iter()
-            .map(|(k, t)| (canonical_key(k), (k.clone(), t.shape().clone())))
-            .collect();
-        Self {
-            name: name.into(),
-            store: Store::Memory(tensors),
-            keys,
-        }
-    }
-
-    /// Puts every key under `prefix` (e.g. an `eva_vit_g.pth` read as `visual_encoder.*`, a
-    /// Flan-T5 folder as `t5_model.*`), so component files fit the assembled model's key tree.
-    pub fn with_prefix(mut self, prefix: &str) -> Self {
-        self.keys = std::mem::take(&mut self.keys)
-            .into_iter()
-            .map(|(k, v)| (format!("{prefix}{k}"), v))
-            .collect();
-        self
-    }
-
-    /// The file name (or given name) of this checkpoint, for messages.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Canonical keys, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.keys.keys().map(|k| k.as_str())
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    pub fn shape(&self, key: &str) -> Option<&Shape> {
-        self.keys.get(key).map(|(_, s)| s)
-    }
-
-    /// Loads one tensor by canonical key, in its stored dtype, on `dev`.
-    pub fn get(&self, key: &str, dev: &Device) -> Result<Tensor> {
-        let (stored, _) = self.keys.get(key).ok_or_else(|| {
-            Error::format(&self.name, format!("no tensor named `{key}` in checkpoint"))
-        })?;
-        let path = PathBuf::from(&self.name);
-        let what = format!("cannot read tensor `{stored}`");
-        let t = match &self.store {
-            Store::Safetensors(st) => guarded(&path, &what, || st.load(stored, dev))?,
-            Store::Pth(pth) => {
-                let t = guarded(&path, &what, || pth.get(stored))?
-                    .ok_or_else(|| Error::format(&path, format!("{what}: missing")))?;
-                t.to_device(dev)?
-            }
-            Store::Memory(m) => m[stored].to_device(dev)?,
-        };
-        crate::weight_checks::check_finite(&self.name, stored, &t)?;
-        Ok(t)
-    }
-
-    /// Loads every tensor (small checkpoints, tests).
-    pub fn load_all(&self, dev: &Device) -> Result<HashMap<String, Tensor>> {
-        self.keys()
-            .map(|k| Ok((k.to_string(), self.get(k, dev)?)))
-            .collect()
-    }
 }
 
 /// How strictly a checkpoint must fit the model.
@@ -531,7 +318,7 @@ impl WeightLoader {
             .checkpoints
             .iter()
             .rev()
-            .find(|c| c.keys.contains_key(key))
+            .find(|c| c.has_key(key))
     }
 
     /// Source names for messages.
@@ -542,7 +329,7 @@ impl WeightLoader {
             self.state
                 .checkpoints
                 .iter()
-                .map(|c| c.name.as_str())
+                .map(|c| c.name())
                 .collect::<Vec<_>>()
                 .join(" + ")
         }
@@ -697,52 +484,6 @@ impl WeightLoader {
     }
 }
 
-/// candle's [`Init`] drawn from a generator seeded by (`seed`, `key`) (SplitMix64; normals by
-/// Box-Muller), same distributions as `Init::var`.
-fn seeded_init(h: Init, shape: &Shape, seed: u64, key: &str) -> candle_core::Result<Tensor> {
-    use candle_nn::init::NormalOrUniform;
-    let n = shape.elem_count();
-    let state = key.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    });
-    let mut rng = lion_rng::SplitMix64::new(state);
-    let mut next = || rng.next_f64();
-    let mut uniform = |lo: f64, up: f64| -> Vec<f32> {
-        (0..n).map(|_| (lo + (up - lo) * next()) as f32).collect()
-    };
-    let values: Vec<f32> = match h {
-        Init::Const(c) => vec![c as f32; n],
-        Init::Uniform { lo, up } => uniform(lo, up),
-        Init::Randn { mean, stdev } => normal(n, mean, stdev, &mut next),
-        Init::Kaiming {
-            dist,
-            fan,
-            non_linearity,
-        } => {
-            let std = non_linearity.gain() / (fan.for_shape(shape) as f64).sqrt();
-            match dist {
-                NormalOrUniform::Uniform => {
-                    let b = 3f64.sqrt() * std;
-                    uniform(-b, b)
-                }
-                NormalOrUniform::Normal => normal(n, 0.0, std, &mut next),
-            }
-        }
-    };
-    Tensor::from_vec(values, shape.clone(), &Device::Cpu)
-}
-
-fn normal(n: usize, mean: f64, std: f64, next: &mut impl FnMut() -> f64) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let u1 = next().max(f64::MIN_POSITIVE);
-            let u2 = next();
-            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-            (mean + std * z) as f32
-        })
-        .collect()
-}
-
 impl candle_nn::var_builder::SimpleBackend for WeightLoader {
     fn get(
         &self,
@@ -845,58 +586,4 @@ pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: impl AsRef<Path
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
-
-    fn draw(seed: u64, key: &str, h: Init, shape: (usize, usize)) -> Vec<f32> {
-        let loader = WeightLoader::random().with_init_seed(seed);
-        let vb = loader.var_builder(DType::F32, &Device::Cpu);
-        vb.get_with_hints(shape, key, h)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    }
-
-    fn mean_std(v: &[f32]) -> (f64, f64) {
-        let n = v.len() as f64;
-        let m = v.iter().map(|&x| x as f64).sum::<f64>() / n;
-        let var = v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / n;
-        (m, var.sqrt())
-    }
-
-    #[test]
-    fn seeded_init_is_reproducible_per_key_and_has_the_asked_distribution() {
-        let normal = Init::Randn {
-            mean: 0.5,
-            stdev: 0.02,
-        };
-        let a = draw(7, "w", normal, (200, 100));
-        assert_eq!(a, draw(7, "w", normal, (200, 100)));
-        assert_ne!(a, draw(8, "w", normal, (200, 100)));
-        assert_ne!(a, draw(7, "v", normal, (200, 100)));
-        let (m, s) = mean_std(&a);
-        assert!((m - 0.5).abs() < 1e-3 && (s - 0.02).abs() < 1e-3, "{m} {s}");
-        let u = draw(1, "u", Init::Uniform { lo: -2.0, up: 1.0 }, (100, 100));
-        assert!(u.iter().all(|&x| (-2.0..1.0).contains(&x)));
-        let (m, _) = mean_std(&u);
-        assert!((m + 0.5).abs() < 0.05, "{m}");
-        let k = draw(
-            1,
-            "k",
-            Init::Kaiming {
-                dist: NormalOrUniform::Normal,
-                fan: FanInOut::FanIn,
-                non_linearity: NonLinearity::Linear,
-            },
-            (400, 64),
-        );
-        let (_, s) = mean_std(&k);
-        assert!((s - 1.0 / 8.0).abs() < 0.005, "{s}");
-        assert!(draw(3, "c", Init::Const(0.25), (3, 3))
-            .iter()
-            .all(|&x| x == 0.25));
-    }
-}
+mod tests;
