@@ -314,11 +314,7 @@ impl WeightLoader {
     }
 
     fn find(&self, key: &str) -> Option<&Checkpoint> {
-        self.state
-            .checkpoints
-            .iter()
-            .rev()
-            .find(|c| c.has_key(key))
+        self.state.checkpoints.iter().rev().find(|c| c.has_key(key))
     }
 
     /// Source names for messages.
