@@ -255,6 +255,43 @@ fn sampling_flags_are_seeded() {
     assert_eq!(caption(&["--seed", "1"]), caption(&["--seed", "2"]));
 }
 
+/// `--random-weights --init-seed N`: the same random model on every run, another with another
+/// seed; `--init-seed` without `--random-weights` is refused by the argument parser.
+#[test]
+fn random_weights_with_an_init_seed_repeat() {
+    let img = photo("chelsea.png");
+    let caption = |seed: &str| {
+        let out = lion(&[
+            "caption",
+            "--preset",
+            "tiny",
+            "--random-weights",
+            "--init-seed",
+            seed,
+            "--num-beams",
+            "1",
+            "--max-new-tokens",
+            "8",
+            "--min-length",
+            "9",
+            &img,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines(&out)[0]["caption"].as_str().unwrap().to_string()
+    };
+    let a = caption("3");
+    assert_eq!(a, caption("3"), "same seed, same weights, same caption");
+    let others: Vec<String> = ["4", "5"].iter().map(|s| caption(s)).collect();
+    assert!(others.iter().any(|o| *o != a), "{a:?} {others:?}");
+    let out = lion(&["caption", "--preset", "tiny", "--init-seed", "3", &img]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--random-weights"));
+}
+
 /// Issue 7: `lion ground` with a trained model folder returns boxes in pixels. The shipped
 /// ShapesWorld backbone (`assets/shapes-backbone`, pretrained on a world of seed 1000) grounds
 /// expressions of a world it never saw (seed 5).

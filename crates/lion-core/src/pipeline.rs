@@ -224,6 +224,9 @@ pub struct PipelineSources<'a> {
     pub qformer_tokenizer: Option<&'a Path>,
     pub tag_encoder: Option<&'a Path>,
     pub mode: LoadMode,
+    /// With no checkpoints: draw the random weights from this seed (the same weights on every
+    /// run and machine); None: candle's unseeded generator.
+    pub init_seed: Option<u64>,
 }
 
 impl LionPipeline {
@@ -284,7 +287,10 @@ impl LionPipeline {
             _ => None,
         };
         let random = src.checkpoints.is_empty();
-        let loader = crate::lion::checkpoint_loader(&cfg, src.checkpoints);
+        let mut loader = crate::lion::checkpoint_loader(&cfg, src.checkpoints);
+        if let (true, Some(seed)) = (random, src.init_seed) {
+            loader = loader.with_init_seed(seed);
+        }
         let vb = loader.var_builder(DType::F32, device);
         let model = LionModel::new(&cfg, placeholder, vb)?;
         let report = if random {
@@ -347,6 +353,7 @@ impl LionPipeline {
                 qformer_tokenizer: q_tok.as_deref(),
                 tag_encoder: tag.as_deref(),
                 mode,
+                init_seed: None,
             },
             device,
         )

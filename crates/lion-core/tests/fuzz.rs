@@ -132,6 +132,7 @@ proptest! {
                 qformer_tokenizer: Some(&q),
                 tag_encoder: None,
                 mode: LoadMode::Strict,
+                init_seed: None,
             },
             &Device::Cpu,
         );

@@ -409,6 +409,7 @@ fn random_pipeline() -> LionPipeline {
             qformer_tokenizer: Some(&q),
             tag_encoder: None,
             mode: LoadMode::Strict,
+            init_seed: Some(0),
         },
         &Device::Cpu,
     )

@@ -24,6 +24,10 @@ pub struct ModelArgs {
     /// Build the preset with random weights (smoke tests, benchmarks).
     #[arg(long, requires = "preset")]
     pub random_weights: bool,
+    /// With --random-weights: draw them from this seed, the same weights on every run and
+    /// machine (without it, an unseeded draw that differs from run to run).
+    #[arg(long, requires = "random_weights")]
+    pub init_seed: Option<u64>,
     /// Soft prompt with --preset: static, dynamic, gated, gated:K or none.
     #[arg(long, default_value = "static")]
     pub prompt: String,
@@ -134,6 +138,7 @@ impl ModelArgs {
                 qformer_tokenizer: qformer_tokenizer.as_deref(),
                 tag_encoder: tag_encoder.as_deref(),
                 mode,
+                init_seed: self.init_seed,
             },
             &dev,
         )?;
