@@ -111,72 +111,47 @@ macro_rules! gen_fields {
     };
 }
 
-/// `POST /v1/caption` (besides `image`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CaptionBody {
-    /// Listed so that "unknown field" messages name it; taken out before parsing.
-    #[serde(default)]
-    #[allow(dead_code)]
-    image: Option<IgnoredAny>,
-    pub prompt: Option<String>,
-    pub num_beams: Option<usize>,
-    pub max_new_tokens: Option<usize>,
-    pub min_new_tokens: Option<usize>,
-    pub repetition_penalty: Option<f32>,
-    pub length_penalty: Option<f32>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<usize>,
-    pub seed: Option<u64>,
-    /// Tags with scores for LION's prompt, instead of the tagger's.
-    pub tags: Option<Vec<TagScore>>,
+/// The body of a LION endpoint: `image` (taken out before parsing), the task's own text field,
+/// the decoding fields and `tags`, in this order (the order "unknown field" messages list them).
+macro_rules! lion_body {
+    ($(#[$doc:meta])* $name:ident { $field:ident: $ty:ty }) => {
+        $(#[$doc])*
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Listed so that "unknown field" messages name it; taken out before parsing.
+            #[serde(default)]
+            #[allow(dead_code)]
+            image: Option<IgnoredAny>,
+            pub $field: $ty,
+            pub num_beams: Option<usize>,
+            pub max_new_tokens: Option<usize>,
+            pub min_new_tokens: Option<usize>,
+            pub repetition_penalty: Option<f32>,
+            pub length_penalty: Option<f32>,
+            pub temperature: Option<f32>,
+            pub top_p: Option<f32>,
+            pub top_k: Option<usize>,
+            pub seed: Option<u64>,
+            /// Tags with scores for LION's prompt, instead of the tagger's.
+            pub tags: Option<Vec<TagScore>>,
+        }
+        gen_fields!($name);
+    };
 }
-gen_fields!(CaptionBody);
 
-/// `POST /v1/vqa` (besides `image`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VqaBody {
-    #[serde(default)]
-    #[allow(dead_code)]
-    image: Option<IgnoredAny>,
-    pub question: String,
-    pub num_beams: Option<usize>,
-    pub max_new_tokens: Option<usize>,
-    pub min_new_tokens: Option<usize>,
-    pub repetition_penalty: Option<f32>,
-    pub length_penalty: Option<f32>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<usize>,
-    pub seed: Option<u64>,
-    /// Tags with scores for LION's prompt, instead of the tagger's.
-    pub tags: Option<Vec<TagScore>>,
-}
-gen_fields!(VqaBody);
-
-/// `POST /v1/ground` (besides `image`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroundBody {
-    #[serde(default)]
-    #[allow(dead_code)]
-    image: Option<IgnoredAny>,
-    pub expression: String,
-    pub num_beams: Option<usize>,
-    pub max_new_tokens: Option<usize>,
-    pub min_new_tokens: Option<usize>,
-    pub repetition_penalty: Option<f32>,
-    pub length_penalty: Option<f32>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<usize>,
-    pub seed: Option<u64>,
-    /// Tags with scores for LION's prompt, instead of the tagger's.
-    pub tags: Option<Vec<TagScore>>,
-}
-gen_fields!(GroundBody);
+lion_body!(
+    /// `POST /v1/caption` (besides `image`).
+    CaptionBody { prompt: Option<String> }
+);
+lion_body!(
+    /// `POST /v1/vqa` (besides `image`).
+    VqaBody { question: String }
+);
+lion_body!(
+    /// `POST /v1/ground` (besides `image`).
+    GroundBody { expression: String }
+);
 
 /// `POST /v1/tags` (besides `image`).
 #[derive(Debug, Deserialize)]
