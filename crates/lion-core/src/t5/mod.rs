@@ -385,15 +385,9 @@ impl T5ForConditionalGeneration {
         dropout(&stack.final_layer_norm.forward(&h)?, stack.dropout, train)
     }
 
-    /// Prepares incremental decoding: computes every decoder layer's cross-attention K/V from
-    /// encoder_states (b, s, d) once; encoder_mask (b, s) 0/1 or None.
-    pub fn start_decoding(
-        &self,
-        encoder_states: &Tensor,
-        encoder_mask: Option<&Tensor>,
-    ) -> Result<T5Cache> {
-        let cross_kv = self
-            .decoder
+    /// Every decoder layer's cross-attention keys and values of `encoder_states` (b, s, d).
+    fn cross_key_values(&self, encoder_states: &Tensor) -> Result<Vec<KeyValue>> {
+        self.decoder
             .block
             .iter()
             .map(|b| {
@@ -403,7 +397,17 @@ impl T5ForConditionalGeneration {
                     .enc_dec_attention
                     .key_value(encoder_states)
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect()
+    }
+
+    /// Prepares incremental decoding: computes every decoder layer's cross-attention K/V from
+    /// encoder_states (b, s, d) once; encoder_mask (b, s) 0/1 or None.
+    pub fn start_decoding(
+        &self,
+        encoder_states: &Tensor,
+        encoder_mask: Option<&Tensor>,
+    ) -> Result<T5Cache> {
+        let cross_kv = self.cross_key_values(encoder_states)?;
         let encoder_mask = match encoder_mask {
             Some(m) => Some(padding_mask(m, encoder_states.dtype())?),
             None => None,
@@ -479,18 +483,7 @@ impl T5ForConditionalGeneration {
         route: Route,
         train: bool,
     ) -> Result<Tensor> {
-        let cross_kv = self
-            .decoder
-            .block
-            .iter()
-            .map(|b| {
-                b.cross_attn
-                    .as_ref()
-                    .expect("decoder blocks have cross-attention")
-                    .enc_dec_attention
-                    .key_value(encoder_states)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let cross_kv = self.cross_key_values(encoder_states)?;
         let mask = match encoder_mask {
             Some(m) => Some(padding_mask(m, encoder_states.dtype())?),
             None => None,
