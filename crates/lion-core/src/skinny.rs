@@ -111,104 +111,123 @@ fn portable_rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) 
     }
 }
 
+/// The skinny row-dot loops of one x86 instruction set, `$lanes` floats per vector:
+/// `rows_dot` (dispatch on the row count), `rows::<M>` (two weight rows at a time, 2 * M
+/// accumulators, then the last odd row alone) and `prefetch`. Each module adds `hsum`, its
+/// lanes summed.
+#[cfg(target_arch = "x86_64")]
+macro_rules! skinny_loops {
+    ($feat:literal, $lanes:literal, $zero:ident, $load:ident, $fma:ident) => {
+        /// How far ahead, in weight rows, the loops prefetch. The hardware prefetcher alone kept a
+        /// 5-row step at ~20 GB/s from DRAM; prefetching the next row pair's lines doubled it
+        /// (measured on 2 Zen cores: 40-50 GB/s, the machine's streaming rate).
+        const PF_ROWS: usize = 2;
+
+        /// Callers guarantee the instruction set, `x.len() == m * k`,
+        /// `w.len() == out.len() / m * k`.
+        #[target_feature(enable = $feat)]
+        pub(super) unsafe fn rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
+            match m {
+                1 => rows::<1>(x, k, w, out),
+                2 => rows::<2>(x, k, w, out),
+                3 => rows::<3>(x, k, w, out),
+                4 => rows::<4>(x, k, w, out),
+                5 => rows::<5>(x, k, w, out),
+                6 => rows::<6>(x, k, w, out),
+                _ => unreachable!("groups of at most GROUP rows"),
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        #[inline]
+        unsafe fn rows<const M: usize>(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
+            let n = out.len() / M;
+            debug_assert!(x.len() == M * k && w.len() >= n * k);
+            let xp = x.as_ptr();
+            let wp = w.as_ptr();
+            let kv = k / $lanes * $lanes;
+            let mut j = 0;
+            while j + 2 <= n {
+                let w0 = wp.add(j * k);
+                let w1 = w0.add(k);
+                let mut a0 = [$zero(); M];
+                let mut a1 = [$zero(); M];
+                let mut t = 0;
+                while t < kv {
+                    // one prefetch per 64-byte line
+                    if t % 16 == 0 {
+                        prefetch(w0.wrapping_add(t + PF_ROWS * k));
+                        prefetch(w1.wrapping_add(t + PF_ROWS * k));
+                    }
+                    let v0 = $load(w0.add(t));
+                    let v1 = $load(w1.add(t));
+                    for r in 0..M {
+                        let xv = $load(xp.add(r * k + t));
+                        a0[r] = $fma(v0, xv, a0[r]);
+                        a1[r] = $fma(v1, xv, a1[r]);
+                    }
+                    t += $lanes;
+                }
+                for r in 0..M {
+                    let (mut s0, mut s1) = (hsum(a0[r]), hsum(a1[r]));
+                    for t in kv..k {
+                        let xv = *xp.add(r * k + t);
+                        s0 += *w0.add(t) * xv;
+                        s1 += *w1.add(t) * xv;
+                    }
+                    out[j * M + r] = s0;
+                    out[(j + 1) * M + r] = s1;
+                }
+                j += 2;
+            }
+            while j < n {
+                let w0 = wp.add(j * k);
+                let mut a0 = [$zero(); M];
+                let mut t = 0;
+                while t < kv {
+                    if t % 16 == 0 {
+                        prefetch(w0.wrapping_add(t + PF_ROWS * k));
+                    }
+                    let v0 = $load(w0.add(t));
+                    for (r, a) in a0.iter_mut().enumerate() {
+                        *a = $fma(v0, $load(xp.add(r * k + t)), *a);
+                    }
+                    t += $lanes;
+                }
+                for (r, a) in a0.iter().enumerate() {
+                    let mut s = hsum(*a);
+                    for t in kv..k {
+                        s += *w0.add(t) * *xp.add(r * k + t);
+                    }
+                    out[j * M + r] = s;
+                }
+                j += 1;
+            }
+        }
+
+        /// Asks for the cache line at `p` ahead of its use. A hint: it never faults, so `p` may
+        /// lie past the end of the weight (the last rows prefetch nothing useful).
+        #[target_feature(enable = $feat)]
+        #[inline]
+        unsafe fn prefetch(p: *const f32) {
+            _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+        }
+    };
+}
+
+/// AVX2 + FMA: 8 lanes (2 * M <= 12 accumulators, 2 weight and 1 input register: the 16 AVX2
+/// registers).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// How far ahead, in weight rows, the loops prefetch. The hardware prefetcher alone kept a
-    /// 5-row step at ~20 GB/s from DRAM; prefetching the next row pair's lines doubled it
-    /// (measured on 2 Zen cores: 40-50 GB/s, the machine's streaming rate).
-    const PF_ROWS: usize = 2;
-
-    /// Callers guarantee AVX2 + FMA, `x.len() == m * k`, `w.len() == out.len() / m * k`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
-        match m {
-            1 => rows::<1>(x, k, w, out),
-            2 => rows::<2>(x, k, w, out),
-            3 => rows::<3>(x, k, w, out),
-            4 => rows::<4>(x, k, w, out),
-            5 => rows::<5>(x, k, w, out),
-            6 => rows::<6>(x, k, w, out),
-            _ => unreachable!("groups of at most GROUP rows"),
-        }
-    }
-
-    /// Two weight rows at a time (2 * M <= 12 accumulators, 2 weight and 1 input register: the
-    /// 16 AVX2 registers), the last odd row alone.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn rows<const M: usize>(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
-        let n = out.len() / M;
-        debug_assert!(x.len() == M * k && w.len() >= n * k);
-        let xp = x.as_ptr();
-        let wp = w.as_ptr();
-        let k8 = k / 8 * 8;
-        let mut j = 0;
-        while j + 2 <= n {
-            let w0 = wp.add(j * k);
-            let w1 = w0.add(k);
-            let mut a0 = [_mm256_setzero_ps(); M];
-            let mut a1 = [_mm256_setzero_ps(); M];
-            let mut t = 0;
-            while t < k8 {
-                if t % 16 == 0 {
-                    prefetch(w0.wrapping_add(t + PF_ROWS * k));
-                    prefetch(w1.wrapping_add(t + PF_ROWS * k));
-                }
-                let v0 = _mm256_loadu_ps(w0.add(t));
-                let v1 = _mm256_loadu_ps(w1.add(t));
-                for r in 0..M {
-                    let xv = _mm256_loadu_ps(xp.add(r * k + t));
-                    a0[r] = _mm256_fmadd_ps(v0, xv, a0[r]);
-                    a1[r] = _mm256_fmadd_ps(v1, xv, a1[r]);
-                }
-                t += 8;
-            }
-            for r in 0..M {
-                let (mut s0, mut s1) = (hsum(a0[r]), hsum(a1[r]));
-                for t in k8..k {
-                    let xv = *xp.add(r * k + t);
-                    s0 += *w0.add(t) * xv;
-                    s1 += *w1.add(t) * xv;
-                }
-                out[j * M + r] = s0;
-                out[(j + 1) * M + r] = s1;
-            }
-            j += 2;
-        }
-        while j < n {
-            let w0 = wp.add(j * k);
-            let mut a0 = [_mm256_setzero_ps(); M];
-            let mut t = 0;
-            while t < k8 {
-                if t % 16 == 0 {
-                    prefetch(w0.wrapping_add(t + PF_ROWS * k));
-                }
-                let v0 = _mm256_loadu_ps(w0.add(t));
-                for (r, a) in a0.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(v0, _mm256_loadu_ps(xp.add(r * k + t)), *a);
-                }
-                t += 8;
-            }
-            for (r, a) in a0.iter().enumerate() {
-                let mut s = hsum(*a);
-                for t in k8..k {
-                    s += *w0.add(t) * *xp.add(r * k + t);
-                }
-                out[j * M + r] = s;
-            }
-            j += 1;
-        }
-    }
-
-    /// Asks for the cache line at `p` ahead of its use. A hint: it never faults, so `p` may lie
-    /// past the end of the weight (the last rows prefetch nothing useful).
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn prefetch(p: *const f32) {
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
-    }
+    skinny_loops!(
+        "avx2,fma",
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_fmadd_ps
+    );
 
     /// Lanes summed as the portable path sums its 8 partial sums.
     #[target_feature(enable = "avx2,fma")]
@@ -221,101 +240,18 @@ mod avx2 {
     }
 }
 
+/// AVX-512 F/BW/VL: 16 lanes (2 * M accumulators of the 32 registers).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// As in the AVX2 loop.
-    const PF_ROWS: usize = 2;
-
-    /// Callers guarantee AVX-512 F/BW/VL, `x.len() == m * k`, `w.len() == out.len() / m * k`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
-        match m {
-            1 => rows::<1>(x, k, w, out),
-            2 => rows::<2>(x, k, w, out),
-            3 => rows::<3>(x, k, w, out),
-            4 => rows::<4>(x, k, w, out),
-            5 => rows::<5>(x, k, w, out),
-            6 => rows::<6>(x, k, w, out),
-            _ => unreachable!("groups of at most GROUP rows"),
-        }
-    }
-
-    /// As the AVX2 loop, 16 lanes wide (2 * M accumulators of the 32 registers).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    #[inline]
-    unsafe fn rows<const M: usize>(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
-        let n = out.len() / M;
-        debug_assert!(x.len() == M * k && w.len() >= n * k);
-        let xp = x.as_ptr();
-        let wp = w.as_ptr();
-        let k8 = k / 16 * 16;
-        let mut j = 0;
-        while j + 2 <= n {
-            let w0 = wp.add(j * k);
-            let w1 = w0.add(k);
-            let mut a0 = [_mm512_setzero_ps(); M];
-            let mut a1 = [_mm512_setzero_ps(); M];
-            let mut t = 0;
-            while t < k8 {
-                if t % 16 == 0 {
-                    prefetch(w0.wrapping_add(t + PF_ROWS * k));
-                    prefetch(w1.wrapping_add(t + PF_ROWS * k));
-                }
-                let v0 = _mm512_loadu_ps(w0.add(t));
-                let v1 = _mm512_loadu_ps(w1.add(t));
-                for r in 0..M {
-                    let xv = _mm512_loadu_ps(xp.add(r * k + t));
-                    a0[r] = _mm512_fmadd_ps(v0, xv, a0[r]);
-                    a1[r] = _mm512_fmadd_ps(v1, xv, a1[r]);
-                }
-                t += 16;
-            }
-            for r in 0..M {
-                let (mut s0, mut s1) = (hsum(a0[r]), hsum(a1[r]));
-                for t in k8..k {
-                    let xv = *xp.add(r * k + t);
-                    s0 += *w0.add(t) * xv;
-                    s1 += *w1.add(t) * xv;
-                }
-                out[j * M + r] = s0;
-                out[(j + 1) * M + r] = s1;
-            }
-            j += 2;
-        }
-        while j < n {
-            let w0 = wp.add(j * k);
-            let mut a0 = [_mm512_setzero_ps(); M];
-            let mut t = 0;
-            while t < k8 {
-                if t % 16 == 0 {
-                    prefetch(w0.wrapping_add(t + PF_ROWS * k));
-                }
-                let v0 = _mm512_loadu_ps(w0.add(t));
-                for (r, a) in a0.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xp.add(r * k + t)), *a);
-                }
-                t += 16;
-            }
-            for (r, a) in a0.iter().enumerate() {
-                let mut s = hsum(*a);
-                for t in k8..k {
-                    s += *w0.add(t) * *xp.add(r * k + t);
-                }
-                out[j * M + r] = s;
-            }
-            j += 1;
-        }
-    }
-
-    /// Asks for the cache line at `p` ahead of its use. A hint: it never faults, so `p` may lie
-    /// past the end of the weight (the last rows prefetch nothing useful).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    #[inline]
-    unsafe fn prefetch(p: *const f32) {
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
-    }
+    skinny_loops!(
+        "avx512f,avx512bw,avx512vl",
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_fmadd_ps
+    );
 
     /// The 16 lanes summed.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
