@@ -66,3 +66,38 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     pb.set_message(what.to_string());
     pb
 }
+
+/// [`lion_train::peft::train`] with a progress bar (loss, learning rate, samples/s): `lion
+/// train` and the demo's training stages. Returns the output folder.
+pub fn train_with_progress(
+    cfg: lion_train::peft::PeftConfig,
+    resume: bool,
+    dev: &candle_core::Device,
+) -> anyhow::Result<std::path::PathBuf> {
+    use lion_train::peft::TrainEvent;
+    let pb = progress(cfg.steps, "train");
+    let out = lion_train::peft::train(cfg, resume, dev, &mut |e| match e {
+        TrainEvent::Started { step, .. } => pb.set_position(step),
+        TrainEvent::Step {
+            record,
+            samples_per_s,
+        } => {
+            pb.set_position(record.step);
+            pb.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.1} samples/s",
+                record.loss, record.lr, samples_per_s
+            ));
+        }
+        TrainEvent::Evaluated { .. } => {}
+    });
+    match out {
+        Ok(out) => {
+            pb.finish();
+            Ok(out)
+        }
+        Err(e) => {
+            pb.abandon();
+            Err(e.into())
+        }
+    }
+}

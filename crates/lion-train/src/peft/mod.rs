@@ -43,11 +43,13 @@ mod eval;
 mod groups;
 mod init;
 mod metrics;
+mod run;
 
 pub use config::*;
 pub use groups::*;
 use init::*;
 pub use metrics::*;
+pub use run::*;
 
 /// One task's data: LION training JSON files (`question` is used verbatim as the instruction).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

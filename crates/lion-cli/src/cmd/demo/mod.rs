@@ -28,6 +28,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde_json::{json, Value};
 
+use lion_data::world::WorldConfig;
 use lion_train::demo::compare::{comparison_report, Boot, Metric, System};
 use lion_train::demo::files::{
     ground_truth_tags, images_jsonl, lion_data, no_tags, write_tags_file,
@@ -117,6 +118,23 @@ fn sub<A: clap::Args>(argv: &[String]) -> Result<A> {
     Ok(Sub::<A>::try_parse_from(full)?.args)
 }
 
+/// A ShapesWorld into `dir` (replacing an earlier one), with a progress bar.
+fn generate_world(dir: &Path, cfg: WorldConfig) -> Result<()> {
+    let total = (cfg.train + cfg.val + cfg.test) as u64;
+    let pb = super::progress(total, "generating ShapesWorld");
+    let manifest = lion_data::world::generate(&cfg, dir, true, &|n| pb.set_position(n))
+        .with_context(|| format!("generating a world into {}", dir.display()))?;
+    pb.finish_and_clear();
+    tracing::info!(
+        seed = manifest.seed,
+        images = manifest.images.count,
+        digest = %manifest.digest,
+        "ShapesWorld in {}",
+        dir.display()
+    );
+    Ok(())
+}
+
 /// `["--a", "x", ...]` from string-likes.
 macro_rules! argv {
     ($($x:expr),* $(,)?) => { vec![$($x.to_string()),*] };
@@ -156,22 +174,17 @@ pub fn run(args: Args) -> Result<()> {
     let test = args.test.max(4);
 
     tracing::info!("stage 1/6: ShapesWorld ({} training images)", args.train);
-    super::world::run(sub(&argv![
-        "generate",
-        "--out",
-        s(&world),
-        "--seed",
-        args.seed,
-        "--train",
-        args.train,
-        "--val",
-        (test / 2).max(4),
-        "--test",
-        test,
-        "--size",
-        96,
-        "--force"
-    ])?)?;
+    generate_world(
+        &world,
+        WorldConfig {
+            seed: args.seed,
+            train: args.train,
+            val: (test / 2).max(4),
+            test,
+            size: 96,
+            ..WorldConfig::default()
+        },
+    )?;
 
     tracing::info!("stage 2/6: training the RAM tagger, tagging every image with scores");
     let (tags, tagger) = tag_world(&args, &world, &out.join("tagger"))?;

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use lion_data::world::WorldConfig;
 use lion_train::demo::stage::{mark_done, reuse_or_clear, StageInputs};
 use lion_train::demo::systems::SystemSpec;
 
-use super::{read, s, sub, write_json, Args};
+use super::{read, s, write_json, Args};
 
 /// A model folder's manifest: the backbone's config and tokenizers, `weights` after it.
 fn manifest(backbone: &Path, prompt: &str, extra: &[PathBuf], tag_encoder: &Path) -> Result<Value> {
@@ -121,7 +122,8 @@ fn run_training(dir: &Path, cfg: &Value) -> Result<PathBuf> {
         );
     }
     write_json(&path, cfg)?;
-    crate::cmd::train::run(sub(&["--config".to_string(), s(&path)])?)?;
+    let cfg = lion_train::peft::PeftConfig::read(&path)?;
+    crate::cmd::train_with_progress(cfg, false, &candle_core::Device::Cpu)?;
     lion_train::checkpoint::latest(&run_dir)?.context("training left no checkpoint")
 }
 
@@ -129,22 +131,17 @@ fn run_training(dir: &Path, cfg: &Value) -> Result<PathBuf> {
 pub(super) fn pretrain(args: &Args, out: &Path) -> Result<PathBuf> {
     let world = out.join("pretrain-world");
     let seed = args.seed + 1000;
-    crate::cmd::world::run(sub(&argv![
-        "generate",
-        "--out",
-        s(&world),
-        "--seed",
-        seed,
-        "--train",
-        args.pretrain_images,
-        "--val",
-        64,
-        "--test",
-        64,
-        "--size",
-        96,
-        "--force"
-    ])?)?;
+    super::generate_world(
+        &world,
+        WorldConfig {
+            seed,
+            train: args.pretrain_images,
+            val: 64,
+            test: 64,
+            size: 96,
+            ..WorldConfig::default()
+        },
+    )?;
     let run = out.join("pretrain");
     let qtok = args.sentence_model.join("tokenizer.json");
     let start = json!({"preset": "shapes", "trainable": "all", "prompt": "static",
