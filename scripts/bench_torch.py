@@ -201,6 +201,7 @@ def build_vision(setup, path, dtype):
                 freq=q["cross_attention_freq"], queries=q["num_query_token"], enc_width=q["encoder_width"],
                 d_model=q["d_model"], eps=b["layer_norm_eps"], ln_eps=q["ln_vision_eps"])
     qf = load(fv.QFormerRef(qcfg), ("Qformer.", "query_tokens", "ln_vision.", "t5_proj."), ignore=("position_ids",))
+    qf.ln_vision.float()  # LAVIS's LayerNorm runs in f32 whatever the model's dtype
     agg = load(fv.make_aggregator(a["width"], a["num_heads"], a["intermediate_size"], a["proj_hidden"], a["d_model"],
                                   a["num_blocks"], a["layer_norm_eps"], a["ln_adapter_eps"]),
                ("fusion_adapter.", "ln_adapter.", "adapter_proj."))
@@ -211,7 +212,12 @@ def build_vision(setup, path, dtype):
 
     def qformer(vision):
         n = vision.shape[0]
-        return qf(vision, no_text.expand(n, 0), no_text.expand(n, 0))[1]
+        # The reference runs ln_vision (f32) on `vision.float()`, as LAVIS does; in bf16 the rest
+        # runs under autocast, as upstream's `maybe_autocast` (matmuls in bf16).
+        with torch.autocast(device_type=dev().type, dtype=torch.bfloat16,
+                            enabled=dtype == torch.bfloat16):
+            out = qf(vision, no_text.expand(n, 0), no_text.expand(n, 0))[1]
+        return out.to(dtype)
 
     sources = lambda outs: [outs[layers.index(l)] for l in a["source_layers"]]
     return (lambda px: fv.eva_blocks(vit, px, layers)), layers, qformer, \
