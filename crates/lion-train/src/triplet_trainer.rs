@@ -648,6 +648,65 @@ pub fn draw_curves(path: impl AsRef<Path>, history: &[EpochMetrics]) -> Result<(
     draw_png(path, &panels, (640, 420))
 }
 
+/// One fine-tuning job of the tag encoder (`lion train-tag-encoder`, the demo's stage 3).
+#[derive(Debug, Clone)]
+pub struct FineTune<'a> {
+    /// Sentence-transformer folder: embeds the chosen captions (frozen) and, without `encoder`,
+    /// initialises the tag encoder.
+    pub model: &'a Path,
+    /// Initial tag encoder folder (default: `model`).
+    pub encoder: Option<&'a Path>,
+    /// Images as JSON lines: `{"image", "captions", "tags"}`.
+    pub data: &'a Path,
+    /// Chosen captions (`lion select-captions`); None: selected here with `model`.
+    pub chosen: Option<&'a Path>,
+    /// Output model folder (weights, `metrics.jsonl`, `curves.png`, `train_config.json`).
+    pub out: &'a Path,
+    pub config: TripletConfig,
+}
+
+/// Runs a [`FineTune`] job: reads the images, selects (or reads) the chosen captions, embeds
+/// them with the frozen model, and fits the tag encoder. `on_selected(done, total)` follows the
+/// caption selection; `on_event` the training.
+pub fn fine_tune(
+    job: &FineTune,
+    dev: &candle_core::Device,
+    on_selected: &mut dyn FnMut(usize, usize),
+    on_event: impl FnMut(&TrainEvent),
+) -> Result<TrainOutputs> {
+    job.config.validate()?;
+    let images = crate::records::read_images(job.data)?;
+    let data = {
+        let frozen = SentenceEmbedder::load(job.model, dev, None).map_err(|e| {
+            Error::Input(format!(
+                "cannot load model folder {}: {e}",
+                job.model.display()
+            ))
+        })?;
+        let chosen = match job.chosen {
+            Some(path) => crate::records::read_chosen(path, &images)?,
+            None => {
+                let total = images.len();
+                let mut done = 0;
+                crate::centroid::select_captions(&frozen, &images, 64, |n| {
+                    done += n;
+                    on_selected(done, total)
+                })?
+            }
+        };
+        triplet_data(&images, &chosen, &frozen, 64)?
+    };
+    let init = job.encoder.unwrap_or(job.model);
+    let encoder = TagEncoder::load(init, dev)
+        .map_err(|e| Error::Input(format!("cannot load tag encoder {}: {e}", init.display())))?;
+    let mut trainer = TripletTrainer::new(encoder, job.config.clone())?;
+    let out = TrainOutputs {
+        dir: job.out.to_path_buf(),
+    };
+    trainer.fit(&data, &out, on_event)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,6 +67,47 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
+/// [`lion_train::triplet_trainer::fine_tune`] with progress bars (caption selection, then
+/// training steps with the loss): `lion train-tag-encoder` and the demo's stage 3.
+pub fn fine_tune_with_progress(
+    job: &lion_train::triplet_trainer::FineTune,
+    dev: &candle_core::Device,
+) -> anyhow::Result<lion_train::triplet_trainer::TrainOutputs> {
+    use lion_train::triplet_trainer::TrainEvent;
+    let mut select: Option<indicatif::ProgressBar> = None;
+    let mut train: Option<indicatif::ProgressBar> = None;
+    let epochs = job.config.epochs;
+    let out = lion_train::triplet_trainer::fine_tune(
+        job,
+        dev,
+        &mut |done, total| {
+            let pb = select.get_or_insert_with(|| progress(total as u64, "selecting captions"));
+            pb.set_position(done as u64);
+            if done >= total {
+                pb.finish_and_clear();
+            }
+        },
+        |ev| match ev {
+            TrainEvent::Start {
+                steps_per_epoch, ..
+            } => {
+                train = Some(progress((*steps_per_epoch * epochs) as u64, "training"));
+            }
+            TrainEvent::Step { epoch, loss, .. } => {
+                if let Some(pb) = &train {
+                    pb.set_message(format!("epoch {epoch} loss {loss:.4}"));
+                    pb.inc(1);
+                }
+            }
+            TrainEvent::Epoch(_) => {}
+        },
+    );
+    if let Some(pb) = train {
+        pb.finish_and_clear();
+    }
+    Ok(out?)
+}
+
 /// [`lion_train::peft::train`] with a progress bar (loss, learning rate, samples/s): `lion
 /// train` and the demo's training stages. Returns the output folder.
 pub fn train_with_progress(

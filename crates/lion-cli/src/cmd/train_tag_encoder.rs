@@ -4,14 +4,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use lion_core::sentence::SentenceEmbedder;
-use lion_train::centroid::select_captions;
-use lion_train::records::{read_chosen, read_images};
-use lion_train::tag_encoder::TagEncoder;
-use lion_train::triplet_trainer::{
-    triplet_data, TrainEvent, TrainOutputs, TripletConfig, TripletTrainer,
-};
+use anyhow::Result;
+use lion_train::triplet_trainer::{FineTune, TripletConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -85,51 +79,18 @@ pub fn run(args: Args) -> Result<()> {
         patience: args.patience,
         ..Default::default()
     };
-    cfg.validate()?;
-    let images = read_images(&args.data)?;
     let dev = args.device.open()?;
-    let data = {
-        let frozen = SentenceEmbedder::load(&args.model, &dev, None)
-            .with_context(|| format!("cannot load model folder {}", args.model.display()))?;
-        let chosen = match &args.chosen {
-            Some(path) => read_chosen(path, &images)?,
-            None => {
-                let pb = super::progress(images.len() as u64, "selecting captions");
-                let c = select_captions(&frozen, &images, 64, |n| pb.inc(n as u64))?;
-                pb.finish_and_clear();
-                c
-            }
-        };
-        triplet_data(&images, &chosen, &frozen, 64)?
-    };
-    let init = args.encoder.as_ref().unwrap_or(&args.model);
-    let encoder = TagEncoder::load(init, &dev)
-        .with_context(|| format!("cannot load tag encoder {}", init.display()))?;
-    let mut trainer = TripletTrainer::new(encoder, cfg)?;
-    let out = TrainOutputs {
-        dir: args.out.clone(),
-    };
-    let mut pb: Option<indicatif::ProgressBar> = None;
-    trainer.fit(&data, &out, |ev| match ev {
-        TrainEvent::Start {
-            steps_per_epoch, ..
-        } => {
-            pb = Some(super::progress(
-                (*steps_per_epoch * args.epochs) as u64,
-                "training",
-            ));
-        }
-        TrainEvent::Step { epoch, loss, .. } => {
-            if let Some(pb) = &pb {
-                pb.set_message(format!("epoch {epoch} loss {loss:.4}"));
-                pb.inc(1);
-            }
-        }
-        TrainEvent::Epoch(_) => {}
-    })?;
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
+    let out = super::fine_tune_with_progress(
+        &FineTune {
+            model: &args.model,
+            encoder: args.encoder.as_deref(),
+            data: &args.data,
+            chosen: args.chosen.as_deref(),
+            out: &args.out,
+            config: cfg,
+        },
+        &dev,
+    )?;
     println!(
         "tag encoder written to {} (metrics: {}, curves: {})",
         out.dir.display(),

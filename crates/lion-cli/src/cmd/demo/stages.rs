@@ -10,6 +10,7 @@ use lion_train::demo::baselines::write_baseline_predictions;
 use lion_train::demo::files::ImageTags;
 use lion_train::demo::report::{per_item, RunScores};
 use lion_train::demo::stage::{mark_done, reuse_or_clear, StageInputs};
+use lion_train::triplet_trainer::{FineTune, TripletConfig};
 
 use super::{read, s, sub, Args};
 
@@ -138,26 +139,32 @@ pub(super) fn train_encoder(args: &Args, images: &Path, encoder: &Path) -> Resul
     if reuse_or_clear("tag encoder", encoder, &inputs)? {
         return Ok(());
     }
-    crate::cmd::train_tag_encoder::run(sub(&argv![
-        "--model",
-        s(&args.sentence_model),
-        "--data",
-        s(images),
-        "--out",
-        s(encoder),
-        "--epochs",
-        args.epochs,
-        "--batch-size",
-        16,
-        "--val-fraction",
-        0.2,
-        "--seed",
-        args.seed,
-        "--eval-every",
-        args.tagenc_eval_every,
-        "--patience",
-        args.tagenc_patience
-    ])?)?;
+    // the flags `lion train-tag-encoder` would get, the rest at its defaults
+    let config = TripletConfig {
+        epochs: args.epochs,
+        batch_size: 16,
+        lr: 5e-5,
+        weight_decay: 0.01,
+        margin: 1.0,
+        p: 2.0,
+        val_fraction: 0.2,
+        seed: args.seed,
+        dropout: true,
+        eval_every: args.tagenc_eval_every,
+        patience: args.tagenc_patience,
+        ..Default::default()
+    };
+    crate::cmd::fine_tune_with_progress(
+        &FineTune {
+            model: &args.sentence_model,
+            encoder: None,
+            data: images,
+            chosen: None,
+            out: encoder,
+            config,
+        },
+        &candle_core::Device::Cpu,
+    )?;
     Ok(mark_done(encoder, &inputs)?)
 }
 
