@@ -50,6 +50,25 @@ impl PromptKind {
     pub fn needs_tag_embedding(&self) -> bool {
         !matches!(self, PromptKind::Static)
     }
+
+    /// A prompt name as the CLI and `lion train` configs write it: `static`, `dynamic`, `gated`
+    /// (k = 1), `gated:K` (K >= 1) or `none` (no soft prompt: None). The error names the value.
+    pub fn parse_name(s: &str) -> std::result::Result<Option<PromptKind>, String> {
+        Ok(match s {
+            "none" => None,
+            "static" => Some(PromptKind::Static),
+            "dynamic" => Some(PromptKind::Dynamic),
+            "gated" => Some(PromptKind::Gated { k: 1 }),
+            other => match other.strip_prefix("gated:").map(str::parse::<usize>) {
+                Some(Ok(k)) if k > 0 => Some(PromptKind::Gated { k }),
+                _ => {
+                    return Err(format!(
+                        "`{other}`: expected static, dynamic, gated, gated:K or none"
+                    ))
+                }
+            },
+        })
+    }
 }
 
 /// A soft prompt: one or `k` vectors of width `d_model` per image.
@@ -329,3 +348,25 @@ pub fn format_tags<S: AsRef<str>>(tags: &[S]) -> String {
 
 /// Dynamic LION's tag-encoder input (`crate::tags::format_list`).
 pub use crate::tags::format_list as format_tag_scores;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_names_parse_or_are_named_in_the_error() {
+        for (name, kind) in [
+            ("none", None),
+            ("static", Some(PromptKind::Static)),
+            ("dynamic", Some(PromptKind::Dynamic)),
+            ("gated", Some(PromptKind::Gated { k: 1 })),
+            ("gated:3", Some(PromptKind::Gated { k: 3 })),
+        ] {
+            assert_eq!(PromptKind::parse_name(name), Ok(kind), "{name}");
+        }
+        for bad in ["gated:0", "gated:x", "Static", ""] {
+            let e = PromptKind::parse_name(bad).unwrap_err();
+            assert!(e.contains(&format!("`{bad}`")), "{e}");
+        }
+    }
+}

@@ -58,18 +58,9 @@ pub fn parse_dtype(s: &str) -> std::result::Result<WeightDtype, String> {
     WeightDtype::parse(s).ok_or_else(|| format!("`{s}`: expected f32, bf16 or auto"))
 }
 
-/// Parses `--prompt`.
+/// Parses `--prompt` ([`PromptKind::parse_name`]).
 pub fn parse_prompt(s: &str) -> Result<Option<PromptKind>> {
-    Ok(match s {
-        "none" => None,
-        "static" => Some(PromptKind::Static),
-        "dynamic" => Some(PromptKind::Dynamic),
-        "gated" => Some(PromptKind::Gated { k: 1 }),
-        other => match other.strip_prefix("gated:").map(str::parse::<usize>) {
-            Some(Ok(k)) if k > 0 => Some(PromptKind::Gated { k }),
-            _ => bail!("--prompt `{other}`: expected static, dynamic, gated, gated:K or none"),
-        },
-    })
+    PromptKind::parse_name(s).map_err(|e| anyhow::anyhow!("--prompt {e}"))
 }
 
 impl ModelArgs {

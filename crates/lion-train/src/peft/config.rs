@@ -289,21 +289,7 @@ pub(super) fn fits(lcfg: &lion_core::lion::LionConfig, cfg: &PeftConfig) -> Resu
         .map_err(|e| Error::config("lion train", e))
 }
 
-/// Parses a prompt name.
+/// Parses a prompt name ([`PromptKind::parse_name`]); the error names the `prompt` field.
 pub fn parse_prompt(s: &str) -> Result<Option<PromptKind>> {
-    Ok(match s {
-        "none" => None,
-        "static" => Some(PromptKind::Static),
-        "dynamic" => Some(PromptKind::Dynamic),
-        "gated" => Some(PromptKind::Gated { k: 1 }),
-        other => match other.strip_prefix("gated:").map(str::parse::<usize>) {
-            Some(Ok(k)) if k > 0 => Some(PromptKind::Gated { k }),
-            _ => {
-                return Err(Error::config(
-                    "prompt",
-                    format!("`{other}`: expected static, dynamic, gated, gated:K or none"),
-                ))
-            }
-        },
-    })
+    PromptKind::parse_name(s).map_err(|e| Error::config("prompt", e))
 }
