@@ -8,7 +8,7 @@
 #
 # --install (root, Debian): apt-get installs chromium, chromium-driver and python3-venv when
 # missing, and scripts/venv-ci.sh creates the small venv (openai, selenium) once. Both are
-# idempotent. Needs target/debug/lion (built here) and models/all-MiniLM-L6-v2.
+# idempotent. Builds lion (into $CARGO_TARGET_DIR or target) and needs models/all-MiniLM-L6-v2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:---if-installed}
@@ -43,6 +43,7 @@ case "$mode" in
 esac
 scripts/get-minilm.sh models/all-MiniLM-L6-v2
 cargo build -q -p lion-cli --bin lion
-"$py" scripts/openai_client_test.py --lion target/debug/lion --embed-model models/all-MiniLM-L6-v2
-"$py" scripts/playground_browser_test.py --lion target/debug/lion \
+lion=${CARGO_TARGET_DIR:-target}/debug/lion
+"$py" scripts/openai_client_test.py --lion "$lion" --embed-model models/all-MiniLM-L6-v2
+"$py" scripts/playground_browser_test.py --lion "$lion" \
   --embed-model models/all-MiniLM-L6-v2 --screens target/playground-screens

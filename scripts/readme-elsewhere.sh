@@ -6,12 +6,13 @@
 # steps or images where the README's would take minutes; the train config is the README's own
 # JSON block, read from the README, with the step counts made small.
 #
-#   scripts/readme-elsewhere.sh [--lion PATH]    # default: target/debug/lion (built if missing)
+#   scripts/readme-elsewhere.sh [--lion PATH]    # default: $CARGO_TARGET_DIR (or target)/debug/lion,
+#                                                #   built if missing
 #
 # scripts/test.sh runs it. Exit 1 names the command that failed; its log is printed.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-lion=$repo/target/debug/lion
+lion=${CARGO_TARGET_DIR:-$repo/target}/debug/lion
 while [ $# -gt 0 ]; do
   case "$1" in
     --lion) lion=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2 ;;
@@ -21,6 +22,8 @@ done
 if [ ! -x "$lion" ]; then
   (cd "$repo" && cargo build -q -p lion-cli --bin lion)
 fi
+[ -x "$lion" ] || { echo "no lion binary at $lion" >&2; exit 1; }
+case "$lion" in /*) ;; *) lion=$repo/$lion ;; esac
 "$repo/scripts/get-minilm.sh" >/dev/null 2>&1  # the checkout's models/ and the Hugging Face cache
 work=$(mktemp -d "${TMPDIR:-/tmp}/lion-readme.XXXXXX")
 trap 'rm -rf "$work"' EXIT

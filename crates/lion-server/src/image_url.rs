@@ -278,7 +278,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     match content_length {
-        Some(n) if n != body.len() && n <= max_bytes => {
+        Some(n) if n > max_bytes => {
+            return Err(ApiError::too_large(format!(
+                "image_url: {url} says it is {n} bytes, more than the limit of {max_bytes} bytes"
+            )));
+        }
+        Some(n) if n != body.len() => {
             return Err(fail(format!(
                 "the body has {} bytes, its Content-Length says {n} (cut short?)",
                 body.len()
@@ -517,6 +522,13 @@ mod tests {
         );
         let e = block(load(&format!("http://127.0.0.1:{port}/"), &src, 100)).unwrap_err();
         assert!(e.error.contains("cut short"), "{e}");
+        // a Content-Length over the limit is too large even when the body sent is short
+        let port = serve_once(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 5000\r\n\r\nIMAGE".to_vec(),
+            Duration::ZERO,
+        );
+        let e = block(load(&format!("http://127.0.0.1:{port}/"), &src, 100)).unwrap_err();
+        assert_eq!(e.error_type, ErrorType::PayloadTooLarge, "{e}");
     }
 
     /// `https://` for real: a TLS server on loopback with the test certificate
