@@ -12,7 +12,7 @@ use lion_core::lion::LionConfig;
 use lion_core::qformer::QFormer;
 use lion_core::t5::T5ForConditionalGeneration;
 use lion_core::tagger::Ram;
-use lion_core::weights::{save_safetensors, WeightLoader};
+use lion_core::weights::{record_keys, save_safetensors, write_random_safetensors, WeightLoader};
 use lion_core::{Error, Result};
 
 use crate::*;
@@ -47,13 +47,68 @@ pub(crate) fn random_vision(cfg: &LionConfig, dev: &Device) -> Result<HashMap<St
     Ok(out)
 }
 
+/// The seed of the streamed random weights of the real-size presets.
+pub const REAL_SIZE_SEED: u64 = 0x4c49_4f4e;
+
+/// Random weights at a published size: the keys of the T5 (`t5.safetensors`) and of the vision
+/// side (`vision.safetensors`) recorded without allocating, then drawn tensor by tensor (seeded,
+/// in parallel chunks) and streamed to disk in bf16, so that neither memory nor time grows with
+/// more than one tensor (LION-12B's T5 alone is 45 GB in f32).
+pub(crate) fn prepare_real_size(setup: &BenchSetup, dir: &Path) -> Result<()> {
+    let cfg = setup.t5.clone();
+    let t5_keys = record_keys(|vb| T5ForConditionalGeneration::new(&cfg, vb).map(|_| ()))?;
+    let mut files = vec![("t5.safetensors", t5_keys)];
+    if let Some(l) = &setup.lion {
+        let l = l.clone();
+        files.push((
+            "vision.safetensors",
+            record_keys(|vb| {
+                let mut vit = l.vit.clone();
+                vit.frozen = false;
+                EvaVit::new(&vit, vb.pp("visual_encoder"))?;
+                if let Some(q) = &l.qformer {
+                    QFormer::new(q, vb.clone())?;
+                }
+                if let Some(a) = &l.aggregator {
+                    VisionAggregator::new(a, vb.clone())?;
+                }
+                Ok(())
+            })?,
+        ));
+    }
+    for (name, keys) in files {
+        let elems: usize = keys.iter().map(|k| k.shape.elem_count()).sum();
+        tracing::info!(
+            "writing {name}: {} tensors, {:.2} G weights in bf16",
+            keys.len(),
+            elems as f64 / 1e9
+        );
+        let mut last = std::time::Instant::now();
+        write_random_safetensors(
+            &dir.join(name),
+            &keys,
+            DType::BF16,
+            REAL_SIZE_SEED,
+            |i, n| {
+                if last.elapsed().as_secs_f64() > 10.0 || i == n {
+                    tracing::info!("{name}: {i}/{n} tensors");
+                    last = std::time::Instant::now();
+                }
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Writes `setup.json`, a random-init `t5.safetensors` and `inputs.safetensors` into `dir`.
 pub fn prepare(setup: &BenchSetup, dir: &Path) -> Result<()> {
     setup.validate()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let dev = Device::Cpu;
     let cfg = &setup.t5;
-    {
+    if setup.real_size() {
+        prepare_real_size(setup, dir)?;
+    } else {
         let vm = VarMap::new();
         let loader = WeightLoader::random().with_trainable(vm.clone(), |_| true);
         let _model = T5ForConditionalGeneration::new(cfg, loader.var_builder(DType::F32, &dev))?;
@@ -74,7 +129,9 @@ pub fn prepare(setup: &BenchSetup, dir: &Path) -> Result<()> {
         ("labels".to_string(), labels),
     ]);
     if let Some(l) = &setup.lion {
-        save_safetensors(&random_vision(l, &dev)?, dir.join("vision.safetensors"))?;
+        if !setup.real_size() {
+            save_safetensors(&random_vision(l, &dev)?, dir.join("vision.safetensors"))?;
+        }
         let img = l.vit.img_size;
         let px = Tensor::randn(0f32, 1., (setup.batch, l.vit.in_chans, img, img), &dev)?;
         inputs.insert("pixel_values".into(), px);

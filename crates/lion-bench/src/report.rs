@@ -74,16 +74,25 @@ pub struct BenchReport {
     pub load_before: Option<f64>,
     pub load_after: Option<f64>,
     pub setup: BenchSetup,
+    /// Building the model from the checkpoint files (read, convert, quantize): seconds and the
+    /// resident-set high-water mark of the process up to then.
+    #[serde(default)]
+    pub load_s: Option<f64>,
+    #[serde(default)]
+    pub load_peak_rss_mib: Option<f64>,
     pub stages: Vec<StageResult>,
 }
 
 /// The report as a table (one row per stage).
 pub fn table(r: &BenchReport) -> String {
     let mut out = format!(
-        "{} | {} | weights {} | {} threads | load {:.1} -> {:.1} | preset {} | seq {} | beams {} | {} new tokens\ncpu: {}\n",
+        "{} | {} | weights {}{} | {} threads | load {:.1} -> {:.1} | preset {} | seq {} | beams {} | {} new tokens\ncpu: {}\n",
         r.implementation,
         if r.device.is_empty() { "cpu" } else { &r.device },
         r.dtype,
+        r.setup
+            .quantize
+            .map_or(String::new(), |q| format!(" + {} (ViT, T5 blocks)", q.name())),
         r.threads,
         r.load_before.unwrap_or(f64::NAN),
         r.load_after.unwrap_or(f64::NAN),
@@ -93,6 +102,9 @@ pub fn table(r: &BenchReport) -> String {
         r.setup.new_tokens,
         r.cpu,
     );
+    if let (Some(t), Some(m)) = (r.load_s, r.load_peak_rss_mib) {
+        out += &format!("model load: {t:.1} s, peak {m:.0} MiB\n");
+    }
     out += &format!(
         "{:<16} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}  {}\n",
         "stage", "median ms", "min ms", "GFLOP", "GFLOP/s", "of GEMM", "peak MiB", "notes"

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use lion_core::cpu::WeightDtype;
+use lion_core::cpu::{Quantize, WeightDtype};
 use lion_core::generate::GenerationConfig;
 use lion_core::lion::LionConfig;
 use lion_core::t5::T5Config;
@@ -11,13 +11,21 @@ use lion_core::{input_err, Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// Preset names [`t5_preset`] knows.
-pub const BENCH_PRESETS: &[&str] = &["tiny", "base"];
+pub const BENCH_PRESETS: &[&str] = &["tiny", "base", "lion-4b", "lion-12b"];
+
+/// The presets at the published sizes: their random weights are written streamed, in bf16
+/// ([`crate::prepare`]), and they have no PyTorch cross-check, tagger or training stage.
+pub const REAL_SIZE_PRESETS: &[&str] = &["lion-4b", "lion-12b"];
 
 /// The T5 of a preset: `base` is flan-t5-base (d 768, d_ff 2048, 12+12 layers, 12 heads, vocab
-/// 32128, gated exact GELU, untied head) with LION's 2 adapters; `tiny` a small model for tests.
+/// 32128, gated exact GELU, untied head) with LION's 2 adapters; `lion-4b` flan-t5-xl (d 2048,
+/// d_ff 5120, 24+24 layers, 32 heads); `lion-12b` flan-t5-xxl (d 4096, d_ff 10240, 64 heads);
+/// `tiny` a small model for tests.
 pub fn t5_preset(name: &str) -> Result<T5Config> {
     let (vocab, d, d_ff, layers, heads, d_kv) = match name {
         "base" => (32128, 768, 2048, 12, 12, 64),
+        "lion-4b" => (32128, 2048, 5120, 24, 32, 64),
+        "lion-12b" => (32128, 4096, 10240, 24, 64, 64),
         "tiny" => (200, 64, 128, 2, 4, 16),
         _ => input_err!(
             "unknown bench preset {name:?} (known: {})",
@@ -108,6 +116,9 @@ pub struct BenchSetup {
     /// training stages run f32 either way.
     #[serde(default = "f32_weights")]
     pub dtype: WeightDtype,
+    /// Weight-only quantisation of the ViT's and T5's linear layers (`--quantize`).
+    #[serde(default)]
+    pub quantize: Option<Quantize>,
 }
 
 pub(crate) fn f32_weights() -> WeightDtype {
@@ -120,6 +131,24 @@ impl BenchSetup {
         let t5 = t5_preset(preset)?;
         let lion = Some(lion_preset(preset, &t5)?);
         let tiny = preset == "tiny";
+        let real = REAL_SIZE_PRESETS.contains(&preset);
+        // at the published sizes: the inference stages of one caption (no batch, training,
+        // tag-encoder or tagger stages)
+        let stages = match real {
+            true => [
+                "gemm",
+                "t5_encoder",
+                "decode_token",
+                "caption_beam5",
+                "vit",
+                "qformer",
+                "aggregator",
+                "caption_e2e",
+            ]
+            .map(String::from)
+            .to_vec(),
+            false => vec![],
+        };
         Ok(Self {
             preset: preset.into(),
             t5,
@@ -129,17 +158,33 @@ impl BenchSetup {
             new_tokens: if tiny { 4 } else { 20 },
             beams: 5,
             repetition_penalty: 1.5,
-            batch: if tiny { 2 } else { 8 },
+            batch: if tiny {
+                2
+            } else if real {
+                1
+            } else {
+                8
+            },
             train_batch: 2,
             train_target: if tiny { 4 } else { 20 },
             repeats: 3,
             gemm_n: if tiny { 128 } else { 2048 },
             tagenc_dir: None,
             tagenc_batch: 32,
-            stages: vec![],
-            tagger: Some(tagger_preset(preset)?),
+            stages,
+            tagger: if real {
+                None
+            } else {
+                Some(tagger_preset(preset)?)
+            },
             dtype: WeightDtype::F32,
+            quantize: None,
         })
+    }
+
+    /// A preset at a published size ([`REAL_SIZE_PRESETS`]).
+    pub fn real_size(&self) -> bool {
+        REAL_SIZE_PRESETS.contains(&self.preset.as_str())
     }
 
     pub fn seq_len(&self) -> usize {
@@ -166,6 +211,18 @@ impl BenchSetup {
         }
         if self.repeats == 0 || self.train_batch == 0 || self.train_target == 0 {
             input_err!("repeats, train batch and train target must be positive")
+        }
+        if self.real_size() {
+            let big = ["caption_batch", "train_step", "caption_e2e_batch", "tagger"];
+            if let Some(s) = self.stages.iter().find(|s| big.contains(&s.as_str())) {
+                input_err!(
+                    "stage {s:?} is not run at the {} size (the one-caption inference stages are)",
+                    self.preset
+                )
+            }
+            if self.stages.is_empty() {
+                input_err!("give the stages to run at the {} size", self.preset)
+            }
         }
         Ok(())
     }

@@ -39,26 +39,41 @@ pub fn run_on(dir: &Path, dev: &Device) -> Result<BenchReport> {
     // so no op records an autograd graph (the PyTorch side runs them under `inference_mode`).
     // The training step builds its own T5 over the same weight storage (`t5_checkpoint`), whose
     // adapters are trainable copies: training them leaves the other stages' weights as loaded.
-    let t5_weights = Checkpoint::open(dir.join("t5.safetensors"))?.load_all(&dev)?;
-    let t5_checkpoint = || Checkpoint::from_tensors("t5.safetensors", t5_weights.clone());
-    let (lion, t5_only) = lion_core::linear::with_weight_dtype(setup.dtype, || match lion_cfg {
+    // Without a training step the checkpoint is read as stored (mapped, converted tensor by
+    // tensor); with one, loaded once into f32 tensors that both models share.
+    let t5_path = dir.join("t5.safetensors");
+    let t5_weights = match setup.wants("train_step") {
+        true => Some(Checkpoint::open(&t5_path)?.load_all(&dev)?),
+        false => None,
+    };
+    let t5_checkpoint = || match &t5_weights {
+        Some(w) => Ok(Checkpoint::from_tensors("t5.safetensors", w.clone())),
+        None => Checkpoint::open(&t5_path),
+    };
+    let t_load = Instant::now();
+    let build = || match lion_cfg {
         Some(l) => {
             // the T5 of the T5 stages is the LION model's own (the same weights)
             let loader = WeightLoader::new(vec![
                 Checkpoint::open(dir.join("vision.safetensors"))?,
-                t5_checkpoint().with_prefix("t5_model."),
+                t5_checkpoint()?.with_prefix("t5_model."),
             ]);
             let m = LionModel::new(l, 0, loader.var_builder(DType::F32, &dev))?;
             loader.finish(LoadMode::Strict)?;
             Ok((Some(m), None))
         }
         None => {
-            let loader = WeightLoader::new(vec![t5_checkpoint()]);
+            let loader = WeightLoader::new(vec![t5_checkpoint()?]);
             let m = T5ForConditionalGeneration::new(cfg, loader.var_builder(DType::F32, &dev))?;
             loader.finish(LoadMode::Strict)?;
             Ok::<_, Error>((None, Some(m)))
         }
+    };
+    let (lion, t5_only) = lion_core::linear::with_weight_dtype(setup.dtype, || {
+        lion_core::linear::with_quantize(setup.quantize, build)
     })?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let load_peak_rss_mib = peak_rss_mib();
     // (the checkpoints' mappings are dropped with the loaders: they would count in the peak RSS)
     let model: &T5ForConditionalGeneration = match (&lion, &t5_only) {
         (Some(l), _) => l.t5(),
@@ -192,7 +207,7 @@ pub fn run_on(dir: &Path, dev: &Device) -> Result<BenchReport> {
             ..ParamsAdamW::default()
         };
         let vm = VarMap::new();
-        let loader = WeightLoader::new(vec![t5_checkpoint()])
+        let loader = WeightLoader::new(vec![t5_checkpoint()?])
             .with_trainable(vm.clone(), |k| k.contains(".adapter."));
         let model = T5ForConditionalGeneration::new(cfg, loader.var_builder(DType::F32, &dev))?;
         loader.finish(LoadMode::Strict)?;
@@ -249,6 +264,8 @@ pub fn run_on(dir: &Path, dev: &Device) -> Result<BenchReport> {
         load_before,
         load_after: load_average(),
         setup,
+        load_s: Some(load_s),
+        load_peak_rss_mib,
         stages,
     })
 }

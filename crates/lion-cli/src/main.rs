@@ -52,6 +52,9 @@ enum Command {
     /// HTTP API: POST /v1/{caption,vqa,ground,tags,embed}, /health,
     /// /metrics, /openapi.json.
     Serve(cmd::serve::Args),
+    /// Rewrite weight files once as safetensors, streamed, optionally in bf16/f16/f32:
+    /// `lion convert --model SRC --out DST [--dtype bf16]` or `--weights FILE.pth --out F.safetensors`.
+    Convert(cmd::convert::Args),
     /// Per-stage timing with random weights (`scripts/bench.sh` runs PyTorch beside it).
     Bench(cmd::bench::Args),
     /// The CPU features found and the kernels picked for them (JSON).
@@ -79,6 +82,7 @@ fn main() -> std::process::ExitCode {
         Command::World(args) => cmd::world::run(args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Convert(args) => cmd::convert::run(args),
         Command::SelectCaptions(args) => cmd::select_captions::run(args),
         Command::TrainTagEncoder(args) => cmd::train_tag_encoder::run(args),
         Command::TrainTagger(args) => cmd::train_tagger::run(args),

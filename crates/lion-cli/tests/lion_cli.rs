@@ -464,3 +464,68 @@ fn device_flag_is_validated_on_every_model_command() {
     ]);
     assert!(ok, "--device cpu: {err}");
 }
+
+/// `lion convert` (no model flags).
+fn convert(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lion"))
+        .arg("convert")
+        .args(args)
+        .output()
+        .expect("run lion")
+}
+
+/// `lion convert` rewrites a model folder as safetensors: kept as stored, the captions are the
+/// same; in bf16 the file is half the size and loads; converting into a folder that has a
+/// model is refused. `--quantize q8_0|q4_0` runs, and an unknown format is named.
+#[test]
+fn convert_and_quantize_from_the_command_line() {
+    let img = photo("chelsea.png");
+    let dir = tempfile::tempdir().unwrap();
+    let d = model_dir(dir.path(), &tiny_weights());
+    let caption = |model: &str, extra: &[&str]| -> String {
+        let mut args = vec!["caption", "--model", model, &img];
+        args.extend(FAST);
+        args.extend(extra);
+        let out = lion(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines(&out)[0]["caption"].as_str().unwrap().to_string()
+    };
+    let f32 = ["--dtype", "f32"];
+    let want = caption(&d, &f32);
+    let outs = tempfile::tempdir().unwrap();
+    let same = outs.path().join("same");
+    let same_s = same.display().to_string();
+    let out = convert(&["--model", &d, "--out", &same_s]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lion.safetensors\t"));
+    assert_eq!(caption(&same_s, &f32), want);
+    let half = outs.path().join("bf16");
+    let half_s = half.display().to_string();
+    let out = convert(&["--model", &d, "--out", &half_s, "--dtype", "bf16"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let size = |p: &Path| std::fs::metadata(p.join("lion.safetensors")).unwrap().len() as f64;
+    let ratio = size(&half) / size(&same);
+    assert!((ratio - 0.5).abs() < 0.02, "bf16 / f32 size {ratio}");
+    caption(&half_s, &["--dtype", "bf16"]);
+    let out = convert(&["--model", &d, "--out", &same_s]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a lion.json"));
+    for q in ["q8_0", "q4_0"] {
+        caption(&d, &["--quantize", q]);
+    }
+    let out = lion(&["caption", "--model", &d, "--quantize", "q5", &img]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected q8_0 or q4_0"));
+}

@@ -187,9 +187,9 @@ impl AdapterRouter {
                     r.get(route.index())?.broadcast_mul(&a.scale)?
                 }
             };
-            downs_w.push(a.down_proj.weight().clone());
+            downs_w.push(dense(&a.down_proj)?.clone());
             downs_b.push(a.down_proj.bias().expect("adapters have biases").clone());
-            ups_w.push(a.up_proj.weight().broadcast_mul(&c.unsqueeze(1)?)?);
+            ups_w.push(dense(&a.up_proj)?.broadcast_mul(&c.unsqueeze(1)?)?);
             let b = (a.up_proj.bias().expect("adapters have biases") * &c)?;
             up_b = Some(match up_b {
                 None => b,
@@ -248,4 +248,10 @@ fn get_or_init(vb: &VarBuilder, name: &str, init: Tensor) -> Result<Tensor> {
     } else {
         Ok(init)
     }
+}
+
+/// An adapter projection's weight (adapters are never quantized).
+fn dense(l: &Linear) -> Result<&Tensor> {
+    l.weight()
+        .ok_or_else(|| candle_core::Error::msg("adapter weights are never quantized"))
 }

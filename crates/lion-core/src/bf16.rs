@@ -99,6 +99,39 @@ pub fn reference(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, round_x: b
 
 #[cfg(target_arch = "x86_64")]
 fn native(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
+    native_rows(x, m, k, n, Rows::Slice(w))
+}
+
+/// Where a task's weight rows come from: a bf16 weight, or a function that writes rows
+/// `j0..j0 + rows` into a buffer (`rows * k` values; quantized weights dequantize there).
+pub(crate) enum Rows<'a> {
+    Slice(&'a [bf16]),
+    Fill(&'a (dyn Fn(usize, usize, &mut [bf16]) + Sync)),
+}
+
+/// [`matmul_wt`] on the AVX512-BF16 path with the weight rows made per task by `fill` (see
+/// [`Rows::Fill`]): a block of 32 weight rows at a time, so no dense copy of the weight exists.
+/// Panics unless the CPU has AVX512-BF16 ([`crate::cpu::kernels`]) and `x.len() == m * k`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn matmul_wt_filled(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    fill: &(dyn Fn(usize, usize, &mut [bf16]) + Sync),
+) -> Vec<f32> {
+    assert!(
+        crate::cpu::kernels().bf16 == crate::cpu::Bf16Kernel::Avx512Bf16 && x.len() == m * k,
+        "bf16::matmul_wt_filled: needs AVX512-BF16 and x for ({m}, {k})"
+    );
+    if m == 0 || n == 0 {
+        return vec![];
+    }
+    native_rows(x, m, k, n, Rows::Fill(fill))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn native_rows(x: &[f32], m: usize, k: usize, n: usize, src: Rows) -> Vec<f32> {
     let kp = k.div_ceil(32) * 32;
     // x in bf16, rows padded with zeros to kp (the weight's tail is read masked)
     let mut xb = vec![bf16::ZERO; m * kp];
@@ -114,22 +147,21 @@ fn native(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
         .for_each(|b| {
             let j0 = b * ROWS_PER_TASK;
             let rows = ROWS_PER_TASK.min(n - j0);
+            let filled;
+            let w = match &src {
+                Rows::Slice(w) => &w[j0 * k..(j0 + rows) * k],
+                Rows::Fill(f) => {
+                    let mut buf = vec![bf16::ZERO; rows * k];
+                    f(j0, rows, &mut buf);
+                    filled = buf;
+                    &filled[..]
+                }
+            };
             // SAFETY: `native` runs only when `cpu::kernels()` picked AVX512-BF16, i.e. the CPU has
             // AVX-512 F/BW/VL and BF16. Lengths: xb is m * kp, the block is rows * k. Each task
             // writes only the columns j0..j0 + rows of the m rows of `y` (row stride n), disjoint
             // from every other task's, and `y` outlives the parallel loop.
-            unsafe {
-                avx512::block(
-                    &xb,
-                    m,
-                    kp,
-                    &w[j0 * k..(j0 + rows) * k],
-                    k,
-                    out.at(j0),
-                    rows,
-                    n,
-                )
-            };
+            unsafe { avx512::block(&xb, m, kp, w, k, out.at(j0), rows, n) };
         });
     y
 }

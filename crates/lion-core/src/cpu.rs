@@ -150,6 +150,45 @@ impl WeightDtype {
     }
 }
 
+/// Weight-only quantisation of the big frozen linear layers (`--quantize`): GGML's q8_0 and
+/// q4_0 schemes with our kernels ([`crate::quant`]); activations stay f32. Embeddings, norms,
+/// the Q-Former and the LM head stay in `--dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Quantize {
+    /// 8-bit, one scale per 32 weights (1.125 bytes per weight).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// 4-bit, one scale per 32 weights (0.625 bytes per weight).
+    #[serde(rename = "q4_0")]
+    Q4_0,
+}
+
+impl Quantize {
+    /// `q8_0` or `q4_0`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "q8_0" => Some(Self::Q8_0),
+            "q4_0" => Some(Self::Q4_0),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q8_0 => "q8_0",
+            Self::Q4_0 => "q4_0",
+        }
+    }
+
+    /// Bytes per weight of the format as stored (f32 block scales included).
+    pub fn bytes_per_weight(self) -> f64 {
+        match self {
+            Self::Q8_0 => 1.125,
+            Self::Q4_0 => 0.625,
+        }
+    }
+}
+
 /// The kernels picked for this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Kernels {

@@ -181,7 +181,7 @@ pub fn sincos_pos_embed(grid: usize, dim: usize, dev: &candle_core::Device) -> R
 fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder, frozen: bool) -> Result<Linear> {
     let w = param(&vb, (out_dim, in_dim), "weight", TRUNC_NORMAL, frozen)?;
     let b = param(&vb, out_dim, "bias", Init::Const(0.), frozen)?;
-    Ok(Linear::new(crate::linear::load_weight(w)?, Some(b)))
+    crate::linear::load_linear(w, Some(b), true)
 }
 
 /// `nn.LayerNorm`: fused kernel when frozen, differentiable composition otherwise.
@@ -226,7 +226,7 @@ impl Norm {
 /// EVA `Attention`: fused qkv projection whose bias is `cat(q_bias, 0, v_bias)`.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    qkv: Tensor,
+    qkv: Linear,
     q_bias: Tensor,
     v_bias: Tensor,
     proj: Linear,
@@ -241,13 +241,11 @@ impl Attention {
         let d = cfg.width;
         let f = cfg.frozen;
         Ok(Self {
-            qkv: crate::linear::load_weight(param(
-                &vb.pp("qkv"),
-                (3 * d, d),
-                "weight",
-                TRUNC_NORMAL,
-                f,
-            )?)?,
+            qkv: crate::linear::load_linear(
+                param(&vb.pp("qkv"), (3 * d, d), "weight", TRUNC_NORMAL, f)?,
+                None,
+                true,
+            )?,
             q_bias: param(&vb, d, "q_bias", Init::Const(0.), f)?,
             v_bias: param(&vb, d, "v_bias", Init::Const(0.), f)?,
             proj: linear(d, d, vb.pp("proj"), f)?,
@@ -261,7 +259,7 @@ impl Attention {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, n, d) = xs.dims3()?;
         let bias = Tensor::cat(&[&self.q_bias, &self.q_bias.zeros_like()?, &self.v_bias], 0)?;
-        let qkv = Linear::new(self.qkv.clone(), Some(bias)).forward(xs)?;
+        let qkv = crate::kernels::add_bias(&self.qkv.forward(xs)?, &bias)?;
         // (3, b, heads, n, head_dim)
         let qkv = qkv
             .reshape((b, n, 3, self.num_heads, self.head_dim))?

@@ -12,17 +12,68 @@
 //! frozen weights of its big linear layers (those built through [`load_weight`]: T5, BERT /
 //! Q-Former, EVA ViT) converted to bf16 once; activations stay f32, and `x @ W^T` runs
 //! [`crate::bf16::matmul_wt`] (f32 accumulation). Trainable weights (`Var`s) stay f32.
+//!
+//! Quantized weights (`--quantize q8_0|q4_0`): inside [`with_quantize`], [`load_linear`] with
+//! `quantizable` (the ViT's and T5's blocks; never the LM head) stores a frozen CPU weight as a
+//! [`QWeight`] and multiplies with its kernels. A quantized layer can still take part in autograd
+//! through its input (the weight is dequantized for that product).
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 
-use crate::cpu::WeightDtype;
+use crate::cpu::{Quantize, WeightDtype};
+use crate::quant::QWeight;
 use crate::skinny;
 
 thread_local! {
     static WEIGHT_DTYPE: Cell<WeightDtype> = const { Cell::new(WeightDtype::F32) };
+    static QUANTIZE: Cell<Option<Quantize>> = const { Cell::new(None) };
+}
+
+/// Runs `f` (a model's construction) with [`load_linear`] quantizing the quantizable frozen
+/// linear weights to `q` (None: dense); the previous setting comes back afterwards.
+pub fn with_quantize<T>(q: Option<Quantize>, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Quantize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            QUANTIZE.with(|d| d.set(self.0));
+        }
+    }
+    let _restore = Restore(QUANTIZE.with(|d| d.replace(q)));
+    f()
+}
+
+/// Bytes per weight of the big linear layers as the current settings store them (memory
+/// estimates): the quantized format's, else bf16's 2 or f32's 4.
+pub fn bytes_per_weight() -> f64 {
+    match QUANTIZE.with(|d| d.get()) {
+        Some(q) => q.bytes_per_weight(),
+        None => match WEIGHT_DTYPE.with(|d| d.get()) {
+            WeightDtype::Bf16 => 2.0,
+            WeightDtype::F32 => 4.0,
+        },
+    }
+}
+
+/// A linear layer from its loaded weight (out, in) and bias: quantized inside
+/// [`with_quantize`] when `quantizable` and the weight is a frozen CPU tensor whose width the
+/// format takes (a multiple of 32), else dense as [`load_weight`] stores it.
+pub fn load_linear(w: Tensor, bias: Option<Tensor>, quantizable: bool) -> Result<Linear> {
+    if let Some(q) = QUANTIZE.with(|d| d.get()) {
+        let (n, k) = w.dims2()?;
+        if quantizable && !w.is_variable() && w.device().is_cpu() && q.fits(k) {
+            let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            drop(w);
+            return Ok(Linear {
+                weight: Weight::Quantized(Arc::new(QWeight::quantize(&values, n, k, q))),
+                bias,
+            });
+        }
+    }
+    Ok(Linear::new(load_weight(w)?, bias))
 }
 
 /// Runs `f` (a model's construction) with [`load_weight`] storing frozen linear weights in
@@ -123,20 +174,67 @@ impl CustomOp2 for MatmulWt {
     }
 }
 
+/// A linear layer's weight: a tensor (f32 or bf16), or quantized blocks.
+#[derive(Debug, Clone)]
+enum Weight {
+    Dense(Tensor),
+    Quantized(Arc<QWeight>),
+}
+
 /// `x @ W^T (+ b)` with weight (out, in) and optional bias (out,), as `candle_nn::Linear`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight: Weight::Dense(weight),
+            bias,
+        }
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The weight (out, in); None when it is quantized ([`load_linear`]).
+    pub fn weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            Weight::Dense(w) => Some(w),
+            Weight::Quantized(_) => None,
+        }
+    }
+
+    /// Whether the weight is stored quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, Weight::Quantized(_))
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) => crate::kernels::add_bias(&y, &b.to_dtype(y.dtype())?),
+            None => Ok(y),
+        }
+    }
+
+    /// A quantized weight: its kernels; with autograd on the input, the weight dequantized
+    /// (frozen either way). xs: (..., k) -> (..., n) f32.
+    fn forward_quantized(&self, q: &QWeight, xs: &Tensor) -> Result<Tensor> {
+        let (n, k) = q.dims();
+        let dims = xs.dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("quantized linear: input {dims:?}, weight width {k}")
+        }
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("non-empty") = n;
+        let m = xs.elem_count() / k;
+        let y = if xs.track_op() {
+            let w = Tensor::from_vec(q.dequantize(), (n, k), xs.device())?;
+            xs.broadcast_matmul(&w.to_dtype(xs.dtype())?.t()?)?
+        } else {
+            let x = xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            Tensor::from_vec(q.matmul_wt(&x, m), shape, xs.device())?
+        };
+        self.add_bias(y)
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
@@ -148,9 +246,9 @@ impl Linear {
     /// Plain candle ops (a GPU, or the plain path forced): a bf16 weight with f32 activations
     /// multiplies in bf16 (activations rounded to bf16, as PyTorch's bf16 linear) and returns
     /// f32, the bias added in f32; otherwise the weight in the input's dtype.
-    fn forward_plain(&self, xs: &Tensor) -> Result<Tensor> {
-        if self.weight.dtype() == DType::BF16 && xs.dtype() == DType::F32 {
-            let y = candle_nn::Linear::new(self.weight.clone(), None)
+    fn forward_plain(&self, weight: &Tensor, xs: &Tensor) -> Result<Tensor> {
+        if weight.dtype() == DType::BF16 && xs.dtype() == DType::F32 {
+            let y = candle_nn::Linear::new(weight.clone(), None)
                 .forward(&xs.to_dtype(DType::BF16)?)?
                 .to_dtype(DType::F32)?;
             return match &self.bias {
@@ -158,7 +256,7 @@ impl Linear {
                 None => Ok(y),
             };
         }
-        let w = self.weight.to_dtype(xs.dtype())?;
+        let w = weight.to_dtype(xs.dtype())?;
         candle_nn::Linear::new(w, self.bias.clone()).forward(xs)
     }
 }
@@ -166,16 +264,20 @@ impl Linear {
 impl Module for Linear {
     /// xs: (..., in) -> (..., out)
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let weight = match &self.weight {
+            Weight::Dense(w) => w,
+            Weight::Quantized(q) => return self.forward_quantized(q, xs),
+        };
         let cpu = crate::kernels::fused(xs.device())
-            && self.weight.device().is_cpu()
-            && (xs.dtype() == self.weight.dtype()
-                || (xs.dtype() == DType::F32 && self.weight.dtype() == DType::BF16))
+            && weight.device().is_cpu()
+            && (xs.dtype() == weight.dtype()
+                || (xs.dtype() == DType::F32 && weight.dtype() == DType::BF16))
             && xs.rank() >= 1
-            && self.weight.rank() == 2;
+            && weight.rank() == 2;
         if !cpu {
-            return self.forward_plain(xs);
+            return self.forward_plain(weight, xs);
         }
-        let y = xs.contiguous()?.apply_op2(&self.weight, MatmulWt)?;
+        let y = xs.contiguous()?.apply_op2(weight, MatmulWt)?;
         match &self.bias {
             Some(b) => crate::kernels::add_bias(&y, b),
             None => Ok(y),

@@ -338,7 +338,7 @@ impl LionConfig {
     }
 
     /// Rough bytes of an inference (`training` false) or training step over `batch` images: the
-    /// f32 weights plus the activations: per sample, every ViT block's token stream and attention scores, and the T5
+    /// weights (f32 for training; inference in the current `--dtype` / `--quantize`) plus the activations: per sample, every ViT block's token stream and attention scores, and the T5
     /// stream over the visual tokens and text. An estimate to refuse hopeless runs early, not an
     /// accounting.
     pub fn memory_estimate(
@@ -370,7 +370,17 @@ impl LionConfig {
                 8.0
             };
         let per_sample = (vit_layer + t5_layer) * layers + logits;
-        let total = 4.0 * (weights + per_sample * f(batch));
+        // Weights as the current settings store them ([`crate::linear::bytes_per_weight`]:
+        // `--dtype`, `--quantize`): the T5 embedding and LM head are never quantized.
+        let (bpw, dense) = if training {
+            (4.0, 4.0)
+        } else {
+            let bpw = crate::linear::bytes_per_weight();
+            (bpw, bpw.max(2.0))
+        };
+        let heads = if t.tie_word_embeddings { 1.0 } else { 2.0 };
+        let embed = (heads * f(t.vocab_size) * f(t.d_model)).min(weights);
+        let total = bpw * (weights - embed) + dense * embed + 4.0 * per_sample * f(batch);
         Ok(if total >= u64::MAX as f64 {
             u64::MAX
         } else {

@@ -1,5 +1,6 @@
 pub mod ask;
 pub mod bench;
+pub mod convert;
 pub mod demo;
 pub mod doctor;
 pub mod embed;

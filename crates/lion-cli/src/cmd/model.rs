@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use lion_core::cpu::WeightDtype;
+use lion_core::cpu::{Quantize, WeightDtype};
 use lion_core::generate::{GenerationConfig, Sampling};
 use lion_core::hub::{resolve_file, resolve_model};
 use lion_core::pipeline::{LionPipeline, PipelineSources};
@@ -49,6 +49,11 @@ pub struct ModelArgs {
     /// Default: auto (f32 for `lion forward`; bf16 with `--device cuda`).
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<WeightDtype>,
+    /// Weight-only quantisation of the ViT's and T5's linear layers: q8_0 (9 bits per weight)
+    /// or q4_0 (5), GGML's schemes, quantized at load. Embeddings, norms, the Q-Former and the
+    /// LM head stay in --dtype. CPU only.
+    #[arg(long, value_parser = parse_quantize)]
+    pub quantize: Option<Quantize>,
     #[command(flatten)]
     pub device: super::DeviceArgs,
 }
@@ -56,6 +61,11 @@ pub struct ModelArgs {
 /// Parses `--dtype`.
 pub fn parse_dtype(s: &str) -> std::result::Result<WeightDtype, String> {
     WeightDtype::parse(s).ok_or_else(|| format!("`{s}`: expected f32, bf16 or auto"))
+}
+
+/// Parses `--quantize`.
+pub fn parse_quantize(s: &str) -> std::result::Result<Quantize, String> {
+    Quantize::parse(s).ok_or_else(|| format!("`{s}`: expected q8_0 or q4_0"))
 }
 
 /// Parses `--prompt` ([`PromptKind::parse_name`]).
@@ -72,8 +82,20 @@ impl ModelArgs {
         } else {
             lion_core::cpu::kernels().auto_dtype
         });
-        tracing::info!("linear weights in {}", dtype.name());
-        lion_core::linear::with_weight_dtype(dtype, || self.load_as_is())
+        if self.quantize.is_some() && self.device.device.is_cuda() {
+            bail!("--quantize runs on the CPU only (quantized layers use candle's CPU kernels); drop it or use --device cpu");
+        }
+        match self.quantize {
+            Some(q) => tracing::info!(
+                "linear weights in {} ({} for the ViT and T5 blocks)",
+                dtype.name(),
+                q.name()
+            ),
+            None => tracing::info!("linear weights in {}", dtype.name()),
+        }
+        lion_core::linear::with_weight_dtype(dtype, || {
+            lion_core::linear::with_quantize(self.quantize, || self.load_as_is())
+        })
     }
 
     fn load_as_is(&self) -> Result<LionPipeline> {

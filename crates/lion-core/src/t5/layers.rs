@@ -47,7 +47,7 @@ pub(super) fn linear_no_bias(
             stdev: std,
         },
     )?;
-    Ok(Linear::new(crate::linear::load_weight(w)?, None))
+    crate::linear::load_linear(w, None, true)
 }
 
 /// The FFN (`DenseReluDense`): `wo(dropout(act(wi_0 x) * wi_1 x))` when gated, else

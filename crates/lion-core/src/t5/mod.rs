@@ -335,7 +335,7 @@ impl T5ForConditionalGeneration {
 
     /// The separate LM head (`lm_head.weight`, (v, d)); None when tied to `shared`.
     pub fn lm_head(&self) -> Option<&Tensor> {
-        self.lm_head.as_ref().map(|l| l.weight())
+        self.lm_head.as_ref().and_then(|l| l.weight())
     }
 
     /// The shared token embedding: ids (b, s) u32 -> (b, s, d).

@@ -1,10 +1,25 @@
-//! A checkpoint file, memory-mapped safetensors or a PyTorch `.pth` (format sniffed from the
-//! bytes), read tensor by tensor under canonical key names.
+//! A checkpoint file, safetensors or a PyTorch `.pth` (format sniffed from the bytes), read
+//! tensor by tensor under canonical key names.
+//!
+//! Safetensors are validated through candle's memory map when opened, then each tensor is read
+//! with a positioned read (`pread`) into its own buffer: pages of a mapping stay in the process's
+//! resident set until it is unmapped, so reading a 25 GB file through the map would count the
+//! whole file in the peak, beside the converted model.
+
+use std::os::unix::fs::FileExt;
 
 use super::*;
 
+/// Where a safetensors tensor's bytes are: dtype, shape, absolute byte range in the file.
+type Extent = (DType, Vec<usize>, u64, usize);
+
 pub(super) enum Store {
-    Safetensors(candle_core::safetensors::MmapedSafetensors),
+    Safetensors {
+        st: candle_core::safetensors::MmapedSafetensors,
+        file: std::fs::File,
+        /// stored key -> extent, for the dtypes read directly (others go through the map)
+        extents: HashMap<String, Extent>,
+    },
     Pth(candle_core::pickle::PthTensors),
     Memory(HashMap<String, Tensor>),
 }
@@ -13,8 +28,8 @@ pub(super) enum Store {
 pub struct Checkpoint {
     name: String,
     store: Store,
-    /// canonical key -> (stored key, shape)
-    keys: BTreeMap<String, (String, Shape)>,
+    /// canonical key -> (stored key, shape, stored dtype)
+    keys: BTreeMap<String, (String, Shape, Option<DType>)>,
 }
 
 impl fmt::Debug for Checkpoint {
@@ -111,11 +126,15 @@ impl Checkpoint {
         let mut keys = BTreeMap::new();
         for (name, view) in st.tensors() {
             let shape = Shape::from(view.shape().to_vec());
-            keys.insert(canonical_key(&name), (name, shape));
+            let dtype = DType::try_from(view.dtype()).ok();
+            keys.insert(canonical_key(&name), (name, shape, dtype));
         }
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let extents = safetensors_extents(&file)
+            .map_err(|m| Error::format(path, format!("cannot read safetensors header: {m}")))?;
         Ok(Self {
             name: path.display().to_string(),
-            store: Store::Safetensors(st),
+            store: Store::Safetensors { st, file, extents },
             keys,
         })
     }
@@ -131,7 +150,7 @@ impl Checkpoint {
                     for (name, info) in pth.tensor_infos() {
                         keys.insert(
                             canonical_key(name),
-                            (name.clone(), info.layout.shape().clone()),
+                            (name.clone(), info.layout.shape().clone(), Some(info.dtype)),
                         );
                     }
                     return Ok(Self {
@@ -156,7 +175,10 @@ impl Checkpoint {
     pub fn from_tensors(name: impl Into<String>, tensors: HashMap<String, Tensor>) -> Self {
         let keys = tensors
             .iter()
-            .map(|(k, t)| (canonical_key(k), (k.clone(), t.shape().clone())))
+            .map(|(k, t)| {
+                let v = (k.clone(), t.shape().clone(), Some(t.dtype()));
+                (canonical_key(k), v)
+            })
             .collect();
         Self {
             name: name.into(),
@@ -199,18 +221,31 @@ impl Checkpoint {
     }
 
     pub fn shape(&self, key: &str) -> Option<&Shape> {
-        self.keys.get(key).map(|(_, s)| s)
+        self.keys.get(key).map(|(_, s, _)| s)
+    }
+
+    /// The stored dtype of `key` (None when the file's dtype has no candle equivalent).
+    pub fn dtype(&self, key: &str) -> Option<DType> {
+        self.keys.get(key).and_then(|(_, _, d)| *d)
     }
 
     /// Loads one tensor by canonical key, in its stored dtype, on `dev`.
     pub fn get(&self, key: &str, dev: &Device) -> Result<Tensor> {
-        let (stored, _) = self.keys.get(key).ok_or_else(|| {
+        let (stored, _, _) = self.keys.get(key).ok_or_else(|| {
             Error::format(&self.name, format!("no tensor named `{key}` in checkpoint"))
         })?;
         let path = PathBuf::from(&self.name);
         let what = format!("cannot read tensor `{stored}`");
         let t = match &self.store {
-            Store::Safetensors(st) => guarded(&path, &what, || st.load(stored, dev))?,
+            Store::Safetensors { st, file, extents } => match extents.get(stored) {
+                Some((dtype, shape, start, len)) => {
+                    let mut buf = vec![0u8; *len];
+                    file.read_exact_at(&mut buf, *start)
+                        .map_err(|e| Error::io(&path, e))?;
+                    Tensor::from_raw_buffer(&buf, *dtype, shape, dev)?
+                }
+                None => guarded(&path, &what, || st.load(stored, dev))?,
+            },
             Store::Pth(pth) => {
                 let t = guarded(&path, &what, || pth.get(stored))?
                     .ok_or_else(|| Error::format(&path, format!("{what}: missing")))?;
@@ -228,4 +263,46 @@ impl Checkpoint {
             .map(|k| Ok((k.to_string(), self.get(k, dev)?)))
             .collect()
     }
+}
+
+/// The byte extents of a (validated) safetensors file's tensors in the dtypes read directly.
+fn safetensors_extents(
+    file: &std::fs::File,
+) -> std::result::Result<HashMap<String, Extent>, String> {
+    let mut len = [0u8; 8];
+    file.read_exact_at(&mut len, 0).map_err(|e| e.to_string())?;
+    let n = u64::from_le_bytes(len);
+    let mut header = vec![0u8; usize::try_from(n).map_err(|e| e.to_string())?];
+    file.read_exact_at(&mut header, 8)
+        .map_err(|e| e.to_string())?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for (key, v) in header {
+        if key == "__metadata__" {
+            continue;
+        }
+        let dtype = match v["dtype"].as_str() {
+            Some("F32") => DType::F32,
+            Some("F16") => DType::F16,
+            Some("BF16") => DType::BF16,
+            Some("F64") => DType::F64,
+            Some("I64") => DType::I64,
+            Some("U32") => DType::U32,
+            Some("U8") => DType::U8,
+            _ => continue,
+        };
+        let shape: Vec<usize> =
+            serde_json::from_value(v["shape"].clone()).map_err(|e| e.to_string())?;
+        let offsets: [u64; 2] =
+            serde_json::from_value(v["data_offsets"].clone()).map_err(|e| e.to_string())?;
+        let bytes = shape.iter().product::<usize>() * dtype.size_in_bytes();
+        if offsets[1].checked_sub(offsets[0]) != Some(bytes as u64) {
+            return Err(format!(
+                "`{key}`: data_offsets {offsets:?} do not hold {shape:?} {dtype:?}"
+            ));
+        }
+        out.insert(key, (dtype, shape, 8 + n + offsets[0], bytes));
+    }
+    Ok(out)
 }

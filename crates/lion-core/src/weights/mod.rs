@@ -38,9 +38,13 @@ use crate::{Error, Result};
 
 mod checkpoint;
 mod init;
+mod random;
+mod stream;
 
 pub use checkpoint::*;
 use init::*;
+pub use random::*;
+pub use stream::*;
 /// The one key-rename table: `(stored, canonical)` substitutions applied to every key read from
 /// a checkpoint file, in order. Canonical names are the upstream names our modules use.
 ///
@@ -233,8 +237,10 @@ struct LoaderState {
     /// Tie alias -> None when equal to its source, else how it differs (computed once).
     ties: Mutex<HashMap<String, Option<String>>>,
     init_seed: Option<u64>,
-    /// Every tensor handed to the model, by key (shared storage; `Var`s detached).
+    /// Every tensor handed to the model, by key (shared storage; `Var`s detached), when
+    /// [`WeightLoader::retaining_tensors`] asked for them.
     handed: Mutex<HashMap<String, Tensor>>,
+    retain: bool,
 }
 
 /// A [`VarBuilder`] backend over one or more checkpoints that records what the model asks for.
@@ -258,6 +264,7 @@ impl WeightLoader {
                 ties: Mutex::new(HashMap::new()),
                 init_seed: None,
                 handed: Mutex::new(HashMap::new()),
+                retain: false,
             }),
         }
     }
@@ -285,6 +292,13 @@ impl WeightLoader {
     /// model with random or missing weights is the same on every run.
     pub fn with_init_seed(mut self, seed: u64) -> Self {
         self.state_mut().init_seed = Some(seed);
+        self
+    }
+
+    /// Keeps every tensor handed to the model for [`Self::tensors`]. Off by default: the loaded
+    /// (f32) tensors would stay alive beside a bf16 or quantized copy the model keeps.
+    pub fn retaining_tensors(mut self) -> Self {
+        self.state_mut().retain = true;
         self
     }
 
@@ -445,7 +459,8 @@ impl WeightLoader {
         }
     }
 
-    /// Every tensor the model was given, by key: the same storage (no copy), trainable ones
+    /// With [`Self::retaining_tensors`] (else empty):
+    /// every tensor the model was given, by key: the same storage (no copy), trainable ones
     /// detached from their `Var`, so they follow its updates. A model built again over them
     /// (`Checkpoint::from_tensors`) is the same model with no `Var` in it: inference that builds
     /// no autograd graph (evaluation during training).
@@ -455,11 +470,13 @@ impl WeightLoader {
 
     fn make(&self, key: &str, value: Tensor) -> candle_core::Result<Tensor> {
         let t = self.make_inner(key, value)?;
-        self.state
-            .handed
-            .lock()
-            .expect("poisoned")
-            .insert(key.to_string(), t.detach());
+        if self.state.retain {
+            self.state
+                .handed
+                .lock()
+                .expect("poisoned")
+                .insert(key.to_string(), t.detach());
+        }
         Ok(t)
     }
 

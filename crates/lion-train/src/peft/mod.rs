@@ -210,6 +210,7 @@ impl PeftTrainer {
         let varmap = VarMap::new();
         let loader = lion_core::lion::checkpoint_loader(&lcfg, checkpoints)
             .with_init_seed(cfg.seed)
+            .retaining_tensors()
             .with_trainable(varmap.clone(), move |k| {
                 if all {
                     // The backbone too, but never the T5 adapters, nor the Q-Former parts that

@@ -1,0 +1,458 @@
+//! Weight-only quantized linear weights (`--quantize q8_0|q4_0`): GGML's q8_0 and q4_0 schemes
+//! (blocks of 32 weights along the input, one scale per block), stored as separate arrays of
+//! quants and f32 scales, with our own kernels:
+//!
+//! - **q8_0**: `d = max|w| / 127`, `q = round(w / d)` (i8), 1.125 bytes per weight here.
+//! - **q4_0**: `d = w_max / -8` (the signed value of largest magnitude),
+//!   `q = min(15, trunc(w / d + 8.5))` (4 bits, value `(q - 8) d`); byte `i` of a block holds
+//!   weights `i` (low nibble) and `i + 16` (high), as GGML packs it; 0.625 bytes per weight.
+//!
+//! Activations stay f32. Up to [`crate::skinny::MAX_ROWS`] rows (decoding) the weight is streamed
+//! once and dequantized block by block in registers ([`QWeight::matmul_wt`]: 16-lane f32 FMAs,
+//! AVX-512 or AVX2 picked at run time); more rows (encoders, the ViT) dequantize blocks of weight
+//! rows into bf16 and run the bf16 GEMM ([`crate::bf16::matmul_wt`]) on them, so prefill costs
+//! the bf16 rate plus one pass of dequantization, and memory holds one block of dense rows.
+//! (candle's `quantized` module was measured first: on AMD Zen 4 it repacks q8_0 weights into
+//! a second copy for its VNNI path, doubling the memory, and runs EVA ViT-g's 1408-wide layers,
+//! which are not a multiple of 256, at 10 GFLOP/s.)
+
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::cpu::Quantize;
+use crate::skinny::MAX_ROWS;
+
+/// Weights per block (and per scale).
+pub const BLOCK: usize = 32;
+
+/// Weight rows dequantized to f32 per GEMM call on machines without native bf16.
+const DENSE_ROWS: usize = 1024;
+
+/// Weight rows per rayon task of the skinny path.
+const ROWS_PER_TASK: usize = 32;
+
+/// A quantized weight (n, k), `k` a multiple of [`BLOCK`].
+#[derive(Debug, Clone)]
+pub struct QWeight {
+    kind: Quantize,
+    n: usize,
+    k: usize,
+    /// (n, k / 32) block scales.
+    scales: Vec<f32>,
+    /// q8_0: n * k bytes (i8 as u8); q4_0: n * k / 2 (two 4-bit quants per byte).
+    qs: Vec<u8>,
+}
+
+impl QWeight {
+    /// Quantizes `w` (n, k) row-major. Panics unless `w.len() == n * k` and `k % 32 == 0`
+    /// (callers check, see [`Quantize::fits`]).
+    pub fn quantize(w: &[f32], n: usize, k: usize, kind: Quantize) -> Self {
+        assert!(
+            w.len() == n * k && k % BLOCK == 0,
+            "QWeight::quantize: {} values for ({n}, {k})",
+            w.len()
+        );
+        let nb = k / BLOCK;
+        let qb = kind.block_bytes();
+        let mut scales = vec![0f32; n * nb];
+        let mut qs = vec![0u8; n * nb * qb];
+        scales
+            .par_chunks_mut(nb)
+            .zip(qs.par_chunks_mut(nb * qb))
+            .zip(w.par_chunks(k))
+            .for_each(|((s, q), w)| {
+                for b in 0..nb {
+                    let x = &w[b * BLOCK..(b + 1) * BLOCK];
+                    let q = &mut q[b * qb..(b + 1) * qb];
+                    s[b] = match kind {
+                        Quantize::Q8_0 => quantize_q8(x, q),
+                        Quantize::Q4_0 => quantize_q4(x, q),
+                    };
+                }
+            });
+        Self {
+            kind,
+            n,
+            k,
+            scales,
+            qs,
+        }
+    }
+
+    pub fn kind(&self) -> Quantize {
+        self.kind
+    }
+
+    /// (n, k).
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// Bytes held (quants and scales).
+    pub fn size_in_bytes(&self) -> usize {
+        self.qs.len() + 4 * self.scales.len()
+    }
+
+    /// Weight rows `r0..r0 + out.len() / k` dequantized into `out` (f32 or bf16).
+    fn dequantize_rows<T: Copy + Send>(&self, r0: usize, out: &mut [T], cast: fn(f32) -> T) {
+        let (k, nb, qb) = (self.k, self.k / BLOCK, self.kind.block_bytes());
+        out.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
+            let r = r0 + i;
+            let mut w = [0f32; BLOCK];
+            for b in 0..nb {
+                let q = &self.qs[(r * nb + b) * qb..(r * nb + b + 1) * qb];
+                self.kind.block(q, self.scales[r * nb + b], &mut w);
+                for (o, v) in row[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(&w) {
+                    *o = cast(*v);
+                }
+            }
+        });
+    }
+
+    /// The whole weight (n, k) in f32 (autograd through a quantized layer, tests).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.n * self.k];
+        self.dequantize_rows(0, &mut out, |v| v);
+        out
+    }
+
+    /// `x` (m, k) row-major f32 -> `x @ W^T` (m, n) f32.
+    ///
+    /// Panics unless `x.len() == m * k` (callers check shapes first).
+    pub fn matmul_wt(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(x.len(), m * k, "QWeight::matmul_wt: x for ({m}, {k})");
+        if m == 0 || n == 0 {
+            return vec![];
+        }
+        if m <= MAX_ROWS {
+            return self.skinny(x, m);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::kernels().bf16 == crate::cpu::Bf16Kernel::Avx512Bf16 {
+            let (kind, nb, qb) = (self.kind, k / BLOCK, self.kind.block_bytes());
+            let fill = |j0: usize, rows: usize, buf: &mut [bf16]| {
+                let q = &self.qs[j0 * nb * qb..(j0 + rows) * nb * qb];
+                let s = &self.scales[j0 * nb..(j0 + rows) * nb];
+                // SAFETY: on this path the CPU has AVX-512 F/BW/VL and BF16; `q`, `s` and
+                // `buf` hold `rows` rows of nb blocks each.
+                unsafe { avx512::dequantize_bf16(kind, q, s, buf) }
+            };
+            return crate::bf16::matmul_wt_filled(x, m, k, n, &fill);
+        }
+        // no native bf16: blocks of rows dequantized to f32, candle's f32 GEMM on each
+        let mut y = vec![0f32; m * n];
+        let mut r0 = 0;
+        while r0 < n {
+            let rows = DENSE_ROWS.min(n - r0);
+            let mut w = vec![0f32; rows * k];
+            self.dequantize_rows(r0, &mut w, |v| v);
+            let part = f32_gemm(x, m, k, &w, rows);
+            for (yr, pr) in y.chunks_exact_mut(n).zip(part.chunks_exact(rows)) {
+                yr[r0..r0 + rows].copy_from_slice(pr);
+            }
+            r0 += rows;
+        }
+        y
+    }
+
+    /// Up to [`MAX_ROWS`] rows: the weight streamed once, each block dequantized in registers
+    /// and multiplied into every row's 16 lanes.
+    fn skinny(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        let nb = k / BLOCK;
+        let qb = self.kind.block_bytes();
+        let mut yt = vec![0f32; n * m];
+        yt.par_chunks_mut(ROWS_PER_TASK * m)
+            .enumerate()
+            .for_each(|(c, out)| {
+                let j0 = c * ROWS_PER_TASK;
+                let rows = out.len() / m;
+                let q = &self.qs[j0 * nb * qb..(j0 + rows) * nb * qb];
+                let s = &self.scales[j0 * nb..(j0 + rows) * nb];
+                kernels::rows(self.kind, x, m, k, q, s, out);
+            });
+        // (n, m) -> (m, n)
+        let mut y = vec![0f32; m * n];
+        for j in 0..n {
+            for r in 0..m {
+                y[r * n + j] = yt[j * m + r];
+            }
+        }
+        y
+    }
+}
+
+/// `x (m, k) @ w (n, k)^T` through candle's f32 GEMM (machines without native bf16).
+fn f32_gemm(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+    use candle_core::{Device, Tensor};
+    let run = || -> candle_core::Result<Vec<f32>> {
+        let x = Tensor::from_slice(x, (m, k), &Device::Cpu)?;
+        let w = Tensor::from_slice(w, (n, k), &Device::Cpu)?;
+        x.matmul(&w.t()?)?.flatten_all()?.to_vec1()
+    };
+    run().expect("f32 GEMM of checked shapes")
+}
+
+impl Quantize {
+    /// Bytes of one block's quants.
+    fn block_bytes(self) -> usize {
+        match self {
+            Self::Q8_0 => BLOCK,
+            Self::Q4_0 => BLOCK / 2,
+        }
+    }
+
+    /// Whether a weight of input width `k` can be stored in this format.
+    pub fn fits(self, k: usize) -> bool {
+        k > 0 && k % BLOCK == 0
+    }
+
+    /// One block's 32 weights from its quants `q` and scale `d`.
+    #[inline(always)]
+    fn block(self, q: &[u8], d: f32, w: &mut [f32; BLOCK]) {
+        match self {
+            Self::Q8_0 => {
+                for (w, &q) in w.iter_mut().zip(q) {
+                    *w = (q as i8) as f32 * d;
+                }
+            }
+            Self::Q4_0 => {
+                for i in 0..BLOCK / 2 {
+                    w[i] = ((q[i] & 0x0f) as i32 - 8) as f32 * d;
+                    w[i + BLOCK / 2] = ((q[i] >> 4) as i32 - 8) as f32 * d;
+                }
+            }
+        }
+    }
+}
+
+/// GGML `quantize_row_q8_0`: returns the scale, writes 32 quants.
+fn quantize_q8(x: &[f32], q: &mut [u8]) -> f32 {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (q, v) in q.iter_mut().zip(x) {
+        *q = (v * id).round() as i8 as u8;
+    }
+    d
+}
+
+/// GGML `quantize_row_q4_0`: returns the scale, writes 16 bytes of packed quants.
+fn quantize_q4(x: &[f32], q: &mut [u8]) -> f32 {
+    let max = x
+        .iter()
+        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let quant = |v: f32| ((v * id + 8.5) as u8).min(15);
+    for i in 0..BLOCK / 2 {
+        q[i] = quant(x[i]) | (quant(x[i + BLOCK / 2]) << 4);
+    }
+    d
+}
+
+/// The skinny kernels: one body, compiled for AVX-512, AVX2 + FMA and plain code, picked at run
+/// time.
+mod kernels {
+    use super::*;
+
+    /// Rows of `out` ((rows, m) row-major) = the weight rows in `q`/`s` times each row of `x`.
+    #[inline(always)]
+    fn body(kind: Quantize, x: &[f32], m: usize, k: usize, q: &[u8], s: &[f32], out: &mut [f32]) {
+        let nb = k / BLOCK;
+        let qb = kind.block_bytes();
+        let rows = s.len() / nb;
+        for j in 0..rows {
+            let mut lanes = [[0f32; 16]; MAX_ROWS];
+            let mut w = [0f32; BLOCK];
+            for b in 0..nb {
+                kind.block(
+                    &q[(j * nb + b) * qb..(j * nb + b + 1) * qb],
+                    s[j * nb + b],
+                    &mut w,
+                );
+                for (r, lane) in lanes.iter_mut().enumerate().take(m) {
+                    let xr = &x[r * k + b * BLOCK..r * k + (b + 1) * BLOCK];
+                    for t in 0..16 {
+                        lane[t] += xr[t] * w[t] + xr[t + 16] * w[t + 16];
+                    }
+                }
+            }
+            for (r, lane) in lanes.iter().enumerate().take(m) {
+                out[j * m + r] = lane.iter().sum();
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(
+        kind: Quantize,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        q: &[u8],
+        s: &[f32],
+        out: &mut [f32],
+    ) {
+        body(kind, x, m, k, q, s, out)
+    }
+
+    pub(super) fn rows(
+        kind: Quantize,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        q: &[u8],
+        s: &[f32],
+        out: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::cpu::F32Kernel;
+            match crate::cpu::kernels().f32_skinny {
+                // SAFETY: the kernel was picked from the CPU's detected features.
+                F32Kernel::Avx512 => {
+                    return unsafe { super::avx512::rows(kind, x, m, k, q, s, out) }
+                }
+                F32Kernel::Avx2Fma => return unsafe { avx2(kind, x, m, k, q, s, out) },
+                F32Kernel::Portable => {}
+            }
+        }
+        body(kind, x, m, k, q, s, out)
+    }
+}
+
+/// AVX-512 kernels: a block's 32 quants widened to two vectors of 16 f32 and scaled.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Quantize, BLOCK, MAX_ROWS};
+
+    /// The block at `q` as two 16-lane f32 vectors (weights 0..16, 16..32), times `d`.
+    #[inline(always)]
+    unsafe fn block(kind: Quantize, q: *const u8, d: __m512) -> (__m512, __m512) {
+        match kind {
+            Quantize::Q8_0 => {
+                let lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(q as *const __m128i));
+                let hi = _mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16) as *const __m128i));
+                (
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d),
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d),
+                )
+            }
+            Quantize::Q4_0 => {
+                let bytes = _mm_loadu_si128(q as *const __m128i);
+                let mask = _mm_set1_epi8(0x0f);
+                let lo = _mm_and_si128(bytes, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+                let eight = _mm512_set1_epi32(8);
+                let lo = _mm512_sub_epi32(_mm512_cvtepu8_epi32(lo), eight);
+                let hi = _mm512_sub_epi32(_mm512_cvtepu8_epi32(hi), eight);
+                (
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d),
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d),
+                )
+            }
+        }
+    }
+
+    /// [`super::kernels`]' body: the weight rows streamed once, two at a time (each load of
+    /// `x` serves both), their blocks dequantized in registers and multiplied into `m`
+    /// accumulators per row.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn rows(
+        kind: Quantize,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        q: &[u8],
+        s: &[f32],
+        out: &mut [f32],
+    ) {
+        let nb = k / BLOCK;
+        let rows = s.len() / nb;
+        debug_assert!(
+            m <= MAX_ROWS && x.len() >= m * k && q.len() >= rows * nb * kind.block_bytes()
+        );
+        let mut j = 0;
+        while j + 2 <= rows {
+            pass::<2>(kind, x, m, k, q, s, out, j);
+            j += 2;
+        }
+        if j < rows {
+            pass::<1>(kind, x, m, k, q, s, out, j);
+        }
+    }
+
+    /// Weight rows `j..j + R` of [`rows`].
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn pass<const R: usize>(
+        kind: Quantize,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        q: &[u8],
+        s: &[f32],
+        out: &mut [f32],
+        j: usize,
+    ) {
+        let nb = k / BLOCK;
+        let qb = kind.block_bytes();
+        let xp = x.as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); MAX_ROWS]; R];
+        for b in 0..nb {
+            let mut w = [(_mm512_setzero_ps(), _mm512_setzero_ps()); R];
+            for (i, w) in w.iter_mut().enumerate() {
+                let blk = (j + i) * nb + b;
+                *w = block(
+                    kind,
+                    q.as_ptr().add(blk * qb),
+                    _mm512_set1_ps(*s.get_unchecked(blk)),
+                );
+            }
+            for r in 0..m {
+                let xr = xp.add(r * k + b * BLOCK);
+                let (x0, x1) = (_mm512_loadu_ps(xr), _mm512_loadu_ps(xr.add(16)));
+                for i in 0..R {
+                    let a = &mut acc[i][r];
+                    *a = _mm512_fmadd_ps(x0, w[i].0, *a);
+                    *a = _mm512_fmadd_ps(x1, w[i].1, *a);
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            for (r, a) in acc.iter().enumerate().take(m) {
+                out[(j + i) * m + r] = _mm512_reduce_add_ps(*a);
+            }
+        }
+    }
+
+    /// One weight row's `s.len()` blocks into bf16 (`vcvtneps2bf16`, nearest even).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn dequantize_bf16(
+        kind: Quantize,
+        q: &[u8],
+        s: &[f32],
+        row: &mut [half::bf16],
+    ) {
+        let qb = kind.block_bytes();
+        debug_assert!(q.len() >= s.len() * qb && row.len() >= s.len() * BLOCK);
+        let out = row.as_mut_ptr() as *mut u16;
+        for (b, &d) in s.iter().enumerate() {
+            let (w0, w1) = block(kind, q.as_ptr().add(b * qb), _mm512_set1_ps(d));
+            let o = out.add(b * BLOCK);
+            _mm256_storeu_si256(
+                o as *mut __m256i,
+                std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(w0)),
+            );
+            _mm256_storeu_si256(
+                o.add(16) as *mut __m256i,
+                std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(w1)),
+            );
+        }
+    }
+}
