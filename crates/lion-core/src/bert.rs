@@ -114,7 +114,8 @@ pub fn extended_attention_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
 
 /// A `Linear` with weight `(out, in)` and bias `(out,)`, HF init (normal 0.02, zero bias).
 pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    let w = vb.get_with_hints(
+    let w = crate::linear::get_weight(
+        &vb,
         (out_dim, in_dim),
         "weight",
         candle_nn::Init::Randn {
@@ -123,7 +124,7 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
         },
     )?;
     let b = vb.get_with_hints(out_dim, "bias", candle_nn::Init::Const(0.))?;
-    Ok(Linear::new(crate::linear::load_weight(w)?, Some(b)))
+    Ok(Linear::new(w, Some(b)))
 }
 
 /// `BertEmbeddings`: word + absolute position + token type, LayerNorm, dropout.

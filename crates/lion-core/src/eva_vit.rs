@@ -147,6 +147,19 @@ fn param(
     Ok(if frozen { t.detach() } else { t })
 }
 
+/// A linear weight (`weight`, trunc-normal init): frozen, read in the dtype it will be kept in
+/// ([`crate::linear::get_weight`]); trainable, as [`param`].
+fn weight_param(
+    vb: &VarBuilder,
+    shape: impl Into<candle_core::Shape>,
+    frozen: bool,
+) -> Result<Tensor> {
+    match frozen {
+        true => Ok(crate::linear::get_weight(vb, shape, "weight", TRUNC_NORMAL)?.detach()),
+        false => param(vb, shape, "weight", TRUNC_NORMAL, false),
+    }
+}
+
 const TRUNC_NORMAL: Init = Init::Randn {
     mean: 0.,
     stdev: 0.02,
@@ -179,7 +192,7 @@ pub fn sincos_pos_embed(grid: usize, dim: usize, dev: &candle_core::Device) -> R
 }
 
 fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder, frozen: bool) -> Result<Linear> {
-    let w = param(&vb, (out_dim, in_dim), "weight", TRUNC_NORMAL, frozen)?;
+    let w = weight_param(&vb, (out_dim, in_dim), frozen)?;
     let b = param(&vb, out_dim, "bias", Init::Const(0.), frozen)?;
     crate::linear::load_linear(w, Some(b), true)
 }
@@ -242,7 +255,7 @@ impl Attention {
         let f = cfg.frozen;
         Ok(Self {
             qkv: crate::linear::load_linear(
-                param(&vb.pp("qkv"), (3 * d, d), "weight", TRUNC_NORMAL, f)?,
+                weight_param(&vb.pp("qkv"), (3 * d, d), f)?,
                 None,
                 true,
             )?,

@@ -89,6 +89,22 @@ pub fn with_weight_dtype<T>(dtype: WeightDtype, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// A frozen linear layer's weight read from `vb` in the dtype it will be kept in: bf16 inside
+/// `with_weight_dtype(Bf16, ..)` (a bf16 file is then read as stored, with no f32 copy on the
+/// way; an f32 file is rounded once), else `vb`'s dtype. Then [`load_weight`].
+pub fn get_weight(
+    vb: &candle_nn::VarBuilder,
+    shape: impl Into<Shape>,
+    name: &str,
+    init: candle_nn::Init,
+) -> Result<Tensor> {
+    let dtype = match WEIGHT_DTYPE.with(|d| d.get()) {
+        WeightDtype::Bf16 => DType::BF16,
+        WeightDtype::F32 => vb.dtype(),
+    };
+    load_weight(vb.get_with_hints_dtype(shape, name, init, dtype)?)
+}
+
 /// A linear layer's weight as loaded: converted to bf16 inside `with_weight_dtype(Bf16, ..)`
 /// when it is a frozen f32 tensor (on the CPU or a GPU), else unchanged.
 pub fn load_weight(w: Tensor) -> Result<Tensor> {

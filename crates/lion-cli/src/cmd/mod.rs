@@ -139,7 +139,14 @@ pub fn train_with_progress(
         }
         Err(e) => {
             pb.abandon();
-            Err(e.into())
+            // the run-folder errors in the flag's words
+            Err(match e {
+                lion_train::error::Error::RunExists { .. } => {
+                    anyhow::anyhow!("{e} (add --resume to continue it)")
+                }
+                lion_train::error::Error::Resume { .. } => anyhow::anyhow!("--resume: {e}"),
+                e => e.into(),
+            })
         }
     }
 }

@@ -39,7 +39,8 @@ pub(super) fn linear_no_bias(
     std: f64,
     vb: VarBuilder,
 ) -> Result<Linear> {
-    let w = vb.get_with_hints(
+    let w = crate::linear::get_weight(
+        &vb,
         (out_dim, in_dim),
         "weight",
         Init::Randn {

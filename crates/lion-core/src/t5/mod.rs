@@ -307,11 +307,7 @@ impl T5ForConditionalGeneration {
             None
         } else {
             Some(Linear::new(
-                crate::linear::load_weight(vb.pp("lm_head").get_with_hints(
-                    (v, d),
-                    "weight",
-                    unit,
-                )?)?,
+                crate::linear::get_weight(&vb.pp("lm_head"), (v, d), "weight", unit)?,
                 None,
             ))
         };

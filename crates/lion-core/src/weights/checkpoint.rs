@@ -239,10 +239,8 @@ impl Checkpoint {
         let t = match &self.store {
             Store::Safetensors { st, file, extents } => match extents.get(stored) {
                 Some((dtype, shape, start, len)) => {
-                    let mut buf = vec![0u8; *len];
-                    file.read_exact_at(&mut buf, *start)
-                        .map_err(|e| Error::io(&path, e))?;
-                    Tensor::from_raw_buffer(&buf, *dtype, shape, dev)?
+                    read_tensor(file, *start, *len, *dtype, shape, dev)
+                        .map_err(|e| Error::io(&path, e))??
                 }
                 None => guarded(&path, &what, || st.load(stored, dev))?,
             },
@@ -305,4 +303,40 @@ fn safetensors_extents(
         out.insert(key, (dtype, shape, 8 + n + offsets[0], bytes));
     }
     Ok(out)
+}
+
+/// Reads `len` bytes at `start` straight into a typed buffer (one allocation, no byte copy) and
+/// makes the tensor; little-endian, as safetensors stores it. The outer error is the read's.
+fn read_tensor(
+    file: &std::fs::File,
+    start: u64,
+    len: usize,
+    dtype: DType,
+    shape: &[usize],
+    dev: &Device,
+) -> std::io::Result<Result<Tensor>> {
+    fn read<T: Copy + Default + candle_core::WithDType>(
+        file: &std::fs::File,
+        start: u64,
+        len: usize,
+        shape: &[usize],
+        dev: &Device,
+    ) -> std::io::Result<Result<Tensor>> {
+        let n = len / std::mem::size_of::<T>();
+        let mut v = vec![T::default(); n];
+        // SAFETY: `v` is `n` initialised values of a plain numeric type (every bit pattern is a
+        // valid value), viewed as its `len` bytes for the read.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, len) };
+        file.read_exact_at(bytes, start)?;
+        Ok(Tensor::from_vec(v, shape, dev).map_err(Error::from))
+    }
+    match dtype {
+        DType::F32 => read::<f32>(file, start, len, shape, dev),
+        DType::F16 => read::<half::f16>(file, start, len, shape, dev),
+        DType::BF16 => read::<half::bf16>(file, start, len, shape, dev),
+        DType::F64 => read::<f64>(file, start, len, shape, dev),
+        DType::I64 => read::<i64>(file, start, len, shape, dev),
+        DType::U32 => read::<u32>(file, start, len, shape, dev),
+        _ => read::<u8>(file, start, len, shape, dev),
+    }
 }

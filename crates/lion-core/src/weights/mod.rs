@@ -487,6 +487,11 @@ impl WeightLoader {
                 if let Some(var) = data.get(key) {
                     return Ok(var.as_tensor().clone());
                 }
+                // a trainable weight is f32 even when asked for in bf16 (`linear::get_weight`)
+                let value = match value.dtype() {
+                    DType::BF16 | DType::F16 => value.to_dtype(DType::F32)?,
+                    _ => value,
+                };
                 let var = Var::from_tensor(&value)?;
                 let t = var.as_tensor().clone();
                 data.insert(key.to_string(), var);

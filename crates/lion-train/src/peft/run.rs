@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use super::*;
-use crate::error::Result as TrainResult;
+use crate::error::{Error as TrainError, Result as TrainResult};
 
 /// What [`train`] reports as it goes (a progress bar, logs).
 #[derive(Debug)]
@@ -50,17 +50,14 @@ pub fn train(
     checkpoint::clean_stale(&out);
     let resumed = if resume {
         let Some(dir) = checkpoint::latest(&out)? else {
-            return Err(Error::Input(format!(
-                "--resume: no checkpoint in {} (no `latest` file)",
-                out.display()
-            ))
-            .into());
+            return Err(TrainError::Resume {
+                dir: out.clone(),
+                reason: "no checkpoint (no `latest` file)".into(),
+            });
         };
-        let loaded = checkpoint::load(&dir, dev).map_err(|e| {
-            Error::Input(format!(
-                "--resume: refusing the checkpoint {}: {e}",
-                dir.display()
-            ))
+        let loaded = checkpoint::load(&dir, dev).map_err(|e| TrainError::Resume {
+            dir: out.clone(),
+            reason: format!("refusing the checkpoint {}: {e}", dir.display()),
         })?;
         tracing::info!(step = loaded.state.step, dir = %dir.display(), "resuming");
         let now = serde_json::to_value(&cfg).map_err(|e| Error::Input(e.to_string()))?;
@@ -71,11 +68,7 @@ pub fn train(
         Some(loaded)
     } else {
         if checkpoint::latest(&out)?.is_some() {
-            return Err(Error::Input(format!(
-                "{} already holds a run; add --resume to continue it, or choose another output_dir",
-                out.display()
-            ))
-            .into());
+            return Err(TrainError::RunExists { dir: out.clone() });
         }
         let _ = std::fs::remove_file(&metrics);
         None
