@@ -107,6 +107,10 @@ run lion train --config train.json
 run lion train-tagger --world w --out tagger --epochs 1 --batch-size 8
 run lion tag --model tagger w/images/test/
 
+# reduced formats: quantized blocks, a weight file rewritten in bf16
+run lion caption --preset tiny --random-weights --quantize q8_0 --max-new-tokens 4 photo.png
+run lion convert --weights tagger/model.safetensors --out tagger-bf16.safetensors --dtype bf16
+
 # the server: bound address printed, health answered
 lion serve --preset tiny --random-weights --addr 127.0.0.1:0 >serve.log 2>&1 &
 pid=$!
