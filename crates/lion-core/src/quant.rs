@@ -378,6 +378,14 @@ mod avx512 {
             m <= MAX_ROWS && x.len() >= m * k && q.len() >= rows * nb * kind.block_bytes()
         );
         let mut j = 0;
+        // four weight rows a pass when their accumulators fit the 32 registers beside the
+        // weights and x (m <= 5: 20 + 8 + 2), else two
+        if m <= 5 {
+            while j + 4 <= rows {
+                pass::<4>(kind, x, m, k, q, s, out, j);
+                j += 4;
+            }
+        }
         while j + 2 <= rows {
             pass::<2>(kind, x, m, k, q, s, out, j);
             j += 2;
