@@ -53,6 +53,9 @@ pub fn run_on(dir: &Path, dev: &Device) -> Result<BenchReport> {
     let t_load = Instant::now();
     let build = || match lion_cfg {
         Some(l) => {
+            // refused up front when it cannot fit (the estimate counts the stored format)
+            l.check_memory(1, false)
+                .map_err(|e| Error::config("bench model", e))?;
             // the T5 of the T5 stages is the LION model's own (the same weights)
             let loader = WeightLoader::new(vec![
                 Checkpoint::open(dir.join("vision.safetensors"))?,
