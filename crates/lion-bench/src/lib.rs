@@ -89,6 +89,55 @@ mod tests {
         );
     }
 
+    /// The real-size path at the tiny size: the streamed bf16 weights (keys recorded without
+    /// allocating) load strictly into the LION model, the one-caption stages run on them in bf16
+    /// and q8_0, with the model load measured; the real-size presets validate their stage list.
+    #[test]
+    fn streamed_weights_run_the_one_caption_stages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut setup = BenchSetup::new("tiny").unwrap();
+        setup.repeats = 1;
+        setup.stages = ["t5_encoder", "decode_token", "vit", "caption_e2e"]
+            .map(String::from)
+            .to_vec();
+        setup.tagger = None;
+        prepare(&setup, dir.path()).unwrap();
+        prepare_real_size(&setup, dir.path()).unwrap();
+        let st =
+            lion_core::weights::Checkpoint::open(dir.path().join("vision.safetensors")).unwrap();
+        let key = st
+            .keys()
+            .find(|k| k.ends_with("attn.qkv.weight"))
+            .unwrap()
+            .to_string();
+        assert_eq!(st.dtype(&key), Some(DType::BF16));
+        for q in [None, Some(lion_core::cpu::Quantize::Q8_0)] {
+            let mut s = setup.clone();
+            s.dtype = lion_core::cpu::WeightDtype::Bf16;
+            s.quantize = q;
+            std::fs::write(
+                dir.path().join("setup.json"),
+                serde_json::to_vec(&s).unwrap(),
+            )
+            .unwrap();
+            let report = run(dir.path()).unwrap();
+            let names: Vec<&str> = report.stages.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, setup.stages, "{q:?}");
+            assert!(report.load_s.unwrap() > 0.0 && report.load_peak_rss_mib.unwrap() > 0.0);
+            assert!(table(&report).contains("model load"));
+        }
+        let real = BenchSetup::new("lion-4b").unwrap();
+        assert!(real.real_size() && real.tagger.is_none() && real.wants("caption_e2e"));
+        assert!(!real.wants("train_step"));
+        let mut bad = real.clone();
+        bad.stages = vec!["train_step".into()];
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("train_step"));
+    }
+
     /// Every stage but the tag encoder's at the tiny preset, through prepare + run.
     #[test]
     fn tiny_bench_runs_every_stage() {
