@@ -47,14 +47,19 @@ pub fn with_quantize<T>(q: Option<Quantize>, f: impl FnOnce() -> T) -> T {
 }
 
 /// Bytes per weight of the big linear layers as the current settings store them (memory
-/// estimates): the quantized format's, else bf16's 2 or f32's 4.
+/// estimates): the quantized format's, else [`dense_bytes_per_weight`].
 pub fn bytes_per_weight() -> f64 {
     match QUANTIZE.with(|d| d.get()) {
         Some(q) => q.bytes_per_weight(),
-        None => match WEIGHT_DTYPE.with(|d| d.get()) {
-            WeightDtype::Bf16 => 2.0,
-            WeightDtype::F32 => 4.0,
-        },
+        None => dense_bytes_per_weight(),
+    }
+}
+
+/// Bytes per weight of what is never quantized (embeddings, the LM head): bf16's 2 or f32's 4.
+pub fn dense_bytes_per_weight() -> f64 {
+    match WEIGHT_DTYPE.with(|d| d.get()) {
+        WeightDtype::Bf16 => 2.0,
+        WeightDtype::F32 => 4.0,
     }
 }
 

@@ -375,8 +375,10 @@ impl LionConfig {
         let (bpw, dense) = if training {
             (4.0, 4.0)
         } else {
-            let bpw = crate::linear::bytes_per_weight();
-            (bpw, bpw.max(2.0))
+            (
+                crate::linear::bytes_per_weight(),
+                crate::linear::dense_bytes_per_weight(),
+            )
         };
         let heads = if t.tie_word_embeddings { 1.0 } else { 2.0 };
         let embed = (heads * f(t.vocab_size) * f(t.d_model)).min(weights);

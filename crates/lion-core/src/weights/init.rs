@@ -11,20 +11,26 @@ pub(super) fn seeded_init(
     seed: u64,
     key: &str,
 ) -> candle_core::Result<Tensor> {
-    use candle_nn::init::NormalOrUniform;
     let n = shape.elem_count();
     let state = key.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     });
     let mut rng = lion_rng::SplitMix64::new(state);
-    let mut next = || rng.next_f64();
+    let values = draw(&h, shape, n, &mut || rng.next_f64());
+    Tensor::from_vec(values, shape.clone(), &Device::Cpu)
+}
+
+/// `n` values of `h` (whose fan, for Kaiming, is `shape`'s) from the uniform stream `next`:
+/// uniforms as `lo + (up - lo) u`, normals by Box-Muller ([`normal`]).
+pub(super) fn draw(h: &Init, shape: &Shape, n: usize, next: &mut impl FnMut() -> f64) -> Vec<f32> {
+    use candle_nn::init::NormalOrUniform;
     let mut uniform = |lo: f64, up: f64| -> Vec<f32> {
         (0..n).map(|_| (lo + (up - lo) * next()) as f32).collect()
     };
-    let values: Vec<f32> = match h {
+    match *h {
         Init::Const(c) => vec![c as f32; n],
         Init::Uniform { lo, up } => uniform(lo, up),
-        Init::Randn { mean, stdev } => normal(n, mean, stdev, &mut next),
+        Init::Randn { mean, stdev } => normal(n, mean, stdev, next),
         Init::Kaiming {
             dist,
             fan,
@@ -36,11 +42,10 @@ pub(super) fn seeded_init(
                     let b = 3f64.sqrt() * std;
                     uniform(-b, b)
                 }
-                NormalOrUniform::Normal => normal(n, 0.0, std, &mut next),
+                NormalOrUniform::Normal => normal(n, 0.0, std, next),
             }
         }
-    };
-    Tensor::from_vec(values, shape.clone(), &Device::Cpu)
+    }
 }
 
 pub(super) fn normal(n: usize, mean: f64, std: f64, next: &mut impl FnMut() -> f64) -> Vec<f32> {

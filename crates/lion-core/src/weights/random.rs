@@ -18,9 +18,10 @@ pub struct KeySpec {
 }
 
 /// A [`SimpleBackend`] that records every request and hands out a broadcast zero (no storage).
-#[derive(Default)]
+/// Clones share the record.
+#[derive(Default, Clone)]
 struct Recorder {
-    keys: Mutex<Vec<KeySpec>>,
+    keys: Arc<Mutex<Vec<KeySpec>>>,
 }
 
 impl SimpleBackend for Recorder {
@@ -57,28 +58,12 @@ impl SimpleBackend for Recorder {
 pub fn record_keys(
     build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<()>,
 ) -> Result<Vec<KeySpec>> {
-    let rec = Arc::new(Recorder::default());
-    struct Shared(Arc<Recorder>);
-    impl SimpleBackend for Shared {
-        fn get(
-            &self,
-            s: Shape,
-            name: &str,
-            h: Init,
-            dtype: DType,
-            dev: &Device,
-        ) -> candle_core::Result<Tensor> {
-            self.0.get(s, name, h, dtype, dev)
-        }
-        fn get_unchecked(&self, n: &str, d: DType, dev: &Device) -> candle_core::Result<Tensor> {
-            self.0.get_unchecked(n, d, dev)
-        }
-        fn contains_tensor(&self, name: &str) -> bool {
-            self.0.contains_tensor(name)
-        }
-    }
-    let vb = VarBuilder::from_backend(Box::new(Shared(rec.clone())), DType::F32, Device::Cpu);
-    build(vb)?;
+    let rec = Recorder::default();
+    build(VarBuilder::from_backend(
+        Box::new(rec.clone()),
+        DType::F32,
+        Device::Cpu,
+    ))?;
     let keys = std::mem::take(&mut *rec.keys.lock().expect("poisoned"));
     Ok(keys)
 }
@@ -89,37 +74,19 @@ const CHUNK: usize = 1 << 20;
 /// Draws chunk `c` (elements `c * CHUNK ..`) of `spec`'s values. `Const(0)` (biases, zero-init
 /// projections) becomes N(0, 0.02) so that every weight is exercised.
 fn draw_chunk(spec: &KeySpec, seed: u64, c: usize) -> Vec<f32> {
-    use candle_nn::init::NormalOrUniform;
-    let n = spec.shape.elem_count();
-    let len = CHUNK.min(n - c * CHUNK);
+    let len = CHUNK.min(spec.shape.elem_count() - c * CHUNK);
     let state = spec.key.bytes().fold(seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     }) ^ (c as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     let mut rng = lion_rng::SplitMix64::new(state);
-    let mut next = || rng.next_f64();
-    let mut uniform = |lo: f64, up: f64| -> Vec<f32> {
-        (0..len).map(|_| (lo + (up - lo) * next()) as f32).collect()
+    let init = match spec.init {
+        Init::Const(0.0) => Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        },
+        h => h,
     };
-    match spec.init {
-        Init::Const(0.0) => normal(len, 0.0, 0.02, &mut next),
-        Init::Const(c) => vec![c as f32; len],
-        Init::Uniform { lo, up } => uniform(lo, up),
-        Init::Randn { mean, stdev } => normal(len, mean, stdev, &mut next),
-        Init::Kaiming {
-            dist,
-            fan,
-            non_linearity,
-        } => {
-            let std = non_linearity.gain() / (fan.for_shape(&spec.shape) as f64).sqrt();
-            match dist {
-                NormalOrUniform::Uniform => {
-                    let b = 3f64.sqrt() * std;
-                    uniform(-b, b)
-                }
-                NormalOrUniform::Normal => normal(len, 0.0, std, &mut next),
-            }
-        }
-    }
+    draw(&init, &spec.shape, len, &mut || rng.next_f64())
 }
 
 /// Writes `keys` as a safetensors file of seeded random values in `dtype` (f32, bf16 or f16),

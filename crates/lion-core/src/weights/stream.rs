@@ -66,7 +66,8 @@ pub fn write_safetensors_streamed(
         header.insert(
             e.key.clone(),
             serde_json::json!({
-                "dtype": safetensors_dtype(e.dtype)?,
+                "dtype": safetensors_dtype(e.dtype)
+                    .map_err(|err| Error::format(path, format!("`{}`: {err}", e.key)))?,
                 "shape": e.shape.dims(),
                 "data_offsets": [offset, offset + bytes],
             }),
@@ -153,8 +154,10 @@ pub fn convert_to_safetensors(
         &entries,
         |i| {
             let e = &entries[i];
-            let t = checkpoints[order[i]].get(&e.key, &Device::Cpu)?;
-            tensor_bytes(&t.to_dtype(e.dtype)?)
+            let c = &checkpoints[order[i]];
+            let t = c.get(&e.key, &Device::Cpu)?;
+            let named = |err: Error| Error::format(c.name(), format!("`{}`: {err}", e.key));
+            tensor_bytes(&t.to_dtype(e.dtype)?).map_err(named)
         },
         progress,
     )?;
