@@ -17,24 +17,18 @@ pub const BENCH_PRESETS: &[&str] = &["tiny", "base", "lion-4b", "lion-12b"];
 /// ([`crate::prepare`]), and they have no PyTorch cross-check, tagger or training stage.
 pub const REAL_SIZE_PRESETS: &[&str] = &["lion-4b", "lion-12b"];
 
-/// The T5 of a preset: `base` is flan-t5-base (d 768, d_ff 2048, 12+12 layers, 12 heads, vocab
-/// 32128, gated exact GELU, untied head) with LION's 2 adapters; `lion-4b` flan-t5-xl (d 2048,
-/// d_ff 5120, 24+24 layers, 32 heads); `lion-12b` flan-t5-xxl (d 4096, d_ff 10240, 64 heads);
-/// `tiny` a small model for tests.
+/// The T5 of a bench preset: the LION preset's own ([`lion_core::presets::preset`]): `base`
+/// flan-t5-base (d 768, d_ff 2048, 12+12 layers, 12 heads, vocab 32128, gated exact GELU,
+/// untied head) with LION's 2 adapters; `lion-4b` flan-t5-xl (d 2048, d_ff 5120, 24+24 layers, 32
+/// heads); `lion-12b` flan-t5-xxl (d 4096, d_ff 10240, 64 heads); `tiny` the tests' small model.
 pub fn t5_preset(name: &str) -> Result<T5Config> {
-    let (vocab, d, d_ff, layers, heads, d_kv) = match name {
-        "base" => (32128, 768, 2048, 12, 12, 64),
-        "lion-4b" => (32128, 2048, 5120, 24, 32, 64),
-        "lion-12b" => (32128, 4096, 10240, 24, 64, 64),
-        "tiny" => (200, 64, 128, 2, 4, 16),
-        _ => input_err!(
+    if !BENCH_PRESETS.contains(&name) {
+        input_err!(
             "unknown bench preset {name:?} (known: {})",
             BENCH_PRESETS.join(", ")
-        ),
-    };
-    Ok(lion_core::presets::flan_t5(
-        vocab, d, d_ff, layers, heads, d_kv,
-    ))
+        )
+    }
+    Ok(lion_core::presets::preset(name, None)?.t5)
 }
 
 /// Stage names, in run order.

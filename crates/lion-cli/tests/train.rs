@@ -479,7 +479,7 @@ fn evaluation_runs_the_current_weights_without_an_autograd_graph() {
     let eval = t.eval_model().unwrap();
     let loss =
         |m: &lion_core::lion::LionModel| m.forward_train(&batch, &labels, false).unwrap().loss;
-    let (a, b) = (loss(&t.pipe.model), loss(&eval));
+    let (a, b) = (loss(t.pipe.model()), loss(&eval));
     assert!(a.track_op(), "the training model should record a graph");
     assert!(!b.track_op(), "the evaluation model recorded a graph");
     let bits = |x: &candle_core::Tensor| x.to_scalar::<f32>().unwrap().to_bits();
@@ -488,7 +488,7 @@ fn evaluation_runs_the_current_weights_without_an_autograd_graph() {
     for _ in 0..2 {
         t.step().unwrap();
     }
-    let (a2, b2) = (loss(&t.pipe.model), loss(&eval));
+    let (a2, b2) = (loss(t.pipe.model()), loss(&eval));
     assert_ne!(bits(&a2), bits(&a), "training did not move the loss");
     assert_eq!(bits(&a2), bits(&b2));
     let gen = lion_core::generate::GenerationConfig {
@@ -497,7 +497,7 @@ fn evaluation_runs_the_current_weights_without_an_autograd_graph() {
         ..Default::default()
     };
     assert_eq!(
-        t.pipe.model.generate(&batch, &gen).unwrap(),
+        t.pipe.model().generate(&batch, &gen).unwrap(),
         eval.generate(&batch, &gen).unwrap()
     );
 }

@@ -27,6 +27,7 @@ pub mod jpeg;
 pub mod kernels;
 pub mod linear;
 pub mod lion;
+pub mod model_spec;
 pub mod ops;
 pub mod pipeline;
 pub mod preprocess;

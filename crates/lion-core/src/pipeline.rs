@@ -146,33 +146,36 @@ pub fn open_weights(path: &Path, prefix: &str) -> Result<Vec<Checkpoint>> {
         .collect()
 }
 
-/// A path of the manifest: relative to the model folder; one that is not there but reads as a
-/// Hub id (`sentence-transformers/all-MiniLM-L6-v2`) is found by [`crate::hub`] (with `file`,
-/// that file inside the model).
-fn manifest_entry(dir: &Path, p: &Path, file: Option<&str>) -> Result<PathBuf> {
-    let local = dir.join(p);
-    match p.to_str() {
-        Some(id) if !local.exists() && crate::hub::is_hub_id(id) => match file {
-            Some(name) => crate::hub::resolve_file(id, name),
-            None => crate::hub::resolve_model(id),
-        },
-        _ => Ok(local),
-    }
+/// Everything around the model that turns requests into answers. Built by
+/// [`crate::model_spec::ModelSpec::build`], the one way to assemble it.
+pub struct LionPipeline {
+    model: LionModel,
+    t5_tokenizer: T5Tokenizer,
+    qformer_tokenizer: Option<BertTokenizer>,
+    tag_encoder: Option<SentenceEmbedder>,
+    transform: ImageTransform,
+    device: Device,
+    /// What loading found (missing / unexpected keys in lenient mode).
+    report: LoadReport,
+    /// Tag-encoder embeddings by "tag: score" text (the encoder is frozen, and training
+    /// revisits the same images every epoch).
+    tag_cache: TagCache,
+    /// Trainable pipelines only: every loaded tensor by key, sharing storage with the model
+    /// (`Var`s detached, so they follow training); empty otherwise.
+    weights: HashMap<String, Tensor>,
 }
 
-/// Everything around the model that turns requests into answers.
-pub struct LionPipeline {
+/// The parts [`crate::model_spec::ModelSpec::build`] assembles.
+pub(crate) struct Parts {
     pub model: LionModel,
     pub t5_tokenizer: T5Tokenizer,
     pub qformer_tokenizer: Option<BertTokenizer>,
     pub tag_encoder: Option<SentenceEmbedder>,
     pub transform: ImageTransform,
     pub device: Device,
-    /// What loading found (missing / unexpected keys in lenient mode).
     pub report: LoadReport,
-    /// Tag-encoder embeddings by "tag: score" text (the encoder is frozen, and training
-    /// revisits the same images every epoch).
     pub tag_cache: TagCache,
+    pub weights: HashMap<String, Tensor>,
 }
 
 /// A bounded memo of tag-encoder embeddings (cleared when full).
@@ -214,149 +217,73 @@ impl TagCache {
     }
 }
 
-/// Where a pipeline's parts come from.
-pub struct PipelineSources<'a> {
-    pub config: LionConfig,
-    /// None: random weights.
-    pub checkpoints: Vec<Checkpoint>,
-    /// None: the bundled tokenizer ([`T5Tokenizer::bundled`]).
-    pub t5_tokenizer: Option<&'a Path>,
-    pub qformer_tokenizer: Option<&'a Path>,
-    pub tag_encoder: Option<&'a Path>,
-    pub mode: LoadMode,
-    /// With no checkpoints: draw the random weights from this seed (the same weights on every
-    /// run and machine); None: candle's unseeded generator.
-    pub init_seed: Option<u64>,
-}
-
 impl LionPipeline {
-    /// Builds the pipeline; with no checkpoints every weight is random (smoke tests, benches).
-    pub fn new(src: PipelineSources, device: &Device) -> Result<Self> {
-        let cfg = src.config;
-        // Every size, then the memory estimate, before anything is allocated.
-        cfg.validate().map_err(|e| Error::config("model", e))?;
-        cfg.check_memory(1, false)
-            .map_err(|e| Error::config("model", e))?;
-        let t5_tokenizer = match src.t5_tokenizer {
-            Some(p) => T5Tokenizer::from_file(p)?,
-            None => T5Tokenizer::bundled()?,
-        };
-        let placeholder = t5_tokenizer.placeholder_id()?;
-        if placeholder as usize >= cfg.t5.vocab_size {
-            return Err(Error::config(
-                "t5 tokenizer",
-                format!(
-                    "`<extra_id_0>` is id {placeholder}, outside the model's vocabulary of {}",
-                    cfg.t5.vocab_size
-                ),
-            ));
+    pub(crate) fn assembled(p: Parts) -> Self {
+        Self {
+            model: p.model,
+            t5_tokenizer: p.t5_tokenizer,
+            qformer_tokenizer: p.qformer_tokenizer,
+            tag_encoder: p.tag_encoder,
+            transform: p.transform,
+            device: p.device,
+            report: p.report,
+            tag_cache: p.tag_cache,
+            weights: p.weights,
         }
-        let qformer_tokenizer = match (&cfg.qformer, src.qformer_tokenizer) {
-            (Some(_), Some(p)) => {
-                Some(BertTokenizer::from_file(p, cfg.max_txt_len)?.left_truncated()?)
-            }
-            (Some(_), None) => {
-                return Err(Error::config(
-                    "pipeline",
-                    "the Q-Former needs a BERT tokenizer.json (qformer_tokenizer)",
-                ))
-            }
-            (None, _) => None,
-        };
-        let tag_encoder = match (cfg.prompt.map(|p| p.needs_tag_embedding()), src.tag_encoder) {
-            (Some(true), Some(dir)) => {
-                let enc = SentenceEmbedder::load(dir, device, None)?;
-                if enc.hidden_size() != cfg.tag_dim {
-                    return Err(Error::config(
-                        dir.display(),
-                        format!(
-                            "tag encoder width {} != the model's tag_dim {}",
-                            enc.hidden_size(),
-                            cfg.tag_dim
-                        ),
-                    ));
-                }
-                Some(enc)
-            }
-            (Some(true), None) => {
-                return Err(Error::config(
-                    "pipeline",
-                    "dynamic and gated prompts need a tag encoder (tag_encoder)",
-                ))
-            }
-            _ => None,
-        };
-        let random = src.checkpoints.is_empty();
-        let mut loader = crate::lion::checkpoint_loader(&cfg, src.checkpoints);
-        if let (true, Some(seed)) = (random, src.init_seed) {
-            loader = loader.with_init_seed(seed);
-        }
-        let vb = loader.var_builder(DType::F32, device);
-        let model = LionModel::new(&cfg, placeholder, vb)?;
-        let report = if random {
-            LoadReport::default()
-        } else {
-            loader.finish(src.mode)?
-        };
-        let transform = ImageTransform {
-            size: cfg.vit.img_size as u32,
-            ..ImageTransform::lion_eval()
-        };
-        Ok(Self {
-            model,
-            t5_tokenizer,
-            qformer_tokenizer,
-            tag_encoder,
-            transform,
-            device: device.clone(),
-            report,
-            tag_cache: TagCache::default(),
-        })
     }
 
-    /// Loads a model folder by its manifest (`DIR/lion.json`).
-    pub fn from_dir(dir: &Path, mode: LoadMode, device: &Device) -> Result<Self> {
-        let manifest_path = dir.join("lion.json");
-        let m = Manifest::read(&manifest_path)?;
-        let config = m.lion_config()?;
-        if m.weights.is_empty() && mode == LoadMode::Strict {
+    pub fn model(&self) -> &LionModel {
+        &self.model
+    }
+
+    pub fn t5_tokenizer(&self) -> &T5Tokenizer {
+        &self.t5_tokenizer
+    }
+
+    pub fn qformer_tokenizer(&self) -> Option<&BertTokenizer> {
+        self.qformer_tokenizer.as_ref()
+    }
+
+    pub fn tag_encoder(&self) -> Option<&SentenceEmbedder> {
+        self.tag_encoder.as_ref()
+    }
+
+    /// The evaluation image transform (resize to the ViT's size, normalise).
+    pub fn transform(&self) -> &ImageTransform {
+        &self.transform
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// What loading found (missing / unexpected / tied keys).
+    pub fn report(&self) -> &LoadReport {
+        &self.report
+    }
+
+    pub fn tag_cache(&self) -> &TagCache {
+        &self.tag_cache
+    }
+
+    /// The model as it stands, for inference: the same weights (shared storage, current values)
+    /// with no `Var` in it, so its ops build no autograd graph. Decoding with a training model
+    /// would record one and keep it alive through the caches. Only for pipelines built with
+    /// [`crate::model_spec::Trainable`] weights (the others hold no `Var`: use [`Self::model`]).
+    pub fn inference_model(&self) -> Result<LionModel> {
+        if self.weights.is_empty() {
             return Err(Error::config(
-                manifest_path.display(),
-                crate::rules::Invalid::new(
-                    "weights",
-                    "[]",
-                    "must name at least one weight file: loading is strict (--lenient runs on \
-                     random weights; so does --preset P --random-weights)",
-                ),
+                "pipeline",
+                "inference_model: the pipeline was not built for training (use model())",
             ));
         }
-        let mut checkpoints = vec![];
-        for w in &m.weights {
-            checkpoints.extend(open_weights(&dir.join(&w.file), &w.prefix)?);
-        }
-        let t5_tok = manifest_entry(dir, &m.t5_tokenizer, Some("tokenizer.json"))?;
-        let q_tok = m
-            .qformer_tokenizer
-            .as_ref()
-            .map(|p| manifest_entry(dir, p, Some("tokenizer.json")))
-            .transpose()?;
-        let tag = m
-            .tag_encoder
-            .as_ref()
-            .map(|p| manifest_entry(dir, p, None))
-            .transpose()?;
-        Self::new(
-            PipelineSources {
-                config,
-                checkpoints,
-                t5_tokenizer: Some(&t5_tok),
-                qformer_tokenizer: q_tok.as_deref(),
-                tag_encoder: tag.as_deref(),
-                mode,
-                init_seed: None,
-            },
-            device,
-        )
+        let weights = Checkpoint::from_tensors("the model (in memory)", self.weights.clone());
+        let loader = crate::weights::WeightLoader::new(vec![weights]);
+        let model = self
+            .model
+            .rebuilt(loader.var_builder(DType::F32, &self.device))?;
+        loader.finish(LoadMode::Strict)?;
+        Ok(model)
     }
 
     pub fn config(&self) -> &LionConfig {

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use lion_core::bbox;
 use lion_core::generate::GenerationConfig;
-use lion_core::pipeline::{LionPipeline, PipelineSources, Request};
+use lion_core::pipeline::Request;
 use lion_core::presets::preset;
 use lion_core::prompt::{PromptKind, Task};
 use lion_core::rules::{GenerationLimits, GenerationSettings};
 use lion_core::testing::{fuzz_budget, mutate, mutate_json};
 use lion_core::util::BoundedLines;
-use lion_core::weights::{Checkpoint, LoadMode};
+use lion_core::weights::Checkpoint;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 
@@ -124,18 +124,9 @@ proptest! {
         if !q.exists() {
             return Ok(());
         }
-        let p = LionPipeline::new(
-            PipelineSources {
-                config: cfg,
-                checkpoints: vec![],
-                t5_tokenizer: None,
-                qformer_tokenizer: Some(&q),
-                tag_encoder: None,
-                mode: LoadMode::Strict,
-                init_seed: None,
-            },
-            &Device::Cpu,
-        );
+        let mut spec = lion_core::model_spec::ModelSpec::new(cfg);
+        spec.qformer_tokenizer = Some(q);
+        let p = spec.build();
         if let Ok(p) = p {
             let img = image::RgbImage::new(20, 20);
             let gen = GenerationConfig { num_beams: 1, max_new_tokens: 2, ..GenerationConfig::default() };

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use candle_nn::VarMap;
 use lion_core::adapter::Route;
 use lion_core::lion::{LionBatch, LionConfig, LionModel};
+use lion_core::model_spec::ModelSpec;
 use lion_core::pipeline::LionPipeline;
 use lion_core::presets::preset;
 use lion_core::prompt::{PromptKind, PromptTemplates};
@@ -105,22 +106,25 @@ fn unfiltered_upstream_state_dict_loads_strictly_from_a_model_folder() {
         std::fs::write(dir.path().join("lion.json"), manifest.to_string()).unwrap();
     };
     write(&model);
-    let p = LionPipeline::from_dir(dir.path(), LoadMode::Strict, &dev()).unwrap();
+    let p = ModelSpec::from_folder(dir.path(), LoadMode::Strict)
+        .and_then(|s| s.with_device(dev()).build())
+        .unwrap();
     assert_eq!(
-        p.report.tied,
+        p.report().tied,
         [
             "t5_model.decoder.embed_tokens.weight",
             "t5_model.encoder.embed_tokens.weight"
         ]
     );
-    println!("{}", p.report);
+    println!("{}", p.report());
     let mut ts = ckpt.load_all(&dev()).unwrap();
     let k = "t5_model.encoder.embed_tokens.weight";
     ts.insert(k.into(), ts[k].affine(1.0, 1e-3).unwrap());
     let edited = dir.path().join("edited.safetensors");
     lion_core::weights::save_safetensors(&ts, &edited).unwrap();
     write(&edited);
-    let err = LionPipeline::from_dir(dir.path(), LoadMode::Strict, &dev())
+    let err = ModelSpec::from_folder(dir.path(), LoadMode::Strict)
+        .and_then(|s| s.with_device(dev()).build())
         .err()
         .expect("a differing alias fails strict loading")
         .to_string();
@@ -398,22 +402,12 @@ fn every_trainable_lion_variable_gets_a_gradient() {
 /// A tiny static LION with random weights, the fixture's T5 tokenizer and MiniLM's BERT
 /// tokenizer for the Q-Former (its full vocabulary: questions use real words).
 fn random_pipeline() -> LionPipeline {
-    use lion_core::pipeline::PipelineSources;
-    let t5 = fixture("lion/tokenizer.json");
-    let q = lion_core::testing::minilm_dir().join("tokenizer.json");
-    LionPipeline::new(
-        PipelineSources {
-            config: preset("tiny", Some(PromptKind::Static)).unwrap(),
-            checkpoints: vec![],
-            t5_tokenizer: Some(&t5),
-            qformer_tokenizer: Some(&q),
-            tag_encoder: None,
-            mode: LoadMode::Strict,
-            init_seed: Some(0),
-        },
-        &Device::Cpu,
-    )
-    .unwrap()
+    let mut spec = ModelSpec::preset("tiny", Some(PromptKind::Static))
+        .unwrap()
+        .with_init_seed(Some(0));
+    spec.t5_tokenizer = Some(fixture("lion/tokenizer.json"));
+    spec.qformer_tokenizer = Some(lion_core::testing::minilm_dir().join("tokenizer.json"));
+    spec.build().unwrap()
 }
 
 /// Streaming hands out each answer in pieces whose concatenation is the answer `answer` gives

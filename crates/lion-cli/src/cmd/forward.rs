@@ -88,7 +88,7 @@ pub fn run(args: Args) -> Result<()> {
         tags,
     };
     let batch = p.prepare(&[img], &[req])?;
-    let model = &p.model;
+    let model = p.model();
     let mut out: HashMap<String, Tensor> = HashMap::new();
     out.insert("pixel_values".into(), batch.pixel_values.clone());
     for (l, t) in layers

@@ -8,7 +8,7 @@ pub mod eval;
 pub mod forward;
 pub mod merge;
 pub mod model;
-pub mod predict;
+
 pub mod select_captions;
 pub mod serve;
 pub mod shard;
@@ -149,4 +149,18 @@ pub fn train_with_progress(
             })
         }
     }
+}
+
+/// A progress callback (done, total) that draws a bar on stderr, created at the first call and
+/// cleared when done reaches total.
+pub fn progress_fn(label: String) -> std::sync::Arc<dyn Fn(u64, u64) + Send + Sync> {
+    let bar = std::sync::Mutex::new(None::<indicatif::ProgressBar>);
+    std::sync::Arc::new(move |done: u64, total: u64| {
+        let mut bar = bar.lock().unwrap_or_else(|e| e.into_inner());
+        let pb = bar.get_or_insert_with(|| progress(total, &label));
+        pb.set_position(done);
+        if done >= total {
+            pb.finish_and_clear();
+        }
+    })
 }

@@ -7,8 +7,9 @@ use anyhow::{bail, Context, Result};
 use lion_core::cpu::{Quantize, WeightDtype};
 use lion_core::generate::{GenerationConfig, Sampling};
 use lion_core::hub::{resolve_file, resolve_model};
-use lion_core::pipeline::{LionPipeline, PipelineSources};
-use lion_core::presets::{preset, PRESETS};
+use lion_core::model_spec::ModelSpec;
+use lion_core::pipeline::LionPipeline;
+use lion_core::presets::PRESETS;
 use lion_core::prompt::PromptKind;
 use lion_core::weights::LoadMode;
 
@@ -76,6 +77,11 @@ pub fn parse_prompt(s: &str) -> Result<Option<PromptKind>> {
 impl ModelArgs {
     /// Loads the pipeline the flags describe, its linear weights in `--dtype`.
     pub fn load(&self) -> Result<LionPipeline> {
+        Ok(self.spec()?.build()?)
+    }
+
+    /// The model the flags describe ([`ModelSpec`]); nothing is loaded yet.
+    pub fn spec(&self) -> Result<ModelSpec> {
         // On a GPU the frozen linear weights default to bf16 (norms, softmax and losses stay f32).
         let dtype = self.dtype.unwrap_or(if self.device.device.is_cuda() {
             WeightDtype::Bf16
@@ -93,73 +99,46 @@ impl ModelArgs {
             ),
             None => tracing::info!("linear weights in {}", dtype.name()),
         }
-        lion_core::linear::with_weight_dtype(dtype, || {
-            lion_core::linear::with_quantize(self.quantize, || self.load_as_is())
-        })
-    }
-
-    fn load_as_is(&self) -> Result<LionPipeline> {
         let dev = self.device.open()?;
         let mode = if self.lenient {
             LoadMode::Lenient
         } else {
             LoadMode::Strict
         };
-        if let Some(spec) = &self.model {
-            let dir = resolve_model(spec)?;
-            return LionPipeline::from_dir(&dir, mode, &dev)
-                .with_context(|| format!("cannot load the model folder {}", dir.display()));
-        }
-        let Some(name) = &self.preset else {
-            bail!(
-                "no model: give --model DIR or --preset P --random-weights ({})",
-                PRESETS.join(", ")
-            );
+        let spec = if let Some(id) = &self.model {
+            let dir = resolve_model(id)?;
+            ModelSpec::from_folder(&dir, mode)
+                .with_context(|| format!("cannot load the model folder {}", dir.display()))?
+        } else {
+            let Some(name) = &self.preset else {
+                bail!(
+                    "no model: give --model DIR or --preset P --random-weights ({})",
+                    PRESETS.join(", ")
+                );
+            };
+            if !self.random_weights {
+                bail!("--preset {name} has no weights of its own: add --random-weights, or use --model DIR");
+            }
+            tracing::info!(preset = %name, "building the model with random weights");
+            let mut spec = ModelSpec::preset(name, parse_prompt(&self.prompt)?)?
+                .with_init_seed(self.init_seed)
+                .with_mode(mode);
+            spec.t5_tokenizer = self.t5_tokenizer.clone();
+            // Only what the config uses is looked for (a static prompt needs no tag encoder).
+            if spec.config.qformer.is_some() {
+                spec.qformer_tokenizer =
+                    Some(resolve_file(&self.qformer_tokenizer, "tokenizer.json")?);
+            }
+            if spec.config.prompt.is_some_and(|p| p.needs_tag_embedding()) {
+                spec.tag_encoder = Some(resolve_model(&self.tag_encoder)?);
+            }
+            // Random weights: the vocabulary sized to the tokenizer, so every generated id decodes.
+            spec.vocab_sized_to_tokenizer()?
         };
-        if !self.random_weights {
-            bail!("--preset {name} has no weights of its own: add --random-weights, or use --model DIR");
-        }
-        let mut cfg = preset(name, parse_prompt(&self.prompt)?)?;
-        // Random weights: size the vocabulary to the tokenizer, so every generated id decodes.
-        let tok = match &self.t5_tokenizer {
-            Some(p) => lion_core::text::T5Tokenizer::from_file(p)?,
-            None => lion_core::text::T5Tokenizer::for_preset(name)?,
-        };
-        if tok.vocab_size() < cfg.t5.vocab_size {
-            tracing::info!(
-                preset = cfg.t5.vocab_size,
-                tokenizer = tok.vocab_size(),
-                "random weights: T5 vocabulary sized to the tokenizer"
-            );
-            cfg.t5.vocab_size = tok.vocab_size();
-        }
-        tracing::info!(preset = %name, "building the model with random weights");
-        // Only what the config uses is looked for (a static prompt needs no tag encoder).
-        let qformer_tokenizer = match cfg.qformer {
-            Some(_) => Some(resolve_file(&self.qformer_tokenizer, "tokenizer.json")?),
-            None => None,
-        };
-        let tag_encoder = match cfg.prompt.is_some_and(|p| p.needs_tag_embedding()) {
-            true => Some(resolve_model(&self.tag_encoder)?),
-            false => None,
-        };
-        let p = LionPipeline::new(
-            PipelineSources {
-                config: cfg,
-                checkpoints: vec![],
-                t5_tokenizer: self.t5_tokenizer.as_deref(),
-                qformer_tokenizer: qformer_tokenizer.as_deref(),
-                tag_encoder: tag_encoder.as_deref(),
-                mode,
-                init_seed: self.init_seed,
-            },
-            &dev,
-        )?;
-        let mut p = p;
-        if self.t5_tokenizer.is_none() {
-            p.t5_tokenizer = tok;
-        }
-        Ok(p)
+        Ok(spec
+            .with_dtype(dtype)
+            .with_quantize(self.quantize)
+            .with_device(dev))
     }
 }
 

@@ -21,12 +21,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use image::RgbImage;
-use lion_core::pipeline::{LionPipeline, Manifest as ModelManifest, Request};
-use lion_core::preprocess::{load_image, ImageTransform, Rng, TrainTransform};
+use lion_core::model_spec::{ModelSpec, Trainable};
+use lion_core::pipeline::{LionPipeline, Request};
+use lion_core::preprocess::{load_image, Rng, TrainTransform};
 use lion_core::prompt::{PromptKind, Task};
 use lion_core::rules::Invalid;
-use lion_core::sentence::{BertTokenizer, SentenceEmbedder};
-use lion_core::text::T5Tokenizer;
 use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
 use lion_core::{Error, Result};
 use lion_data::lion_json::{read_lion, Level, LionSample};
@@ -83,9 +82,6 @@ pub struct PeftTrainer {
     images: HashMap<String, RgbImage>,
     perms: HashMap<(usize, u64), Vec<usize>>,
     train_tf: TrainTransform,
-    /// Every tensor of the model by key, sharing its storage, `Var`s detached (they follow
-    /// training): [`Self::eval_model`] builds on them.
-    weights: HashMap<String, Tensor>,
 }
 
 impl PeftTrainer {
@@ -93,159 +89,72 @@ impl PeftTrainer {
     /// checkpoint's trainable tensors and optimizer state when `resume` is given.
     pub fn new(cfg: PeftConfig, resume: Option<checkpoint::Loaded>, dev: &Device) -> Result<Self> {
         std::fs::create_dir_all(&cfg.output_dir).map_err(|e| Error::io(&cfg.output_dir, e))?;
-        let (mut lcfg, mut checkpoints, t5_tok, q_tok, tag_enc) =
-            match (&cfg.preset, &cfg.model_dir) {
-                (Some(name), _) => {
-                    let lcfg = lion_core::presets::preset(name, parse_prompt(&cfg.prompt)?)?;
-                    fits(&lcfg, &cfg)?;
-                    let init = cfg.output_dir.join("init.safetensors");
-                    if !init.exists() {
-                        save_random_init(&lcfg, &init, cfg.seed, dev)?;
-                    }
-                    (
-                        lcfg,
-                        vec![Checkpoint::open(&init)?],
-                        cfg.t5_tokenizer.clone(),
-                        cfg.qformer_tokenizer.clone(),
-                        cfg.tag_encoder.clone(),
-                    )
-                }
-                (None, Some(dir)) => {
-                    let m = ModelManifest::read(&dir.join("lion.json"))?;
-                    fits(&m.lion_config()?, &cfg)?;
-                    if m.weights.is_empty() && !cfg.lenient {
-                        return Err(Error::config(
-                            dir.join("lion.json").display(),
-                            Invalid::new(
-                                "weights",
-                                "[]",
-                                "must name at least one weight file (loading is strict; set \
-                                 `lenient` to start from random weights)",
-                            ),
-                        ));
-                    }
-                    let mut cks = vec![];
-                    for w in &m.weights {
-                        cks.extend(lion_core::pipeline::open_weights(
-                            &dir.join(&w.file),
-                            &w.prefix,
-                        )?);
-                    }
-                    (
-                        m.lion_config()?,
-                        cks,
-                        Some(dir.join(&m.t5_tokenizer)),
-                        m.qformer_tokenizer.as_ref().map(|p| dir.join(p)),
-                        m.tag_encoder.as_ref().map(|p| dir.join(p)),
-                    )
-                }
-                (None, None) => unreachable!("validated"),
-            };
-        // The data's `question` is the whole instruction.
-        lcfg.templates.vqa = "{}".into();
-        lcfg.templates.rec = "{}".into();
-        let t5_tokenizer = match &t5_tok {
-            Some(p) => T5Tokenizer::from_file(p)?,
-            None => T5Tokenizer::for_preset(cfg.preset.as_deref().unwrap_or_default())?,
+        let mode = if cfg.lenient {
+            LoadMode::Lenient
+        } else {
+            LoadMode::Strict
         };
-        let placeholder = t5_tokenizer.placeholder_id()?;
-        if placeholder as usize >= lcfg.t5.vocab_size {
-            return Err(Error::config(
-                "t5 tokenizer",
-                format!(
-                    "`<extra_id_0>` is id {placeholder}, outside the model's vocabulary of {}",
-                    lcfg.t5.vocab_size
-                ),
-            ));
-        }
-        let qformer_tokenizer = match (&lcfg.qformer, &q_tok) {
-            (Some(_), Some(p)) => {
-                Some(BertTokenizer::from_file(p, lcfg.max_txt_len)?.left_truncated()?)
-            }
-            (Some(_), None) => {
-                return Err(Error::config(
-                    "lion train",
-                    "the Q-Former needs a BERT tokenizer.json (`qformer_tokenizer`)",
-                ))
-            }
-            (None, _) => None,
-        };
-        let tag_encoder = match (lcfg.prompt.map(|p| p.needs_tag_embedding()), &tag_enc) {
-            (Some(true), Some(dir)) => {
-                let enc = SentenceEmbedder::load(dir, dev, None)?;
-                if enc.hidden_size() != lcfg.tag_dim {
-                    return Err(Error::config(
-                        dir.display(),
-                        format!(
-                            "tag encoder width {} != the model's tag_dim {}",
-                            enc.hidden_size(),
-                            lcfg.tag_dim
-                        ),
-                    ));
+        let mut spec = match (&cfg.preset, &cfg.model_dir) {
+            (Some(name), _) => {
+                let mut spec = ModelSpec::preset(name, parse_prompt(&cfg.prompt)?)?;
+                fits(&spec.config, &cfg)?;
+                // The initial weights are saved once, so that a resumed run starts from the same.
+                let init = cfg.output_dir.join("init.safetensors");
+                if !init.exists() {
+                    save_random_init(&spec.config, &init, cfg.seed, dev)?;
                 }
-                Some(enc)
+                spec.checkpoints = vec![Checkpoint::open(&init)?];
+                spec.t5_tokenizer = cfg.t5_tokenizer.clone();
+                spec.qformer_tokenizer = cfg.qformer_tokenizer.clone();
+                spec.tag_encoder = cfg.tag_encoder.clone();
+                spec
             }
-            (Some(true), None) => {
-                return Err(Error::config(
-                    "lion train",
-                    "dynamic and gated prompts need a tag encoder (`tag_encoder`)",
-                ))
-            }
-            _ => None,
+            (None, Some(dir)) => ModelSpec::from_folder(dir, mode)?,
+            (None, None) => unreachable!("validated"),
         };
         if let Some(r) = &resume {
-            checkpoints.push(Checkpoint::from_tensors(
+            spec.checkpoints.push(Checkpoint::from_tensors(
                 r.dir.join(checkpoint::TRAINABLE).display().to_string(),
                 r.trainable.clone(),
             ));
         }
-        let qlayers = lcfg
+        // The data's `question` is the whole instruction.
+        spec.config.templates.vqa = "{}".into();
+        spec.config.templates.rec = "{}".into();
+        let qlayers = spec
+            .config
             .qformer
             .as_ref()
             .map_or(0, |q| q.bert.num_hidden_layers);
         let all = cfg.trainable == TrainableSet::All;
         if all {
-            lcfg.vit.frozen = false;
+            spec.config.vit.frozen = false;
         }
         let varmap = VarMap::new();
-        let loader = lion_core::lion::checkpoint_loader(&lcfg, checkpoints)
-            .with_init_seed(cfg.seed)
-            .retaining_tensors()
-            .with_trainable(varmap.clone(), move |k| {
-                if all {
-                    // The backbone too, but never the T5 adapters, nor the Q-Former parts that
-                    // get no gradient (the PEFT set's exclusions).
-                    if let Some(rest) = k.strip_prefix("t5_model.") {
-                        !rest.contains("adapter")
-                    } else {
-                        k.starts_with("visual_encoder.") || is_trainable(k, qlayers)
-                    }
+        let select = move |k: &str| {
+            if all {
+                // The backbone too, but never the T5 adapters, nor the Q-Former parts that get
+                // no gradient (the PEFT set's exclusions).
+                if let Some(rest) = k.strip_prefix("t5_model.") {
+                    !rest.contains("adapter")
                 } else {
-                    is_trainable(k, qlayers)
+                    k.starts_with("visual_encoder.") || is_trainable(k, qlayers)
                 }
-            });
-        let vb = loader.var_builder(DType::F32, dev);
-        let model = lion_core::lion::LionModel::new(&lcfg, placeholder, vb)?;
-        let report = loader.finish(if cfg.lenient {
-            LoadMode::Lenient
-        } else {
-            LoadMode::Strict
-        })?;
-        let weights = loader.tensors();
-        // The model is built here (with trainable vars), so the pipeline is assembled by hand.
-        let pipe = LionPipeline {
-            model,
-            t5_tokenizer,
-            qformer_tokenizer,
-            tag_encoder,
-            transform: ImageTransform {
-                size: lcfg.vit.img_size as u32,
-                ..ImageTransform::lion_eval()
-            },
-            device: dev.clone(),
-            report,
-            tag_cache: Default::default(),
+            } else {
+                is_trainable(k, qlayers)
+            }
         };
+        let img_size = spec.config.vit.img_size as u32;
+        let pipe = spec
+            .with_mode(mode)
+            .with_device(dev.clone())
+            .with_trainable(Trainable {
+                vars: varmap.clone(),
+                select: Box::new(select),
+                seed: cfg.seed,
+                batch_size: cfg.batch_size,
+            })
+            .build()?;
         let vars: Vec<(String, Var)> = varmap
             .data()
             .lock()
@@ -293,7 +202,7 @@ impl PeftTrainer {
             });
         }
         let train_tf = TrainTransform {
-            size: lcfg.vit.img_size as u32,
+            size: img_size,
             ..TrainTransform::lion()
         };
         Ok(Self {
@@ -306,7 +215,6 @@ impl PeftTrainer {
             images: HashMap::new(),
             perms: HashMap::new(),
             train_tf,
-            weights,
         })
     }
 
@@ -382,7 +290,7 @@ impl PeftTrainer {
         samples: &[LionSample],
         seed: u64,
     ) -> Result<(lion_core::lion::LionBatch, Tensor, usize)> {
-        let dev = self.pipe.device.clone();
+        let dev = self.pipe.device().clone();
         let mut imgs = vec![];
         let mut pix = vec![];
         let mut answers = vec![];
@@ -391,7 +299,7 @@ impl PeftTrainer {
             let img = self.image(&s.image)?;
             let mut rng = Rng::new(mix(seed, j as u64));
             if !self.cfg.augment {
-                pix.push(self.pipe.transform.apply(&img, &dev)?);
+                pix.push(self.pipe.transform().apply(&img, &dev)?);
                 answers.push(s.answer.clone());
             } else {
                 let origin = self.cfg.tasks[task].train.display();
@@ -413,7 +321,11 @@ impl PeftTrainer {
     /// The loss of a micro-batch (no dropout), for tests and the parity check.
     pub fn loss_of(&mut self, task: usize, samples: &[LionSample], seed: u64) -> Result<Tensor> {
         let (batch, labels, _) = self.micro_batch(task, samples, seed)?;
-        Ok(self.pipe.model.forward_train(&batch, &labels, false)?.loss)
+        Ok(self
+            .pipe
+            .model()
+            .forward_train(&batch, &labels, false)?
+            .loss)
     }
 
     /// Samples of a task's training file.
@@ -447,7 +359,11 @@ impl PeftTrainer {
                 idx.iter().map(|&i| self.data[task][i].clone()).collect();
             let seed = mix(self.state.seed ^ 0xA06, step << 16 | micro as u64);
             let (batch, labels, b) = self.micro_batch(task, &samples, seed)?;
-            let loss = self.pipe.model.forward_train(&batch, &labels, false)?.loss;
+            let loss = self
+                .pipe
+                .model()
+                .forward_train(&batch, &labels, false)?
+                .loss;
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
                 return Err(crate::error::Error::NonFinite {
@@ -503,19 +419,10 @@ impl PeftTrainer {
         )
     }
 
-    /// The model as it stands, for inference: the same weights (shared storage, current values)
-    /// with no `Var` in it, so its ops build no autograd graph. Decoding with the training model
-    /// would record one and keep it alive through the caches (the encoder's activations and every
-    /// step's, until the last token).
+    /// The model as it stands, for inference ([`LionPipeline::inference_model`]: the same
+    /// weights, no `Var`, so decoding builds no autograd graph).
     pub fn eval_model(&self) -> Result<lion_core::lion::LionModel> {
-        let weights = Checkpoint::from_tensors("the model (in memory)", self.weights.clone());
-        let loader = WeightLoader::new(vec![weights]);
-        let model = self
-            .pipe
-            .model
-            .rebuilt(loader.var_builder(DType::F32, &self.pipe.device))?;
-        loader.finish(LoadMode::Strict)?;
-        Ok(model)
+        self.pipe.inference_model()
     }
 }
 

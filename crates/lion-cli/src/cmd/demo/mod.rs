@@ -25,7 +25,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
 use serde_json::{json, Value};
 
 use lion_data::world::WorldConfig;
@@ -105,19 +104,6 @@ pub struct Args {
     resamples: usize,
 }
 
-/// Parses a subcommand's flags exactly as the `lion` binary would.
-#[derive(Parser)]
-struct Sub<A: clap::Args> {
-    #[command(flatten)]
-    args: A,
-}
-
-fn sub<A: clap::Args>(argv: &[String]) -> Result<A> {
-    let mut full = vec!["lion".to_string()];
-    full.extend_from_slice(argv);
-    Ok(Sub::<A>::try_parse_from(full)?.args)
-}
-
 /// A ShapesWorld into `dir` (replacing an earlier one), with a progress bar.
 fn generate_world(dir: &Path, cfg: WorldConfig) -> Result<()> {
     let total = (cfg.train + cfg.val + cfg.test) as u64;
@@ -133,11 +119,6 @@ fn generate_world(dir: &Path, cfg: WorldConfig) -> Result<()> {
         dir.display()
     );
     Ok(())
-}
-
-/// `["--a", "x", ...]` from string-likes.
-macro_rules! argv {
-    ($($x:expr),* $(,)?) => { vec![$($x.to_string()),*] };
 }
 
 fn read(path: &Path) -> Result<Value> {

@@ -7,40 +7,38 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use lion_core::pipeline::{ConfigRef, Manifest, WeightEntry};
 use lion_data::world::WorldConfig;
 use lion_train::demo::stage::{mark_done, reuse_or_clear, StageInputs};
 use lion_train::demo::systems::SystemSpec;
 
 use super::{read, s, write_json, Args};
 
-/// A model folder's manifest: the backbone's config and tokenizers, `weights` after it.
-fn manifest(backbone: &Path, prompt: &str, extra: &[PathBuf], tag_encoder: &Path) -> Result<Value> {
-    let b = read(&backbone.join("lion.json"))?;
-    let abs = |v: &Value| -> Result<String> {
-        let rel = v
-            .as_str()
-            .context("backbone lion.json: a path is not a string")?;
-        Ok(s(&std::path::absolute(backbone.join(rel))?))
-    };
+/// A model folder's manifest: the backbone's config, tokenizers and weights with the given
+/// prompt and tag encoder, every path absolute.
+fn manifest(backbone: &Path, prompt: &str, tag_encoder: &Path) -> Result<Manifest> {
+    let b = Manifest::read(&backbone.join("lion.json"))?;
+    let abs = |p: &Path| -> Result<PathBuf> { Ok(std::path::absolute(backbone.join(p))?) };
     let mut weights = vec![];
-    for w in b["weights"]
-        .as_array()
-        .context("backbone lion.json: no weights")?
-    {
-        weights.push(json!({"file": abs(&w["file"])?, "prefix": w.get("prefix").cloned().unwrap_or(json!(""))}));
+    for w in &b.weights {
+        weights.push(WeightEntry {
+            file: abs(&w.file)?,
+            prefix: w.prefix.clone(),
+        });
     }
-    for e in extra {
-        weights.push(json!({"file": s(&std::path::absolute(e)?)}));
-    }
-    let kind = lion_train::peft::parse_prompt(prompt)?;
-    Ok(json!({
-        "config": b["config"],
-        "prompt": kind,
-        "weights": weights,
-        "t5_tokenizer": abs(&b["t5_tokenizer"])?,
-        "qformer_tokenizer": abs(&b["qformer_tokenizer"])?,
-        "tag_encoder": s(&std::path::absolute(tag_encoder)?),
-    }))
+    Ok(Manifest {
+        config: b.config,
+        prompt: lion_train::peft::parse_prompt(prompt)?,
+        weights,
+        t5_tokenizer: abs(&b.t5_tokenizer)?,
+        qformer_tokenizer: b.qformer_tokenizer.as_deref().map(abs).transpose()?,
+        tag_encoder: Some(std::path::absolute(tag_encoder)?),
+    })
+}
+
+/// Writes a manifest as `DIR/lion.json`.
+fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    write_json(&dir.join("lion.json"), &serde_json::to_value(m)?)
 }
 
 /// A trained model as a folder of its own: the backbone's weights (less its soft prompt, which
@@ -54,11 +52,10 @@ fn write_trained_model(
 ) -> Result<()> {
     use lion_core::weights::{save_safetensors, Checkpoint};
     let dev = candle_core::Device::Cpu;
-    let mut m = manifest(backbone, prompt, &[], encoder)?;
+    let mut m = manifest(backbone, prompt, encoder)?;
     let mut all = HashMap::new();
-    for w in m["weights"].as_array().expect("written above") {
-        let file = PathBuf::from(w["file"].as_str().unwrap_or_default());
-        for c in lion_core::pipeline::open_weights(&file, w["prefix"].as_str().unwrap_or(""))? {
+    for w in &m.weights {
+        for c in lion_core::pipeline::open_weights(&w.file, &w.prefix)? {
             all.extend(c.load_all(&dev)?);
         }
     }
@@ -66,8 +63,11 @@ fn write_trained_model(
     all.extend(Checkpoint::open(trainable)?.load_all(&dev)?);
     std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     save_safetensors(&all, dest.join("model.safetensors"))?;
-    m["weights"] = json!([{"file": "model.safetensors"}]);
-    write_json(&dest.join("lion.json"), &m)
+    m.weights = vec![WeightEntry {
+        file: "model.safetensors".into(),
+        prefix: String::new(),
+    }];
+    write_manifest(dest, &m)
 }
 
 /// The `lion train` config of one run over the world's three tasks.
@@ -187,26 +187,31 @@ fn export_backbone(init: &Path, ckpt: &Path, qformer_tokenizer: &Path, dest: &Pa
     )?;
     std::fs::copy(qformer_tokenizer, dest.join("qformer-tokenizer.json"))
         .with_context(|| format!("cannot copy {}", qformer_tokenizer.display()))?;
-    write_json(
-        &dest.join("lion.json"),
-        &json!({"config": "shapes", "prompt": {"kind": "static"},
-                "weights": [{"file": "backbone.safetensors"}],
-                "t5_tokenizer": "t5-tokenizer.json", "qformer_tokenizer": "qformer-tokenizer.json"}),
+    write_manifest(
+        dest,
+        &Manifest {
+            config: ConfigRef::Preset("shapes".into()),
+            prompt: Some(lion_core::prompt::PromptKind::Static),
+            weights: vec![WeightEntry {
+                file: "backbone.safetensors".into(),
+                prefix: String::new(),
+            }],
+            t5_tokenizer: "t5-tokenizer.json".into(),
+            qformer_tokenizer: Some("qformer-tokenizer.json".into()),
+            tag_encoder: None,
+        },
     )
 }
 
 /// The backbone folder's files (manifest and weights), for stage records.
 fn backbone_files(backbone: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let b = read(&backbone.join("lion.json"))?;
+    let b = Manifest::read(&backbone.join("lion.json"))?;
     let mut v = vec![("backbone manifest".to_string(), backbone.join("lion.json"))];
-    for w in b["weights"]
-        .as_array()
-        .context("backbone lion.json: no weights")?
-    {
-        let f = w["file"]
-            .as_str()
-            .context("backbone lion.json: a weights file is not a string")?;
-        v.push((format!("backbone {f}"), backbone.join(f)));
+    for w in &b.weights {
+        v.push((
+            format!("backbone {}", w.file.display()),
+            backbone.join(&w.file),
+        ));
     }
     Ok(v)
 }
@@ -262,10 +267,7 @@ pub(super) fn peft_run(
     let stage = format!("LION {} seed {seed}", spec.name);
     if !reuse_or_clear(&stage, &dir, &inputs)? {
         std::fs::create_dir_all(&start_dir)?;
-        write_json(
-            &start_dir.join("lion.json"),
-            &manifest(io.backbone, spec.prompt, &[], io.encoder)?,
-        )?;
+        write_manifest(&start_dir, &manifest(io.backbone, spec.prompt, io.encoder)?)?;
         let ckpt = run_training(&dir, &cfg)?;
         write_trained_model(
             io.backbone,

@@ -6,41 +6,31 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
+use lion_core::generate::GenerationConfig;
+use lion_core::model_spec::ModelSpec;
+use lion_core::weights::LoadMode;
+use lion_eval::{Benchmark, EvalJob, ModelRun, PredictOptions};
 use lion_train::demo::baselines::write_baseline_predictions;
 use lion_train::demo::files::ImageTags;
 use lion_train::demo::report::{per_item, RunScores};
 use lion_train::demo::stage::{mark_done, reuse_or_clear, StageInputs};
 use lion_train::triplet_trainer::{FineTune, TripletConfig};
 
-use super::{read, s, sub, Args};
+use super::{read, Args};
 
-/// The ground-truth flags of `lion eval` for a task on the world's test split.
-fn gt_flags(world: &Path, task: &str) -> Vec<String> {
+/// The evaluation of a task on the world's test split.
+fn test_job(world: &Path, task: &str) -> EvalJob {
     match task {
-        "caption" => argv![
-            "--task",
-            "caption",
-            "--gt",
-            s(&world.join("captions_test.json"))
-        ],
-        "vqa" => argv![
-            "--task",
-            "vqa",
-            "--gt",
-            s(&world.join("annotations_test.json")),
-            "--questions",
-            s(&world.join("questions_test.json"))
-        ],
-        _ => argv![
-            "--task",
-            "rec",
-            "--gt",
-            s(&world.join("refs.json")),
-            "--instances",
-            s(&world.join("instances.json")),
-            "--split",
-            "test"
-        ],
+        "caption" => EvalJob::new(Benchmark::Caption, world.join("captions_test.json")),
+        "vqa" => EvalJob {
+            questions: Some(world.join("questions_test.json")),
+            ..EvalJob::new(Benchmark::Vqa, world.join("annotations_test.json"))
+        },
+        _ => EvalJob {
+            instances: Some(world.join("instances.json")),
+            split: Some("test".into()),
+            ..EvalJob::new(Benchmark::Rec, world.join("refs.json"))
+        },
     }
 }
 
@@ -67,31 +57,42 @@ pub(super) fn eval_model(
     let reuse = reuse_or_clear(stage, dir, &inputs)?;
     std::fs::create_dir_all(dir)?;
     let mut out = RunScores::new();
+    // Loaded at the first task that is not reused, as `lion eval --model` loads it (linear
+    // weights in the CPU's automatic dtype).
+    let mut pipe = None;
+    let gen = GenerationConfig {
+        num_beams: args.num_beams,
+        max_new_tokens: 40,
+        repetition_penalty: 1.0,
+        ..GenerationConfig::default()
+    };
     for task in ["caption", "vqa", "rec"] {
         let scores = dir.join(format!("{task}_scores.json"));
         if !reuse {
-            let mut a = gt_flags(world, task);
-            a.extend(argv![
-                "--tags",
-                s(tags),
-                "--model",
-                s(model),
-                "--images",
-                s(world),
-                "--pred-out",
-                s(&dir.join(format!("{task}_pred.json"))),
-                "--json",
-                s(&scores),
-                "--batch-size",
-                32,
-                "--num-beams",
-                args.num_beams,
-                "--repetition-penalty",
-                1.0,
-                "--max-new-tokens",
-                40
-            ]);
-            crate::cmd::eval::run(sub(&a)?)?;
+            let job = EvalJob {
+                images: Some(world.to_path_buf()),
+                tags: Some(tags.to_path_buf()),
+                ..test_job(world, task)
+            };
+            let items = job.items()?;
+            let pipe = match &mut pipe {
+                Some(p) => p,
+                None => pipe.insert(
+                    ModelSpec::from_folder(model, LoadMode::Strict)?
+                        .with_dtype(lion_core::cpu::kernels().auto_dtype)
+                        .build()
+                        .with_context(|| format!("cannot load {}", model.display()))?,
+                ),
+            };
+            let opts = PredictOptions {
+                progress: Some(crate::cmd::progress_fn(format!("predicting ({task})"))),
+                ..PredictOptions::new(32, gen.clone())
+            };
+            let pred = dir.join(format!("{task}_pred.json"));
+            match lion_eval::evaluate_model(&job, &items, pipe, opts, &pred)? {
+                ModelRun::Scored { evaluation, .. } => evaluation.write(&scores)?,
+                ModelRun::Stopped { .. } => unreachable!("no max_new is set"),
+            }
         }
         out.extend(per_item(&scores, task)?);
     }
@@ -107,14 +108,8 @@ pub(super) fn eval_baselines(world: &Path, dir: &Path) -> Result<RunScores> {
     let mut out = RunScores::new();
     for task in ["caption", "vqa", "rec"] {
         let scores = dir.join(format!("{task}_scores.json"));
-        let mut a = gt_flags(world, task);
-        a.extend(argv![
-            "--pred",
-            s(&dir.join(format!("{task}_pred.json"))),
-            "--json",
-            s(&scores)
-        ]);
-        crate::cmd::eval::run(sub(&a)?)?;
+        let pred = dir.join(format!("{task}_pred.json"));
+        lion_eval::score(&test_job(world, task), &pred)?.write(&scores)?;
         out.extend(per_item(&scores, task)?);
     }
     Ok(out)

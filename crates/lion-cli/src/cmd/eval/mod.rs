@@ -25,46 +25,15 @@
 //! (`images/{split}/%06d.png`) layouts. A ShapesWorld folder works as it is:
 //! `--gt w/annotations_val.json --questions w/questions_val.json --images w`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use lion_core::pipeline::Request;
-use lion_data::refcoco::PredBox;
-use lion_metrics::aokvqa::{AokvqaGt, AokvqaMetric, AokvqaPred};
-use lion_metrics::caption::CaptionEval;
-use lion_metrics::rec::{is_proper, threshold_key, RecAccumulator};
-use lion_metrics::vqa::{GtAnswer, VqaAccumulator, VqaMode};
-use serde_json::{json, Value};
+use lion_eval::{Benchmark, EvalJob, ModelRun, PredictOptions};
+use lion_metrics::vqa::VqaMode;
 
 use crate::cmd::model::{GenArgs, ModelArgs};
-use crate::cmd::predict::{predict_split, PredictOptions, SplitItem};
 
-mod items;
-mod score;
-
-pub use items::*;
-use score::*;
-/// `--task`: the benchmark (its ground-truth format and metric). Each asks LION one
-/// [`lion_core::Task`] ([`Benchmark::task`]); A-OKVQA is VQA with its own scorer.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum Benchmark {
-    Caption,
-    Vqa,
-    Aokvqa,
-    Rec,
-}
-
-impl Benchmark {
-    /// The task LION is asked for the benchmark's items.
-    pub fn task(self) -> lion_core::Task {
-        match self {
-            Benchmark::Caption => lion_core::Task::Caption,
-            Benchmark::Vqa | Benchmark::Aokvqa => lion_core::Task::Vqa,
-            Benchmark::Rec => lion_core::Task::Rec,
-        }
-    }
-}
+mod shard;
 
 /// `--vqa-mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -77,8 +46,8 @@ pub enum VqaModeArg {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Which benchmark metric to compute.
-    #[arg(long, value_enum)]
+    /// Which benchmark metric to compute: caption, vqa, aokvqa or rec.
+    #[arg(long, value_parser = Benchmark::parse)]
     task: Benchmark,
     /// Predictions in the official result format of the task.
     #[arg(long, required_unless_present_any = ["model", "preset"], conflicts_with = "pred_out")]
@@ -135,48 +104,110 @@ pub struct Args {
     shard: crate::cmd::shard::ShardArgs,
 }
 
+impl Args {
+    /// The evaluation the flags describe.
+    fn job(&self) -> EvalJob {
+        EvalJob {
+            questions: self.questions.clone(),
+            instances: self.instances.clone(),
+            split: self.split.clone(),
+            vqa_mode: match self.vqa_mode {
+                VqaModeArg::Official => VqaMode::Official,
+                VqaModeArg::Normalized => VqaMode::Normalized,
+            },
+            iou_thresholds: self.iou_thresholds.clone(),
+            images: self.images.clone(),
+            tags: self.tags.clone(),
+            limit: self.limit,
+            ..EvalJob::new(self.task, &self.gt)
+        }
+    }
+
+    fn pred_out(&self) -> Result<&PathBuf> {
+        self.pred_out
+            .as_ref()
+            .context("with a model, give --pred-out PRED.json (where the predictions go)")
+    }
+
+    /// Batching, decoding, `--stop-after` and a progress bar.
+    fn predict_options(&self) -> Result<PredictOptions> {
+        let gen = self.gen.checked_config()?;
+        Ok(PredictOptions {
+            max_new: self.stop_after,
+            progress: Some(super::progress_fn(format!(
+                "predicting ({:?})",
+                self.task.task()
+            ))),
+            ..PredictOptions::new(self.batch_size, gen)
+        })
+    }
+}
+
+fn print_stopped(computed: usize, done: usize, total: usize, reused: usize, partial: &Path) {
+    println!(
+        "stopped after {computed} new predictions: {done} of {total} items done ({reused} \
+         reused), kept in {}; run again to go on",
+        partial.display()
+    );
+}
+
 pub fn run(args: Args) -> Result<()> {
     if args.pred.is_some() && (args.model.model.is_some() || args.model.preset.is_some()) {
         bail!(
             "give --pred (score a file) or a model (--model / --preset, with --pred-out), not both"
         );
     }
-    let (pred, prediction) = match &args.pred {
-        Some(p) => (p.clone(), None),
-        None => match predict(&args)? {
-            Some((p, v)) => (p, Some(v)),
-            None => return Ok(()),
-        },
+    let job = args.job();
+    let evaluation = match &args.pred {
+        Some(p) => lion_eval::score(&job, p)?,
+        None => {
+            let out = args.pred_out()?;
+            if let Some(s) = args.shard.resolve(Some("--pred-out"))? {
+                return shard::predict_shard(&args, s);
+            }
+            let opts = args.predict_options()?;
+            let items = job.items()?;
+            let pipe = args.model.load()?;
+            match lion_eval::evaluate_model(&job, &items, &pipe, opts, out)? {
+                ModelRun::Stopped {
+                    computed,
+                    done,
+                    total,
+                    reused,
+                    partial,
+                } => {
+                    print_stopped(computed, done, total, reused, &partial);
+                    return Ok(());
+                }
+                ModelRun::Scored {
+                    evaluation,
+                    predictions: p,
+                    seconds,
+                } => {
+                    println!(
+                        "predictions: {} items ({} reused, {} computed in {seconds:.1} s, {} \
+                         failed) -> {}",
+                        p.items.len(),
+                        p.reused,
+                        p.computed,
+                        p.failed,
+                        out.display()
+                    );
+                    evaluation
+                }
+            }
+        }
     };
-    let mut report = match args.task {
-        Benchmark::Caption => caption(&args, &pred)?,
-        Benchmark::Vqa => vqa(&args, &pred)?,
-        Benchmark::Aokvqa => aokvqa(&args, &pred)?,
-        Benchmark::Rec => rec(&args, &pred)?,
-    };
-    if let Some(v) = prediction {
-        report["prediction"] = v;
-    }
+    print!("{}", evaluation.table);
     if let Some(out) = &args.json {
-        let bytes = serde_json::to_vec_pretty(&report)?;
-        lion_core::util::write_atomic(out, &bytes)?;
+        evaluation.write(out)?;
         tracing::info!("scores written to {}", out.display());
     }
     Ok(())
 }
 
-fn table(title: &str, rows: &[(String, String)]) {
-    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(6);
-    println!("{title}");
-    for (k, v) in rows {
-        println!("  {k:<w$}  {v}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     /// `lion ground` (the pipeline's answer box), `POST /v1/ground` and the chat route
     /// (`GroundResponse::from_text`) and `lion eval --task rec` (`pred_box`) read the same texts
     /// the same way: the one rule of `lion_core::bbox`.
@@ -210,8 +241,12 @@ mod tests {
         for (text, want) in cases {
             let cli = lion_core::pipeline::answer_box(text, w, h);
             let server = lion_server::GroundResponse::from_text(text.into(), w, h).bbox;
-            let eval = pred_box(&PredBox::Text(text.into()), w as f64, h as f64)
-                .map(|b| b.map(|v| v as f32));
+            let eval = lion_eval::pred_box(
+                &lion_data::refcoco::PredBox::Text(text.into()),
+                w as f64,
+                h as f64,
+            )
+            .map(|b| b.map(|v| v as f32));
             assert_eq!(cli, server, "{text}: lion ground vs the server");
             assert_eq!(cli, eval, "{text}: lion ground vs lion eval");
             match (cli, want) {

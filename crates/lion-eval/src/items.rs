@@ -1,7 +1,16 @@
 //! Evaluating with a model: the split's items (images found under `--images`, tags, questions),
 //! then predictions written in the official result format (resumable, sharded).
 
-use super::*;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use lion_core::pipeline::Request;
+use serde_json::{json, Value};
+
+use crate::predict::SplitItem;
+use crate::score::read_caption_gt;
+use crate::{Benchmark, EvalJob};
 
 /// `PRED.json` -> `PRED.json.partial`.
 pub fn partial_path(out: &Path) -> PathBuf {
@@ -12,7 +21,7 @@ pub fn partial_path(out: &Path) -> PathBuf {
 
 /// Finds an item's image under `root`: the first candidate (relative path) that exists, trying
 /// the one that matched last time first. None when no candidate exists.
-pub(super) fn locate(root: &Path, cands: &[String], last: &mut usize) -> Option<PathBuf> {
+pub(crate) fn locate(root: &Path, cands: &[String], last: &mut usize) -> Option<PathBuf> {
     let order = std::iter::once(*last).chain((0..cands.len()).filter(|&i| i != *last));
     for i in order {
         if let Some(c) = cands.get(i) {
@@ -27,7 +36,7 @@ pub(super) fn locate(root: &Path, cands: &[String], last: &mut usize) -> Option<
 }
 
 /// Candidate files of an image named by the ground truth: as given, then by its base name.
-pub(super) fn name_candidates(file_name: &str) -> Vec<String> {
+pub(crate) fn name_candidates(file_name: &str) -> Vec<String> {
     let mut v = vec![file_name.to_string()];
     if let Some(base) = Path::new(file_name).file_name() {
         let base = base.to_string_lossy().into_owned();
@@ -40,7 +49,7 @@ pub(super) fn name_candidates(file_name: &str) -> Vec<String> {
 
 /// Candidate files of an image known only by id (VQA, A-OKVQA), `sub` being the split or the
 /// COCO subtype (`val2014`): the COCO 2014 and 2017 names and the ShapesWorld layout.
-pub(super) fn id_candidates(id: &str, sub: Option<&str>) -> Vec<String> {
+pub(crate) fn id_candidates(id: &str, sub: Option<&str>) -> Vec<String> {
     let mut v = vec![];
     if let Ok(n) = id.parse::<u64>() {
         if let Some(s) = sub {
@@ -57,18 +66,18 @@ pub(super) fn id_candidates(id: &str, sub: Option<&str>) -> Vec<String> {
     v
 }
 
-/// The items of the split the flags describe, each with its image file under `root` (or the
+/// The items of the split the job describes, each with its image file under `root` (or the
 /// first candidate when none exists: that item then fails, named, and the others go on).
-pub(super) fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
-    let task = args.task.task();
+pub fn split_items(job: &EvalJob, root: &Path) -> Result<Vec<SplitItem>> {
+    let task = job.benchmark.task();
     let req = |task, text: &str| Request {
         task,
         text: text.to_string(),
         tags: vec![],
     };
     // (id, image id, candidate files, request)
-    let raw: Vec<(String, String, Vec<String>, Request)> = match args.task {
-        Benchmark::Caption => read_caption_gt(&args.gt, args.split.as_deref())?
+    let raw: Vec<(String, String, Vec<String>, Request)> = match job.benchmark {
+        Benchmark::Caption => read_caption_gt(&job.gt, job.split.as_deref())?
             .into_iter()
             .map(|im| {
                 let c = name_candidates(&im.file_name);
@@ -76,12 +85,12 @@ pub(super) fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
             })
             .collect(),
         Benchmark::Vqa => {
-            let q = args.questions.as_ref().context(
+            let q = job.questions.as_ref().context(
                 "--task vqa with a model needs --questions (the questions file: the model reads the question texts)",
             )?;
             let qs = lion_data::vqa::read_vqa_questions(q)?;
-            let anns = lion_data::vqa::read_vqa_annotations(&args.gt)?;
-            check_same_questions(q, &qs, &args.gt, &anns)?;
+            let anns = lion_data::vqa::read_vqa_annotations(&job.gt)?;
+            check_same_questions(q, &qs, &job.gt, &anns)?;
             let top = lion_data::json::read_value(q)?;
             let sub = top
                 .get("data_subtype")
@@ -94,7 +103,7 @@ pub(super) fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
                 })
                 .collect()
         }
-        Benchmark::Aokvqa => lion_data::aokvqa::read_aokvqa(&args.gt)?
+        Benchmark::Aokvqa => lion_data::aokvqa::read_aokvqa(&job.gt)?
             .into_iter()
             .map(|x| {
                 let c = id_candidates(&x.image_id, x.split.as_deref());
@@ -102,12 +111,11 @@ pub(super) fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
             })
             .collect(),
         Benchmark::Rec => {
-            let instances = args
+            let instances = job
                 .instances
                 .as_ref()
                 .context("--task rec needs --instances (RefCOCO's instances.json)")?;
-            let refs =
-                lion_data::refcoco::read_refcoco(&args.gt, instances, args.split.as_deref())?;
+            let refs = lion_data::refcoco::read_refcoco(&job.gt, instances, job.split.as_deref())?;
             let mut v = vec![];
             for r in refs {
                 for (s, id) in r.sentences.iter().zip(&r.sent_ids) {
@@ -122,10 +130,10 @@ pub(super) fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
             v
         }
     };
-    let n = raw.len().min(args.limit.unwrap_or(usize::MAX));
+    let n = raw.len().min(job.limit.unwrap_or(usize::MAX));
     let mut last = 0;
     let mut found = 0;
-    let tags = match &args.tags {
+    let tags = match &job.tags {
         Some(p) => Some(ImageTags::read(p)?),
         None => None,
     };
@@ -146,7 +154,7 @@ pub(super) fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
         all.insert(image_id);
         items.push(SplitItem { id, image, request });
     }
-    if let Some(p) = &args.tags {
+    if let Some(p) = &job.tags {
         tracing::info!(
             "tags for {} of {} images from {}",
             tagged.len(),
@@ -155,13 +163,13 @@ pub(super) fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
         );
     }
     if items.is_empty() {
-        bail!("{}: no items in this split", args.gt.display());
+        bail!("{}: no items in this split", job.gt.display());
     }
     if found == 0 {
         bail!(
             "none of the {} images of {} is under {} (the first would be {})",
             items.len(),
-            args.gt.display(),
+            job.gt.display(),
             root.display(),
             items[0].image.display()
         );
@@ -170,7 +178,7 @@ pub(super) fn split_items(args: &Args, root: &Path) -> Result<Vec<SplitItem>> {
 }
 
 /// Tags per image, by image id and by file name.
-pub(super) struct ImageTags {
+pub(crate) struct ImageTags {
     by_id: HashMap<String, Vec<(String, f32)>>,
     by_name: HashMap<String, Vec<(String, f32)>>,
 }
@@ -258,7 +266,7 @@ impl ImageTags {
 }
 
 /// The questions file and the annotations must hold the same questions.
-pub(super) fn check_same_questions(
+pub(crate) fn check_same_questions(
     q: &Path,
     qs: &[lion_data::vqa::VqaQuestion],
     gt: &Path,
@@ -276,91 +284,4 @@ pub(super) fn check_same_questions(
         );
     }
     Ok(())
-}
-
-/// Runs the model over the split, writes `--pred-out` and returns its path with a summary of
-/// the run; None when `--stop-after` stopped it before the end.
-pub(super) fn predict(args: &Args) -> Result<Option<(PathBuf, Value)>> {
-    let out = args
-        .pred_out
-        .as_ref()
-        .context("with a model, give --pred-out PRED.json (where the predictions go)")?;
-    let root = args
-        .images
-        .as_ref()
-        .context("with a model, give --images ROOT (the folder of the split's images)")?;
-    let shard = args.shard.resolve(Some("--pred-out"))?;
-    let all = split_items(args, root)?;
-    let (items, target) = crate::cmd::shard::select(&all, |it| it.id.as_str(), shard, out);
-    let gen = args.gen.checked_config()?;
-    let pipe = args.model.load()?;
-    pipe.config().check_memory(args.batch_size.max(1), false)?;
-    let partial = partial_path(&target);
-    let opts = PredictOptions {
-        partial: Some(partial.clone()),
-        max_new: args.stop_after,
-        ..PredictOptions::new(args.batch_size, gen)
-    };
-    let start = std::time::Instant::now();
-    let preds = predict_split(&pipe, &items, &opts)?;
-    let secs = start.elapsed().as_secs_f64();
-    let done = preds.items.iter().flatten().count();
-    if !preds.is_complete() {
-        println!(
-            "stopped after {} new predictions: {done} of {} items done ({} reused), kept in {}; \
-             run again to go on",
-            preds.computed,
-            items.len(),
-            preds.reused,
-            partial.display()
-        );
-        return Ok(None);
-    }
-    let records = preds.records();
-    let text = match shard {
-        None => lion_data::shard::render(
-            lion_data::shard::Format::JsonArray,
-            records.iter().map(Value::to_string),
-        ),
-        Some(s) => {
-            let ids: Vec<&str> = all.iter().map(|it| it.id.as_str()).collect();
-            crate::cmd::shard::shard_text(s, &ids, &records, &format!("eval {:?}", args.task))
-        }
-    };
-    crate::cmd::shard::write_output(lion_data::shard::Output {
-        path: target.clone(),
-        text,
-        partial,
-    })?;
-    if let Some(s) = shard {
-        println!(
-            "shard {}/{}: {} of {} items ({} reused, {} computed, {} failed) -> {}; \
-             join the shards with `lion merge --out {} FILES...`",
-            s.index,
-            s.count,
-            items.len(),
-            all.len(),
-            preds.reused,
-            preds.computed,
-            preds.failed,
-            target.display(),
-            out.display()
-        );
-        return Ok(None);
-    }
-    println!(
-        "predictions: {} items ({} reused, {} computed in {secs:.1} s, {} failed) -> {}",
-        items.len(),
-        preds.reused,
-        preds.computed,
-        preds.failed,
-        out.display()
-    );
-    Ok(Some((
-        out.clone(),
-        json!({
-            "items": items.len(), "reused": preds.reused, "computed": preds.computed,
-            "failed": preds.failed, "failures": preds.failures(), "seconds": secs,
-        }),
-    )))
 }

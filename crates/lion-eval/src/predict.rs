@@ -1,7 +1,7 @@
-//! Running a [`LionPipeline`] over a benchmark split: batched, with a progress bar, resumable.
+//! Running a [`LionPipeline`] over a benchmark split: batched, with progress reported, resumable.
 //!
 //! [`predict_split`] is what `lion eval --model` runs before scoring, and what `lion demo` calls
-//! for its evaluation. Each finished item is appended, as one JSON line in the task's official
+//! (through [`crate::evaluate_model`]) for its evaluation. Each finished item is appended, as one JSON line in the task's official
 //! result format, to a partial file (`PRED.json.partial`), flushed after every batch. A later run
 //! with the same partial file reuses the items already there (a torn last line, from a killed
 //! run, is dropped) and computes the rest. An item that cannot be predicted (missing or corrupt
@@ -45,8 +45,11 @@ pub struct ItemPrediction {
     pub error: Option<String>,
 }
 
+/// Called after each batch with (items done, items in all).
+pub type Progress = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// How to run [`predict_split`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PredictOptions {
     /// Items per model call (one route per batch, as the pipeline requires).
     pub batch_size: usize,
@@ -56,8 +59,8 @@ pub struct PredictOptions {
     pub partial: Option<PathBuf>,
     /// Compute at most this many new items, then stop (the partial file keeps them).
     pub max_new: Option<usize>,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
+    /// Told the progress after each batch (the CLI draws a bar with it).
+    pub progress: Option<Progress>,
 }
 
 impl PredictOptions {
@@ -67,7 +70,7 @@ impl PredictOptions {
             gen,
             partial: None,
             max_new: None,
-            progress: true,
+            progress: None,
         }
     }
 }
@@ -309,12 +312,14 @@ pub fn predict_split(
         ),
         _ => None,
     };
-    let pb = if opts.progress {
-        super::progress(items.len() as u64, &format!("predicting ({task:?})"))
-    } else {
-        indicatif::ProgressBar::hidden()
+    let total = items.len() as u64;
+    let mut done = reused as u64;
+    let report = |done: u64| {
+        if let Some(p) = &opts.progress {
+            p(done, total)
+        }
     };
-    pb.set_position(reused as u64);
+    report(done);
     let (mut computed, mut failed) = (0, 0);
     for chunk in pending.chunks(opts.batch_size.max(1)) {
         let mut results: Vec<(usize, ItemPrediction)> = Vec::with_capacity(chunk.len());
@@ -367,9 +372,9 @@ pub fn predict_split(
                 .and_then(|_| f.sync_data())
                 .with_context(|| format!("cannot append to {}", path.display()))?;
         }
-        pb.inc(chunk.len() as u64);
+        done += chunk.len() as u64;
+        report(done);
     }
-    pb.finish_and_clear();
     if failed > 0 {
         tracing::warn!("{failed} of {computed} items could not be predicted (counted as misses)");
     }

@@ -2,10 +2,22 @@
 //! CIDEr-D), VQA (the official accuracy), A-OKVQA (multiple choice and direct answer), REC
 //! (Acc@IoU per threshold).
 
-use super::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use lion_data::refcoco::PredBox;
+use lion_metrics::aokvqa::{AokvqaGt, AokvqaMetric, AokvqaPred};
+use lion_metrics::caption::CaptionEval;
+use lion_metrics::rec::{is_proper, threshold_key, RecAccumulator};
+use lion_metrics::vqa::{GtAnswer, VqaAccumulator, VqaMode};
+use serde_json::{json, Value};
+
+use crate::items::check_same_questions;
+use crate::{EvalJob, Table};
 
 /// Detects the caption ground-truth format from the file's top level.
-pub(super) fn read_caption_gt(
+pub(crate) fn read_caption_gt(
     path: &Path,
     split: Option<&str>,
 ) -> Result<Vec<lion_data::coco::CaptionImage>> {
@@ -28,8 +40,8 @@ pub(super) fn read_caption_gt(
     }
 }
 
-pub(super) fn caption(args: &Args, pred: &Path) -> Result<Value> {
-    let gt = read_caption_gt(&args.gt, args.split.as_deref())?;
+pub(crate) fn caption(job: &EvalJob, pred: &Path) -> Result<(Value, Table)> {
+    let gt = read_caption_gt(&job.gt, job.split.as_deref())?;
     let gt: HashMap<&str, &Vec<String>> = gt
         .iter()
         .map(|im| (im.image_id.as_str(), &im.captions))
@@ -43,7 +55,7 @@ pub(super) fn caption(args: &Args, pred: &Path) -> Result<Value> {
                 "{}: record {i}: image_id {} is not in {}",
                 pred.display(),
                 p.image_id,
-                args.gt.display()
+                job.gt.display()
             )
         })?;
         if !seen.insert(p.image_id.as_str()) {
@@ -56,7 +68,7 @@ pub(super) fn caption(args: &Args, pred: &Path) -> Result<Value> {
         if refs.is_empty() {
             bail!(
                 "{}: image {} has no reference captions",
-                args.gt.display(),
+                job.gt.display(),
                 p.image_id
             );
         }
@@ -73,12 +85,12 @@ pub(super) fn caption(args: &Args, pred: &Path) -> Result<Value> {
     }
     let s = ev.compute();
     let f = |x: f64| format!("{:.2}", 100.0 * x);
-    table(
-        &format!(
+    let table = Table::new(
+        format!(
             "caption scores over {} images ({missing} without prediction)",
             s.images
         ),
-        &[
+        vec![
             ("CIDEr-D".into(), f(s.cider)),
             ("BLEU-1".into(), f(s.bleu[0])),
             ("BLEU-2".into(), f(s.bleu[1])),
@@ -87,31 +99,34 @@ pub(super) fn caption(args: &Args, pred: &Path) -> Result<Value> {
             ("ROUGE-L".into(), f(s.rouge_l)),
         ],
     );
-    Ok(json!({
-        "task": "caption",
-        "pred": pred,
-        "gt": args.gt,
-        "overall": {
-            "images": s.images, "missing": missing, "cider": s.cider,
-            "bleu_1": s.bleu[0], "bleu_2": s.bleu[1], "bleu_3": s.bleu[2], "bleu_4": s.bleu[3],
-            "rouge_l": s.rouge_l,
-        },
-        "per_item": s.per_item,
-    }))
+    Ok((
+        json!({
+            "task": "caption",
+            "pred": pred,
+            "gt": job.gt,
+            "overall": {
+                "images": s.images, "missing": missing, "cider": s.cider,
+                "bleu_1": s.bleu[0], "bleu_2": s.bleu[1], "bleu_3": s.bleu[2], "bleu_4": s.bleu[3],
+                "rouge_l": s.rouge_l,
+            },
+            "per_item": s.per_item,
+        }),
+        table,
+    ))
 }
 
-pub(super) fn vqa(args: &Args, pred: &Path) -> Result<Value> {
-    let anns = lion_data::vqa::read_vqa_annotations(&args.gt)?;
-    if let Some(q) = &args.questions {
+pub(crate) fn vqa(job: &EvalJob, pred: &Path) -> Result<(Value, Table)> {
+    let anns = lion_data::vqa::read_vqa_annotations(&job.gt)?;
+    if let Some(q) = &job.questions {
         let qs = lion_data::vqa::read_vqa_questions(q)?;
-        check_same_questions(q, &qs, &args.gt, &anns)?;
+        check_same_questions(q, &qs, &job.gt, &anns)?;
     }
     let mut ids = HashSet::new();
     for (i, a) in anns.iter().enumerate() {
         if !ids.insert(a.question_id.as_str()) {
             bail!(
                 "{}: annotations[{i}]: question_id {} appears twice",
-                args.gt.display(),
+                job.gt.display(),
                 a.question_id
             );
         }
@@ -119,7 +134,7 @@ pub(super) fn vqa(args: &Args, pred: &Path) -> Result<Value> {
             bail!(
                 "{}: annotations[{i}]: question_id {} has \"answers\": [] (no ground-truth \
                  answers to score against; the official evaluation fails on it too)",
-                args.gt.display(),
+                job.gt.display(),
                 a.question_id
             );
         }
@@ -132,7 +147,7 @@ pub(super) fn vqa(args: &Args, pred: &Path) -> Result<Value> {
                 "{}: record {i}: question_id {} is not in {}",
                 pred.display(),
                 p.question_id,
-                args.gt.display()
+                job.gt.display()
             );
         }
         if answer_of.insert(&p.question_id, &p.answer).is_some() {
@@ -143,10 +158,7 @@ pub(super) fn vqa(args: &Args, pred: &Path) -> Result<Value> {
             );
         }
     }
-    let mode = match args.vqa_mode {
-        VqaModeArg::Official => VqaMode::Official,
-        VqaModeArg::Normalized => VqaMode::Normalized,
-    };
+    let mode = job.vqa_mode;
     // the official sums run in annotation order
     let mut acc = VqaAccumulator::with_mode(mode);
     let mut per_item = Vec::with_capacity(preds.len());
@@ -170,7 +182,7 @@ pub(super) fn vqa(args: &Args, pred: &Path) -> Result<Value> {
                 a.answer_type.as_deref(),
                 a.question_type.as_deref(),
             )
-            .with_context(|| format!("{}: question {}", args.gt.display(), a.question_id))?;
+            .with_context(|| format!("{}: question {}", job.gt.display(), a.question_id))?;
         per_item.push(json!({
             "question_id": a.question_id, "answer": answer, "accuracy": s,
             "official": VqaAccumulator::official_item(s),
@@ -195,8 +207,8 @@ pub(super) fn vqa(args: &Args, pred: &Path) -> Result<Value> {
     for (t, v) in &official.per_question_type {
         rows.push((format!("question type {t}"), f(*v)));
     }
-    table(
-        &format!(
+    let table = Table::new(
+        format!(
             "VQA accuracy ({}) over {} questions ({missing} without prediction)",
             match mode {
                 VqaMode::Official => "official",
@@ -204,25 +216,28 @@ pub(super) fn vqa(args: &Args, pred: &Path) -> Result<Value> {
             },
             acc.len()
         ),
-        &rows,
+        rows,
     );
-    Ok(json!({
-        "task": "vqa",
-        "pred": pred,
-        "gt": args.gt,
-        "overall": {
-            "questions": acc.len(), "missing": missing, "accuracy": acc.overall(),
-            "mode": format!("{:?}", args.vqa_mode).to_lowercase(),
-            "per_answer_type": acc.per_answer_type(),
-            "per_question_type": acc.per_question_type(),
-            "official": official,
-        },
-        "per_item": per_item,
-    }))
+    Ok((
+        json!({
+            "task": "vqa",
+            "pred": pred,
+            "gt": job.gt,
+            "overall": {
+                "questions": acc.len(), "missing": missing, "accuracy": acc.overall(),
+                "mode": format!("{:?}", job.vqa_mode).to_lowercase(),
+                "per_answer_type": acc.per_answer_type(),
+                "per_question_type": acc.per_question_type(),
+                "official": official,
+            },
+            "per_item": per_item,
+        }),
+        table,
+    ))
 }
 
-pub(super) fn aokvqa(args: &Args, pred: &Path) -> Result<Value> {
-    let qs = lion_data::aokvqa::read_aokvqa(&args.gt)?;
+pub(crate) fn aokvqa(job: &EvalJob, pred: &Path) -> Result<(Value, Table)> {
+    let qs = lion_data::aokvqa::read_aokvqa(&job.gt)?;
     let ids: HashSet<&str> = qs.iter().map(|q| q.question_id.as_str()).collect();
     let preds = lion_data::aokvqa::read_aokvqa_predictions(pred)?;
     let mut by_id: HashMap<&str, &lion_data::aokvqa::AokvqaPrediction> = HashMap::new();
@@ -240,7 +255,7 @@ pub(super) fn aokvqa(args: &Args, pred: &Path) -> Result<Value> {
     if unknown > 0 {
         tracing::warn!(
             "{unknown} predictions are for questions not in {} (ignored, as the official script does)",
-            args.gt.display()
+            job.gt.display()
         );
     }
     let data: Vec<AokvqaGt> = qs
@@ -259,7 +274,7 @@ pub(super) fn aokvqa(args: &Args, pred: &Path) -> Result<Value> {
             direct_answer: p.direct_answer.clone(),
         })
     })
-    .with_context(|| format!("{}", args.gt.display()))?;
+    .with_context(|| format!("{}", job.gt.display()))?;
     let (mc, da) = (&scores.multiple_choice, &scores.direct_answer);
     if mc.is_none() && da.is_none() {
         bail!("{}: no predictions", pred.display());
@@ -276,7 +291,7 @@ pub(super) fn aokvqa(args: &Args, pred: &Path) -> Result<Value> {
             ));
         }
     }
-    table("A-OKVQA (official eval_predictions.py)", &rows);
+    let table = Table::new("A-OKVQA (official eval_predictions.py)", rows);
     let score_of = |m: &Option<AokvqaMetric>| -> HashMap<String, f64> {
         m.iter().flat_map(|m| m.per_item.iter().cloned()).collect()
     };
@@ -294,24 +309,27 @@ pub(super) fn aokvqa(args: &Args, pred: &Path) -> Result<Value> {
             })
         })
         .collect();
-    Ok(json!({
-        "task": "aokvqa",
-        "pred": pred,
-        "gt": args.gt,
-        "overall": {
-            "questions": qs.len(),
-            "missing": da.as_ref().map(|m| m.missing),
-            "score": da.as_ref().map(|m| m.accuracy / 100.0),
-            "direct_answer": da,
-            "multiple_choice": mc,
-        },
-        "per_item": per_item,
-    }))
+    Ok((
+        json!({
+            "task": "aokvqa",
+            "pred": pred,
+            "gt": job.gt,
+            "overall": {
+                "questions": qs.len(),
+                "missing": da.as_ref().map(|m| m.missing),
+                "score": da.as_ref().map(|m| m.accuracy / 100.0),
+                "direct_answer": da,
+                "multiple_choice": mc,
+            },
+            "per_item": per_item,
+        }),
+        table,
+    ))
 }
 
 /// A REC prediction in pixels: given as pixels, or LION's box text read by `lion_core::bbox`
 /// (as `lion ground` and the server read it); `None` is a miss.
-pub(super) fn pred_box(p: &PredBox, width: f64, height: f64) -> Option<[f64; 4]> {
+pub fn pred_box(p: &PredBox, width: f64, height: f64) -> Option<[f64; 4]> {
     match p {
         PredBox::Pixels(b) => Some(*b),
         PredBox::Text(t) => lion_core::bbox::parse(t, width, height),
@@ -319,12 +337,12 @@ pub(super) fn pred_box(p: &PredBox, width: f64, height: f64) -> Option<[f64; 4]>
     }
 }
 
-pub(super) fn rec(args: &Args, pred: &Path) -> Result<Value> {
-    let instances = args
+pub(crate) fn rec(job: &EvalJob, pred: &Path) -> Result<(Value, Table)> {
+    let instances = job
         .instances
         .as_ref()
         .context("--task rec needs --instances (RefCOCO's instances.json)")?;
-    let refs = lion_data::refcoco::read_refcoco(&args.gt, instances, args.split.as_deref())?;
+    let refs = lion_data::refcoco::read_refcoco(&job.gt, instances, job.split.as_deref())?;
     let by_ref: HashMap<i64, usize> = refs
         .iter()
         .enumerate()
@@ -336,7 +354,7 @@ pub(super) fn rec(args: &Args, pred: &Path) -> Result<Value> {
         .flat_map(|(i, r)| r.sent_ids.iter().map(move |&s| (s, i)))
         .collect();
     let preds = lion_data::refcoco::read_rec_results(pred)?;
-    let mut acc = RecAccumulator::with_thresholds(&args.iou_thresholds)
+    let mut acc = RecAccumulator::with_thresholds(&job.iou_thresholds)
         .map_err(|e| anyhow::anyhow!("--iou-thresholds: {e}"))?;
     let mut per_item = Vec::new();
     let mut seen = HashSet::new();
@@ -351,7 +369,7 @@ pub(super) fn rec(args: &Args, pred: &Path) -> Result<Value> {
             format!(
                 "{}: record {i}: {key} is not in {}",
                 pred.display(),
-                args.gt.display()
+                job.gt.display()
             )
         })?];
         if !seen.insert(key.clone()) {
@@ -415,12 +433,15 @@ pub(super) fn rec(args: &Args, pred: &Path) -> Result<Value> {
     for (k, n) in &hist {
         rows.push((format!("IoU {k}"), n.to_string()));
     }
-    table(&format!("REC over {} expressions", s.items), &rows);
-    Ok(json!({
-        "task": "rec",
-        "pred": pred,
-        "gt": args.gt,
-        "overall": s,
-        "per_item": per_item,
-    }))
+    let table = Table::new(format!("REC over {} expressions", s.items), rows);
+    Ok((
+        json!({
+            "task": "rec",
+            "pred": pred,
+            "gt": job.gt,
+            "overall": s,
+            "per_item": per_item,
+        }),
+        table,
+    ))
 }
