@@ -13,6 +13,9 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams};
 use crate::prompt::PLACEHOLDER;
 use crate::{Error, Result};
 
+/// ShapesWorld's `tokenizer.json` (the `shapes` preset's), as bundled.
+pub const SHAPES_TOKENIZER_JSON: &[u8] = include_bytes!("../assets/shapes-tokenizer.json");
+
 /// A T5 tokenizer from `tokenizer.json`.
 #[derive(Clone)]
 pub struct T5Tokenizer {
@@ -54,10 +57,7 @@ impl T5Tokenizer {
     /// ShapesWorld's tokenizer (431 tokens: the world's words whole, boxes digit by digit), for
     /// the `shapes` preset. Made by `scripts/make_t5_tokenizer.py` (see there).
     pub fn bundled_shapes() -> Result<Self> {
-        Self::from_bytes(
-            include_bytes!("../assets/shapes-tokenizer.json"),
-            "bundled shapes-tokenizer.json",
-        )
+        Self::from_bytes(SHAPES_TOKENIZER_JSON, "bundled shapes-tokenizer.json")
     }
 
     /// The bundled tokenizer a preset uses when none is given.

@@ -68,86 +68,29 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
-/// [`lion_train::triplet_trainer::fine_tune`] with progress bars (caption selection, then
-/// training steps with the loss): `lion train-tag-encoder` and the demo's stage 3.
-pub fn fine_tune_with_progress(
-    job: &lion_train::triplet_trainer::FineTune,
-    dev: &candle_core::Device,
-) -> anyhow::Result<lion_train::triplet_trainer::TrainOutputs> {
-    use lion_train::triplet_trainer::TrainEvent;
-    let mut select: Option<indicatif::ProgressBar> = None;
-    let mut train: Option<indicatif::ProgressBar> = None;
-    let epochs = job.config.epochs;
-    let out = lion_train::triplet_trainer::fine_tune(
-        job,
-        dev,
-        &mut |done, total| {
-            let pb = select.get_or_insert_with(|| progress(total as u64, "selecting captions"));
-            pb.set_position(done as u64);
-            if done >= total {
-                pb.finish_and_clear();
-            }
-        },
-        |ev| match ev {
-            TrainEvent::Start {
-                steps_per_epoch, ..
-            } => {
-                train = Some(progress((*steps_per_epoch * epochs) as u64, "training"));
-            }
-            TrainEvent::Step { epoch, loss, .. } => {
-                if let Some(pb) = &train {
-                    pb.set_message(format!("epoch {epoch} loss {loss:.4}"));
-                    pb.inc(1);
-                }
-            }
-            TrainEvent::Epoch(_) => {}
-        },
-    );
-    if let Some(pb) = train {
-        pb.finish_and_clear();
+/// Progress bars on stderr ([`lion_train::progress::Progress`] for the libraries' long work).
+pub struct Terminal;
+
+struct TerminalBar(indicatif::ProgressBar);
+
+impl lion_train::progress::Bar for TerminalBar {
+    fn set_position(&self, pos: u64) {
+        self.0.set_position(pos)
     }
-    Ok(out?)
+    fn set_message(&self, msg: String) {
+        self.0.set_message(msg)
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear()
+    }
+    fn abandon(&self) {
+        self.0.abandon()
+    }
 }
 
-/// [`lion_train::peft::train`] with a progress bar (loss, learning rate, samples/s): `lion
-/// train` and the demo's training stages. Returns the output folder.
-pub fn train_with_progress(
-    cfg: lion_train::peft::PeftConfig,
-    resume: bool,
-    dev: &candle_core::Device,
-) -> anyhow::Result<std::path::PathBuf> {
-    use lion_train::peft::TrainEvent;
-    let pb = progress(cfg.steps, "train");
-    let out = lion_train::peft::train(cfg, resume, dev, &mut |e| match e {
-        TrainEvent::Started { step, .. } => pb.set_position(step),
-        TrainEvent::Step {
-            record,
-            samples_per_s,
-        } => {
-            pb.set_position(record.step);
-            pb.set_message(format!(
-                "loss {:.4} lr {:.2e} {:.1} samples/s",
-                record.loss, record.lr, samples_per_s
-            ));
-        }
-        TrainEvent::Evaluated { .. } => {}
-    });
-    match out {
-        Ok(out) => {
-            pb.finish();
-            Ok(out)
-        }
-        Err(e) => {
-            pb.abandon();
-            // the run-folder errors in the flag's words
-            Err(match e {
-                lion_train::error::Error::RunExists { .. } => {
-                    anyhow::anyhow!("{e} (add --resume to continue it)")
-                }
-                lion_train::error::Error::Resume { .. } => anyhow::anyhow!("--resume: {e}"),
-                e => e.into(),
-            })
-        }
+impl lion_train::progress::Progress for Terminal {
+    fn bar(&self, label: &str, total: u64) -> Box<dyn lion_train::progress::Bar> {
+        Box::new(TerminalBar(progress(total, label)))
     }
 }
 

@@ -23,7 +23,15 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let cfg = PeftConfig::read(&args.config)?;
     let dev = args.device.open()?;
-    let out = super::train_with_progress(cfg, args.resume, &dev)?;
+    let out = lion_train::progress::train_showing(cfg, args.resume, &dev, &super::Terminal)
+        .map_err(|e| match e {
+            // the run-folder errors in the flag's words
+            lion_train::error::Error::RunExists { .. } => {
+                anyhow::anyhow!("{e} (add --resume to continue it)")
+            }
+            lion_train::error::Error::Resume { .. } => anyhow::anyhow!("--resume: {e}"),
+            e => e.into(),
+        })?;
     println!("{}", out.display());
     Ok(())
 }

@@ -80,7 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         ..Default::default()
     };
     let dev = args.device.open()?;
-    let out = super::fine_tune_with_progress(
+    let out = lion_train::progress::fine_tune_showing(
         &FineTune {
             model: &args.model,
             encoder: args.encoder.as_deref(),
@@ -90,6 +90,7 @@ pub fn run(args: Args) -> Result<()> {
             config: cfg,
         },
         &dev,
+        &super::Terminal,
     )?;
     println!(
         "tag encoder written to {} (metrics: {}, curves: {})",

@@ -18,7 +18,7 @@
 //!
 //! With a model (`--model DIR`, or `--preset P --random-weights`), `--images ROOT` and
 //! `--pred-out PRED.json` instead of `--pred`, it first runs the model over the split (batched,
-//! progress bar, resumable through `PRED.json.partial`, see [`crate::cmd::predict`]), writes the
+//! progress bar, resumable through `PRED.json.partial`, see [`lion_eval::predict`]), writes the
 //! predictions in the official result format, then scores them as above. Images are found under
 //! ROOT by the ground truth's `file_name` (captions, REC; also by its base name) or, for VQA and
 //! A-OKVQA, by image id in the COCO (`COCO_val2014_%012d.jpg`, `%012d.jpg`) or ShapesWorld

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use super::compare::{fmt_interval, Items};
 use super::files::read_json;
 use super::kinds::item_id;
-use crate::bootstrap::{interval, paired_interval};
-use crate::plot::{draw_png, Panel, Series};
+use lion_train::bootstrap::{interval, paired_interval};
+use lion_train::plot::{draw_png, Panel, Series};
 
 /// One evaluation's per-item scores by metric: `caption` (CIDEr-D), `vqa` (accuracy), `rec`
 /// (hit at IoU 0.5) and `rec01` (hit at IoU 0.1, from the per-item IoUs).
@@ -163,12 +163,12 @@ mod tests {
         let rows: Vec<Value> = (0..20)
             .map(|i| json!({"id": format!("sent_id {i}"), "iou": f64::from(i) / 20.0, "hit": i >= 10}))
             .collect();
-        crate::demo::files::write_json(&rec, &json!({"per_item": rows})).unwrap();
+        crate::files::write_json(&rec, &json!({"per_item": rows})).unwrap();
         let sc = per_item(&rec, "rec").unwrap();
         assert_eq!(mean(&sc["rec"]), 0.5);
         assert_eq!(mean(&sc["rec01"]), 0.9, "IoU >= 0.1: items 2..20");
         let bad = tmp.path().join("bad.json");
-        crate::demo::files::write_json(
+        crate::files::write_json(
             &bad,
             &json!({"per_item": [{"question_id": 1, "accuracy": "x"}]}),
         )

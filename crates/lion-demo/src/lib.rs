@@ -1,6 +1,8 @@
-//! `lion demo`: the seed experiment, end to end, on the embedded ShapesWorld.
+//! `lion demo` as a library ([`run`] with a [`DemoConfig`]): the seed experiment, end to end, on
+//! the embedded ShapesWorld.
 //!
-//! Every stage runs through the same commands and libraries a user would run on COCO:
+//! Every stage runs through the same libraries the commands a user would run on COCO call (the
+//! command named beside each stage):
 //! 1. generate the world (`lion world generate`);
 //! 2. train the tiny RAM-architecture tagger on it and tag every image with scores
 //!    (`lion train-tagger`), scoring its precision / recall on the test split;
@@ -19,7 +21,7 @@
 //!    the curves (PNG).
 //!
 //! A rerun into the same folder reuses a stage only when its `stage.json` records the same
-//! inputs ([`lion_train::demo::stage`]); otherwise the stage is redone and the log says why.
+//! inputs ([`crate::stage`]); otherwise the stage is redone and the log says why.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,90 +29,84 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::compare::{comparison_report, Boot, Metric, System};
+use crate::files::{ground_truth_tags, images_jsonl, lion_data, no_tags, write_tags_file};
+use crate::kinds::{rec_kinds, vqa_kinds};
+use crate::report::{baseline_tables, draw_loss_curves, RunScores};
+use crate::systems::{comparison_pairs, system_specs, Ablation, TagSource};
 use lion_data::world::WorldConfig;
-use lion_train::demo::compare::{comparison_report, Boot, Metric, System};
-use lion_train::demo::files::{
-    ground_truth_tags, images_jsonl, lion_data, no_tags, write_tags_file,
-};
-use lion_train::demo::kinds::{rec_kinds, vqa_kinds};
-use lion_train::demo::report::{baseline_tables, draw_loss_curves, RunScores};
-use lion_train::demo::systems::{comparison_pairs, system_specs, Ablation, TagSource};
+use lion_train::progress::Progress;
 
-#[derive(clap::Args)]
-pub struct Args {
+/// The demo's settings (`lion demo`'s flags, documented there).
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
     /// Where the world and every artefact go. A rerun into the same folder reuses a stage only
     /// when its `stage.json` records the same inputs (seed, sizes, settings, input checksums).
-    #[arg(long, default_value = "demo-out")]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Sentence transformer (caption selection) and initial tag encoder.
-    #[arg(long, default_value = super::DEFAULT_MINILM, value_parser = super::model_dir)]
-    sentence_model: PathBuf,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub sentence_model: PathBuf,
+    pub seed: u64,
     /// PEFT runs per prompt kind, with seeds SEED, SEED+1, ... (the world, tagger and tag
     /// encoder are shared); the comparison's intervals cover seeds and test items.
-    #[arg(long, default_value_t = 1)]
-    seeds: usize,
+    pub seeds: usize,
     /// Ablations trained and evaluated beside the prompt kinds, comma-separated: `none` (no
     /// tags, no soft prompt), `oracle` (dynamic prompt, ground-truth tags at score 1.0).
-    #[arg(long, value_delimiter = ',')]
-    ablations: Vec<Ablation>,
+    pub ablations: Vec<Ablation>,
     /// Training images of the world.
-    #[arg(long, default_value_t = 600)]
-    train: usize,
+    pub train: usize,
     /// Test images (the validation split has half as many). 300 rather than fewer: the REC gains
     /// over the centre box are a few points, and with 120 images (580 expressions) the 95%
     /// interval of a paired difference was about +-1.7 points.
-    #[arg(long, default_value_t = 300)]
-    test: usize,
+    pub test: usize,
     /// Tagger epochs (about 8 s each for 600 images on 2 cores).
-    #[arg(long, default_value_t = 10)]
-    tagger_epochs: usize,
+    pub tagger_epochs: usize,
     /// Tag-encoder epochs (one epoch of 480 anchors is about 3 minutes on 2 cores); the most
     /// with --tagenc-patience.
-    #[arg(long, default_value_t = 1)]
-    epochs: usize,
+    pub epochs: usize,
     /// Tag-encoder validation every N optimizer steps (metrics.jsonl lines, curve points).
-    #[arg(long, default_value_t = 5)]
-    tagenc_eval_every: usize,
+    pub tagenc_eval_every: usize,
     /// Stop the tag encoder once its validation loss has not improved for N validations in a
     /// row, keeping the best weights (0: train all --epochs). E.g. `--epochs 20
     /// --tagenc-patience 4` trains until the validation curves flatten.
-    #[arg(long, default_value_t = 0)]
-    tagenc_patience: usize,
+    pub tagenc_patience: usize,
     /// LION optimizer steps per prompt kind.
-    #[arg(long, default_value_t = 400)]
-    steps: u64,
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
+    pub steps: u64,
+    pub batch_size: usize,
     /// The pretrained backbone folder (lion.json + backbone.safetensors).
-    #[arg(long, default_value = "assets/shapes-backbone")]
-    backbone: PathBuf,
+    pub backbone: PathBuf,
     /// Pretrain the backbone first (on a world of its own seed) and use that; written to
     /// OUT/backbone (copy it to assets/shapes-backbone to ship it).
-    #[arg(long)]
-    from_scratch: bool,
+    pub from_scratch: bool,
     /// Backbone pretraining steps (batch 32) with --from-scratch.
-    #[arg(long, default_value_t = 4000)]
-    pretrain_steps: u64,
+    pub pretrain_steps: u64,
     /// Images of the pretraining world with --from-scratch.
-    #[arg(long, default_value_t = 2000)]
-    pretrain_images: usize,
+    pub pretrain_images: usize,
     /// Beams at evaluation (1 = greedy; 5 as upstream LION's `generate`).
-    #[arg(long, default_value_t = 5)]
-    num_beams: usize,
+    pub num_beams: usize,
     /// Bootstrap resamples of the report's intervals.
-    #[arg(long, default_value_t = 1000)]
-    resamples: usize,
+    pub resamples: usize,
 }
 
-/// A ShapesWorld into `dir` (replacing an earlier one), with a progress bar.
-fn generate_world(dir: &Path, cfg: WorldConfig) -> Result<()> {
+/// The settings and where progress goes, as every stage sees them.
+pub(crate) struct Args<'a> {
+    cfg: &'a DemoConfig,
+    pub progress: &'a dyn Progress,
+}
+
+impl std::ops::Deref for Args<'_> {
+    type Target = DemoConfig;
+    fn deref(&self) -> &DemoConfig {
+        self.cfg
+    }
+}
+
+/// A ShapesWorld into `dir` (replacing an earlier one), its progress shown.
+fn generate_world(dir: &Path, cfg: WorldConfig, progress: &dyn Progress) -> Result<()> {
     let total = (cfg.train + cfg.val + cfg.test) as u64;
-    let pb = super::progress(total, "generating ShapesWorld");
+    let pb = progress.bar("generating ShapesWorld", total);
     let manifest = lion_data::world::generate(&cfg, dir, true, &|n| pb.set_position(n))
         .with_context(|| format!("generating a world into {}", dir.display()))?;
-    pb.finish_and_clear();
+    pb.finish();
     tracing::info!(
         seed = manifest.seed,
         images = manifest.images.count,
@@ -122,19 +118,26 @@ fn generate_world(dir: &Path, cfg: WorldConfig) -> Result<()> {
 }
 
 fn read(path: &Path) -> Result<Value> {
-    Ok(lion_train::demo::files::read_json(path)?)
+    Ok(crate::files::read_json(path)?)
 }
 
 fn write_json(path: &Path, v: &Value) -> Result<()> {
-    Ok(lion_train::demo::files::write_json(path, v)?)
+    Ok(crate::files::write_json(path, v)?)
 }
 
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+pub mod baselines;
+pub mod compare;
+pub mod files;
+pub mod kinds;
 mod model;
+pub mod report;
+pub mod stage;
 mod stages;
+pub mod systems;
 
 use model::{peft_run, pretrain, PeftInputs};
 use stages::{eval_baselines, eval_model, tag_world, train_encoder};
@@ -142,7 +145,9 @@ use stages::{eval_baselines, eval_model, tag_world, train_encoder};
 /// Systems' per-metric scores, by name.
 type Table = Vec<(String, RunScores)>;
 
-pub fn run(args: Args) -> Result<()> {
+/// Runs the demo (see the crate docs) into `cfg.out`, its progress shown through `progress`.
+pub fn run(cfg: &DemoConfig, progress: &dyn Progress) -> Result<()> {
+    let args = Args { cfg, progress };
     let start = std::time::Instant::now();
     if args.seeds == 0 {
         bail!("--seeds must be at least 1");
@@ -165,6 +170,7 @@ pub fn run(args: Args) -> Result<()> {
             size: 96,
             ..WorldConfig::default()
         },
+        args.progress,
     )?;
 
     tracing::info!("stage 2/6: training the RAM tagger, tagging every image with scores");
@@ -329,7 +335,7 @@ pub fn run(args: Args) -> Result<()> {
 
 #[allow(clippy::too_many_arguments)]
 fn render_report(
-    args: &Args,
+    args: &Args<'_>,
     world: &Path,
     n: usize,
     tagger: &Value,

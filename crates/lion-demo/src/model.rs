@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::stage::{mark_done, reuse_or_clear, StageInputs};
+use crate::systems::SystemSpec;
 use lion_core::pipeline::{ConfigRef, Manifest, WeightEntry};
 use lion_data::world::WorldConfig;
-use lion_train::demo::stage::{mark_done, reuse_or_clear, StageInputs};
-use lion_train::demo::systems::SystemSpec;
+use lion_train::progress::Progress;
 
 use super::{read, s, write_json, Args};
 
@@ -102,7 +103,7 @@ fn train_config(
 }
 
 /// Runs `lion train` on a config written to `dir/train.json`; returns the final checkpoint.
-fn run_training(dir: &Path, cfg: &Value) -> Result<PathBuf> {
+fn run_training(dir: &Path, cfg: &Value, progress: &dyn Progress) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("train.json");
     let run_dir = PathBuf::from(cfg["output_dir"].as_str().expect("set"));
@@ -123,12 +124,12 @@ fn run_training(dir: &Path, cfg: &Value) -> Result<PathBuf> {
     }
     write_json(&path, cfg)?;
     let cfg = lion_train::peft::PeftConfig::read(&path)?;
-    crate::cmd::train_with_progress(cfg, false, &candle_core::Device::Cpu)?;
+    lion_train::progress::train_showing(cfg, false, &candle_core::Device::Cpu, progress)?;
     lion_train::checkpoint::latest(&run_dir)?.context("training left no checkpoint")
 }
 
 /// Pretrains the backbone on a world of its own seed and writes it as a model folder.
-pub(super) fn pretrain(args: &Args, out: &Path) -> Result<PathBuf> {
+pub(super) fn pretrain(args: &Args<'_>, out: &Path) -> Result<PathBuf> {
     let world = out.join("pretrain-world");
     let seed = args.seed + 1000;
     super::generate_world(
@@ -141,6 +142,7 @@ pub(super) fn pretrain(args: &Args, out: &Path) -> Result<PathBuf> {
             size: 96,
             ..WorldConfig::default()
         },
+        args.progress,
     )?;
     let run = out.join("pretrain");
     let qtok = args.sentence_model.join("tokenizer.json");
@@ -164,7 +166,7 @@ pub(super) fn pretrain(args: &Args, out: &Path) -> Result<PathBuf> {
     let mut cfg = cfg;
     cfg["tasks"][2]["ratio"] = json!(3.0);
     cfg["boost_lr_scale"] = json!(0.0);
-    let ckpt = run_training(&run, &cfg)?;
+    let ckpt = run_training(&run, &cfg, args.progress)?;
     let dest = out.join("backbone");
     export_backbone(&run.join("init.safetensors"), &ckpt, &qtok, &dest)?;
     Ok(dest)
@@ -183,7 +185,7 @@ fn export_backbone(init: &Path, ckpt: &Path, qformer_tokenizer: &Path, dest: &Pa
     // stands alone.
     std::fs::write(
         dest.join("t5-tokenizer.json"),
-        include_bytes!("../../../../lion-core/assets/shapes-tokenizer.json"),
+        lion_core::text::SHAPES_TOKENIZER_JSON,
     )?;
     std::fs::copy(qformer_tokenizer, dest.join("qformer-tokenizer.json"))
         .with_context(|| format!("cannot copy {}", qformer_tokenizer.display()))?;
@@ -227,7 +229,7 @@ pub(super) struct PeftInputs<'a> {
 /// Stage 4 for one system and seed: trains it (or reuses a run made from the same inputs) and
 /// writes its model folder. Returns (model folder, run folder).
 pub(super) fn peft_run(
-    args: &Args,
+    args: &Args<'_>,
     io: &PeftInputs,
     spec: &SystemSpec,
     seed: u64,
@@ -268,7 +270,7 @@ pub(super) fn peft_run(
     if !reuse_or_clear(&stage, &dir, &inputs)? {
         std::fs::create_dir_all(&start_dir)?;
         write_manifest(&start_dir, &manifest(io.backbone, spec.prompt, io.encoder)?)?;
-        let ckpt = run_training(&dir, &cfg)?;
+        let ckpt = run_training(&dir, &cfg, args.progress)?;
         write_trained_model(
             io.backbone,
             spec.prompt,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::bootstrap::{nested_paired_interval, Interval};
+use lion_train::bootstrap::{nested_paired_interval, Interval};
 
 /// Per-item scores of one run on one metric, by item id.
 pub type Items = BTreeMap<String, f64>;

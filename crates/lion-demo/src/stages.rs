@@ -6,14 +6,14 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
+use crate::baselines::write_baseline_predictions;
+use crate::files::ImageTags;
+use crate::report::{per_item, RunScores};
+use crate::stage::{mark_done, reuse_or_clear, StageInputs};
 use lion_core::generate::GenerationConfig;
 use lion_core::model_spec::ModelSpec;
 use lion_core::weights::LoadMode;
 use lion_eval::{Benchmark, EvalJob, ModelRun, PredictOptions};
-use lion_train::demo::baselines::write_baseline_predictions;
-use lion_train::demo::files::ImageTags;
-use lion_train::demo::report::{per_item, RunScores};
-use lion_train::demo::stage::{mark_done, reuse_or_clear, StageInputs};
 use lion_train::triplet_trainer::{FineTune, TripletConfig};
 
 use super::{read, Args};
@@ -37,7 +37,7 @@ fn test_job(world: &Path, task: &str) -> EvalJob {
 /// Scores a model folder on the test split's three tasks (`lion eval --model`) into `dir`,
 /// or reuses `dir` when its record shows the same model, tags, world and settings.
 pub(super) fn eval_model(
-    args: &Args,
+    args: &Args<'_>,
     stage: &str,
     world: &Path,
     tags: &Path,
@@ -84,12 +84,19 @@ pub(super) fn eval_model(
                         .with_context(|| format!("cannot load {}", model.display()))?,
                 ),
             };
+            let bar: std::sync::Arc<dyn lion_train::progress::Bar> = args
+                .progress
+                .bar(&format!("predicting ({task})"), items.len() as u64)
+                .into();
+            let shown = bar.clone();
             let opts = PredictOptions {
-                progress: Some(crate::cmd::progress_fn(format!("predicting ({task})"))),
+                progress: Some(std::sync::Arc::new(move |done, _| shown.set_position(done))),
                 ..PredictOptions::new(32, gen.clone())
             };
             let pred = dir.join(format!("{task}_pred.json"));
-            match lion_eval::evaluate_model(&job, &items, pipe, opts, &pred)? {
+            let run = lion_eval::evaluate_model(&job, &items, pipe, opts, &pred);
+            bar.finish();
+            match run? {
                 ModelRun::Scored { evaluation, .. } => evaluation.write(&scores)?,
                 ModelRun::Stopped { .. } => unreachable!("no max_new is set"),
             }
@@ -115,7 +122,7 @@ pub(super) fn eval_baselines(world: &Path, dir: &Path) -> Result<RunScores> {
     Ok(out)
 }
 /// Stage 3: triplet fine-tuning of the tag encoder, or its reuse.
-pub(super) fn train_encoder(args: &Args, images: &Path, encoder: &Path) -> Result<()> {
+pub(super) fn train_encoder(args: &Args<'_>, images: &Path, encoder: &Path) -> Result<()> {
     let inputs = StageInputs::new(
         json!({"seed": args.seed, "epochs": args.epochs, "batch_size": 16, "val_fraction": 0.2,
                "eval_every": args.tagenc_eval_every, "patience": args.tagenc_patience}),
@@ -149,7 +156,7 @@ pub(super) fn train_encoder(args: &Args, images: &Path, encoder: &Path) -> Resul
         patience: args.tagenc_patience,
         ..Default::default()
     };
-    crate::cmd::fine_tune_with_progress(
+    lion_train::progress::fine_tune_showing(
         &FineTune {
             model: &args.sentence_model,
             encoder: None,
@@ -159,13 +166,14 @@ pub(super) fn train_encoder(args: &Args, images: &Path, encoder: &Path) -> Resul
             config,
         },
         &candle_core::Device::Cpu,
+        args.progress,
     )?;
     Ok(mark_done(encoder, &inputs)?)
 }
 
 /// Stage 2: trains the tagger (or reuses a finished one in `out`), and returns every image's
 /// scored tags (by path relative to the world) and the test scores.
-pub(super) fn tag_world(args: &Args, world: &Path, out: &Path) -> Result<(ImageTags, Value)> {
+pub(super) fn tag_world(args: &Args<'_>, world: &Path, out: &Path) -> Result<(ImageTags, Value)> {
     use lion_train::tagger_trainer::{
         train_tagger_with, TaggerEvent, TaggerFiles, TaggerTrainOptions,
     };
@@ -182,20 +190,22 @@ pub(super) fn tag_world(args: &Args, world: &Path, out: &Path) -> Result<(ImageT
             seed: args.seed,
             ..TaggerTrainOptions::default()
         };
-        let mut pb: Option<indicatif::ProgressBar> = None;
+        let mut pb: Option<Box<dyn lion_train::progress::Bar>> = None;
+        let mut step = 0u64;
         let r = train_tagger_with(world, out, &opts, |e| match e {
             TaggerEvent::Start {
                 steps_per_epoch,
                 epochs,
             } => {
-                pb = Some(crate::cmd::progress(
-                    (steps_per_epoch * epochs) as u64,
-                    "tagger",
-                ))
+                pb = Some(
+                    args.progress
+                        .bar("tagger", (steps_per_epoch * epochs) as u64),
+                )
             }
             TaggerEvent::Step { loss, .. } => {
                 if let Some(pb) = &pb {
-                    pb.inc(1);
+                    step += 1;
+                    pb.set_position(step);
                     pb.set_message(format!("loss {loss:.4}"));
                 }
             }
@@ -209,7 +219,7 @@ pub(super) fn tag_world(args: &Args, world: &Path, out: &Path) -> Result<(ImageT
             _ => {}
         })?;
         if let Some(pb) = pb {
-            pb.finish_and_clear();
+            pb.finish();
         }
         mark_done(out, &inputs)?;
         serde_json::to_value(&r)?

@@ -26,7 +26,7 @@ pub struct StageInputs {
 /// FNV-1a 64 of a file, as 16 hex digits.
 pub fn file_checksum(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok(format!("{:016x}", crate::checkpoint::fnv1a64(&bytes)))
+    Ok(format!("{:016x}", lion_train::checkpoint::fnv1a64(&bytes)))
 }
 
 impl StageInputs {
