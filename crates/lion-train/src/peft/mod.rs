@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use image::RgbImage;
+use lion_core::adapter::Route;
 use lion_core::pipeline::{LionPipeline, Manifest as ModelManifest, Request};
 use lion_core::preprocess::{load_image, ImageTransform, Rng, TrainTransform};
 use lion_core::prompt::{PromptKind, Task};
@@ -29,7 +30,7 @@ use lion_core::sentence::{BertTokenizer, SentenceEmbedder};
 use lion_core::text::T5Tokenizer;
 use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
 use lion_core::{Error, Result};
-use lion_data::lion_json::{read_lion, Level, LionSample};
+use lion_data::lion_json::{read_lion, LionSample};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -355,9 +356,9 @@ impl PeftTrainer {
     }
 
     fn request(s: &LionSample) -> Request {
-        let task = match s.level {
-            Level::RegionLevel => Task::Rec,
-            Level::ImageLevel => Task::Vqa,
+        let task = match s.route {
+            Route::RegionLevel => Task::Rec,
+            Route::ImageLevel => Task::Vqa,
         };
         let tags = s
             .tags
