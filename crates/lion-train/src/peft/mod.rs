@@ -27,6 +27,7 @@ use lion_core::preprocess::{load_image, ImageTransform, Rng, TrainTransform};
 use lion_core::prompt::{PromptKind, Task};
 use lion_core::rules::Invalid;
 use lion_core::sentence::{BertTokenizer, SentenceEmbedder};
+use lion_core::tags::ScoredTag;
 use lion_core::text::T5Tokenizer;
 use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
 use lion_core::{Error, Result};
@@ -364,7 +365,7 @@ impl PeftTrainer {
             .tags
             .split(", ")
             .filter(|t| !t.is_empty())
-            .map(tag_with_score)
+            .map(|t| ScoredTag::parse_or_bare(t).into_pair())
             .collect();
         Request {
             task,
@@ -523,14 +524,6 @@ impl PeftTrainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tags_carry_their_scores_or_one() {
-        assert_eq!(tag_with_score("red: 0.93"), ("red".into(), 0.93));
-        assert_eq!(tag_with_score("red circle"), ("red circle".into(), 1.0));
-        // A colon that is not followed by a number is part of the name.
-        assert_eq!(tag_with_score("a: b"), ("a: b".into(), 1.0));
-    }
 
     #[test]
     fn trainable_set_follows_upstream() {
