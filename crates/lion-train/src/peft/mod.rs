@@ -37,6 +37,7 @@ use serde_json::json;
 
 use crate::augment::augment_sample;
 use crate::checkpoint::{self, TrainState};
+use crate::optim::AdamW;
 use crate::rng::SplitMix64;
 use crate::schedule::Schedule;
 
@@ -77,7 +78,7 @@ fn mix(a: u64, b: u64) -> u64 {
 pub struct PeftTrainer {
     pub cfg: PeftConfig,
     pub pipe: LionPipeline,
-    pub opt: GroupedAdamW,
+    pub opt: AdamW,
     /// Frozen vars (tests check they stay bit-identical); empty unless built with them.
     pub state: TrainState,
     data: Vec<Vec<LionSample>>,
@@ -255,14 +256,7 @@ impl PeftTrainer {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let mut opt = GroupedAdamW::new(
-            vars,
-            cfg.weight_decay,
-            cfg.boost_lr_scale,
-            cfg.prompt_lr_scale,
-            cfg.betas,
-            cfg.eps,
-        )?;
+        let mut opt = peft_adamw(vars, &cfg)?;
         let state = match &resume {
             Some(r) => {
                 opt.load_state(r.state.step, &r.optimizer)?;
@@ -314,7 +308,7 @@ impl PeftTrainer {
 
     /// The trainable vars by key.
     pub fn trainable(&self) -> &[(String, Var)] {
-        &self.opt.vars
+        self.opt.vars()
     }
 
     /// The task of optimizer step `step`, drawn by the ratios (a pure function of seed and step).
@@ -433,7 +427,7 @@ impl PeftTrainer {
         let bs = self.cfg.batch_size;
         let mut grads: Vec<Tensor> = self
             .opt
-            .vars
+            .vars()
             .iter()
             .map(|(_, v)| v.as_tensor().zeros_like())
             .collect::<candle_core::Result<_>>()?;
@@ -458,7 +452,7 @@ impl PeftTrainer {
                 });
             }
             let gs = (loss / accum as f64)?.backward()?;
-            accumulate(&mut grads, &gs, &self.opt.vars)?;
+            accumulate(&mut grads, &gs, self.opt.vars())?;
             loss_sum += lv;
             n += b;
         }
@@ -470,7 +464,8 @@ impl PeftTrainer {
             });
         }
         let lr = self.cfg.schedule.lr(step, self.cfg.steps);
-        self.opt.step(&grads, lr)?;
+        self.opt.set_learning_rate(lr);
+        self.opt.step_grads(&grads)?;
         self.state.task_batches = counters;
         self.state.step += 1;
         Ok(StepRecord {
@@ -486,7 +481,7 @@ impl PeftTrainer {
     /// The trainable tensors under their (upstream) keys.
     pub fn trainable_tensors(&self) -> HashMap<String, Tensor> {
         self.opt
-            .vars
+            .vars()
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
             .collect()
@@ -499,7 +494,7 @@ impl PeftTrainer {
             &self.cfg.output_dir,
             &self.state,
             &self.trainable_tensors(),
-            &self.opt.state_tensors(),
+            &self.opt.state_tensors()?,
             &cfg,
             self.cfg.keep_checkpoints,
         )
