@@ -379,7 +379,7 @@ fn dynamic_prompt_projection_trains_in_its_own_lr_group() {
     });
     let groups: Vec<(String, f64)> = t
         .opt
-        .groups
+        .groups()
         .iter()
         .map(|g| (g.name.clone(), g.lr_scale))
         .collect();

@@ -32,6 +32,7 @@ use crate::bert::{linear, BertAttention, BertConfig, BertFeedForward};
 use crate::linear::Linear;
 use crate::ops::Activation;
 use crate::swin::{SwinConfig, SwinTransformer};
+use crate::tags::ScoredTag;
 use crate::weights::{Checkpoint, LoadMode, LoadReport, WeightLoader};
 
 /// The 4585 RAM tags, one a line, in `label_embed` / logit order (`ram/data/ram_tag_list.txt`).
@@ -445,11 +446,10 @@ pub enum TagOrder {
     Score,
 }
 
-/// A kept tag and its probability.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScoredTag {
-    pub tag: String,
-    pub score: f32,
+/// A kept tag: its name and probability, and its index in the vocabulary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeptTag {
+    pub scored: ScoredTag,
     pub index: usize,
 }
 
@@ -459,7 +459,7 @@ pub fn select_tags(
     vocab: &TagVocab,
     selection: TagSelection,
     order: TagOrder,
-) -> crate::Result<Vec<ScoredTag>> {
+) -> crate::Result<Vec<KeptTag>> {
     if probs.len() != vocab.len() {
         crate::input_err!(
             "{} probabilities for a vocabulary of {} tags",
@@ -486,27 +486,26 @@ pub fn select_tags(
     }
     Ok(kept
         .into_iter()
-        .map(|i| ScoredTag {
-            tag: vocab.tags[i].clone(),
-            score: probs[i],
+        .map(|i| KeptTag {
+            scored: ScoredTag::new(vocab.tags[i].clone(), probs[i]),
             index: i,
         })
         .collect())
 }
 
 /// LION's tag string: `"a, b, c"` (upstream joins RAM's `" | "` output and replaces `" |"` by `","`).
-pub fn format_tags(tags: &[ScoredTag]) -> String {
+pub fn format_tags(tags: &[KeptTag]) -> String {
     tags.iter()
-        .map(|t| t.tag.as_str())
+        .map(|t| t.scored.tag.as_str())
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 /// Dynamic LION's tag-and-score string: `"a: 0.93, b: 0.71"`; `decimals: None` writes each score
 /// in full (shortest round-trip form of the f32).
-pub fn format_tags_with_scores(tags: &[ScoredTag], decimals: Option<usize>) -> String {
+pub fn format_tags_with_scores(tags: &[KeptTag], decimals: Option<usize>) -> String {
     tags.iter()
-        .map(|t| match decimals {
+        .map(|KeptTag { scored: t, .. }| match decimals {
             Some(d) => format!("{}: {:.*}", t.tag, d, t.score),
             None => format!("{}: {}", t.tag, t.score),
         })
@@ -551,7 +550,7 @@ pub fn load_image(path: &Path, size: usize, dev: &Device) -> crate::Result<Tenso
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageTags {
     pub probs: Vec<f32>,
-    pub tags: Vec<ScoredTag>,
+    pub tags: Vec<KeptTag>,
 }
 
 /// A RAM model with its vocabulary: tags images in batches.
@@ -606,7 +605,7 @@ impl Tagger {
         Ok(self
             .tag_tensor(&x)?
             .into_iter()
-            .map(|r| r.tags.into_iter().map(|t| (t.tag, t.score)).collect())
+            .map(|r| r.tags.into_iter().map(|t| t.scored.into_pair()).collect())
             .collect())
     }
 

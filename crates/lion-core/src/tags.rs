@@ -3,24 +3,29 @@
 //! RAM tags an image with scores; LION's prompt and Dynamic LION's tag encoder read them as text
 //! (`tag: score`, 2 decimals, `", "`-joined). [`ScoredTag`] is that pair (serde: `{"tag", "score"}`,
 //! the server's and the JSON files' object form); `Display` writes one, [`format_list`] a list.
+//! The score is an `f32` (a tagger's probability) unless said otherwise: the tag encoder's images
+//! file keeps the score as written (`ScoredTag<Option<f64>>`, no score for a bare tag).
 //! Reading, from the loosest to the strictest input:
 //! - [`ScoredTag::parse_or_bare`]: a training sample's tag, `"red: 0.93"` or a bare `"red"`
 //!   (ground truth, score 1);
+//! - [`ScoredTag::parse_optional`]: `"red: 0.93"` or a bare `"red"` (no score); a colon must be
+//!   followed by a score;
 //! - [`parse_list`]: the command line's `tag:score,tag:score`;
 //! - [`from_json`]: a JSON list whose items are `"tag:score"`, `{"tag", "score"}` (score 1 when
 //!   absent) or `[tag, score]`.
 
 use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// A tag and its score.
+/// A tag and its score (by default a tagger's `f32` probability).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ScoredTag {
+pub struct ScoredTag<S = f32> {
     pub tag: String,
-    pub score: f32,
+    pub score: S,
 }
 
 impl ScoredTag {
@@ -44,18 +49,47 @@ impl ScoredTag {
 
     /// `"tag:score"` (spaces around either part trimmed); the score is required.
     pub fn parse(t: &str) -> Result<Self, String> {
-        let (name, score) = t
-            .rsplit_once(':')
-            .ok_or(format!("tag `{t}` is not tag:score"))?;
-        let score: f32 = score
-            .trim()
-            .parse()
-            .map_err(|_| format!("tag `{t}`: bad score"))?;
-        Ok(Self::new(name.trim(), score))
+        Self::parse_as(t)
     }
 
     pub fn into_pair(self) -> (String, f32) {
         (self.tag, self.score)
+    }
+}
+
+impl<S: FromStr> ScoredTag<S> {
+    /// `"tag:score"` (spaces around either part trimmed), the score read as an `S`; the score is
+    /// required.
+    pub fn parse_as(t: &str) -> Result<Self, String> {
+        let (name, score) = t
+            .rsplit_once(':')
+            .ok_or(format!("tag `{t}` is not tag:score"))?;
+        let score = score
+            .trim()
+            .parse()
+            .map_err(|_| format!("tag `{t}`: bad score"))?;
+        Ok(Self {
+            tag: name.trim().to_string(),
+            score,
+        })
+    }
+}
+
+impl<S: FromStr> ScoredTag<Option<S>> {
+    /// `"tag: score"` as [`ScoredTag::parse_as`], or a bare `"tag"` (no colon; trimmed), which
+    /// has no score.
+    pub fn parse_optional(t: &str) -> Result<Self, String> {
+        if !t.contains(':') {
+            return Ok(Self {
+                tag: t.trim().to_string(),
+                score: None,
+            });
+        }
+        let ScoredTag { tag, score } = ScoredTag::<S>::parse_as(t)?;
+        Ok(Self {
+            tag,
+            score: Some(score),
+        })
     }
 }
 
@@ -160,5 +194,11 @@ mod tests {
         let o: ScoredTag = serde_json::from_str(r#"{"tag":"dog","score":0.5}"#).unwrap();
         assert_eq!(o, ScoredTag::new("dog", 0.5));
         assert!(serde_json::from_str::<ScoredTag>(r#"{"tag":"dog","score":0.5,"x":1}"#).is_err());
+        // the score as written, or none for a bare tag
+        let t = ScoredTag::<Option<f64>>::parse_optional(" t-shirt : 0.93 ").unwrap();
+        assert_eq!((t.tag.as_str(), t.score), ("t-shirt", Some(0.93f64)));
+        let t = ScoredTag::<Option<f64>>::parse_optional(" sky ").unwrap();
+        assert_eq!((t.tag.as_str(), t.score), ("sky", None));
+        assert!(ScoredTag::<Option<f64>>::parse_optional("dog: high").is_err());
     }
 }

@@ -196,7 +196,7 @@ fn class_threshold_selection_matches_upstream_generate_tag() {
         .collect();
     assert_eq!(out.len(), expected.len());
     for (o, e) in out.iter().zip(&expected) {
-        let ours: Vec<&str> = o.tags.iter().map(|t| t.tag.as_str()).collect();
+        let ours: Vec<&str> = o.tags.iter().map(|t| t.scored.tag.as_str()).collect();
         assert_eq!(ours.join(" | "), *e);
         assert_eq!(o.probs.len(), 20);
     }
@@ -227,8 +227,8 @@ fn toy() -> (Vec<f32>, TagVocab) {
     (vec![0.95, 0.5, 0.8, 0.71, 0.8], vocab)
 }
 
-fn names(t: &[lion_core::tagger::ScoredTag]) -> Vec<&str> {
-    t.iter().map(|t| t.tag.as_str()).collect()
+fn names(t: &[lion_core::tagger::KeptTag]) -> Vec<&str> {
+    t.iter().map(|t| t.scored.tag.as_str()).collect()
 }
 
 #[test]
@@ -238,7 +238,7 @@ fn selection_by_class_threshold_global_threshold_and_top_k() {
     let t = select_tags(&p, &v, TagSelection::ClassThreshold, TagOrder::Index).unwrap();
     assert_eq!(names(&t), ["cat", "sky", "tree", "car"]);
     assert_eq!(t[2].index, 3);
-    assert_eq!(t[2].score, 0.71);
+    assert_eq!(t[2].scored.score, 0.71);
     let t = select_tags(&p, &v, TagSelection::ClassThreshold, TagOrder::Score).unwrap();
     assert_eq!(names(&t), ["cat", "sky", "car", "tree"], "ties by index");
     let t = select_tags(&p, &v, TagSelection::Threshold(0.75), TagOrder::Index).unwrap();

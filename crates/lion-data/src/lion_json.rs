@@ -2,21 +2,15 @@
 //! `{image | image_path | image_id, question, answer, category, tags}`.
 //! `answer` may be a list (the first element is used); `tags` a list (joined with ", ") or a string;
 //! `category` in {ref, region, region_level, grounding} means region level, anything else image
-//! level.
+//! level: the sample's [`Route`].
 
 use std::path::Path;
 
+use lion_core::adapter::Route;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Position, Result};
-
-/// Which router branch a sample trains (the task route).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    ImageLevel,
-    RegionLevel,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LionSample {
@@ -24,7 +18,8 @@ pub struct LionSample {
     pub question: String,
     pub answer: String,
     pub category: String,
-    pub level: Level,
+    /// The router branch the sample trains (its task level), from `category`.
+    pub route: Route,
     /// The tags as the prompt uses them ("a, b, c"), empty when absent.
     pub tags: String,
 }
@@ -70,16 +65,16 @@ fn convert(r: Raw) -> std::result::Result<LionSample, String> {
         Some(_) => return Err("\"tags\" must be a string or a list of strings".into()),
     };
     let category = r.category.unwrap_or_default();
-    let level = match category.as_str() {
-        "ref" | "region" | "region_level" | "grounding" => Level::RegionLevel,
-        _ => Level::ImageLevel,
+    let route = match category.as_str() {
+        "ref" | "region" | "region_level" | "grounding" => Route::RegionLevel,
+        _ => Route::ImageLevel,
     };
     Ok(LionSample {
         image,
         question: r.question,
         answer,
         category,
-        level,
+        route,
         tags,
     })
 }

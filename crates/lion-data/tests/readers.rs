@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
+use lion_core::adapter::Route;
 use lion_data::aokvqa::read_aokvqa;
 use lion_data::coco::{read_caption_results, read_coco_captions, read_karpathy};
-use lion_data::lion_json::{read_lion, Level};
+use lion_data::lion_json::read_lion;
 use lion_data::refcoco::read_refcoco;
 use lion_data::textcaps::read_textcaps;
 use lion_data::vqa::{read_vqa_annotations, read_vqa_questions, read_vqa_results};
@@ -175,9 +176,9 @@ fn lion_training_json() {
         let s = read_lion(&f(name)).unwrap();
         assert_eq!(s.len(), 3, "{name}");
         assert_eq!(s[0].tags, "dog, grass");
-        assert_eq!(s[0].level, Level::ImageLevel);
+        assert_eq!(s[0].route, Route::ImageLevel);
         assert_eq!(s[1].answer, "[0.1,0.2,0.5,0.9]");
-        assert_eq!(s[1].level, Level::RegionLevel);
+        assert_eq!(s[1].route, Route::RegionLevel);
         assert_eq!(s[1].tags, "cat, sofa");
         assert_eq!(s[2].image, "vg/3.jpg");
         assert_eq!(s[2].tags, "");

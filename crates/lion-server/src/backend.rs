@@ -448,7 +448,7 @@ impl ModelBackend {
                 .iter()
                 .map(|p| {
                     let kept = select_tags(p, &t.tagger.vocab, t.tagger.selection, t.tagger.order)?;
-                    Ok(kept.into_iter().map(|s| (s.tag, s.score)).collect())
+                    Ok(kept.into_iter().map(|s| s.scored.into_pair()).collect())
                 })
                 .collect::<lion_core::Result<Vec<Vec<(String, f32)>>>>()?,
             _ => vec![vec![]; untagged.len()],
@@ -618,13 +618,7 @@ impl Backend for ModelBackend {
                     kept.truncate(k);
                 }
                 Ok(TagsResponse {
-                    tags: kept
-                        .into_iter()
-                        .map(|s| TagScore {
-                            tag: s.tag,
-                            score: s.score,
-                        })
-                        .collect(),
+                    tags: kept.into_iter().map(|s| s.scored).collect(),
                 })
             })
             .collect()

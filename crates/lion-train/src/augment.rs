@@ -6,10 +6,11 @@
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
+use lion_core::adapter::Route;
 use lion_core::flip_text::mirror_spatial_words;
 use lion_core::preprocess::{Rng, TrainTransform};
 use lion_core::{Error, Result};
-use lion_data::lion_json::{Level, LionSample};
+use lion_data::lion_json::LionSample;
 
 /// An augmented sample: pixels (3, size, size), the sample with its text as the model sees it
 /// (answer: the target; for region-level samples the box in the augmented image), and whether
@@ -31,7 +32,7 @@ pub fn augment_sample(
     origin: &dyn std::fmt::Display,
 ) -> Result<AugmentedSample> {
     let mut out = s.clone();
-    let (pixel_values, flipped) = if s.level == Level::RegionLevel {
+    let (pixel_values, flipped) = if s.route == Route::RegionLevel {
         let (w, h) = (img.width() as f64, img.height() as f64);
         let b = lion_core::bbox::parse(&s.answer, w, h).ok_or_else(|| {
             Error::config(

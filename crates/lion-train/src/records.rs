@@ -16,20 +16,15 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use lion_core::tags::ScoredTag;
 use lion_core::{Error, Result};
 use serde_json::Value;
 
-/// One tag with its (optional) tagger score.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tag {
-    pub tag: String,
-    pub score: Option<f64>,
-}
-
-/// The tags of an image: a parsed list, or a string to use verbatim.
+/// The tags of an image: a parsed list (each score as written in the file; a bare tag has none),
+/// or a string to use verbatim.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tags {
-    List(Vec<Tag>),
+    List(Vec<ScoredTag<Option<f64>>>),
     Text(String),
 }
 
@@ -136,28 +131,6 @@ fn image_id(path: &Path, n: usize, m: &serde_json::Map<String, Value>) -> Result
     }
 }
 
-fn parse_tag_str(path: &Path, n: usize, s: &str) -> Result<Tag> {
-    match s.rsplit_once(':') {
-        Some((name, score)) => {
-            let score: f64 = score.trim().parse().map_err(|_| {
-                line_err(
-                    path,
-                    n,
-                    format!("tag `{s}`: expected `tag: score` with a numeric score"),
-                )
-            })?;
-            Ok(Tag {
-                tag: name.trim().to_string(),
-                score: Some(score),
-            })
-        }
-        None => Ok(Tag {
-            tag: s.trim().to_string(),
-            score: None,
-        }),
-    }
-}
-
 fn parse_tags(path: &Path, n: usize, v: &Value) -> Result<Tags> {
     match v {
         Value::String(s) => Ok(Tags::Text(s.clone())),
@@ -165,7 +138,13 @@ fn parse_tags(path: &Path, n: usize, v: &Value) -> Result<Tags> {
             let mut tags = Vec::with_capacity(items.len());
             for (j, item) in items.iter().enumerate() {
                 let tag = match item {
-                    Value::String(s) => parse_tag_str(path, n, s)?,
+                    Value::String(s) => ScoredTag::parse_optional(s).map_err(|_| {
+                        line_err(
+                            path,
+                            n,
+                            format!("tag `{s}`: expected `tag: score` with a numeric score"),
+                        )
+                    })?,
                     Value::Object(o) => {
                         let tag = o.get("tag").and_then(Value::as_str).ok_or_else(|| {
                             line_err(path, n, format!("tags[{j}]: missing string field `tag`"))
@@ -176,7 +155,7 @@ fn parse_tags(path: &Path, n: usize, v: &Value) -> Result<Tags> {
                                 line_err(path, n, format!("tags[{j}]: `score` must be a number"))
                             })?),
                         };
-                        Tag {
+                        ScoredTag {
                             tag: tag.to_string(),
                             score,
                         }
@@ -414,15 +393,15 @@ mod tests {
     #[test]
     fn tag_text_formats() {
         let t = Tags::List(vec![
-            Tag {
+            ScoredTag {
                 tag: "dog".into(),
                 score: Some(0.93),
             },
-            Tag {
+            ScoredTag {
                 tag: "grass".into(),
                 score: Some(1.0),
             },
-            Tag {
+            ScoredTag {
                 tag: "park".into(),
                 score: None,
             },

@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
+use lion_core::tags::ScoredTag;
 use lion_core::testing::{fuzz_budget, mutate_json};
-use lion_train::peft::{tag_with_score, PeftConfig};
+use lion_train::peft::PeftConfig;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use serde_json::{json, Value};
@@ -161,7 +162,7 @@ proptest! {
 
     #[test]
     fn tag_parser_never_panics(s in "\\PC{0,30}") {
-        let (name, score) = tag_with_score(&s);
+        let (name, score) = ScoredTag::parse_or_bare(&s).into_pair();
         prop_assert!(name.len() <= s.len());
         let _ = score;
     }

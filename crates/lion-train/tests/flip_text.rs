@@ -6,9 +6,10 @@
 
 use candle_core::Device;
 use image::RgbImage;
+use lion_core::adapter::Route;
 use lion_core::flip_text::{has_horizontal_words, mirror_spatial_words};
 use lion_core::preprocess::{Rng, TrainTransform};
-use lion_data::lion_json::{Level, LionSample};
+use lion_data::lion_json::LionSample;
 use lion_data::world::language::{tag_vocabulary, QuestionKind, RELATION_MARGIN};
 use lion_data::world::scene::{position_word, Color, Object, Scene, Shape, Size};
 use lion_data::world::{box_text, make_image, Generated, REC_PROMPT};
@@ -238,7 +239,7 @@ fn rec_sample(g: &Generated, object: usize, expr: &str) -> LionSample {
         question: REC_PROMPT.replace("{}", expr),
         answer: box_text(g.scene.objects[object].bbox, SIZE, SIZE),
         category: "rec".into(),
-        level: Level::RegionLevel,
+        route: Route::RegionLevel,
         tags: String::new(),
     }
 }
@@ -307,7 +308,7 @@ fn an_augmented_flipped_vqa_sample_swaps_question_and_answer() {
         question: "Question: Is the red circle to the left of the blue star? Short answer:".into(),
         answer: "upper left".into(),
         category: "vqa".into(),
-        level: Level::ImageLevel,
+        route: Route::ImageLevel,
         tags: "red, circle".into(),
     };
     let a = augment_sample(&flip, &img, &s, &mut Rng::new(3), &dev, &"test").unwrap();
@@ -318,7 +319,7 @@ fn an_augmented_flipped_vqa_sample_swaps_question_and_answer() {
     assert_eq!(a.sample.answer, "upper right");
     assert_eq!(a.sample.tags, s.tags);
     let bad = LionSample {
-        level: Level::RegionLevel,
+        route: Route::RegionLevel,
         answer: "left".into(),
         ..s
     };

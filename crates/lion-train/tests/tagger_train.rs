@@ -281,7 +281,11 @@ fn short_training_run_writes_a_tagger_folder_that_loads_and_tags() {
             )
         })
         .collect();
-    let got: Vec<(String, f32)> = r.tags.iter().map(|t| (t.tag.clone(), t.score)).collect();
+    let got: Vec<(String, f32)> = r
+        .tags
+        .iter()
+        .map(|t| t.scored.clone().into_pair())
+        .collect();
     assert_eq!(got.len(), want.len());
     for ((a, sa), (b, sb)) in got.iter().zip(&want) {
         assert_eq!(a, b);

@@ -116,11 +116,8 @@ pub fn run(args: Args) -> Result<()> {
                 .zip(results)
                 .map(|(&k, result)| match result {
                     Ok(r) => {
-                        let tags: Vec<_> = r
-                            .tags
-                            .iter()
-                            .map(|t| serde_json::json!({"tag": t.tag, "score": t.score}))
-                            .collect();
+                        let tags: Vec<_> =
+                            r.tags.iter().map(|t| serde_json::json!(t.scored)).collect();
                         let mut obj = serde_json::json!({
                             "image": ids[k],
                             "tags": tags,

@@ -1,13 +1,7 @@
 //! `lion train`'s configuration file: [`PeftConfig`] (read, checked, paths resolved), its
-//! defaults, the prompt kind and the scored tags of a training sample.
+//! defaults and the prompt kind.
 
 use super::*;
-
-/// One tag of a training sample: `"red: 0.93"` (a tagger's confidence) or a bare `"red"`
-/// (ground truth, score 1); `lion_core::tags::ScoredTag::parse_or_bare`.
-pub fn tag_with_score(t: &str) -> (String, f32) {
-    lion_core::tags::ScoredTag::parse_or_bare(t).into_pair()
-}
 
 pub(super) fn one() -> f64 {
     1.0

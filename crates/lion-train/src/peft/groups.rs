@@ -1,7 +1,10 @@
 //! What PEFT trains and how: the trainable selector ([`TrainableSet`], upstream's rule), the AdamW
 //! parameter groups (decay, lr scales), global-norm clipping and gradient accumulation.
 
+use candle_nn::ParamsAdamW;
+
 use super::*;
+use crate::optim::{AdamW, Group};
 
 /// The set of trained weights.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,14 +37,6 @@ pub fn is_trainable(key: &str, qformer_layers: usize) -> bool {
     true
 }
 
-/// An AdamW parameter group.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Group {
-    pub name: String,
-    pub lr_scale: f64,
-    pub weight_decay: f64,
-}
-
 /// Upstream's grouping: decay for >= 2-D weights whose names hold none of "bias", "ln", "bn";
 /// lr scale `boost_lr_scale` for `fusion_adapter`, `prompt_lr_scale` for `dynamic_prompt_*`.
 pub fn group_of(key: &str, ndim: usize, boost: f64, prompt: f64) -> (String, f64, bool) {
@@ -57,116 +52,27 @@ pub fn group_of(key: &str, ndim: usize, boost: f64, prompt: f64) -> (String, f64
     (name, scale, decay)
 }
 
-/// AdamW (PyTorch semantics: decoupled decay `p -= lr·wd·p`, bias-corrected moments,
-/// `eps` added to the corrected second-moment root) over parameter groups.
-pub struct GroupedAdamW {
-    pub vars: Vec<(String, Var)>,
-    /// Group index of each var.
-    pub var_group: Vec<usize>,
-    pub groups: Vec<Group>,
-    pub m: Vec<Tensor>,
-    pub v: Vec<Tensor>,
-    pub betas: (f64, f64),
-    pub eps: f64,
-    /// Optimizer steps done.
-    pub t: u64,
-}
-
-impl GroupedAdamW {
-    /// `vars` sorted by name for a stable order.
-    pub fn new(
-        mut vars: Vec<(String, Var)>,
-        weight_decay: f64,
-        boost: f64,
-        prompt: f64,
-        betas: (f64, f64),
-        eps: f64,
-    ) -> Result<Self> {
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut groups: Vec<Group> = vec![];
-        let mut var_group = vec![];
-        let (mut m, mut v) = (vec![], vec![]);
-        for (k, var) in &vars {
-            let (name, scale, decay) = group_of(k, var.rank(), boost, prompt);
-            let gi = match groups.iter().position(|g| g.name == name) {
-                Some(i) => i,
-                None => {
-                    groups.push(Group {
-                        name,
-                        lr_scale: scale,
-                        weight_decay: if decay { weight_decay } else { 0.0 },
-                    });
-                    groups.len() - 1
-                }
-            };
-            var_group.push(gi);
-            m.push(var.as_tensor().zeros_like()?);
-            v.push(var.as_tensor().zeros_like()?);
+/// The PEFT optimizer over the trainable `vars`: AdamW with `cfg`'s betas and eps, grouped by
+/// [`group_of`] (weight decay `cfg.weight_decay` in the decaying groups, none in the others); the
+/// vars in key order.
+pub fn peft_adamw(vars: Vec<(String, Var)>, cfg: &PeftConfig) -> candle_core::Result<AdamW> {
+    let params = ParamsAdamW {
+        // the schedule's rate is set before every step
+        lr: 0.0,
+        beta1: cfg.betas.0,
+        beta2: cfg.betas.1,
+        eps: cfg.eps,
+        weight_decay: cfg.weight_decay,
+    };
+    AdamW::grouped(vars, params, |key, var| {
+        let (name, lr_scale, decay) =
+            group_of(key, var.rank(), cfg.boost_lr_scale, cfg.prompt_lr_scale);
+        Group {
+            name,
+            lr_scale,
+            weight_decay: if decay { cfg.weight_decay } else { 0.0 },
         }
-        Ok(Self {
-            vars,
-            var_group,
-            groups,
-            m,
-            v,
-            betas,
-            eps,
-            t: 0,
-        })
-    }
-
-    /// One update with the given gradients (one per var, same order) at base lr `lr`.
-    pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
-        self.t += 1;
-        let (b1, b2) = self.betas;
-        let bc1 = 1.0 - b1.powi(self.t as i32);
-        let bc2 = 1.0 - b2.powi(self.t as i32);
-        for (i, ((_, var), g)) in self.vars.iter().zip(grads).enumerate() {
-            let grp = &self.groups[self.var_group[i]];
-            let lr = lr * grp.lr_scale;
-            let m = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
-            let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let p = var.as_tensor();
-            let p = (p * (1.0 - lr * grp.weight_decay))?;
-            let denom = ((&v / bc2)?.sqrt()? + self.eps)?;
-            let upd = ((&m / bc1)? / denom)?;
-            var.set(&(p - (upd * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
-        }
-        Ok(())
-    }
-
-    /// Moments as named tensors (`exp_avg.{key}`, `exp_avg_sq.{key}`) for a checkpoint.
-    pub fn state_tensors(&self) -> HashMap<String, Tensor> {
-        let mut out = HashMap::new();
-        for (i, (k, _)) in self.vars.iter().enumerate() {
-            out.insert(format!("exp_avg.{k}"), self.m[i].clone());
-            out.insert(format!("exp_avg_sq.{k}"), self.v[i].clone());
-        }
-        out
-    }
-
-    /// Restores the moments of a checkpoint; every var must have both.
-    pub fn load_state(&mut self, t: u64, st: &HashMap<String, Tensor>) -> Result<()> {
-        for (i, (k, var)) in self.vars.iter().enumerate() {
-            for (name, slot) in [("exp_avg", &mut self.m[i]), ("exp_avg_sq", &mut self.v[i])] {
-                let key = format!("{name}.{k}");
-                let x = st.get(&key).ok_or_else(|| {
-                    Error::config("checkpoint optimizer state", format!("no `{key}`"))
-                })?;
-                if x.shape() != var.shape() {
-                    return Err(Error::config(
-                        "checkpoint optimizer state",
-                        format!("`{key}` is {:?}, the var is {:?}", x.shape(), var.shape()),
-                    ));
-                }
-                *slot = x.clone();
-            }
-        }
-        self.t = t;
-        Ok(())
-    }
+    })
 }
 
 /// Clips gradients to a global L2 norm as `torch.nn.utils.clip_grad_norm_`; returns the norm

@@ -21,19 +21,22 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use image::RgbImage;
+use lion_core::adapter::Route;
 use lion_core::model_spec::{ModelSpec, Trainable};
 use lion_core::pipeline::{LionPipeline, Request};
 use lion_core::preprocess::{load_image, Rng, TrainTransform};
 use lion_core::prompt::{PromptKind, Task};
 use lion_core::rules::Invalid;
+use lion_core::tags::ScoredTag;
 use lion_core::weights::{Checkpoint, LoadMode, WeightLoader};
 use lion_core::{Error, Result};
-use lion_data::lion_json::{read_lion, Level, LionSample};
+use lion_data::lion_json::{read_lion, LionSample};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::augment::augment_sample;
 use crate::checkpoint::{self, TrainState};
+use crate::optim::AdamW;
 use crate::rng::SplitMix64;
 use crate::schedule::Schedule;
 
@@ -74,7 +77,7 @@ fn mix(a: u64, b: u64) -> u64 {
 pub struct PeftTrainer {
     pub cfg: PeftConfig,
     pub pipe: LionPipeline,
-    pub opt: GroupedAdamW,
+    pub opt: AdamW,
     /// Frozen vars (tests check they stay bit-identical); empty unless built with them.
     pub state: TrainState,
     data: Vec<Vec<LionSample>>,
@@ -162,14 +165,7 @@ impl PeftTrainer {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let mut opt = GroupedAdamW::new(
-            vars,
-            cfg.weight_decay,
-            cfg.boost_lr_scale,
-            cfg.prompt_lr_scale,
-            cfg.betas,
-            cfg.eps,
-        )?;
+        let mut opt = peft_adamw(vars, &cfg)?;
         let state = match &resume {
             Some(r) => {
                 opt.load_state(r.state.step, &r.optimizer)?;
@@ -220,7 +216,7 @@ impl PeftTrainer {
 
     /// The trainable vars by key.
     pub fn trainable(&self) -> &[(String, Var)] {
-        &self.opt.vars
+        self.opt.vars()
     }
 
     /// The task of optimizer step `step`, drawn by the ratios (a pure function of seed and step).
@@ -263,15 +259,15 @@ impl PeftTrainer {
     }
 
     fn request(s: &LionSample) -> Request {
-        let task = match s.level {
-            Level::RegionLevel => Task::Rec,
-            Level::ImageLevel => Task::Vqa,
+        let task = match s.route {
+            Route::RegionLevel => Task::Rec,
+            Route::ImageLevel => Task::Vqa,
         };
         let tags = s
             .tags
             .split(", ")
             .filter(|t| !t.is_empty())
-            .map(tag_with_score)
+            .map(|t| ScoredTag::parse_or_bare(t).into_pair())
             .collect();
         Request {
             task,
@@ -343,7 +339,7 @@ impl PeftTrainer {
         let bs = self.cfg.batch_size;
         let mut grads: Vec<Tensor> = self
             .opt
-            .vars
+            .vars()
             .iter()
             .map(|(_, v)| v.as_tensor().zeros_like())
             .collect::<candle_core::Result<_>>()?;
@@ -372,7 +368,7 @@ impl PeftTrainer {
                 });
             }
             let gs = (loss / accum as f64)?.backward()?;
-            accumulate(&mut grads, &gs, &self.opt.vars)?;
+            accumulate(&mut grads, &gs, self.opt.vars())?;
             loss_sum += lv;
             n += b;
         }
@@ -384,7 +380,8 @@ impl PeftTrainer {
             });
         }
         let lr = self.cfg.schedule.lr(step, self.cfg.steps);
-        self.opt.step(&grads, lr)?;
+        self.opt.set_learning_rate(lr);
+        self.opt.step_grads(&grads)?;
         self.state.task_batches = counters;
         self.state.step += 1;
         Ok(StepRecord {
@@ -400,7 +397,7 @@ impl PeftTrainer {
     /// The trainable tensors under their (upstream) keys.
     pub fn trainable_tensors(&self) -> HashMap<String, Tensor> {
         self.opt
-            .vars
+            .vars()
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
             .collect()
@@ -413,7 +410,7 @@ impl PeftTrainer {
             &self.cfg.output_dir,
             &self.state,
             &self.trainable_tensors(),
-            &self.opt.state_tensors(),
+            &self.opt.state_tensors()?,
             &cfg,
             self.cfg.keep_checkpoints,
         )
@@ -429,14 +426,6 @@ impl PeftTrainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tags_carry_their_scores_or_one() {
-        assert_eq!(tag_with_score("red: 0.93"), ("red".into(), 0.93));
-        assert_eq!(tag_with_score("red circle"), ("red circle".into(), 1.0));
-        // A colon that is not followed by a number is part of the name.
-        assert_eq!(tag_with_score("a: b"), ("a: b".into(), 1.0));
-    }
 
     #[test]
     fn trainable_set_follows_upstream() {

@@ -82,7 +82,7 @@ pub fn train(
             .iter()
             .map(|(_, v)| v.elem_count())
             .sum::<usize>(),
-        groups = ?t.opt.groups.iter().map(|g| (&g.name, g.lr_scale, g.weight_decay)).collect::<Vec<_>>(),
+        groups = ?t.opt.groups().iter().map(|g| (&g.name, g.lr_scale, g.weight_decay)).collect::<Vec<_>>(),
         "training"
     );
     on_event(TrainEvent::Started {

@@ -549,10 +549,7 @@ pub fn train_tagger_with(
         let mut text = String::new();
         for ((id, file), p) in split.ids.iter().zip(&split.file_names).zip(&probs) {
             let kept = select_tags(p, &vocab, TagSelection::ClassThreshold, TagOrder::Index)?;
-            let kept: Vec<_> = kept
-                .iter()
-                .map(|t| serde_json::json!({"tag": t.tag, "score": t.score}))
-                .collect();
+            let kept: Vec<_> = kept.iter().map(|t| serde_json::json!(t.scored)).collect();
             text.push_str(
                 &serde_json::json!({"image": id, "file_name": file, "tags": kept}).to_string(),
             );
