@@ -32,19 +32,41 @@ pub struct RefExpr {
     pub bbox: [f64; 4],
 }
 
-#[derive(Deserialize)]
-struct Img {
-    id: i64,
-    file_name: String,
-    width: u32,
-    height: u32,
+/// An image of COCO's `instances.json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct InstanceImage {
+    pub id: i64,
+    pub file_name: String,
+    pub width: u32,
+    pub height: u32,
 }
 
-#[derive(Deserialize)]
-struct Ann {
-    id: i64,
-    image_id: i64,
-    bbox: [f64; 4],
+/// An object annotation of `instances.json`: its box as COCO stores it, `[x, y, w, h]` pixels.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct InstanceBox {
+    pub id: i64,
+    pub image_id: i64,
+    pub bbox: [f64; 4],
+}
+
+/// COCO's `instances.json` (the images and the object boxes; other fields are not read).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instances {
+    pub images: Vec<InstanceImage>,
+    pub annotations: Vec<InstanceBox>,
+}
+
+/// Reads `instances.json`; each record is checked and a bad one named by its list and index.
+pub fn read_instances(path: &Path) -> Result<Instances> {
+    let inst = read_value(path)?;
+    Ok(Instances {
+        images: decode_all(path, "images", array(path, &inst, Some("images"))?)?,
+        annotations: decode_all(
+            path,
+            "annotations",
+            array(path, &inst, Some("annotations"))?,
+        )?,
+    })
 }
 
 struct RawRef {
@@ -153,19 +175,9 @@ pub fn read_refcoco(
         )
     })?;
 
-    let inst = read_value(instances_path)?;
-    let imgs: Vec<Img> = decode_all(
-        instances_path,
-        "images",
-        array(instances_path, &inst, Some("images"))?,
-    )?;
-    let anns: Vec<Ann> = decode_all(
-        instances_path,
-        "annotations",
-        array(instances_path, &inst, Some("annotations"))?,
-    )?;
-    let imgs: HashMap<i64, Img> = imgs.into_iter().map(|i| (i.id, i)).collect();
-    let anns: HashMap<i64, Ann> = anns.into_iter().map(|a| (a.id, a)).collect();
+    let inst = read_instances(instances_path)?;
+    let imgs: HashMap<i64, InstanceImage> = inst.images.into_iter().map(|i| (i.id, i)).collect();
+    let anns: HashMap<i64, InstanceBox> = inst.annotations.into_iter().map(|a| (a.id, a)).collect();
 
     let mut out = Vec::new();
     for (i, item) in list.iter().enumerate() {

@@ -9,7 +9,9 @@ use std::path::Path;
 use lion_core::{Error, Result};
 use serde_json::{json, Value};
 
-use super::files::{read_json, write_json};
+use lion_eval::predict::id_value;
+
+use super::files::write_json;
 
 /// The most frequent string; ties go to the alphabetically first, so the baseline is
 /// deterministic.
@@ -24,87 +26,64 @@ fn most_frequent(xs: impl IntoIterator<Item = String>) -> String {
         .unwrap_or_default()
 }
 
-fn array<'a>(path: &Path, v: &'a Value, key: &str) -> Result<&'a Vec<Value>> {
-    v[key]
-        .as_array()
-        .ok_or_else(|| Error::format(path, format!("no `{key}` list")))
-}
-
 /// Writes `caption_pred.json`, `vqa_pred.json` and `rec_pred.json` for the world's test split
-/// into `dir`.
+/// into `dir`. The world's files are read with `lion_data`'s COCO, VQA and RefCOCO readers, as
+/// for the real datasets.
 pub fn write_baseline_predictions(world: &Path, dir: &Path) -> Result<()> {
+    use lion_data::{coco, refcoco, vqa};
+    let data = |e: lion_data::Error| Error::config("the world's files", e.to_string());
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let path = world.join("captions_train.json");
-    let caps = read_json(&path)?;
+    let caps = coco::read_coco_captions(&world.join("captions_train.json")).map_err(data)?;
     let caption = most_frequent(
-        array(&path, &caps, "annotations")?
-            .iter()
-            .filter_map(|a| a["caption"].as_str().map(|c| c.trim().to_lowercase())),
+        caps.iter()
+            .flat_map(|im| im.captions.iter().map(|c| c.trim().to_lowercase())),
     );
-    let path = world.join("annotations_train.json");
-    let anns = read_json(&path)?;
-    let answer = most_frequent(
-        array(&path, &anns, "annotations")?
-            .iter()
-            .filter_map(|a| a["multiple_choice_answer"].as_str().map(String::from)),
-    );
-    let path = world.join("captions_test.json");
-    let preds: Vec<Value> = array(&path, &read_json(&path)?, "images")?
+    let anns = vqa::read_vqa_annotations(&world.join("annotations_train.json")).map_err(data)?;
+    let answer = most_frequent(anns.into_iter().filter_map(|a| a.multiple_choice_answer));
+    let test = coco::read_coco_captions(&world.join("captions_test.json")).map_err(data)?;
+    let preds: Vec<Value> = test
         .iter()
-        .map(|im| json!({"image_id": im["id"], "caption": caption}))
+        .map(|im| json!({"image_id": id_value(&im.image_id), "caption": caption}))
         .collect();
     write_json(&dir.join("caption_pred.json"), &json!(preds))?;
-    let path = world.join("questions_test.json");
-    let preds: Vec<Value> = array(&path, &read_json(&path)?, "questions")?
+    let qs = vqa::read_vqa_questions(&world.join("questions_test.json")).map_err(data)?;
+    let preds: Vec<Value> = qs
         .iter()
-        .map(|q| json!({"question_id": q["question_id"], "answer": answer}))
+        .map(|q| json!({"question_id": id_value(&q.question_id), "answer": answer}))
         .collect();
     write_json(&dir.join("vqa_pred.json"), &json!(preds))?;
-    // Mean training box size (relative), from the instances of training images.
-    let path = world.join("instances.json");
-    let inst = read_json(&path)?;
-    let mut sizes: HashMap<u64, (f64, f64, bool)> = HashMap::new();
-    for im in array(&path, &inst, "images")? {
-        let train = im["file_name"]
-            .as_str()
-            .is_some_and(|f| f.contains("/train/"));
-        let id = im["id"]
-            .as_u64()
-            .ok_or_else(|| Error::format(&path, "an image without id"))?;
-        let (w, h) = (im["width"].as_f64(), im["height"].as_f64());
-        sizes.insert(id, (w.unwrap_or(96.0), h.unwrap_or(96.0), train));
-    }
+    // Mean training box size (relative), over every object of the training images.
+    let instances = world.join("instances.json");
+    let inst = refcoco::read_instances(&instances).map_err(data)?;
+    let sizes: HashMap<i64, (f64, f64, bool)> = inst
+        .images
+        .iter()
+        .map(|im| {
+            let train = im.file_name.contains("/train/");
+            (im.id, (im.width as f64, im.height as f64, train))
+        })
+        .collect();
     let (mut fw, mut fh, mut n) = (0.0f64, 0.0f64, 0.0f64);
-    for a in array(&path, &inst, "annotations")? {
-        let id = a["image_id"].as_u64().unwrap_or(0);
-        if let (Some(&(w, h, true)), Some(b)) = (sizes.get(&id), a["bbox"].as_array()) {
-            fw += b.get(2).and_then(Value::as_f64).unwrap_or(0.0) / w;
-            fh += b.get(3).and_then(Value::as_f64).unwrap_or(0.0) / h;
+    for a in &inst.annotations {
+        if let Some(&(w, h, true)) = sizes.get(&a.image_id) {
+            fw += a.bbox[2] / w;
+            fh += a.bbox[3] / h;
             n += 1.0;
         }
     }
     let (fw, fh) = (fw / n.max(1.0), fh / n.max(1.0));
-    let path = world.join("refs.json");
-    let refs = read_json(&path)?;
+    let refs =
+        refcoco::read_refcoco(&world.join("refs.json"), &instances, Some("test")).map_err(data)?;
     let mut preds = vec![];
-    for r in refs
-        .as_array()
-        .ok_or_else(|| Error::format(&path, "not a list of refs"))?
-    {
-        if r["split"].as_str() != Some("test") {
-            continue;
-        }
-        let (w, h, _) = sizes
-            .get(&r["image_id"].as_u64().unwrap_or(0))
-            .copied()
-            .unwrap_or((96.0, 96.0, false));
+    for r in refs {
+        let (w, h) = (r.width as f64, r.height as f64);
         let b = [
             w * (0.5 - fw / 2.0),
             h * (0.5 - fh / 2.0),
             w * (0.5 + fw / 2.0),
             h * (0.5 + fh / 2.0),
         ];
-        for sid in array(&path, r, "sent_ids")? {
+        for sid in r.sent_ids {
             preds.push(json!({"sent_id": sid, "box": b}));
         }
     }

@@ -71,46 +71,31 @@ pub fn no_tags(like: &ImageTags) -> ImageTags {
 /// line per image. Returns the number of images.
 pub fn images_jsonl(world: &Path, tags: &ImageTags, out: &Path) -> Result<usize> {
     let path = world.join("captions_train.json");
-    let caps = read_json(&path)?;
-    let mut files: BTreeMap<u64, String> = BTreeMap::new();
-    for im in list(&path, field(&path, &caps, "images", "captions")?, "images")? {
-        let id = field(&path, im, "id", "an image")?.as_u64();
-        let f = field(&path, im, "file_name", "an image")?.as_str();
-        let (Some(id), Some(f)) = (id, f) else {
-            return Err(Error::format(&path, "an image with a bad id or file_name"));
-        };
-        files.insert(id, f.to_string());
-    }
-    let mut by_image: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    for a in list(
-        &path,
-        field(&path, &caps, "annotations", "captions")?,
-        "annotations",
-    )? {
-        let id = field(&path, a, "image_id", "a caption")?.as_u64();
-        let c = field(&path, a, "caption", "a caption")?.as_str();
-        let (Some(id), Some(c)) = (id, c) else {
-            return Err(Error::format(
-                &path,
-                "a caption with a bad image_id or text",
-            ));
-        };
-        by_image.entry(id).or_default().push(c.to_string());
+    let caps = lion_data::coco::read_coco_captions(&path)
+        .map_err(|e| Error::config(path.display(), e.to_string()))?;
+    // by numeric image id
+    let mut images: BTreeMap<u64, &lion_data::coco::CaptionImage> = BTreeMap::new();
+    for im in &caps {
+        let id = im.image_id.parse::<u64>().map_err(|_| {
+            Error::format(&path, format!("image id {} is not a number", im.image_id))
+        })?;
+        images.insert(id, im);
     }
     let mut text = String::new();
-    for (id, file) in &files {
+    for (id, im) in &images {
+        let file = &im.file_name;
         let scored: Vec<Value> = tags
             .get(file)
             .ok_or_else(|| Error::format(out, format!("no tags for {file}")))?
             .iter()
             .map(|(t, v)| json!({"tag": t, "score": v}))
             .collect();
-        let captions = by_image.get(id).cloned().unwrap_or_default();
+        let captions = &im.captions;
         text.push_str(&json!({"image": id, "captions": captions, "tags": scored}).to_string());
         text.push('\n');
     }
     lion_core::util::write_atomic(out, text.as_bytes())?;
-    Ok(files.len())
+    Ok(images.len())
 }
 
 /// The world's LION training JSON (`lion_{task}_{split}.json`) with `tags` in place of the
