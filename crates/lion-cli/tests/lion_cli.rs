@@ -528,4 +528,22 @@ fn convert_and_quantize_from_the_command_line() {
     let out = lion(&["caption", "--model", &d, "--quantize", "q5", &img]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected q8_0 or q4_0"));
+    // a quantized folder: loaded as stored, the captions of quantizing at load, smaller
+    let q8 = outs.path().join("q8");
+    let q8_s = q8.display().to_string();
+    let out = convert(&["--model", &d, "--out", &q8_s, "--quantize", "q8_0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(caption(&q8_s, &[]), caption(&d, &["--quantize", "q8_0"]));
+    assert!(size(&q8) < size(&same), "{} vs {}", size(&q8), size(&same));
+    let out = lion(&["caption", "--model", &q8_s, "--quantize", "q4_0", &img]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stored in q8_0"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -3,13 +3,23 @@
 //! ([`crate::weights::convert_to_safetensors`]), optionally in another floating-point dtype
 //! (EVA's fp16 `eva_vit_g.pth` and an f32 Flan-T5 both into bf16). Later loads read the
 //! safetensors directly (no pickle parsing, no zip), and a bf16 folder is half the size.
+//!
+//! With a quantisation format (`--quantize q8_0|q4_0`) the ViT's and T5's linear weights (the
+//! layers `--quantize` would quantize at load, found by building the model's key list) are
+//! written quantized, each as two tensors ([`crate::linear::quantized_names`]), and the manifest
+//! records the format: later loads read them as stored, with no dense copy and no quantisation
+//! pass.
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+
 use candle_core::DType;
 
+use crate::cpu::Quantize;
+use crate::lion::LionModel;
 use crate::pipeline::{open_weights, Manifest, WeightEntry};
-use crate::weights::convert_to_safetensors;
+use crate::weights::{convert_to_safetensors, QuantizeKeys};
 use crate::{Error, Result};
 
 /// What [`convert_model_folder`] wrote.
@@ -30,11 +40,37 @@ pub fn convert_model_folder(
     src: &Path,
     dst: &Path,
     dtype: Option<DType>,
+    quantize: Option<Quantize>,
     mut progress: impl FnMut(&Path, usize, usize),
 ) -> Result<Converted> {
     let manifest_path = src.join("lion.json");
     let mut m = Manifest::read(&manifest_path)?;
-    m.lion_config()?;
+    let cfg = m.lion_config()?;
+    if let (Some(stored), Some(q)) = (m.quantize, quantize) {
+        if stored != q {
+            crate::input_err!(
+                "{} is stored in {} already: convert from the dense folder to get {}",
+                src.display(),
+                stored.name(),
+                q.name()
+            )
+        }
+    }
+    // every quantizable weight by its full key
+    let quantizable: HashMap<String, (usize, usize)> = match quantize {
+        None => HashMap::new(),
+        Some(_) => {
+            let (built, keys) = crate::linear::record_quantizable(|| {
+                crate::weights::record_keys(|vb| {
+                    LionModel::new(&cfg, 0, vb)
+                        .map(|_| ())
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+                })
+            });
+            built?;
+            keys.into_iter().map(|k| (k.key, (k.n, k.k))).collect()
+        }
+    };
     if m.weights.is_empty() {
         return Err(Error::config(
             manifest_path.display(),
@@ -66,7 +102,16 @@ pub fn convert_model_folder(
             name = format!("{stem}-{i}.safetensors");
         }
         let out = dst.join(&name);
-        let n = convert_to_safetensors(&checkpoints, &out, dtype, |d, t| progress(&out, d, t))?;
+        // the entry's keys are the model's less the entry's prefix
+        let keys: HashMap<String, (usize, usize)> = quantizable
+            .iter()
+            .filter_map(|(k, &v)| Some((k.strip_prefix(&w.prefix)?.to_string(), v)))
+            .collect();
+        let q = quantize.map(|format| QuantizeKeys {
+            format,
+            keys: &keys,
+        });
+        let n = convert_to_safetensors(&checkpoints, &out, dtype, q, |d, t| progress(&out, d, t))?;
         files.push((out, n));
         entries.push(WeightEntry {
             file: PathBuf::from(name),
@@ -74,6 +119,9 @@ pub fn convert_model_folder(
         });
     }
     m.weights = entries;
+    if quantize.is_some() {
+        m.quantize = quantize;
+    }
     let local = |p: &Path| -> Result<PathBuf> {
         let full = src.join(p);
         match full.exists() {

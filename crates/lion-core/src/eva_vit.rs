@@ -192,9 +192,18 @@ pub fn sincos_pos_embed(grid: usize, dim: usize, dev: &candle_core::Device) -> R
 }
 
 fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder, frozen: bool) -> Result<Linear> {
-    let w = weight_param(&vb, (out_dim, in_dim), frozen)?;
+    // (the weight is asked for before the bias, as always: seeded random draws follow keys)
+    let stored = crate::linear::stored_quantized(&vb, out_dim, in_dim, "weight")?;
+    let dense = match stored {
+        Some(_) => None,
+        None => Some(weight_param(&vb, (out_dim, in_dim), frozen)?),
+    };
     let b = param(&vb, out_dim, "bias", Init::Const(0.), frozen)?;
-    crate::linear::load_linear(w, Some(b), true)
+    match (stored, dense) {
+        (Some(q), _) => Ok(Linear::quantized(q, Some(b))),
+        (None, Some(w)) => crate::linear::load_linear(w, Some(b), true),
+        (None, None) => unreachable!("the dense weight is read when none is stored quantized"),
+    }
 }
 
 /// `nn.LayerNorm`: fused kernel when frozen, differentiable composition otherwise.
@@ -254,11 +263,14 @@ impl Attention {
         let d = cfg.width;
         let f = cfg.frozen;
         Ok(Self {
-            qkv: crate::linear::load_linear(
-                weight_param(&vb.pp("qkv"), (3 * d, d), f)?,
-                None,
-                true,
-            )?,
+            qkv: match crate::linear::stored_quantized(&vb.pp("qkv"), 3 * d, d, "weight")? {
+                Some(q) => Linear::quantized(q, None),
+                None => crate::linear::load_linear(
+                    weight_param(&vb.pp("qkv"), (3 * d, d), f)?,
+                    None,
+                    true,
+                )?,
+            },
             q_bias: param(&vb, d, "q_bias", Init::Const(0.), f)?,
             v_bias: param(&vb, d, "v_bias", Init::Const(0.), f)?,
             proj: linear(d, d, vb.pp("proj"), f)?,

@@ -18,7 +18,7 @@
 //! [`QWeight`] and multiplies with its kernels. A quantized layer can still take part in autograd
 //! through its input (the weight is dequantized for that product).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
@@ -31,6 +31,98 @@ use crate::skinny;
 thread_local! {
     static WEIGHT_DTYPE: Cell<WeightDtype> = const { Cell::new(WeightDtype::F32) };
     static QUANTIZE: Cell<Option<Quantize>> = const { Cell::new(None) };
+    static QUANTIZABLE: RefCell<Option<Vec<QuantizableKey>>> = const { RefCell::new(None) };
+}
+
+/// A quantizable layer's weight key (the checkpoint's) and its (out, in) size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuantizableKey {
+    pub key: String,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// Runs `f` (a model's construction) and returns, beside its result, the weights it built as
+/// quantizable layers ([`stored_quantized`] is asked for each): what `lion convert --quantize`
+/// stores quantized.
+pub fn record_quantizable<T>(f: impl FnOnce() -> T) -> (T, Vec<QuantizableKey>) {
+    struct Restore(Option<Vec<QuantizableKey>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            QUANTIZABLE.with(|r| *r.borrow_mut() = self.0.take());
+        }
+    }
+    let restore = Restore(QUANTIZABLE.with(|r| r.borrow_mut().replace(vec![])));
+    let out = f();
+    let keys = QUANTIZABLE
+        .with(|r| r.borrow_mut().take())
+        .unwrap_or_default();
+    drop(restore);
+    (out, keys)
+}
+
+/// The names under which a quantized model folder stores weight `name` in format `q`:
+/// `{name}.{q}.qs` (u8, (n, [`Quantize::row_bytes`])) and `{name}.{q}.scales` (f32, (n, k / 32)).
+pub fn quantized_names(name: &str, q: Quantize) -> (String, String) {
+    (
+        format!("{name}.{}.qs", q.name()),
+        format!("{name}.{}.scales", q.name()),
+    )
+}
+
+/// The (n, k) weight `name` of a quantizable layer as a quantized model folder stores it
+/// ([`quantized_names`], written by `lion convert --quantize`), when `vb`'s checkpoint holds
+/// it: read as stored, not quantized again. None when it holds the dense weight (or nothing).
+pub fn stored_quantized(
+    vb: &candle_nn::VarBuilder,
+    n: usize,
+    k: usize,
+    name: &str,
+) -> Result<Option<QWeight>> {
+    QUANTIZABLE.with(|r| {
+        if let Some(keys) = r.borrow_mut().as_mut() {
+            let prefix = vb.prefix();
+            let key = match prefix.is_empty() {
+                true => name.to_string(),
+                false => format!("{prefix}.{name}"),
+            };
+            keys.push(QuantizableKey { key, n, k });
+        }
+    });
+    for q in [Quantize::Q8_0, Quantize::Q4_0] {
+        let (qs_name, scales_name) = quantized_names(name, q);
+        if !vb.contains_tensor(&qs_name) {
+            continue;
+        }
+        let at = |what: &str| format!("{}.{what}", vb.prefix());
+        if !vb.device().is_cpu() {
+            candle_core::bail!(
+                "{}: quantized weights run on the CPU only (convert the folder without --quantize \
+                 for a GPU)",
+                at(&qs_name)
+            )
+        }
+        if !q.fits(k) {
+            candle_core::bail!(
+                "{}: width {k} cannot be stored as {}",
+                at(&qs_name),
+                q.name()
+            )
+        }
+        let zero = candle_nn::Init::Const(0.);
+        let qs = vb.get_with_hints_dtype((n, q.row_bytes(k)), &qs_name, zero, DType::U8)?;
+        let scales = vb.get_with_hints_dtype((n, k / 32), &scales_name, zero, DType::F32)?;
+        let w = QWeight::from_parts(
+            q,
+            n,
+            k,
+            scales.flatten_all()?.to_vec1::<f32>()?,
+            qs.flatten_all()?.to_vec1::<u8>()?,
+        )
+        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", at(&qs_name))))?;
+        return Ok(Some(w));
+    }
+    Ok(None)
 }
 
 /// Runs `f` (a model's construction) with [`load_linear`] quantizing the quantizable frozen
@@ -79,6 +171,16 @@ pub fn load_linear(w: Tensor, bias: Option<Tensor>, quantizable: bool) -> Result
         }
     }
     Ok(Linear::new(load_weight(w)?, bias))
+}
+
+impl Linear {
+    /// A layer whose weight is already quantized ([`stored_quantized`]).
+    pub fn quantized(weight: QWeight, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: Weight::Quantized(Arc::new(weight)),
+            bias,
+        }
+    }
 }
 
 /// Runs `f` (a model's construction) with [`load_weight`] storing frozen linear weights in

@@ -349,6 +349,31 @@ impl LionConfig {
         // In f64: an estimate, and no product can overflow.
         let f = |x: usize| x as f64;
         let weights = self.param_count()? as f64;
+        let t = &self.t5;
+        let per_sample = self.activations_per_sample(training);
+        // Weights as the current settings store them ([`crate::linear::bytes_per_weight`]:
+        // `--dtype`, `--quantize`): the T5 embedding and LM head are never quantized.
+        let (bpw, dense) = if training {
+            (4.0, 4.0)
+        } else {
+            (
+                crate::linear::bytes_per_weight(),
+                crate::linear::dense_bytes_per_weight(),
+            )
+        };
+        let heads = if t.tie_word_embeddings { 1.0 } else { 2.0 };
+        let embed = (heads * f(t.vocab_size) * f(t.d_model)).min(weights);
+        let total = bpw * (weights - embed) + dense * embed + 4.0 * per_sample * f(batch);
+        Ok(if total >= u64::MAX as f64 {
+            u64::MAX
+        } else {
+            total as u64
+        })
+    }
+
+    /// Activation values kept per sample (see [`Self::memory_estimate`]).
+    fn activations_per_sample(&self, training: bool) -> f64 {
+        let f = |x: usize| x as f64;
         let v = &self.vit;
         let n = f(v.grid()) * f(v.grid()) + 1.0;
         let vit_layer = n * (4.0 * f(v.width) + f(v.mlp_dim)) + f(v.num_heads) * n * n;
@@ -369,25 +394,17 @@ impl LionConfig {
             } else {
                 8.0
             };
-        let per_sample = (vit_layer + t5_layer) * layers + logits;
-        // Weights as the current settings store them ([`crate::linear::bytes_per_weight`]:
-        // `--dtype`, `--quantize`): the T5 embedding and LM head are never quantized.
-        let (bpw, dense) = if training {
-            (4.0, 4.0)
-        } else {
-            (
-                crate::linear::bytes_per_weight(),
-                crate::linear::dense_bytes_per_weight(),
-            )
-        };
-        let heads = if t.tie_word_embeddings { 1.0 } else { 2.0 };
-        let embed = (heads * f(t.vocab_size) * f(t.d_model)).min(weights);
-        let total = bpw * (weights - embed) + dense * embed + 4.0 * per_sample * f(batch);
-        Ok(if total >= u64::MAX as f64 {
-            u64::MAX
-        } else {
-            total as u64
-        })
+        (vit_layer + t5_layer) * layers + logits
+    }
+
+    /// The check a loaded model makes before running `batch` requests at once: their activations
+    /// (f32) against the memory still available, the weights being resident already.
+    pub fn check_batch_memory(&self, batch: usize) -> crate::rules::Check {
+        let need = 4.0 * self.activations_per_sample(false) * batch as f64;
+        crate::rules::check_memory(
+            &format!("activation memory (batch {batch})"),
+            need.min(u64::MAX as f64) as u64,
+        )
     }
 
     /// [`crate::rules::check_memory`] of [`Self::memory_estimate`].

@@ -130,6 +130,7 @@ impl ModelSpec {
             qformer_tokenizer: qformer,
             tag_encoder: tag,
             mode,
+            quantize: m.quantize,
             ..Self::new(config)
         })
     }
@@ -198,10 +199,13 @@ impl ModelSpec {
     fn check(&self) -> Result<(T5Tokenizer, u32)> {
         let cfg = &self.config;
         cfg.validate().map_err(|e| Error::config("model", e))?;
-        match &self.trainable {
-            Some(t) => cfg.check_memory(t.batch_size, true),
-            None => cfg.check_memory(1, false),
-        }
+        // the estimate counts the weights in the format they will be held in
+        crate::linear::with_weight_dtype(self.dtype, || {
+            crate::linear::with_quantize(self.quantize, || match &self.trainable {
+                Some(t) => cfg.check_memory(t.batch_size, true),
+                None => cfg.check_memory(1, false),
+            })
+        })
         .map_err(|e| Error::config("model", e))?;
         if self.quantize.is_some() && !self.device.is_cpu() {
             return Err(Error::config(

@@ -101,6 +101,10 @@ pub struct Manifest {
     pub qformer_tokenizer: Option<PathBuf>,
     #[serde(default)]
     pub tag_encoder: Option<PathBuf>,
+    /// The ViT's and T5's linear weights are stored quantized in this format (a folder written
+    /// by `lion convert --quantize`); they load as stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<crate::cpu::Quantize>,
 }
 
 fn default_prompt() -> Option<PromptKind> {

@@ -83,6 +83,52 @@ impl QWeight {
         self.kind
     }
 
+    /// A weight from its stored parts (as [`Self::scales`] and [`Self::quants`] give them, e.g.
+    /// read back from a quantized model folder); the lengths are checked against (n, k).
+    pub fn from_parts(
+        kind: Quantize,
+        n: usize,
+        k: usize,
+        scales: Vec<f32>,
+        qs: Vec<u8>,
+    ) -> std::result::Result<Self, String> {
+        if !kind.fits(k) {
+            return Err(format!("width {k} is not a multiple of {BLOCK}"));
+        }
+        let nb = k / BLOCK;
+        if scales.len() != n * nb || qs.len() != n * kind.row_bytes(k) {
+            return Err(format!(
+                "{} scales and {} quant bytes do not make a ({n}, {k}) {} weight ({} and {})",
+                scales.len(),
+                qs.len(),
+                kind.name(),
+                n * nb,
+                n * kind.row_bytes(k)
+            ));
+        }
+        if let Some(i) = scales.iter().position(|s| !s.is_finite()) {
+            return Err(format!("scale {i} is not finite ({})", scales[i]));
+        }
+        Ok(Self {
+            kind,
+            n,
+            k,
+            scales,
+            qs,
+        })
+    }
+
+    /// The block scales, (n, k / 32) row-major.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// The quants, (n, [`Quantize::row_bytes`]) row-major: q8_0 one i8 per weight, q4_0 two
+    /// 4-bit quants per byte.
+    pub fn quants(&self) -> &[u8] {
+        &self.qs
+    }
+
     /// (n, k).
     pub fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
@@ -206,6 +252,11 @@ impl Quantize {
     /// Whether a weight of input width `k` can be stored in this format.
     pub fn fits(self, k: usize) -> bool {
         k > 0 && k % BLOCK == 0
+    }
+
+    /// Bytes of quants per weight row of width `k` (a multiple of 32).
+    pub fn row_bytes(self, k: usize) -> usize {
+        k / BLOCK * self.block_bytes()
     }
 
     /// One block's 32 weights from its quants `q` and scale `d`.

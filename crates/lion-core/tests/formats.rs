@@ -292,7 +292,7 @@ fn pth_converts_to_streamed_safetensors() -> lion_core::Result<()> {
     let dev = Device::Cpu;
     for dtype in [None, Some(DType::BF16)] {
         let out = dir.path().join(format!("{dtype:?}.safetensors"));
-        let n = convert_to_safetensors(std::slice::from_ref(&pth), &out, dtype, |_, _| {})?;
+        let n = convert_to_safetensors(std::slice::from_ref(&pth), &out, dtype, None, |_, _| {})?;
         assert_eq!(n, pth.len());
         let st = Checkpoint::open(&out)?;
         assert_eq!(
@@ -321,7 +321,7 @@ fn pth_converts_to_streamed_safetensors() -> lion_core::Result<()> {
     }
     // a failed write leaves nothing behind
     let bad = dir.path().join("no-such-dir/x.safetensors");
-    assert!(convert_to_safetensors(&[pth], &bad, None, |_, _| {}).is_err());
+    assert!(convert_to_safetensors(&[pth], &bad, None, None, |_, _| {}).is_err());
     assert!(!bad.exists());
     Ok(())
 }

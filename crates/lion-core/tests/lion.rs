@@ -585,3 +585,99 @@ fn plain_ops_match_the_fused_kernels_loss_and_every_gradient() {
         );
     }
 }
+
+/// `lion convert --quantize`: the ViT's and T5's linear weights are stored quantized (each as its
+/// quants and scales, no dense copy), everything else as it was, and the manifest names the
+/// format. The folder loads strictly, as stored, into the same model as quantizing the dense
+/// folder at load: the logits agree bit for bit, and differ from the dense model's.
+#[test]
+fn a_quantized_folder_loads_as_stored_and_equals_quantizing_at_load() {
+    use lion_core::cpu::Quantize;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("dense");
+    std::fs::create_dir_all(&src).unwrap();
+    let manifest = serde_json::json!({
+        "config": config(PromptKind::Static),
+        "weights": [{"file": fixture("lion/model.safetensors")}],
+        "t5_tokenizer": fixture("lion/tokenizer.json"),
+        "qformer_tokenizer": lion_core::testing::minilm_dir().join("tokenizer.json"),
+    });
+    std::fs::write(src.join("lion.json"), manifest.to_string()).unwrap();
+    let io = io();
+    let b = batch(&io, "", Route::ImageLevel);
+    let logits = |pipe: &LionPipeline| {
+        let out = pipe
+            .model()
+            .forward_train(&b, &io["labels"], false)
+            .unwrap();
+        target_logits(&out.logits, &io["labels"])
+    };
+    let dense = logits(
+        &ModelSpec::from_folder(&src, LoadMode::Strict)
+            .unwrap()
+            .build()
+            .unwrap(),
+    );
+    for q in [Quantize::Q8_0, Quantize::Q4_0] {
+        let dst = dir.path().join(q.name());
+        lion_core::convert::convert_model_folder(&src, &dst, None, Some(q), |_, _, _| {}).unwrap();
+        let stored = Checkpoint::open(dst.join("model.safetensors")).unwrap();
+        let keys: Vec<&str> = stored.keys().collect();
+        let parts = |k: &str| lion_core::linear::quantized_names(k, q);
+        for k in [
+            "visual_encoder.blocks.0.attn.qkv.weight",
+            "visual_encoder.blocks.3.mlp.fc2.weight",
+            "t5_model.encoder.block.0.layer.0.SelfAttention.q.weight",
+            "t5_model.decoder.block.1.layer.1.EncDecAttention.o.weight",
+        ] {
+            let (qs, scales) = parts(k);
+            assert!(stored.shape(&qs).is_some(), "{qs} not stored");
+            assert!(stored.shape(&scales).is_some(), "{scales} not stored");
+            assert!(stored.shape(k).is_none(), "{k} stored dense too");
+        }
+        // never quantized: the LM head, embeddings, norms, the Q-Former, biases
+        for k in [
+            "t5_model.lm_head.weight",
+            "t5_model.shared.weight",
+            "visual_encoder.blocks.0.attn.proj.bias",
+            "Qformer.bert.encoder.layer.0.attention.self.query.weight",
+        ] {
+            assert!(stored.shape(k).is_some(), "{k} missing");
+        }
+        let n_quantized = keys.iter().filter(|k| k.ends_with(".qs")).count();
+        // tiny: 4 ViT blocks x 4 layers; T5 2 + 2 blocks: encoder 4 + 3 (gated FFN), decoder
+        // 4 + 4 + 3
+        assert_eq!(n_quantized, 4 * 4 + 2 * 7 + 2 * 11, "{keys:?}");
+        let spec = ModelSpec::from_folder(&dst, LoadMode::Strict).unwrap();
+        assert_eq!(spec.quantize, Some(q));
+        let from_folder = logits(&spec.build().unwrap());
+        let at_load = logits(
+            &ModelSpec::from_folder(&src, LoadMode::Strict)
+                .unwrap()
+                .with_quantize(Some(q))
+                .build()
+                .unwrap(),
+        );
+        assert_eq!(
+            max_abs_diff(&from_folder, &at_load).unwrap(),
+            0.0,
+            "{}",
+            q.name()
+        );
+        // (the accuracy of each format is measured in tests/formats.rs and the README)
+        let d = max_abs_diff(&from_folder, &dense).unwrap();
+        eprintln!("{}: logits {d:.3} from the dense model's", q.name());
+        assert!(d > 0.0 && d.is_finite(), "{}: {d}", q.name());
+    }
+    // the stored format cannot be quantized again into another one
+    let err = lion_core::convert::convert_model_folder(
+        &dir.path().join("q8_0"),
+        &dir.path().join("again"),
+        None,
+        Some(Quantize::Q4_0),
+        |_, _, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("stored in q8_0"), "{err}");
+}

@@ -34,6 +34,7 @@ fn manifest(backbone: &Path, prompt: &str, tag_encoder: &Path) -> Result<Manifes
         t5_tokenizer: abs(&b.t5_tokenizer)?,
         qformer_tokenizer: b.qformer_tokenizer.as_deref().map(abs).transpose()?,
         tag_encoder: Some(std::path::absolute(tag_encoder)?),
+        quantize: b.quantize,
     })
 }
 
@@ -201,6 +202,7 @@ fn export_backbone(init: &Path, ckpt: &Path, qformer_tokenizer: &Path, dest: &Pa
             t5_tokenizer: "t5-tokenizer.json".into(),
             qformer_tokenizer: Some("qformer-tokenizer.json".into()),
             tag_encoder: None,
+            quantize: None,
         },
     )
 }

@@ -198,7 +198,7 @@ pub fn evaluate_model(
     opts: PredictOptions,
     pred_out: &Path,
 ) -> Result<ModelRun> {
-    pipe.config().check_memory(opts.batch_size.max(1), false)?;
+    pipe.config().check_batch_memory(opts.batch_size.max(1))?;
     let partial = items::partial_path(pred_out);
     let opts = PredictOptions {
         partial: Some(partial.clone()),

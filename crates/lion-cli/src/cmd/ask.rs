@@ -278,10 +278,9 @@ pub fn run(task: Task, args: Args) -> Result<()> {
     let shard = args.shard.resolve(args.out.as_ref().map(|_| "--out"))?;
     let gen = args.gen.checked_config()?;
     lion_core::rules::positive("--batch-size", args.batch_size)?;
-    let dev = args.model.device.open()?;
     let pipe = args.model.load()?;
-    pipe.config().check_memory(args.batch_size, false)?;
-    let tagger = args.ram.load(&dev)?;
+    pipe.config().check_batch_memory(args.batch_size)?;
+    let tagger = args.ram.load(pipe.device())?;
     let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
     let started = std::time::Instant::now();
     let summary = super::shard::run_batches(

@@ -1,5 +1,6 @@
-//! `lion convert`: weight files rewritten once as safetensors, streamed
-//! (`lion_core::convert`, `lion_core::weights::convert_to_safetensors`).
+//! `lion convert`: weight files rewritten once as safetensors, streamed, optionally in another
+//! dtype or with the linear weights quantized (`lion_core::convert`,
+//! `lion_core::weights::convert_to_safetensors`).
 
 use std::path::PathBuf;
 
@@ -22,6 +23,10 @@ pub struct Args {
     /// Floating-point tensors in this dtype: bf16, f16 or f32 (default: as stored).
     #[arg(long, value_parser = parse_float_dtype)]
     dtype: Option<DType>,
+    /// With --model: store the ViT's and T5's linear weights quantized (q8_0 or q4_0, as
+    /// `--quantize` would at every load); the folder then loads them as stored. CPU only.
+    #[arg(long, requires = "model", value_parser = super::model::parse_quantize)]
+    quantize: Option<lion_core::cpu::Quantize>,
 }
 
 fn parse_float_dtype(s: &str) -> std::result::Result<DType, String> {
@@ -49,11 +54,14 @@ pub fn run(args: Args) -> Result<()> {
     };
     match (&args.model, &args.weights) {
         (Some(src), _) => {
-            let out =
-                lion_core::convert::convert_model_folder(src, &args.out, args.dtype, |f, d, t| {
-                    progress(f, d, t)
-                })
-                .with_context(|| format!("converting the model folder {}", src.display()))?;
+            let out = lion_core::convert::convert_model_folder(
+                src,
+                &args.out,
+                args.dtype,
+                args.quantize,
+                |f, d, t| progress(f, d, t),
+            )
+            .with_context(|| format!("converting the model folder {}", src.display()))?;
             for (f, n) in &out.files {
                 println!("{}\t{n} tensors", f.display());
             }
@@ -65,6 +73,7 @@ pub fn run(args: Args) -> Result<()> {
                 &checkpoints,
                 &args.out,
                 args.dtype,
+                None,
                 |d, t| progress(&args.out, d, t),
             )
             .with_context(|| format!("converting {}", src.display()))?;

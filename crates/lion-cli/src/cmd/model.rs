@@ -91,14 +91,6 @@ impl ModelArgs {
         if self.quantize.is_some() && self.device.device.is_cuda() {
             bail!("--quantize runs on the CPU only (quantized layers use candle's CPU kernels); drop it or use --device cpu");
         }
-        match self.quantize {
-            Some(q) => tracing::info!(
-                "linear weights in {} ({} for the ViT and T5 blocks)",
-                dtype.name(),
-                q.name()
-            ),
-            None => tracing::info!("linear weights in {}", dtype.name()),
-        }
         let dev = self.device.open()?;
         let mode = if self.lenient {
             LoadMode::Lenient
@@ -135,9 +127,28 @@ impl ModelArgs {
             // Random weights: the vocabulary sized to the tokenizer, so every generated id decodes.
             spec.vocab_sized_to_tokenizer()?
         };
+        // a quantized folder loads in its own format; --quantize may only repeat it
+        let quantize = match (spec.quantize, self.quantize) {
+            (Some(stored), Some(q)) if stored != q => bail!(
+                "--quantize {}: the model folder is stored in {} (convert the dense folder to \
+                 get {})",
+                q.name(),
+                stored.name(),
+                q.name()
+            ),
+            (stored, q) => q.or(stored),
+        };
+        match quantize {
+            Some(q) => tracing::info!(
+                "linear weights in {} ({} for the ViT and T5 blocks)",
+                dtype.name(),
+                q.name()
+            ),
+            None => tracing::info!("linear weights in {}", dtype.name()),
+        }
         Ok(spec
             .with_dtype(dtype)
-            .with_quantize(self.quantize)
+            .with_quantize(quantize)
             .with_device(dev))
     }
 }

@@ -39,6 +39,9 @@ pub(super) fn linear_no_bias(
     std: f64,
     vb: VarBuilder,
 ) -> Result<Linear> {
+    if let Some(q) = crate::linear::stored_quantized(&vb, out_dim, in_dim, "weight")? {
+        return Ok(Linear::quantized(q, None));
+    }
     let w = crate::linear::get_weight(
         &vb,
         (out_dim, in_dim),

@@ -6,6 +6,7 @@
 use std::io::Write;
 
 use super::*;
+use crate::cpu::Quantize;
 
 /// One tensor of a streamed file.
 #[derive(Debug, Clone)]
@@ -112,13 +113,22 @@ pub fn write_safetensors_streamed(
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// Weights to store quantized: the format and, by key (as the checkpoint names it), each
+/// weight's (n, k).
+pub struct QuantizeKeys<'a> {
+    pub format: Quantize,
+    pub keys: &'a HashMap<String, (usize, usize)>,
+}
+
 /// Rewrites `checkpoints` (later ones win where keys repeat) as one safetensors file at `path`,
 /// tensor by tensor: floating-point tensors in `dtype` (None: as stored), the others as stored;
-/// canonical key names. Returns the number of tensors written.
+/// canonical key names. With `quantize`, each listed weight is written quantized instead, as
+/// its two tensors ([`crate::linear::quantized_names`]). Returns the number of weights written.
 pub fn convert_to_safetensors(
     checkpoints: &[Checkpoint],
     path: &Path,
     dtype: Option<DType>,
+    quantize: Option<QuantizeKeys>,
     progress: impl FnMut(usize, usize),
 ) -> Result<usize> {
     let mut owner: BTreeMap<String, usize> = BTreeMap::new();
@@ -128,6 +138,12 @@ pub fn convert_to_safetensors(
         }
     }
     let float = |d: DType| matches!(d, DType::F32 | DType::F16 | DType::BF16 | DType::F64);
+    /// What an entry of the file holds.
+    enum Part {
+        Whole,
+        Quants(Quantize),
+        Scales,
+    }
     let mut entries = Vec::with_capacity(owner.len());
     let mut order = Vec::with_capacity(owner.len());
     for (k, &i) in &owner {
@@ -138,28 +154,75 @@ pub fn convert_to_safetensors(
                 format!("`{k}`: no dtype recorded for this tensor"),
             )
         })?;
-        let out = match dtype {
-            Some(d) if float(stored) => d,
-            _ => stored,
-        };
-        entries.push(StreamEntry {
-            key: k.clone(),
-            dtype: out,
-            shape: c.shape(k).cloned().unwrap_or_else(|| Shape::from(())),
+        let shape = c.shape(k).cloned().unwrap_or_else(|| Shape::from(()));
+        let q = quantize.as_ref().and_then(|q| {
+            let &(n, kk) = q.keys.get(k)?;
+            (shape.dims() == [n, kk] && float(stored) && q.format.fits(kk))
+                .then_some((q.format, n, kk))
         });
-        order.push(i);
+        match q {
+            Some((format, n, kk)) => {
+                let (qs, scales) = crate::linear::quantized_names(k, format);
+                entries.push(StreamEntry {
+                    key: qs,
+                    dtype: DType::U8,
+                    shape: Shape::from((n, format.row_bytes(kk))),
+                });
+                order.push((i, k.clone(), Part::Quants(format)));
+                entries.push(StreamEntry {
+                    key: scales,
+                    dtype: DType::F32,
+                    shape: Shape::from((n, kk / crate::quant::BLOCK)),
+                });
+                order.push((i, k.clone(), Part::Scales));
+            }
+            None => {
+                let out = match dtype {
+                    Some(d) if float(stored) => d,
+                    _ => stored,
+                };
+                entries.push(StreamEntry {
+                    key: k.clone(),
+                    dtype: out,
+                    shape,
+                });
+                order.push((i, k.clone(), Part::Whole));
+            }
+        }
     }
+    // a weight's scales come right after its quants: kept from one to the next
+    let mut scales: Option<Vec<f32>> = None;
     write_safetensors_streamed(
         path,
         &entries,
         |i| {
             let e = &entries[i];
-            let c = &checkpoints[order[i]];
-            let t = c.get(&e.key, &Device::Cpu)?;
-            let named = |err: Error| Error::format(c.name(), format!("`{}`: {err}", e.key));
-            tensor_bytes(&t.to_dtype(e.dtype)?).map_err(named)
+            let (ci, key, part) = &order[i];
+            let c = &checkpoints[*ci];
+            let named = |err: Error| Error::format(c.name(), format!("`{key}`: {err}"));
+            match part {
+                Part::Whole => {
+                    let t = c.get(key, &Device::Cpu)?;
+                    tensor_bytes(&t.to_dtype(e.dtype)?).map_err(named)
+                }
+                Part::Quants(format) => {
+                    let t = c.get(key, &Device::Cpu)?.to_dtype(DType::F32)?;
+                    let (n, k) = t.dims2()?;
+                    let values = t.flatten_all()?.to_vec1::<f32>()?;
+                    let w = crate::quant::QWeight::quantize(&values, n, k, *format);
+                    scales = Some(w.scales().to_vec());
+                    Ok(w.quants().to_vec())
+                }
+                Part::Scales => {
+                    let s = scales.take().expect("the quants come first");
+                    Ok(s.iter().flat_map(|v| v.to_le_bytes()).collect())
+                }
+            }
         },
         progress,
     )?;
-    Ok(entries.len())
+    Ok(order
+        .iter()
+        .filter(|(_, _, p)| !matches!(p, Part::Scales))
+        .count())
 }

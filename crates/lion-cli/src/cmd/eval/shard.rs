@@ -24,7 +24,7 @@ pub(super) fn predict_shard(args: &Args, shard: Shard) -> Result<()> {
         ..args.predict_options()?
     };
     let pipe = args.model.load()?;
-    pipe.config().check_memory(args.batch_size.max(1), false)?;
+    pipe.config().check_batch_memory(args.batch_size.max(1))?;
     let preds = predict_split(&pipe, &items, &opts)?;
     let done = preds.items.iter().flatten().count();
     if !preds.is_complete() {
