@@ -139,7 +139,7 @@ impl ZeroInitOutput {
         let zero = Init::Const(0.);
         Ok(Self {
             dense: Linear::new(
-                vb.pp("dense").get_with_hints((d, in_dim), "weight", zero)?,
+                crate::linear::get_weight(&vb.pp("dense"), (d, in_dim), "weight", zero)?,
                 Some(vb.pp("dense").get_with_hints(d, "bias", zero)?),
             ),
             layer_norm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,

@@ -127,7 +127,7 @@ pub(crate) fn torch_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Res
         up: bound,
     };
     Ok(Linear::new(
-        vb.get_with_hints((out_dim, in_dim), "weight", u)?,
+        crate::linear::get_weight(&vb, (out_dim, in_dim), "weight", u)?,
         Some(vb.get_with_hints(out_dim, "bias", u)?),
     ))
 }
