@@ -207,8 +207,11 @@ mod avx512 {
         debug_assert!(xb.len() == m * kp && w.len() == rows * k);
         let tail = k % 32;
         let mask: __mmask32 = if tail == 0 { !0 } else { (1u32 << tail) - 1 };
-        for k0 in (0..kp).step_by(TILE_K) {
-            let ks = (k0, (k0 + TILE_K).min(kp));
+        // One tile of input rows (decoding) reads each weight row once anyway: then the rows are
+        // streamed whole, four contiguous streams, rather than in slices.
+        let slice = if m <= TILE_M { kp } else { TILE_K };
+        for k0 in (0..kp).step_by(slice) {
+            let ks = (k0, (k0 + slice).min(kp));
             pass(xb, m, kp, w, k, mask, out, rows, ld, ks);
         }
     }
