@@ -236,3 +236,59 @@ pub fn evaluate_model(
         seconds,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn benchmarks_parse_by_name_and_ask_their_task() {
+        for (name, task) in [
+            ("caption", lion_core::Task::Caption),
+            ("vqa", lion_core::Task::Vqa),
+            ("aokvqa", lion_core::Task::Vqa),
+            ("rec", lion_core::Task::Rec),
+        ] {
+            assert_eq!(Benchmark::parse(name).unwrap().task(), task, "{name}");
+        }
+        let e = Benchmark::parse("ok-vqa").unwrap_err();
+        assert!(e.contains("`ok-vqa`") && e.contains("aokvqa"), "{e}");
+    }
+
+    #[test]
+    fn tables_align_their_first_column() {
+        let t = Table::new(
+            "scores",
+            vec![("CIDEr-D".into(), "1.00".into()), ("a".into(), "2".into())],
+        );
+        assert_eq!(t.to_string(), "scores\n  CIDEr-D  1.00\n  a        2\n");
+    }
+
+    /// A model run needs the image folder; the job says so before anything is read.
+    #[test]
+    fn a_job_without_images_names_the_missing_folder() {
+        let job = EvalJob::new(Benchmark::Caption, "does-not-matter.json");
+        let e = job.items().unwrap_err().to_string();
+        assert!(e.contains("--images ROOT"), "{e}");
+    }
+
+    /// Scoring a file that is not there names it.
+    #[test]
+    fn scoring_a_missing_predictions_file_names_it() {
+        let dir = std::env::temp_dir().join(format!("lion-eval-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let gt = dir.join("captions.json");
+        std::fs::write(
+            &gt,
+            r#"{"images": [{"id": 1, "file_name": "a.png"}],
+                "annotations": [{"image_id": 1, "id": 1, "caption": "a red circle"}]}"#,
+        )
+        .unwrap();
+        let missing = dir.join("nope.json");
+        let e = score(&EvalJob::new(Benchmark::Caption, &gt), &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.json"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
