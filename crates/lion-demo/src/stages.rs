@@ -84,19 +84,15 @@ pub(super) fn eval_model(
                         .with_context(|| format!("cannot load {}", model.display()))?,
                 ),
             };
-            let bar: std::sync::Arc<dyn lion_train::progress::Bar> = args
+            let bar = args
                 .progress
-                .bar(&format!("predicting ({task})"), items.len() as u64)
-                .into();
-            let shown = bar.clone();
+                .bar(&format!("predicting ({task})"), items.len() as u64);
             let opts = PredictOptions {
-                progress: Some(std::sync::Arc::new(move |done, _| shown.set_position(done))),
+                progress: Some(lion_train::progress::callback(bar)),
                 ..PredictOptions::new(32, gen.clone())
             };
             let pred = dir.join(format!("{task}_pred.json"));
-            let run = lion_eval::evaluate_model(&job, &items, pipe, opts, &pred);
-            bar.finish();
-            match run? {
+            match lion_eval::evaluate_model(&job, &items, pipe, opts, &pred)? {
                 ModelRun::Scored { evaluation, .. } => evaluation.write(&scores)?,
                 ModelRun::Stopped { .. } => unreachable!("no max_new is set"),
             }

@@ -36,6 +36,18 @@ impl Progress for Silent {
     }
 }
 
+/// A `(done, total)` callback (what `lion_eval`'s predictions report) that moves `bar`, and
+/// finishes it when `done` reaches `total`.
+pub fn callback(bar: Box<dyn Bar>) -> std::sync::Arc<dyn Fn(u64, u64) + Send + Sync> {
+    let bar: std::sync::Arc<dyn Bar> = bar.into();
+    std::sync::Arc::new(move |done, total| {
+        bar.set_position(done);
+        if done >= total {
+            bar.finish();
+        }
+    })
+}
+
 /// [`crate::triplet_trainer::fine_tune`] with its progress shown: caption selection, then the
 /// training steps with the loss (`lion train-tag-encoder` and the demo's stage 3).
 pub fn fine_tune_showing(

@@ -93,17 +93,3 @@ impl lion_train::progress::Progress for Terminal {
         Box::new(TerminalBar(progress(total, label)))
     }
 }
-
-/// A progress callback (done, total) that draws a bar on stderr, created at the first call and
-/// cleared when done reaches total.
-pub fn progress_fn(label: String) -> std::sync::Arc<dyn Fn(u64, u64) + Send + Sync> {
-    let bar = std::sync::Mutex::new(None::<indicatif::ProgressBar>);
-    std::sync::Arc::new(move |done: u64, total: u64| {
-        let mut bar = bar.lock().unwrap_or_else(|e| e.into_inner());
-        let pb = bar.get_or_insert_with(|| progress(total, &label));
-        pb.set_position(done);
-        if done >= total {
-            pb.finish_and_clear();
-        }
-    })
-}

@@ -28,8 +28,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use lion_core::generate::GenerationConfig;
 use lion_eval::{Benchmark, EvalJob, ModelRun, PredictOptions};
 use lion_metrics::vqa::VqaMode;
+use lion_train::progress::Progress;
 
 use crate::cmd::model::{GenArgs, ModelArgs};
 
@@ -129,17 +131,17 @@ impl Args {
             .context("with a model, give --pred-out PRED.json (where the predictions go)")
     }
 
-    /// Batching, decoding, `--stop-after` and a progress bar.
-    fn predict_options(&self) -> Result<PredictOptions> {
-        let gen = self.gen.checked_config()?;
-        Ok(PredictOptions {
+    /// Batching, decoding (`gen`, checked before the model loads), `--stop-after` and a progress
+    /// bar over `total` items (drawn once the model is loaded).
+    fn predict_options(&self, gen: GenerationConfig, total: usize) -> PredictOptions {
+        let label = format!("predicting ({:?})", self.task.task());
+        PredictOptions {
             max_new: self.stop_after,
-            progress: Some(super::progress_fn(format!(
-                "predicting ({:?})",
-                self.task.task()
-            ))),
+            progress: Some(lion_train::progress::callback(
+                super::Terminal.bar(&label, total as u64),
+            )),
             ..PredictOptions::new(self.batch_size, gen)
-        })
+        }
     }
 }
 
@@ -165,9 +167,10 @@ pub fn run(args: Args) -> Result<()> {
             if let Some(s) = args.shard.resolve(Some("--pred-out"))? {
                 return shard::predict_shard(&args, s);
             }
-            let opts = args.predict_options()?;
+            let gen = args.gen.checked_config()?;
             let items = job.items()?;
             let pipe = args.model.load()?;
+            let opts = args.predict_options(gen, items.len());
             match lion_eval::evaluate_model(&job, &items, &pipe, opts, out)? {
                 ModelRun::Stopped {
                     computed,

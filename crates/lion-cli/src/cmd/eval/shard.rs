@@ -19,12 +19,13 @@ pub(super) fn predict_shard(args: &Args, shard: Shard) -> Result<()> {
     let all = split_items(&job, root)?;
     let (items, target) = crate::cmd::shard::select(&all, |it| it.id.as_str(), Some(shard), out);
     let partial = partial_path(&target);
-    let opts = PredictOptions {
-        partial: Some(partial.clone()),
-        ..args.predict_options()?
-    };
+    let gen = args.gen.checked_config()?;
     let pipe = args.model.load()?;
     pipe.config().check_batch_memory(args.batch_size.max(1))?;
+    let opts = PredictOptions {
+        partial: Some(partial.clone()),
+        ..args.predict_options(gen, items.len())
+    };
     let preds = predict_split(&pipe, &items, &opts)?;
     let done = preds.items.iter().flatten().count();
     if !preds.is_complete() {
