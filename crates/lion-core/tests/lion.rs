@@ -681,3 +681,55 @@ fn a_quantized_folder_loads_as_stored_and_equals_quantizing_at_load() {
     .to_string();
     assert!(err.contains("stored in q8_0"), "{err}");
 }
+
+/// `--dtype bf16` on a whole LION (the fixture's weights): every frozen linear layer, including
+/// the Q-Former's `t5_proj`, LION's `adapter_proj` and the aggregator's output `dense` layers, runs
+/// on bf16 weights; the logits of both routes (image-level through `t5_proj`, region-level through
+/// the aggregator) stay within bf16 rounding of the f32 model's, and do differ from them (the
+/// layers really are bf16).
+#[test]
+fn a_bf16_lion_stays_close_to_the_f32_lion_on_both_routes() {
+    use lion_core::cpu::WeightDtype;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = serde_json::json!({
+        "config": config(PromptKind::Static),
+        "weights": [{"file": fixture("lion/model.safetensors")}],
+        "t5_tokenizer": fixture("lion/tokenizer.json"),
+        "qformer_tokenizer": lion_core::testing::minilm_dir().join("tokenizer.json"),
+    });
+    std::fs::write(dir.path().join("lion.json"), manifest.to_string()).unwrap();
+    let build = |dtype| {
+        ModelSpec::from_folder(dir.path(), LoadMode::Strict)
+            .unwrap()
+            .with_dtype(dtype)
+            .build()
+            .unwrap()
+    };
+    let (f32_pipe, bf16_pipe) = (build(WeightDtype::F32), build(WeightDtype::Bf16));
+    let io = io();
+    for route in [Route::ImageLevel, Route::RegionLevel] {
+        let b = batch(&io, "", route);
+        let logits = |pipe: &LionPipeline| {
+            let out = pipe
+                .model()
+                .forward_train(&b, &io["labels"], false)
+                .unwrap();
+            target_logits(&out.logits.to_dtype(DType::F32).unwrap(), &io["labels"])
+        };
+        let (want, got) = (logits(&f32_pipe), logits(&bf16_pipe));
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let d = max_abs_diff(&got, &want).unwrap();
+        eprintln!("{route:?}: bf16 logits {d:.4} from f32 (max |logit| {scale:.2})");
+        assert!(
+            d.is_finite() && d < 0.05 * scale,
+            "{route:?}: {d} vs {scale}"
+        );
+        assert!(d > 0.0, "{route:?}: bf16 gave exactly the f32 logits");
+    }
+}

@@ -10,9 +10,9 @@ use lion_core::tagger::Ram;
 use lion_core::testing::fixture;
 use lion_train::asymmetric_loss::AsymmetricLoss;
 use lion_train::tagger_trainer::{
-    best_global_threshold, load_trained_tagger, micro_prf, train_tagger, tune_class_thresholds,
-    world_tagger_config, world_tagger_init, SeededInit, TaggerEpochMetrics, TaggerFiles,
-    TaggerReport, TaggerTrainOptions,
+    best_global_threshold, calibration, load_trained_tagger, micro_prf, tag_world_with,
+    train_tagger, tune_class_thresholds, world_tagger_config, world_tagger_init, SeededInit,
+    TaggerEpochMetrics, TaggerFiles, TaggerReport, TaggerTrainOptions, CALIBRATION_BINS,
 };
 
 /// Max abs error relative to the reference's largest magnitude (at least 1).
@@ -149,6 +149,36 @@ fn threshold_choice_and_micro_prf() {
     assert!((t - 0.4).abs() < 1e-6, "{t}");
 }
 
+#[test]
+fn calibration_bins_and_expected_calibration_error() {
+    // 2 images x 3 tags; scores in bins 0 (0.05), 2 (0.2), 6 (0.6), 7 (0.75, 0.75), 9 (1.0)
+    let probs = vec![vec![0.05f32, 0.75, 1.0], vec![0.6, 0.2, 0.75]];
+    let targets = vec![vec![1usize, 2], vec![2]];
+    let cal = calibration(&probs, &targets, &[0.5; 3]);
+    assert_eq!(cal.pairs, 6);
+    assert_eq!(cal.bins.len(), CALIBRATION_BINS);
+    let b7 = &cal.bins[7];
+    assert_eq!(b7.count, 2);
+    assert!((b7.mean_score.unwrap() - 0.75).abs() < 1e-6 && b7.positive_rate == Some(1.0));
+    assert_eq!(cal.bins[9].count, 1, "a score of 1 falls in the last bin");
+    assert!(cal.bins[4].mean_score.is_none() && cal.bins[4].count == 0);
+    // |0 - 0.05| + |0 - 0.2| + |0 - 0.6| + 2 |1 - 0.75| + |1 - 1|, over 6 pairs
+    let want = (0.05 + 0.2 + 0.6 + 0.5) / 6.0;
+    assert!((cal.ece - want).abs() < 1e-6, "{} vs {want}", cal.ece);
+    // kept (> 0.5): 0.75 (true), 1.0 (true), 0.6 (false), 0.75 (true)
+    assert_eq!(cal.kept, 4);
+    let want = (0.6 + 0.5) / 4.0;
+    assert!(
+        (cal.kept_ece - want).abs() < 1e-6,
+        "{} vs {want}",
+        cal.kept_ece
+    );
+    // a perfectly calibrated tagger: scores 0 and 1 that are always right
+    let cal = calibration(&[vec![1.0, 0.0]], &[vec![0]], &[0.5; 2]);
+    assert_eq!(cal.ece, 0.0);
+    assert_eq!(cal.kept_ece, 0.0);
+}
+
 fn tiny_world(dir: &Path) -> std::path::PathBuf {
     let world = dir.join("world");
     let cfg = lion_data::world::WorldConfig {
@@ -227,12 +257,12 @@ fn short_training_run_writes_a_tagger_folder_that_loads_and_tags() {
     // eval_test.json is the report
     let saved: TaggerReport =
         serde_json::from_str(&std::fs::read_to_string(files.eval()).unwrap()).unwrap();
-    let (a, b) = (saved.test, report.test);
+    let (a, b) = (saved.tagging.test, report.tagging.test);
     assert_eq!((a.tp, a.fp, a.fn_), (b.tp, b.fp, b.fn_));
     assert!((a.f1 - b.f1).abs() < 1e-12);
-    assert!(saved.test_groups.contains_key("color+shape"));
-    assert!(saved.test_groups.contains_key("shape"));
-    let g = &saved.test_groups["shape"];
+    assert!(saved.tagging.test_groups.contains_key("color+shape"));
+    assert!(saved.tagging.test_groups.contains_key("shape"));
+    let g = &saved.tagging.test_groups["shape"];
     assert!(g.tp + g.fn_ > 0, "the test split has shape tags");
 
     // every split tagged, one line per image, scores above the threshold
@@ -291,6 +321,54 @@ fn short_training_run_writes_a_tagger_folder_that_loads_and_tags() {
         assert_eq!(a, b);
         assert!((sa - sb).abs() < 1e-5, "{a}: {sa} vs {sb}");
     }
+
+    // tagging the world again with the saved folder gives the training run's files and scores
+    let again = dir.path().join("again");
+    let tagged = tag_world_with(&out, &world, &again, |_| {}).unwrap();
+    assert_eq!(tagged.test, report.tagging.test);
+    assert_eq!(tagged.test_groups, report.tagging.test_groups);
+    assert!(tagged.calibration.ece.is_finite() && tagged.calibration.pairs > 0);
+    assert!(TaggerFiles::new(&again).reliability().exists());
+    for split in ["train", "val", "test"] {
+        let a = std::fs::read_to_string(files.tags_jsonl(split)).unwrap();
+        let b = std::fs::read_to_string(TaggerFiles::new(&again).tags_jsonl(split)).unwrap();
+        let parse = |t: &str| -> Vec<serde_json::Value> {
+            t.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let (a, b) = (parse(&a), parse(&b));
+        assert_eq!(a.len(), b.len(), "{split}");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x["file_name"], y["file_name"]);
+            let names = |v: &serde_json::Value| -> Vec<String> {
+                v["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t["tag"].as_str().unwrap().to_string())
+                    .collect()
+            };
+            assert_eq!(names(x), names(y), "{split}");
+        }
+    }
+    // a world with another vocabulary is refused, naming both sizes
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in [
+        "tags_train.json",
+        "tags_val.json",
+        "tags_test.json",
+        "world.json",
+    ] {
+        std::fs::copy(world.join(f), other.join(f)).unwrap();
+    }
+    std::fs::write(other.join("tag_list.txt"), "circle\nsquare\n").unwrap();
+    let err = tag_world_with(&out, &other, &dir.path().join("x"), |_| {}).unwrap_err();
+    assert!(
+        err.to_string().contains("differs from the tagger's"),
+        "{err}"
+    );
 
     // same seed, same run
     let out2 = dir.path().join("tagger2");

@@ -101,14 +101,14 @@ pub fn run(args: Args) -> Result<()> {
     writeln!(
         out,
         "test micro P/R/F1 {:.3}/{:.3}/{:.3} (threshold {:.2}, {} epochs, {:.0} s training)",
-        report.test.precision,
-        report.test.recall,
-        report.test.f1,
+        report.tagging.test.precision,
+        report.tagging.test.recall,
+        report.tagging.test.f1,
         report.threshold,
         report.epochs,
         report.train_seconds
     )?;
-    for (g, p) in &report.test_groups {
+    for (g, p) in &report.tagging.test_groups {
         writeln!(
             out,
             "  {g}: P/R/F1 {:.3}/{:.3}/{:.3}",

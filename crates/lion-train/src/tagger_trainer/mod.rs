@@ -48,10 +48,12 @@ use crate::schedule::Schedule;
 
 mod data;
 mod init;
+mod tagging;
 mod thresholds;
 
 pub use data::*;
 pub use init::*;
+pub use tagging::*;
 pub use thresholds::*;
 /// Hyper-parameters and model size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,10 +200,9 @@ pub struct TaggerReport {
     pub thresholds: Vec<f32>,
     /// Validation micro P/R/F1 at `thresholds`.
     pub val: Prf,
-    /// Test micro P/R/F1 over all tags.
-    pub test: Prf,
-    /// Test micro P/R/F1 per tag group, plus `color+shape` (shapes, colors and their pairs).
-    pub test_groups: BTreeMap<String, Prf>,
+    /// The test split's scores and calibration (`test`, `test_groups`, `calibration`).
+    #[serde(flatten)]
+    pub tagging: WorldTagging,
     pub final_train_loss: Option<f64>,
     pub train_seconds: f64,
     pub total_seconds: f64,
@@ -263,6 +264,10 @@ impl TaggerFiles {
     }
     pub fn tags_jsonl(&self, split: &str) -> PathBuf {
         self.dir.join(format!("tags_{split}.jsonl"))
+    }
+    /// The test split's reliability diagram.
+    pub fn reliability(&self) -> PathBuf {
+        self.dir.join("reliability.png")
     }
 }
 
@@ -331,23 +336,8 @@ pub fn train_tagger_with(
 ) -> Result<TaggerReport> {
     let start = Instant::now();
     opts.validate()?;
-    if !world.is_dir() {
-        return Err(Error::format(
-            world,
-            "not a folder; give a ShapesWorld folder (lion world generate --out DIR)",
-        ));
-    }
     let dev = Device::Cpu;
-    let tags = read_world_tags(world)?;
-    let index: HashMap<String, usize> = tags
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i))
-        .collect();
-    let splits: Vec<WorldSplit> = ["train", "val", "test"]
-        .iter()
-        .map(|s| read_world_split(world, s, &index))
-        .collect::<Result<_>>()?;
+    let (tags, splits) = read_world_for(world, None)?;
     let (train, val, test) = (&splits[0], &splits[1], &splits[2]);
     if train.is_empty() {
         input_err!("{}: the train split has no images", world.display());
@@ -537,45 +527,16 @@ pub fn train_tagger_with(
         tags: tags.clone(),
         thresholds: thresholds.clone(),
     };
-    let groups = tag_groups(world, &tags);
-    let mut test_prf = Prf::default();
-    let mut test_groups = BTreeMap::new();
-    for (split, imgs) in splits.iter().zip(&images) {
-        let probs = if split.name == "val" {
-            val_probs.clone()
-        } else {
-            predict(&model, imgs, None, num_tags, opts.eval_batch_size)?.0
-        };
-        let mut text = String::new();
-        for ((id, file), p) in split.ids.iter().zip(&split.file_names).zip(&probs) {
-            let kept = select_tags(p, &vocab, TagSelection::ClassThreshold, TagOrder::Index)?;
-            let kept: Vec<_> = kept.iter().map(|t| serde_json::json!(t.scored)).collect();
-            text.push_str(
-                &serde_json::json!({"image": id, "file_name": file, "tags": kept}).to_string(),
-            );
-            text.push('\n');
-        }
-        write_atomic(files.tags_jsonl(&split.name), text.as_bytes())?;
-        if split.name == "test" {
-            test_prf = micro_prf(&probs, &split.targets, &thresholds, |_| true);
-            for (g, members) in &groups {
-                let prf = micro_prf(&probs, &split.targets, &thresholds, |c| {
-                    members.contains(&c)
-                });
-                test_groups.insert(g.clone(), prf);
-            }
-            if !groups.is_empty() {
-                let cs: Vec<usize> = ["shape", "color", "color_shape"]
-                    .iter()
-                    .filter_map(|g| groups.get(*g))
-                    .flatten()
-                    .copied()
-                    .collect();
-                let prf = micro_prf(&probs, &split.targets, &thresholds, |c| cs.contains(&c));
-                test_groups.insert("color+shape".into(), prf);
-            }
-        }
-    }
+    let tagging = tag_splits(
+        &model,
+        &vocab,
+        world,
+        &splits,
+        &images,
+        &files,
+        opts.eval_batch_size,
+        Some(("val", &val_probs)),
+    )?;
     let report = TaggerReport {
         model_dir: out.to_path_buf(),
         epochs: opts.epochs,
@@ -587,8 +548,7 @@ pub fn train_tagger_with(
         threshold,
         thresholds: thresholds.clone(),
         val: val_prf,
-        test: test_prf,
-        test_groups,
+        tagging,
         final_train_loss,
         train_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
