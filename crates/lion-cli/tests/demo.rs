@@ -25,8 +25,6 @@ fn demo(out: &Path, seed: u64, extra: &[&str]) -> (String, String) {
             "2",
             "--epochs",
             "1",
-            "--tagger-epochs",
-            "1",
             "--resamples",
             "200",
             "--num-beams",
@@ -61,6 +59,7 @@ fn demo_runs_every_stage_and_redoes_exactly_what_a_new_seed_changes() {
         "tags-oracle.jsonl",
         "tags-none.jsonl",
         "tagger/stage.json",
+        "tagger/reliability.png",
         "tag-encoder/stage.json",
         "lion/static/seed-0/model/lion.json",
         "lion/dynamic/seed-1/model/lion.json",
@@ -83,6 +82,8 @@ fn demo_runs_every_stage_and_redoes_exactly_what_a_new_seed_changes() {
         "LION (gated prompt)",
         "trivial baselines",
         "RAM tagger",
+        "pretrained, shipped",
+        "expected calibration error",
         "### Means over 2 seed(s)",
         "| oracle-tags |",
         "| no-tags |",
@@ -122,14 +123,36 @@ fn demo_runs_every_stage_and_redoes_exactly_what_a_new_seed_changes() {
     );
     assert_eq!(ra["comparison"]["seeds"], 2);
 
-    // Another seed into b, then seed 0 again into the same folder: every stage is redone (the
-    // log says why), and the result is a fresh seed-0 run's.
+    // Another seed into b, with a tagger trained first (on a world of its own), then seed 0
+    // again into the same folder with the shipped tagger: every stage is redone (the log says
+    // why), and the result is a fresh seed-0 run's.
     // (No ablations here, and the seed-1 folder one seed: the runs are the slow part. Seed 0's
     // second seed is 1, so its seed-1 runs are redone, made from other tags.)
-    demo(&b, 1, &[]);
+    let (_, log) = demo(
+        &b,
+        1,
+        &[
+            "--train-tagger",
+            "--tagger-images",
+            "24",
+            "--tagger-epochs",
+            "1",
+        ],
+    );
+    assert!(log.contains("tagger epoch 1: val F1"), "{log}");
+    for f in [
+        "tagger-pretrained/model.safetensors",
+        "tagger-pretrained/stage.json",
+    ] {
+        assert!(b.join(f).exists(), "{f} missing");
+    }
+    let trained = json(&b.join("report.json"));
+    assert_eq!(trained["tagger"]["tagger"], "trained in this run");
+    assert_eq!(trained["tagger"]["train_images"], 24);
     let (_, log) = demo(&b, 0, &["--seeds", "2"]);
     for why in [
-        "tagger: redone (seed 1 -> 0",
+        "tagger: redone (",
+        "tagger weights",
         "tag encoder: redone (seed 1 -> 0",
         "LION static seed 1: redone (",
         "evaluation of gated seed 1: redone (",

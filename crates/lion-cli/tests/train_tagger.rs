@@ -42,6 +42,10 @@ fn train_tagger_then_tag_with_the_folder() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(stdout.contains("test micro P/R/F1"), "{stdout}");
+    assert!(
+        stdout.contains("calibration on the test split: ECE "),
+        "{stdout}"
+    );
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 3, "{metrics}");
     for name in [
@@ -49,6 +53,7 @@ fn train_tagger_then_tag_with_the_folder() {
         "config.json",
         "tag_list.txt",
         "tag_list_threshold.txt",
+        "reliability.png",
     ] {
         assert!(out.join(name).is_file(), "{name}");
     }

@@ -4,8 +4,10 @@
 //! Every stage runs through the same libraries the commands a user would run on COCO call (the
 //! command named beside each stage):
 //! 1. generate the world (`lion world generate`);
-//! 2. train the tiny RAM-architecture tagger on it and tag every image with scores
-//!    (`lion train-tagger`), scoring its precision / recall on the test split;
+//! 2. tag every image with scores with the tiny RAM-architecture tagger, pretrained on a world of
+//!    its own (shipped as `assets/shapes-tagger`, or trained first with `--train-tagger` /
+//!    `--from-scratch`: `lion train-tagger`), scoring its precision / recall and calibration on
+//!    the test split;
 //! 3. choose each training image's centroid-nearest caption with all-MiniLM-L6-v2 and
 //!    triplet-fine-tune the tag encoder on the predicted "tag: score" strings
 //!    (`lion train-tag-encoder`);
@@ -58,11 +60,21 @@ pub struct DemoConfig {
     /// over the centre box are a few points, and with 120 images (580 expressions) the 95%
     /// interval of a paired difference was about +-1.7 points.
     pub test: usize,
-    /// Tagger epochs (about 8 s each for 600 images on 2 cores).
+    /// The pretrained tagger folder (`lion train-tagger`'s output), RAM's stand-in.
+    pub tagger: PathBuf,
+    /// Train the tagger first, on a world of its own seed (SEED + 2000), and use that; written
+    /// to OUT/tagger-pretrained (copy it to assets/shapes-tagger to ship it). Implied by
+    /// `from_scratch`.
+    pub train_tagger: bool,
+    /// Training images of the tagger's world with `train_tagger`.
+    pub tagger_images: usize,
+    /// Tagger epochs with `train_tagger`.
     pub tagger_epochs: usize,
     /// Tag-encoder epochs (one epoch of 480 anchors is about 3 minutes on 2 cores); the most
     /// with --tagenc-patience.
     pub epochs: usize,
+    /// Tag-encoder AdamW learning rate (constant).
+    pub tagenc_lr: f64,
     /// Tag-encoder validation every N optimizer steps (metrics.jsonl lines, curve points).
     pub tagenc_eval_every: usize,
     /// Stop the tag encoder once its validation loss has not improved for N validations in a
@@ -74,8 +86,9 @@ pub struct DemoConfig {
     pub batch_size: usize,
     /// The pretrained backbone folder (lion.json + backbone.safetensors).
     pub backbone: PathBuf,
-    /// Pretrain the backbone first (on a world of its own seed) and use that; written to
-    /// OUT/backbone (copy it to assets/shapes-backbone to ship it).
+    /// Pretrain the backbone and the tagger first (each on a world of its own seed) and use
+    /// them; written to OUT/backbone and OUT/tagger-pretrained (copy them to
+    /// assets/shapes-backbone and assets/shapes-tagger to ship them).
     pub from_scratch: bool,
     /// Backbone pretraining steps (batch 32) with --from-scratch.
     pub pretrain_steps: u64,
@@ -173,8 +186,8 @@ pub fn run(cfg: &DemoConfig, progress: &dyn Progress) -> Result<()> {
         args.progress,
     )?;
 
-    tracing::info!("stage 2/6: training the RAM tagger, tagging every image with scores");
-    let (tags, tagger) = tag_world(&args, &world, &out.join("tagger"))?;
+    tracing::info!("stage 2/6: the RAM tagger tags every image with scores");
+    let (tags, tagger) = tag_world(&args, &world, out)?;
 
     tracing::info!("stage 3/6: centroid captions + triplet fine-tuning of the tag encoder");
     let images = out.join("images.jsonl");
@@ -361,11 +374,15 @@ fn render_report(
         "\nEvery model beats every trivial baseline on every task, outside the 95% interval: **{}**.\n",
         if all_beat { "yes" } else { "no" }
     ));
-    r.push_str(
-        "\n## RAM tagger\n\nTrained from scratch on the training split, thresholds tuned on the \
-         validation split; micro precision / recall / F1 on the test split against the \
-         ground-truth tags:\n\n| tags | precision | recall | F1 |\n|---|---|---|---|\n",
-    );
+    r.push_str(&format!(
+        "\n## RAM tagger\n\nThe RAM-architecture tagger ({}), trained on a world of its own \
+         ({} training images, {} epochs), thresholds tuned on that world's validation split; \
+         micro precision / recall / F1 on this world's test split against the ground-truth \
+         tags:\n\n| tags | precision | recall | F1 |\n|---|---|---|---|\n",
+        tagger["tagger"].as_str().unwrap_or("-"),
+        tagger["train_images"],
+        tagger["epochs"],
+    ));
     let row = |name: &str, v: &Value| {
         let f = |k: &str| v[k].as_f64().map_or("-".into(), |x| format!("{x:.3}"));
         format!(
@@ -381,6 +398,19 @@ fn render_report(
             r.push_str(&row(g, v));
         }
     }
+    let cal = &tagger["calibration"];
+    r.push_str(&format!(
+        "\nCalibration of the scores on the test split (10 equal-width bins): expected \
+         calibration error {} over every (image, tag) pair, {} over the {} kept tags (the scores \
+         the prompt and the tag encoder read).\n\n![reliability](tagger/reliability.png)\n",
+        cal["ece"]
+            .as_f64()
+            .map_or("-".into(), |x| format!("{x:.3}")),
+        cal["kept_ece"]
+            .as_f64()
+            .map_or("-".into(), |x| format!("{x:.3}")),
+        cal["kept"],
+    ));
     r.push_str(&format!(
         "\n## Tag encoder (triplet fine-tuning of all-MiniLM-L6-v2, {n} images)\n\n\
          ![triplet curves]({}/curves.png)\n\n| epoch | step | train loss | val loss | val cos(anchor, positive) | val cos(anchor, negative) |\n|---|---|---|---|---|---|\n",

@@ -33,20 +33,34 @@ pub struct Args {
     /// interval of a paired difference was about +-1.7 points.
     #[arg(long, default_value_t = 300)]
     test: usize,
-    /// Tagger epochs (about 8 s each for 600 images on 2 cores).
-    #[arg(long, default_value_t = 10)]
+    /// The pretrained tagger folder (`lion train-tagger`'s output), RAM's stand-in.
+    #[arg(long, default_value = "assets/shapes-tagger")]
+    tagger: PathBuf,
+    /// Train the tagger first, on a world of its own seed (SEED + 2000), and use that; written
+    /// to OUT/tagger-pretrained (copy it to assets/shapes-tagger to ship it). Implied by
+    /// --from-scratch.
+    #[arg(long)]
+    train_tagger: bool,
+    /// Training images of the tagger's world with --train-tagger.
+    #[arg(long, default_value_t = 6000)]
+    tagger_images: usize,
+    /// Tagger epochs with --train-tagger.
+    #[arg(long, default_value_t = 12)]
     tagger_epochs: usize,
-    /// Tag-encoder epochs (one epoch of 480 anchors is about 3 minutes on 2 cores); the most
-    /// with --tagenc-patience.
-    #[arg(long, default_value_t = 1)]
+    /// Tag-encoder epochs (30 steps of 16 anchors each); the most with --tagenc-patience.
+    #[arg(long, default_value_t = 4)]
     epochs: usize,
+    /// Tag-encoder AdamW learning rate (constant; DynLION's 5e-5 is for COCO's 100k images, the
+    /// demo's 480 anchors need a larger step).
+    #[arg(long, default_value_t = 2e-4)]
+    tagenc_lr: f64,
     /// Tag-encoder validation every N optimizer steps (metrics.jsonl lines, curve points).
     #[arg(long, default_value_t = 5)]
     tagenc_eval_every: usize,
     /// Stop the tag encoder once its validation loss has not improved for N validations in a
-    /// row, keeping the best weights (0: train all --epochs). E.g. `--epochs 20
-    /// --tagenc-patience 4` trains until the validation curves flatten.
-    #[arg(long, default_value_t = 0)]
+    /// row, keeping the best weights (0: train all --epochs). The default stops once the
+    /// validation loss is flat for 20 steps.
+    #[arg(long, default_value_t = 4)]
     tagenc_patience: usize,
     /// LION optimizer steps per prompt kind.
     #[arg(long, default_value_t = 400)]
@@ -56,8 +70,9 @@ pub struct Args {
     /// The pretrained backbone folder (lion.json + backbone.safetensors).
     #[arg(long, default_value = "assets/shapes-backbone")]
     backbone: PathBuf,
-    /// Pretrain the backbone first (on a world of its own seed) and use that; written to
-    /// OUT/backbone (copy it to assets/shapes-backbone to ship it).
+    /// Pretrain the backbone and the tagger first (each on a world of its own seed) and use
+    /// them; written to OUT/backbone and OUT/tagger-pretrained (copy them to
+    /// assets/shapes-backbone and assets/shapes-tagger to ship them).
     #[arg(long)]
     from_scratch: bool,
     /// Backbone pretraining steps (batch 32) with --from-scratch.
@@ -83,8 +98,12 @@ pub fn run(args: Args) -> Result<()> {
         ablations: args.ablations,
         train: args.train,
         test: args.test,
+        tagger: args.tagger,
+        train_tagger: args.train_tagger,
+        tagger_images: args.tagger_images,
         tagger_epochs: args.tagger_epochs,
         epochs: args.epochs,
+        tagenc_lr: args.tagenc_lr,
         tagenc_eval_every: args.tagenc_eval_every,
         tagenc_patience: args.tagenc_patience,
         steps: args.steps,

@@ -40,6 +40,13 @@ pub struct Args {
     /// Do not mirror training images.
     #[arg(long)]
     no_hflip: bool,
+    /// The loss's focusing exponent on negatives (RAM's asymmetric loss: 7; with --clip 0,
+    /// 0 is binary cross-entropy).
+    #[arg(long, default_value_t = TaggerTrainOptions::default().gamma_neg)]
+    gamma_neg: f64,
+    /// The loss's probability margin on negatives (RAM's: 0.05).
+    #[arg(long, default_value_t = TaggerTrainOptions::default().clip)]
+    clip: f64,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -53,6 +60,8 @@ pub fn run(args: Args) -> Result<()> {
         patch_size: args.patch_size,
         embed_dim: args.embed_dim,
         hflip: !args.no_hflip,
+        gamma_neg: args.gamma_neg,
+        clip: args.clip,
         ..Default::default()
     };
     let mut pb: Option<indicatif::ProgressBar> = None;
@@ -115,6 +124,18 @@ pub fn run(args: Args) -> Result<()> {
             p.precision, p.recall, p.f1
         )?;
     }
+    let cal = &report.tagging.calibration;
+    writeln!(
+        out,
+        "calibration on the test split: ECE {:.3} over every (image, tag) pair, {:.3} over the {} \
+         kept tags ({})",
+        cal.ece,
+        cal.kept_ece,
+        cal.kept,
+        lion_train::tagger_trainer::TaggerFiles::new(&args.out)
+            .reliability()
+            .display()
+    )?;
     writeln!(
         out,
         "tagger: {} (lion tag --model {} IMAGES)",

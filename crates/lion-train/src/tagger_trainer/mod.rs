@@ -74,6 +74,13 @@ pub struct TaggerTrainOptions {
     pub embed_dim: usize,
     /// Mirror a seeded half of each batch left-right.
     pub hflip: bool,
+    /// The loss's focusing exponent on negatives (RAM's ASL: 7; 0 with `clip` 0 is binary
+    /// cross-entropy).
+    #[serde(default = "ram_gamma_neg")]
+    pub gamma_neg: f64,
+    /// The loss's probability margin on negatives (RAM's ASL: 0.05).
+    #[serde(default = "ram_clip")]
+    pub clip: f64,
     /// Images per forward pass when tagging.
     pub eval_batch_size: usize,
 }
@@ -91,13 +98,38 @@ impl Default for TaggerTrainOptions {
             patch_size: 4,
             embed_dim: 16,
             hflip: true,
+            gamma_neg: ram_gamma_neg(),
+            clip: ram_clip(),
             eval_batch_size: 64,
         }
     }
 }
 
+fn ram_gamma_neg() -> f64 {
+    AsymmetricLoss::ram().gamma_neg
+}
+
+fn ram_clip() -> f64 {
+    AsymmetricLoss::ram().clip
+}
+
 impl TaggerTrainOptions {
+    /// The training loss: RAM's asymmetric loss with these options' `gamma_neg` and `clip`.
+    pub fn loss(&self) -> AsymmetricLoss {
+        AsymmetricLoss {
+            gamma_neg: self.gamma_neg,
+            clip: self.clip,
+            ..AsymmetricLoss::ram()
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
+        if !(self.gamma_neg.is_finite() && self.gamma_neg >= 0.0) {
+            input_err!("gamma_neg must be >= 0, got {}", self.gamma_neg);
+        }
+        if !(0.0..1.0).contains(&self.clip) {
+            input_err!("clip must be in [0, 1), got {}", self.clip);
+        }
         if self.batch_size == 0 || self.eval_batch_size == 0 {
             input_err!("batch sizes must be at least 1");
         }
@@ -284,22 +316,21 @@ pub fn load_trained_tagger(dir: &Path, dev: &Device) -> Result<Tagger> {
     Tagger::new(model, vocab, dev.clone())
 }
 
-/// Probabilities (n, c) of `images` in batches, as plain vectors; also the mean per-image ASL
-/// loss against `targets` when given.
+/// Probabilities (n, c) of `images` in batches, as plain vectors; also the mean per-image loss
+/// (`asl`) against `targets` when given.
 fn predict(
     model: &Ram,
     images: &[Tensor],
-    targets: Option<&[Vec<usize>]>,
+    targets: Option<(&[Vec<usize>], AsymmetricLoss)>,
     num_tags: usize,
     batch: usize,
 ) -> Result<(Vec<Vec<f32>>, Option<f64>)> {
-    let asl = AsymmetricLoss::ram();
     let mut probs = Vec::with_capacity(images.len());
     let mut loss = 0.0;
     for (k, chunk) in images.chunks(batch).enumerate() {
         let x = Tensor::stack(chunk, 0)?;
         let logits = model.forward(&x, false)?.detach();
-        if let Some(t) = targets {
+        if let Some((t, asl)) = targets {
             let t = &t[k * batch..k * batch + chunk.len()];
             let y = target_tensor(t, num_tags, x.device())?;
             loss += asl.forward(&logits, &y)?.to_scalar::<f32>()? as f64;
@@ -406,7 +437,7 @@ pub fn train_tagger_with(
         epochs: opts.epochs,
     });
 
-    let asl = AsymmetricLoss::ram();
+    let asl = opts.loss();
     let rev: Vec<u32> = (0..opts.img_size as u32).rev().collect();
     let rev = Tensor::from_vec(rev, opts.img_size, &dev)?;
     let mut rng = SplitMix64::new(opts.seed ^ 0x7A66_E500_0000_0001);
@@ -417,7 +448,7 @@ pub fn train_tagger_with(
         let (probs, loss) = predict(
             model,
             &images[1],
-            Some(&val.targets),
+            Some((&val.targets, opts.loss())),
             num_tags,
             opts.eval_batch_size,
         )?;
