@@ -70,8 +70,8 @@ pub struct DemoConfig {
     pub tagger_images: usize,
     /// Tagger epochs with `train_tagger`.
     pub tagger_epochs: usize,
-    /// Tag-encoder epochs (one epoch of 480 anchors is about 3 minutes on 2 cores); the most
-    /// with --tagenc-patience.
+    /// Tag-encoder epochs (30 steps of 16 anchors each, about 2 minutes on 2 cores); the most
+    /// with `tagenc_patience`.
     pub epochs: usize,
     /// Tag-encoder AdamW learning rate (constant).
     pub tagenc_lr: f64,
