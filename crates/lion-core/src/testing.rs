@@ -103,6 +103,15 @@ pub fn minilm_tokenizer() -> String {
     minilm_dir().join("tokenizer.json").display().to_string()
 }
 
+/// Largest absolute value of a tensor (the scale tolerances are taken relative to).
+pub fn max_abs(t: &Tensor) -> crate::Result<f32> {
+    Ok(t.to_dtype(candle_core::DType::F32)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?)
+}
+
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> crate::Result<f32> {
     if a.shape() != b.shape() {

@@ -12,13 +12,7 @@ use lion_core::testing::max_abs_diff;
 use lion_core::weights::{record_keys, write_random_safetensors, Checkpoint, WeightLoader};
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = lion_core::testing::max_abs(b).unwrap();
     max_abs_diff(a, b).unwrap() / scale
 }
 

@@ -557,13 +557,7 @@ fn plain_ops_match_the_fused_kernels_loss_and_every_gradient() {
             assert_eq!(k, k2);
             match (a, b) {
                 (Some(a), Some(b)) => {
-                    let scale = a
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
+                    let scale = lion_core::testing::max_abs(a).unwrap();
                     let d = max_abs_diff(a, b).unwrap();
                     // + 1e-9: attention key biases have an exactly-zero gradient (softmax is
                     // invariant to q.b added to a whole row); both paths give ~1e-10 of rounding
@@ -717,13 +711,7 @@ fn a_bf16_lion_stays_close_to_the_f32_lion_on_both_routes() {
             target_logits(&out.logits.to_dtype(DType::F32).unwrap(), &io["labels"])
         };
         let (want, got) = (logits(&f32_pipe), logits(&bf16_pipe));
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = lion_core::testing::max_abs(&want).unwrap();
         let d = max_abs_diff(&got, &want).unwrap();
         eprintln!("{route:?}: bf16 logits {d:.4} from f32 (max |logit| {scale:.2})");
         assert!(

@@ -352,13 +352,7 @@ fn adapter_init_is_lora_style_and_router_rows_select_one_adapter() {
     let get = |k: &str| data[k].as_tensor().clone();
     let down = get("adapters.0.down_proj.weight");
     let bound = 1.0 / 32f32.sqrt();
-    let m = down
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let m = lion_core::testing::max_abs(&down).unwrap();
     assert!(
         m <= bound && m > 0.5 * bound,
         "down_proj init max {m}, bound {bound}"
@@ -610,13 +604,7 @@ fn bf16_forward_stays_close_to_f32() {
         .unwrap();
     assert_eq!(out.logits.dtype(), DType::BF16);
     let d = max_abs_diff(&out.logits, &io["lion.route1.logits"]).unwrap();
-    let scale = io["lion.route1.logits"]
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = lion_core::testing::max_abs(&io["lion.route1.logits"]).unwrap();
     eprintln!("bf16 logits vs f32 reference: {d:.3} (max |logit| {scale:.2})");
     assert!(d.is_finite() && d < 0.05 * scale, "{d} vs scale {scale}");
 }
