@@ -148,14 +148,16 @@ fn param(
 }
 
 /// A linear weight (`weight`, trunc-normal init): frozen, read in the dtype it will be kept in
-/// ([`crate::linear::get_weight`]); trainable, as [`param`].
+/// or quantized from ([`crate::linear::get_quantizable_weight`]); trainable, as [`param`].
 fn weight_param(
     vb: &VarBuilder,
     shape: impl Into<candle_core::Shape>,
     frozen: bool,
 ) -> Result<Tensor> {
     match frozen {
-        true => Ok(crate::linear::get_weight(vb, shape, "weight", TRUNC_NORMAL)?.detach()),
+        true => {
+            Ok(crate::linear::get_quantizable_weight(vb, shape, "weight", TRUNC_NORMAL)?.detach())
+        }
         false => param(vb, shape, "weight", TRUNC_NORMAL, false),
     }
 }

@@ -212,6 +212,23 @@ pub fn get_weight(
     load_weight(vb.get_with_hints_dtype(shape, name, init, dtype)?)
 }
 
+/// The frozen weight of a quantizable layer, for [`load_linear`]`(w, bias, true)`: as
+/// [`get_weight`], except inside [`with_quantize`], where it is read in `vb`'s dtype whatever the
+/// weight dtype, so that the layer is quantized from the file's own values (as `lion convert
+/// --quantize` does) and not from a bf16 rounding of them; [`load_linear`] rounds it if it stays
+/// dense.
+pub fn get_quantizable_weight(
+    vb: &candle_nn::VarBuilder,
+    shape: impl Into<Shape>,
+    name: &str,
+    init: candle_nn::Init,
+) -> Result<Tensor> {
+    match QUANTIZE.with(|d| d.get()) {
+        Some(_) => vb.get_with_hints_dtype(shape, name, init, vb.dtype()),
+        None => get_weight(vb, shape, name, init),
+    }
+}
+
 /// A linear layer's weight as loaded: converted to bf16 inside `with_weight_dtype(Bf16, ..)`
 /// when it is a frozen f32 tensor (on the CPU or a GPU), else unchanged.
 pub fn load_weight(w: Tensor) -> Result<Tensor> {

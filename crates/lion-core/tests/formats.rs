@@ -5,7 +5,9 @@
 use candle_core::{DType, Device, Module, Tensor, Var};
 use lion_core::adapter::Route;
 use lion_core::cpu::{Quantize, WeightDtype};
-use lion_core::linear::{load_linear, with_quantize, with_weight_dtype, Linear};
+use lion_core::linear::{
+    get_quantizable_weight, load_linear, with_quantize, with_weight_dtype, Linear,
+};
 use lion_core::quant::QWeight;
 use lion_core::t5::{T5ForConditionalGeneration, T5Input};
 use lion_core::testing::max_abs_diff;
@@ -155,6 +157,50 @@ fn quantized_linear_is_close_to_dense_and_passes_input_gradients() -> lion_core:
     );
     let narrow = Tensor::randn(0f32, 0.05, (8, 48), &dev)?;
     assert!(!with_quantize(q, || load_linear(narrow, None, true))?.is_quantized());
+    Ok(())
+}
+
+/// Quantizing at load under `--dtype bf16` starts from the file's f32 values (as `lion convert
+/// --quantize` does), not from their bf16 rounding: the layer equals the one quantized from f32,
+/// and differs from the one quantized from bf16. A layer the format cannot take is rounded to
+/// bf16 and stays dense.
+#[test]
+fn quantizing_under_bf16_starts_from_the_stored_f32_values() -> lion_core::Result<()> {
+    let dev = Device::Cpu;
+    let loader = WeightLoader::random().with_init_seed(5);
+    let vb = loader.var_builder(DType::F32, &dev);
+    let init = candle_nn::Init::Randn {
+        mean: 0.,
+        stdev: 0.05,
+    };
+    let load = |name: &str, k: usize| {
+        with_weight_dtype(WeightDtype::Bf16, || {
+            with_quantize(Some(Quantize::Q8_0), || {
+                let w = get_quantizable_weight(&vb, (64, k), name, init)?;
+                Ok::<_, candle_core::Error>((w.clone(), load_linear(w, None, true)?))
+            })
+        })
+    };
+    let (w, layer) = load("wide", 256)?;
+    assert_eq!(w.dtype(), DType::F32, "read as stored, not rounded first");
+    assert!(layer.is_quantized());
+    let values = w.flatten_all()?.to_vec1::<f32>()?;
+    let from = |v: &[f32]| Linear::quantized(QWeight::quantize(v, 64, 256, Quantize::Q8_0), None);
+    let rounded = w
+        .to_dtype(DType::BF16)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let x = Tensor::randn(0f32, 1., (3, 256), &dev)?;
+    let y = layer.forward(&x)?;
+    assert_eq!(max_abs_diff(&y, &from(&values).forward(&x)?)?, 0.0);
+    assert!(
+        max_abs_diff(&y, &from(&rounded).forward(&x)?)? > 0.0,
+        "quantizing the bf16 rounding gives other blocks"
+    );
+    let (_, narrow) = load("narrow", 48)?;
+    assert!(!narrow.is_quantized());
+    assert_eq!(narrow.weight().map(|w| w.dtype()), Some(DType::BF16));
     Ok(())
 }
 

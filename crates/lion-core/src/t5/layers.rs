@@ -42,7 +42,7 @@ pub(super) fn linear_no_bias(
     if let Some(q) = crate::linear::stored_quantized(&vb, out_dim, in_dim, "weight")? {
         return Ok(Linear::quantized(q, None));
     }
-    let w = crate::linear::get_weight(
+    let w = crate::linear::get_quantizable_weight(
         &vb,
         (out_dim, in_dim),
         "weight",
