@@ -113,6 +113,24 @@ def decode_step_flops(c, n, past, s):
     return per * layers + 2 * n * d * c["vocab_size"]
 
 
+def decode_step_weight_bytes(c, block, dense):
+    """Weight bytes one decoder step reads, as the Rust side's `decode_step_weight_bytes`."""
+    d, f, inner = c["d_model"], c["d_ff"], c["num_heads"] * c["d_kv"]
+    a = c.get("adapter") or {}
+    r = a.get("bottleneck", 0) * a.get("num_adapters", 0)
+    layers = c.get("num_decoder_layers") or c["num_layers"]
+    return ((6 * d * inner + 3 * d * f) * block + 2 * d * r * 4) * layers + d * c["vocab_size"] * dense
+
+
+def with_bytes(st, nbytes, stream):
+    rate = nbytes / st["median_s"] / 1e9
+    st["gbytes"] = nbytes / 1e9
+    st["gbps"] = rate
+    if stream:
+        st["frac_of_stream"] = rate / stream
+    return st
+
+
 # transformers >= 5.2x renamed `past_key_values` to `cache` (argument and output)
 CACHE_KW = "cache"
 
@@ -364,6 +382,15 @@ def run(dir_, threads, dtype_name=None):
             st = with_flops(stage("gemm", time_runs(max(reps, 5), lambda: a @ b)), 2.0 * n ** 3, None)
             gemm = st["gflops"]
             stages.append(st)
+        stream = None
+        if wants("stream") and dev().type == "cpu":
+            reset_peak()
+            n = setup.get("stream_mib", 1024) * (1 << 20) // 4
+            buf = (torch.arange(n) % 7).to(torch.float32)
+            st = with_bytes(stage("stream", time_runs(max(reps, 5), lambda: buf.sum())), n * 4.0, None)
+            stream = st["gbps"]
+            del buf
+            stages.append(st)
         if wants("t5_encoder"):
             reset_peak()
             runs = time_runs(reps, lambda: imodel.encoder(inputs_embeds=x1))
@@ -389,7 +416,9 @@ def run(dir_, threads, dtype_name=None):
                 if rep > 0:
                     per.append((time.perf_counter() - t0) / max(steps - 1, 1))
             flop = sum(decode_step_flops(c, setup["beams"], p, s) for p in range(1, steps)) / max(steps - 1, 1)
-            stages.append(with_flops(stage("decode_token", per), flop, gemm))
+            width = 2 if dt == torch.bfloat16 else 4
+            stages.append(with_bytes(with_flops(stage("decode_token", per), flop, gemm),
+                                     decode_step_weight_bytes(c, width, width), stream))
         if wants("caption_beam5"):
             reset_peak()
 
@@ -641,6 +670,12 @@ def compare(out_dir):
             lp = statistics.median([x["parts_s"][part] for x in o[name]])
             tp = statistics.median([x["parts_s"][part] for x in t[name]])
             print(f"  {part:<14} {lp * 1e3:>10.1f} {tp * 1e3:>10.1f} {tp / lp:>7.2f}x")
+    if "decode_token" in o and "decode_token" in t:
+        for side, xs in (("lion", o["decode_token"]), ("torch", t["decode_token"])):
+            if med(xs, "gbps") is not None:
+                of = med(xs, "frac_of_stream")
+                print(f"decode_token, {side}: reads {med(xs, 'gbytes'):.3f} GB of weights a step at "
+                      f"{med(xs, 'gbps'):.1f} GB/s" + ("" if of is None else f" = {100 * of:.0f}% of its stream stage"))
     checks = check_outputs(ours[0], theirs[0])
     with open(os.path.join(out_dir, "compare.json"), "w") as f:
         json.dump({"setup": setup, "rounds": len(ours), "load_range": [min(loads), max(loads)], "rows": rows,

@@ -43,6 +43,24 @@ pub fn decode_step_flops(cfg: &T5Config, n: usize, past: usize, s: usize) -> f64
     per_layer * cfg.num_decoder_layers() as f64 + 2.0 * n * d * cfg.vocab_size as f64
 }
 
+/// Weight bytes one decoder step reads (any number of rows): every decoder layer's self-attention,
+/// cross-attention query and output (the cross K/V are made once per caption), FFN and adapters,
+/// and the LM head (the tied embedding when there is none). `block` is the bytes per weight of
+/// the layers' linear weights (bf16 2, f32 4, or the quantized format's), `dense` that of the
+/// LM head and the adapters' (never quantized).
+pub fn decode_step_weight_bytes(cfg: &T5Config, block: f64, dense: f64) -> f64 {
+    let (d, f, inner) = (
+        cfg.d_model as f64,
+        cfg.d_ff as f64,
+        (cfg.num_heads * cfg.d_kv) as f64,
+    );
+    let r = cfg
+        .adapter
+        .map_or(0.0, |a| (a.bottleneck * a.num_adapters) as f64);
+    let per_layer = (6.0 * d * inner + 3.0 * d * f) * block + 2.0 * d * r * 4.0;
+    per_layer * cfg.num_decoder_layers() as f64 + d * cfg.vocab_size as f64 * dense
+}
+
 /// Matmul FLOPs of the EVA ViT over `b` images, running `blocks` blocks (patch embedding
 /// included).
 pub fn vit_flops(cfg: &EvaVitConfig, blocks: usize, b: usize) -> f64 {

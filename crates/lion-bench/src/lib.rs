@@ -11,6 +11,7 @@
 //! | stage | what |
 //! |---|---|
 //! | `gemm` | one (n x n) @ (n x n) f32 matmul: the machine's GEMM rate |
+//! | `stream` | summing `stream_mib` MiB of f32 in parallel: the machine's memory read rate (CPU) |
 //! | `t5_encoder` | T5 encoder, batch 1, `visual_tokens + text_tokens` input embeddings |
 //! | `decode_token` | one KV-cached decoder step for `beams` rows (mean over steps 2..=`new_tokens`) |
 //! | `caption_beam5` | encoder + beam search of exactly `new_tokens` tokens, batch 1 (EOS banned) |
@@ -34,7 +35,9 @@
 //! the generated tokens go into the report's `check` so `bench_torch.py --check` can compare.
 //!
 //! GEMM-heavy stages report their matmul GFLOP count, the achieved GFLOP/s and its fraction of
-//! the `gemm` rate. Peak memory per stage is the resident-set high-water mark (Linux
+//! the `gemm` rate. `decode_token` also reports the weight bytes one step reads, their rate and
+//! its fraction of the `stream` rate (decoding a few rows is bound by reading the weights).
+//! Peak memory per stage is the resident-set high-water mark (Linux
 //! `/proc/self/status` `VmHWM`, reset before each stage through `/proc/self/clear_refs`).
 //!
 //! Modules: [`setup`] (presets, sizes), [`prepare`] (weights and inputs), [`stages`] (the timed
@@ -76,6 +79,19 @@ mod tests {
             q > 0.0 && a > q,
             "aggregator (257 tokens) {a} vs Q-Former (32 queries) {q}"
         );
+    }
+
+    /// One LION-4B decoding step reads flan-t5-xl's decoder (24 layers: self-attention, the
+    /// cross-attention's query and output, the gated FFN; ~1.36 G weights) and the 32128-row LM
+    /// head: ~2.9 GB in bf16, about twice that in f32.
+    #[test]
+    fn decode_step_reads_the_decoder_and_the_lm_head() {
+        let xl = t5_preset("lion-4b").unwrap();
+        let bf16 = decode_step_weight_bytes(&xl, 2.0, 2.0) / 1e9;
+        assert!((2.7..3.1).contains(&bf16), "{bf16} GB");
+        let f32 = decode_step_weight_bytes(&xl, 4.0, 4.0) / 1e9;
+        // (the adapters are f32 in both: a little under twice)
+        assert!((1.95..2.0).contains(&(f32 / bf16)), "{f32} vs {bf16}");
     }
 
     #[test]
@@ -154,13 +170,22 @@ mod tests {
         let names: Vec<&str> = report.stages.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, setup.stages);
         for s in &report.stages {
-            let want = if s.name == "gemm" { 5 } else { 1 };
+            let want = if ["gemm", "stream"].contains(&s.name.as_str()) {
+                5
+            } else {
+                1
+            };
             assert!(s.median_s > 0.0 && s.runs_s.len() == want, "{}", s.name);
         }
         let get = |n: &str| report.stages.iter().find(|s| s.name == n).unwrap();
         let lion = setup.lion.as_ref().unwrap();
         let vit = get("vit");
         assert!(vit.frac_of_gemm.is_some());
+        let stream = get("stream");
+        assert_eq!(stream.gbytes, Some(16.0 * (1 << 20) as f64 / 1e9));
+        let decode = get("decode_token");
+        assert!(decode.gbps.unwrap() > 0.0 && decode.frac_of_stream.is_some());
+        assert!(table(&report).contains("% of stream"));
         // one sample per ViT block LION uses: the last and the aggregator's sources
         assert_eq!(vit.check.len(), lion.vit_layers().len());
         for (k, v) in vit.check.iter().chain(&get("aggregator").check) {

@@ -75,11 +75,50 @@ pub(crate) fn stage(name: &str, runs: Vec<f64>) -> StageResult {
         gflop: None,
         gflops: None,
         frac_of_gemm: None,
+        gbytes: None,
+        gbps: None,
+        frac_of_stream: None,
         items_per_s: None,
         peak_rss_mib: peak_rss_mib(),
         parts_s: HashMap::new(),
         check: BTreeMap::new(),
     }
+}
+
+/// The stage read `bytes` per run: its rate and, given the `stream` stage's, the fraction of it.
+pub(crate) fn with_bytes(mut st: StageResult, bytes: f64, stream: Option<f64>) -> StageResult {
+    let rate = bytes / st.median_s / 1e9;
+    st.gbytes = Some(bytes / 1e9);
+    st.gbps = Some(rate);
+    st.frac_of_stream = stream.map(|g| rate / g);
+    st
+}
+
+/// The machine's rate of reading memory: `mib` MiB of f32 summed in parallel (rayon's threads,
+/// as the kernels use), once to warm up (page the buffer in), then `repeats` times. Far more
+/// than the last-level cache, so each run reads memory.
+pub(crate) fn stream_runs(mib: usize, repeats: usize) -> Result<(Vec<f64>, f64)> {
+    use rayon::prelude::*;
+    let n = mib * (1 << 20) / 4;
+    let data: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let runs = time_runs(&Device::Cpu, repeats, || {
+        let s: f32 = data
+            .par_chunks(1 << 16)
+            .map(|c| {
+                // 16 independent sums, so the loop vectorises and is not latency-bound
+                let mut acc = [0f32; 16];
+                for ch in c.chunks_exact(16) {
+                    for (a, x) in acc.iter_mut().zip(ch) {
+                        *a += x;
+                    }
+                }
+                acc.iter().sum::<f32>()
+            })
+            .sum();
+        std::hint::black_box(s);
+        Ok(())
+    })?;
+    Ok((runs, (n * 4) as f64))
 }
 
 pub(crate) fn with_flops(mut st: StageResult, flop: f64, gemm: Option<f64>) -> StageResult {

@@ -23,6 +23,16 @@ pub struct StageResult {
     /// `gflops` / the `gemm` stage's rate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frac_of_gemm: Option<f64>,
+    /// Bytes read from memory by one run, GB (the `stream` stage; the weights of one decoding
+    /// step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gbytes: Option<f64>,
+    /// `gbytes` / the median time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gbps: Option<f64>,
+    /// `gbps` / the `stream` stage's rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frac_of_stream: Option<f64>,
     /// Items per second (throughput stages).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub items_per_s: Option<f64>,
@@ -115,6 +125,12 @@ pub fn table(r: &BenchReport) -> String {
         let mut notes = vec![];
         if let Some(i) = s.items_per_s {
             notes.push(format!("{i:.3} items/s"));
+        }
+        if let (Some(b), Some(r)) = (s.gbytes, s.gbps) {
+            let of = s
+                .frac_of_stream
+                .map_or(String::new(), |f| format!(" = {:.0}% of stream", f * 100.0));
+            notes.push(format!("reads {b:.3} GB at {r:.1} GB/s{of}"));
         }
         let mut parts: Vec<_> = s.parts_s.iter().collect();
         parts.sort_by(|a, b| a.0.cmp(b.0));

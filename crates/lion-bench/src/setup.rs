@@ -31,9 +31,14 @@ pub fn t5_preset(name: &str) -> Result<T5Config> {
     Ok(lion_core::presets::preset(name, None)?.t5)
 }
 
+fn default_stream_mib() -> usize {
+    1024
+}
+
 /// Stage names, in run order.
 pub const STAGES: &[&str] = &[
     "gemm",
+    "stream",
     "t5_encoder",
     "decode_token",
     "caption_beam5",
@@ -97,6 +102,9 @@ pub struct BenchSetup {
     pub repeats: usize,
     /// Side of the square GEMM of the `gemm` stage.
     pub gemm_n: usize,
+    /// MiB the `stream` stage reads (far more than the last-level cache).
+    #[serde(default = "default_stream_mib")]
+    pub stream_mib: usize,
     /// A sentence-transformers folder for the tag-encoder stage; skipped when absent.
     pub tagenc_dir: Option<PathBuf>,
     pub tagenc_batch: usize,
@@ -131,6 +139,7 @@ impl BenchSetup {
         let stages = match real {
             true => [
                 "gemm",
+                "stream",
                 "t5_encoder",
                 "decode_token",
                 "caption_beam5",
@@ -163,6 +172,7 @@ impl BenchSetup {
             train_target: if tiny { 4 } else { 20 },
             repeats: 3,
             gemm_n: if tiny { 128 } else { 2048 },
+            stream_mib: if tiny { 16 } else { default_stream_mib() },
             tagenc_dir: None,
             tagenc_batch: 32,
             stages,

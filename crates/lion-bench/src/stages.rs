@@ -118,6 +118,16 @@ pub fn run_on(dir: &Path, dev: &Device) -> Result<BenchReport> {
     }
     tracing::info!("gemm done");
 
+    let mut stream_rate = None;
+    if setup.wants("stream") && dev.is_cpu() {
+        reset_peak_rss();
+        let (runs, bytes) = stream_runs(setup.stream_mib, reps.max(5))?;
+        let st = with_bytes(stage("stream", runs), bytes, None);
+        stream_rate = st.gbps;
+        stages.push(st);
+        tracing::info!("stream done");
+    }
+
     let x1 = embeds.narrow(0, 0, 1)?;
     if setup.wants("t5_encoder") {
         reset_peak_rss();
@@ -160,10 +170,15 @@ pub fn run_on(dir: &Path, dev: &Device) -> Result<BenchReport> {
             .map(|p| decode_step_flops(cfg, rows, p, s))
             .sum::<f64>()
             / (steps - 1).max(1) as f64;
-        stages.push(with_flops(
-            stage("decode_token", per_token),
-            flop,
-            gemm_rate,
+        let dense = match setup.dtype {
+            WeightDtype::Bf16 => 2.0,
+            WeightDtype::F32 => 4.0,
+        };
+        let block = setup.quantize.map_or(dense, |q| q.bytes_per_weight());
+        stages.push(with_bytes(
+            with_flops(stage("decode_token", per_token), flop, gemm_rate),
+            decode_step_weight_bytes(cfg, block, dense),
+            stream_rate,
         ));
         tracing::info!("decode_token done");
     }
