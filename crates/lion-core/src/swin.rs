@@ -37,6 +37,14 @@ fn default_eps() -> f64 {
     1e-5
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 /// Swin Transformer sizes (upstream `configs/swin/config_swin*_*.json` plus the constructor's
 /// constants).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +64,11 @@ pub struct SwinConfig {
     pub mlp_ratio: f64,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// LayerNorm after the patch embedding (`patch_embed.norm`), Swin's `patch_norm`: on in RAM
+    /// (the default). Off, the key is not read and the patch tokens go to the first stage as
+    /// projected; the ShapesWorld tagger learns background textures only so (its README).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub patch_norm: bool,
 }
 
 impl SwinConfig {
@@ -71,6 +84,7 @@ impl SwinConfig {
             window_size: 12,
             mlp_ratio: 4.0,
             layer_norm_eps: 1e-5,
+            patch_norm: true,
         }
     }
 
@@ -96,6 +110,7 @@ impl SwinConfig {
             window_size: 4,
             mlp_ratio: 4.0,
             layer_norm_eps: 1e-5,
+            patch_norm: true,
         }
     }
 
@@ -446,12 +461,12 @@ struct BasicLayer {
 }
 
 /// `PatchEmbed`: non-overlapping `p x p` patches, a linear projection (`proj`, stored as a
-/// Conv2d weight `(C, in, p, p)`) and `norm`.
+/// Conv2d weight `(C, in, p, p)`) and `norm` (when `patch_norm`).
 #[derive(Debug, Clone)]
 struct PatchEmbed {
     weight: Tensor,
     bias: Tensor,
-    norm: LayerNorm,
+    norm: Option<LayerNorm>,
     patch: usize,
 }
 
@@ -472,7 +487,10 @@ impl PatchEmbed {
         Ok(Self {
             weight,
             bias,
-            norm: LayerNorm::new(c, cfg.layer_norm_eps, vb.pp("norm"))?,
+            norm: match cfg.patch_norm {
+                true => Some(LayerNorm::new(c, cfg.layer_norm_eps, vb.pp("norm"))?),
+                false => None,
+            },
             patch: p,
         })
     }
@@ -494,7 +512,10 @@ impl PatchEmbed {
             .matmul(&w.t()?)?
             .broadcast_add(&self.bias)?
             .reshape((b, hp * wp, c))?;
-        self.norm.forward(&out)
+        match &self.norm {
+            Some(norm) => norm.forward(&out),
+            None => Ok(out),
+        }
     }
 }
 

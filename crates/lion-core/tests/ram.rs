@@ -392,3 +392,54 @@ fn bad_configs_and_inputs_are_errors() {
     assert_eq!(l.swin.num_tokens(), 145);
     assert_eq!(l.swin.num_features(), 1536);
 }
+
+/// `patch_norm` (Swin's own option; on in RAM): on by default and left out of a serialised config
+/// (RAM's configs read as before); off, `patch_embed.norm` is not read and the features of the
+/// same weights change.
+#[test]
+fn the_patch_norm_is_an_option_and_off_reads_no_norm_keys() {
+    let dev = Device::Cpu;
+    let on = RamConfig::tiny();
+    assert!(on.swin.patch_norm);
+    let json = serde_json::to_value(&on.swin).unwrap();
+    assert!(json.get("patch_norm").is_none(), "{json}");
+    let mut off = on.clone();
+    off.swin.patch_norm = false;
+    let back: lion_core::swin::SwinConfig =
+        serde_json::from_value(serde_json::to_value(&off.swin).unwrap()).unwrap();
+    assert!(!back.patch_norm);
+    let keys = |c: &RamConfig| -> Vec<String> {
+        lion_core::weights::record_keys(|vb| {
+            Ram::new(c, vb)
+                .map(|_| ())
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        })
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect()
+    };
+    let (k_on, k_off) = (keys(&on), keys(&off));
+    let norm: Vec<&String> = k_on
+        .iter()
+        .filter(|k| k.contains("patch_embed.norm"))
+        .collect();
+    assert_eq!(norm.len(), 2, "{norm:?}");
+    assert!(!k_off.iter().any(|k| k.contains("patch_embed.norm")));
+    assert_eq!(k_on.len(), k_off.len() + 2);
+    let build = |c: &RamConfig| {
+        Ram::new(
+            c,
+            WeightLoader::random()
+                .with_init_seed(4)
+                .var_builder(DType::F32, &dev),
+        )
+        .unwrap()
+    };
+    let s = on.swin.img_size;
+    let x = Tensor::randn(0f32, 1., (1, 3, s, s), &dev).unwrap();
+    let a = build(&on).image_features(&x).unwrap();
+    let b = build(&off).image_features(&x).unwrap();
+    assert_eq!(a.dims(), b.dims());
+    assert!(max_abs_diff(&a, &b).unwrap() > 1e-3);
+}

@@ -539,3 +539,33 @@ fn the_shipped_tagger_tags_an_unseen_world() {
     }
     assert!(r.calibration.ece < 0.1, "{}", r.calibration.ece);
 }
+
+/// `patch_norm: false` (`lion train-tagger --no-patch-norm`): the folder's config records it,
+/// its weights have no `patch_embed.norm`, and it loads back and tags its test split as the
+/// training run did.
+#[test]
+fn a_tagger_without_the_patch_norm_trains_saves_and_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = tiny_world(dir.path());
+    let out = dir.path().join("tagger");
+    let opts = TaggerTrainOptions {
+        epochs: 1,
+        patch_norm: false,
+        ..tiny_opts()
+    };
+    train_tagger(&world, &out, &opts).unwrap();
+    let files = lion_train::tagger_trainer::TaggerFiles::new(&out);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(files.config()).unwrap()).unwrap();
+    assert_eq!(cfg["swin"]["patch_norm"], serde_json::Value::Bool(false));
+    let st = lion_core::weights::Checkpoint::open(files.weights()).unwrap();
+    assert!(st
+        .keys()
+        .any(|k| k.starts_with("visual_encoder.patch_embed.proj")));
+    assert!(!st.keys().any(|k| k.contains("patch_embed.norm")));
+    load_trained_tagger(&out, &Device::Cpu).unwrap();
+    let again = tag_world_with(&out, &world, &dir.path().join("again"), |_| {}).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(files.eval()).unwrap()).unwrap();
+    assert_eq!(Some(again.test.f1), r["test"]["f1"].as_f64());
+}

@@ -47,6 +47,10 @@ pub struct Args {
     /// The loss's probability margin on negatives (RAM's: 0.05).
     #[arg(long, default_value_t = TaggerTrainOptions::default().clip)]
     clip: f64,
+    /// No LayerNorm after the Swin's patch embedding (RAM has one; without it the ShapesWorld
+    /// tagger learns background textures; the config records it, `lion tag` follows it).
+    #[arg(long)]
+    no_patch_norm: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -62,6 +66,7 @@ pub fn run(args: Args) -> Result<()> {
         hflip: !args.no_hflip,
         gamma_neg: args.gamma_neg,
         clip: args.clip,
+        patch_norm: !args.no_patch_norm,
         ..Default::default()
     };
     let mut pb: Option<indicatif::ProgressBar> = None;

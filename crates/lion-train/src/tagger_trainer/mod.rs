@@ -83,6 +83,17 @@ pub struct TaggerTrainOptions {
     pub clip: f64,
     /// Images per forward pass when tagging.
     pub eval_batch_size: usize,
+    /// The Swin's LayerNorm after the patch embedding (`SwinConfig::patch_norm`; RAM: on).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub patch_norm: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Default for TaggerTrainOptions {
@@ -101,6 +112,7 @@ impl Default for TaggerTrainOptions {
             gamma_neg: ram_gamma_neg(),
             clip: ram_clip(),
             eval_batch_size: 64,
+            patch_norm: true,
         }
     }
 }
@@ -186,6 +198,7 @@ pub fn world_tagger_config(
             window_size: img_size / 16,
             mlp_ratio: 4.0,
             layer_norm_eps: 1e-5,
+            patch_norm: true,
         },
         num_tags,
         head: TaggingHeadConfig {
@@ -380,7 +393,8 @@ pub fn train_tagger_with(
         );
     }
     let num_tags = tags.len();
-    let cfg = world_tagger_config(num_tags, opts.img_size, opts.patch_size, opts.embed_dim);
+    let mut cfg = world_tagger_config(num_tags, opts.img_size, opts.patch_size, opts.embed_dim);
+    cfg.swin.patch_norm = opts.patch_norm;
     cfg.validate()
         .map_err(|m| Error::config("world tagger", m))?;
     let files = TaggerFiles::new(out);
