@@ -96,6 +96,10 @@ mod tests {
 
     #[test]
     fn unknown_stage_is_named() {
+        let mut z = BenchSetup::new("tiny").unwrap();
+        z.stream_mib = 0;
+        let e = z.validate().unwrap_err().to_string();
+        assert!(e.contains("stream_mib"), "{e}");
         let mut s = BenchSetup::new("tiny").unwrap();
         s.stages = vec!["vit".into(), "vitt".into()];
         let e = s.validate().unwrap_err().to_string();

@@ -216,6 +216,9 @@ impl BenchSetup {
         if self.repeats == 0 || self.train_batch == 0 || self.train_target == 0 {
             input_err!("repeats, train batch and train target must be positive")
         }
+        if self.wants("stream") && self.stream_mib == 0 {
+            input_err!("setup.json: stream_mib must be positive (the MiB the stream stage reads)")
+        }
         if self.real_size() {
             let big = ["caption_batch", "train_step", "caption_e2e_batch", "tagger"];
             if let Some(s) = self.stages.iter().find(|s| big.contains(&s.as_str())) {
