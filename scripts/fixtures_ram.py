@@ -30,6 +30,9 @@ Writes tests/fixtures/ram/:
   config.json       the tiny sizes (read by the Rust test).
   io.safetensors    `image` (2, 3, 64, 64) input, `image_embeds` (visual_encoder output, before
                     image_proj), `logits` (2, num_tags) and `probs` = sigmoid(logits).
+  step.safetensors  two training steps on that image (`write_step_fixture`): targets, losses and
+                    every parameter's gradient. `--step-only` writes just this file, from the
+                    committed model.pth and io.safetensors (the other files stay as they are).
 Tiny Swin at 64 px, patch 4, window 4: resolutions 16, 8, 4, 2, so stages 0 and 1 use shifted
 windows with attention masks, stage 2 has resolution == window (no shift), stage 3 resolution 2 <
 window (window shrinks to 2, bias table 3x3).
@@ -109,7 +112,56 @@ class StubTokenizer:
         return types.SimpleNamespace(input_ids=[0] * (len(text.split()) + 2))
 
 
+def ram_logits(model, image):
+    """generate_tag's path up to the logits it thresholds (what `Ram::forward` computes)."""
+    label_embed = torch.nn.functional.relu(model.wordvec_proj(model.label_embed))
+    emb = model.image_proj(model.visual_encoder(image))
+    atts = torch.ones(emb.size()[:-1], dtype=torch.long)
+    tagging = model.tagging_head(
+        encoder_embeds=label_embed.unsqueeze(0).repeat(image.shape[0], 1, 1),
+        encoder_hidden_states=emb,
+        encoder_attention_mask=atts,
+        return_dict=False,
+        mode="tagging",
+    )
+    return model.fc(tagging[0]).squeeze(-1)
+
+
+def file_key(k):
+    return k.replace("tagging_head.", "vision_multi.", 1) if k.startswith("tagging_head.") else k
+
+
+def write_step_fixture(ram_mod, model, image):
+    """Two training steps of the tagger as `lion train-tagger` takes them, on the upstream model:
+    eval-mode forward (no dropout / drop-path), upstream's AsymmetricLoss summed over tags and
+    images, backward, torch AdamW. Step 1 uses RAM's own loss (`model.tagging_loss_function`:
+    gamma_neg 7, clip 0.05), step 2 binary cross-entropy (the same class with gamma_neg 0,
+    clip 0: the demo tagger's recipe). Writes step.safetensors: `targets`, `loss{1,2}`, and
+    `grad{1,2}.KEY` for every parameter that gets a gradient (file key names)."""
+    g = torch.Generator().manual_seed(2)
+    targets = (torch.rand(image.shape[0], NUM_TAGS, generator=g) < 0.3).float()
+    losses = [model.tagging_loss_function, ram_mod.AsymmetricLoss(gamma_neg=0, gamma_pos=0, clip=0)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+    out = {"targets": targets.contiguous()}
+    for step, loss_fn in enumerate(losses, start=1):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(ram_logits(model, image), targets)
+        loss.backward()
+        out[f"loss{step}"] = loss.detach().reshape(1).contiguous()
+        # every name of a tied parameter (the head shares tensors with the Tag2Text parts), but
+        # not those Tag2Text names themselves (not part of the tagger)
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if p.grad is not None and not name.startswith(("tag_encoder.", "text_decoder.")):
+                out[f"grad{step}.{file_key(name)}"] = p.grad.detach().contiguous().clone()
+        opt.step()
+    save_file(out, os.path.join(OUT, "step.safetensors"))
+    n = sum(1 for k in out if k.startswith("grad1."))
+    print("step fixture: losses", [float(out[f"loss{i}"]) for i in (1, 2)], "parameters with gradients", n)
+
+
 def main():
+    step_only = "--step-only" in sys.argv[1:]
     ram_mod, bert_mod = import_upstream()
     os.makedirs(OUT, exist_ok=True)
     tmpdir = tempfile.mkdtemp()
@@ -175,26 +227,24 @@ def main():
 
     g = torch.Generator().manual_seed(1)
     image = torch.randn(2, 3, SWIN["image_res"], SWIN["image_res"], generator=g)
+    if step_only:
+        # the committed weights and image, so the step fixture belongs to the other fixtures
+        sd = torch.load(os.path.join(OUT, "model.pth"), map_location="cpu")["model"]
+        sd = {(k.replace("vision_multi.", "tagging_head.", 1) if k.startswith("vision_multi.") else k): v
+              for k, v in sd.items()}
+        model.load_state_dict(sd, strict=True)
+        from safetensors.torch import load_file
+        image = load_file(os.path.join(OUT, "io.safetensors"))["image"]
+        write_step_fixture(ram_mod, model, image)
+        return
     with torch.no_grad():
         image_embeds = model.visual_encoder(image)
-        # generate_tag's path, stopping at the logits it thresholds
-        label_embed = torch.nn.functional.relu(model.wordvec_proj(model.label_embed))
-        emb = model.image_proj(image_embeds)
-        atts = torch.ones(emb.size()[:-1], dtype=torch.long)
-        tagging = model.tagging_head(
-            encoder_embeds=label_embed.unsqueeze(0).repeat(2, 1, 1),
-            encoder_hidden_states=emb,
-            encoder_attention_mask=atts,
-            return_dict=False,
-            mode="tagging",
-        )
-        logits = model.fc(tagging[0]).squeeze(-1)
+        logits = ram_logits(model, image)
         upstream_tags, _ = model.generate_tag(image)
 
     sd = {}
     for k, v in model.state_dict().items():
-        k = k.replace("tagging_head.", "vision_multi.", 1) if k.startswith("tagging_head.") else k
-        sd[k] = v.contiguous().clone()
+        sd[file_key(k)] = v.contiguous().clone()
     torch.save({"model": sd, "epoch": 0}, os.path.join(OUT, "model.pth"))
     cfg = {
         "swin": {
@@ -217,6 +267,7 @@ def main():
         },
         os.path.join(OUT, "io.safetensors"),
     )
+    write_step_fixture(ram_mod, model, image)
     print("keys:", len(sd), "logits", tuple(logits.shape), "embeds", tuple(image_embeds.shape))
     print("upstream generate_tag:", upstream_tags)
     print("written to", OUT)

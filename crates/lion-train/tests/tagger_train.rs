@@ -1,4 +1,5 @@
 //! Training the world tagger: RAM's asymmetric loss against PyTorch (`scripts/fixtures_asl.py`),
+//! two training steps (loss and every gradient) against the upstream RAM (`scripts/fixtures_ram.py`),
 //! gradients reaching every variable, a short training run on a tiny world whose folder loads as
 //! a tagger, determinism, and clear errors for broken worlds.
 
@@ -28,6 +29,106 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap();
     d / m.max(1.0)
+}
+
+/// Two training steps of the tagger as `train_tagger` takes them (forward with `train = false`,
+/// the loss summed over tags and images, backward, AdamW) on the upstream RAM's tiny fixture
+/// model (`scripts/fixtures_ram.py`, `step.safetensors`): step 1 with RAM's loss, step 2 with
+/// binary cross-entropy (the demo tagger's), after one AdamW update. Every variable's gradient
+/// is compared, so a wrong backward anywhere in the Swin (shifted windows, relative-position
+/// tables, patch merging), the projections or the cross-attention head fails here. Tolerance:
+/// 1e-4 of the largest reference gradient (at least 1) per tensor; the fixture's `fc` is scaled
+/// up 20x, so its loss and gradients are large (hundreds) and absolute f32 rounding grows with
+/// them.
+#[test]
+fn two_tagger_training_steps_match_upstream_ram() {
+    use candle_core::DType;
+    use candle_nn::ParamsAdamW;
+    use lion_core::tagger::{RamConfig, RAM_IGNORED_KEYS};
+    use lion_core::weights::{Checkpoint, WeightLoader};
+    let dev = Device::Cpu;
+    let cfg = RamConfig::from_name_or_file(fixture("ram/config.json").to_str().unwrap()).unwrap();
+    let varmap = VarMap::new();
+    let loader = WeightLoader::new(vec![Checkpoint::open(fixture("ram/model.pth")).unwrap()])
+        .ignore_unexpected(RAM_IGNORED_KEYS)
+        .with_trainable(varmap.clone(), |_| true);
+    let model = Ram::new(&cfg, loader.var_builder(DType::F32, &dev)).unwrap();
+    let io = candle_core::safetensors::load(fixture("ram/io.safetensors"), &dev).unwrap();
+    let r = candle_core::safetensors::load(fixture("ram/step.safetensors"), &dev).unwrap();
+    let vars: Vec<(String, candle_core::Var)> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // the file's name of a variable (the head is stored as `vision_multi`, as upstream)
+    let file_key = |k: &str| match k.strip_prefix("tagging_head.") {
+        Some(rest) => format!("vision_multi.{rest}"),
+        None => k.to_string(),
+    };
+    let mut opt = lion_train::optim::AdamW::new(
+        vars.iter().map(|(_, v)| v.clone()).collect(),
+        ParamsAdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+        },
+    )
+    .unwrap();
+    let bce = AsymmetricLoss {
+        gamma_neg: 0.0,
+        clip: 0.0,
+        ..AsymmetricLoss::ram()
+    };
+    for (step, loss_fn) in [(1, AsymmetricLoss::ram()), (2, bce)] {
+        let logits = model.forward(&io["image"], false).unwrap();
+        let loss = loss_fn.forward(&logits, &r["targets"]).unwrap();
+        let want = r[&format!("loss{step}")].to_vec1::<f32>().unwrap()[0];
+        let got = loss.to_scalar::<f32>().unwrap();
+        eprintln!("step {step}: loss {got} (upstream {want})");
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "step {step}: loss {got} vs upstream {want}"
+        );
+        let grads = loss.backward().unwrap();
+        let mut worst = (0f32, String::new());
+        for (name, var) in &vars {
+            let key = format!("grad{step}.{}", file_key(name));
+            let want = r
+                .get(&key)
+                .unwrap_or_else(|| panic!("{key}: no upstream gradient for variable {name}"));
+            let got = grads
+                .get(var)
+                .unwrap_or_else(|| panic!("step {step}: {name} got no gradient"));
+            let e = rel_err(got, want);
+            assert!(
+                e <= 1e-4,
+                "step {step}: gradient of {name} differs by {e:.2e}"
+            );
+            if e >= worst.0 {
+                worst = (e, name.clone());
+            }
+        }
+        let upstream = r
+            .keys()
+            .filter(|k| k.starts_with(&format!("grad{step}.")))
+            .count();
+        assert_eq!(
+            upstream,
+            vars.len(),
+            "step {step}: variables vs upstream parameters"
+        );
+        eprintln!(
+            "step {step}: {} gradients, worst {:.2e} ({})",
+            vars.len(),
+            worst.0,
+            worst.1
+        );
+        opt.step(&grads).unwrap();
+    }
 }
 
 #[test]
