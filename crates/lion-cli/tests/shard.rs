@@ -108,7 +108,10 @@ fn failed(out: &Output, what: &str) -> String {
 fn model_dir(dir: &Path) -> String {
     let cfg = preset("tiny", Some(PromptKind::Static)).unwrap();
     let vm = VarMap::new();
-    let loader = WeightLoader::random().with_trainable(vm.clone(), |_| true);
+    // seeded: the same model on every run, so a failure here reproduces
+    let loader = WeightLoader::random()
+        .with_init_seed(199)
+        .with_trainable(vm.clone(), |_| true);
     LionModel::new(&cfg, 199, loader.var_builder(DType::F32, &Device::Cpu)).unwrap();
     save(&vm, &dir.join("lion.safetensors"));
     let manifest = json!({
@@ -185,8 +188,11 @@ fn sharded_eval_merges_to_the_unsharded_predictions_byte_for_byte() {
             "w",
             "--model",
             &model,
+            // one item per forward, as the tag comparisons below: a batch of other items
+            // changes the GEMM shapes and so the last bits of the logits, and (seen once in
+            // CI, 1 answer of 30 with random weights) a near-tie in the greedy choice
             "--batch-size",
-            "4",
+            "1",
             "--pred-out",
             pred,
         ]
