@@ -8,14 +8,7 @@ use candle_nn::VarMap;
 ///
 /// candle silently drops gradients through some fused ops (docs/DESIGN.md §5); this is the guard.
 pub fn check_all_vars_get_grad(varmap: &VarMap, loss: &Tensor) -> crate::Result<usize> {
-    let vars: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .expect("poisoned")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    check_vars_get_grad(&vars, loss)
+    check_vars_get_grad(&crate::weights::varmap_vars(varmap), loss)
 }
 
 /// As [`check_all_vars_get_grad`] for an explicit list of named variables.

@@ -355,13 +355,9 @@ fn every_trainable_lion_variable_gets_a_gradient() {
             k.starts_with("Qformer.bert.encoder.layer.1.intermediate.")
                 || k.starts_with("Qformer.bert.encoder.layer.1.output.")
         };
-        let vars: Vec<(String, Var)> = vm
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
+        let vars: Vec<(String, Var)> = lion_core::weights::varmap_vars(&vm)
+            .into_iter()
             .filter(|(k, _)| !dead(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         assert_eq!(vars.len() + 6, vm.all_vars().len());
         let n = check_vars_get_grad(&vars, &out.loss).unwrap_or_else(|e| panic!("{kind:?}: {e}"));

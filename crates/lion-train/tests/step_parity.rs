@@ -55,13 +55,7 @@ fn three_adamw_steps_with_two_groups_match_pytorch() {
     let model =
         T5ForConditionalGeneration::new(&cfg, loader.var_builder(DType::F32, &dev)).unwrap();
     loader.finish(LoadMode::Strict).unwrap();
-    let vars: Vec<_> = varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let vars = lion_core::weights::varmap_vars(&varmap);
     let params = ParamsAdamW {
         lr: 0.0,
         beta1: 0.9,

@@ -89,12 +89,7 @@ fn three_adamw_steps_match_pytorch() {
         ..Default::default()
     };
     let mut trainer = TripletTrainer::new(encoder, cfg).unwrap();
-    let vars: Vec<(String, candle_core::Var)> = {
-        let data = trainer.encoder().varmap().data().lock().unwrap();
-        let mut v: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
+    let vars = lion_core::weights::varmap_vars(trainer.encoder().varmap());
     // The same parameters train on both sides: everything but the (unused) pooler.
     let mut ref_names: Vec<&str> = reference
         .keys()

@@ -55,13 +55,7 @@ fn two_tagger_training_steps_match_upstream_ram() {
     let model = Ram::new(&cfg, loader.var_builder(DType::F32, &dev)).unwrap();
     let io = candle_core::safetensors::load(fixture("ram/io.safetensors"), &dev).unwrap();
     let r = candle_core::safetensors::load(fixture("ram/step.safetensors"), &dev).unwrap();
-    let vars: Vec<(String, candle_core::Var)> = varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let vars = lion_core::weights::varmap_vars(&varmap);
     // the file's name of a variable (the head is stored as `vision_multi`, as upstream)
     let file_key = |k: &str| match k.strip_prefix("tagging_head.") {
         Some(rest) => format!("vision_multi.{rest}"),

@@ -585,16 +585,25 @@ impl candle_nn::var_builder::SimpleBackend for WeightLoader {
     }
 }
 
-/// Writes tensors as safetensors atomically: to a temporary file beside `path`, then renamed.
 /// The variables of a [`VarMap`] as named tensors (the same storage, not copies): what a model
 /// built on it holds, under its checkpoint keys. A poisoned lock is read as it is.
 pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
-    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-    data.iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+    varmap_vars(varmap)
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
         .collect()
 }
 
+/// The variables of a [`VarMap`] with their names, sorted by name (the map's own order is a
+/// hash order): what an optimizer or a gradient check walks. A poisoned lock is read as it is.
+pub fn varmap_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// Writes tensors as safetensors atomically: to a temporary file beside `path`, then renamed.
 pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
     let tmp = crate::util::temp_path(path);

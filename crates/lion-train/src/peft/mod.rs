@@ -158,13 +158,7 @@ impl PeftTrainer {
                 batch_size: cfg.batch_size,
             })
             .build()?;
-        let vars: Vec<(String, Var)> = varmap
-            .data()
-            .lock()
-            .expect("poisoned")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let vars = lion_core::weights::varmap_vars(&varmap);
         let mut opt = peft_adamw(vars, &cfg)?;
         let state = match &resume {
             Some(r) => {
