@@ -157,6 +157,46 @@ fn select_then_train_one_epoch() {
     let png = std::fs::read(out.join("curves.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5000);
 
+    // The reader's frontier on the same validation split: at lambda 0 its anchor is the mean of
+    // the image's other captions, recomputed here from the frozen model.
+    let frontier: Value =
+        serde_json::from_slice(&std::fs::read(out.join("reader_frontier.json")).unwrap()).unwrap();
+    let points = frontier["points"].as_array().unwrap();
+    assert_eq!(points.len(), 21);
+    let (_, val) = lion_train::triplet_trainer::split(12, 0.25, 3);
+    assert_eq!(frontier["images"], val.len());
+    let frozen =
+        lion_core::sentence::SentenceEmbedder::load(&minilm, &candle_core::Device::Cpu, None)
+            .unwrap();
+    let cos = |a: &[f32], b: &[f32]| {
+        let d: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        (d / (n(a) * n(b))) as f64
+    };
+    let mut ap = 0.0;
+    for &i in &val {
+        let caps: Vec<&str> = input[i]["captions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let e = frozen.embed(&caps, 8).unwrap();
+        let k = rows[i]["index"].as_u64().unwrap() as usize;
+        let mut mean = vec![0f32; e[0].len()];
+        for (_, v) in e.iter().enumerate().filter(|(j, _)| *j != k) {
+            mean.iter_mut().zip(v).for_each(|(m, x)| *m += x);
+        }
+        ap += cos(&mean, &e[k]) / val.len() as f64;
+    }
+    let first = points[0]["cos_ap"].as_f64().unwrap();
+    assert!(
+        (first - ap).abs() < 1e-4,
+        "frontier {first} vs recomputed {ap}"
+    );
+    let an = |p: &Value| p["cos_an"].as_f64().unwrap();
+    assert!(an(&points[20]) < an(&points[0]), "{frontier}");
+
     // The folder is a sentence transformer again.
     let dev = candle_core::Device::Cpu;
     let model = lion_core::sentence::SentenceEmbedder::load(&out, &dev, None).unwrap();

@@ -434,6 +434,7 @@ fn render_report(
             f("val_cos_an")
         ));
     }
+    r.push_str(&reader_frontier_paragraph(encoder, metrics.lines().last()));
     r.push_str(&format!(
         "\n## LION training\n\n{} optimizer steps per prompt kind, batch {}, the same data order \
          (seed {}), ViT and T5 frozen; the Q-Former, aggregator, adapters, router and prompt \
@@ -477,4 +478,45 @@ fn render_report(
         start.elapsed().as_secs_f64()
     ));
     Ok(r)
+}
+
+/// The report's paragraph on the tag encoder's [`ReaderFrontier`]
+/// (`reader_frontier.json`): where the encoder's last validation pair stands against what a
+/// perfect reader of the images reaches on the same split. Empty without the file.
+///
+/// [`ReaderFrontier`]: lion_train::reader_frontier::ReaderFrontier
+fn reader_frontier_paragraph(encoder: &Path, last_metrics: Option<&str>) -> String {
+    use lion_train::reader_frontier::ReaderFrontier;
+    let path = encoder.join(lion_train::triplet_trainer::READER_FRONTIER);
+    let Some(frontier) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ReaderFrontier>(&b).ok())
+    else {
+        return String::new();
+    };
+    let last: Value = last_metrics
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null);
+    let (ap, an) = (last["val_cos_ap"].as_f64(), last["val_cos_an"].as_f64());
+    let f2 = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
+    let mut out = format!(
+        "\nWhat the cosines could reach at all: a perfect reader of each validation image's \
+         content (its anchor: the mean embedding of the image's other captions, less λ times the \
+         mean positive; `{}`) reaches cos(anchor, positive) {} at cos(anchor, negative) 0.20 and \
+         cos(anchor, negative) {} at λ = 0 (cos(anchor, positive) {}), over {} images.",
+        lion_train::triplet_trainer::READER_FRONTIER,
+        f2(frontier.cos_ap_at(0.2)),
+        f2(frontier.points.first().map(|p| p.cos_an)),
+        f2(frontier.points.first().map(|p| p.cos_ap)),
+        frontier.images,
+    );
+    if let (Some(ap), Some(an)) = (ap, an) {
+        out.push_str(&format!(
+            " The encoder's last validation pair is {ap:.2} / {an:.2}; the reader reaches {} \
+             at the same cos(anchor, negative).",
+            f2(frontier.cos_ap_at(an))
+        ));
+    }
+    out.push('\n');
+    out
 }

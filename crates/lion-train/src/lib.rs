@@ -4,7 +4,8 @@
 //!   embeddings).
 //! - [`triplet_trainer`]: triplet fine-tuning of the [`tag_encoder`] towards the chosen captions'
 //!   embeddings, with [`triplet::TripletMarginLoss`] and AdamW; metrics as JSONL, curves as PNG
-//!   ([`plot`]).
+//!   ([`plot`]); [`reader_frontier`]: the validation cosines a perfect reader of the images
+//!   would reach, beside the encoder's.
 //! - [`optim`]: AdamW updating variables in place in one pass (`lion bench` is the `lion-bench`
 //!   crate).
 //! - [`peft`]: PEFT training of LION (`lion train`) with [`schedule`] and [`checkpoint`];
@@ -27,6 +28,7 @@ pub mod optim;
 pub mod peft;
 pub mod plot;
 pub mod progress;
+pub mod reader_frontier;
 pub mod records;
 pub mod rng;
 pub mod schedule;

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use lion_core::sentence::SentenceEmbedder;
 
 use crate::plot::{draw_png, Panel, Series};
+use crate::reader_frontier::ReaderFrontier;
 use crate::records::append_jsonl_atomic;
 use crate::records::{Chosen, ImageRecord};
 use crate::rng::SplitMix64;
@@ -211,6 +212,16 @@ pub fn draw_negative(rng: &mut SplitMix64, pool: &[usize], exclude: usize) -> us
             return j;
         }
     }
+}
+
+/// The fixed negative of each validation item, drawn once from `seed`: from the validation
+/// split when it has two items or more, else from the training split.
+pub fn validation_negatives(train: &[usize], val: &[usize], seed: u64) -> Vec<usize> {
+    let mut rng = SplitMix64::new(seed ^ 0x7A1_0000_0000_0002);
+    let pool = if val.len() >= 2 { val } else { train };
+    val.iter()
+        .map(|&i| draw_negative(&mut rng, pool, i))
+        .collect()
 }
 
 /// Sums over the items of one or more batches.
@@ -437,13 +448,7 @@ impl TripletTrainer {
         std::fs::create_dir_all(&out.dir).map_err(|e| Error::io(&out.dir, e))?;
         let cfg_json = serde_json::to_vec_pretty(&cfg).expect("config serialises");
         lion_core::util::write_atomic(out.config(), &cfg_json)?;
-        // Fixed validation negatives: from the validation split when it has two images or more.
-        let mut val_rng = SplitMix64::new(cfg.seed ^ 0x7A1_0000_0000_0002);
-        let val_pool: &[usize] = if val.len() >= 2 { &val } else { &train };
-        let val_neg: Vec<usize> = val
-            .iter()
-            .map(|&i| draw_negative(&mut val_rng, val_pool, i))
-            .collect();
+        let val_neg = validation_negatives(&train, &val, cfg.seed);
         let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
         on_event(&TrainEvent::Start {
             steps_per_epoch,
@@ -694,7 +699,9 @@ pub fn fine_tune(
                 })?
             }
         };
-        triplet_data(&images, &chosen, &frozen, 64)?
+        let data = triplet_data(&images, &chosen, &frozen, 64)?;
+        write_reader_frontier(job, &images, &chosen, &frozen, &data)?;
+        data
     };
     let init = job.encoder.unwrap_or(job.model);
     let encoder = TagEncoder::load(init, dev)
@@ -706,6 +713,53 @@ pub fn fine_tune(
     trainer.fit(&data, &out, on_event)?;
     Ok(out)
 }
+
+/// Computes the [`ReaderFrontier`] of the job's validation split (the split and negatives
+/// [`TripletTrainer::fit`] will use) and writes it as `reader_frontier.json` in the output
+/// folder; logs where it crosses cos(anchor, negative) 0.2.
+fn write_reader_frontier(
+    job: &FineTune,
+    images: &[ImageRecord],
+    chosen: &[Chosen],
+    frozen: &SentenceEmbedder,
+    data: &TripletData,
+) -> Result<()> {
+    let cfg = &job.config;
+    let (train, val) = split(data.len(), cfg.val_fraction, cfg.seed);
+    if train.len() < 2 {
+        return Ok(()); // fit reports it
+    }
+    let val_neg = validation_negatives(&train, &val, cfg.seed);
+    let mut captions = Vec::with_capacity(val.len());
+    for &i in &val {
+        let texts: Vec<&str> = images[i].captions.iter().map(String::as_str).collect();
+        captions.push(frozen.embed(&texts, 64)?);
+    }
+    let index: Vec<usize> = val.iter().map(|&i| chosen[i].index).collect();
+    let positives = data.positives.to_vec2::<f32>()?;
+    let Some(frontier) = ReaderFrontier::compute(
+        &captions,
+        &index,
+        |i| positives[i].as_slice(),
+        &train,
+        &val_neg,
+    ) else {
+        return Ok(());
+    };
+    tracing::info!(
+        images = frontier.images,
+        cos_ap_at_cos_an_0_2 = frontier.cos_ap_at(0.2),
+        "reader frontier of the validation split"
+    );
+    std::fs::create_dir_all(job.out).map_err(|e| Error::io(job.out, e))?;
+    lion_core::util::write_atomic(
+        job.out.join(READER_FRONTIER),
+        &serde_json::to_vec_pretty(&frontier).expect("frontier serialises"),
+    )
+}
+
+/// The file [`fine_tune`] writes the [`ReaderFrontier`] to, in the tag encoder's folder.
+pub const READER_FRONTIER: &str = "reader_frontier.json";
 
 #[cfg(test)]
 mod tests {

@@ -168,13 +168,20 @@ fn asymmetric_loss_and_its_gradient_match_pytorch() {
 
 #[test]
 fn every_tagger_variable_gets_a_gradient_from_the_loss() {
+    for conv_stem in [false, true] {
+        let mut cfg = world_tagger_config(7, 32, 4, 8);
+        cfg.swin.conv_stem = conv_stem;
+        every_variable_gets_a_gradient(&cfg);
+    }
+}
+
+fn every_variable_gets_a_gradient(cfg: &lion_core::tagger::RamConfig) {
     let dev = Device::Cpu;
-    let cfg = world_tagger_config(7, 32, 4, 8);
     let varmap = VarMap::new();
     let vb = SeededInit::new(varmap.clone(), 3)
         .with_override(world_tagger_init)
         .into_var_builder(&dev);
-    let model = Ram::new(&cfg, vb).unwrap();
+    let model = Ram::new(cfg, vb).unwrap();
     let x = Tensor::randn(0f32, 1., (2, 3, 32, 32), &dev).unwrap();
     let y = Tensor::from_vec(
         vec![1f32, 0., 0., 1., 0., 1., 0., 0., 1., 1., 0., 0., 0., 1.],
@@ -658,9 +665,50 @@ fn a_tagger_without_the_patch_norm_trains_saves_and_loads() {
         .keys()
         .any(|k| k.starts_with("visual_encoder.patch_embed.proj")));
     assert!(!st.keys().any(|k| k.contains("patch_embed.norm")));
-    load_trained_tagger(&out, &Device::Cpu).unwrap();
-    let again = tag_world_with(&out, &world, &dir.path().join("again"), |_| {}).unwrap();
+    assert!(!st.keys().any(|k| k.contains("patch_embed.stem")));
+    reloads_and_tags_as_trained(&out, &world, dir.path());
+}
+
+/// `conv_stem: true` (`lion train-tagger --conv-stem`): the config records it, the weights hold
+/// two 3x3 stride-2 convolutions (patch 4) and a 1x1 `proj`, and the folder loads back and tags
+/// its test split as the training run did.
+#[test]
+fn a_tagger_with_the_conv_stem_trains_saves_and_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = tiny_world(dir.path());
+    let out = dir.path().join("tagger");
+    let opts = TaggerTrainOptions {
+        epochs: 1,
+        patch_norm: false,
+        conv_stem: true,
+        ..tiny_opts()
+    };
+    train_tagger(&world, &out, &opts).unwrap();
+    let files = lion_train::tagger_trainer::TaggerFiles::new(&out);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(files.config()).unwrap()).unwrap();
+    assert_eq!(cfg["swin"]["conv_stem"], serde_json::Value::Bool(true));
+    let st = lion_core::weights::Checkpoint::open(files.weights()).unwrap();
+    let (c, p) = (opts.embed_dim, opts.patch_size);
+    assert_eq!(p, 4);
+    for (key, dims) in [
+        ("stem.0.weight", vec![c, 3, 3, 3]),
+        ("stem.1.weight", vec![2 * c, c, 3, 3]),
+        ("proj.weight", vec![c, 2 * c, 1, 1]),
+    ] {
+        let key = format!("visual_encoder.patch_embed.{key}");
+        assert_eq!(st.shape(&key).unwrap().dims(), dims.as_slice(), "{key}");
+    }
+    reloads_and_tags_as_trained(&out, &world, dir.path());
+}
+
+fn reloads_and_tags_as_trained(out: &Path, world: &Path, dir: &Path) {
+    let files = lion_train::tagger_trainer::TaggerFiles::new(out);
+    load_trained_tagger(out, &Device::Cpu).unwrap();
+    let again = tag_world_with(out, world, &dir.join("again"), |_| {}).unwrap();
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(files.eval()).unwrap()).unwrap();
-    assert_eq!(Some(again.test.f1), r["test"]["f1"].as_f64());
+    // (serde_json's default float parsing may be one ulp off the written value)
+    let written = r["test"]["f1"].as_f64().unwrap();
+    assert!((again.test.f1 - written).abs() < 1e-12, "{:?} vs {written}", again.test);
 }

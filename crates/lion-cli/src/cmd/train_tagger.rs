@@ -51,6 +51,10 @@ pub struct Args {
     /// tagger learns background textures; the config records it, `lion tag` follows it).
     #[arg(long)]
     no_patch_norm: bool,
+    /// A convolutional stem (3x3 stride-2 convolutions) instead of the Swin's patchify (not in
+    /// RAM; the config records it, `lion tag` follows it).
+    #[arg(long)]
+    conv_stem: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -67,6 +71,7 @@ pub fn run(args: Args) -> Result<()> {
         gamma_neg: args.gamma_neg,
         clip: args.clip,
         patch_norm: !args.no_patch_norm,
+        conv_stem: args.conv_stem,
         ..Default::default()
     };
     let mut pb: Option<indicatif::ProgressBar> = None;

@@ -86,6 +86,9 @@ pub struct TaggerTrainOptions {
     /// The Swin's LayerNorm after the patch embedding (`SwinConfig::patch_norm`; RAM: on).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub patch_norm: bool,
+    /// A convolutional stem instead of the patchify (`SwinConfig::conv_stem`; RAM: off).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conv_stem: bool,
 }
 
 fn yes() -> bool {
@@ -113,6 +116,7 @@ impl Default for TaggerTrainOptions {
             clip: ram_clip(),
             eval_batch_size: 64,
             patch_norm: true,
+            conv_stem: false,
         }
     }
 }
@@ -199,6 +203,7 @@ pub fn world_tagger_config(
             mlp_ratio: 4.0,
             layer_norm_eps: 1e-5,
             patch_norm: true,
+            conv_stem: false,
         },
         num_tags,
         head: TaggingHeadConfig {
@@ -395,6 +400,7 @@ pub fn train_tagger_with(
     let num_tags = tags.len();
     let mut cfg = world_tagger_config(num_tags, opts.img_size, opts.patch_size, opts.embed_dim);
     cfg.swin.patch_norm = opts.patch_norm;
+    cfg.swin.conv_stem = opts.conv_stem;
     cfg.validate()
         .map_err(|m| Error::config("world tagger", m))?;
     let files = TaggerFiles::new(out);
