@@ -710,5 +710,9 @@ fn reloads_and_tags_as_trained(out: &Path, world: &Path, dir: &Path) {
         serde_json::from_str(&std::fs::read_to_string(files.eval()).unwrap()).unwrap();
     // (serde_json's default float parsing may be one ulp off the written value)
     let written = r["test"]["f1"].as_f64().unwrap();
-    assert!((again.test.f1 - written).abs() < 1e-12, "{:?} vs {written}", again.test);
+    assert!(
+        (again.test.f1 - written).abs() < 1e-12,
+        "{:?} vs {written}",
+        again.test
+    );
 }
