@@ -85,7 +85,7 @@ fn demo_runs_every_stage_and_redoes_exactly_what_a_new_seed_changes() {
         "RAM tagger",
         "pretrained, shipped",
         "expected calibration error",
-        "a perfect reader of each validation image's content",
+        "an anchor that knows each validation image's content from its other captions",
         "The encoder's last validation pair is",
         "### Means over 2 seed(s)",
         "| oracle-tags |",

@@ -481,8 +481,9 @@ fn render_report(
 }
 
 /// The report's paragraph on the tag encoder's [`ReaderFrontier`]
-/// (`reader_frontier.json`): where the encoder's last validation pair stands against what a
-/// perfect reader of the images reaches on the same split. Empty without the file.
+/// (`reader_frontier.json`): where the encoder's last validation pair stands against an anchor
+/// that knows the images' content from their other captions, on the same split. Empty without
+/// the file.
 ///
 /// [`ReaderFrontier`]: lion_train::reader_frontier::ReaderFrontier
 fn reader_frontier_paragraph(encoder: &Path, last_metrics: Option<&str>) -> String {
@@ -500,10 +501,11 @@ fn reader_frontier_paragraph(encoder: &Path, last_metrics: Option<&str>) -> Stri
     let (ap, an) = (last["val_cos_ap"].as_f64(), last["val_cos_an"].as_f64());
     let f2 = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
     let mut out = format!(
-        "\nWhat the cosines could reach at all: a perfect reader of each validation image's \
-         content (its anchor: the mean embedding of the image's other captions, less λ times the \
-         mean positive; `{}`) reaches cos(anchor, positive) {} at cos(anchor, negative) 0.20 and \
-         cos(anchor, negative) {} at λ = 0 (cos(anchor, positive) {}), over {} images.",
+        "\nA reference for these cosines (`{}`): an anchor that knows each validation image's \
+         content from its other captions (their mean embedding, less λ times the mean positive) \
+         reaches cos(anchor, positive) {} at cos(anchor, negative) 0.20, and cos(anchor, \
+         negative) {} at λ = 0 (cos(anchor, positive) {}), over {} images. (Not a bound: an \
+         encoder can learn the chosen captions' wording and lie above it.)",
         lion_train::triplet_trainer::READER_FRONTIER,
         f2(frontier.cos_ap_at(0.2)),
         f2(frontier.points.first().map(|p| p.cos_an)),
@@ -512,7 +514,7 @@ fn reader_frontier_paragraph(encoder: &Path, last_metrics: Option<&str>) -> Stri
     );
     if let (Some(ap), Some(an)) = (ap, an) {
         out.push_str(&format!(
-            " The encoder's last validation pair is {ap:.2} / {an:.2}; the reader reaches {} \
+            " The encoder's last validation pair is {ap:.2} / {an:.2}; the reference reaches {} \
              at the same cos(anchor, negative).",
             f2(frontier.cos_ap_at(an))
         ));

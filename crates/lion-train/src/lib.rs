@@ -4,8 +4,8 @@
 //!   embeddings).
 //! - [`triplet_trainer`]: triplet fine-tuning of the [`tag_encoder`] towards the chosen captions'
 //!   embeddings, with [`triplet::TripletMarginLoss`] and AdamW; metrics as JSONL, curves as PNG
-//!   ([`plot`]); [`reader_frontier`]: the validation cosines a perfect reader of the images
-//!   would reach, beside the encoder's.
+//!   ([`plot`]); [`reader_frontier`]: a reference for its validation cosines (an anchor that
+//!   knows each image's content from its other captions).
 //! - [`optim`]: AdamW updating variables in place in one pass (`lion bench` is the `lion-bench`
 //!   crate).
 //! - [`peft`]: PEFT training of LION (`lion train`) with [`schedule`] and [`checkpoint`];

@@ -716,7 +716,7 @@ pub fn fine_tune(
 
 /// Computes the [`ReaderFrontier`] of the job's validation split (the split and negatives
 /// [`TripletTrainer::fit`] will use) and writes it as `reader_frontier.json` in the output
-/// folder; logs where it crosses cos(anchor, negative) 0.2.
+/// folder; logs its cos(anchor, positive) at cos(anchor, negative) 0.2.
 fn write_reader_frontier(
     job: &FineTune,
     images: &[ImageRecord],
