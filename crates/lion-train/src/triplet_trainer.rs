@@ -665,7 +665,8 @@ pub struct FineTune<'a> {
     pub data: &'a Path,
     /// Chosen captions (`lion select-captions`); None: selected here with `model`.
     pub chosen: Option<&'a Path>,
-    /// Output model folder (weights, `metrics.jsonl`, `curves.png`, `train_config.json`).
+    /// Output model folder (weights, `metrics.jsonl`, `curves.png`, `train_config.json`,
+    /// [`READER_FRONTIER`]).
     pub out: &'a Path,
     pub config: TripletConfig,
 }
