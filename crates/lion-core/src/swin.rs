@@ -729,14 +729,7 @@ mod tests {
                 .broadcast_add(&bias.reshape((1, co, 1, 1)).unwrap())
                 .unwrap();
             assert_eq!(ours.dims(), theirs.dims());
-            let err = (ours - theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let err = crate::testing::max_abs_diff(&ours, &theirs).unwrap();
             assert!(err < 1e-5, "{b}x{ci}x{h}x{w} -> {co}: max abs error {err}");
         }
     }

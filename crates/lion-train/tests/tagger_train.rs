@@ -647,20 +647,13 @@ fn the_shipped_tagger_tags_an_unseen_world() {
 /// training run did.
 #[test]
 fn a_tagger_without_the_patch_norm_trains_saves_and_loads() {
-    let dir = tempfile::tempdir().unwrap();
-    let world = tiny_world(dir.path());
-    let out = dir.path().join("tagger");
     let opts = TaggerTrainOptions {
         epochs: 1,
         patch_norm: false,
         ..tiny_opts()
     };
-    train_tagger(&world, &out, &opts).unwrap();
-    let files = lion_train::tagger_trainer::TaggerFiles::new(&out);
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(files.config()).unwrap()).unwrap();
+    let (dir, world, out, cfg, st) = train_one_epoch(&opts);
     assert_eq!(cfg["swin"]["patch_norm"], serde_json::Value::Bool(false));
-    let st = lion_core::weights::Checkpoint::open(files.weights()).unwrap();
     assert!(st
         .keys()
         .any(|k| k.starts_with("visual_encoder.patch_embed.proj")));
@@ -674,21 +667,14 @@ fn a_tagger_without_the_patch_norm_trains_saves_and_loads() {
 /// its test split as the training run did.
 #[test]
 fn a_tagger_with_the_conv_stem_trains_saves_and_loads() {
-    let dir = tempfile::tempdir().unwrap();
-    let world = tiny_world(dir.path());
-    let out = dir.path().join("tagger");
     let opts = TaggerTrainOptions {
         epochs: 1,
         patch_norm: false,
         conv_stem: true,
         ..tiny_opts()
     };
-    train_tagger(&world, &out, &opts).unwrap();
-    let files = lion_train::tagger_trainer::TaggerFiles::new(&out);
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(files.config()).unwrap()).unwrap();
+    let (dir, world, out, cfg, st) = train_one_epoch(&opts);
     assert_eq!(cfg["swin"]["conv_stem"], serde_json::Value::Bool(true));
-    let st = lion_core::weights::Checkpoint::open(files.weights()).unwrap();
     let (c, p) = (opts.embed_dim, opts.patch_size);
     assert_eq!(p, 4);
     for (key, dims) in [
@@ -700,6 +686,27 @@ fn a_tagger_with_the_conv_stem_trains_saves_and_loads() {
         assert_eq!(st.shape(&key).unwrap().dims(), dims.as_slice(), "{key}");
     }
     reloads_and_tags_as_trained(&out, &world, dir.path());
+}
+
+/// Trains a tagger with `opts` on a tiny world in a temporary folder: (that folder, the world,
+/// the tagger folder, its `config.json`, its weights).
+fn train_one_epoch(
+    opts: &TaggerTrainOptions,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    serde_json::Value,
+    lion_core::weights::Checkpoint,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let world = tiny_world(dir.path());
+    let out = dir.path().join("tagger");
+    train_tagger(&world, &out, opts).unwrap();
+    let files = lion_train::tagger_trainer::TaggerFiles::new(&out);
+    let cfg = serde_json::from_str(&std::fs::read_to_string(files.config()).unwrap()).unwrap();
+    let st = lion_core::weights::Checkpoint::open(files.weights()).unwrap();
+    (dir, world, out, cfg, st)
 }
 
 fn reloads_and_tags_as_trained(out: &Path, world: &Path, dir: &Path) {
