@@ -129,7 +129,7 @@ def micro_f1(p, y, th, cols=None):
     return float(2 * tp / (pred.sum() + y.sum() + 1e-9))
 
 
-def single_label(a, world, shapes):
+def single_label(world, shapes):
     def split(name):
         es = [e for e in json.load(open(f"{world}/tags_{name}.json")) if "one" in e["tags"]]
         y = torch.tensor([[shapes.index(t) for t in e["tags"] if t in shapes][0] for e in es])
@@ -164,7 +164,7 @@ def main():
     index = {t: i for i, t in enumerate(tags)}
     vocab = json.load(open(f"{world}/world.json"))["vocabulary"]
     if a.single_label:
-        return single_label(a, world, vocab["shapes"])
+        return single_label(world, vocab["shapes"])
     t0 = time.time()
 
     def split(name):

@@ -652,7 +652,7 @@ fn a_tagger_without_the_patch_norm_trains_saves_and_loads() {
         patch_norm: false,
         ..tiny_opts()
     };
-    let (dir, world, out, cfg, st) = train_one_epoch(&opts);
+    let (dir, world, out, cfg, st) = train_on_tiny_world(&opts);
     assert_eq!(cfg["swin"]["patch_norm"], serde_json::Value::Bool(false));
     assert!(st
         .keys()
@@ -673,7 +673,7 @@ fn a_tagger_with_the_conv_stem_trains_saves_and_loads() {
         conv_stem: true,
         ..tiny_opts()
     };
-    let (dir, world, out, cfg, st) = train_one_epoch(&opts);
+    let (dir, world, out, cfg, st) = train_on_tiny_world(&opts);
     assert_eq!(cfg["swin"]["conv_stem"], serde_json::Value::Bool(true));
     let (c, p) = (opts.embed_dim, opts.patch_size);
     assert_eq!(p, 4);
@@ -690,7 +690,7 @@ fn a_tagger_with_the_conv_stem_trains_saves_and_loads() {
 
 /// Trains a tagger with `opts` on a tiny world in a temporary folder: (that folder, the world,
 /// the tagger folder, its `config.json`, its weights).
-fn train_one_epoch(
+fn train_on_tiny_world(
     opts: &TaggerTrainOptions,
 ) -> (
     tempfile::TempDir,
