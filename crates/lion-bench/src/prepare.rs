@@ -164,8 +164,8 @@ pub(crate) fn prepare_tagger(setup: &BenchSetup, dir: &Path) -> Result<()> {
         out.insert(k, t);
     }
     save_safetensors(&out, dir.join("tagger.safetensors"))?;
-    let img = cfg.swin.img_size;
-    let px = Tensor::randn(0f32, 1., (1, cfg.swin.in_chans, img, img), &dev)?;
+    let img = cfg.img_size();
+    let px = Tensor::randn(0f32, 1., (1, cfg.in_chans(), img, img), &dev)?;
     save_safetensors(
         &HashMap::from([("pixel_values".to_string(), px)]),
         dir.join("tagger_input.safetensors"),

@@ -262,6 +262,7 @@ pub fn tagger_preset(name: &str) -> Result<RamConfig> {
                 num_tags: 4585,
                 head: TaggingHeadConfig::ram(),
                 label_dim: 512,
+                convnet: None,
             }
         }
         "tiny" => RamConfig::tiny(),

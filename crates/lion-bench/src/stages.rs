@@ -488,12 +488,12 @@ pub(crate) fn tagger_stage(
     let dev = dev.clone();
     let (ram, _) = Ram::load(cfg, dir.join("tagger.safetensors"), &dev)?;
     let px = Checkpoint::open(dir.join("tagger_input.safetensors"))?.get("pixel_values", &dev)?;
-    let img = cfg.swin.img_size;
-    if px.dims() != [1, cfg.swin.in_chans, img, img] {
+    let img = cfg.img_size();
+    if px.dims() != [1, cfg.in_chans(), img, img] {
         input_err!(
             "tagger_input.safetensors: pixel_values {:?}, expected (1, {}, {img}, {img}) (rerun with --fresh)",
             px.dims(),
-            cfg.swin.in_chans
+            cfg.in_chans()
         )
     }
     reset_peak_rss();

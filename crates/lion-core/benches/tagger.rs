@@ -47,7 +47,7 @@ fn main() {
     let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
 
     // where the time goes: the Swin alone and the whole model on a preprocessed batch
-    let s = cfg.swin.img_size;
+    let s = cfg.img_size();
     let batch = candle_core::Tensor::randn(0f32, 1., (n, 3, s, s), &Device::Cpu).expect("batch");
     let t0 = Instant::now();
     tagger.model.image_features(&batch).expect("swin");
@@ -71,7 +71,7 @@ fn main() {
         println!(
             "tagger bench run {run}: {n} images ({spec}, {} tags, {}px) in one call: {dt:.2} s, {:.1} images/s ({threads} threads)",
             cfg.num_tags,
-            cfg.swin.img_size,
+            cfg.img_size(),
             n as f64 / dt
         );
     }

@@ -13,6 +13,7 @@ pub mod bbox;
 pub mod bert;
 pub mod bf16;
 pub mod convert;
+pub mod convnet;
 pub mod cpu;
 pub mod device;
 pub mod error;

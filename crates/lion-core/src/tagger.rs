@@ -29,6 +29,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::bert::{linear, BertAttention, BertConfig, BertFeedForward};
+use crate::convnet::{ConvNet, ConvNetConfig};
 use crate::linear::Linear;
 use crate::ops::Activation;
 use crate::swin::{SwinConfig, SwinTransformer};
@@ -49,6 +50,8 @@ pub const RAM_IGNORED_KEYS: &[&str] = &[
     // deleted upstream by `del_selfattention` (absent from released checkpoints, harmless if there)
     "tagging_head.embeddings.",
     "tagging_head.pooler.",
+    // PyTorch BatchNorm's step counter (the world tagger's CNN; unused with a fixed momentum)
+    "num_batches_tracked",
 ];
 
 fn default_head_heads() -> usize {
@@ -118,6 +121,10 @@ pub struct RamConfig {
     /// hard-coded upstream).
     #[serde(default = "default_label_dim")]
     pub label_dim: usize,
+    /// When set, the visual encoder is this BatchNorm CNN ([`crate::convnet`]) instead of the
+    /// Swin, and `swin` is not used (the world tagger; RAM itself: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convnet: Option<ConvNetConfig>,
 }
 
 impl RamConfig {
@@ -128,6 +135,7 @@ impl RamConfig {
             num_tags: 4585,
             head: TaggingHeadConfig::ram(),
             label_dim: 512,
+            convnet: None,
         }
     }
 
@@ -149,6 +157,7 @@ impl RamConfig {
                 layer_norm_eps: 1e-12,
             },
             label_dim: 512,
+            convnet: None,
         }
     }
 
@@ -163,8 +172,35 @@ impl RamConfig {
         Ok(cfg)
     }
 
+    /// Input side in pixels of the visual encoder.
+    pub fn img_size(&self) -> usize {
+        match &self.convnet {
+            Some(c) => c.img_size,
+            None => self.swin.img_size,
+        }
+    }
+
+    /// Input channels of the visual encoder.
+    pub fn in_chans(&self) -> usize {
+        match &self.convnet {
+            Some(c) => c.in_chans,
+            None => self.swin.in_chans,
+        }
+    }
+
+    /// Width of the visual encoder's tokens (`image_proj`'s input).
+    pub fn num_features(&self) -> usize {
+        match &self.convnet {
+            Some(c) => c.num_features(),
+            None => self.swin.num_features(),
+        }
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
-        self.swin.validate()?;
+        match &self.convnet {
+            Some(c) => c.validate()?,
+            None => self.swin.validate()?,
+        }
         let h = &self.head;
         if h.num_attention_heads == 0 || h.hidden_size % h.num_attention_heads != 0 {
             return Err(format!(
@@ -206,10 +242,17 @@ impl TaggingLayer {
 /// Images per pass through the tagging head in [`Ram::forward`].
 const HEAD_CHUNK: usize = 4;
 
+/// RAM's visual encoder: its Swin, or the world tagger's CNN.
+#[derive(Debug, Clone)]
+enum VisualEncoder {
+    Swin(SwinTransformer),
+    ConvNet(ConvNet),
+}
+
 /// The RAM tagger.
 #[derive(Debug, Clone)]
 pub struct Ram {
-    visual_encoder: SwinTransformer,
+    visual_encoder: VisualEncoder,
     image_proj: Linear,
     label_embed: Tensor,
     wordvec_proj: Option<Linear>,
@@ -222,7 +265,10 @@ impl Ram {
     /// Builds RAM from a `VarBuilder` rooted at the checkpoint's top level.
     pub fn new(cfg: &RamConfig, vb: VarBuilder) -> crate::Result<Self> {
         cfg.validate().map_err(|m| crate::Error::config("ram", m))?;
-        let visual_encoder = SwinTransformer::new(&cfg.swin, vb.pp("visual_encoder"))?;
+        let visual_encoder = match &cfg.convnet {
+            Some(c) => VisualEncoder::ConvNet(ConvNet::new(c, vb.pp("visual_encoder"))?),
+            None => VisualEncoder::Swin(SwinTransformer::new(&cfg.swin, vb.pp("visual_encoder"))?),
+        };
         let h = cfg.head.hidden_size;
         let d = cfg.label_dim;
         let wordvec_proj = if h != d {
@@ -254,7 +300,7 @@ impl Ram {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             visual_encoder,
-            image_proj: linear(cfg.swin.num_features(), d, vb.pp("image_proj"))?,
+            image_proj: linear(cfg.num_features(), d, vb.pp("image_proj"))?,
             label_embed,
             wordvec_proj,
             tagging_head,
@@ -304,9 +350,19 @@ impl Ram {
         &self.cfg
     }
 
-    /// images: (b, 3, img, img) -> (b, 1 + hw, C): the Swin features (before `image_proj`).
+    /// images: (b, 3, img, img) -> (b, 1 + hw, C): the visual encoder's features (before
+    /// `image_proj`), at inference.
     pub fn image_features(&self, images: &Tensor) -> Result<Tensor> {
-        self.visual_encoder.forward(images)
+        self.image_features_t(images, false)
+    }
+
+    /// [`Ram::image_features`]; `train` runs the CNN's BatchNorm on batch statistics and updates
+    /// the running ones (the Swin has no such state and ignores it).
+    pub fn image_features_t(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        match &self.visual_encoder {
+            VisualEncoder::Swin(s) => s.forward(images),
+            VisualEncoder::ConvNet(c) => c.forward_t(images, train),
+        }
     }
 
     /// The label queries: `relu(wordvec_proj(label_embed))`, (num_tags, hidden).
@@ -318,10 +374,23 @@ impl Ram {
         q.relu()
     }
 
-    /// images: (b, 3, img, img), normalised -> logits (b, num_tags)
+    /// images: (b, 3, img, img), normalised -> logits (b, num_tags). `train`: dropout in the
+    /// head (BatchNorm stays on its running statistics; see [`Ram::forward_training`]).
     pub fn forward(&self, images: &Tensor, train: bool) -> Result<Tensor> {
         let feats = self.image_features(images)?;
-        let image = self.image_proj.forward(&feats)?;
+        self.head(&feats, train)
+    }
+
+    /// The world tagger's training forward: BatchNorm on the batch's statistics (updating the
+    /// running ones), no dropout. images: (b, 3, img, img) -> logits (b, num_tags)
+    pub fn forward_training(&self, images: &Tensor) -> Result<Tensor> {
+        let feats = self.image_features_t(images, true)?;
+        self.head(&feats, false)
+    }
+
+    /// feats: (b, 1 + hw, C) -> logits (b, num_tags)
+    fn head(&self, feats: &Tensor, train: bool) -> Result<Tensor> {
+        let image = self.image_proj.forward(feats)?;
         let b = image.dim(0)?;
         let q = self.label_queries()?;
         let (t, h) = q.dims2()?;
@@ -598,7 +667,7 @@ impl Tagger {
             return Ok(vec![]);
         }
         let transform = crate::preprocess::ImageTransform {
-            size: self.model.config().swin.img_size as u32,
+            size: self.model.config().img_size() as u32,
             ..crate::preprocess::ImageTransform::ram()
         };
         let x = transform.apply_batch(images, &self.device)?;
@@ -624,7 +693,7 @@ impl Tagger {
     /// Tags image files in one batched forward. An image that cannot be read gives its error in
     /// its slot; the others are tagged.
     pub fn tag_files(&self, paths: &[&Path]) -> crate::Result<Vec<crate::Result<ImageTags>>> {
-        let size = self.model.config().swin.img_size;
+        let size = self.model.config().img_size();
         let loaded: Vec<crate::Result<Tensor>> = paths
             .iter()
             .map(|p| load_image(p, size, &self.device))

@@ -414,7 +414,7 @@ impl ModelBackend {
     /// thresholds, tag-list order).
     pub fn with_tagger(mut self, tagger: Tagger, device: Device) -> Self {
         let transform = ImageTransform {
-            size: tagger.model.config().swin.img_size as u32,
+            size: tagger.model.config().img_size() as u32,
             ..ImageTransform::ram()
         };
         self.tagger = Some(RamTagger {

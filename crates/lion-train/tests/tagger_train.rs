@@ -688,6 +688,44 @@ fn a_tagger_with_the_conv_stem_trains_saves_and_loads() {
     reloads_and_tags_as_trained(&out, &world, dir.path());
 }
 
+/// `convnet: true` (`lion train-tagger --convnet`): the config records the CNN, the weights hold
+/// its convolutions and BatchNorm statistics (moved away from their 0 / 1 start by training), and
+/// the folder loads back and tags its test split as the training run did (inference reads the
+/// saved running statistics).
+#[test]
+fn a_tagger_with_the_convnet_trains_saves_and_loads() {
+    let opts = TaggerTrainOptions {
+        epochs: 1,
+        convnet: true,
+        ..tiny_opts()
+    };
+    let (dir, world, out, cfg, st) = train_on_tiny_world(&opts);
+    assert_eq!(
+        cfg["convnet"]["widths"],
+        serde_json::json!([16, 32, 64, 64])
+    );
+    assert_eq!(cfg["convnet"]["img_size"], serde_json::json!(32));
+    assert_eq!(
+        st.shape("visual_encoder.stages.0.0.conv.weight")
+            .unwrap()
+            .dims(),
+        [16, 3, 3, 3]
+    );
+    let rv = st
+        .get("visual_encoder.stages.3.1.bn.running_var", &Device::Cpu)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(rv.len(), 64);
+    assert!(rv.iter().all(|v| v.is_finite() && *v > 0.0));
+    assert!(
+        rv.iter().any(|v| (v - 1.0).abs() > 1e-3),
+        "running_var never moved: {rv:?}"
+    );
+    assert!(!st.keys().any(|k| k.contains("patch_embed")));
+    reloads_and_tags_as_trained(&out, &world, dir.path());
+}
+
 /// Trains a tagger with `opts` on a tiny world in a temporary folder: (that folder, the world,
 /// the tagger folder, its `config.json`, its weights).
 fn train_on_tiny_world(

@@ -22,15 +22,19 @@ use candle_core::{
 use rayon::prelude::*;
 
 mod attention;
+mod batch_norm;
 mod dropout;
 mod gelu;
+mod im2col;
 mod norm;
 mod rows;
 mod softmax;
 
 pub use attention::*;
+pub use batch_norm::*;
 pub use dropout::*;
 pub use gelu::*;
+pub use im2col::*;
 pub use norm::*;
 pub use rows::*;
 pub use softmax::*;

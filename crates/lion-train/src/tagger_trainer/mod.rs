@@ -89,6 +89,10 @@ pub struct TaggerTrainOptions {
     /// A convolutional stem instead of the patchify (`SwinConfig::conv_stem`; RAM: off).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub conv_stem: bool,
+    /// The visual encoder is a small BatchNorm CNN ([`lion_core::convnet`], widths 16-32-64-64)
+    /// instead of the Swin (`patch_size`, `embed_dim`, `patch_norm` and `conv_stem` unused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub convnet: bool,
 }
 
 fn yes() -> bool {
@@ -117,6 +121,7 @@ impl Default for TaggerTrainOptions {
             eval_batch_size: 64,
             patch_norm: true,
             conv_stem: false,
+            convnet: false,
         }
     }
 }
@@ -214,6 +219,7 @@ pub fn world_tagger_config(
             layer_norm_eps: 1e-12,
         },
         label_dim: 512,
+        convnet: None,
     }
 }
 
@@ -401,6 +407,9 @@ pub fn train_tagger_with(
     let mut cfg = world_tagger_config(num_tags, opts.img_size, opts.patch_size, opts.embed_dim);
     cfg.swin.patch_norm = opts.patch_norm;
     cfg.swin.conv_stem = opts.conv_stem;
+    cfg.convnet = opts
+        .convnet
+        .then(|| lion_core::convnet::ConvNetConfig::world(opts.img_size));
     cfg.validate()
         .map_err(|m| Error::config("world tagger", m))?;
     let files = TaggerFiles::new(out);
@@ -525,7 +534,7 @@ pub fn train_tagger_with(
             let x = Tensor::stack(&batch, 0)?;
             let t: Vec<Vec<usize>> = idx.iter().map(|&i| train.targets[i].clone()).collect();
             let y = target_tensor(&t, num_tags, &dev)?;
-            let loss = asl.forward(&model.forward(&x, false)?, &y)?;
+            let loss = asl.forward(&model.forward_training(&x)?, &y)?;
             let grads = loss.backward()?;
             lr = schedule.lr(step, total);
             opt.set_learning_rate(lr);

@@ -286,7 +286,7 @@ pub fn tag_world_with(
     });
     let images: Vec<Vec<Tensor>> = splits
         .iter()
-        .map(|s| load_split_images(world, s, cfg.swin.img_size, &dev))
+        .map(|s| load_split_images(world, s, cfg.img_size(), &dev))
         .collect::<Result<_>>()?;
     on_event(&TaggerEvent::Tagging {
         images: splits.iter().map(WorldSplit::len).sum(),
