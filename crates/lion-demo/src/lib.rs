@@ -150,6 +150,7 @@ mod model;
 pub mod report;
 pub mod stage;
 mod stages;
+pub use stages::tagger_recipe;
 pub mod systems;
 
 use model::{peft_run, pretrain, PeftInputs};

@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, default_value_t = 6000)]
     tagger_images: usize,
     /// Tagger epochs with --train-tagger.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 36)]
     tagger_epochs: usize,
     /// Tag-encoder epochs (30 steps of 16 anchors each, about 2 minutes on 2 cores); the most
     /// with --tagenc-patience. 2 keeps the default run within 20 minutes; the validation loss
