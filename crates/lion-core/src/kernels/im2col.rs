@@ -55,6 +55,45 @@ fn source(o: usize, k: usize, stride: usize, n: usize) -> Option<usize> {
     (o * stride + k).checked_sub(1).filter(|&i| i < n)
 }
 
+/// Geometry of one 3x3, padding 1 convolution over an h x w image.
+#[derive(Clone, Copy)]
+struct Taps {
+    stride: usize,
+    h: usize,
+    w: usize,
+    wo: usize,
+    c: usize,
+}
+
+impl Taps {
+    /// Calls `f(column, pixel)` for every tap of output row `oy` inside the image, in the order
+    /// (ky, ox, kx): `column` is where the tap's `c` values start in that row of the im2col
+    /// matrix (`ox * 9 c + (ky * 3 + kx) * c`), `pixel` the input pixel `iy * w + ix` it reads.
+    /// Im2Col copies along these pairs and Col2Im adds back along them in the same order.
+    #[inline(always)]
+    fn for_each_in_row(&self, oy: usize, mut f: impl FnMut(usize, usize)) {
+        let Taps {
+            stride,
+            h,
+            w,
+            wo,
+            c,
+        } = *self;
+        for ky in 0..3 {
+            let Some(iy) = source(oy, ky, stride, h) else {
+                continue;
+            };
+            for ox in 0..wo {
+                for kx in 0..3 {
+                    if let Some(ix) = source(ox, kx, stride, w) {
+                        f(ox * 9 * c + (ky * 3 + kx) * c, iy * w + ix);
+                    }
+                }
+            }
+        }
+    }
+}
+
 struct Im2Col {
     stride: usize,
 }
@@ -72,23 +111,19 @@ impl CustomOp1 for Im2Col {
         let row = wo * 9 * c;
         let mut out = vec![0f32; b * ho * row];
         // One output row (image bi, row oy) per task unit; zeros stay where a tap is outside.
+        let taps = Taps {
+            stride: st,
+            h,
+            w,
+            wo,
+            c,
+        };
         out.par_chunks_mut(row).enumerate().for_each(|(r, orow)| {
             let (bi, oy) = (r / ho, r % ho);
             let img = &x[bi * h * w * c..(bi + 1) * h * w * c];
-            for ky in 0..3 {
-                let Some(iy) = source(oy, ky, st, h) else {
-                    continue;
-                };
-                for ox in 0..wo {
-                    for kx in 0..3 {
-                        if let Some(ix) = source(ox, kx, st, w) {
-                            let src = &img[(iy * w + ix) * c..(iy * w + ix + 1) * c];
-                            let at = ox * 9 * c + (ky * 3 + kx) * c;
-                            orow[at..at + c].copy_from_slice(src);
-                        }
-                    }
-                }
-            }
+            taps.for_each_in_row(oy, |at, pix| {
+                orow[at..at + c].copy_from_slice(&img[pix * c..(pix + 1) * c]);
+            });
         });
         Ok((CpuStorage::F32(out), Shape::from((b, ho, wo, 9 * c))))
     }
@@ -131,27 +166,24 @@ impl CustomOp1 for Col2Im {
         let c = c9 / 9;
         let mut out = vec![0f32; b * h * w * c];
         // One image per task: images' gradients are disjoint, taps of one image overlap.
+        let taps = Taps {
+            stride: st,
+            h,
+            w,
+            wo,
+            c,
+        };
         out.par_chunks_mut(h * w * c)
             .enumerate()
             .for_each(|(bi, img)| {
                 let gi = &g[bi * ho * wo * c9..(bi + 1) * ho * wo * c9];
-                for oy in 0..ho {
-                    for ky in 0..3 {
-                        let Some(iy) = source(oy, ky, st, h) else {
-                            continue;
-                        };
-                        for ox in 0..wo {
-                            for kx in 0..3 {
-                                if let Some(ix) = source(ox, kx, st, w) {
-                                    let at = (oy * wo + ox) * c9 + (ky * 3 + kx) * c;
-                                    let dst = &mut img[(iy * w + ix) * c..(iy * w + ix + 1) * c];
-                                    for (d, &v) in dst.iter_mut().zip(&gi[at..at + c]) {
-                                        *d += v;
-                                    }
-                                }
-                            }
+                for (oy, grow) in gi.chunks_exact(wo * c9).enumerate() {
+                    taps.for_each_in_row(oy, |at, pix| {
+                        let dst = &mut img[pix * c..(pix + 1) * c];
+                        for (d, &v) in dst.iter_mut().zip(&grow[at..at + c]) {
+                            *d += v;
                         }
-                    }
+                    });
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from((b, h, w, c))))
