@@ -97,19 +97,16 @@ pub fn run_on(dir: &Path, dev: &Device) -> Result<BenchReport> {
         let n = setup.gemm_n;
         let a = Tensor::randn(0f32, 1., (n, n), &dev)?;
         let b = Tensor::randn(0f32, 1., (n, n), &dev)?;
-        // bf16: f32 activations times a bf16 weight, as the model's linear layers run it
-        let bw = match setup.dtype {
-            WeightDtype::Bf16 => Some(lion_core::linear::Linear::new(
-                b.t()?.contiguous()?.to_dtype(DType::BF16)?,
-                None,
-            )),
-            WeightDtype::F32 => None,
+        // f32 activations times a weight stored (n, k) in the bench's dtype, through the
+        // model's linear layer (its kernel: AVX-512 GEMM, the gemm crate or bf16)
+        let weight = b.t()?.contiguous()?;
+        let weight = match setup.dtype {
+            WeightDtype::Bf16 => weight.to_dtype(DType::BF16)?,
+            WeightDtype::F32 => weight,
         };
+        let linear = lion_core::linear::Linear::new(weight, None);
         let runs = time_runs(&dev, reps.max(5), || {
-            match &bw {
-                Some(l) => candle_core::Module::forward(l, &a)?,
-                None => a.matmul(&b)?,
-            };
+            candle_core::Module::forward(&linear, &a)?;
             Ok(())
         })?;
         let st = with_flops(stage("gemm", runs), 2.0 * (n as f64).powi(3), None);

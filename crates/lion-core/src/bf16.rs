@@ -56,17 +56,10 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32
     portable(x, m, k, w, n)
 }
 
-/// The widening path: the weight to f32, then the f32 matmul (skinny rows or candle's GEMM).
+/// The widening path: the weight to f32, then the f32 matmul ([`crate::sgemm::matmul_wt`]).
 pub fn portable(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
     let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
-    if m <= crate::skinny::MAX_ROWS {
-        return crate::skinny::matmul_wt(x, m, k, &wf, n);
-    }
-    let a = candle_core::Tensor::from_vec(x.to_vec(), (m, k), &candle_core::Device::Cpu);
-    let b = candle_core::Tensor::from_vec(wf, (n, k), &candle_core::Device::Cpu);
-    a.and_then(|a| a.matmul(&b?.t()?))
-        .and_then(|y| y.flatten_all()?.to_vec1::<f32>())
-        .expect("f32 matmul of checked shapes")
+    crate::sgemm::matmul_wt(x, m, k, &wf, n)
 }
 
 /// [`portable`] with `x` rounded to bf16 first, as the native kernel rounds it (tests compare

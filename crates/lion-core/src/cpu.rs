@@ -113,6 +113,19 @@ pub enum F32Kernel {
     Portable,
 }
 
+/// Which kernel runs f32 GEMMs of more than [`crate::skinny::MAX_ROWS`] rows in the linear
+/// layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum F32Gemm {
+    /// [`crate::sgemm`]: 12 x 32 register tiles of 512-bit FMAs.
+    Avx512,
+    /// The `gemm` crate behind candle, with its AVX2/FMA kernels.
+    GemmCrateAvx2,
+    /// The `gemm` crate's portable kernels.
+    GemmCratePortable,
+}
+
 /// Which kernel runs a matmul against bf16 weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -194,9 +207,8 @@ impl Quantize {
 pub struct Kernels {
     /// Skinny f32 matmul (decoding, up to [`crate::skinny::MAX_ROWS`] rows).
     pub f32_skinny: F32Kernel,
-    /// f32 GEMM: the `gemm` crate behind candle (its own runtime dispatch; AVX2/FMA kernels in
-    /// the default build).
-    pub f32_gemm: &'static str,
+    /// f32 GEMM of the linear layers (other matmuls, e.g. attention scores, stay on candle's).
+    pub f32_gemm: F32Gemm,
     /// Matmul against bf16 weights.
     pub bf16: Bf16Kernel,
     /// What `--dtype auto` means here.
@@ -214,10 +226,12 @@ pub fn pick(f: &Features) -> Kernels {
         } else {
             F32Kernel::Portable
         },
-        f32_gemm: if f.avx2_fma() {
-            "gemm crate, AVX2/FMA"
+        f32_gemm: if f.avx512f {
+            F32Gemm::Avx512
+        } else if f.avx2_fma() {
+            F32Gemm::GemmCrateAvx2
         } else {
-            "gemm crate, portable"
+            F32Gemm::GemmCratePortable
         },
         bf16: if native {
             Bf16Kernel::Avx512Bf16
@@ -266,13 +280,6 @@ pub fn report() -> Report {
             }
         ));
     }
-    if f.avx512() {
-        notes.push(
-            "f32 GEMM stays on the gemm crate's AVX2 kernels: its AVX-512 build (x86-v4) was \
-             not faster at the model's shapes on the machine measured (README)"
-                .into(),
-        );
-    }
     if k.bf16 == Bf16Kernel::Widen {
         notes.push("no native bf16 dot products: --dtype auto means f32".into());
     }
@@ -308,7 +315,7 @@ pub fn summary() -> String {
         have.push("no SIMD kernels");
     }
     format!(
-        "{} | skinny {:?}, {}, bf16 {:?}, auto dtype {}",
+        "{} | skinny {:?}, gemm {:?}, bf16 {:?}, auto dtype {}",
         have.join(" "),
         k.f32_skinny,
         k.f32_gemm,

@@ -38,6 +38,7 @@ pub mod qformer;
 pub mod quant;
 pub mod rules;
 pub mod sentence;
+pub mod sgemm;
 pub mod skinny;
 pub mod swin;
 pub mod t5;

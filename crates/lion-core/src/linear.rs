@@ -278,6 +278,13 @@ impl CustomOp2 for MatmulWt {
                 let y = skinny::matmul_wt(&xs[x0..x0 + m * k], m, k, &ws[w0..w1], n);
                 return Ok((CpuStorage::F32(y), Shape::from(shape)));
             }
+            if crate::sgemm::available() {
+                use crate::sgemm::{matmul, MatRef};
+                let x0 = l1.start_offset();
+                let x = MatRef::row_major(&xs[x0..x0 + m * k], k);
+                let y = matmul(m, n, k, x, MatRef::transposed(&ws[w0..w1], k));
+                return Ok((CpuStorage::F32(y), Shape::from(shape)));
+            }
         }
         if let (CpuStorage::F32(xs), CpuStorage::BF16(ws), Some((w0, w1))) =
             (s1, s2, l2.contiguous_offsets())
@@ -304,9 +311,9 @@ impl CustomOp2 for MatmulWt {
         let g = grad.reshape((m, n))?;
         // (a bf16 weight is frozen inference storage; its gradients run in the input's dtype)
         let w = &w.to_dtype(x.dtype())?;
-        let gx = g.matmul(w)?.reshape(x.shape())?;
+        let gx = crate::sgemm::matmul_tensors(&g, w)?.reshape(x.shape())?;
         let gw = if w.track_op() {
-            Some(g.t()?.matmul(&x.reshape((m, k))?)?)
+            Some(crate::sgemm::matmul_tensors(&g.t()?, &x.reshape((m, k))?)?)
         } else {
             None
         };

@@ -186,14 +186,14 @@ impl QWeight {
             };
             return crate::bf16::matmul_wt_filled(x, m, k, n, &fill);
         }
-        // no native bf16: blocks of rows dequantized to f32, candle's f32 GEMM on each
+        // no native bf16: blocks of rows dequantized to f32, the f32 GEMM on each
         let mut y = vec![0f32; m * n];
         let mut r0 = 0;
         while r0 < n {
             let rows = DENSE_ROWS.min(n - r0);
             let mut w = vec![0f32; rows * k];
             self.dequantize_rows(r0, &mut w, |v| v);
-            let part = f32_gemm(x, m, k, &w, rows);
+            let part = crate::sgemm::matmul_wt(x, m, k, &w, rows);
             for (yr, pr) in y.chunks_exact_mut(n).zip(part.chunks_exact(rows)) {
                 yr[r0..r0 + rows].copy_from_slice(pr);
             }
@@ -227,17 +227,6 @@ impl QWeight {
         }
         y
     }
-}
-
-/// `x (m, k) @ w (n, k)^T` through candle's f32 GEMM (machines without native bf16).
-fn f32_gemm(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
-    use candle_core::{Device, Tensor};
-    let run = || -> candle_core::Result<Vec<f32>> {
-        let x = Tensor::from_slice(x, (m, k), &Device::Cpu)?;
-        let w = Tensor::from_slice(w, (n, k), &Device::Cpu)?;
-        x.matmul(&w.t()?)?.flatten_all()?.to_vec1()
-    };
-    run().expect("f32 GEMM of checked shapes")
 }
 
 impl Quantize {

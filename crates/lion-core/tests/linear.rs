@@ -242,3 +242,82 @@ fn bf16_weights_are_converted_once_at_load_and_run_in_f32_activations() -> lion_
     }
     Ok(())
 }
+
+/// The AVX-512 f32 GEMM (`lion_core::sgemm`) against an f64 product, on edge shapes of its
+/// 12 x 32 tile and 256-deep slices, with row-major, transposed (`W^T`) and strided operands;
+/// the linear layer's forward and backward through it against candle's matmul.
+#[test]
+fn sgemm_matches_an_f64_product_on_edge_shapes_and_strides() -> lion_core::Result<()> {
+    use lion_core::sgemm::{self, MatRef};
+    if !sgemm::available() {
+        eprintln!(
+            "skipped: the AVX-512 f32 GEMM (kernel on this CPU: {:?})",
+            lion_core::cpu::kernels().f32_gemm
+        );
+        return Ok(());
+    }
+    let shapes = [
+        (1, 1, 1),
+        (1, 7, 5),
+        (7, 16, 17),
+        (12, 32, 256),
+        (13, 33, 257),
+        (16, 17, 3),
+        (17, 31, 70),
+        (33, 100, 37),
+        (25, 64, 513),
+        (389, 65, 40),
+        (2, 768, 67),
+    ];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        let a = uniform(m * k, 3 * i as u32);
+        let w = uniform(n * k, 3 * i as u32 + 1); // (n, k): B = W^T
+        let bt = uniform(k * n, 3 * i as u32 + 2); // (k, n) row-major
+        let exact = |b: &dyn Fn(usize, usize) -> f32| {
+            let mut c = vec![0f64; m * n];
+            for r in 0..m {
+                for j in 0..n {
+                    c[r * n + j] = (0..k).map(|p| a[r * k + p] as f64 * b(p, j) as f64).sum();
+                }
+            }
+            c
+        };
+        let tol = 1e-6 * (k as f64).sqrt() * 4.0 + 1e-6;
+        let cases = [
+            (
+                "W^T",
+                sgemm::matmul(m, n, k, MatRef::row_major(&a, k), MatRef::transposed(&w, k)),
+                exact(&|p, j| w[j * k + p]),
+            ),
+            (
+                "row-major",
+                sgemm::matmul(m, n, k, MatRef::row_major(&a, k), MatRef::row_major(&bt, n)),
+                exact(&|p, j| bt[p * n + j]),
+            ),
+        ];
+        for (name, got, want) in cases {
+            assert_eq!(got.len(), m * n);
+            for (j, (g, r)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (*g as f64 - r).abs() < tol,
+                    "{name} ({m}, {k}) x ({k}, {n}) at {j}: {g} vs {r}"
+                );
+            }
+        }
+    }
+    // through the linear layer (forward, input and weight gradients) against candle's matmul
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (3, 19, 45), &dev)?;
+    let w = Var::from_tensor(&Tensor::randn(0f32, 1., (37, 45), &dev)?)?;
+    let xv = Var::from_tensor(&x)?;
+    let ours = Linear::new(w.as_tensor().clone(), None).forward(xv.as_tensor())?;
+    let theirs = xv.as_tensor().broadcast_matmul(&w.as_tensor().t()?)?;
+    assert!(max_abs_diff(&ours, &theirs)? < 1e-4);
+    let g1 = (ours.sqr()?.sum_all()?).backward()?;
+    let g2 = (theirs.sqr()?.sum_all()?).backward()?;
+    for v in [&xv, &w] {
+        let d = max_abs_diff(g1.get(v).expect("grad"), g2.get(v).expect("grad"))?;
+        assert!(d < 1e-3, "gradient differs by {d}");
+    }
+    Ok(())
+}

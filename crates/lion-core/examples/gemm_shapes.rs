@@ -1,0 +1,82 @@
+//! The f32 GEMM kernels at the model's shapes: `x (m, k) @ W^T` with W (n, k), candle's matmul
+//! (the `gemm` crate) against `lion_core::sgemm` (AVX-512), alternating, median of `REPEATS`.
+//!
+//! `cargo run --release -p lion-core --example gemm_shapes [REPEATS]`
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use lion_core::sgemm::{self, MatRef};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> candle_core::Result<()> {
+    let repeats: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    println!("cpu: {}", lion_core::cpu::summary());
+    println!("threads: {}", rayon::current_num_threads());
+    if !sgemm::available() {
+        println!("no AVX-512 f32 GEMM on this CPU: nothing to compare");
+        return Ok(());
+    }
+    // (m, k, n): T5-base encoder (349 rows), ViT-B (257), Q-Former (32), train batch (698), square
+    let shapes = [
+        (32, 768, 768),
+        (32, 768, 3072),
+        (32, 3072, 768),
+        (257, 768, 2304),
+        (257, 768, 3072),
+        (257, 3072, 768),
+        (349, 768, 768),
+        (349, 768, 2048),
+        (349, 2048, 768),
+        (698, 768, 768),
+        (2048, 2048, 2048),
+    ];
+    println!("m x k x n            gemm crate ms  GFLOP/s   sgemm ms  GFLOP/s   speedup");
+    for (m, k, n) in shapes {
+        let x = Tensor::randn(0f32, 1., (m, k), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 1., (n, k), &Device::Cpu)?;
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let wt = w.t()?;
+        let (mut a, mut b) = (vec![], vec![]);
+        for i in 0..repeats + 1 {
+            let t = Instant::now();
+            let y = x.matmul(&wt)?;
+            let ta = t.elapsed().as_secs_f64();
+            std::hint::black_box(y);
+            let t = Instant::now();
+            let y = sgemm::matmul(
+                m,
+                n,
+                k,
+                MatRef::row_major(&xv, k),
+                MatRef::transposed(&wv, k),
+            );
+            let tb = t.elapsed().as_secs_f64();
+            std::hint::black_box(y);
+            if i > 0 {
+                a.push(ta);
+                b.push(tb);
+            }
+        }
+        let (ta, tb) = (median(a), median(b));
+        let gf = 2.0 * (m * n * k) as f64 / 1e9;
+        println!(
+            "{:<20} {:>12.3} {:>8.1} {:>10.3} {:>8.1} {:>8.2}x",
+            format!("{m}x{k}x{n}"),
+            ta * 1e3,
+            gf / ta,
+            tb * 1e3,
+            gf / tb,
+            ta / tb
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! f32 GEMM on AVX-512: `C (m, n) = A (m, k) @ B (k, n)` for operands with any row and column
+//! strides, packed into panels and multiplied by a 12 x 32 register-tile microkernel.
+//!
+//! candle's CPU matmul is the `gemm` crate, built with its AVX2 kernels (16 x 6 tiles of 256-bit
+//! registers). On a CPU with two 512-bit FMA units (Intel Xeon since Skylake-SP) that is half the
+//! machine; the crate's own AVX-512 build (`x86-v4`) was measured slower at the model's row
+//! counts (32-349). This kernel is the textbook blocked GEMM (Goto / BLIS), sized for them:
+//! - `B` is cut into panels of [`NR`] = 32 columns (two registers) over slices of [`KC`] = 256
+//!   of `k`, each packed `[k][32]` (32 KiB);
+//! - `A` is packed once, whole, `[k][12]` per 12-row panel (shared by the threads);
+//! - a task owns up to [`GROUP`] column panels: per slice of `k` it packs their slices of `B`
+//!   (in L2) and passes every row panel of `A` over them (its 12 KiB slice stays in L1);
+//! - the microkernel keeps a 12 x 32 tile of `C` in 24 registers: per step of `k` two loads of
+//!   `B`, twelve broadcasts of `A`, 24 FMAs.
+//!
+//! Threads (rayon) take panels of `B`; each writes its own columns of `C`. Every element of `C`
+//! is summed in the same order (over `k` in order within a [`KC`] slice, slices added in
+//! order) whatever the thread count, so results repeat bit for bit on one machine; they differ
+//! from the `gemm` crate's (another summation order) by rounding. [`crate::linear`] uses it for
+//! `x @ W^T` and its backward when [`crate::cpu::Kernels::f32_gemm`] is
+//! [`crate::cpu::F32Gemm::Avx512`] (`LION_CPU=avx2` keeps the `gemm` crate). Tested against
+//! an f64 product on edge shapes (`tests/linear.rs`).
+
+use rayon::prelude::*;
+
+/// Rows of the register tile.
+pub const MR: usize = 12;
+/// Columns of the register tile (two 16-lane registers).
+pub const NR: usize = 32;
+/// Depth of one packed slice.
+pub const KC: usize = 256;
+/// Most column panels of `B` one task packs per slice (4 x 32 KiB, in L2).
+pub const GROUP: usize = 4;
+
+/// A read-only matrix view: element (i, j) at `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major (rows, cols) matrix.
+    pub fn row_major(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major (cols, rows) matrix: `W^T` for a weight `W` (n, k).
+    pub fn transposed(data: &'a [f32], rows: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: rows,
+        }
+    }
+
+    /// Whether every element of a (rows, cols) view lies inside `data`.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// Whether this CPU runs the kernel (AVX-512 F, and not capped by `LION_CPU`).
+pub fn available() -> bool {
+    crate::cpu::kernels().f32_gemm == crate::cpu::F32Gemm::Avx512
+}
+
+/// `a` (m, k) @ `b` (k, n) -> (m, n) row-major, on the AVX-512 kernel.
+///
+/// Panics when the CPU lacks AVX-512 F (callers check [`available`]) or a view does not fit its
+/// data (callers check shapes and return errors first).
+pub fn matmul(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f32> {
+    assert!(
+        a.fits(m, k) && b.fits(k, n),
+        "sgemm: views do not fit ({m}, {k}) x ({k}, {n})"
+    );
+    assert!(
+        crate::cpu::features().avx512f,
+        "sgemm: the AVX-512 kernel needs AVX-512 F"
+    );
+    let mut c = vec![0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return c;
+    }
+    // A packed whole, once: row panel ip is [k][MR] at ip * k * MR (slice p0 at + p0 * MR)
+    let mpanels = m.div_ceil(MR);
+    let mut apack = AlignedBuf::new(mpanels * MR * k);
+    apack
+        .as_mut()
+        .par_chunks_mut(MR * k)
+        .enumerate()
+        .for_each(|(ip, dst)| pack_a(a, ip * MR, (m - ip * MR).min(MR), 0, k, dst));
+    let ap = apack.as_slice();
+    // tasks of `group` column panels: per slice of k, their B panels are packed (in L2) and
+    // every row panel of A meets all of them while its slice is in L1
+    let panels = n.div_ceil(NR);
+    let threads = rayon::current_num_threads().max(1);
+    let group = (panels / (2 * threads)).clamp(1, GROUP);
+    let out = SendPtr(c.as_mut_ptr());
+    (0..panels.div_ceil(group)).into_par_iter().for_each(|g| {
+        let (jp0, jp1) = (g * group, ((g + 1) * group).min(panels));
+        let mut bpack = AlignedBuf::new((jp1 - jp0) * KC * NR);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            let bp = bpack.as_mut();
+            for jp in jp0..jp1 {
+                let j0 = jp * NR;
+                let at = (jp - jp0) * KC * NR;
+                pack_b(b, p0, kc, j0, NR.min(n - j0), &mut bp[at..at + kc * NR]);
+            }
+            for ip in 0..mpanels {
+                let r0 = ip * MR;
+                let rows = MR.min(m - r0);
+                let a_slice = ap[ip * MR * k + p0 * MR..].as_ptr();
+                for jp in jp0..jp1 {
+                    let j0 = jp * NR;
+                    let cols = NR.min(n - j0);
+                    let b_panel = bp[(jp - jp0) * KC * NR..].as_ptr();
+                    let c_tile = out.get();
+                    // SAFETY: AVX-512 F asserted above; the A slice holds kc * MR values and
+                    // the B panel kc * NR; the tile (r0.., j0..) of rows x cols lies inside the
+                    // m x n output, and this task is the only writer of its columns.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        avx512::tile(kc, a_slice, b_panel, c_tile.add(r0 * n + j0), n, rows, cols)
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("AVX-512 elsewhere: {a_slice:?} {b_panel:?} {c_tile:?} {cols}")
+                }
+            }
+        }
+    });
+    c
+}
+
+/// `x (m, k) @ w (n, k)^T` -> (m, n) row-major with whichever f32 kernel this machine runs:
+/// [`crate::skinny`] up to its row count, this GEMM where [`available`], else candle's (the
+/// `gemm` crate). Panics on slices that do not match the shapes (callers check them first).
+pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+    assert!(
+        x.len() == m * k && w.len() == n * k,
+        "sgemm::matmul_wt: x {} for ({m}, {k}), w {} for ({n}, {k})",
+        x.len(),
+        w.len()
+    );
+    if (1..=crate::skinny::MAX_ROWS).contains(&m) {
+        return crate::skinny::matmul_wt(x, m, k, w, n);
+    }
+    if available() {
+        return matmul(m, n, k, MatRef::row_major(x, k), MatRef::transposed(w, k));
+    }
+    use candle_core::{Device, Tensor};
+    let run = || -> candle_core::Result<Vec<f32>> {
+        let x = Tensor::from_slice(x, (m, k), &Device::Cpu)?;
+        let w = Tensor::from_slice(w, (n, k), &Device::Cpu)?;
+        x.matmul(&w.t()?)?.flatten_all()?.to_vec1()
+    };
+    run().expect("f32 GEMM of checked shapes")
+}
+
+/// Packs rows `i0..i0 + rows` of `a` over `p0..p0 + kc` as `[kc][MR]`, zero rows past `rows`.
+fn pack_a(a: MatRef, i0: usize, rows: usize, p0: usize, kc: usize, dst: &mut [f32]) {
+    for (p, d) in dst.chunks_exact_mut(MR).take(kc).enumerate() {
+        let col = (p0 + p) * a.cs;
+        for (r, v) in d.iter_mut().enumerate() {
+            *v = if r < rows {
+                a.data[(i0 + r) * a.rs + col]
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+/// Packs columns `j0..j0 + cols` of `b` over rows `p0..p0 + kc` as `[kc][NR]`, zero columns
+/// past `cols`.
+fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, cols: usize, dst: &mut [f32]) {
+    if b.cs == 1 {
+        for (p, d) in dst.chunks_exact_mut(NR).take(kc).enumerate() {
+            let s = (p0 + p) * b.rs + j0;
+            d[..cols].copy_from_slice(&b.data[s..s + cols]);
+            d[cols..].fill(0.0);
+        }
+        return;
+    }
+    dst[..kc * NR].fill(0.0);
+    let (mut jdone, mut pdone) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if b.rs == 1 {
+        // B = W^T: column j is a run of W's row j; 8 x 8 blocks transposed in registers
+        (jdone, pdone) = (cols / 8 * 8, kc / 8 * 8);
+        // SAFETY: AVX-512 F (which implies AVX) was checked by `matmul`; every block read lies
+        // inside the (kc, cols) view (checked by `fits`), every write inside `dst`.
+        unsafe { avx512::pack_transposed(b, p0, pdone, j0, jdone, dst) }
+    }
+    // the rest (or every column on other layouts) one value at a time
+    for j in 0..cols {
+        let base = (j0 + j) * b.cs + p0 * b.rs;
+        let from = if j < jdone { pdone } else { 0 };
+        for p in from..kc {
+            dst[p * NR + j] = b.data[base + p * b.rs];
+        }
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint elements through it (see `matmul`), and the buffer outlives them.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// A zeroed f32 buffer whose usable part starts on a 64-byte boundary (whole-register loads of
+/// the packed panels never split a cache line).
+struct AlignedBuf {
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> Self {
+        let buf = vec![0f32; len + 16];
+        let start = buf.as_ptr().align_offset(64).min(16);
+        Self { buf, start, len }
+    }
+
+    fn as_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// `dst[p * NR + j] = W[j0 + j][p0 + p]` for p < kc8, j < cols8 (multiples of 8), where
+    /// `b` is `W^T` (rs == 1): 8 rows of W, 8 values each, transposed in registers.
+    ///
+    /// # Safety
+    /// AVX-512 F; the blocks lie inside `b.data` and `dst` holds `kc8 * NR` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack_transposed(
+        b: super::MatRef,
+        p0: usize,
+        kc8: usize,
+        j0: usize,
+        cols8: usize,
+        dst: &mut [f32],
+    ) {
+        debug_assert!(dst.len() >= kc8 * NR && b.rs == 1);
+        let (src, d) = (b.data.as_ptr(), dst.as_mut_ptr());
+        for jb in (0..cols8).step_by(8) {
+            let row = |q: usize| src.add((j0 + jb + q) * b.cs + p0);
+            let rows = [
+                row(0),
+                row(1),
+                row(2),
+                row(3),
+                row(4),
+                row(5),
+                row(6),
+                row(7),
+            ];
+            for pb in (0..kc8).step_by(8) {
+                let r: [__m256; 8] = std::array::from_fn(|q| _mm256_loadu_ps(rows[q].add(pb)));
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let out = [
+                    _mm256_permute2f128_ps::<0x20>(u0, u4),
+                    _mm256_permute2f128_ps::<0x20>(u1, u5),
+                    _mm256_permute2f128_ps::<0x20>(u2, u6),
+                    _mm256_permute2f128_ps::<0x20>(u3, u7),
+                    _mm256_permute2f128_ps::<0x31>(u0, u4),
+                    _mm256_permute2f128_ps::<0x31>(u1, u5),
+                    _mm256_permute2f128_ps::<0x31>(u2, u6),
+                    _mm256_permute2f128_ps::<0x31>(u3, u7),
+                ];
+                for (i, v) in out.iter().enumerate() {
+                    _mm256_storeu_ps(d.add((pb + i) * NR + jb), *v);
+                }
+            }
+        }
+    }
+
+    /// `c[r * ldc + j] += sum_p a[p * MR + r] * b[p * NR + j]` for r < rows, j < cols.
+    ///
+    /// # Safety
+    /// AVX-512 F; `a` holds `kc * MR` values, `b` `kc * NR`; `c` is valid for `rows` rows of
+    /// `cols` values `ldc` apart.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        for p in 0..kc {
+            let b0 = _mm512_loadu_ps(b.add(p * NR));
+            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+            let ap = a.add(p * MR);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(r));
+                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+        let mask = |c: usize| ((1u32 << c.min(16)) - 1) as __mmask16;
+        let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
+        for (r, acc) in acc.iter().enumerate().take(rows) {
+            let cr = c.add(r * ldc);
+            let c0 = _mm512_maskz_loadu_ps(m0, cr);
+            _mm512_mask_storeu_ps(cr, m0, _mm512_add_ps(c0, acc[0]));
+            if m1 != 0 {
+                let c1 = _mm512_maskz_loadu_ps(m1, cr.add(16));
+                _mm512_mask_storeu_ps(cr.add(16), m1, _mm512_add_ps(c1, acc[1]));
+            }
+        }
+    }
+}
+
+/// `a (m, k) @ b (k, n)` for 2-D tensors: on this kernel for f32 CPU tensors of any strides
+/// when [`available`], else candle's matmul. No backward (used inside backward passes).
+pub fn matmul_tensors(
+    a: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+) -> candle_core::Result<candle_core::Tensor> {
+    let cpu_f32 = a.device().is_cpu()
+        && b.device().is_cpu()
+        && a.dtype() == candle_core::DType::F32
+        && b.dtype() == candle_core::DType::F32;
+    if available() && cpu_f32 && a.rank() == 2 && b.rank() == 2 {
+        a.apply_op2_no_bwd(b, &Matmul)
+    } else {
+        a.matmul(b)
+    }
+}
+
+struct Matmul;
+
+impl candle_core::CustomOp2 for Matmul {
+    fn name(&self) -> &'static str {
+        "lion-sgemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage;
+        let ((m, k), (k2, n)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        if k != k2 {
+            candle_core::bail!("lion-sgemm: ({m}, {k}) @ ({k2}, {n})")
+        }
+        let (CpuStorage::F32(x), CpuStorage::F32(y)) = (s1, s2) else {
+            candle_core::bail!("lion-sgemm: f32 operands only")
+        };
+        fn view<'a>(data: &'a [f32], l: &candle_core::Layout) -> MatRef<'a> {
+            MatRef {
+                data: &data[l.start_offset()..],
+                rs: l.stride()[0],
+                cs: l.stride()[1],
+            }
+        }
+        let c = matmul(m, n, k, view(x, l1), view(y, l2));
+        Ok((CpuStorage::F32(c), candle_core::Shape::from((m, n))))
+    }
+}
