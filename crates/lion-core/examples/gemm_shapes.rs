@@ -78,5 +78,48 @@ fn main() -> candle_core::Result<()> {
             ta / tb
         );
     }
+    // the backward's input gradient `g (m, n) @ W (n, k)`: B row-major
+    println!("g @ W: m x n x k     gemm crate ms  GFLOP/s   sgemm ms  GFLOP/s   speedup");
+    for (m, n, k) in [
+        (40, 32128, 768),
+        (698, 768, 768),
+        (698, 2048, 768),
+        (40, 768, 768),
+    ] {
+        let g = Tensor::randn(0f32, 1., (m, n), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 1., (n, k), &Device::Cpu)?;
+        let gv = g.flatten_all()?.to_vec1::<f32>()?;
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let (mut a, mut b) = (vec![], vec![]);
+        for i in 0..repeats + 1 {
+            let t = Instant::now();
+            std::hint::black_box(g.matmul(&w)?);
+            let ta = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            std::hint::black_box(sgemm::matmul(
+                m,
+                k,
+                n,
+                MatRef::row_major(&gv, n),
+                MatRef::row_major(&wv, k),
+            ));
+            let tb = t.elapsed().as_secs_f64();
+            if i > 0 {
+                a.push(ta);
+                b.push(tb);
+            }
+        }
+        let (ta, tb) = (median(a), median(b));
+        let gf = 2.0 * (m * n * k) as f64 / 1e9;
+        println!(
+            "{:<20} {:>12.3} {:>8.1} {:>10.3} {:>8.1} {:>8.2}x",
+            format!("{m}x{n}x{k}"),
+            ta * 1e3,
+            gf / ta,
+            tb * 1e3,
+            gf / tb,
+            ta / tb
+        );
+    }
     Ok(())
 }

@@ -305,6 +305,28 @@ fn sgemm_matches_an_f64_product_on_edge_shapes_and_strides() -> lion_core::Resul
             }
         }
     }
+    // subnormal operands (flushed to 0 while packing) still give the product to f32 accuracy
+    let (m, n, k) = (13, 33, 300);
+    let mut a = uniform(m * k, 99);
+    for (i, v) in a.iter_mut().enumerate() {
+        if i % 3 == 0 {
+            *v = 1e-40 * (1.0 + *v);
+        }
+    }
+    let w = uniform(n * k, 98);
+    let got = sgemm::matmul(m, n, k, MatRef::row_major(&a, k), MatRef::transposed(&w, k));
+    for r in 0..m {
+        for j in 0..n {
+            let want: f64 = (0..k)
+                .filter(|p| (r * k + p) % 3 != 0)
+                .map(|p| a[r * k + p] as f64 * w[j * k + p] as f64)
+                .sum();
+            assert!(
+                (got[r * n + j] as f64 - want).abs() < 1e-4,
+                "subnormals at ({r}, {j})"
+            );
+        }
+    }
     // through the linear layer (forward, input and weight gradients) against candle's matmul
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1., (3, 19, 45), &dev)?;
