@@ -553,3 +553,36 @@ fn convert_and_quantize_from_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `lion doctor` names the f32 GEMM it picked; `LION_F32_GEMM=gemm-crate` moves only that one
+/// off the AVX-512 kernel, and `LION_CPU=avx2` caps it too.
+#[test]
+fn doctor_reports_the_f32_gemm_and_the_env_overrides_change_it() {
+    let doctor = |envs: &[(&str, &str)]| -> Value {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lion"));
+        c.arg("doctor");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let out = c.output().expect("run lion doctor");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).expect("doctor prints JSON")["kernels"].clone()
+    };
+    let native = doctor(&[]);
+    let crate_gemm = doctor(&[("LION_F32_GEMM", "gemm-crate")]);
+    let capped = doctor(&[("LION_CPU", "avx2")]);
+    assert_ne!(capped["f32_gemm"], "avx512");
+    assert_ne!(crate_gemm["f32_gemm"], "avx512");
+    assert_eq!(crate_gemm["f32_skinny"], native["f32_skinny"]);
+    assert_eq!(crate_gemm["bf16"], native["bf16"]);
+    if native["f32_gemm"] != "avx512" {
+        eprintln!(
+            "this CPU has no AVX-512: the native choice is {}",
+            native["f32_gemm"]
+        );
+    }
+}

@@ -249,7 +249,24 @@ pub fn pick(f: &Features) -> Kernels {
 /// The kernels for this machine, picked once.
 pub fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
-    K.get_or_init(|| pick(features()))
+    K.get_or_init(|| {
+        let mut k = pick(features());
+        // LION_F32_GEMM=gemm-crate keeps the linear layers' f32 GEMM on the `gemm` crate where
+        // the AVX-512 kernel would run, and nothing else changes: the bits of earlier runs
+        // (the shipped tagger was trained so) on an AVX-512 machine.
+        match std::env::var("LION_F32_GEMM").ok().as_deref() {
+            None | Some("") | Some("native") => {}
+            Some("gemm-crate") => {
+                if k.f32_gemm == F32Gemm::Avx512 {
+                    k.f32_gemm = F32Gemm::GemmCrateAvx2;
+                }
+            }
+            Some(other) => {
+                tracing::warn!("LION_F32_GEMM={other} is not native or gemm-crate: ignored")
+            }
+        }
+        k
+    })
 }
 
 /// The `lion doctor` report.
