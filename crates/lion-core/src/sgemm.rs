@@ -166,7 +166,8 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32>
 /// A subnormal value as 0. Packing flushes them: an FMA with a subnormal operand takes a
 /// microcode assist (~100 cycles) on x86. Measured: a softmax gradient over the 32128-token
 /// vocabulary had 14% subnormal values, and the LM head's input-gradient GEMM took 300-490 ms
-/// instead of ~30. The error is below 1.2e-38 per product.
+/// in a training step traced on a loaded machine, against ~34 ms for random operands of that
+/// shape under the same load. The error is below 1.2e-38 per product.
 #[inline(always)]
 fn flush(v: f32) -> f32 {
     if v.abs() < f32::MIN_POSITIVE {
