@@ -1,5 +1,6 @@
-//! The f32 GEMM kernels at the model's shapes: `x (m, k) @ W^T` with W (n, k), candle's matmul
-//! (the `gemm` crate) against `lion_core::sgemm` (AVX-512), alternating, median of `REPEATS`.
+//! The f32 GEMM kernels at the model's shapes, candle's matmul (the `gemm` crate) against
+//! `lion_core::sgemm` (AVX-512), alternating, median of `REPEATS`: the forward `x (m, k) @ W^T`
+//! with W (n, k), and the backward's input gradient `g (m, n) @ W (n, k)`.
 //!
 //! `cargo run --release -p lion-core --example gemm_shapes [REPEATS]`
 
@@ -11,6 +12,47 @@ use lion_core::sgemm::{self, MatRef};
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// Times `theirs` and `ours` alternately (one warm-up each) and prints one row for an
+/// (m, k) @ (k, n) product.
+fn compare(
+    label: String,
+    (m, k, n): (usize, usize, usize),
+    repeats: usize,
+    theirs: impl Fn() -> candle_core::Result<Tensor>,
+    ours: impl Fn() -> Vec<f32>,
+) -> candle_core::Result<()> {
+    let (mut a, mut b) = (vec![], vec![]);
+    for i in 0..repeats + 1 {
+        let t = Instant::now();
+        std::hint::black_box(theirs()?);
+        let ta = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        std::hint::black_box(ours());
+        let tb = t.elapsed().as_secs_f64();
+        if i > 0 {
+            a.push(ta);
+            b.push(tb);
+        }
+    }
+    let (ta, tb) = (median(a), median(b));
+    let gf = 2.0 * (m * n * k) as f64 / 1e9;
+    println!(
+        "{label:<20} {:>12.3} {:>8.1} {:>10.3} {:>8.1} {:>8.2}x",
+        ta * 1e3,
+        gf / ta,
+        tb * 1e3,
+        gf / tb,
+        ta / tb
+    );
+    Ok(())
+}
+
+fn random(rows: usize, cols: usize) -> candle_core::Result<(Tensor, Vec<f32>)> {
+    let t = Tensor::randn(0f32, 1., (rows, cols), &Device::Cpu)?;
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok((t, v))
 }
 
 fn main() -> candle_core::Result<()> {
@@ -38,47 +80,27 @@ fn main() -> candle_core::Result<()> {
         (698, 768, 768),
         (2048, 2048, 2048),
     ];
-    println!("m x k x n            gemm crate ms  GFLOP/s   sgemm ms  GFLOP/s   speedup");
+    println!("x @ W^T: m x k x n   gemm crate ms  GFLOP/s   sgemm ms  GFLOP/s   speedup");
     for (m, k, n) in shapes {
-        let x = Tensor::randn(0f32, 1., (m, k), &Device::Cpu)?;
-        let w = Tensor::randn(0f32, 1., (n, k), &Device::Cpu)?;
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let (x, xv) = random(m, k)?;
+        let (w, wv) = random(n, k)?;
         let wt = w.t()?;
-        let (mut a, mut b) = (vec![], vec![]);
-        for i in 0..repeats + 1 {
-            let t = Instant::now();
-            let y = x.matmul(&wt)?;
-            let ta = t.elapsed().as_secs_f64();
-            std::hint::black_box(y);
-            let t = Instant::now();
-            let y = sgemm::matmul(
-                m,
-                n,
-                k,
-                MatRef::row_major(&xv, k),
-                MatRef::transposed(&wv, k),
-            );
-            let tb = t.elapsed().as_secs_f64();
-            std::hint::black_box(y);
-            if i > 0 {
-                a.push(ta);
-                b.push(tb);
-            }
-        }
-        let (ta, tb) = (median(a), median(b));
-        let gf = 2.0 * (m * n * k) as f64 / 1e9;
-        println!(
-            "{:<20} {:>12.3} {:>8.1} {:>10.3} {:>8.1} {:>8.2}x",
+        compare(
             format!("{m}x{k}x{n}"),
-            ta * 1e3,
-            gf / ta,
-            tb * 1e3,
-            gf / tb,
-            ta / tb
-        );
+            (m, k, n),
+            repeats,
+            || x.matmul(&wt),
+            || {
+                sgemm::matmul(
+                    m,
+                    n,
+                    k,
+                    MatRef::row_major(&xv, k),
+                    MatRef::transposed(&wv, k),
+                )
+            },
+        )?;
     }
-    // the backward's input gradient `g (m, n) @ W (n, k)`: B row-major
     println!("g @ W: m x n x k     gemm crate ms  GFLOP/s   sgemm ms  GFLOP/s   speedup");
     for (m, n, k) in [
         (40, 32128, 768),
@@ -86,40 +108,23 @@ fn main() -> candle_core::Result<()> {
         (698, 2048, 768),
         (40, 768, 768),
     ] {
-        let g = Tensor::randn(0f32, 1., (m, n), &Device::Cpu)?;
-        let w = Tensor::randn(0f32, 1., (n, k), &Device::Cpu)?;
-        let gv = g.flatten_all()?.to_vec1::<f32>()?;
-        let wv = w.flatten_all()?.to_vec1::<f32>()?;
-        let (mut a, mut b) = (vec![], vec![]);
-        for i in 0..repeats + 1 {
-            let t = Instant::now();
-            std::hint::black_box(g.matmul(&w)?);
-            let ta = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            std::hint::black_box(sgemm::matmul(
-                m,
-                k,
-                n,
-                MatRef::row_major(&gv, n),
-                MatRef::row_major(&wv, k),
-            ));
-            let tb = t.elapsed().as_secs_f64();
-            if i > 0 {
-                a.push(ta);
-                b.push(tb);
-            }
-        }
-        let (ta, tb) = (median(a), median(b));
-        let gf = 2.0 * (m * n * k) as f64 / 1e9;
-        println!(
-            "{:<20} {:>12.3} {:>8.1} {:>10.3} {:>8.1} {:>8.2}x",
+        let (g, gv) = random(m, n)?;
+        let (w, wv) = random(n, k)?;
+        compare(
             format!("{m}x{n}x{k}"),
-            ta * 1e3,
-            gf / ta,
-            tb * 1e3,
-            gf / tb,
-            ta / tb
-        );
+            (m, n, k),
+            repeats,
+            || g.matmul(&w),
+            || {
+                sgemm::matmul(
+                    m,
+                    k,
+                    n,
+                    MatRef::row_major(&gv, n),
+                    MatRef::row_major(&wv, k),
+                )
+            },
+        )?;
     }
     Ok(())
 }

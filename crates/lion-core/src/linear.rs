@@ -3,8 +3,9 @@
 //! candle's matmul backward always computes both operand gradients: in PEFT training (adapters
 //! trainable, backbone frozen) every backbone linear would spend a full extra GEMM, and a
 //! weight-sized buffer, on a gradient nobody reads. [`Linear`] runs `x @ W^T` as a candle
-//! [`CustomOp2`] (the same CPU GEMM; [`crate::skinny`] for up to 8 f32 rows, as in decoding)
-//! whose `bwd` returns the input gradient, and the weight gradient only when the weight takes
+//! [`CustomOp2`] (f32 on the CPU: [`crate::sgemm::matmul_wt`], i.e. [`crate::skinny`] for up to
+//! 16 rows as in decoding, else the AVX-512 GEMM or candle's; the backward's products likewise
+//! through [`crate::sgemm::matmul_tensors`]) whose `bwd` returns the input gradient, and the weight gradient only when the weight takes
 //! part in autograd (`track_op`). Other devices (and the plain path,
 //! [`crate::kernels::fused`]) use `candle_nn::Linear`. Tested against `candle_nn::Linear`, forward and backward (tests/linear.rs).
 //!
@@ -273,16 +274,10 @@ impl CustomOp2 for MatmulWt {
         if let (CpuStorage::F32(xs), CpuStorage::F32(ws), Some((w0, w1))) =
             (s1, s2, l2.contiguous_offsets())
         {
-            if (1..=skinny::MAX_ROWS).contains(&m) {
+            // skinny rows or the AVX-512 GEMM; the gemm crate below reads the storage in place
+            if (1..=skinny::MAX_ROWS).contains(&m) || crate::sgemm::available() {
                 let x0 = l1.start_offset();
-                let y = skinny::matmul_wt(&xs[x0..x0 + m * k], m, k, &ws[w0..w1], n);
-                return Ok((CpuStorage::F32(y), Shape::from(shape)));
-            }
-            if crate::sgemm::available() {
-                use crate::sgemm::{matmul, MatRef};
-                let x0 = l1.start_offset();
-                let x = MatRef::row_major(&xs[x0..x0 + m * k], k);
-                let y = matmul(m, n, k, x, MatRef::transposed(&ws[w0..w1], k));
+                let y = crate::sgemm::matmul_wt(&xs[x0..x0 + m * k], m, k, &ws[w0..w1], n);
                 return Ok((CpuStorage::F32(y), Shape::from(shape)));
             }
         }

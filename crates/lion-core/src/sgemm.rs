@@ -18,7 +18,8 @@
 //! order) whatever the thread count, so results repeat bit for bit on one machine; they differ
 //! from the `gemm` crate's (another summation order) by rounding. [`crate::linear`] uses it for
 //! `x @ W^T` and its backward when [`crate::cpu::Kernels::f32_gemm`] is
-//! [`crate::cpu::F32Gemm::Avx512`] (`LION_CPU=avx2` keeps the `gemm` crate). Tested against
+//! [`crate::cpu::F32Gemm::Avx512`] (`LION_CPU=avx2` or `LION_F32_GEMM=gemm-crate` keep the
+//! `gemm` crate). Tested against
 //! an f64 product on edge shapes (`tests/linear.rs`).
 
 use rayon::prelude::*;
