@@ -1,6 +1,7 @@
 //! The f32 GEMM kernels at the model's shapes, candle's matmul (the `gemm` crate) against
 //! `lion_core::sgemm` (AVX-512), alternating, median of `REPEATS`: the forward `x (m, k) @ W^T`
-//! with W (n, k), and the backward's input gradient `g (m, n) @ W (n, k)`.
+//! with W (n, k), and the backward's input gradient `g (m, n) @ W (n, k)`; where the CPU has
+//! AVX512-BF16, also `sgemm` f32 against `bf16::matmul_wt` (W stored in bf16).
 //!
 //! `cargo run --release -p lion-core --example gemm_shapes [REPEATS]`
 
@@ -16,17 +17,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Times `theirs` and `ours` alternately (one warm-up each) and prints one row for an
 /// (m, k) @ (k, n) product.
-fn compare(
+fn compare<T, U>(
     label: String,
     (m, k, n): (usize, usize, usize),
     repeats: usize,
-    theirs: impl Fn() -> candle_core::Result<Tensor>,
-    ours: impl Fn() -> Vec<f32>,
-) -> candle_core::Result<()> {
+    theirs: impl Fn() -> T,
+    ours: impl Fn() -> U,
+) {
     let (mut a, mut b) = (vec![], vec![]);
     for i in 0..repeats + 1 {
         let t = Instant::now();
-        std::hint::black_box(theirs()?);
+        std::hint::black_box(theirs());
         let ta = t.elapsed().as_secs_f64();
         let t = Instant::now();
         std::hint::black_box(ours());
@@ -46,7 +47,6 @@ fn compare(
         gf / tb,
         ta / tb
     );
-    Ok(())
 }
 
 fn random(rows: usize, cols: usize) -> candle_core::Result<(Tensor, Vec<f32>)> {
@@ -89,7 +89,7 @@ fn main() -> candle_core::Result<()> {
             format!("{m}x{k}x{n}"),
             (m, k, n),
             repeats,
-            || x.matmul(&wt),
+            || x.matmul(&wt).expect("candle matmul"),
             || {
                 sgemm::matmul(
                     m,
@@ -99,7 +99,7 @@ fn main() -> candle_core::Result<()> {
                     MatRef::transposed(&wv, k),
                 )
             },
-        )?;
+        );
     }
     println!("g @ W: m x n x k     gemm crate ms  GFLOP/s   sgemm ms  GFLOP/s   speedup");
     for (m, n, k) in [
@@ -114,7 +114,7 @@ fn main() -> candle_core::Result<()> {
             format!("{m}x{n}x{k}"),
             (m, n, k),
             repeats,
-            || g.matmul(&w),
+            || g.matmul(&w).expect("candle matmul"),
             || {
                 sgemm::matmul(
                     m,
@@ -124,7 +124,27 @@ fn main() -> candle_core::Result<()> {
                     MatRef::row_major(&wv, k),
                 )
             },
-        )?;
+        );
+    }
+    if lion_core::cpu::kernels().bf16 != lion_core::cpu::Bf16Kernel::Avx512Bf16 {
+        println!("no AVX512-BF16 on this CPU: the bf16 kernel is not compared");
+        return Ok(());
+    }
+    println!("bf16 W: m x k x n    sgemm f32 ms  GFLOP/s    bf16 ms  GFLOP/s   speedup (bf16: bf16::matmul_wt as dispatched)");
+    for (m, k, n) in shapes
+        .into_iter()
+        .chain([(5, 2048, 5120), (5, 2048, 32128)])
+    {
+        let (_, xv) = random(m, k)?;
+        let (_, wv) = random(n, k)?;
+        let wb = lion_core::bf16::to_bf16(&wv);
+        compare(
+            format!("{m}x{k}x{n}"),
+            (m, k, n),
+            repeats,
+            || sgemm::matmul_wt(&xv, m, k, &wv, n),
+            || lion_core::bf16::matmul_wt(&xv, m, k, &wb, n),
+        );
     }
     Ok(())
 }

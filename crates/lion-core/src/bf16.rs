@@ -7,9 +7,12 @@
 //! and 1 input register of the 32), reads each weight row once per 6 input rows, and sums the 4
 //! columns' lanes together at the end. Parallel over blocks of weight rows (rayon), so a few
 //! decoding rows stream the weight once at half the f32 bytes. Without AVX512-BF16 the weight is
-//! widened to f32 and the f32 path runs (`portable`). Accumulation is f32 throughout; products
-//! of bf16 values are exact in f32, so the paths differ by summation order only (tested on edge
-//! shapes against [`reference`], `tests/linear.rs`).
+//! widened to f32 and the f32 path runs (`portable`). From [`WIDEN_MIN_ROWS`] rows on, where
+//! [`crate::cpu::Bf16Gemm::WidenF32`] is picked (Intel: `vdpbf16ps` there is slower than the f32
+//! AVX-512 GEMM, see its docs), the f32 GEMM runs with the weight widened while it is packed
+//! ([`crate::sgemm::matmul_wt_bf16`]) and `x` is not rounded. Accumulation is f32 throughout;
+//! products of bf16 values are exact in f32, so the paths differ by summation order (and the
+//! rounding of `x`) only (tested on edge shapes against [`reference`], `tests/linear.rs`).
 
 use half::bf16;
 use rayon::prelude::*;
@@ -27,6 +30,23 @@ const TILE_N: usize = 4;
 /// Columns per pass over a block (a multiple of 32): 6 input rows and 4 weight rows of it (10 KiB)
 /// stay in L1, the block's 32 weight rows of it (32 KiB) in L2; partial sums add into the output.
 const TILE_K: usize = 512;
+
+/// Rows of `x` from which [`crate::cpu::Bf16Gemm::WidenF32`] runs the f32 GEMM instead of
+/// `vdpbf16ps`: measured on Intel (Emerald Rapids, 2 cores), the two were even at 32 rows
+/// (768-3072 wide) and the dot-product kernel 1.6-2.2x faster at 5 (it streams half the bytes).
+pub const WIDEN_MIN_ROWS: usize = 32;
+
+/// Whether [`matmul_wt`] rounds `x` to bf16 for `m` rows on this CPU (the `vdpbf16ps` kernel
+/// does; the widening paths keep `x` in f32).
+pub fn rounds_x(m: usize) -> bool {
+    let k = crate::cpu::kernels();
+    k.bf16 == crate::cpu::Bf16Kernel::Avx512Bf16 && !widens(m)
+}
+
+/// Whether `m` rows take [`crate::sgemm::matmul_wt_bf16`] on a CPU with AVX512-BF16.
+pub(crate) fn widens(m: usize) -> bool {
+    m >= WIDEN_MIN_ROWS && crate::cpu::kernels().bf16_gemm == crate::cpu::Bf16Gemm::WidenF32
+}
 
 /// bf16 (round to nearest even, as `vcvtne2ps2bf16`).
 pub fn to_bf16(x: &[f32]) -> Vec<bf16> {
@@ -50,8 +70,12 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32
         return vec![0.0; m * n];
     }
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::kernels().bf16 == crate::cpu::Bf16Kernel::Avx512Bf16 {
+    if crate::cpu::kernels().bf16 == crate::cpu::Bf16Kernel::Avx512Bf16 && !widens(m) {
         return native(x, m, k, w, n);
+    }
+    if m > crate::skinny::MAX_ROWS && crate::sgemm::available() {
+        // widened while packed: no f32 copy of the weight
+        return crate::sgemm::matmul_wt_bf16(x, m, k, w, n);
     }
     portable(x, m, k, w, n)
 }

@@ -29,6 +29,8 @@ pub struct Features {
     pub amx_int8: bool,
     /// XCR0 has the tile config and data state (bits 17, 18) enabled.
     pub amx_os: bool,
+    /// The CPUID vendor is GenuineIntel (kernel choices measured per vendor, see [`Bf16Gemm`]).
+    pub intel: bool,
 }
 
 impl Features {
@@ -67,6 +69,11 @@ fn detect() -> Features {
         amx_bf16: bit(leaf7.edx, 22),
         amx_int8: bit(leaf7.edx, 25),
         amx_os,
+        intel: {
+            let v = std::arch::x86_64::__cpuid(0);
+            // "GenuineIntel" is ebx, edx, ecx
+            (v.ebx, v.edx, v.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
+        },
     }
 }
 
@@ -124,6 +131,26 @@ pub enum F32Gemm {
     GemmCrateAvx2,
     /// The `gemm` crate's portable kernels.
     GemmCratePortable,
+}
+
+/// How a bf16-weight matmul of [`crate::bf16::WIDEN_MIN_ROWS`] rows or more runs where the CPU has
+/// AVX512-BF16 (fewer rows always take the `vdpbf16ps` kernel: they stream the weight, and half
+/// the bytes is what counts there).
+///
+/// Measured on the model's shapes (`examples/gemm_shapes.rs`, 2 cores, 2026-12-05): on Intel
+/// Xeon (Emerald Rapids) the `vdpbf16ps` kernel ran 137-150 GFLOP/s at 257-2048 rows against
+/// 230-259 for the f32 AVX-512 GEMM (PyTorch's bf16 oneDNN GEMM there: 163-169, its f32 270-303):
+/// `vdpbf16ps` does not outrun two 512-bit FMA ports on those cores. On AMD Zen 4 the same kernel
+/// reached 300-320 GFLOP/s at those shapes (2026-12-04) against 185 for the `gemm` crate's f32
+/// 2048^3 (the AVX-512 f32 GEMM was not measured there), so AMD keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bf16Gemm {
+    /// The `vdpbf16ps` dot-product kernel ([`crate::bf16`]): `x` rounded to bf16.
+    Dot,
+    /// The f32 AVX-512 GEMM with the weight widened while its panels are packed
+    /// ([`crate::sgemm::matmul_wt_bf16`]): `x` stays f32, the weight stays bf16 in memory.
+    WidenF32,
 }
 
 /// Which kernel runs a matmul against bf16 weights.
@@ -211,6 +238,8 @@ pub struct Kernels {
     pub f32_gemm: F32Gemm,
     /// Matmul against bf16 weights.
     pub bf16: Bf16Kernel,
+    /// Where `bf16` is native: the kernel for many rows (`LION_BF16_GEMM=dot|widen` overrides).
+    pub bf16_gemm: Bf16Gemm,
     /// What `--dtype auto` means here.
     pub auto_dtype: WeightDtype,
 }
@@ -238,6 +267,11 @@ pub fn pick(f: &Features) -> Kernels {
         } else {
             Bf16Kernel::Widen
         },
+        bf16_gemm: if native && f.avx512f && f.intel {
+            Bf16Gemm::WidenF32
+        } else {
+            Bf16Gemm::Dot
+        },
         auto_dtype: if native {
             WeightDtype::Bf16
         } else {
@@ -264,6 +298,20 @@ pub fn kernels() -> &'static Kernels {
             Some(other) => {
                 tracing::warn!("LION_F32_GEMM={other} is not native or gemm-crate: ignored")
             }
+        }
+        match std::env::var("LION_BF16_GEMM").ok().as_deref() {
+            None | Some("") | Some("native") => {}
+            Some("dot") => k.bf16_gemm = Bf16Gemm::Dot,
+            // the widened path needs the AVX-512 f32 GEMM
+            Some("widen") if k.f32_gemm == F32Gemm::Avx512 => k.bf16_gemm = Bf16Gemm::WidenF32,
+            Some(other) => tracing::warn!(
+                "LION_BF16_GEMM={other} is not native, dot or widen (widen needs the AVX-512 f32 GEMM): ignored"
+            ),
+        }
+        // the widened path runs on the f32 GEMM: without it (LION_F32_GEMM=gemm-crate) the
+        // `vdpbf16ps` kernel stays
+        if k.f32_gemm != F32Gemm::Avx512 {
+            k.bf16_gemm = Bf16Gemm::Dot;
         }
         k
     })
@@ -332,11 +380,15 @@ pub fn summary() -> String {
         have.push("no SIMD kernels");
     }
     format!(
-        "{} | skinny {:?}, gemm {:?}, bf16 {:?}, auto dtype {}",
+        "{} | skinny {:?}, gemm {:?}, bf16 {:?}{}, auto dtype {}",
         have.join(" "),
         k.f32_skinny,
         k.f32_gemm,
         k.bf16,
+        match (k.bf16, k.bf16_gemm) {
+            (Bf16Kernel::Avx512Bf16, Bf16Gemm::WidenF32) => " (many rows: WidenF32)",
+            _ => "",
+        },
         k.auto_dtype.name()
     )
 }
@@ -384,5 +436,17 @@ mod tests {
         assert_eq!(pick(&zen4).f32_skinny, F32Kernel::Avx512);
         assert_eq!(pick(&zen4).bf16, Bf16Kernel::Avx512Bf16);
         assert_eq!(pick(&zen4).auto_dtype, WeightDtype::Bf16);
+        assert_eq!(pick(&zen4).bf16_gemm, Bf16Gemm::Dot);
+        let xeon = Features {
+            intel: true,
+            ..zen4
+        };
+        assert_eq!(pick(&xeon).bf16, Bf16Kernel::Avx512Bf16);
+        assert_eq!(pick(&xeon).bf16_gemm, Bf16Gemm::WidenF32);
+        let xeon_no_bf16 = Features {
+            avx512bf16: false,
+            ..xeon
+        };
+        assert_eq!(pick(&xeon_no_bf16).bf16_gemm, Bf16Gemm::Dot);
     }
 }

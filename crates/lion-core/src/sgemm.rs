@@ -80,6 +80,35 @@ pub fn matmul(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f32> {
         a.fits(m, k) && b.fits(k, n),
         "sgemm: views do not fit ({m}, {k}) x ({k}, {n})"
     );
+    gemm(m, n, k, a, BSrc::F32(b))
+}
+
+/// `x (m, k) f32 @ w (n, k)^T` for a weight stored in bf16, on the AVX-512 kernel: each value
+/// of `w` is widened to f32 (exactly) as its panel is packed, so no f32 copy of the weight
+/// exists and `x` is not rounded. [`crate::bf16::matmul_wt`] takes this path for many rows
+/// where [`crate::cpu::Bf16Gemm::WidenF32`] is picked.
+///
+/// Panics when the CPU lacks AVX-512 F or a slice does not match its shape.
+pub fn matmul_wt_bf16(x: &[f32], m: usize, k: usize, w: &[half::bf16], n: usize) -> Vec<f32> {
+    assert!(
+        x.len() == m * k && w.len() == n * k,
+        "sgemm::matmul_wt_bf16: x {} for ({m}, {k}), w {} for ({n}, {k})",
+        x.len(),
+        w.len()
+    );
+    gemm(m, n, k, MatRef::row_major(x, k), BSrc::Bf16Wt(w, k))
+}
+
+/// Where `B`'s panels are packed from.
+#[derive(Clone, Copy)]
+enum BSrc<'a> {
+    /// An f32 view.
+    F32(MatRef<'a>),
+    /// `W^T` for a row-major bf16 weight `W (n, k)` (the second field is `k`).
+    Bf16Wt(&'a [half::bf16], usize),
+}
+
+fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: BSrc) -> Vec<f32> {
     assert!(
         crate::cpu::features().avx512f,
         "sgemm: the AVX-512 kernel needs AVX-512 F"
@@ -112,7 +141,11 @@ pub fn matmul(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f32> {
             for jp in jp0..jp1 {
                 let j0 = jp * NR;
                 let at = (jp - jp0) * KC * NR;
-                pack_b(b, p0, kc, j0, NR.min(n - j0), &mut bp[at..at + kc * NR]);
+                let dst = &mut bp[at..at + kc * NR];
+                match b {
+                    BSrc::F32(b) => pack_b(b, p0, kc, j0, NR.min(n - j0), dst),
+                    BSrc::Bf16Wt(w, k) => pack_b_bf16(w, k, p0, kc, j0, NR.min(n - j0), dst),
+                }
             }
             for ip in 0..mpanels {
                 let r0 = ip * MR;
@@ -225,6 +258,38 @@ fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, cols: usize, dst: &mut [f3
     }
 }
 
+/// [`pack_b`] for `B = W^T` with `W (n, k)` row-major bf16: `dst[p * NR + j] = W[j0 + j][p0 + p]`
+/// widened to f32 (subnormals flushed as in [`flush`]), zero columns past `cols`.
+fn pack_b_bf16(
+    w: &[half::bf16],
+    k: usize,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    cols: usize,
+    dst: &mut [f32],
+) {
+    dst[..kc * NR].fill(0.0);
+    #[cfg(target_arch = "x86_64")]
+    let (jdone, pdone) = {
+        let (jdone, pdone) = (cols / 8 * 8, kc / 8 * 8);
+        assert!(j0 + cols <= w.len() / k.max(1) && p0 + kc <= k);
+        // SAFETY: AVX-512 F was checked by `gemm`; rows j0..j0 + cols of W and their columns
+        // p0..p0 + kc lie inside `w` (asserted), and `dst` holds kc * NR values.
+        unsafe { avx512::pack_transposed_bf16(w, k, p0, pdone, j0, jdone, dst) };
+        (jdone, pdone)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (jdone, pdone) = (0, 0);
+    for j in 0..cols {
+        let row = &w[(j0 + j) * k + p0..(j0 + j) * k + p0 + kc];
+        let from = if j < jdone { pdone } else { 0 };
+        for (p, v) in row.iter().enumerate().skip(from) {
+            dst[p * NR + j] = flush(v.to_f32());
+        }
+    }
+}
+
 /// A raw output pointer shared by tasks that write disjoint columns.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -283,54 +348,86 @@ mod avx512 {
     ) {
         debug_assert!(dst.len() >= kc8 * NR && b.rs == 1);
         let (src, d) = (b.data.as_ptr(), dst.as_mut_ptr());
-        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-        let tiny = _mm256_set1_ps(f32::MIN_POSITIVE);
         for jb in (0..cols8).step_by(8) {
-            let row = |q: usize| src.add((j0 + jb + q) * b.cs + p0);
-            let rows = [
-                row(0),
-                row(1),
-                row(2),
-                row(3),
-                row(4),
-                row(5),
-                row(6),
-                row(7),
-            ];
+            let rows: [*const f32; 8] = std::array::from_fn(|q| src.add((j0 + jb + q) * b.cs + p0));
             for pb in (0..kc8).step_by(8) {
                 let r: [__m256; 8] = std::array::from_fn(|q| _mm256_loadu_ps(rows[q].add(pb)));
-                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-                let out = [
-                    _mm256_permute2f128_ps::<0x20>(u0, u4),
-                    _mm256_permute2f128_ps::<0x20>(u1, u5),
-                    _mm256_permute2f128_ps::<0x20>(u2, u6),
-                    _mm256_permute2f128_ps::<0x20>(u3, u7),
-                    _mm256_permute2f128_ps::<0x31>(u0, u4),
-                    _mm256_permute2f128_ps::<0x31>(u1, u5),
-                    _mm256_permute2f128_ps::<0x31>(u2, u6),
-                    _mm256_permute2f128_ps::<0x31>(u3, u7),
-                ];
-                for (i, &v) in out.iter().enumerate() {
-                    // subnormals to 0 (see `flush`): keep lanes with |v| >= MIN_POSITIVE
-                    let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_and_ps(v, abs), tiny);
-                    _mm256_storeu_ps(d.add((pb + i) * NR + jb), _mm256_and_ps(v, keep));
-                }
+                store_transposed(r, d.add(pb * NR + jb));
             }
+        }
+    }
+
+    /// [`pack_transposed`] for a row-major bf16 `W (n, k)`: 8 values of 8 rows widened to f32
+    /// (a bf16 is the high half of an f32), then transposed.
+    ///
+    /// # Safety
+    /// AVX-512 F; rows `j0..j0 + cols8` of `w` and their columns `p0..p0 + kc8` lie inside
+    /// `w`, and `dst` holds `kc8 * NR` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack_transposed_bf16(
+        w: &[half::bf16],
+        k: usize,
+        p0: usize,
+        kc8: usize,
+        j0: usize,
+        cols8: usize,
+        dst: &mut [f32],
+    ) {
+        debug_assert!(dst.len() >= kc8 * NR);
+        let (src, d) = (w.as_ptr(), dst.as_mut_ptr());
+        for jb in (0..cols8).step_by(8) {
+            let rows: [*const half::bf16; 8] =
+                std::array::from_fn(|q| src.add((j0 + jb + q) * k + p0));
+            for pb in (0..kc8).step_by(8) {
+                let r: [__m256; 8] = std::array::from_fn(|q| {
+                    let h = _mm_loadu_si128(rows[q].add(pb) as *const __m128i);
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+                });
+                store_transposed(r, d.add(pb * NR + jb));
+            }
+        }
+    }
+
+    /// Stores the 8 x 8 transpose of `r` as 8 rows of 8 values `NR` apart from `d`, subnormals
+    /// flushed to 0 (see [`super::flush`]).
+    ///
+    /// # Safety
+    /// AVX-512 F; `d` is valid for 8 rows of 8 values `NR` apart.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store_transposed(r: [__m256; 8], d: *mut f32) {
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let tiny = _mm256_set1_ps(f32::MIN_POSITIVE);
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let out = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (i, &v) in out.iter().enumerate() {
+            // subnormals to 0: keep lanes with |v| >= MIN_POSITIVE
+            let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_and_ps(v, abs), tiny);
+            _mm256_storeu_ps(d.add(i * NR), _mm256_and_ps(v, keep));
         }
     }
 

@@ -168,14 +168,21 @@ fn bf16_matmul_matches_the_exact_product_on_edge_shapes() {
         (5, 31, 70),
         (33, 100, 37),
         (2, 768, 67),
+        (40, 300, 45),
     ];
     for (i, &(m, kk, n)) in shapes.iter().enumerate() {
         let x = uniform(m * kk, 2 * i as u32);
         let w = lion_core::bf16::to_bf16(&uniform(n * kk, 2 * i as u32 + 1));
-        let native = k == lion_core::cpu::Bf16Kernel::Avx512Bf16;
         let rounded = lion_core::bf16::reference(&x, m, kk, &w, n, true);
         let exact = lion_core::bf16::reference(&x, m, kk, &w, n, false);
-        // the native kernel rounds x to bf16; the widening path keeps it f32
+        // the native kernel rounds x to bf16; the widening paths keep it f32
+        let native = lion_core::bf16::rounds_x(m);
+        assert_eq!(
+            native,
+            k == lion_core::cpu::Bf16Kernel::Avx512Bf16
+                && (m < lion_core::bf16::WIDEN_MIN_ROWS
+                    || lion_core::cpu::kernels().bf16_gemm == lion_core::cpu::Bf16Gemm::Dot)
+        );
         let dispatched_want = if native { &rounded } else { &exact };
         for (name, got, want) in [
             (
@@ -342,4 +349,45 @@ fn sgemm_matches_an_f64_product_on_edge_shapes_and_strides() -> lion_core::Resul
         assert!(d < 1e-3, "gradient differs by {d}");
     }
     Ok(())
+}
+
+/// The f32 GEMM on a bf16 weight widened while packed (`sgemm::matmul_wt_bf16`, the many-rows
+/// bf16 path on Intel) against the exact product of f32 `x` and the bf16 weight: edge shapes of
+/// the 8 x 8 transposes, the 12 x 32 tile and the 256-deep slices, and subnormal bf16 weights
+/// (flushed to 0). Skipped with a printed reason without AVX-512.
+#[test]
+fn sgemm_on_bf16_weights_matches_the_exact_product() {
+    if !lion_core::sgemm::available() {
+        eprintln!("skipped: no AVX-512 f32 GEMM on this CPU (or capped by LION_CPU)");
+        return;
+    }
+    for (i, &(m, kk, n)) in [
+        (1, 1, 1),
+        (12, 8, 32),
+        (13, 9, 33),
+        (17, 255, 7),
+        (40, 257, 45),
+        (31, 520, 64),
+        (100, 768, 129),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = uniform(m * kk, 100 + 2 * i as u32);
+        let mut w = lion_core::bf16::to_bf16(&uniform(n * kk, 101 + 2 * i as u32));
+        // a few subnormal weights: their products are below f32's resolution here
+        for v in w.iter_mut().step_by(11) {
+            *v = half::bf16::from_f32(1e-39);
+        }
+        let want = lion_core::bf16::reference(&x, m, kk, &w, n, false);
+        let got = lion_core::sgemm::matmul_wt_bf16(&x, m, kk, &w, n);
+        assert_eq!(got.len(), m * n);
+        let tol = 1e-6 * (kk as f64).sqrt() * 4.0 + 1e-6;
+        for (j, (g, r)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (*g as f64 - r).abs() < tol,
+                "({m}, {kk}) x ({n}, {kk}) at {j}: {g} vs {r}"
+            );
+        }
+    }
 }
