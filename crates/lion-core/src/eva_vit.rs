@@ -295,13 +295,15 @@ impl Attention {
         let q = (qkv.get(0)?.contiguous()? * scale)?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let scores = q.matmul(&k.t()?)?; // (b, heads, n, n)
+        let scores = crate::sgemm::bmm(&q, &k.t()?)?; // (b, heads, n, n)
         let probs = if self.frozen {
             candle_nn::ops::softmax_last_dim(&scores)?
         } else {
             crate::ops::softmax(&scores)?
         };
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        let ctx = crate::sgemm::bmm(&probs, &v)?
+            .transpose(1, 2)?
+            .reshape((b, n, d))?;
         self.proj.forward(&ctx)
     }
 }

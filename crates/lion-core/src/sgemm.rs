@@ -109,13 +109,20 @@ enum BSrc<'a> {
 }
 
 fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: BSrc) -> Vec<f32> {
+    let mut c = vec![0f32; m * n];
+    gemm_into(m, n, k, a, b, &mut c);
+    c
+}
+
+/// [`gemm`] into `c` (m * n values, zero: the tiles add into it).
+fn gemm_into(m: usize, n: usize, k: usize, a: MatRef, b: BSrc, c: &mut [f32]) {
     assert!(
         crate::cpu::features().avx512f,
         "sgemm: the AVX-512 kernel needs AVX-512 F"
     );
-    let mut c = vec![0f32; m * n];
+    assert_eq!(c.len(), m * n, "sgemm: output for ({m}, {n})");
     if m == 0 || n == 0 || k == 0 {
-        return c;
+        return;
     }
     // A packed whole, once: row panel ip is [k][MR] at ip * k * MR (slice p0 at + p0 * MR)
     let mpanels = m.div_ceil(MR);
@@ -169,7 +176,6 @@ fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: BSrc) -> Vec<f32> {
             }
         }
     });
-    c
 }
 
 /// `x (m, k) @ w (n, k)^T` -> (m, n) row-major with whichever f32 kernel this machine runs:
@@ -471,8 +477,11 @@ mod avx512 {
     }
 }
 
-/// `a (m, k) @ b (k, n)` for 2-D tensors: on this kernel for f32 CPU tensors of any strides
-/// when [`available`], else candle's matmul. No backward (used inside backward passes).
+/// `a (m, k) @ b (k, n)` for 2-D tensors, or batched `a (.., m, k) @ b (.., k, n)` with equal
+/// leading dims (no broadcasting): on this kernel for f32 CPU tensors of any strides when
+/// [`available`] and the product has more than [`crate::skinny::MAX_ROWS`] rows (batched) or
+/// any rows (2-D), else candle's matmul. No backward: callers use it inside backward passes or
+/// through [`bmm`].
 pub fn matmul_tensors(
     a: &candle_core::Tensor,
     b: &candle_core::Tensor,
@@ -481,10 +490,30 @@ pub fn matmul_tensors(
         && b.device().is_cpu()
         && a.dtype() == candle_core::DType::F32
         && b.dtype() == candle_core::DType::F32;
-    if available() && cpu_f32 && a.rank() == 2 && b.rank() == 2 {
+    let (ra, rb) = (a.rank(), b.rank());
+    let batched_ok = ra == rb
+        && ra > 2
+        && a.dims()[..ra - 2] == b.dims()[..rb - 2]
+        && a.dims()[ra - 2] > crate::skinny::MAX_ROWS;
+    if available() && cpu_f32 && ((ra == 2 && rb == 2) || batched_ok) {
         a.apply_op2_no_bwd(b, &Matmul)
     } else {
         a.matmul(b)
+    }
+}
+
+/// `a @ b` as candle's `matmul` computes it (2-D, or batched over equal leading dims): on this
+/// kernel ([`matmul_tensors`]) when neither operand takes part in autograd (inference, or
+/// detached values inside a backward), else candle's matmul, which records the op for the
+/// backward. Attention's score and context products go through here.
+pub fn bmm(
+    a: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+) -> candle_core::Result<candle_core::Tensor> {
+    if a.track_op() || b.track_op() {
+        a.matmul(b)
+    } else {
+        matmul_tensors(a, b)
     }
 }
 
@@ -503,21 +532,47 @@ impl candle_core::CustomOp2 for Matmul {
         l2: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use candle_core::CpuStorage;
-        let ((m, k), (k2, n)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        let (da, db) = (l1.dims(), l2.dims());
+        let r = da.len();
+        if r < 2 || db.len() != r || da[..r - 2] != db[..r - 2] {
+            candle_core::bail!("lion-sgemm: {:?} @ {:?}", da, db)
+        }
+        let (m, k, k2, n) = (da[r - 2], da[r - 1], db[r - 2], db[r - 1]);
         if k != k2 {
-            candle_core::bail!("lion-sgemm: ({m}, {k}) @ ({k2}, {n})")
+            candle_core::bail!("lion-sgemm: {:?} @ {:?}", da, db)
         }
         let (CpuStorage::F32(x), CpuStorage::F32(y)) = (s1, s2) else {
             candle_core::bail!("lion-sgemm: f32 operands only")
         };
-        fn view<'a>(data: &'a [f32], l: &candle_core::Layout) -> MatRef<'a> {
+        /// The (rows, cols) matrix of batch item `i` (row-major over the leading dims).
+        fn view<'a>(data: &'a [f32], l: &candle_core::Layout, i: usize) -> MatRef<'a> {
+            let (dims, st) = (l.dims(), l.stride());
+            let r = dims.len();
+            let (mut at, mut rest) = (l.start_offset(), i);
+            for d in (0..r - 2).rev() {
+                at += rest % dims[d] * st[d];
+                rest /= dims[d];
+            }
             MatRef {
-                data: &data[l.start_offset()..],
-                rs: l.stride()[0],
-                cs: l.stride()[1],
+                data: &data[at..],
+                rs: st[r - 2],
+                cs: st[r - 1],
             }
         }
-        let c = matmul(m, n, k, view(x, l1), view(y, l2));
-        Ok((CpuStorage::F32(c), candle_core::Shape::from((m, n))))
+        let batch: usize = da[..r - 2].iter().product();
+        let mut c = vec![0f32; batch * m * n];
+        if m * n > 0 {
+            c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
+                let (a, b) = (view(x, l1, i), view(y, l2, i));
+                assert!(
+                    a.fits(m, k) && b.fits(k, n),
+                    "sgemm: views do not fit ({m}, {k}) x ({k}, {n})"
+                );
+                gemm_into(m, n, k, a, BSrc::F32(b), ci)
+            });
+        }
+        let mut shape = da.to_vec();
+        shape[r - 1] = n;
+        Ok((CpuStorage::F32(c), candle_core::Shape::from(shape)))
     }
 }

@@ -315,9 +315,8 @@ impl WindowAttention {
         let q = (qkv.get(0)?.contiguous()? * self.scale)?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let mut attn = q
-            .matmul(&k.t()?)?
-            .broadcast_add(&self.bias()?.unsqueeze(0)?)?;
+        let mut attn =
+            crate::sgemm::bmm(&q, &k.t()?)?.broadcast_add(&self.bias()?.unsqueeze(0)?)?;
         if let Some(mask) = mask {
             let nw = mask.dim(0)?;
             attn = attn
@@ -325,7 +324,7 @@ impl WindowAttention {
                 .broadcast_add(&mask.unsqueeze(1)?.unsqueeze(0)?)?
                 .reshape((bw, self.num_heads, n, n))?;
         }
-        let ctx = softmax(&attn)?.matmul(&v)?;
+        let ctx = crate::sgemm::bmm(&softmax(&attn)?, &v)?;
         self.proj
             .forward(&ctx.transpose(1, 2)?.reshape((bw, n, c))?)
     }

@@ -391,3 +391,49 @@ fn sgemm_on_bf16_weights_matches_the_exact_product() {
         }
     }
 }
+
+/// Batched products (attention's scores and context, `sgemm::bmm`) against candle's matmul:
+/// 3-D and 4-D, transposed and permuted (non-contiguous) operands, a batch item with fewer rows
+/// than the kernel takes (candle's then), and a tracked operand, which must keep its gradient
+/// (candle's matmul records it).
+#[test]
+fn batched_products_match_candle_and_keep_gradients() -> lion_core::Result<()> {
+    use lion_core::sgemm::bmm;
+    let dev = Device::Cpu;
+    let t = |shape: &[usize], seed: u32| {
+        let n = shape.iter().product();
+        Tensor::from_vec(uniform(n, seed), shape, &dev)
+    };
+    // scores: q (2, 3, 20, 8) @ k^T, k (2, 3, 19, 8)
+    let q = t(&[2, 3, 20, 8], 1)?;
+    let k = t(&[2, 3, 19, 8], 2)?;
+    let kt = k.t()?;
+    // context: probs (2, 3, 20, 19) @ v (2, 3, 19, 8); v from a permute of (2, 19, 3, 8)
+    let p = t(&[2, 3, 20, 19], 3)?;
+    let v = t(&[2, 19, 3, 8], 4)?.permute((0, 2, 1, 3))?;
+    // backward shapes: p^T (transposed batch items) @ g, 3-D
+    let g = t(&[6, 20, 8], 5)?;
+    let p3 = p.reshape((6, 20, 19))?;
+    let few = t(&[2, 3, 5, 8], 6)?; // 5 rows: candle's matmul
+    for (name, a, b) in [
+        ("q @ k^T", &q, &kt),
+        ("p @ v (permuted)", &p, &v),
+        ("p^T @ g", &p3.t()?, &g),
+        ("5 rows", &few, &kt),
+    ] {
+        // candle's matmul takes some strides only as copies (the permuted v)
+        let want = a.contiguous()?.matmul(&b.contiguous()?)?;
+        let got = bmm(a, b)?;
+        assert_eq!(got.dims(), want.dims(), "{name}");
+        let d = max_abs_diff(&got, &want)?;
+        assert!(d < 1e-5, "{name}: max diff {d}");
+    }
+    // a tracked operand: the gradient arrives as through candle's matmul
+    let qv = Var::from_tensor(&q)?;
+    let loss = bmm(qv.as_tensor(), &kt)?.sqr()?.sum_all()?;
+    let grad = loss.backward()?.get(qv.as_tensor()).cloned();
+    let want = (q.matmul(&kt)?.matmul(&k)? * 2.0)?;
+    let grad = grad.expect("q's gradient through bmm");
+    assert!(max_abs_diff(&grad, &want)? < 1e-4);
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! Fused attention: `softmax(scale * q k^T + biases) v` with dropout, and its backward.
 
 use super::*;
+use crate::sgemm::bmm;
 
 /// `softmax(scale * q k^T + biases) v` with dropout `p` on the probabilities (T5: scale 1;
 /// BERT: 1/sqrt(d), applied to the scores as HF does): q (b, h, q, d), k and v (b, h, k, d), each
@@ -55,7 +56,7 @@ pub fn attention_composed(
     biases: &[&Tensor],
     p: f32,
 ) -> Result<Tensor> {
-    let mut scores = q.matmul(&k.t()?)?;
+    let mut scores = bmm(q, &k.t()?)?;
     if scale != 1.0 {
         scores = (scores * scale)?;
     }
@@ -65,7 +66,7 @@ pub fn attention_composed(
     // in f32 for reduced-precision inputs, as HF's T5 does
     let probs = softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?;
     let probs = if p > 0.0 { dropout(&probs, p)? } else { probs };
-    probs.matmul(v)
+    bmm(&probs, v)
 }
 
 pub(super) struct Attention {
@@ -95,7 +96,7 @@ impl Attention {
     }
 
     fn probs(&self) -> Result<Tensor> {
-        let mut scores = self.q.matmul(&self.k.t()?)?;
+        let mut scores = bmm(&self.q, &self.k.t()?)?;
         if self.scale != 1.0 {
             scores = (scores * self.scale)?;
         }
@@ -121,7 +122,7 @@ impl CustomOp3 for Attention {
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let probs = self.probs()?;
-        let out = self.dropout_mask(&probs)?.matmul(&self.v)?;
+        let out = bmm(&self.dropout_mask(&probs)?, &self.v)?;
         *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(probs);
         let shape = out.shape().clone();
         Ok((CpuStorage::F32(out.flatten_all()?.to_vec1()?), shape))
@@ -141,11 +142,11 @@ impl CustomOp3 for Attention {
             None => self.probs()?, // a second backward: recompute
         };
         let g = g.detach().contiguous()?;
-        let dv = self.dropout_mask(&probs)?.t()?.matmul(&g)?;
-        let dprobs = self.dropout_mask(&g.matmul(&self.v.t()?)?)?;
+        let dv = bmm(&self.dropout_mask(&probs)?.t()?, &g)?;
+        let dprobs = self.dropout_mask(&bmm(&g, &self.v.t()?)?)?;
         let dscores = probs.apply_op2_no_bwd(&dprobs, &SoftmaxGrad)?;
-        let mut dq = dscores.matmul(&self.k)?;
-        let mut dk = dscores.t()?.matmul(&self.q)?;
+        let mut dq = bmm(&dscores, &self.k)?;
+        let mut dk = bmm(&dscores.t()?, &self.q)?;
         if self.scale != 1.0 {
             // d(scale * q k^T): the scale on the (smaller) q and k gradients
             dq = (dq * self.scale)?;
