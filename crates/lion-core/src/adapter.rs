@@ -205,10 +205,11 @@ impl AdapterRouter {
                 Tensor::cat(&ups_w, 1)?,
             )
         };
-        let h = x2.matmul(&dw.t()?)?.broadcast_add(&db)?.relu()?;
-        let out = h
-            .matmul(&uw.t()?)?
-            .broadcast_add(&up_b.expect("at least one adapter"))?;
+        let h = crate::sgemm::bmm(&x2, &dw.t()?)?
+            .broadcast_add(&db)?
+            .relu()?;
+        let out =
+            crate::sgemm::bmm(&h, &uw.t()?)?.broadcast_add(&up_b.expect("at least one adapter"))?;
         out.reshape(x.shape())?.to_dtype(xs.dtype())
     }
 

@@ -12,8 +12,9 @@
 //! AVX-512 or AVX2 picked at run time); more rows (encoders, the ViT) dequantize blocks of weight
 //! rows into bf16 and run the bf16 GEMM ([`crate::bf16::matmul_wt`]) on them, so prefill costs
 //! the bf16 rate plus one pass of dequantization, and memory holds one block of dense rows
-//! (where the f32 GEMM is the faster one, [`crate::cpu::Bf16Gemm::WidenF32`], and on machines
-//! without native bf16, the blocks are dequantized to f32 and run there).
+//! (where the f32 GEMM is the faster one, [`crate::cpu::Bf16Gemm::WidenF32`], each GEMM task
+//! dequantizes its rows into bf16 and widens them while packing; on machines without native
+//! bf16, blocks of rows are dequantized to f32 and run on the f32 GEMM).
 //! (candle's `quantized` module was measured first: on AMD Zen 4 it repacks q8_0 weights into
 //! a second copy for its VNNI path, doubling the memory, and runs EVA ViT-g's 1408-wide layers,
 //! which are not a multiple of 256, at 10 GFLOP/s.)
@@ -27,7 +28,7 @@ use crate::skinny::MAX_ROWS;
 /// Weights per block (and per scale).
 pub const BLOCK: usize = 32;
 
-/// Weight rows dequantized to f32 per GEMM call where the f32 GEMM runs them.
+/// Weight rows dequantized to f32 per GEMM call on machines without native bf16.
 const DENSE_ROWS: usize = 1024;
 
 /// Weight rows per rayon task of the skinny path.
@@ -177,9 +178,7 @@ impl QWeight {
             return self.skinny(x, m);
         }
         #[cfg(target_arch = "x86_64")]
-        if crate::cpu::kernels().bf16 == crate::cpu::Bf16Kernel::Avx512Bf16
-            && !crate::bf16::widens(m)
-        {
+        if crate::cpu::kernels().bf16 == crate::cpu::Bf16Kernel::Avx512Bf16 {
             let (kind, nb, qb) = (self.kind, k / BLOCK, self.kind.block_bytes());
             let fill = |j0: usize, rows: usize, buf: &mut [bf16]| {
                 let q = &self.qs[j0 * nb * qb..(j0 + rows) * nb * qb];
@@ -188,10 +187,13 @@ impl QWeight {
                 // `buf` hold `rows` rows of nb blocks each.
                 unsafe { avx512::dequantize_bf16(kind, q, s, buf) }
             };
+            if crate::bf16::widens(m) {
+                // the f32 GEMM, each task widening the bf16 rows it dequantized
+                return crate::sgemm::matmul_wt_filled(x, m, k, n, &fill);
+            }
             return crate::bf16::matmul_wt_filled(x, m, k, n, &fill);
         }
-        // no native bf16 (or many rows where the f32 GEMM is faster, `bf16::widens`): blocks of
-        // rows dequantized to f32, the f32 GEMM on each
+        // no native bf16: blocks of rows dequantized to f32, the f32 GEMM on each
         let mut y = vec![0f32; m * n];
         let mut r0 = 0;
         while r0 < n {

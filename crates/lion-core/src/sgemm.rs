@@ -99,6 +99,22 @@ pub fn matmul_wt_bf16(x: &[f32], m: usize, k: usize, w: &[half::bf16], n: usize)
     gemm(m, n, k, MatRef::row_major(x, k), BSrc::Bf16Wt(w, k))
 }
 
+/// [`matmul_wt_bf16`] with the weight's rows made by `fill(j0, rows, buf)` (writing rows
+/// `j0..j0 + rows`, `rows * k` values, into `buf`): each task fills the rows of its own column
+/// panels once, so no whole copy of the weight exists (quantized weights dequantize there).
+///
+/// Panics when the CPU lacks AVX-512 F or `x` does not match (m, k).
+pub(crate) fn matmul_wt_filled(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    fill: &(dyn Fn(usize, usize, &mut [half::bf16]) + Sync),
+) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "sgemm::matmul_wt_filled: x for ({m}, {k})");
+    gemm(m, n, k, MatRef::row_major(x, k), BSrc::Fill(fill, k))
+}
+
 /// Where `B`'s panels are packed from.
 #[derive(Clone, Copy)]
 enum BSrc<'a> {
@@ -106,6 +122,8 @@ enum BSrc<'a> {
     F32(MatRef<'a>),
     /// `W^T` for a row-major bf16 weight `W (n, k)` (the second field is `k`).
     Bf16Wt(&'a [half::bf16], usize),
+    /// `W^T` for a bf16 weight whose rows a function writes (see [`matmul_wt_filled`]).
+    Fill(&'a (dyn Fn(usize, usize, &mut [half::bf16]) + Sync), usize),
 }
 
 fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: BSrc) -> Vec<f32> {
@@ -142,6 +160,17 @@ fn gemm_into(m: usize, n: usize, k: usize, a: MatRef, b: BSrc, c: &mut [f32]) {
     (0..panels.div_ceil(group)).into_par_iter().for_each(|g| {
         let (jp0, jp1) = (g * group, ((g + 1) * group).min(panels));
         let mut bpack = AlignedBuf::new((jp1 - jp0) * KC * NR);
+        // a filled weight: this task's rows, made once
+        let first = jp0 * NR;
+        let filled = match b {
+            BSrc::Fill(fill, k) => {
+                let rows = (jp1 * NR).min(n) - first;
+                let mut buf = vec![half::bf16::ZERO; rows * k];
+                fill(first, rows, &mut buf);
+                buf
+            }
+            _ => vec![],
+        };
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
             let bp = bpack.as_mut();
@@ -152,6 +181,9 @@ fn gemm_into(m: usize, n: usize, k: usize, a: MatRef, b: BSrc, c: &mut [f32]) {
                 match b {
                     BSrc::F32(b) => pack_b(b, p0, kc, j0, NR.min(n - j0), dst),
                     BSrc::Bf16Wt(w, k) => pack_b_bf16(w, k, p0, kc, j0, NR.min(n - j0), dst),
+                    BSrc::Fill(_, k) => {
+                        pack_b_bf16(&filled, k, p0, kc, j0 - first, NR.min(n - j0), dst)
+                    }
                 }
             }
             for ip in 0..mpanels {

@@ -74,7 +74,7 @@ fn quantization_error_is_at_most_half_a_step() {
 #[test]
 fn quantized_kernels_match_the_dequantized_product() {
     let dev = Device::Cpu;
-    for (n, k) in [(5, 32), (77, 1408), (33, 96)] {
+    for (n, k) in [(5, 32), (77, 1408), (33, 96), (300, 64)] {
         let w = Tensor::randn(0f32, 0.05, (n, k), &dev)
             .unwrap()
             .flatten_all()
