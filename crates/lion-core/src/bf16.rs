@@ -315,13 +315,25 @@ mod avx512 {
             }
             t += 32;
         }
+        // the first slice writes, later ones add: a fresh zeroed output is never read before it
+        // is written (see `sgemm`'s tile: no copy-on-write faults of the zero page)
+        let first = ks.0 == 0;
         for (r, a) in acc.iter().enumerate() {
             let o = out.add(r * ld);
             if N == 4 {
-                _mm_storeu_ps(o, _mm_add_ps(_mm_loadu_ps(o), sum4(a[0], a[1], a[2], a[3])));
+                let s = sum4(a[0], a[1], a[2], a[3]);
+                _mm_storeu_ps(
+                    o,
+                    if first {
+                        s
+                    } else {
+                        _mm_add_ps(_mm_loadu_ps(o), s)
+                    },
+                );
             } else {
                 for (c, v) in a.iter().enumerate() {
-                    *o.add(c) += _mm512_reduce_add_ps(*v);
+                    let s = _mm512_reduce_add_ps(*v);
+                    *o.add(c) = if first { s } else { *o.add(c) + s };
                 }
             }
         }

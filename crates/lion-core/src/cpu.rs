@@ -20,6 +20,8 @@ pub struct Features {
     pub avx512f: bool,
     pub avx512bw: bool,
     pub avx512vl: bool,
+    /// AVX-512 DQ (64-bit lane multiplies: the dropout mask's hash).
+    pub avx512dq: bool,
     /// `vdpbf16ps`: bf16 pair dot products with f32 accumulation.
     pub avx512bf16: bool,
     pub avx512vnni: bool,
@@ -63,6 +65,7 @@ fn detect() -> Features {
         avx512f: std::is_x86_feature_detected!("avx512f"),
         avx512bw: std::is_x86_feature_detected!("avx512bw"),
         avx512vl: std::is_x86_feature_detected!("avx512vl"),
+        avx512dq: std::is_x86_feature_detected!("avx512dq"),
         avx512bf16: std::is_x86_feature_detected!("avx512bf16"),
         avx512vnni: std::is_x86_feature_detected!("avx512vnni"),
         amx_tile,

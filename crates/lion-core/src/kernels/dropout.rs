@@ -35,13 +35,7 @@ impl CustomOp1 for Dropout {
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .enumerate()
-            .for_each(|(c, (yc, xc))| {
-                let base = (c * CHUNK) as u64;
-                for (i, (o, &v)) in yc.iter_mut().zip(xc).enumerate() {
-                    let h = mix64(key ^ (base + i as u64)) >> 32;
-                    *o = if h < thr { 0.0 } else { v * scale };
-                }
-            });
+            .for_each(|(c, (yc, xc))| apply_dropout(key, (c * CHUNK) as u64, thr, scale, xc, yc));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -50,6 +44,98 @@ impl CustomOp1 for Dropout {
             p: self.p,
             seed: self.seed,
         })?))
+    }
+}
+
+/// `y[i] = x[i] * scale`, or 0 where the hash of element `base + i` is below `thr`: 16 lanes
+/// at a time where the CPU has AVX-512 F/VL/DQ (the same SplitMix64 on 64-bit lanes, so the
+/// same mask bit for bit), else one element at a time ([`apply_dropout_scalar`]).
+pub fn apply_dropout(key: u64, base: u64, thr: u64, scale: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "dropout: input and output lengths");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let f = crate::cpu::features();
+        if f.avx512() && f.avx512dq {
+            let full = x.len() / 16 * 16;
+            // SAFETY: AVX-512 F/BW/VL and DQ were detected (and not capped by LION_CPU); both
+            // slices hold `full` values.
+            unsafe { avx512::apply(key, base, thr, scale, &x[..full], &mut y[..full]) };
+            apply_dropout_scalar(
+                key,
+                base + full as u64,
+                thr,
+                scale,
+                &x[full..],
+                &mut y[full..],
+            );
+            return;
+        }
+    }
+    apply_dropout_scalar(key, base, thr, scale, x, y)
+}
+
+/// [`apply_dropout`] one element at a time (the reference of the vector path).
+pub fn apply_dropout_scalar(key: u64, base: u64, thr: u64, scale: f32, x: &[f32], y: &mut [f32]) {
+    for (i, (o, &v)) in y.iter_mut().zip(x).enumerate() {
+        let h = mix64(key ^ (base + i as u64)) >> 32;
+        *o = if h < thr { 0.0 } else { v * scale };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// SplitMix64 of 8 lanes (see `lion_rng::splitmix64`).
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
+    #[inline]
+    unsafe fn mix(x: __m512i) -> __m512i {
+        let z = _mm512_add_epi64(x, _mm512_set1_epi64(lion_rng::GAMMA as i64));
+        let z = _mm512_mullo_epi64(
+            _mm512_xor_si512(z, _mm512_srli_epi64::<30>(z)),
+            _mm512_set1_epi64(0xBF58_476D_1CE4_E5B9u64 as i64),
+        );
+        let z = _mm512_mullo_epi64(
+            _mm512_xor_si512(z, _mm512_srli_epi64::<27>(z)),
+            _mm512_set1_epi64(0x94D0_49BB_1331_11EBu64 as i64),
+        );
+        _mm512_xor_si512(z, _mm512_srli_epi64::<31>(z))
+    }
+
+    /// [`super::apply_dropout`] on a multiple of 16 values.
+    ///
+    /// # Safety
+    /// AVX-512 F/VL/DQ; `x.len() == y.len()`, a multiple of 16.
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
+    pub(super) unsafe fn apply(
+        key: u64,
+        base: u64,
+        thr: u64,
+        scale: f32,
+        x: &[f32],
+        y: &mut [f32],
+    ) {
+        debug_assert!(x.len() == y.len() && x.len() % 16 == 0);
+        let key = _mm512_set1_epi64(key as i64);
+        let thr = _mm512_set1_epi64(thr as i64);
+        let sc = _mm512_set1_ps(scale);
+        let step = _mm512_set1_epi64(16);
+        let mut lo = _mm512_add_epi64(
+            _mm512_set1_epi64(base as i64),
+            _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0),
+        );
+        let mut hi = _mm512_add_epi64(lo, _mm512_set1_epi64(8));
+        for (xc, yc) in x.chunks_exact(16).zip(y.chunks_exact_mut(16)) {
+            let hl = _mm512_srli_epi64::<32>(mix(_mm512_xor_si512(key, lo)));
+            let hh = _mm512_srli_epi64::<32>(mix(_mm512_xor_si512(key, hi)));
+            // keep where the hash is not below the threshold (unsigned)
+            let keep = (_mm512_cmpge_epu64_mask(hl, thr) as u16)
+                | ((_mm512_cmpge_epu64_mask(hh, thr) as u16) << 8);
+            let v = _mm512_loadu_ps(xc.as_ptr());
+            _mm512_storeu_ps(yc.as_mut_ptr(), _mm512_maskz_mul_ps(keep, v, sc));
+            lo = _mm512_add_epi64(lo, step);
+            hi = _mm512_add_epi64(hi, step);
+        }
     }
 }
 
