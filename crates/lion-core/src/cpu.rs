@@ -351,6 +351,14 @@ pub fn report() -> Report {
     if k.bf16 == Bf16Kernel::Widen {
         notes.push("no native bf16 dot products: --dtype auto means f32".into());
     }
+    if k.bf16 == Bf16Kernel::Avx512Bf16 && k.bf16_gemm == Bf16Gemm::WidenF32 {
+        notes.push(
+            "bf16 weights: products of 32 rows or more run the f32 AVX-512 GEMM on weights widened \
+             while packed (faster than vdpbf16ps on this vendor's cores; LION_BF16_GEMM=dot \
+             overrides)"
+                .into(),
+        );
+    }
     Report {
         arch: std::env::consts::ARCH,
         model_name: model_name(),
