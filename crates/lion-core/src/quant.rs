@@ -13,8 +13,8 @@
 //! rows into bf16 and run the bf16 GEMM ([`crate::bf16::matmul_wt`]) on them, so prefill costs
 //! the bf16 rate plus one pass of dequantization, and memory holds one block of dense rows
 //! (where the f32 GEMM is the faster one, [`crate::cpu::Bf16Gemm::WidenF32`], each GEMM task
-//! dequantizes its rows into bf16 and widens them while packing; on machines without native
-//! bf16, blocks of rows are dequantized to f32 and run on the f32 GEMM).
+//! dequantizes its rows into f32, exactly, and packs them; on machines without native bf16,
+//! blocks of rows are dequantized to f32 and run on the f32 GEMM).
 //! (candle's `quantized` module was measured first: on AMD Zen 4 it repacks q8_0 weights into
 //! a second copy for its VNNI path, doubling the memory, and runs EVA ViT-g's 1408-wide layers,
 //! which are not a multiple of 256, at 10 GFLOP/s.)
@@ -188,7 +188,14 @@ impl QWeight {
                 unsafe { avx512::dequantize_bf16(kind, q, s, buf) }
             };
             if crate::bf16::widens(m) {
-                // the f32 GEMM, each task widening the bf16 rows it dequantized
+                // the f32 GEMM, each task dequantizing its rows into f32 (no bf16 rounding)
+                let fill = |j0: usize, rows: usize, buf: &mut [f32]| {
+                    let q = &self.qs[j0 * nb * qb..(j0 + rows) * nb * qb];
+                    let s = &self.scales[j0 * nb..(j0 + rows) * nb];
+                    // SAFETY: on this path the CPU has AVX-512 F/BW/VL; `q`, `s` and `buf` hold
+                    // `rows` rows of nb blocks each.
+                    unsafe { avx512::dequantize_f32(kind, q, s, buf) }
+                };
                 return crate::sgemm::matmul_wt_filled(x, m, k, n, &fill);
             }
             return crate::bf16::matmul_wt_filled(x, m, k, n, &fill);
@@ -483,6 +490,19 @@ mod avx512 {
             for (r, a) in acc.iter().enumerate().take(m) {
                 out[(j + i) * m + r] = _mm512_reduce_add_ps(*a);
             }
+        }
+    }
+
+    /// One weight row's `s.len()` blocks into f32 (exact: a quant times its scale).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn dequantize_f32(kind: Quantize, q: &[u8], s: &[f32], row: &mut [f32]) {
+        let qb = kind.block_bytes();
+        debug_assert!(q.len() >= s.len() * qb && row.len() >= s.len() * BLOCK);
+        let out = row.as_mut_ptr();
+        for (b, &d) in s.iter().enumerate() {
+            let (w0, w1) = block(kind, q.as_ptr().add(b * qb), _mm512_set1_ps(d));
+            _mm512_storeu_ps(out.add(b * BLOCK), w0);
+            _mm512_storeu_ps(out.add(b * BLOCK + 16), w1);
         }
     }
 

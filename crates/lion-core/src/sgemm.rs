@@ -99,7 +99,7 @@ pub fn matmul_wt_bf16(x: &[f32], m: usize, k: usize, w: &[half::bf16], n: usize)
     gemm(m, n, k, MatRef::row_major(x, k), BSrc::Bf16Wt(w, k))
 }
 
-/// [`matmul_wt_bf16`] with the weight's rows made by `fill(j0, rows, buf)` (writing rows
+/// `x (m, k) @ W^T` with the f32 weight's rows made by `fill(j0, rows, buf)` (writing rows
 /// `j0..j0 + rows`, `rows * k` values, into `buf`): each task fills the rows of its own column
 /// panels once, so no whole copy of the weight exists (quantized weights dequantize there).
 ///
@@ -109,7 +109,7 @@ pub(crate) fn matmul_wt_filled(
     m: usize,
     k: usize,
     n: usize,
-    fill: &(dyn Fn(usize, usize, &mut [half::bf16]) + Sync),
+    fill: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
 ) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "sgemm::matmul_wt_filled: x for ({m}, {k})");
     gemm(m, n, k, MatRef::row_major(x, k), BSrc::Fill(fill, k))
@@ -122,8 +122,8 @@ enum BSrc<'a> {
     F32(MatRef<'a>),
     /// `W^T` for a row-major bf16 weight `W (n, k)` (the second field is `k`).
     Bf16Wt(&'a [half::bf16], usize),
-    /// `W^T` for a bf16 weight whose rows a function writes (see [`matmul_wt_filled`]).
-    Fill(&'a (dyn Fn(usize, usize, &mut [half::bf16]) + Sync), usize),
+    /// `W^T` for an f32 weight whose rows a function writes (see [`matmul_wt_filled`]).
+    Fill(&'a (dyn Fn(usize, usize, &mut [f32]) + Sync), usize),
 }
 
 fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: BSrc) -> Vec<f32> {
@@ -165,7 +165,7 @@ fn gemm_into(m: usize, n: usize, k: usize, a: MatRef, b: BSrc, c: &mut [f32]) {
         let filled = match b {
             BSrc::Fill(fill, k) => {
                 let rows = (jp1 * NR).min(n) - first;
-                let mut buf = vec![half::bf16::ZERO; rows * k];
+                let mut buf = vec![0f32; rows * k];
                 fill(first, rows, &mut buf);
                 buf
             }
@@ -182,7 +182,8 @@ fn gemm_into(m: usize, n: usize, k: usize, a: MatRef, b: BSrc, c: &mut [f32]) {
                     BSrc::F32(b) => pack_b(b, p0, kc, j0, NR.min(n - j0), dst),
                     BSrc::Bf16Wt(w, k) => pack_b_bf16(w, k, p0, kc, j0, NR.min(n - j0), dst),
                     BSrc::Fill(_, k) => {
-                        pack_b_bf16(&filled, k, p0, kc, j0 - first, NR.min(n - j0), dst)
+                        let w = MatRef::transposed(&filled, k);
+                        pack_b(w, p0, kc, j0 - first, NR.min(n - j0), dst)
                     }
                 }
             }
