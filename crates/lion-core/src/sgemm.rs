@@ -132,7 +132,8 @@ fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: BSrc) -> Vec<f32> {
     c
 }
 
-/// [`gemm`] into `c` (m * n values, zero: the tiles add into it).
+/// [`gemm`] into `c` (m * n values): the first slice of `k` overwrites it, later slices add;
+/// with `k == 0` it is left as it is, so callers pass zeros.
 fn gemm_into(m: usize, n: usize, k: usize, a: MatRef, b: BSrc, c: &mut [f32]) {
     assert!(
         crate::cpu::features().avx512f,
@@ -553,7 +554,10 @@ pub fn matmul_tensors(
     if available() && cpu_f32 && ((ra == 2 && rb == 2) || batched_ok) {
         a.apply_op2_no_bwd(b, &Matmul)
     } else {
+        // candle's matmul refuses some strides this kernel takes (e.g. a permuted batch dim):
+        // then on contiguous copies, so a caller gets the same answer on every CPU
         a.matmul(b)
+            .or_else(|_| a.contiguous()?.matmul(&b.contiguous()?))
     }
 }
 

@@ -148,6 +148,19 @@ fn uniform(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// `got` (m, n) against the exact product `want` of an (m, k) @ (k, n): f32 accumulation of
+/// exact products, so the error bound grows with the width `k`.
+fn assert_close_to_exact(got: &[f32], want: &[f64], (m, k, n): (usize, usize, usize), what: &str) {
+    assert_eq!(got.len(), m * n, "{what}: output length");
+    let tol = 1e-6 * (k as f64).sqrt() * 4.0 + 1e-6;
+    for (j, (g, r)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (*g as f64 - r).abs() < tol,
+            "{what} ({m}, {k}) x ({n}, {k}) at {j}: {g} vs {r}"
+        );
+    }
+}
+
 /// The bf16 kernel this CPU runs (AVX512-BF16 or the widening path) against the exact product
 /// of the bf16-rounded operands, on edge shapes: 1 row, tile remainders (7, 17 rows; 1..3 weight
 /// rows past a tile of 4), odd and short widths, more than one rayon block of weight rows.
@@ -196,15 +209,7 @@ fn bf16_matmul_matches_the_exact_product_on_edge_shapes() {
                 &rounded,
             ),
         ] {
-            assert_eq!(got.len(), m * n);
-            for (j, (g, r)) in got.iter().zip(want).enumerate() {
-                // f32 accumulation of exact products: the error grows with the width
-                let tol = 1e-6 * (kk as f64).sqrt() * 4.0 + 1e-6;
-                assert!(
-                    (*g as f64 - r).abs() < tol,
-                    "{name} ({m}, {kk}) x ({n}, {kk}) at {j}: {g} vs {r}"
-                );
-            }
+            assert_close_to_exact(&got, want, (m, kk, n), name);
         }
     }
 }
@@ -381,14 +386,7 @@ fn sgemm_on_bf16_weights_matches_the_exact_product() {
         }
         let want = lion_core::bf16::reference(&x, m, kk, &w, n, false);
         let got = lion_core::sgemm::matmul_wt_bf16(&x, m, kk, &w, n);
-        assert_eq!(got.len(), m * n);
-        let tol = 1e-6 * (kk as f64).sqrt() * 4.0 + 1e-6;
-        for (j, (g, r)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (*g as f64 - r).abs() < tol,
-                "({m}, {kk}) x ({n}, {kk}) at {j}: {g} vs {r}"
-            );
-        }
+        assert_close_to_exact(&got, &want, (m, kk, n), "widened");
     }
 }
 
