@@ -10,7 +10,10 @@ Writes tests/fixtures/tagenc/:
                          anchors), positive.s / negative.s (unit vectors), loss.s and grad.s.<key>
                          for every parameter that gets a gradient; param.<key> after the 3 AdamW
                          steps; loss_p1 / loss_p3: the step-0 loss with p = 1 (margin 0.5) and
-                         p = 3 (margin 0.2).
+                         p = 3 (margin 0.2); loss_sq2 / loss_sq3: the step-0 loss in FaceNet's
+                         squared form (distance ** p, margin 1.5 at p = 2 and 0.2 at p = 3,
+                         written out from torch.nn.functional.pairwise_distance), and
+                         grad_anchor_sq2: the gradient of loss_sq2 on the anchors.
 
 The reference is written independently with transformers building blocks: BertModel (eval mode,
 so dropout is off, gradients on) + mean pooling over the attention mask + F.normalize, then
@@ -83,6 +86,13 @@ ANCHORS = [
 HP = dict(lr=1e-3, weight_decay=0.01, beta1=0.9, beta2=0.999, eps=1e-8, margin=1.0, p=2.0)
 
 
+def squared_triplet(a, pos, neg, margin, p):
+    """FaceNet's triplet loss: mean(max(d(a, p)^p - d(a, n)^p + margin, 0)), d as PyTorch's."""
+    d_pos = F.pairwise_distance(a, pos, p=p) ** p
+    d_neg = F.pairwise_distance(a, neg, p=p) ** p
+    return torch.clamp_min(d_pos - d_neg + margin, 0).mean()
+
+
 def main():
     from transformers import BertConfig, BertModel
 
@@ -138,6 +148,12 @@ def main():
             with torch.no_grad():
                 out["loss_p1"] = torch.nn.TripletMarginLoss(margin=0.5, p=1)(a, pos, neg).reshape(1)
                 out["loss_p3"] = torch.nn.TripletMarginLoss(margin=0.2, p=3)(a, pos, neg).reshape(1)
+                out["loss_sq3"] = squared_triplet(a, pos, neg, 0.2, 3).reshape(1)
+            a_leaf = a.detach().clone().requires_grad_(True)
+            sq = squared_triplet(a_leaf, pos, neg, 1.5, 2)
+            sq.backward()
+            out["loss_sq2"] = sq.detach().reshape(1)
+            out["grad_anchor_sq2"] = a_leaf.grad.detach().clone()
         opt.zero_grad()
         loss.backward()
         out[f"input_ids.{s}"] = ids

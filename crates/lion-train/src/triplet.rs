@@ -1,6 +1,12 @@
 //! Triplet margin loss with PyTorch `nn.TripletMarginLoss` semantics (no swap, mean reduction):
 //! `mean(max(d(a, p) - d(a, n) + margin, 0))` with `d(x, y) = ||x - y + eps||_p`, eps = 1e-6,
 //! as `torch.nn.functional.pairwise_distance` computes it (the eps is added to the difference).
+//!
+//! `squared: true` is FaceNet's form (Schroff et al. 2015): `d(x, y)^p` in place of `d(x, y)`,
+//! i.e. squared Euclidean distances at p = 2. On unit vectors its gradient on the anchor,
+//! `2 (n - p)`, does not shrink as the anchor nears its positive, so it drives out the direction
+//! every caption shares; the unsquared loss settles where that pull balances (see
+//! `docs/DESIGN.md`, the tag encoder).
 
 use candle_core::{Result, Tensor, D};
 
@@ -11,6 +17,8 @@ pub struct TripletMarginLoss {
     /// Norm degree (> 0). 2 is the Euclidean distance.
     pub p: f64,
     pub eps: f64,
+    /// FaceNet's squared distances (`d^p`) instead of PyTorch's `d`.
+    pub squared: bool,
 }
 
 impl Default for TripletMarginLoss {
@@ -19,6 +27,7 @@ impl Default for TripletMarginLoss {
             margin: 1.0,
             p: 2.0,
             eps: 1e-6,
+            squared: false,
         }
     }
 }
@@ -34,8 +43,17 @@ impl TripletMarginLoss {
 
     /// anchor, positive, negative: (b, d) -> scalar loss
     pub fn forward(&self, anchor: &Tensor, positive: &Tensor, negative: &Tensor) -> Result<Tensor> {
-        let d_pos = pairwise_distance(anchor, positive, self.p, self.eps)?;
-        let d_neg = pairwise_distance(anchor, negative, self.p, self.eps)?;
+        let (d_pos, d_neg) = if self.squared {
+            (
+                pairwise_distance_pow(anchor, positive, self.p, self.eps)?,
+                pairwise_distance_pow(anchor, negative, self.p, self.eps)?,
+            )
+        } else {
+            (
+                pairwise_distance(anchor, positive, self.p, self.eps)?,
+                pairwise_distance(anchor, negative, self.p, self.eps)?,
+            )
+        };
         let x = ((d_pos - d_neg)? + self.margin)?;
         // candle's relu maps NaN to 0; PyTorch's clamp_min keeps it. `0 * x` is exactly 0 (and
         // so is its gradient) for finite x and NaN for NaN x, so a NaN input gives a NaN loss.
@@ -52,6 +70,18 @@ pub fn pairwise_distance(x: &Tensor, y: &Tensor, p: f64, eps: f64) -> Result<Ten
         diff.abs()?.sum(D::Minus1)
     } else {
         diff.abs()?.powf(p)?.sum(D::Minus1)?.powf(1.0 / p)
+    }
+}
+
+/// `||x - y + eps||_p ^ p` per row (no root): (b, d), (b, d) -> (b,)
+pub fn pairwise_distance_pow(x: &Tensor, y: &Tensor, p: f64, eps: f64) -> Result<Tensor> {
+    let diff = ((x - y)? + eps)?;
+    if p == 2.0 {
+        diff.sqr()?.sum(D::Minus1)
+    } else if p == 1.0 {
+        diff.abs()?.sum(D::Minus1)
+    } else {
+        diff.abs()?.powf(p)?.sum(D::Minus1)
     }
 }
 
@@ -79,6 +109,7 @@ mod tests {
             margin: 1.0,
             p: 2.0,
             eps: 0.0,
+            squared: false,
         };
         // row 0: d+ = 5, d- = 1 -> 5; row 1: d+ = 0, d- = 3 -> max(-2, 0) = 0
         let v = l.forward(&a, &p, &n).unwrap().to_scalar::<f32>().unwrap();
@@ -92,6 +123,14 @@ mod tests {
         let want = ((91f64).powf(1.0 / 3.0) - 1.0 + 1.0) / 2.0;
         let v = l3.forward(&a, &p, &n).unwrap().to_scalar::<f32>().unwrap();
         assert!((v as f64 - want).abs() < 1e-5, "{v} vs {want}");
+        let sq = TripletMarginLoss { squared: true, ..l };
+        // row 0: d+^2 = 25, d-^2 = 1 -> 25; row 1: d+^2 = 0, d-^2 = 9 -> max(-8, 0) = 0
+        let v = sq.forward(&a, &p, &n).unwrap().to_scalar::<f32>().unwrap();
+        assert!((v - 12.5).abs() < 1e-5, "{v}");
+        let sq3 = TripletMarginLoss { p: 3.0, ..sq };
+        // row 0: 27 + 64 - 1 + 1
+        let v = sq3.forward(&a, &p, &n).unwrap().to_scalar::<f32>().unwrap();
+        assert!((v - 45.5).abs() < 1e-4, "{v}");
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct TripletConfig {
     pub margin: f64,
     /// Norm degree of the triplet distances.
     pub p: f64,
+    /// FaceNet's squared distances (`d^p`) in the loss instead of PyTorch's `d`
+    /// ([`TripletMarginLoss::squared`]).
+    #[serde(default)]
+    pub squared: bool,
     pub val_fraction: f64,
     pub seed: u64,
     /// Dropout in the encoder while training (the model's own rates); off for parity tests.
@@ -76,6 +80,7 @@ impl Default for TripletConfig {
             adam_eps: 1e-8,
             margin: 1.0,
             p: 2.0,
+            squared: false,
             val_fraction: 0.05,
             seed: 0,
             dropout: true,
@@ -115,7 +120,10 @@ impl TripletConfig {
     }
 
     pub fn loss(&self) -> TripletMarginLoss {
-        TripletMarginLoss::new(self.margin, self.p)
+        TripletMarginLoss {
+            squared: self.squared,
+            ..TripletMarginLoss::new(self.margin, self.p)
+        }
     }
 }
 

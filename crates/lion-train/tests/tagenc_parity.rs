@@ -138,6 +138,27 @@ fn three_adamw_steps_match_pytorch() {
                 let want = scalar(&reference[key]);
                 assert!(((l - want) / want).abs() <= 1e-4, "{key}: {l} vs {want}");
             }
+            // FaceNet's squared form, its value and its gradient on the anchors
+            let a = candle_core::Var::from_tensor(&anchor.detach()).unwrap();
+            for (margin, p, key) in [(1.5, 2.0, "loss_sq2"), (0.2, 3.0, "loss_sq3")] {
+                let sq = TripletMarginLoss {
+                    squared: true,
+                    ..TripletMarginLoss::new(margin, p)
+                };
+                let l = sq.forward(a.as_tensor(), pos, neg).unwrap();
+                let got = l.to_scalar::<f32>().unwrap();
+                let want = scalar(&reference[key]);
+                assert!(
+                    ((got - want) / want).abs() <= 1e-4,
+                    "{key}: {got} vs {want}"
+                );
+                if key == "loss_sq2" {
+                    let g = l.backward().unwrap();
+                    let g = g.get(a.as_tensor()).expect("anchor gradient");
+                    let err = max_abs(&(g - &reference["grad_anchor_sq2"]).unwrap());
+                    assert!(err <= 1e-5, "grad_anchor_sq2: max abs error {err}");
+                }
+            }
         }
         let grads = loss.backward().unwrap();
         for (name, var) in &vars {

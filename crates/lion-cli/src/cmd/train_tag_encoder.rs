@@ -43,6 +43,10 @@ pub struct Args {
     /// Norm degree of the triplet distances.
     #[arg(long, default_value_t = 2.0)]
     p: f64,
+    /// FaceNet's squared distances in the loss (`d^p`), not PyTorch's `TripletMarginLoss` (`d`):
+    /// pushes the anchor off what every caption shares (lower cos(anchor, negative)).
+    #[arg(long)]
+    squared: bool,
     /// Fraction of the images held out for validation.
     #[arg(long, default_value_t = 0.05)]
     val_fraction: f64,
@@ -72,6 +76,7 @@ pub fn run(args: Args) -> Result<()> {
         weight_decay: args.weight_decay,
         margin: args.margin,
         p: args.p,
+        squared: args.squared,
         val_fraction: args.val_fraction,
         seed: args.seed,
         dropout: !args.no_dropout,
