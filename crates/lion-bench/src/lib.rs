@@ -13,7 +13,7 @@
 //! | `gemm` | one (n x n) @ (n x n) f32 matmul: the machine's GEMM rate |
 //! | `stream` | summing `stream_mib` MiB of f32 in parallel: the machine's memory read rate (CPU) |
 //! | `t5_encoder` | T5 encoder, batch 1, `visual_tokens + text_tokens` input embeddings |
-//! | `decode_token` | one KV-cached decoder step for `beams` rows (mean over steps 2..=`new_tokens`) |
+//! | `decode_token` | one KV-cached decoder step for `beams` rows sharing one input's cross-attention K/V, as beam search runs it (mean over steps 2..=`new_tokens`; PyTorch: HF's repeated encoder states) |
 //! | `caption_beam5` | encoder + beam search of exactly `new_tokens` tokens, batch 1 (EOS banned) |
 //! | `caption_batch` | the same at batch `batch` (throughput = batch / time) |
 //! | `train_step` | PEFT step: forward, masked CE, backward, AdamW over the adapters only |
