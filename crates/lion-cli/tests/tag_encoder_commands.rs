@@ -156,6 +156,44 @@ fn select_then_train_one_epoch() {
     }
     let png = std::fs::read(out.join("curves.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5000);
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(out.join("train_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["squared"], false, "{cfg}");
+
+    // FaceNet's squared form: recorded in the folder's config, and it trains
+    let sq = dir.path().join("tag-encoder-squared");
+    let o = lion(&[
+        "train-tag-encoder",
+        "--model",
+        s(&minilm),
+        "--data",
+        s(&images),
+        "--chosen",
+        s(&chosen),
+        "--out",
+        s(&sq),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--val-fraction",
+        "0.25",
+        "--seed",
+        "3",
+        "--squared",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(sq.join("train_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["squared"], true, "{cfg}");
+    let m = read_jsonl(&sq.join("metrics.jsonl"));
+    let (before, after) = (m[0]["val_loss"].as_f64(), m[1]["val_loss"].as_f64());
+    assert!(
+        before.unwrap().is_finite() && after.unwrap().is_finite(),
+        "{m:?}"
+    );
+    // same split, negatives and initial model: only the loss differs before training
+    assert_ne!(before, metrics[0]["val_loss"].as_f64(), "{m:?}");
 
     // The reader's frontier on the same validation split: at lambda 0 its anchor is the mean of
     // the image's other captions, recomputed here from the frozen model.
