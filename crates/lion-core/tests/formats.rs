@@ -69,8 +69,9 @@ fn quantization_error_is_at_most_half_a_step() {
     }
 }
 
-/// The kernels (skinny rows 1..=8 and the dequantize-to-bf16/f32 GEMM above) against the
-/// dequantized weight times x in f64, for widths that are not multiples of the kernels' tiles.
+/// The kernels (skinny rows 1..=16, in register groups of up to 6 rows, and the
+/// dequantize-to-bf16/f32 GEMM above) against the dequantized weight times x in f64, for widths
+/// that are not multiples of the kernels' tiles.
 #[test]
 fn quantized_kernels_match_the_dequantized_product() {
     let dev = Device::Cpu;
@@ -84,7 +85,7 @@ fn quantized_kernels_match_the_dequantized_product() {
         for q in [Quantize::Q8_0, Quantize::Q4_0] {
             let qw = QWeight::quantize(&w, n, k, q);
             let d = qw.dequantize();
-            for m in [1, 2, 5, 8, 9, 40] {
+            for m in [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 16, 17, 40] {
                 let x = Tensor::randn(0f32, 1., (m, k), &dev)
                     .unwrap()
                     .flatten_all()
@@ -106,7 +107,7 @@ fn quantized_kernels_match_the_dequantized_product() {
                 }
                 // skinny rows and the f32 GEMM on f32-dequantized rows: f32 sums (1e-5); the
                 // vdpbf16ps path: x and the weight rounded to bf16 (~0.4%)
-                let tol = if m <= 8 || !lion_core::bf16::rounds_x(m) {
+                let tol = if m <= lion_core::skinny::MAX_ROWS || !lion_core::bf16::rounds_x(m) {
                     1e-5
                 } else {
                     1e-2
