@@ -8,8 +8,8 @@
 //!   weights `i` (low nibble) and `i + 16` (high), as GGML packs it; 0.625 bytes per weight.
 //!
 //! Activations stay f32. Up to [`crate::skinny::MAX_ROWS`] rows (decoding) the weight is streamed
-//! once and dequantized block by block in registers ([`QWeight::matmul_wt`]: 16-lane f32 FMAs,
-//! AVX-512 or AVX2 picked at run time); more rows (encoders, the ViT) dequantize blocks of weight
+//! (once per group of up to 6 rows on AVX-512) and dequantized block by block in registers
+//! ([`QWeight::matmul_wt`]: 16-lane f32 FMAs, AVX-512 or AVX2 picked at run time); more rows (encoders, the ViT) dequantize blocks of weight
 //! rows into bf16 and run the bf16 GEMM ([`crate::bf16::matmul_wt`]) on them, so prefill costs
 //! the bf16 rate plus one pass of dequantization, and memory holds one block of dense rows
 //! (where the f32 GEMM is the faster one, [`crate::cpu::Bf16Gemm::WidenF32`], each GEMM task
@@ -216,8 +216,8 @@ impl QWeight {
         y
     }
 
-    /// Up to [`MAX_ROWS`] rows: the weight streamed once, each block dequantized in registers
-    /// and multiplied into every row's 16 lanes.
+    /// Up to [`MAX_ROWS`] rows: the weight streamed (once per register group of rows on
+    /// AVX-512), each block dequantized in registers and multiplied into every row's 16 lanes.
     fn skinny(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         let nb = k / BLOCK;
