@@ -98,28 +98,37 @@ fn select_then_train_one_epoch() {
         assert_ne!(idx, 4, "{row}");
     }
 
+    // one training run of the tiny dataset into `out`, one epoch on a seeded split, plus `extra`
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train-tag-encoder",
+            "--model",
+            s(&minilm),
+            "--data",
+            s(&images),
+            "--chosen",
+            s(&chosen),
+            "--out",
+            s(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-4",
+            "--val-fraction",
+            "0.25",
+            "--seed",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        lion(&args)
+    };
+    let train_config = |out: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(out.join("train_config.json")).unwrap()).unwrap()
+    };
     let out = dir.path().join("tag-encoder");
-    let o = lion(&[
-        "train-tag-encoder",
-        "--model",
-        s(&minilm),
-        "--data",
-        s(&images),
-        "--chosen",
-        s(&chosen),
-        "--out",
-        s(&out),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--lr",
-        "1e-4",
-        "--val-fraction",
-        "0.25",
-        "--seed",
-        "3",
-    ]);
+    let o = train(&out, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for f in [
         "config.json",
@@ -156,35 +165,14 @@ fn select_then_train_one_epoch() {
     }
     let png = std::fs::read(out.join("curves.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5000);
-    let cfg: Value =
-        serde_json::from_slice(&std::fs::read(out.join("train_config.json")).unwrap()).unwrap();
+    let cfg = train_config(&out);
     assert_eq!(cfg["squared"], false, "{cfg}");
 
     // FaceNet's squared form: recorded in the folder's config, and it trains
     let sq = dir.path().join("tag-encoder-squared");
-    let o = lion(&[
-        "train-tag-encoder",
-        "--model",
-        s(&minilm),
-        "--data",
-        s(&images),
-        "--chosen",
-        s(&chosen),
-        "--out",
-        s(&sq),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--val-fraction",
-        "0.25",
-        "--seed",
-        "3",
-        "--squared",
-    ]);
+    let o = train(&sq, &["--squared"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let cfg: Value =
-        serde_json::from_slice(&std::fs::read(sq.join("train_config.json")).unwrap()).unwrap();
+    let cfg = train_config(&sq);
     assert_eq!(cfg["squared"], true, "{cfg}");
     let m = read_jsonl(&sq.join("metrics.jsonl"));
     let (before, after) = (m[0]["val_loss"].as_f64(), m[1]["val_loss"].as_f64());
