@@ -25,7 +25,7 @@
 //! Shapes: pixel_values (b, 3, img, img) -> each requested block output (b, 1 + (img/p)^2, d);
 //! ViT-g at 224: (b, 257, 1408).
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -64,8 +64,7 @@ pub struct EvaVitConfig {
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
     /// Frozen: every weight is a constant tensor (never a `Var`, even when the loader marks it
-    /// trainable), and inference uses candle's fused layer-norm and softmax kernels. LION freezes
-    /// the ViT (`lion_t5.py:L92-97`).
+    /// trainable). LION freezes the ViT (`lion_t5.py:L92-97`).
     #[serde(default = "default_true")]
     pub frozen: bool,
 }
@@ -208,13 +207,12 @@ fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder, frozen: bool) -> Result
     }
 }
 
-/// `nn.LayerNorm`: fused kernel when frozen, differentiable composition otherwise.
+/// `nn.LayerNorm`.
 #[derive(Debug, Clone)]
 struct Norm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
-    frozen: bool,
 }
 
 impl Norm {
@@ -223,27 +221,17 @@ impl Norm {
             weight: param(&vb, dim, "weight", Init::Const(1.), frozen)?,
             bias: param(&vb, dim, "bias", Init::Const(0.), frozen)?,
             eps,
-            frozen,
         })
     }
 
-    /// xs: (..., dim) -> (..., dim), computed in f32.
+    /// xs: (..., dim) -> (..., dim), computed in f32 (the fused, differentiable kernel on the
+    /// CPU; the composition elsewhere).
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dtype = xs.dtype();
         let x = xs.to_dtype(DType::F32)?;
         let w = self.weight.to_dtype(DType::F32)?;
         let b = self.bias.to_dtype(DType::F32)?;
-        let y = if self.frozen {
-            candle_nn::ops::layer_norm(&x.contiguous()?, &w, &b, self.eps as f32)?
-        } else {
-            let mean = x.mean_keepdim(D::Minus1)?;
-            let xc = x.broadcast_sub(&mean)?;
-            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-            xc.broadcast_div(&(var + self.eps)?.sqrt()?)?
-                .broadcast_mul(&w)?
-                .broadcast_add(&b)?
-        };
-        y.to_dtype(dtype)
+        crate::kernels::layer_norm(&x, &w, &b, self.eps)?.to_dtype(dtype)
     }
 }
 
@@ -256,7 +244,6 @@ pub struct Attention {
     proj: Linear,
     num_heads: usize,
     head_dim: usize,
-    frozen: bool,
 }
 
 impl Attention {
@@ -278,7 +265,6 @@ impl Attention {
             proj: linear(d, d, vb.pp("proj"), f)?,
             num_heads: cfg.num_heads,
             head_dim: d / cfg.num_heads,
-            frozen: f,
         })
     }
 
@@ -296,11 +282,7 @@ impl Attention {
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let scores = crate::sgemm::bmm(&q, &k.t()?)?; // (b, heads, n, n)
-        let probs = if self.frozen {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        } else {
-            crate::ops::softmax(&scores)?
-        };
+        let probs = crate::ops::softmax(&scores)?;
         let ctx = crate::sgemm::bmm(&probs, &v)?
             .transpose(1, 2)?
             .reshape((b, n, d))?;

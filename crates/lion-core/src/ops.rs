@@ -74,7 +74,7 @@ impl Module for Activation {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Activation::Gelu => crate::kernels::gelu_erf(xs),
-            Activation::GeluNew => xs.gelu(),
+            Activation::GeluNew => crate::kernels::gelu_tanh(xs),
             Activation::Relu => xs.relu(),
             Activation::Silu => candle_nn::ops::silu(xs),
         }

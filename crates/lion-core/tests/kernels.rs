@@ -60,6 +60,35 @@ fn gelu_kernel_matches_composition() {
     );
 }
 
+#[test]
+fn gelu_tanh_kernel_matches_composition() {
+    compare(
+        "gelu_tanh",
+        |x| kernels::gelu_tanh(x).unwrap(),
+        |x| x.gelu().unwrap(),
+        2e-6,
+    );
+}
+
+/// The tanh-GELU (its vectorisable tanh) against the f64 formula on a dense grid, through the
+/// saturation on both sides.
+#[test]
+fn gelu_tanh_matches_libm_on_a_dense_grid() {
+    let xs: Vec<f32> = (-120_000..=120_000).map(|i| i as f32 * 1e-4).collect();
+    let t = Tensor::from_slice(&xs, xs.len(), &Device::Cpu).unwrap();
+    let ours = kernels::gelu_tanh(&t).unwrap().to_vec1::<f32>().unwrap();
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    for (&x, &y) in xs.iter().zip(&ours) {
+        let xd = x as f64;
+        let want = 0.5 * xd * (1.0 + (c * (xd + 0.044715 * xd * xd * xd)).tanh());
+        let err = (y as f64 - want).abs();
+        assert!(
+            err <= 3e-7 * (1.0 + xd.abs()),
+            "gelu_tanh({x}) = {y}, want {want}"
+        );
+    }
+}
+
 fn affine(d: usize) -> (Tensor, Tensor) {
     (
         Tensor::randn(1f32, 0.3, d, &Device::Cpu).unwrap(),

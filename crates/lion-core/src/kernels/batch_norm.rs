@@ -149,11 +149,7 @@ impl CustomOp3 for BnReluTrain {
         let c = w.len();
         let scale: Vec<f32> = w.iter().zip(self.inv.iter()).map(|(w, i)| w * i).collect();
         let shift: Vec<f32> = (0..c).map(|j| b[j] - self.mean[j] * scale[j]).collect();
-        let y = map_rows(x, c, |yr, xr| {
-            for (((o, &v), &s), &t) in yr.iter_mut().zip(xr).zip(&scale).zip(&shift) {
-                *o = (v * s + t).max(0.0);
-            }
-        });
+        let y = map_rows(x, c, &ScaleShiftRelu(&scale, &shift));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -240,5 +236,17 @@ impl CustomOp3 for BnReluTrain {
             Some(Tensor::from_vec(dw, c, dev)?),
             Some(Tensor::from_vec(db, c, dev)?),
         ))
+    }
+}
+
+/// `y = max(x * scale + shift, 0)` per row (channels last).
+struct ScaleShiftRelu<'a>(&'a [f32], &'a [f32]);
+
+impl Row for ScaleShiftRelu<'_> {
+    #[inline(always)]
+    fn row(&self, yr: &mut [f32], xr: &[f32], _: &[f32]) {
+        for (((o, &v), &s), &t) in yr.iter_mut().zip(xr).zip(self.0).zip(self.1) {
+            *o = (v * s + t).max(0.0);
+        }
     }
 }

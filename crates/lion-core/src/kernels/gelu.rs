@@ -1,21 +1,15 @@
-//! erf-GELU (exact), with its backward.
+//! erf-GELU (exact) and tanh-GELU (`gelu_new`, Flan-T5's gated FFN), with their backwards.
 
 use super::*;
 
 pub(super) struct GeluErf;
 pub(super) struct GeluErfGrad;
+pub(super) struct GeluTanh;
+pub(super) struct GeluTanhGrad;
 
 pub(super) const SQRT_1_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 // 1 / sqrt(2 pi)
 pub(super) const INV_SQRT_2PI: f32 = 0.398_942_3;
-
-pub(super) fn map_par(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(16 * 1024)
-        .zip(x.par_chunks(16 * 1024))
-        .for_each(|(yc, xc)| yc.iter_mut().zip(xc).for_each(|(o, &v)| *o = f(v)));
-    y
-}
 
 #[inline(always)]
 pub(super) fn gelu(v: f32) -> f32 {
@@ -28,6 +22,24 @@ pub(super) fn gelu_grad(v: f32) -> f32 {
     cdf + v * INV_SQRT_2PI * exp(-0.5 * v * v)
 }
 
+impl Row for GeluErf {
+    #[inline(always)]
+    fn row(&self, y: &mut [f32], x: &[f32], _: &[f32]) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = gelu(v);
+        }
+    }
+}
+
+impl Row for GeluErfGrad {
+    #[inline(always)]
+    fn row(&self, y: &mut [f32], x: &[f32], g: &[f32]) {
+        for ((o, &v), &gv) in y.iter_mut().zip(x).zip(g) {
+            *o = gv * gelu_grad(v);
+        }
+    }
+}
+
 impl CustomOp1 for GeluErf {
     fn name(&self) -> &'static str {
         "lion-gelu-erf"
@@ -35,7 +47,7 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
-        Ok((CpuStorage::F32(map_par(x, gelu)), l.shape().clone()))
+        Ok((CpuStorage::F32(map_rows(x, BLOCK, self)), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
@@ -57,15 +69,10 @@ impl CustomOp2 for GeluErfGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, g) = same_shape_f32(s1, l1, s2, l2, self.name())?;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(16 * 1024)
-            .zip(x.par_chunks(16 * 1024).zip(g.par_chunks(16 * 1024)))
-            .for_each(|(dc, (xc, gc))| {
-                for ((o, &v), &gv) in dc.iter_mut().zip(xc).zip(gc) {
-                    *o = gv * gelu_grad(v);
-                }
-            });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        Ok((
+            CpuStorage::F32(map_rows2(x, g, BLOCK, self)),
+            l1.shape().clone(),
+        ))
     }
 }
 
@@ -75,5 +82,93 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
         xs.contiguous()?.apply_op1(GeluErf)
     } else {
         xs.gelu_erf()
+    }
+}
+
+/// sqrt(2 / pi), the tanh-GELU's inner scale.
+const SQRT_2_PI: f32 = 0.797_884_6;
+
+/// tanh(y) = sign(y) (1 - 2 / (e^{2|y|} + 1)) through the vectorisable [`exp`]; saturates to
+/// +-1 (e^{2|y|} overflows to inf, and 2 / inf = 0). Near 0 the subtraction leaves an absolute
+/// error of about one ulp of 1, which is what `1 + tanh(..)` in the GELU rounds to anyway.
+#[inline(always)]
+fn tanh(y: f32) -> f32 {
+    (1.0 - 2.0 / (exp(2.0 * y.abs()) + 1.0)).copysign(y)
+}
+
+/// HF's `NewGELUActivation` (`gelu_new`): `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+#[inline(always)]
+pub(super) fn gelu_tanh_fn(v: f32) -> f32 {
+    0.5 * v * (1.0 + tanh(SQRT_2_PI * (v + 0.044715 * v * v * v)))
+}
+
+/// d/dx of [`gelu_tanh_fn`].
+#[inline(always)]
+fn gelu_tanh_grad(v: f32) -> f32 {
+    let t = tanh(SQRT_2_PI * (v + 0.044715 * v * v * v));
+    0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * SQRT_2_PI * (1.0 + 3.0 * 0.044715 * v * v)
+}
+
+impl Row for GeluTanh {
+    #[inline(always)]
+    fn row(&self, y: &mut [f32], x: &[f32], _: &[f32]) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = gelu_tanh_fn(v);
+        }
+    }
+}
+
+impl Row for GeluTanhGrad {
+    #[inline(always)]
+    fn row(&self, y: &mut [f32], x: &[f32], g: &[f32]) {
+        for ((o, &v), &gv) in y.iter_mut().zip(x).zip(g) {
+            *o = gv * gelu_tanh_grad(v);
+        }
+    }
+}
+
+impl CustomOp1 for GeluTanh {
+    fn name(&self) -> &'static str {
+        "lion-gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        Ok((CpuStorage::F32(map_rows(x, BLOCK, self)), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&g.contiguous()?, &GeluTanhGrad)?))
+    }
+}
+
+/// The tanh-GELU input gradient from x and the output gradient g: `g * gelu'(x)`, one pass.
+impl CustomOp2 for GeluTanhGrad {
+    fn name(&self) -> &'static str {
+        "lion-gelu-tanh-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = same_shape_f32(s1, l1, s2, l2, self.name())?;
+        Ok((
+            CpuStorage::F32(map_rows2(x, g, BLOCK, self)),
+            l1.shape().clone(),
+        ))
+    }
+}
+
+/// tanh-approximated GELU (HF `gelu_new`, candle's `gelu`): one parallel, vectorised pass
+/// (candle's runs single-threaded through libm's `tanhf`).
+pub fn gelu_tanh(xs: &Tensor) -> Result<Tensor> {
+    if use_kernel(xs) {
+        xs.contiguous()?.apply_op1(GeluTanh)
+    } else {
+        xs.gelu()
     }
 }

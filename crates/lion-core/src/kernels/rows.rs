@@ -58,6 +58,18 @@ pub fn add_bias(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 pub(super) struct BiasAdd;
 
+/// `y = x + b` per row.
+struct AddRow<'a>(&'a [f32]);
+
+impl Row for AddRow<'_> {
+    #[inline(always)]
+    fn row(&self, yr: &mut [f32], xr: &[f32], _: &[f32]) {
+        for ((o, &v), &bv) in yr.iter_mut().zip(xr).zip(self.0) {
+            *o = v + bv;
+        }
+    }
+}
+
 impl CustomOp2 for BiasAdd {
     fn name(&self) -> &'static str {
         "lion-bias-add"
@@ -72,11 +84,7 @@ impl CustomOp2 for BiasAdd {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
         let b = contiguous_f32(s2, l2, self.name())?;
-        let y = map_rows(x, b.len(), |yr, xr| {
-            for ((o, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
-                *o = v + bv;
-            }
-        });
+        let y = map_rows(x, b.len(), &AddRow(b));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

@@ -4,6 +4,20 @@ use super::*;
 
 pub(super) struct Softmax;
 
+impl Row for Softmax {
+    #[inline(always)]
+    fn row(&self, yr: &mut [f32], xr: &[f32], _: &[f32]) {
+        let max = max_lanes(xr);
+        for (o, &v) in yr.iter_mut().zip(xr) {
+            *o = exp(v - max);
+        }
+        let inv = 1.0 / sum_lanes(yr);
+        for o in yr.iter_mut() {
+            *o *= inv;
+        }
+    }
+}
+
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
         "lion-softmax"
@@ -11,14 +25,7 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
-        let y = map_rows(x, last_dim(l), |yr, xr| {
-            let max = max_lanes(xr);
-            for (o, &v) in yr.iter_mut().zip(xr) {
-                *o = exp(v - max);
-            }
-            let inv = 1.0 / sum_lanes(yr);
-            yr.iter_mut().for_each(|o| *o *= inv);
-        });
+        let y = map_rows(x, last_dim(l), self);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -33,6 +40,17 @@ impl CustomOp1 for Softmax {
 /// passes and three temporaries over every attention-probability tensor).
 pub(super) struct SoftmaxGrad;
 
+impl Row for SoftmaxGrad {
+    /// `x` is the softmax output y, `g` the output gradient.
+    #[inline(always)]
+    fn row(&self, dr: &mut [f32], yr: &[f32], gr: &[f32]) {
+        let dot = dot_lanes(yr, gr);
+        for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
+            *o = yv * (gv - dot);
+        }
+    }
+}
+
 impl CustomOp2 for SoftmaxGrad {
     fn name(&self) -> &'static str {
         "lion-softmax-grad"
@@ -46,12 +64,7 @@ impl CustomOp2 for SoftmaxGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (y, g) = same_shape_f32(s1, l1, s2, l2, self.name())?;
-        let dx = map_rows2(y, g, last_dim(l1), |dr, yr, gr| {
-            let dot = dot_lanes(yr, gr);
-            for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
-                *o = yv * (gv - dot);
-            }
-        });
+        let dx = map_rows2(y, g, last_dim(l1), self);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
