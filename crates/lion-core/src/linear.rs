@@ -234,8 +234,15 @@ pub fn get_quantizable_weight(
 /// when it is a frozen f32 tensor (on the CPU or a GPU), else unchanged.
 pub fn load_weight(w: Tensor) -> Result<Tensor> {
     let bf16 = WEIGHT_DTYPE.with(|d| d.get()) == WeightDtype::Bf16;
-    if bf16 && w.dtype() == DType::F32 && !w.is_variable() {
-        w.to_dtype(DType::BF16)
+    let w = if bf16 && w.dtype() == DType::F32 && !w.is_variable() {
+        w.to_dtype(DType::BF16)?
+    } else {
+        w
+    };
+    // a frozen bf16 weight (converted here, or stored so): subnormals to 0, once, so packing
+    // need not check them
+    if w.dtype() == DType::BF16 && !w.is_variable() {
+        crate::bf16::flush_subnormals(w)
     } else {
         Ok(w)
     }

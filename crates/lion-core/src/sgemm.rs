@@ -332,7 +332,9 @@ fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, cols: usize, dst: &mut [f3
 }
 
 /// [`pack_b`] for `B = W^T` with `W (n, k)` row-major bf16: `dst[p * NR + j] = W[j0 + j][p0 + p]`
-/// widened to f32 (subnormals flushed as in [`flush`]), zero columns past `cols`.
+/// widened to f32, zero columns past `cols`. Subnormals are not checked in the 8 x 8 blocks: the
+/// model's bf16 weights had theirs made 0 at load ([`crate::bf16::flush_subnormals`]); one
+/// that was not would give the same product, only slower.
 fn pack_b_bf16(
     w: &[half::bf16],
     k: usize,
@@ -459,7 +461,7 @@ mod avx512 {
                     let h = _mm_loadu_si128(rows[q].add(pb) as *const __m128i);
                     _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
                 });
-                store_transposed(r, d.add(pb * NR + jb));
+                store_transposed_ld::<false>(r, d.add(pb * NR + jb), NR, 8);
             }
         }
     }
@@ -492,7 +494,7 @@ mod avx512 {
                         _mm256_setzero_ps()
                     }
                 });
-                store_transposed_ld(r, d.add(pb * MR + rb), MR, lanes);
+                store_transposed_ld::<true>(r, d.add(pb * MR + rb), MR, lanes);
             }
         }
     }
@@ -505,17 +507,22 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn store_transposed(r: [__m256; 8], d: *mut f32) {
-        store_transposed_ld(r, d, NR, 8)
+        store_transposed_ld::<true>(r, d, NR, 8)
     }
 
-    /// [`store_transposed`] with rows `ld` apart, and only the first `lanes` (8 or 4) values
-    /// of each row stored.
+    /// [`store_transposed`] with rows `ld` apart, only the first `lanes` (8 or 4) values of each
+    /// row stored, and subnormals flushed only when `FLUSH`.
     ///
     /// # Safety
     /// AVX-512 F; `d` is valid for 8 rows of `lanes` values `ld` apart.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn store_transposed_ld(r: [__m256; 8], d: *mut f32, ld: usize, lanes: usize) {
+    unsafe fn store_transposed_ld<const FLUSH: bool>(
+        r: [__m256; 8],
+        d: *mut f32,
+        ld: usize,
+        lanes: usize,
+    ) {
         debug_assert!(lanes == 8 || lanes == 4);
         let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
         let tiny = _mm256_set1_ps(f32::MIN_POSITIVE);
@@ -546,9 +553,14 @@ mod avx512 {
             _mm256_permute2f128_ps::<0x31>(u3, u7),
         ];
         for (i, &v) in out.iter().enumerate() {
-            // subnormals to 0: keep lanes with |v| >= MIN_POSITIVE
-            let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_and_ps(v, abs), tiny);
-            let v = _mm256_and_ps(v, keep);
+            // subnormals to 0: keep lanes unless |v| < MIN_POSITIVE
+            let v = if FLUSH {
+                // not-less-than, unordered: NaN lanes are kept (NaN must reach the output)
+                let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(_mm256_and_ps(v, abs), tiny);
+                _mm256_and_ps(v, keep)
+            } else {
+                v
+            };
             if lanes == 8 {
                 _mm256_storeu_ps(d.add(i * ld), v);
             } else {

@@ -435,3 +435,29 @@ fn batched_products_match_candle_and_keep_gradients() -> lion_core::Result<()> {
     assert!(max_abs_diff(&grad, &want)? < 1e-4);
     Ok(())
 }
+
+/// NaN in either operand reaches the output through the packing (which flushes subnormals, and
+/// once zeroed NaN lanes too): a NaN in row r of `x` makes row r all NaN, one in weight row j
+/// column j; every other element stays finite. Skipped with a printed reason without AVX-512.
+#[test]
+fn sgemm_propagates_nan_from_either_operand() {
+    if !lion_core::sgemm::available() {
+        eprintln!("skipped: no AVX-512 f32 GEMM on this CPU (or capped by LION_CPU)");
+        return;
+    }
+    let (m, k, n) = (29, 40, 45);
+    let mut x = uniform(m * k, 7);
+    let mut w = uniform(n * k, 8);
+    x[3 * k + 9] = f32::NAN; // row 3 (packed by the 8 x 8 transposes)
+    x[20 * k + k - 1] = f32::NAN; // row 20, a column past the multiple of 8
+    w[11 * k + 16] = f32::NAN; // weight row 11
+    use lion_core::sgemm::{matmul, MatRef};
+    let y = matmul(m, n, k, MatRef::row_major(&x, k), MatRef::transposed(&w, k));
+    for r in 0..m {
+        for j in 0..n {
+            let v = y[r * n + j];
+            let nan = r == 3 || r == 20 || j == 11;
+            assert_eq!(v.is_nan(), nan, "({r}, {j}) = {v}");
+        }
+    }
+}

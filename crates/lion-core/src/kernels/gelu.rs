@@ -102,11 +102,14 @@ pub(super) fn gelu_tanh_fn(v: f32) -> f32 {
     0.5 * v * (1.0 + tanh(SQRT_2_PI * (v + 0.044715 * v * v * v)))
 }
 
-/// d/dx of [`gelu_tanh_fn`].
+/// d/dx of [`gelu_tanh_fn`]. Where tanh has saturated (1 - t^2 = 0) the second term is 0, also
+/// when `v` is so large that its other factor overflows (0 * inf would be NaN).
 #[inline(always)]
 fn gelu_tanh_grad(v: f32) -> f32 {
     let t = tanh(SQRT_2_PI * (v + 0.044715 * v * v * v));
-    0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * SQRT_2_PI * (1.0 + 3.0 * 0.044715 * v * v)
+    let sech2 = 1.0 - t * t;
+    let tail = 0.5 * v * sech2 * SQRT_2_PI * (1.0 + 3.0 * 0.044715 * v * v);
+    0.5 * (1.0 + t) + if sech2 == 0.0 { 0.0 } else { tail }
 }
 
 impl Row for GeluTanh {

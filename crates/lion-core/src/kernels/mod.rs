@@ -316,24 +316,6 @@ fn sum_lanes(xs: &[f32]) -> f32 {
     s
 }
 
-/// Sum of `(x - mean)^2` over a slice in 8 lanes, summed as [`sum_lanes`].
-#[inline(always)]
-fn sq_dev_lanes(xs: &[f32], mean: f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = xs.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += (v - mean) * (v - mean);
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for &v in rest {
-        s += (v - mean) * (v - mean);
-    }
-    s
-}
-
 /// Dot product of two equal-length slices in 8 lanes, summed as [`sum_lanes`].
 #[inline(always)]
 fn dot_lanes(xs: &[f32], ys: &[f32]) -> f32 {

@@ -10,13 +10,18 @@ pub(super) struct Normalize {
     center: bool,
 }
 
-/// (mean, rstd) of one row: sums in 8 fixed lanes ([`sum_lanes`]; one running sum was a chain
-/// of dependent adds, ~4 cycles per element, 4% of a ViT-B or T5-base encoder forward).
+/// (mean, rstd) of one row. The sums run in order, one element after another: a chain of
+/// dependent adds (~3% of a ViT-B forward), kept because the shipped tagger's LayerNorms were
+/// trained with these bits (`assets/shapes-tagger/README.md`).
 #[inline(always)]
 pub(super) fn row_stats(xr: &[f32], eps: f32, center: bool) -> (f32, f32) {
     let n = xr.len() as f32;
-    let mean = if center { sum_lanes(xr) / n } else { 0.0 };
-    let var = sq_dev_lanes(xr, mean) / n;
+    let mean = if center {
+        xr.iter().sum::<f32>() / n
+    } else {
+        0.0
+    };
+    let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
