@@ -2,10 +2,12 @@
 
 use super::*;
 
-pub(super) struct GeluErf;
-pub(super) struct GeluErfGrad;
-pub(super) struct GeluTanh;
-pub(super) struct GeluTanhGrad;
+/// GELU, exact (`TANH = false`: `nn.GELU()`) or tanh-approximated (`TANH = true`: HF's
+/// `gelu_new`); the const parameter picks the formula at compile time, so each body is
+/// inlined into the per-ISA loops of [`Row`].
+pub(super) struct Gelu<const TANH: bool>;
+/// The input gradient of [`Gelu`] from x and the output gradient g: `g * gelu'(x)`, one pass.
+pub(super) struct GeluGrad<const TANH: bool>;
 
 pub(super) const SQRT_1_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 // 1 / sqrt(2 pi)
@@ -22,64 +24,10 @@ pub(super) fn gelu_grad(v: f32) -> f32 {
     cdf + v * INV_SQRT_2PI * exp(-0.5 * v * v)
 }
 
-impl Row for GeluErf {
-    #[inline(always)]
-    fn row(&self, y: &mut [f32], x: &[f32], _: &[f32]) {
-        for (o, &v) in y.iter_mut().zip(x) {
-            *o = gelu(v);
-        }
-    }
-}
-
-impl Row for GeluErfGrad {
-    #[inline(always)]
-    fn row(&self, y: &mut [f32], x: &[f32], g: &[f32]) {
-        for ((o, &v), &gv) in y.iter_mut().zip(x).zip(g) {
-            *o = gv * gelu_grad(v);
-        }
-    }
-}
-
-impl CustomOp1 for GeluErf {
-    fn name(&self) -> &'static str {
-        "lion-gelu-erf"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, self.name())?;
-        Ok((CpuStorage::F32(map_rows(x, BLOCK, self)), l.shape().clone()))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(&g.contiguous()?, &GeluErfGrad)?))
-    }
-}
-
-/// The GELU input gradient from x and the output gradient g: `g * gelu'(x)`, one pass.
-impl CustomOp2 for GeluErfGrad {
-    fn name(&self) -> &'static str {
-        "lion-gelu-erf-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, g) = same_shape_f32(s1, l1, s2, l2, self.name())?;
-        Ok((
-            CpuStorage::F32(map_rows2(x, g, BLOCK, self)),
-            l1.shape().clone(),
-        ))
-    }
-}
-
 /// Exact (erf) GELU, `nn.GELU()`.
 pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
     if use_kernel(xs) {
-        xs.contiguous()?.apply_op1(GeluErf)
+        xs.contiguous()?.apply_op1(Gelu::<false>)
     } else {
         xs.gelu_erf()
     }
@@ -112,27 +60,36 @@ fn gelu_tanh_grad(v: f32) -> f32 {
     0.5 * (1.0 + t) + if sech2 == 0.0 { 0.0 } else { tail }
 }
 
-impl Row for GeluTanh {
+impl<const TANH: bool> Row for Gelu<TANH> {
     #[inline(always)]
     fn row(&self, y: &mut [f32], x: &[f32], _: &[f32]) {
         for (o, &v) in y.iter_mut().zip(x) {
-            *o = gelu_tanh_fn(v);
+            *o = if TANH { gelu_tanh_fn(v) } else { gelu(v) };
         }
     }
 }
 
-impl Row for GeluTanhGrad {
+impl<const TANH: bool> Row for GeluGrad<TANH> {
     #[inline(always)]
     fn row(&self, y: &mut [f32], x: &[f32], g: &[f32]) {
         for ((o, &v), &gv) in y.iter_mut().zip(x).zip(g) {
-            *o = gv * gelu_tanh_grad(v);
+            *o = gv
+                * if TANH {
+                    gelu_tanh_grad(v)
+                } else {
+                    gelu_grad(v)
+                };
         }
     }
 }
 
-impl CustomOp1 for GeluTanh {
+impl<const TANH: bool> CustomOp1 for Gelu<TANH> {
     fn name(&self) -> &'static str {
-        "lion-gelu-tanh"
+        if TANH {
+            "lion-gelu-tanh"
+        } else {
+            "lion-gelu-erf"
+        }
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -141,14 +98,19 @@ impl CustomOp1 for GeluTanh {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(&g.contiguous()?, &GeluTanhGrad)?))
+        Ok(Some(
+            arg.apply_op2_no_bwd(&g.contiguous()?, &GeluGrad::<TANH>)?,
+        ))
     }
 }
 
-/// The tanh-GELU input gradient from x and the output gradient g: `g * gelu'(x)`, one pass.
-impl CustomOp2 for GeluTanhGrad {
+impl<const TANH: bool> CustomOp2 for GeluGrad<TANH> {
     fn name(&self) -> &'static str {
-        "lion-gelu-tanh-grad"
+        if TANH {
+            "lion-gelu-tanh-grad"
+        } else {
+            "lion-gelu-erf-grad"
+        }
     }
 
     fn cpu_fwd(
@@ -170,7 +132,7 @@ impl CustomOp2 for GeluTanhGrad {
 /// (candle's runs single-threaded through libm's `tanhf`).
 pub fn gelu_tanh(xs: &Tensor) -> Result<Tensor> {
     if use_kernel(xs) {
-        xs.contiguous()?.apply_op1(GeluTanh)
+        xs.contiguous()?.apply_op1(Gelu::<true>)
     } else {
         xs.gelu()
     }
