@@ -461,3 +461,36 @@ fn sgemm_propagates_nan_from_either_operand() {
         }
     }
 }
+
+/// `bf16::flush_subnormals` (run at load on frozen bf16 weights): subnormal values become a zero
+/// of the same sign; normal values, zeros, infinities and NaN stay bit for bit.
+#[test]
+fn bf16_subnormal_weights_are_flushed_at_load_and_nothing_else_changes() {
+    use half::bf16;
+    let vals = [
+        bf16::from_bits(0x0001),           // smallest positive subnormal
+        bf16::from_bits(0x807f),           // largest negative subnormal
+        bf16::from_f32(1e-38),             // subnormal through rounding
+        bf16::from_f32(f32::MIN_POSITIVE), // smallest normal: kept
+        bf16::from_f32(-2.5),
+        bf16::ZERO,
+        bf16::NEG_ZERO,
+        bf16::INFINITY,
+        bf16::NAN,
+    ];
+    let t = Tensor::from_slice(&vals, (3, 3), &Device::Cpu).unwrap();
+    let got: Vec<u16> = lion_core::bf16::flush_subnormals(t)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<bf16>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect();
+    let mut want: Vec<u16> = vals.iter().map(|v| v.to_bits()).collect();
+    want[0] = 0x0000;
+    want[1] = 0x8000;
+    want[2] = 0x0000;
+    assert_eq!(got, want);
+}
