@@ -285,6 +285,15 @@ fn pack_a(a: MatRef, i0: usize, rows: usize, p0: usize, kc: usize, dst: &mut [f3
         // SAFETY: AVX-512 F was checked by `gemm_into`; rows i0..i0 + rows and columns
         // p0..p0 + pdone lie inside `a` (asserted), and `dst` holds kc * MR values.
         unsafe { avx512::pack_a_transposed(a, i0, rows, p0, pdone, dst) }
+    } else if a.rs == 1 && rows > 0 {
+        // a transposed view (the weight gradient's g^T): each step of k is a run of `rows`
+        // values, copied as one masked vector (it was 6.5% of a tag-encoder training step
+        // one value at a time)
+        pdone = kc;
+        assert!(dst.len() >= kc * MR && a.fits(i0 + rows, p0 + kc));
+        // SAFETY: AVX-512 F was checked by `gemm_into`; rows i0..i0 + rows of columns
+        // p0..p0 + kc lie inside `a` (asserted), and `dst` holds kc * MR values.
+        unsafe { avx512::pack_a_columns(a, i0, rows, p0, kc, dst) }
     }
     for (p, d) in dst.chunks_exact_mut(MR).take(kc).enumerate().skip(pdone) {
         let col = (p0 + p) * a.cs;
@@ -301,6 +310,14 @@ fn pack_a(a: MatRef, i0: usize, rows: usize, p0: usize, kc: usize, dst: &mut [f3
 /// Packs columns `j0..j0 + cols` of `b` over rows `p0..p0 + kc` as `[kc][NR]`, zero columns
 /// past `cols`.
 fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, cols: usize, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if b.cs == 1 && cols > 0 {
+        assert!(dst.len() >= kc * NR && b.fits(p0 + kc, j0 + cols));
+        // SAFETY: AVX-512 F was checked by `gemm_into`; rows p0..p0 + kc of columns
+        // j0..j0 + cols lie inside `b` (asserted), and `dst` holds kc * NR values.
+        unsafe { avx512::pack_b_rows(b, p0, kc, j0, cols, dst) };
+        return;
+    }
     if b.cs == 1 {
         for (p, d) in dst.chunks_exact_mut(NR).take(kc).enumerate() {
             let s = (p0 + p) * b.rs + j0;
@@ -496,6 +513,71 @@ mod avx512 {
                 });
                 store_transposed_ld::<true>(r, d.add(pb * MR + rb), MR, lanes);
             }
+        }
+    }
+
+    /// `dst[p * NR + j] = b[p0 + p][j0 + j]` for p < kc, zero for j >= cols, where `b` is
+    /// row-major (cs == 1: a step of k is a run of `cols` values); subnormals flushed to 0, NaN
+    /// kept. (The input gradient's `g @ W` and attention's `P V` take it; one value at a time it
+    /// was 6% of a training step.)
+    ///
+    /// # Safety
+    /// AVX-512 F; `cols <= NR`, rows `p0..p0 + kc` of columns `j0..j0 + cols` lie inside
+    /// `b.data`, and `dst` holds `kc * NR` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack_b_rows(
+        b: super::MatRef,
+        p0: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        dst: &mut [f32],
+    ) {
+        debug_assert!(dst.len() >= kc * NR && b.cs == 1 && cols <= NR);
+        let (src, d) = (b.data.as_ptr(), dst.as_mut_ptr());
+        let mask = |c: usize| ((1u32 << c.min(16)) - 1) as __mmask16;
+        let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
+        let tiny = _mm512_set1_ps(f32::MIN_POSITIVE);
+        let flush = |v: __m512| {
+            // not-less-than, unordered: NaN lanes are kept (NaN must reach the output)
+            _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NLT_UQ>(_mm512_abs_ps(v), tiny), v)
+        };
+        for p in 0..kc {
+            let s = src.add((p0 + p) * b.rs + j0);
+            _mm512_storeu_ps(d.add(p * NR), flush(_mm512_maskz_loadu_ps(m0, s)));
+            _mm512_storeu_ps(
+                d.add(p * NR + 16),
+                flush(_mm512_maskz_loadu_ps(m1, s.wrapping_add(16))),
+            );
+        }
+    }
+
+    /// `dst[p * MR + r] = a[i0 + r][p0 + p]` for p < kc, zero for r >= rows, where `a` is a
+    /// transposed view (rs == 1: the `rows` values of a step of k are contiguous); subnormals
+    /// flushed to 0, NaN kept.
+    ///
+    /// # Safety
+    /// AVX-512 F; `rows <= MR`, rows `i0..i0 + rows` of columns `p0..p0 + kc` lie inside
+    /// `a.data`, and `dst` holds `kc * MR` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack_a_columns(
+        a: super::MatRef,
+        i0: usize,
+        rows: usize,
+        p0: usize,
+        kc: usize,
+        dst: &mut [f32],
+    ) {
+        debug_assert!(dst.len() >= kc * MR && a.rs == 1 && rows <= MR);
+        let (src, d) = (a.data.as_ptr(), dst.as_mut_ptr());
+        let load = ((1u32 << rows) - 1) as __mmask16;
+        let store = ((1u32 << MR) - 1) as __mmask16;
+        let tiny = _mm512_set1_ps(f32::MIN_POSITIVE);
+        for p in 0..kc {
+            let v = _mm512_maskz_loadu_ps(load, src.add(i0 + (p0 + p) * a.cs));
+            // not-less-than, unordered: NaN lanes are kept (NaN must reach the output)
+            let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(_mm512_abs_ps(v), tiny);
+            _mm512_mask_storeu_ps(d.add(p * MR), store, _mm512_maskz_mov_ps(keep, v));
         }
     }
 

@@ -285,15 +285,17 @@ fn sgemm_matches_an_f64_product_on_edge_shapes_and_strides() -> lion_core::Resul
         let a = uniform(m * k, 3 * i as u32);
         let w = uniform(n * k, 3 * i as u32 + 1); // (n, k): B = W^T
         let bt = uniform(k * n, 3 * i as u32 + 2); // (k, n) row-major
-        let exact = |b: &dyn Fn(usize, usize) -> f32| {
+        let at = uniform(k * m, 3 * i as u32 + 3); // A^T (k, m) row-major: A a transposed view
+        let exact_a = |a: &dyn Fn(usize, usize) -> f32, b: &dyn Fn(usize, usize) -> f32| {
             let mut c = vec![0f64; m * n];
             for r in 0..m {
                 for j in 0..n {
-                    c[r * n + j] = (0..k).map(|p| a[r * k + p] as f64 * b(p, j) as f64).sum();
+                    c[r * n + j] = (0..k).map(|p| a(r, p) as f64 * b(p, j) as f64).sum();
                 }
             }
             c
         };
+        let exact = |b: &dyn Fn(usize, usize) -> f32| exact_a(&|r, p| a[r * k + p], b);
         let tol = 1e-6 * (k as f64).sqrt() * 4.0 + 1e-6;
         let cases = [
             (
@@ -305,6 +307,17 @@ fn sgemm_matches_an_f64_product_on_edge_shapes_and_strides() -> lion_core::Resul
                 "row-major",
                 sgemm::matmul(m, n, k, MatRef::row_major(&a, k), MatRef::row_major(&bt, n)),
                 exact(&|p, j| bt[p * n + j]),
+            ),
+            (
+                "A transposed",
+                sgemm::matmul(
+                    m,
+                    n,
+                    k,
+                    MatRef::transposed(&at, m),
+                    MatRef::transposed(&w, k),
+                ),
+                exact_a(&|r, p| at[p * m + r], &|p, j| w[j * k + p]),
             ),
         ];
         for (name, got, want) in cases {
@@ -453,11 +466,38 @@ fn sgemm_propagates_nan_from_either_operand() {
     w[11 * k + 16] = f32::NAN; // weight row 11
     use lion_core::sgemm::{matmul, MatRef};
     let y = matmul(m, n, k, MatRef::row_major(&x, k), MatRef::transposed(&w, k));
+    // the same x as a transposed view (x^T stored row-major: the weight gradient's layout)
+    let mut xt = vec![0f32; m * k];
+    for r in 0..m {
+        for p in 0..k {
+            xt[p * m + r] = x[r * k + p];
+        }
+    }
+    let yt = matmul(
+        m,
+        n,
+        k,
+        MatRef::transposed(&xt, m),
+        MatRef::transposed(&w, k),
+    );
+    // and W^T stored row-major (k, n): the input gradient's and attention's layout of B
+    let mut wt = vec![0f32; n * k];
+    for j in 0..n {
+        for p in 0..k {
+            wt[p * n + j] = w[j * k + p];
+        }
+    }
+    let yb = matmul(m, n, k, MatRef::row_major(&x, k), MatRef::row_major(&wt, n));
     for r in 0..m {
         for j in 0..n {
-            let v = y[r * n + j];
             let nan = r == 3 || r == 20 || j == 11;
-            assert_eq!(v.is_nan(), nan, "({r}, {j}) = {v}");
+            for (v, layout) in [
+                (y[r * n + j], "x row-major, W^T"),
+                (yt[r * n + j], "x transposed, W^T"),
+                (yb[r * n + j], "x row-major, B row-major"),
+            ] {
+                assert_eq!(v.is_nan(), nan, "{layout}: ({r}, {j}) = {v}");
+            }
         }
     }
 }
