@@ -293,8 +293,8 @@ fn random_weights_with_an_init_seed_repeat() {
 }
 
 /// Issue 7: `lion ground` with a trained model folder returns boxes in pixels. The shipped
-/// ShapesWorld backbone (`assets/shapes-backbone`, pretrained on a world of seed 1000) grounds
-/// expressions of a world it never saw (seed 5).
+/// ShapesWorld backbone (`assets/shapes-backbone`, pretrained on worlds of seeds 1000 and 1001)
+/// grounds expressions of a world it never saw (seed 5), at least a quarter of them at IoU >= 0.5.
 #[test]
 fn ground_with_the_shipped_shapes_backbone_returns_pixel_boxes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -397,6 +397,13 @@ fn ground_with_the_shipped_shapes_backbone_returns_pixel_boxes() {
     assert!(
         parsed * 10 >= gt.len() * 9,
         "{parsed} of {} boxes parse",
+        gt.len()
+    );
+    // it localises: 14 of these 19 at IoU >= 0.5 on an Intel Xeon (the backbone before its last
+    // pretraining legs found 2% of a fresh world's objects, a centre box about 1%)
+    assert!(
+        hits * 4 >= gt.len(),
+        "only {hits} of {} boxes at IoU >= 0.5",
         gt.len()
     );
 }

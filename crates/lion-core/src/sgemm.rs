@@ -516,6 +516,18 @@ mod avx512 {
         }
     }
 
+    /// 16 values with subnormals made 0 (see [`super::flush`]) and NaN kept.
+    ///
+    /// # Safety
+    /// AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn flush16(v: __m512) -> __m512 {
+        // not-less-than, unordered: NaN lanes are kept (NaN must reach the output)
+        let tiny = _mm512_set1_ps(f32::MIN_POSITIVE);
+        _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NLT_UQ>(_mm512_abs_ps(v), tiny), v)
+    }
+
     /// `dst[p * NR + j] = b[p0 + p][j0 + j]` for p < kc, zero for j >= cols, where `b` is
     /// row-major (cs == 1: a step of k is a run of `cols` values); subnormals flushed to 0, NaN
     /// kept. (The input gradient's `g @ W` and attention's `P V` take it; one value at a time it
@@ -537,18 +549,11 @@ mod avx512 {
         let (src, d) = (b.data.as_ptr(), dst.as_mut_ptr());
         let mask = |c: usize| ((1u32 << c.min(16)) - 1) as __mmask16;
         let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
-        let tiny = _mm512_set1_ps(f32::MIN_POSITIVE);
-        let flush = |v: __m512| {
-            // not-less-than, unordered: NaN lanes are kept (NaN must reach the output)
-            _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NLT_UQ>(_mm512_abs_ps(v), tiny), v)
-        };
         for p in 0..kc {
             let s = src.add((p0 + p) * b.rs + j0);
-            _mm512_storeu_ps(d.add(p * NR), flush(_mm512_maskz_loadu_ps(m0, s)));
-            _mm512_storeu_ps(
-                d.add(p * NR + 16),
-                flush(_mm512_maskz_loadu_ps(m1, s.wrapping_add(16))),
-            );
+            _mm512_storeu_ps(d.add(p * NR), flush16(_mm512_maskz_loadu_ps(m0, s)));
+            let hi = _mm512_maskz_loadu_ps(m1, s.wrapping_add(16));
+            _mm512_storeu_ps(d.add(p * NR + 16), flush16(hi));
         }
     }
 
@@ -572,12 +577,9 @@ mod avx512 {
         let (src, d) = (a.data.as_ptr(), dst.as_mut_ptr());
         let load = ((1u32 << rows) - 1) as __mmask16;
         let store = ((1u32 << MR) - 1) as __mmask16;
-        let tiny = _mm512_set1_ps(f32::MIN_POSITIVE);
         for p in 0..kc {
             let v = _mm512_maskz_loadu_ps(load, src.add(i0 + (p0 + p) * a.cs));
-            // not-less-than, unordered: NaN lanes are kept (NaN must reach the output)
-            let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(_mm512_abs_ps(v), tiny);
-            _mm512_mask_storeu_ps(d.add(p * MR), store, _mm512_maskz_mov_ps(keep, v));
+            _mm512_mask_storeu_ps(d.add(p * MR), store, flush16(v));
         }
     }
 

@@ -80,8 +80,10 @@ pub struct Args {
     /// Backbone pretraining steps (batch 32) with --from-scratch.
     #[arg(long, default_value_t = 4000)]
     pretrain_steps: u64,
-    /// Images of the pretraining world with --from-scratch.
-    #[arg(long, default_value_t = 2000)]
+    /// Images of the pretraining world with --from-scratch (generated in seconds). 2000 were
+    /// too few: the backbone learnt their boxes by heart instead of learning to localise
+    /// (assets/shapes-backbone/README.md).
+    #[arg(long, default_value_t = 20000)]
     pretrain_images: usize,
     /// Beams at evaluation (1 = greedy; 5 as upstream LION's `generate`).
     #[arg(long, default_value_t = 5)]
