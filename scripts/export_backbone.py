@@ -20,8 +20,14 @@ def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__)
     folder, ckpt, out = sys.argv[1:]
-    base = load_file(os.path.join(folder, "backbone.safetensors"))
-    trained = load_file(os.path.join(ckpt, "trainable.safetensors"))
+    def read(path):
+        try:
+            return load_file(path)
+        except Exception as e:  # missing, truncated or not safetensors: name the file
+            sys.exit(f"{path}: cannot read as safetensors ({e})")
+
+    base = read(os.path.join(folder, "backbone.safetensors"))
+    trained = read(os.path.join(ckpt, "trainable.safetensors"))
     for k, v in trained.items():
         if k not in base:
             sys.exit(f"{ckpt}: key {k} is not in {folder}/backbone.safetensors")

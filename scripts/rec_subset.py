@@ -15,13 +15,26 @@ import sys
 def main():
     if len(sys.argv) != 5:
         sys.exit(__doc__)
-    world, split, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    with open(os.path.join(world, "instances.json")) as f:
-        inst = json.load(f)
-    count = collections.Counter(a["image_id"] for a in inst["annotations"])
-    files = {im["file_name"] for im in inst["images"] if count[im["id"]] == n}
-    with open(os.path.join(world, f"lion_rec_{split}.json")) as f:
-        samples = json.load(f)
+    world, split, n, out = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    if not n.isdigit():
+        sys.exit(f"N must be a count of objects, got {n!r}")
+    n = int(n)
+
+    def read(name):
+        path = os.path.join(world, name)
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            sys.exit(f"{path}: cannot read as JSON ({e})")
+
+    inst = read("instances.json")
+    try:
+        count = collections.Counter(a["image_id"] for a in inst["annotations"])
+        files = {im["file_name"] for im in inst["images"] if count[im["id"]] == n}
+    except (KeyError, TypeError) as e:
+        sys.exit(f"{world}/instances.json: not a ShapesWorld instances file (missing {e})")
+    samples = read(f"lion_rec_{split}.json")
     kept = [s for s in samples if s["image"] in files]
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
