@@ -1,6 +1,6 @@
 """Writes the REC samples of a ShapesWorld split whose image holds exactly N objects (a LION
-`lion_rec_{split}.json` filtered by the world's `instances.json`): the first leg of the shipped
-backbone's last pretraining (assets/shapes-backbone/README.md) trains on the one-object images.
+`lion_rec_{split}.json` filtered by the world's `instances.json`): legs of the shipped backbone's
+pretraining (assets/shapes-backbone/README.md) train on the one-object, then the two-object images.
 
     python3 scripts/rec_subset.py WORLD SPLIT N OUT.json
 
@@ -35,7 +35,10 @@ def main():
     except (KeyError, TypeError) as e:
         sys.exit(f"{world}/instances.json: not a ShapesWorld instances file (missing {e})")
     samples = read(f"lion_rec_{split}.json")
-    kept = [s for s in samples if s["image"] in files]
+    try:
+        kept = [s for s in samples if s["image"] in files]
+    except (KeyError, TypeError) as e:
+        sys.exit(f"{world}/lion_rec_{split}.json: not a list of LION samples (missing {e})")
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(kept, f)
