@@ -189,3 +189,91 @@ fn demo_runs_every_stage_and_redoes_exactly_what_a_new_seed_changes() {
     }
     assert_eq!(rb, json(&b.join("report.json")));
 }
+
+/// `--from-scratch` at a toy size: the tagger and the backbone are trained in the run, the
+/// backbone in every leg of its curriculum (a first leg, then REC on one-, two- and
+/// three-object images, each followed by a mixed leg), each leg continuing the one before; the
+/// REC legs see only images with their number of objects; the shipped-to folder is the last
+/// leg's; a rerun reuses every leg.
+#[test]
+fn from_scratch_pretrains_the_backbone_in_every_leg() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("s");
+    let flags = [
+        "--from-scratch",
+        "--tagger-images",
+        "24",
+        "--tagger-epochs",
+        "1",
+        "--pretrain-images",
+        "60",
+        "--pretrain-steps",
+        "2",
+        "--pretrain-scale",
+        "0.0005",
+    ];
+    let (_, log) = demo(&out, 0, &flags);
+    let legs = [
+        "base", "rec-1", "mixed-1", "rec-2", "mixed-2", "rec-3", "mixed-3",
+    ];
+    for (k, leg) in legs.iter().enumerate() {
+        let dir = out.join("pretrain").join(leg);
+        assert!(dir.join("stage.json").exists(), "{leg}: no stage.json");
+        assert!(dir.join("backbone/backbone.safetensors").exists(), "{leg}");
+        let cfg = json(&dir.join("train.json"));
+        if k > 0 {
+            let from = out.join("pretrain").join(legs[k - 1]).join("backbone");
+            assert_eq!(
+                Path::new(cfg["model_dir"].as_str().unwrap()),
+                from,
+                "{leg} does not continue {}",
+                legs[k - 1]
+            );
+        }
+    }
+    assert!(log.contains("leg 7/7 (mixed-3): 3 steps"), "{log}");
+    // the REC legs train on images with their number of objects only
+    let inst = json(&out.join("pretrain-world/instances.json"));
+    let mut count = std::collections::HashMap::new();
+    for a in inst["annotations"].as_array().unwrap() {
+        *count
+            .entry(a["image_id"].as_u64().unwrap())
+            .or_insert(0usize) += 1;
+    }
+    let file_objects: std::collections::HashMap<String, usize> = inst["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|im| {
+            let n = count.get(&im["id"].as_u64().unwrap()).copied().unwrap_or(0);
+            (im["file_name"].as_str().unwrap().to_string(), n)
+        })
+        .collect();
+    for (leg, n) in [("rec-1", 1), ("rec-2", 2), ("rec-3", 3)] {
+        let cfg = json(&out.join("pretrain").join(leg).join("train.json"));
+        assert_eq!(cfg["tasks"].as_array().unwrap().len(), 1, "{leg}");
+        let samples = json(&out.join("pretrain").join(leg).join("lion_rec_train.json"));
+        let samples = samples.as_array().unwrap();
+        assert!(!samples.is_empty(), "{leg}");
+        for s in samples {
+            assert_eq!(file_objects[s["image"].as_str().unwrap()], n, "{leg}: {s}");
+        }
+    }
+    let last = std::fs::read(out.join("pretrain/mixed-3/backbone/backbone.safetensors")).unwrap();
+    let first = std::fs::read(out.join("pretrain/base/backbone/backbone.safetensors")).unwrap();
+    assert_eq!(
+        std::fs::read(out.join("backbone/backbone.safetensors")).unwrap(),
+        last
+    );
+    assert_ne!(first, last, "the legs after the first changed nothing");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("pretrained in this run"), "{report}");
+
+    let (_, log) = demo(&out, 0, &flags);
+    for leg in ["first leg", "rec-1", "mixed-3"] {
+        assert!(
+            log.contains(&format!("backbone pretraining, {leg}: reused")),
+            "{leg} not reused:\n{log}"
+        );
+    }
+}

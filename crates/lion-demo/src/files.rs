@@ -141,9 +141,94 @@ pub fn write_tags_file(tags: &ImageTags, out: &Path) -> Result<()> {
     lion_core::util::write_atomic(out, (lines.join("\n") + "\n").as_bytes())
 }
 
+/// The REC samples of a ShapesWorld split (`lion_rec_{split}.json`) whose image holds exactly
+/// `objects` objects (counted in the world's `instances.json`), written to `out` as the same
+/// JSON list: the REC-only legs of the backbone's pretraining. Returns how many were kept; none
+/// is an error naming the world, split and count.
+pub fn rec_subset(world: &Path, split: &str, objects: usize, out: &Path) -> Result<usize> {
+    let ipath = world.join("instances.json");
+    let inst = read_json(&ipath)?;
+    let mut count: HashMap<u64, usize> = HashMap::new();
+    for a in list(
+        &ipath,
+        field(&ipath, &inst, "annotations", "the file")?,
+        "annotations",
+    )? {
+        let id = field(&ipath, a, "image_id", "an annotation")?
+            .as_u64()
+            .ok_or_else(|| Error::format(&ipath, "an annotation's image_id is not a number"))?;
+        *count.entry(id).or_default() += 1;
+    }
+    let mut files = std::collections::HashSet::new();
+    for im in list(
+        &ipath,
+        field(&ipath, &inst, "images", "the file")?,
+        "images",
+    )? {
+        let id = field(&ipath, im, "id", "an image")?
+            .as_u64()
+            .ok_or_else(|| Error::format(&ipath, "an image's id is not a number"))?;
+        let file = field(&ipath, im, "file_name", "an image")?
+            .as_str()
+            .ok_or_else(|| Error::format(&ipath, "an image's file_name is not a string"))?;
+        if count.get(&id).copied().unwrap_or(0) == objects {
+            files.insert(file.to_string());
+        }
+    }
+    let spath = world.join(format!("lion_rec_{split}.json"));
+    let samples = read_json(&spath)?;
+    let mut kept = vec![];
+    for (i, r) in list(&spath, &samples, "the file")?.iter().enumerate() {
+        let img = r["image"]
+            .as_str()
+            .ok_or_else(|| Error::format(&spath, format!("record {i} without image")))?;
+        if files.contains(img) {
+            kept.push(r.clone());
+        }
+    }
+    if kept.is_empty() {
+        return Err(Error::format(
+            &spath,
+            format!("no REC sample on an image with {objects} object(s) (a larger world has some)"),
+        ));
+    }
+    let n = kept.len();
+    write_json(out, &Value::Array(kept))?;
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rec_subset_keeps_the_images_with_that_many_objects() {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = tmp.path();
+        let inst = json!({
+            "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+            "annotations": [{"image_id": 1}, {"image_id": 2}, {"image_id": 2}],
+        });
+        write_json(&w.join("instances.json"), &inst).unwrap();
+        let samples = json!([{"image": "a.png", "n": 0}, {"image": "b.png", "n": 1},
+                             {"image": "b.png", "n": 2}]);
+        write_json(&w.join("lion_rec_train.json"), &samples).unwrap();
+        let out = w.join("two.json");
+        assert_eq!(rec_subset(w, "train", 2, &out).unwrap(), 2);
+        assert_eq!(read_json(&out).unwrap(), json!([samples[1], samples[2]]));
+        assert_eq!(rec_subset(w, "train", 1, &out).unwrap(), 1);
+        let e = rec_subset(w, "train", 3, &out).unwrap_err().to_string();
+        assert!(
+            e.contains("lion_rec_train.json") && e.contains("3 object"),
+            "{e}"
+        );
+        write_json(&w.join("instances.json"), &json!({"images": []})).unwrap();
+        let e = rec_subset(w, "train", 1, &out).unwrap_err().to_string();
+        assert!(
+            e.contains("instances.json") && e.contains("annotations"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn tags_files_and_errors() {

@@ -94,6 +94,9 @@ pub struct DemoConfig {
     pub pretrain_steps: u64,
     /// Images of the pretraining world with --from-scratch.
     pub pretrain_images: usize,
+    /// With --from-scratch: the steps of every pretraining leg after the first (the curriculum
+    /// that made the shipped backbone localise) multiplied by this; 1 is the shipped recipe.
+    pub pretrain_scale: f64,
     /// Beams at evaluation (1 = greedy; 5 as upstream LION's `generate`).
     pub num_beams: usize,
     /// Bootstrap resamples of the report's intervals.
@@ -165,6 +168,12 @@ pub fn run(cfg: &DemoConfig, progress: &dyn Progress) -> Result<()> {
     let start = std::time::Instant::now();
     if args.seeds == 0 {
         bail!("--seeds must be at least 1");
+    }
+    if !(args.pretrain_scale.is_finite() && args.pretrain_scale > 0.0) {
+        bail!(
+            "--pretrain-scale must be a positive number, got {}",
+            args.pretrain_scale
+        );
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;

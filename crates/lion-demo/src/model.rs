@@ -129,7 +129,83 @@ fn run_training(dir: &Path, cfg: &Value, progress: &dyn Progress) -> Result<Path
     lion_train::checkpoint::latest(&run_dir)?.context("training left no checkpoint")
 }
 
-/// Pretrains the backbone on a world of its own seed and writes it as a model folder.
+/// One leg of the backbone's pretraining after its first: REC alone on the images that hold
+/// `objects` objects (to choose among that many), or all three tasks with caption : VQA : REC =
+/// 1 : 1 : 8; AdamW from `lr` (warmup from 1e-4 over `warmup` steps) cosine to `lr / 10`.
+struct Leg {
+    name: &'static str,
+    objects: Option<usize>,
+    steps: u64,
+    lr: f64,
+    warmup: u64,
+    /// Added to the demo's seed.
+    seed: u64,
+}
+
+/// The legs that made the shipped backbone localise and choose among objects, in order
+/// (assets/shapes-backbone/README.md, items 7-12: `phase7a` ... `phase9b`, the same steps,
+/// schedules and seeds): one object, then two, then three, each followed by a mixed leg whose
+/// falling lr turns the REC leg's gain into accuracy on every task.
+const LEGS: [Leg; 6] = [
+    Leg {
+        name: "rec-1",
+        objects: Some(1),
+        steps: 1000,
+        lr: 5e-4,
+        warmup: 100,
+        seed: 7,
+    },
+    Leg {
+        name: "mixed-1",
+        objects: None,
+        steps: 4500,
+        lr: 5e-4,
+        warmup: 100,
+        seed: 8,
+    },
+    Leg {
+        name: "rec-2",
+        objects: Some(2),
+        steps: 1500,
+        lr: 3e-4,
+        warmup: 50,
+        seed: 81,
+    },
+    Leg {
+        name: "mixed-2",
+        objects: None,
+        steps: 6000,
+        lr: 3e-4,
+        warmup: 50,
+        seed: 82,
+    },
+    Leg {
+        name: "rec-3",
+        objects: Some(3),
+        steps: 1500,
+        lr: 3e-4,
+        warmup: 50,
+        seed: 91,
+    },
+    Leg {
+        name: "mixed-3",
+        objects: None,
+        steps: 6000,
+        lr: 3e-4,
+        warmup: 50,
+        seed: 92,
+    },
+];
+
+/// A leg's steps at `--pretrain-scale` (at least one).
+fn leg_steps(steps: u64, scale: f64) -> u64 {
+    ((steps as f64 * scale).round() as u64).max(1)
+}
+
+/// Pretrains the backbone on a world of its own seed and writes it as a model folder: a first
+/// leg on all three tasks from random weights, then the curriculum [`LEGS`], each continuing
+/// the folder the leg before exported. Each leg is a stage of its own (`OUT/pretrain/<leg>`),
+/// reused when made from the same settings and starting weights.
 pub(super) fn pretrain(args: &Args<'_>, out: &Path) -> Result<PathBuf> {
     let world = out.join("pretrain-world");
     let seed = args.seed + 1000;
@@ -145,15 +221,16 @@ pub(super) fn pretrain(args: &Args<'_>, out: &Path) -> Result<PathBuf> {
         },
         args.progress,
     )?;
-    let run = out.join("pretrain");
-    let qtok = args.sentence_model.join("tokenizer.json");
+    let root = out.join("pretrain");
+    let qtok = std::path::absolute(args.sentence_model.join("tokenizer.json"))?;
     let start = json!({"preset": "shapes", "trainable": "all", "prompt": "static",
-                       "qformer_tokenizer": s(&std::path::absolute(&qtok)?)});
+                       "qformer_tokenizer": s(&qtok)});
+    let dir = root.join("base");
     let cfg = train_config(
         start,
         &world,
         &world,
-        &run,
+        &dir.join("run"),
         args.pretrain_steps,
         32,
         2e-3,
@@ -167,13 +244,94 @@ pub(super) fn pretrain(args: &Args<'_>, out: &Path) -> Result<PathBuf> {
     let mut cfg = cfg;
     cfg["tasks"][2]["ratio"] = json!(3.0);
     cfg["boost_lr_scale"] = json!(0.0);
-    let ckpt = run_training(&run, &cfg, args.progress)?;
-    let dest = out.join("backbone");
-    export_backbone(&run.join("init.safetensors"), &ckpt, &qtok, &dest)?;
-    Ok(dest)
+    let world_file = world.join("world.json");
+    let mut prev = dir.join("backbone");
+    let inputs = StageInputs::new(json!({"train": cfg}), &[("world", &world_file)])?;
+    if !reuse_or_clear("backbone pretraining, first leg", &dir, &inputs)? {
+        let ckpt = run_training(&dir, &cfg, args.progress)?;
+        export_backbone(
+            &dir.join("run").join("init.safetensors"),
+            &ckpt,
+            &qtok,
+            &prev,
+        )?;
+        mark_done(&dir, &inputs)?;
+    }
+    for (k, leg) in LEGS.iter().enumerate() {
+        let dir = root.join(leg.name);
+        let steps = leg_steps(leg.steps, args.pretrain_scale);
+        tracing::info!(
+            "backbone pretraining, leg {}/{} ({}): {steps} steps",
+            k + 2,
+            LEGS.len() + 1,
+            leg.name
+        );
+        let task = |kind: &str, ratio: f64| {
+            json!({"kind": kind, "train": s(&world.join(format!("lion_{kind}_train.json"))),
+                   "val": s(&world.join(format!("lion_{kind}_val.json"))), "ratio": ratio})
+        };
+        let tasks = match leg.objects {
+            Some(_) => {
+                let f = |split: &str| dir.join(format!("lion_rec_{split}.json"));
+                json!([{"kind": "rec", "train": s(&f("train")), "val": s(&f("val")),
+                        "ratio": 1.0}])
+            }
+            None => json!([task("caption", 1.0), task("vqa", 1.0), task("rec", 8.0)]),
+        };
+        let start = json!({
+            "model_dir": s(&prev), "trainable": "all", "prompt": "static",
+            "qformer_tokenizer": s(&qtok), "boost_lr_scale": 0.0, "tasks": tasks,
+            "schedule": {"init_lr": leg.lr, "min_lr": leg.lr / 10.0, "warmup_lr": 1e-4,
+                         "warmup_steps": leg.warmup.min(steps - 1)},
+        });
+        let cfg = train_config(
+            start,
+            &world,
+            &world,
+            &dir.join("run"),
+            steps,
+            32,
+            leg.lr,
+            args.seed + leg.seed,
+        );
+        let weights = prev.join("backbone.safetensors");
+        let inputs = StageInputs::new(
+            json!({"train": cfg, "objects": leg.objects}),
+            &[("world", &world_file), ("starting weights", &weights)],
+        )?;
+        let dest = dir.join("backbone");
+        if !reuse_or_clear(
+            &format!("backbone pretraining, {}", leg.name),
+            &dir,
+            &inputs,
+        )? {
+            std::fs::create_dir_all(&dir)?;
+            if let Some(n) = leg.objects {
+                for split in ["train", "val"] {
+                    let f = dir.join(format!("lion_rec_{split}.json"));
+                    let kept = crate::files::rec_subset(&world, split, n, &f)?;
+                    tracing::info!("{}: {kept} REC samples on {n}-object images", f.display());
+                }
+            }
+            let ckpt = run_training(&dir, &cfg, args.progress)?;
+            export_backbone(&weights, &ckpt, &qtok, &dest)?;
+            mark_done(&dir, &inputs)?;
+        }
+        prev = dest;
+    }
+    // the folder to ship, where `--from-scratch` has always written it
+    let ship = out.join("backbone");
+    std::fs::create_dir_all(&ship)?;
+    for f in std::fs::read_dir(&prev)? {
+        let f = f?.path();
+        let to = ship.join(f.file_name().expect("a file"));
+        std::fs::copy(&f, &to).with_context(|| format!("cannot copy {}", f.display()))?;
+    }
+    Ok(ship)
 }
 
-/// The initial weights overwritten by the trained ones, as one file plus its manifest.
+/// The starting weights (a run's `init.safetensors`, or the backbone a leg continued)
+/// overwritten by the trained ones, as one file plus its manifest.
 fn export_backbone(init: &Path, ckpt: &Path, qformer_tokenizer: &Path, dest: &Path) -> Result<()> {
     use lion_core::weights::{save_safetensors, Checkpoint};
     let dev = candle_core::Device::Cpu;
