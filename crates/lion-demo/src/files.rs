@@ -148,30 +148,24 @@ pub fn write_tags_file(tags: &ImageTags, out: &Path) -> Result<()> {
 pub fn rec_subset(world: &Path, split: &str, objects: usize, out: &Path) -> Result<usize> {
     let ipath = world.join("instances.json");
     let inst = read_json(&ipath)?;
-    let mut count: HashMap<u64, usize> = HashMap::new();
-    for a in list(
-        &ipath,
-        field(&ipath, &inst, "annotations", "the file")?,
-        "annotations",
-    )? {
-        let id = field(&ipath, a, "image_id", "an annotation")?
+    let rows = |key: &str| list(&ipath, field(&ipath, &inst, key, "the file")?, key);
+    let id = |v: &Value, key: &str, what: &str| -> Result<u64> {
+        field(&ipath, v, key, what)?
             .as_u64()
-            .ok_or_else(|| Error::format(&ipath, "an annotation's image_id is not a number"))?;
-        *count.entry(id).or_default() += 1;
+            .ok_or_else(|| Error::format(&ipath, format!("{what}'s {key} is not a number")))
+    };
+    let mut count: HashMap<u64, usize> = HashMap::new();
+    for a in rows("annotations")? {
+        *count
+            .entry(id(a, "image_id", "an annotation")?)
+            .or_default() += 1;
     }
     let mut files = std::collections::HashSet::new();
-    for im in list(
-        &ipath,
-        field(&ipath, &inst, "images", "the file")?,
-        "images",
-    )? {
-        let id = field(&ipath, im, "id", "an image")?
-            .as_u64()
-            .ok_or_else(|| Error::format(&ipath, "an image's id is not a number"))?;
+    for im in rows("images")? {
         let file = field(&ipath, im, "file_name", "an image")?
             .as_str()
             .ok_or_else(|| Error::format(&ipath, "an image's file_name is not a string"))?;
-        if count.get(&id).copied().unwrap_or(0) == objects {
+        if count.get(&id(im, "id", "an image")?).copied().unwrap_or(0) == objects {
             files.insert(file.to_string());
         }
     }

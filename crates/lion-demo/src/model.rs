@@ -266,25 +266,13 @@ pub(super) fn pretrain(args: &Args<'_>, out: &Path) -> Result<PathBuf> {
             LEGS.len() + 1,
             leg.name
         );
-        let task = |kind: &str, ratio: f64| {
-            json!({"kind": kind, "train": s(&world.join(format!("lion_{kind}_train.json"))),
-                   "val": s(&world.join(format!("lion_{kind}_val.json"))), "ratio": ratio})
-        };
-        let tasks = match leg.objects {
-            Some(_) => {
-                let f = |split: &str| dir.join(format!("lion_rec_{split}.json"));
-                json!([{"kind": "rec", "train": s(&f("train")), "val": s(&f("val")),
-                        "ratio": 1.0}])
-            }
-            None => json!([task("caption", 1.0), task("vqa", 1.0), task("rec", 8.0)]),
-        };
         let start = json!({
             "model_dir": s(&prev), "trainable": "all", "prompt": "static",
-            "qformer_tokenizer": s(&qtok), "boost_lr_scale": 0.0, "tasks": tasks,
+            "qformer_tokenizer": s(&qtok), "boost_lr_scale": 0.0,
             "schedule": {"init_lr": leg.lr, "min_lr": leg.lr / 10.0, "warmup_lr": 1e-4,
                          "warmup_steps": leg.warmup.min(steps - 1)},
         });
-        let cfg = train_config(
+        let mut cfg = train_config(
             start,
             &world,
             &world,
@@ -294,6 +282,15 @@ pub(super) fn pretrain(args: &Args<'_>, out: &Path) -> Result<PathBuf> {
             leg.lr,
             args.seed + leg.seed,
         );
+        match leg.objects {
+            // REC alone, on the subset written below
+            Some(_) => {
+                let f = |split: &str| s(&dir.join(format!("lion_rec_{split}.json")));
+                cfg["tasks"] = json!([{"kind": "rec", "train": f("train"), "val": f("val"),
+                                       "ratio": 1.0}]);
+            }
+            None => cfg["tasks"][2]["ratio"] = json!(8.0),
+        }
         let weights = prev.join("backbone.safetensors");
         let inputs = StageInputs::new(
             json!({"train": cfg, "objects": leg.objects}),
@@ -325,7 +322,8 @@ pub(super) fn pretrain(args: &Args<'_>, out: &Path) -> Result<PathBuf> {
     for f in std::fs::read_dir(&prev)? {
         let f = f?.path();
         let to = ship.join(f.file_name().expect("a file"));
-        std::fs::copy(&f, &to).with_context(|| format!("cannot copy {}", f.display()))?;
+        let bytes = std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
+        lion_core::util::write_atomic(&to, &bytes)?;
     }
     Ok(ship)
 }
