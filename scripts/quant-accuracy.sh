@@ -35,25 +35,43 @@ for fmt in f32 bf16 q8_0 q4_0; do
   done
 done
 python3 - "$out" <<'PY'
-import json, sys, os
+import json, sys, os, random
 out = sys.argv[1]
 def load(fmt, task, kind):
     with open(os.path.join(out, fmt, f"{task}_{kind}.json")) as f:
         return json.load(f)
-def scores(fmt, task):
-    o = load(fmt, task, "scores")["overall"]
+# (metric, overall score, per-item value) per task; the per-item values average to the overall
+# score, so the paired difference of their means is the difference of the scores
+def metrics(task):
     if task == "caption":
-        return [("CIDEr", 100 * o["cider"])]
+        return [("CIDEr", lambda o: o["cider"], "image_id", lambda r: r["cider"])]
     if task == "vqa":
-        return [("VQA acc", 100 * o["accuracy"])]
-    return [("Acc@0.5", 100 * o["accuracy"]["0.5"]), ("Acc@0.1", 100 * o["accuracy"]["0.1"])]
+        return [("VQA acc", lambda o: o["accuracy"], "question_id", lambda r: r["accuracy"])]
+    return [
+        ("Acc@0.5", lambda o: o["accuracy"]["0.5"], "id", lambda r: float(r["iou"] >= 0.5)),
+        ("Acc@0.1", lambda o: o["accuracy"]["0.1"], "id", lambda r: float(r["iou"] >= 0.1)),
+    ]
 def preds(fmt, task):
     return [json.dumps(r, sort_keys=True) for r in load(fmt, task, "pred")]
-print(f"{'format':<6} {'task':<8} {'metric':<8} {'score':>7} {'vs f32':>7} {'identical to f32':>17}")
+def interval(diffs, reps=2000):
+    # paired bootstrap over items, 95%, seeded so a rerun prints the same interval
+    rng = random.Random(0)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
+    return means[int(0.025 * reps)], means[int(0.975 * reps) - 1]
+print(f"{'format':<6} {'task':<8} {'metric':<8} {'score':>7} {'vs f32':>7} {'95% interval':>17} {'identical to f32':>17}")
 for fmt in ["f32", "bf16", "q8_0", "q4_0"]:
     for task in ["caption", "vqa", "rec"]:
         a, b = preds(fmt, task), preds("f32", task)
         same = sum(x == y for x, y in zip(a, b))
-        for (name, v), (_, ref) in zip(scores(fmt, task), scores("f32", task)):
-            print(f"{fmt:<6} {task:<8} {name:<8} {v:>7.2f} {v - ref:>+7.2f} {same:>7}/{len(b)}")
+        s, ref = load(fmt, task, "scores"), load("f32", task, "scores")
+        for name, overall, key, item in metrics(task):
+            v, r = 100 * overall(s["overall"]), 100 * overall(ref["overall"])
+            mine = {x[key]: item(x) for x in s["per_item"]}
+            base = {x[key]: item(x) for x in ref["per_item"]}
+            if mine.keys() != base.keys():
+                sys.exit(f"{fmt}/{task}: scored items differ from f32's")
+            lo, hi = interval([100 * (mine[k] - base[k]) for k in base])
+            span = f"[{lo:+.2f}, {hi:+.2f}]"
+            print(f"{fmt:<6} {task:<8} {name:<8} {v:>7.2f} {v - r:>+7.2f} {span:>17} {same:>7}/{len(b)}")
 PY

@@ -194,7 +194,7 @@ fn demo_runs_every_stage_and_redoes_exactly_what_a_new_seed_changes() {
 /// backbone in every leg of its curriculum (a first leg, then REC on one-, two- and
 /// three-object images, each followed by a mixed leg), each leg continuing the one before; the
 /// REC legs see only images with their number of objects; the shipped-to folder is the last
-/// leg's; a rerun reuses every leg.
+/// leg's; a rerun reuses every leg, and resumes an interrupted one from its last checkpoint.
 #[test]
 fn from_scratch_pretrains_the_backbone_in_every_leg() {
     let tmp = tempfile::tempdir().unwrap();
@@ -276,4 +276,31 @@ fn from_scratch_pretrains_the_backbone_in_every_leg() {
             "{leg} not reused:\n{log}"
         );
     }
+
+    // A kill after the last leg's checkpoint at step 2 of 3: its stage unfinished (the record
+    // of its start only), the step-3 checkpoint and the export not written. The rerun resumes
+    // the leg from step 2 and exports the same weights, bit for bit.
+    let leg = out.join("pretrain/mixed-3");
+    let run = leg.join("run");
+    assert!(
+        run.join("checkpoints/step-00000002").is_dir(),
+        "no kept checkpoint"
+    );
+    std::fs::rename(leg.join("stage.json"), leg.join("stage-started.json")).unwrap();
+    std::fs::remove_dir_all(run.join("checkpoints/step-00000003")).unwrap();
+    std::fs::write(run.join("latest"), "step-00000002").unwrap();
+    std::fs::remove_dir_all(leg.join("backbone")).unwrap();
+    let (_, log) = demo(&out, 0, &flags);
+    assert!(
+        log.contains("backbone pretraining, mixed-3: resumed"),
+        "not resumed:\n{log}"
+    );
+    assert!(log.contains("continuing from step 2 of 3"), "{log}");
+    assert!(log.contains("backbone pretraining, rec-3: reused"), "{log}");
+    assert_eq!(
+        std::fs::read(leg.join("backbone/backbone.safetensors")).unwrap(),
+        last,
+        "the resumed leg ended elsewhere"
+    );
+    assert!(leg.join("stage.json").exists() && !leg.join("stage-started.json").exists());
 }

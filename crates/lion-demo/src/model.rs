@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use crate::stage::{mark_done, reuse_or_clear, StageInputs};
+use crate::stage::{mark_done, mark_started, reuse_resume_or_clear, StageInputs, Start};
 use crate::systems::SystemSpec;
 use lion_core::pipeline::{ConfigRef, Manifest, WeightEntry};
 use lion_data::world::WorldConfig;
@@ -103,30 +103,42 @@ fn train_config(
     c
 }
 
-/// Runs `lion train` on a config written to `dir/train.json`; returns the final checkpoint.
+/// Runs `lion train` on a config written to `dir/train.json`; returns the final checkpoint. A run
+/// folder that already holds a checkpoint (kept only by a stage that
+/// [`reuse_resume_or_clear`] resumed, so made from the same config) is continued from it, as
+/// `lion train --resume` does: bit for bit the run it would have been uninterrupted.
 fn run_training(dir: &Path, cfg: &Value, progress: &dyn Progress) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("train.json");
     let run_dir = PathBuf::from(cfg["output_dir"].as_str().expect("set"));
-    if let Some(done) = lion_train::checkpoint::latest(&run_dir)? {
-        let st = read(&done.join(lion_train::checkpoint::STATE))?;
-        if st["step"].as_u64() == cfg["steps"].as_u64() {
-            tracing::info!("{} is complete: reused", run_dir.display());
-            return Ok(done);
+    let resume = match lion_train::checkpoint::latest(&run_dir)? {
+        Some(done) => {
+            let st = read(&done.join(lion_train::checkpoint::STATE))?;
+            if st["step"].as_u64() == cfg["steps"].as_u64() {
+                tracing::info!("{} is complete: reused", run_dir.display());
+                return Ok(done);
+            }
+            tracing::info!(
+                "{}: continuing from step {} of {}",
+                run_dir.display(),
+                st["step"],
+                cfg["steps"]
+            );
+            true
         }
-        bail!(
-            "{} holds a run at step {} but this demo asks for {} steps: continue it with \
-             `lion train --config {} --resume` (same settings), or delete it",
-            run_dir.display(),
-            st["step"],
-            cfg["steps"],
-            path.display()
-        );
-    }
+        None => false,
+    };
     write_json(&path, cfg)?;
     let cfg = lion_train::peft::PeftConfig::read(&path)?;
-    lion_train::progress::train_showing(cfg, false, &candle_core::Device::Cpu, progress)?;
+    lion_train::progress::train_showing(cfg, resume, &candle_core::Device::Cpu, progress)?;
     lion_train::checkpoint::latest(&run_dir)?.context("training left no checkpoint")
+}
+
+/// A backbone leg's checkpoints: every quarter of the run (at most every 500 steps), the last
+/// two kept, so that an interrupted leg resumes close to where it stopped.
+fn checkpoint_often(cfg: &mut Value, steps: u64) {
+    cfg["checkpoint_every"] = json!((steps / 4).clamp(1, 500));
+    cfg["keep_checkpoints"] = json!(2);
 }
 
 /// One leg of the backbone's pretraining after its first: REC alone on the images that hold
@@ -244,10 +256,12 @@ pub(super) fn pretrain(args: &Args<'_>, out: &Path) -> Result<PathBuf> {
     let mut cfg = cfg;
     cfg["tasks"][2]["ratio"] = json!(3.0);
     cfg["boost_lr_scale"] = json!(0.0);
+    checkpoint_often(&mut cfg, args.pretrain_steps);
     let world_file = world.join("world.json");
     let mut prev = dir.join("backbone");
     let inputs = StageInputs::new(json!({"train": cfg}), &[("world", &world_file)])?;
-    if !reuse_or_clear("backbone pretraining, first leg", &dir, &inputs)? {
+    if reuse_resume_or_clear("backbone pretraining, first leg", &dir, &inputs)? != Start::Reuse {
+        mark_started(&dir, &inputs)?;
         let ckpt = run_training(&dir, &cfg, args.progress)?;
         export_backbone(
             &dir.join("run").join("init.safetensors"),
@@ -291,18 +305,16 @@ pub(super) fn pretrain(args: &Args<'_>, out: &Path) -> Result<PathBuf> {
             }
             None => cfg["tasks"][2]["ratio"] = json!(8.0),
         }
+        checkpoint_often(&mut cfg, steps);
         let weights = prev.join("backbone.safetensors");
         let inputs = StageInputs::new(
             json!({"train": cfg, "objects": leg.objects}),
             &[("world", &world_file), ("starting weights", &weights)],
         )?;
         let dest = dir.join("backbone");
-        if !reuse_or_clear(
-            &format!("backbone pretraining, {}", leg.name),
-            &dir,
-            &inputs,
-        )? {
-            std::fs::create_dir_all(&dir)?;
+        let stage = format!("backbone pretraining, {}", leg.name);
+        if reuse_resume_or_clear(&stage, &dir, &inputs)? != Start::Reuse {
+            mark_started(&dir, &inputs)?;
             if let Some(n) = leg.objects {
                 for split in ["train", "val"] {
                     let f = dir.join(format!("lion_rec_{split}.json"));
@@ -425,7 +437,8 @@ pub(super) fn peft_run(
         .collect();
     let inputs = StageInputs::new(json!({"prompt": spec.prompt, "train": cfg}), &named)?;
     let stage = format!("LION {} seed {seed}", spec.name);
-    if !reuse_or_clear(&stage, &dir, &inputs)? {
+    if reuse_resume_or_clear(&stage, &dir, &inputs)? != Start::Reuse {
+        mark_started(&dir, &inputs)?;
         std::fs::create_dir_all(&start_dir)?;
         write_manifest(&start_dir, &manifest(io.backbone, spec.prompt, io.encoder)?)?;
         let ckpt = run_training(&dir, &cfg, args.progress)?;

@@ -15,6 +15,10 @@ use serde_json::{json, Value};
 /// The record's file name, in the stage's folder.
 pub const STAGE_FILE: &str = "stage.json";
 
+/// The record a training stage writes when it starts (the same content as [`STAGE_FILE`]), so
+/// that a rerun after an interruption knows the run's checkpoints were made from its inputs.
+pub const STARTED_FILE: &str = "stage-started.json";
+
 /// What a stage is made from: settings and input files (by name, checksummed on creation).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageInputs {
@@ -118,9 +122,64 @@ pub fn freshness(dir: &Path, inputs: &StageInputs) -> Freshness {
 
 /// Records that the stage in `dir` was made from `inputs` (written atomically, last).
 pub fn mark_done(dir: &Path, inputs: &StageInputs) -> Result<()> {
+    write_record(&dir.join(STAGE_FILE), inputs)?;
+    let started = dir.join(STARTED_FILE);
+    match std::fs::remove_file(&started) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&started, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Records that a training stage in `dir` (created if missing) started from `inputs`, before
+/// its first step: [`reuse_resume_or_clear`] resumes it after an interruption.
+pub fn mark_started(dir: &Path, inputs: &StageInputs) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    write_record(&dir.join(STARTED_FILE), inputs)
+}
+
+fn write_record(path: &Path, inputs: &StageInputs) -> Result<()> {
     let text = serde_json::to_string_pretty(&inputs.to_json()).expect("a JSON value serialises");
-    lion_core::util::write_atomic(dir.join(STAGE_FILE), text.as_bytes())?;
+    lion_core::util::write_atomic(path, text.as_bytes())?;
     Ok(())
+}
+
+/// How a training stage goes on: see [`reuse_resume_or_clear`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Made from the same inputs: its outputs are used as they are.
+    Reuse,
+    /// Interrupted, and started from the same inputs: its run continues from its last
+    /// checkpoint (the folder is kept).
+    Resume,
+    /// Not made, or made from other inputs: the folder was removed; the caller starts the
+    /// stage, calling [`mark_started`] before training and [`mark_done`] at the end.
+    Fresh,
+}
+
+/// [`reuse_or_clear`] for a training stage, whose run keeps checkpoints: a stage interrupted
+/// after [`mark_started`] with the same inputs as now is resumed rather than redone (the long
+/// backbone legs would otherwise lose hours to a kill).
+pub fn reuse_resume_or_clear(stage: &str, dir: &Path, inputs: &StageInputs) -> Result<Start> {
+    if freshness(dir, inputs) != Freshness::Fresh && started_from(dir, inputs) {
+        tracing::info!(
+            "{stage}: resumed ({} was interrupted, and started from the same inputs)",
+            dir.display()
+        );
+        return Ok(Start::Resume);
+    }
+    Ok(if reuse_or_clear(stage, dir, inputs)? {
+        Start::Reuse
+    } else {
+        Start::Fresh
+    })
+}
+
+/// Whether `dir` holds a [`STARTED_FILE`] recording `inputs`.
+fn started_from(dir: &Path, inputs: &StageInputs) -> bool {
+    std::fs::read_to_string(dir.join(STARTED_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .is_some_and(|old| inputs.difference(&old).is_none())
 }
 
 /// True when `dir` can be reused; otherwise logs why not, removes `dir` (its outputs were made
@@ -208,5 +267,49 @@ mod tests {
         assert!(reuse_or_clear("test", &dir, &changed).unwrap());
         assert!(dir.join(STAGE_FILE).exists());
         assert!(StageInputs::new(json!({}), &[("gone", &tmp.path().join("nope"))]).is_err());
+    }
+
+    #[test]
+    fn an_interrupted_training_stage_resumes_only_from_the_same_inputs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("leg");
+        let input = tmp.path().join("in.txt");
+        std::fs::write(&input, "a").unwrap();
+        let inputs = StageInputs::new(json!({"steps": 4}), &[("data", &input)]).unwrap();
+        assert_eq!(
+            reuse_resume_or_clear("t", &dir, &inputs).unwrap(),
+            Start::Fresh
+        );
+        mark_started(&dir, &inputs).unwrap();
+        std::fs::write(dir.join("checkpoint"), "x").unwrap();
+        // killed here: the same inputs resume, keeping what the run wrote
+        assert_eq!(
+            reuse_resume_or_clear("t", &dir, &inputs).unwrap(),
+            Start::Resume
+        );
+        assert!(dir.join("checkpoint").exists());
+        // other settings start over
+        let other = StageInputs::new(json!({"steps": 5}), &[("data", &input)]).unwrap();
+        assert_eq!(
+            reuse_resume_or_clear("t", &dir, &other).unwrap(),
+            Start::Fresh
+        );
+        assert!(!dir.exists(), "a run from other inputs is removed");
+        // and so do changed input files
+        mark_started(&dir, &inputs).unwrap();
+        std::fs::write(&input, "b").unwrap();
+        let changed = StageInputs::new(json!({"steps": 4}), &[("data", &input)]).unwrap();
+        assert_eq!(
+            reuse_resume_or_clear("t", &dir, &changed).unwrap(),
+            Start::Fresh
+        );
+        // a finished stage is reused, and its started record is gone
+        mark_started(&dir, &changed).unwrap();
+        mark_done(&dir, &changed).unwrap();
+        assert!(!dir.join(STARTED_FILE).exists());
+        assert_eq!(
+            reuse_resume_or_clear("t", &dir, &changed).unwrap(),
+            Start::Reuse
+        );
     }
 }
