@@ -60,32 +60,45 @@ fn backward_equals_the_composition_with_the_same_mask() -> lion_core::Result<()>
     Ok(())
 }
 
-/// The 16-lane mask (AVX-512 DQ, where the CPU has it) is the scalar hash's bit for bit: every
-/// length around the vector width, several bases, thresholds and keys, including extreme ones.
+/// Each vector path this CPU runs (AVX-512 DQ: 16 lanes; AVX2: 8) gives the scalar hash's mask
+/// bit for bit: every length around the vector widths, several bases, thresholds and keys,
+/// including extreme ones, and NaN and infinite inputs. A path the CPU lacks is skipped with a
+/// printed reason.
 #[test]
 fn vector_mask_is_the_scalar_mask_bit_for_bit() {
-    use lion_core::kernels::{apply_dropout, apply_dropout_scalar};
-    let f = lion_core::cpu::features();
-    if !(f.avx512() && f.avx512dq) {
-        eprintln!(
-            "skipped: no AVX-512 DQ on this CPU (or capped by LION_CPU): only the scalar path runs"
-        );
+    use lion_core::kernels::{apply_dropout, apply_dropout_paths, apply_dropout_scalar};
+    let paths = apply_dropout_paths();
+    let names: Vec<&str> = paths.iter().map(|p| p.0).collect();
+    for want in ["avx512", "avx2"] {
+        if !names.contains(&want) {
+            eprintln!("skipped: the {want} path (not on this CPU, or capped by LION_CPU)");
+        }
     }
-    let x: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
-    for len in [0, 1, 15, 16, 17, 31, 32, 33, 1000] {
-        for (key, base) in [
-            (0u64, 0u64),
-            (0x1234_5678_9abc_def0, 16_384),
-            (u64::MAX, 1 << 40),
-        ] {
-            for thr in [0u64, 429_496_729, 2_147_483_648, 1 << 32] {
-                let (mut a, mut b) = (vec![7f32; len], vec![9f32; len]);
-                apply_dropout(key, base, thr, 1.25, &x[..len], &mut a);
-                apply_dropout_scalar(key, base, thr, 1.25, &x[..len], &mut b);
-                assert!(
-                    a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
-                    "len {len} key {key:x} base {base} thr {thr}"
-                );
+    let mut x: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
+    x[3] = f32::NAN;
+    x[18] = f32::INFINITY;
+    x[40] = -0.0;
+    let all: Vec<(&str, lion_core::kernels::DropoutFn)> = paths
+        .into_iter()
+        .chain([("dispatch", apply_dropout as lion_core::kernels::DropoutFn)])
+        .collect();
+    for (name, path) in all {
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 1000] {
+            for (key, base) in [
+                (0u64, 0u64),
+                (0x1234_5678_9abc_def0, 16_384),
+                (u64::MAX, 1 << 40),
+                (0xdead_beef, u64::MAX - 5),
+            ] {
+                for thr in [0u64, 429_496_729, 2_147_483_648, (1 << 32) - 1, 1 << 32] {
+                    let (mut a, mut b) = (vec![7f32; len], vec![9f32; len]);
+                    path(key, base, thr, 1.25, &x[..len], &mut a);
+                    apply_dropout_scalar(key, base, thr, 1.25, &x[..len], &mut b);
+                    assert!(
+                        a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                        "{name}: len {len} key {key:x} base {base} thr {thr}"
+                    );
+                }
             }
         }
     }

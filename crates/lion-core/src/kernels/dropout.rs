@@ -47,37 +47,58 @@ impl CustomOp1 for Dropout {
     }
 }
 
-/// `y[i] = x[i] * scale`, or 0 where the hash of element `base + i` is below `thr`: 16 lanes
-/// at a time where the CPU has AVX-512 F/VL/DQ (the same SplitMix64 on 64-bit lanes, so the
+/// A dropout path: `(key, base, thr, scale, x, y)` as [`apply_dropout`], any length.
+pub type DropoutFn = fn(u64, u64, u64, f32, &[f32], &mut [f32]);
+
+/// `y[i] = x[i] * scale`, or 0 where the hash of element `base + i` is below `thr`: on the
+/// first of [`apply_dropout_paths`] this CPU runs (the same SplitMix64 on 64-bit lanes, so the
 /// same mask bit for bit), else one element at a time ([`apply_dropout_scalar`]).
 pub fn apply_dropout(key: u64, base: u64, thr: u64, scale: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len(), "dropout: input and output lengths");
+    match apply_dropout_paths().first() {
+        Some(&(_, f)) => f(key, base, thr, scale, x, y),
+        None => apply_dropout_scalar(key, base, thr, scale, x, y),
+    }
+}
+
+/// The vector paths of [`apply_dropout`] this CPU runs (and `LION_CPU` allows), fastest first:
+/// AVX-512 F/VL/DQ (16 lanes, native 64-bit multiplies), AVX2 (8 lanes, each 64-bit multiply
+/// made of three 32 x 32 -> 64-bit ones). Each handles any length (the tail one element at a
+/// time) and gives [`apply_dropout_scalar`]'s output bit for bit.
+pub fn apply_dropout_paths() -> Vec<(&'static str, DropoutFn)> {
+    #[allow(unused_mut)]
+    let mut paths: Vec<(&'static str, DropoutFn)> = vec![];
     #[cfg(target_arch = "x86_64")]
     {
         let f = crate::cpu::features();
         if f.avx512() && f.avx512dq {
-            let full = x.len() / 16 * 16;
-            // SAFETY: AVX-512 F/BW/VL and DQ were detected (and not capped by LION_CPU); both
-            // slices hold `full` values.
-            unsafe { avx512::apply(key, base, thr, scale, &x[..full], &mut y[..full]) };
-            apply_dropout_scalar(
-                key,
-                base + full as u64,
-                thr,
-                scale,
-                &x[full..],
-                &mut y[full..],
-            );
-            return;
+            paths.push(("avx512", |key, base, thr, scale, x, y| {
+                let full = x.len() / 16 * 16;
+                // SAFETY: AVX-512 F/BW/VL and DQ were detected (and not capped by LION_CPU);
+                // both slices hold `full` values.
+                unsafe { avx512::apply(key, base, thr, scale, &x[..full], &mut y[..full]) };
+                let b = base.wrapping_add(full as u64);
+                apply_dropout_scalar(key, b, thr, scale, &x[full..], &mut y[full..]);
+            }));
+        }
+        if f.avx2 {
+            paths.push(("avx2", |key, base, thr, scale, x, y| {
+                let full = x.len() / 8 * 8;
+                // SAFETY: AVX2 was detected (and not capped by LION_CPU); both slices hold
+                // `full` values.
+                unsafe { avx2::apply(key, base, thr, scale, &x[..full], &mut y[..full]) };
+                let b = base.wrapping_add(full as u64);
+                apply_dropout_scalar(key, b, thr, scale, &x[full..], &mut y[full..]);
+            }));
         }
     }
-    apply_dropout_scalar(key, base, thr, scale, x, y)
+    paths
 }
 
 /// [`apply_dropout`] one element at a time (the reference of the vector path).
 pub fn apply_dropout_scalar(key: u64, base: u64, thr: u64, scale: f32, x: &[f32], y: &mut [f32]) {
     for (i, (o, &v)) in y.iter_mut().zip(x).enumerate() {
-        let h = mix64(key ^ (base + i as u64)) >> 32;
+        let h = mix64(key ^ base.wrapping_add(i as u64)) >> 32;
         *o = if h < thr { 0.0 } else { v * scale };
     }
 }
@@ -135,6 +156,88 @@ mod avx512 {
             _mm512_storeu_ps(yc.as_mut_ptr(), _mm512_maskz_mul_ps(keep, v, sc));
             lo = _mm512_add_epi64(lo, step);
             hi = _mm512_add_epi64(hi, step);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// The low 64 bits of `a * b` per lane, from three 32 x 32 -> 64-bit products (AVX2 has no
+    /// 64-bit multiply): `lo(a) lo(b) + ((hi(a) lo(b) + lo(a) hi(b)) << 32)`; `b_hi` holds
+    /// `b >> 32` in each lane.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn mullo(a: __m256i, b: __m256i, b_hi: __m256i) -> __m256i {
+        let low = _mm256_mul_epu32(a, b);
+        let cross = _mm256_add_epi64(
+            _mm256_mul_epu32(_mm256_srli_epi64::<32>(a), b),
+            _mm256_mul_epu32(a, b_hi),
+        );
+        _mm256_add_epi64(low, _mm256_slli_epi64::<32>(cross))
+    }
+
+    /// SplitMix64 of 4 lanes (see `lion_rng::splitmix64`).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn mix(x: __m256i) -> __m256i {
+        const C1: u64 = 0xBF58_476D_1CE4_E5B9;
+        const C2: u64 = 0x94D0_49BB_1331_11EB;
+        let c = |v: u64| _mm256_set1_epi64x(v as i64);
+        let z = _mm256_add_epi64(x, c(lion_rng::GAMMA));
+        let z = mullo(
+            _mm256_xor_si256(z, _mm256_srli_epi64::<30>(z)),
+            c(C1),
+            c(C1 >> 32),
+        );
+        let z = mullo(
+            _mm256_xor_si256(z, _mm256_srli_epi64::<27>(z)),
+            c(C2),
+            c(C2 >> 32),
+        );
+        _mm256_xor_si256(z, _mm256_srli_epi64::<31>(z))
+    }
+
+    /// [`super::apply_dropout`] on a multiple of 8 values.
+    ///
+    /// # Safety
+    /// AVX2; `x.len() == y.len()`, a multiple of 8.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn apply(
+        key: u64,
+        base: u64,
+        thr: u64,
+        scale: f32,
+        x: &[f32],
+        y: &mut [f32],
+    ) {
+        debug_assert!(x.len() == y.len() && x.len() % 8 == 0);
+        let key = _mm256_set1_epi64x(key as i64);
+        // the hashes are < 2^32 and thr <= 2^32, so the signed 64-bit compare is exact
+        let thr = _mm256_set1_epi64x(thr as i64);
+        let sc = _mm256_set1_ps(scale);
+        let step = _mm256_set1_epi64x(8);
+        let mut lo = _mm256_add_epi64(
+            _mm256_set1_epi64x(base as i64),
+            _mm256_set_epi64x(3, 2, 1, 0),
+        );
+        let mut hi = _mm256_add_epi64(lo, _mm256_set1_epi64x(4));
+        for (xc, yc) in x.chunks_exact(8).zip(y.chunks_exact_mut(8)) {
+            let hl = _mm256_srli_epi64::<32>(mix(_mm256_xor_si256(key, lo)));
+            let hh = _mm256_srli_epi64::<32>(mix(_mm256_xor_si256(key, hi)));
+            // all ones where dropped (thr > hash), per 64-bit lane; then the low halves of
+            // lanes 0-3 of each in order: the shuffle gives (l0 l1 h0 h1 | l2 l3 h2 h3) in
+            // 64-bit pairs, the permute puts the pairs back as (l0 l1 l2 l3 h0 h1 h2 h3)
+            let dl = _mm256_castsi256_ps(_mm256_cmpgt_epi64(thr, hl));
+            let dh = _mm256_castsi256_ps(_mm256_cmpgt_epi64(thr, hh));
+            let drop = _mm256_castsi256_ps(_mm256_permute4x64_epi64::<0b11_01_10_00>(
+                _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(dl, dh)),
+            ));
+            let v = _mm256_mul_ps(_mm256_loadu_ps(xc.as_ptr()), sc);
+            _mm256_storeu_ps(yc.as_mut_ptr(), _mm256_andnot_ps(drop, v));
+            lo = _mm256_add_epi64(lo, step);
+            hi = _mm256_add_epi64(hi, step);
         }
     }
 }
