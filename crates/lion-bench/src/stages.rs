@@ -216,6 +216,8 @@ pub fn run_on(dir: &Path, dev: &Device) -> Result<BenchReport> {
 
     if setup.wants("train_step") {
         reset_peak_rss();
+        // as in every training run (lion_core::alloc)
+        let _keep = lion_core::alloc::KeepLargeBlocks::new(lion_core::alloc::TRAINING_CACHE);
         let xt = embeds.narrow(0, 0, setup.train_batch)?;
         let params = ParamsAdamW {
             lr: 1e-4,
@@ -258,6 +260,8 @@ pub fn run_on(dir: &Path, dev: &Device) -> Result<BenchReport> {
         match &setup.tagenc_dir {
             Some(d) if d.join("config.json").exists() => {
                 reset_peak_rss();
+                let _keep =
+                    lion_core::alloc::KeepLargeBlocks::new(lion_core::alloc::TRAINING_CACHE);
                 stages.push(tagenc_stage(d, setup.tagenc_batch, reps, &dev)?);
                 tracing::info!("tagenc_triplet done");
             }

@@ -61,6 +61,11 @@ enum Command {
     Doctor(cmd::doctor::Args),
 }
 
+/// The system allocator, with large blocks kept for reuse while training
+/// (`lion_core::alloc`).
+#[global_allocator]
+static ALLOC: lion_core::alloc::CachingAlloc = lion_core::alloc::CachingAlloc;
+
 fn main() -> std::process::ExitCode {
     lion_core::util::tune_allocator();
     let cli = Cli::parse();

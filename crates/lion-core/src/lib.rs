@@ -9,6 +9,7 @@
 
 pub mod adapter;
 pub mod aggregator;
+pub mod alloc;
 pub mod bbox;
 pub mod bert;
 pub mod bf16;

@@ -164,9 +164,10 @@ pub fn tune_allocator() {
     }
 }
 
-/// Gives free heap memory back to the OS (`malloc_trim(0)`), e.g. between benchmark stages so
-/// that each stage's peak RSS is its own. No-op off glibc.
+/// Gives free heap memory back to the OS (the large blocks [`crate::alloc`] keeps, then
+/// `malloc_trim(0)`), e.g. between benchmark stages so that each stage's peak RSS is its own.
 pub fn release_free_memory() {
+    crate::alloc::release_cached();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns unused pages.
     unsafe {

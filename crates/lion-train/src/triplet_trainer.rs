@@ -443,6 +443,7 @@ impl TripletTrainer {
         mut on_event: impl FnMut(&TrainEvent),
     ) -> Result<Vec<EpochMetrics>> {
         let cfg = self.cfg.clone();
+        let _keep = lion_core::alloc::KeepLargeBlocks::new(lion_core::alloc::TRAINING_CACHE);
         // Dropout masks from the seed too, so the same seed gives the same encoder.
         lion_core::kernels::seed_dropout(cfg.seed);
         let (train, val) = split(data.len(), cfg.val_fraction, cfg.seed);

@@ -48,6 +48,7 @@ pub fn train(
     let out = cfg.output_dir.clone();
     let metrics = out.join("metrics.jsonl");
     checkpoint::clean_stale(&out);
+    let _keep = lion_core::alloc::KeepLargeBlocks::new(lion_core::alloc::TRAINING_CACHE);
     let resumed = if resume {
         let Some(dir) = checkpoint::latest(&out)? else {
             return Err(TrainError::Resume {

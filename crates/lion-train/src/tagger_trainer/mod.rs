@@ -391,6 +391,7 @@ pub fn train_tagger_with(
 ) -> Result<TaggerReport> {
     let start = Instant::now();
     opts.validate()?;
+    let _keep = lion_core::alloc::KeepLargeBlocks::new(lion_core::alloc::TRAINING_CACHE);
     let dev = Device::Cpu;
     let (tags, splits) = read_world_for(world, None)?;
     let (train, val, test) = (&splits[0], &splits[1], &splits[2]);
