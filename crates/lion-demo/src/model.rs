@@ -155,10 +155,10 @@ struct Leg {
 }
 
 /// The legs that made the shipped backbone localise and choose among objects, in order
-/// (assets/shapes-backbone/README.md, items 7-12: `phase7a` ... `phase9b`, the same steps,
-/// schedules and seeds): one object, then two, then three, each followed by a mixed leg whose
-/// falling lr turns the REC leg's gain into accuracy on every task.
-const LEGS: [Leg; 6] = [
+/// (assets/shapes-backbone/README.md, items 7-14: `phase7a` ... `phase10b`, the same steps,
+/// schedules and seeds): one object, then two, three and four, each followed by a mixed leg
+/// whose falling lr turns the REC leg's gain into accuracy on every task.
+const LEGS: [Leg; 8] = [
     Leg {
         name: "rec-1",
         objects: Some(1),
@@ -206,6 +206,22 @@ const LEGS: [Leg; 6] = [
         lr: 3e-4,
         warmup: 50,
         seed: 92,
+    },
+    Leg {
+        name: "rec-4",
+        objects: Some(4),
+        steps: 1500,
+        lr: 3e-4,
+        warmup: 50,
+        seed: 101,
+    },
+    Leg {
+        name: "mixed-4",
+        objects: None,
+        steps: 6000,
+        lr: 3e-4,
+        warmup: 50,
+        seed: 102,
     },
 ];
 
