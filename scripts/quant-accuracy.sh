@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Accuracy of the reduced weight formats against f32 on a trained model: the shipped ShapesWorld
 # backbone (assets/shapes-backbone) scored on a fresh test split (caption CIDEr, VQA accuracy,
-# REC Acc@0.5) in f32, bf16, q8_0 and q4_0, and the share of predictions identical to f32's.
+# REC Acc@0.5) in f32, bf16, q8_0, q4_0 and q4k, and the share of predictions identical to f32's.
 #
 #   scripts/quant-accuracy.sh [OUT]        # default target/quant-accuracy; needs python3 for the table
 #
@@ -23,7 +23,7 @@ echo "$images" > "$out/images"
 world=$out/world
 [ -f "$world/world.json" ] || "$lion" world generate --out "$world" --seed 4242 --train 1 --val 1 --test "$images" --size 96
 model=$root/assets/shapes-backbone
-for fmt in f32 bf16 q8_0 q4_0; do
+for fmt in f32 bf16 q8_0 q4_0 q4k; do
   case $fmt in
     f32 | bf16) flags=(--dtype "$fmt") ;;
     *) flags=(--dtype f32 --quantize "$fmt") ;;
@@ -67,7 +67,7 @@ def interval(diffs, reps=2000):
     means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
     return means[int(0.025 * reps)], means[int(0.975 * reps) - 1]
 print(f"{'format':<6} {'task':<8} {'metric':<8} {'score':>7} {'vs f32':>7} {'95% interval':>17} {'identical to f32':>17}")
-for fmt in ["f32", "bf16", "q8_0", "q4_0"]:
+for fmt in ["f32", "bf16", "q8_0", "q4_0", "q4k"]:
     for task in ["caption", "vqa", "rec"]:
         a, b = preds(fmt, task), preds("f32", task)
         same = sum(x == y for x, y in zip(a, b))

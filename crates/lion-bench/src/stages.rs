@@ -172,7 +172,7 @@ pub fn run_on(dir: &Path, dev: &Device) -> Result<BenchReport> {
             WeightDtype::Bf16 => 2.0,
             WeightDtype::F32 => 4.0,
         };
-        let block = setup.quantize.map_or(dense, |q| q.bytes_per_weight());
+        let block = setup.quantize.map_or(dense, |q| q.mean_bytes_per_weight());
         stages.push(with_bytes(
             with_flops(stage("decode_token", per_token), flop, gemm_rate),
             decode_step_weight_bytes(cfg, block, dense),

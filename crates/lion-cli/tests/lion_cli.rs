@@ -485,7 +485,7 @@ fn convert(args: &[&str]) -> Output {
 
 /// `lion convert` rewrites a model folder as safetensors: kept as stored, the captions are the
 /// same; in bf16 the file is half the size and loads; converting into a folder that has a
-/// model is refused. `--quantize q8_0|q4_0` runs, and an unknown format is named.
+/// model is refused. `--quantize q8_0|q4_0|q4k` runs, and an unknown format is named.
 #[test]
 fn convert_and_quantize_from_the_command_line() {
     let img = photo("chelsea.png");
@@ -531,12 +531,12 @@ fn convert_and_quantize_from_the_command_line() {
     let out = convert(&["--model", &d, "--out", &same_s]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a lion.json"));
-    for q in ["q8_0", "q4_0"] {
+    for q in ["q8_0", "q4_0", "q4k"] {
         caption(&d, &["--quantize", q]);
     }
     let out = lion(&["caption", "--model", &d, "--quantize", "q5", &img]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected q8_0 or q4_0"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected q8_0, q4_0 or q4k"));
     // a quantized folder: loaded as stored, the captions of quantizing at load, smaller
     let q8 = outs.path().join("q8");
     let q8_s = q8.display().to_string();

@@ -1,5 +1,5 @@
 //! The quantized decoding kernel (`QWeight::matmul_wt` for a few rows: the weight streamed once,
-//! dequantized in registers) at flan-t5-xl's decoder shapes, q8_0 and q4_0: the best of
+//! dequantized in registers) at flan-t5-xl's decoder shapes, q8_0, q4_0 and q4k: the best of
 //! `REPEATS` runs and the weight bytes read per second (compare `lion bench --stages stream`,
 //! the machine's memory read rate).
 //!
@@ -28,7 +28,7 @@ fn main() {
         .unwrap_or(20);
     println!("cpu: {}", lion_core::cpu::summary());
     // (n, k): flan-t5-xl's attention and feed-forward weights; 8 copies so they leave the cache
-    for kind in [Quantize::Q8_0, Quantize::Q4_0] {
+    for kind in Quantize::ALL {
         for (n, k) in [(2048, 2048), (5120, 2048), (2048, 5120)] {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)

@@ -4,7 +4,7 @@
 //! (EVA's fp16 `eva_vit_g.pth` and an f32 Flan-T5 both into bf16). Later loads read the
 //! safetensors directly (no pickle parsing, no zip), and a bf16 folder is half the size.
 //!
-//! With a quantisation format (`--quantize q8_0|q4_0`) the ViT's and T5's linear weights (the
+//! With a quantisation format (`--quantize q8_0|q4_0|q4k`) the ViT's and T5's linear weights (the
 //! layers `--quantize` would quantize at load, found by building the model's key list) are
 //! written quantized, each as two tensors ([`crate::linear::quantized_names`]), and the manifest
 //! records the format: later loads read them as stored, with no dense copy and no quantisation
@@ -56,10 +56,10 @@ pub fn convert_model_folder(
             )
         }
     }
-    // every quantizable weight by its full key
-    let quantizable: HashMap<String, (usize, usize)> = match quantize {
+    // every quantizable weight by its full key, with the format its role gives it
+    let quantizable: HashMap<String, (Quantize, usize, usize)> = match quantize {
         None => HashMap::new(),
-        Some(_) => {
+        Some(q) => {
             let (built, keys) = crate::linear::record_quantizable(|| {
                 crate::weights::record_keys(|vb| {
                     LionModel::new(&cfg, 0, vb)
@@ -68,7 +68,9 @@ pub fn convert_model_folder(
                 })
             });
             built?;
-            keys.into_iter().map(|k| (k.key, (k.n, k.k))).collect()
+            keys.into_iter()
+                .filter_map(|k| Some((k.key, (k.role.format(q)?, k.n, k.k))))
+                .collect()
         }
     };
     if m.weights.is_empty() {
@@ -103,14 +105,11 @@ pub fn convert_model_folder(
         }
         let out = dst.join(&name);
         // the entry's keys are the model's less the entry's prefix
-        let keys: HashMap<String, (usize, usize)> = quantizable
+        let keys: HashMap<String, (Quantize, usize, usize)> = quantizable
             .iter()
             .filter_map(|(k, &v)| Some((k.strip_prefix(&w.prefix)?.to_string(), v)))
             .collect();
-        let q = quantize.map(|format| QuantizeKeys {
-            format,
-            keys: &keys,
-        });
+        let q = quantize.map(|_| QuantizeKeys { keys: &keys });
         let n = convert_to_safetensors(&checkpoints, &out, dtype, q, |d, t| progress(&out, d, t))?;
         files.push((out, n));
         entries.push(WeightEntry {

@@ -194,8 +194,9 @@ impl WeightDtype {
 }
 
 /// Weight-only quantisation of the big frozen linear layers (`--quantize`): GGML's q8_0 and
-/// q4_0 schemes with our kernels ([`crate::quant`]); activations stay f32. Embeddings, norms,
-/// the Q-Former and the LM head stay in `--dtype`.
+/// q4_0 schemes, and q4k (K-quants' asymmetric 4-bit blocks), with our kernels
+/// ([`crate::quant`]); activations stay f32. Embeddings, norms, the Q-Former and the LM head stay
+/// in `--dtype`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Quantize {
     /// 8-bit, one scale per 32 weights (1.125 bytes per weight).
@@ -204,30 +205,50 @@ pub enum Quantize {
     /// 4-bit, one scale per 32 weights (0.625 bytes per weight).
     #[serde(rename = "q4_0")]
     Q4_0,
+    /// 4-bit with a scale and a minimum per 32 weights, both fitted by least squares (0.75
+    /// bytes per weight), for every layer but the T5's `v` and `wo`, which stay q8_0
+    /// ([`crate::linear::Quantizable::Sensitive`]; llama.cpp's Q4_K_M mix).
+    #[serde(rename = "q4k")]
+    Q4K,
 }
 
 impl Quantize {
-    /// `q8_0` or `q4_0`.
+    /// Every format, as `--quantize` names them in [`Self::NAMES`].
+    pub const ALL: [Self; 3] = [Self::Q8_0, Self::Q4_0, Self::Q4K];
+
+    /// The accepted `--quantize` values, for error messages.
+    pub const NAMES: &'static str = "q8_0, q4_0 or q4k";
+
+    /// `q8_0`, `q4_0` or `q4k`.
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "q8_0" => Some(Self::Q8_0),
-            "q4_0" => Some(Self::Q4_0),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|q| q.name() == s)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Q8_0 => "q8_0",
             Self::Q4_0 => "q4_0",
+            Self::Q4K => "q4k",
         }
     }
 
-    /// Bytes per weight of the format as stored (f32 block scales included).
+    /// Bytes per weight of the format as stored (f32 block scales included; q4k: of its 4-bit
+    /// layers).
     pub fn bytes_per_weight(self) -> f64 {
         match self {
             Self::Q8_0 => 1.125,
             Self::Q4_0 => 0.625,
+            Self::Q4K => 0.75,
+        }
+    }
+
+    /// Bytes per weight of a whole model in this format, for estimates: [`Self::bytes_per_weight`],
+    /// except q4k, whose 8-bit layers (the T5's `v` and `wo`, about 30% of Flan-T5's block
+    /// weights) are counted as if they were 30% of all.
+    pub fn mean_bytes_per_weight(self) -> f64 {
+        match self {
+            Self::Q4K => 0.7 * self.bytes_per_weight() + 0.3 * Self::Q8_0.bytes_per_weight(),
+            q => q.bytes_per_weight(),
         }
     }
 }

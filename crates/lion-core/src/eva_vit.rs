@@ -29,7 +29,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::linear::Linear;
+use crate::linear::{Linear, Quantizable};
 
 fn default_eps() -> f64 {
     1e-6
@@ -194,7 +194,7 @@ pub fn sincos_pos_embed(grid: usize, dim: usize, dev: &candle_core::Device) -> R
 
 fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder, frozen: bool) -> Result<Linear> {
     // (the weight is asked for before the bias, as always: seeded random draws follow keys)
-    let stored = crate::linear::stored_quantized(&vb, out_dim, in_dim, "weight")?;
+    let stored = crate::linear::stored_quantized(&vb, out_dim, in_dim, "weight", Quantizable::Yes)?;
     let dense = match stored {
         Some(_) => None,
         None => Some(weight_param(&vb, (out_dim, in_dim), frozen)?),
@@ -202,7 +202,7 @@ fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder, frozen: bool) -> Result
     let b = param(&vb, out_dim, "bias", Init::Const(0.), frozen)?;
     match (stored, dense) {
         (Some(q), _) => Ok(Linear::quantized(q, Some(b))),
-        (None, Some(w)) => crate::linear::load_linear(w, Some(b), true),
+        (None, Some(w)) => crate::linear::load_linear(w, Some(b), Quantizable::Yes),
         (None, None) => unreachable!("the dense weight is read when none is stored quantized"),
     }
 }
@@ -252,12 +252,18 @@ impl Attention {
         let d = cfg.width;
         let f = cfg.frozen;
         Ok(Self {
-            qkv: match crate::linear::stored_quantized(&vb.pp("qkv"), 3 * d, d, "weight")? {
+            qkv: match crate::linear::stored_quantized(
+                &vb.pp("qkv"),
+                3 * d,
+                d,
+                "weight",
+                Quantizable::Yes,
+            )? {
                 Some(q) => Linear::quantized(q, None),
                 None => crate::linear::load_linear(
                     weight_param(&vb.pp("qkv"), (3 * d, d), f)?,
                     None,
-                    true,
+                    Quantizable::Yes,
                 )?,
             },
             q_bias: param(&vb, d, "q_bias", Init::Const(0.), f)?,

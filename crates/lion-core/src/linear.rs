@@ -14,7 +14,7 @@
 //! Q-Former, EVA ViT) converted to bf16 once; activations stay f32, and `x @ W^T` runs
 //! [`crate::bf16::matmul_wt`] (f32 accumulation). Trainable weights (`Var`s) stay f32.
 //!
-//! Quantized weights (`--quantize q8_0|q4_0`): inside [`with_quantize`], [`load_linear`] with
+//! Quantized weights (`--quantize q8_0|q4_0|q4k`): inside [`with_quantize`], [`load_linear`] with
 //! `quantizable` (the ViT's and T5's blocks; never the LM head) stores a frozen CPU weight as a
 //! [`QWeight`] and multiplies with its kernels. A quantized layer can still take part in autograd
 //! through its input (the weight is dequantized for that product).
@@ -35,12 +35,39 @@ thread_local! {
     static QUANTIZABLE: RefCell<Option<Vec<QuantizableKey>>> = const { RefCell::new(None) };
 }
 
-/// A quantizable layer's weight key (the checkpoint's) and its (out, in) size.
+/// How `--quantize` treats a linear layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantizable {
+    /// Never quantized (trainable layers, and everything outside the ViT's and T5's blocks).
+    No,
+    /// Stored in the chosen format.
+    Yes,
+    /// Stored in the chosen format, except that q4k keeps it at 8 bits (q8_0): the T5's
+    /// attention value and feed-forward output projections (`v`, `wo`), as llama.cpp's Q4_K_M
+    /// keeps `attn_v` and `ffn_down` at higher precision. On the shapes backbone these 10 of 36
+    /// T5 weights take q4k's caption CIDEr from 4.5 points below f32 to within 0.5 (README,
+    /// "Reduced formats").
+    Sensitive,
+}
+
+impl Quantizable {
+    /// The format this layer is stored in when the model is quantized to `q`.
+    pub fn format(self, q: Quantize) -> Option<Quantize> {
+        match (self, q) {
+            (Self::No, _) => None,
+            (Self::Sensitive, Quantize::Q4K) => Some(Quantize::Q8_0),
+            _ => Some(q),
+        }
+    }
+}
+
+/// A quantizable layer's weight key (the checkpoint's), its (out, in) size and its role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuantizableKey {
     pub key: String,
     pub n: usize,
     pub k: usize,
+    pub role: Quantizable,
 }
 
 /// Runs `f` (a model's construction) and returns, beside its result, the weights it built as
@@ -74,11 +101,13 @@ pub fn quantized_names(name: &str, q: Quantize) -> (String, String) {
 /// The (n, k) weight `name` of a quantizable layer as a quantized model folder stores it
 /// ([`quantized_names`], written by `lion convert --quantize`), when `vb`'s checkpoint holds
 /// it: read as stored, not quantized again. None when it holds the dense weight (or nothing).
+/// `role` is recorded for [`record_quantizable`].
 pub fn stored_quantized(
     vb: &candle_nn::VarBuilder,
     n: usize,
     k: usize,
     name: &str,
+    role: Quantizable,
 ) -> Result<Option<QWeight>> {
     QUANTIZABLE.with(|r| {
         if let Some(keys) = r.borrow_mut().as_mut() {
@@ -87,10 +116,10 @@ pub fn stored_quantized(
                 true => name.to_string(),
                 false => format!("{prefix}.{name}"),
             };
-            keys.push(QuantizableKey { key, n, k });
+            keys.push(QuantizableKey { key, n, k, role });
         }
     });
-    for q in [Quantize::Q8_0, Quantize::Q4_0] {
+    for q in Quantize::ALL {
         let (qs_name, scales_name) = quantized_names(name, q);
         if !vb.contains_tensor(&qs_name) {
             continue;
@@ -143,7 +172,7 @@ pub fn with_quantize<T>(q: Option<Quantize>, f: impl FnOnce() -> T) -> T {
 /// estimates): the quantized format's, else [`dense_bytes_per_weight`].
 pub fn bytes_per_weight() -> f64 {
     match QUANTIZE.with(|d| d.get()) {
-        Some(q) => q.bytes_per_weight(),
+        Some(q) => q.mean_bytes_per_weight(),
         None => dense_bytes_per_weight(),
     }
 }
@@ -157,12 +186,12 @@ pub fn dense_bytes_per_weight() -> f64 {
 }
 
 /// A linear layer from its loaded weight (out, in) and bias: quantized inside
-/// [`with_quantize`] when `quantizable` and the weight is a frozen CPU tensor whose width the
-/// format takes (a multiple of 32), else dense as [`load_weight`] stores it.
-pub fn load_linear(w: Tensor, bias: Option<Tensor>, quantizable: bool) -> Result<Linear> {
-    if let Some(q) = QUANTIZE.with(|d| d.get()) {
+/// [`with_quantize`] (in the format `role` gives it) when the weight is a frozen CPU tensor
+/// whose width the format takes (a multiple of 32), else dense as [`load_weight`] stores it.
+pub fn load_linear(w: Tensor, bias: Option<Tensor>, role: Quantizable) -> Result<Linear> {
+    if let Some(q) = QUANTIZE.with(|d| d.get()).and_then(|q| role.format(q)) {
         let (n, k) = w.dims2()?;
-        if quantizable && !w.is_variable() && w.device().is_cpu() && q.fits(k) {
+        if !w.is_variable() && w.device().is_cpu() && q.fits(k) {
             let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             drop(w);
             return Ok(Linear {

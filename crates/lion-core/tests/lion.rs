@@ -608,7 +608,7 @@ fn a_quantized_folder_loads_as_stored_and_equals_quantizing_at_load() {
             .build()
             .unwrap(),
     );
-    for q in [Quantize::Q8_0, Quantize::Q4_0] {
+    for q in Quantize::ALL {
         let dst = dir.path().join(q.name());
         lion_core::convert::convert_model_folder(&src, &dst, None, Some(q), |_, _, _| {}).unwrap();
         let stored = Checkpoint::open(dst.join("model.safetensors")).unwrap();
@@ -624,6 +624,18 @@ fn a_quantized_folder_loads_as_stored_and_equals_quantizing_at_load() {
             assert!(stored.shape(&qs).is_some(), "{qs} not stored");
             assert!(stored.shape(&scales).is_some(), "{scales} not stored");
             assert!(stored.shape(k).is_none(), "{k} stored dense too");
+        }
+        // q4k keeps the T5's value and FFN output projections at 8 bits
+        for k in [
+            "t5_model.encoder.block.0.layer.0.SelfAttention.v.weight",
+            "t5_model.decoder.block.1.layer.2.DenseReluDense.wo.weight",
+        ] {
+            let format = match q {
+                Quantize::Q4K => Quantize::Q8_0,
+                q => q,
+            };
+            let (qs, _) = lion_core::linear::quantized_names(k, format);
+            assert!(stored.shape(&qs).is_some(), "{qs} not stored");
         }
         // never quantized: the LM head, embeddings, norms, the Q-Former, biases
         for k in [

@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long, default_value = "f32", value_parser = crate::cmd::model::parse_dtype)]
     dtype: lion_core::cpu::WeightDtype,
     /// Weight-only quantisation of the ViT's and T5's linear layers in the inference stages:
-    /// q8_0 or q4_0 (as `lion caption --quantize`).
+    /// q8_0, q4_0 or q4k (as `lion caption --quantize`).
     #[arg(long, value_parser = crate::cmd::model::parse_quantize)]
     quantize: Option<lion_core::cpu::Quantize>,
     /// Where the timed stages run (the random weights and inputs are written on the CPU).

@@ -23,7 +23,7 @@ pub struct Args {
     /// Floating-point tensors in this dtype: bf16, f16 or f32 (default: as stored).
     #[arg(long, value_parser = parse_float_dtype)]
     dtype: Option<DType>,
-    /// With --model: store the ViT's and T5's linear weights quantized (q8_0 or q4_0, as
+    /// With --model: store the ViT's and T5's linear weights quantized (q8_0, q4_0 or q4k, as
     /// `--quantize` would at every load); the folder then loads them as stored. CPU only.
     #[arg(long, requires = "model", value_parser = super::model::parse_quantize)]
     quantize: Option<lion_core::cpu::Quantize>,

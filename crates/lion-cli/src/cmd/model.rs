@@ -51,7 +51,8 @@ pub struct ModelArgs {
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<WeightDtype>,
     /// Weight-only quantisation of the ViT's and T5's linear layers: q8_0 (9 bits per weight)
-    /// or q4_0 (5), GGML's schemes, quantized at load. Embeddings, norms, the Q-Former and the
+    /// or q4_0 (5), GGML's schemes, or q4k (6: 4-bit with a fitted scale and minimum per 32
+    /// weights, as K-quants), quantized at load. Embeddings, norms, the Q-Former and the
     /// LM head stay in --dtype. CPU only.
     #[arg(long, value_parser = parse_quantize)]
     pub quantize: Option<Quantize>,
@@ -66,7 +67,7 @@ pub fn parse_dtype(s: &str) -> std::result::Result<WeightDtype, String> {
 
 /// Parses `--quantize`.
 pub fn parse_quantize(s: &str) -> std::result::Result<Quantize, String> {
-    Quantize::parse(s).ok_or_else(|| format!("`{s}`: expected q8_0 or q4_0"))
+    Quantize::parse(s).ok_or_else(|| format!("`{s}`: expected {}", Quantize::NAMES))
 }
 
 /// Parses `--prompt` ([`PromptKind::parse_name`]).

@@ -2,6 +2,7 @@
 //! (HF `T5LayerNorm`, `T5DenseActDense` / gated, `T5LayerFF`).
 
 use super::*;
+use crate::linear::Quantizable;
 
 /// T5's RMSNorm (`T5LayerNorm`): no mean subtraction, no bias, variance computed in f32; made of
 /// differentiable ops (candle's fused `rms_norm` drops gradients).
@@ -39,7 +40,13 @@ pub(super) fn linear_no_bias(
     std: f64,
     vb: VarBuilder,
 ) -> Result<Linear> {
-    if let Some(q) = crate::linear::stored_quantized(&vb, out_dim, in_dim, "weight")? {
+    // the attention's value and the FFN's output projection: 8 bits under q4k
+    let prefix = vb.prefix();
+    let role = match prefix.rsplit('.').next() {
+        Some("v" | "wo") => Quantizable::Sensitive,
+        _ => Quantizable::Yes,
+    };
+    if let Some(q) = crate::linear::stored_quantized(&vb, out_dim, in_dim, "weight", role)? {
         return Ok(Linear::quantized(q, None));
     }
     let w = crate::linear::get_quantizable_weight(
@@ -51,7 +58,7 @@ pub(super) fn linear_no_bias(
             stdev: std,
         },
     )?;
-    crate::linear::load_linear(w, None, true)
+    crate::linear::load_linear(w, None, role)
 }
 
 /// The FFN (`DenseReluDense`): `wo(dropout(act(wi_0 x) * wi_1 x))` when gated, else

@@ -113,11 +113,11 @@ pub fn write_safetensors_streamed(
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// Weights to store quantized: the format and, by key (as the checkpoint names it), each
-/// weight's (n, k).
+/// Weights to store quantized: by key (as the checkpoint names it), each weight's format and
+/// (n, k).
 pub struct QuantizeKeys<'a> {
-    pub format: Quantize,
-    pub keys: &'a HashMap<String, (usize, usize)>,
+    /// Per weight key: its format and (n, k).
+    pub keys: &'a HashMap<String, (Quantize, usize, usize)>,
 }
 
 /// Rewrites `checkpoints` (later ones win where keys repeat) as one safetensors file at `path`,
@@ -156,9 +156,8 @@ pub fn convert_to_safetensors(
         })?;
         let shape = c.shape(k).cloned().unwrap_or_else(|| Shape::from(()));
         let q = quantize.as_ref().and_then(|q| {
-            let &(n, kk) = q.keys.get(k)?;
-            (shape.dims() == [n, kk] && float(stored) && q.format.fits(kk))
-                .then_some((q.format, n, kk))
+            let &(format, n, kk) = q.keys.get(k)?;
+            (shape.dims() == [n, kk] && float(stored) && format.fits(kk)).then_some((format, n, kk))
         });
         match q {
             Some((format, n, kk)) => {
