@@ -215,6 +215,7 @@ fn from_scratch_pretrains_the_backbone_in_every_leg() {
     let (_, log) = demo(&out, 0, &flags);
     let legs = [
         "base", "rec-1", "mixed-1", "rec-2", "mixed-2", "rec-3", "mixed-3", "rec-4", "mixed-4",
+        "rec-4b", "mixed-4b",
     ];
     for (k, leg) in legs.iter().enumerate() {
         let dir = out.join("pretrain").join(leg);
@@ -231,7 +232,7 @@ fn from_scratch_pretrains_the_backbone_in_every_leg() {
             );
         }
     }
-    assert!(log.contains("leg 9/9 (mixed-4): 3 steps"), "{log}");
+    assert!(log.contains("leg 11/11 (mixed-4b): 3 steps"), "{log}");
     // the REC legs train on images with their number of objects only
     let inst = json(&out.join("pretrain-world/instances.json"));
     let mut count = std::collections::HashMap::new();
@@ -249,7 +250,13 @@ fn from_scratch_pretrains_the_backbone_in_every_leg() {
             (im["file_name"].as_str().unwrap().to_string(), n)
         })
         .collect();
-    for (leg, n) in [("rec-1", 1), ("rec-2", 2), ("rec-3", 3), ("rec-4", 4)] {
+    for (leg, n) in [
+        ("rec-1", 1),
+        ("rec-2", 2),
+        ("rec-3", 3),
+        ("rec-4", 4),
+        ("rec-4b", 4),
+    ] {
         let cfg = json(&out.join("pretrain").join(leg).join("train.json"));
         assert_eq!(cfg["tasks"].as_array().unwrap().len(), 1, "{leg}");
         let samples = json(&out.join("pretrain").join(leg).join("lion_rec_train.json"));
@@ -259,7 +266,7 @@ fn from_scratch_pretrains_the_backbone_in_every_leg() {
             assert_eq!(file_objects[s["image"].as_str().unwrap()], n, "{leg}: {s}");
         }
     }
-    let last = std::fs::read(out.join("pretrain/mixed-4/backbone/backbone.safetensors")).unwrap();
+    let last = std::fs::read(out.join("pretrain/mixed-4b/backbone/backbone.safetensors")).unwrap();
     let first = std::fs::read(out.join("pretrain/base/backbone/backbone.safetensors")).unwrap();
     assert_eq!(
         std::fs::read(out.join("backbone/backbone.safetensors")).unwrap(),
@@ -270,7 +277,7 @@ fn from_scratch_pretrains_the_backbone_in_every_leg() {
     assert!(report.contains("pretrained in this run"), "{report}");
 
     let (_, log) = demo(&out, 0, &flags);
-    for leg in ["first leg", "rec-1", "mixed-4"] {
+    for leg in ["first leg", "rec-1", "mixed-4b"] {
         assert!(
             log.contains(&format!("backbone pretraining, {leg}: reused")),
             "{leg} not reused:\n{log}"
@@ -280,7 +287,7 @@ fn from_scratch_pretrains_the_backbone_in_every_leg() {
     // A kill after the last leg's checkpoint at step 2 of 3: its stage unfinished (the record
     // of its start only), the step-3 checkpoint and the export not written. The rerun resumes
     // the leg from step 2 and exports the same weights, bit for bit.
-    let leg = out.join("pretrain/mixed-4");
+    let leg = out.join("pretrain/mixed-4b");
     let run = leg.join("run");
     assert!(
         run.join("checkpoints/step-00000002").is_dir(),
@@ -292,11 +299,14 @@ fn from_scratch_pretrains_the_backbone_in_every_leg() {
     std::fs::remove_dir_all(leg.join("backbone")).unwrap();
     let (_, log) = demo(&out, 0, &flags);
     assert!(
-        log.contains("backbone pretraining, mixed-4: resumed"),
+        log.contains("backbone pretraining, mixed-4b: resumed"),
         "not resumed:\n{log}"
     );
     assert!(log.contains("continuing from step 2 of 3"), "{log}");
-    assert!(log.contains("backbone pretraining, rec-4: reused"), "{log}");
+    assert!(
+        log.contains("backbone pretraining, rec-4b: reused"),
+        "{log}"
+    );
     assert_eq!(
         std::fs::read(leg.join("backbone/backbone.safetensors")).unwrap(),
         last,

@@ -155,10 +155,10 @@ struct Leg {
 }
 
 /// The legs that made the shipped backbone localise and choose among objects, in order
-/// (assets/shapes-backbone/README.md, items 7-14: `phase7a` ... `phase10b`, the same steps,
-/// schedules and seeds): one object, then two, three and four, each followed by a mixed leg
-/// whose falling lr turns the REC leg's gain into accuracy on every task.
-const LEGS: [Leg; 8] = [
+/// (assets/shapes-backbone/README.md, items 7-16: `phase7a` ... `phase11b`, the same steps,
+/// schedules and seeds): one object, then two, three and four (twice), each followed by a mixed
+/// leg whose falling lr turns the REC leg's gain into accuracy on every task.
+const LEGS: [Leg; 10] = [
     Leg {
         name: "rec-1",
         objects: Some(1),
@@ -222,6 +222,22 @@ const LEGS: [Leg; 8] = [
         lr: 3e-4,
         warmup: 50,
         seed: 102,
+    },
+    Leg {
+        name: "rec-4b",
+        objects: Some(4),
+        steps: 1500,
+        lr: 3e-4,
+        warmup: 50,
+        seed: 111,
+    },
+    Leg {
+        name: "mixed-4b",
+        objects: None,
+        steps: 6000,
+        lr: 3e-4,
+        warmup: 50,
+        seed: 112,
     },
 ];
 

@@ -86,8 +86,9 @@ pub struct Args {
     #[arg(long, default_value_t = 20000)]
     pretrain_images: usize,
     /// With --from-scratch: the steps of every pretraining leg after the first (REC on one-,
-    /// two-, three-object images, each followed by a mixed leg; 20,500 steps in all, the
-    /// curriculum that made the shipped backbone localise) multiplied by this. 1 is the shipped
+    /// two-, three- and four-object images, then four-object images again, each followed by a
+    /// mixed leg; 35,500 steps in all, the curriculum that made the shipped backbone localise)
+    /// multiplied by this. 1 is the shipped
     /// recipe; smaller values are for trying the pipeline.
     #[arg(long, default_value_t = 1.0)]
     pretrain_scale: f64,
