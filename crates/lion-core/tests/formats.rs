@@ -13,6 +13,16 @@ use lion_core::t5::{T5ForConditionalGeneration, T5Input};
 use lion_core::testing::max_abs_diff;
 use lion_core::weights::{record_keys, write_random_safetensors, Checkpoint, WeightLoader};
 
+/// `rows * cols` values drawn from N(0, std^2), row-major.
+fn randn_vec(std: f32, rows: usize, cols: usize) -> Vec<f32> {
+    Tensor::randn(0f32, std, (rows, cols), &Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     let scale = lion_core::testing::max_abs(b).unwrap();
     max_abs_diff(a, b).unwrap() / scale
@@ -35,14 +45,8 @@ fn formats_take_widths_in_blocks_of_32() {
 /// block stays zero.
 #[test]
 fn quantization_error_is_at_most_half_a_step() {
-    let dev = Device::Cpu;
     let (n, k) = (7, 96);
-    let mut w = Tensor::randn(0f32, 1., (n, k), &dev)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let mut w = randn_vec(1., n, k);
     w[..32].iter_mut().for_each(|v| *v = 0.0);
     for (q, levels, slack) in [(Quantize::Q8_0, 127.0f32, 0.5), (Quantize::Q4_0, 8.0, 1.0)] {
         let qw = QWeight::quantize(&w, n, k, q);
@@ -77,14 +81,8 @@ fn quantization_error_is_at_most_half_a_step() {
 /// many Gaussian blocks the RMS error is well below q4_0's (about 20% lower).
 #[test]
 fn q4k_blocks_fit_better_than_their_range() {
-    let dev = Device::Cpu;
     let (n, k) = (64, 256);
-    let mut w = Tensor::randn(0f32, 1., (n, k), &dev)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let mut w = randn_vec(1., n, k);
     w[..32].iter_mut().for_each(|v| *v = 0.0);
     w[32..64].iter_mut().for_each(|v| *v = -0.75);
     let back = QWeight::quantize(&w, n, k, Quantize::Q4K).dequantize();
@@ -127,24 +125,13 @@ fn q4k_blocks_fit_better_than_their_range() {
 /// that are not multiples of the kernels' tiles.
 #[test]
 fn quantized_kernels_match_the_dequantized_product() {
-    let dev = Device::Cpu;
     for (n, k) in [(5, 32), (77, 1408), (33, 96), (300, 64)] {
-        let w = Tensor::randn(0f32, 0.05, (n, k), &dev)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let w = randn_vec(0.05, n, k);
         for q in Quantize::ALL {
             let qw = QWeight::quantize(&w, n, k, q);
             let d = qw.dequantize();
             for m in [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 16, 17, 40] {
-                let x = Tensor::randn(0f32, 1., (m, k), &dev)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap();
+                let x = randn_vec(1., m, k);
                 let y = qw.matmul_wt(&x, m);
                 assert_eq!(y.len(), m * n);
                 let mut worst = 0f64;
