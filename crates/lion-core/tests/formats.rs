@@ -77,7 +77,10 @@ fn quantization_error_is_at_most_half_a_step() {
 
 /// q4k: each block's squared error is at most that of the plain asymmetric scheme (16 levels
 /// from the block's minimum to its maximum, the search's first candidate, computed here on its
-/// own), every weight within one of its steps; a constant block (zero or not) is exact; over
+/// own), every weight within 1.5 of its steps (the fit minimises the sum, not the largest
+/// error: in a NumPy model of the same search, over 200,000 Gaussian blocks the worst weight
+/// was 1.09 steps off and 10 blocks went past
+/// 1.0, so a bound of one step fails a run now and then); a constant block (zero or not) is exact; over
 /// many Gaussian blocks the RMS error is well below q4_0's (about 20% lower).
 #[test]
 fn q4k_blocks_fit_better_than_their_range() {
@@ -103,7 +106,10 @@ fn q4k_blocks_fit_better_than_their_range() {
         let err: f64 = x.iter().zip(y).map(|(a, c)| ((a - c) as f64).powi(2)).sum();
         assert!(err <= plain * (1.0 + 1e-5), "block {b}: {err} > {plain}");
         for (a, c) in x.iter().zip(y) {
-            assert!((a - c).abs() <= step, "block {b}: {a} -> {c}, step {step}");
+            assert!(
+                (a - c).abs() <= 1.5 * step,
+                "block {b}: {a} -> {c}, step {step}"
+            );
         }
     }
     let rms = |q: Quantize| {
