@@ -3,6 +3,9 @@
 //! `REPEATS` runs and the weight bytes read per second (compare `lion bench --stages stream`,
 //! the machine's memory read rate).
 //!
+//! Before the kernels, the quantisation itself (`QWeight::quantize`, as `--quantize` runs it at
+//! load and `lion convert` once): weights per second for each format.
+//!
 //! `cargo run --release -p lion-core --example quant_decode [REPEATS]`
 
 use std::time::Instant;
@@ -27,6 +30,23 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     println!("cpu: {}", lion_core::cpu::summary());
+    let (n, k) = (5120, 2048);
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
+        .collect();
+    for kind in Quantize::ALL {
+        let t = best(repeats.min(3), || {
+            std::hint::black_box(QWeight::quantize(&w, n, k, kind));
+        });
+        println!(
+            "quantize {kind:?} ({n}, {k}): {:8.1} ms, {:7.1} M weights/s",
+            t * 1e3,
+            (n * k) as f64 / t / 1e6
+        );
+    }
+    if std::env::args().nth(2).as_deref() == Some("quantize") {
+        return;
+    }
     // (n, k): flan-t5-xl's attention and feed-forward weights; 8 copies so they leave the cache
     for kind in Quantize::ALL {
         for (n, k) in [(2048, 2048), (5120, 2048), (2048, 5120)] {
