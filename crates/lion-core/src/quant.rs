@@ -162,18 +162,30 @@ impl QWeight {
         self.qs.len() + 4 * self.scales.len()
     }
 
-    /// Weight rows `r0..r0 + out.len() / k` dequantized into `out` (f32 or bf16).
-    fn dequantize_rows<T: Copy + Send>(&self, r0: usize, out: &mut [T], cast: fn(f32) -> T) {
+    /// Weight rows `r0..r0 + out.len() / k` dequantized into `out`, exactly (a quant times its
+    /// scale, plus the minimum for q4k), on the AVX-512 or AVX2 kernel where the CPU has it.
+    fn dequantize_rows(&self, r0: usize, out: &mut [f32]) {
         let (k, nb, qb) = (self.k, self.k / BLOCK, self.kind.block_bytes());
+        let kind = self.kind;
         out.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
             let r = r0 + i;
-            let mut w = [0f32; BLOCK];
-            for b in 0..nb {
-                let q = &self.qs[(r * nb + b) * qb..(r * nb + b + 1) * qb];
-                self.kind.block(q, self.scales[r * nb + b], &mut w);
-                for (o, v) in row[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(&w) {
-                    *o = cast(*v);
+            let q = &self.qs[r * nb * qb..(r + 1) * nb * qb];
+            let s = &self.scales[r * nb..(r + 1) * nb];
+            #[cfg(target_arch = "x86_64")]
+            {
+                use crate::cpu::F32Kernel;
+                match crate::cpu::kernels().f32_skinny {
+                    // SAFETY: the kernel was picked from the CPU's detected features; `q`, `s`
+                    // and `row` hold one row of nb blocks.
+                    F32Kernel::Avx512 => return unsafe { avx512::dequantize_f32(kind, q, s, row) },
+                    F32Kernel::Avx2Fma => return unsafe { avx2::dequantize_f32(kind, q, s, row) },
+                    F32Kernel::Portable => {}
                 }
+            }
+            let mut w = [0f32; BLOCK];
+            for (b, o) in row.chunks_exact_mut(BLOCK).enumerate() {
+                kind.block(&q[b * qb..(b + 1) * qb], s[b], &mut w);
+                o.copy_from_slice(&w);
             }
         });
     }
@@ -181,7 +193,7 @@ impl QWeight {
     /// The whole weight (n, k) in f32 (autograd through a quantized layer, tests).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.n * self.k];
-        self.dequantize_rows(0, &mut out, |v| v);
+        self.dequantize_rows(0, &mut out);
         out
     }
 
@@ -222,12 +234,14 @@ impl QWeight {
         }
         // no native bf16: blocks of rows dequantized to f32, the f32 GEMM on each
         let mut y = vec![0f32; m * n];
+        // one buffer for every block of rows (each filled whole before it is read)
+        let mut buf = vec![0f32; DENSE_ROWS.min(n) * k];
         let mut r0 = 0;
         while r0 < n {
             let rows = DENSE_ROWS.min(n - r0);
-            let mut w = vec![0f32; rows * k];
-            self.dequantize_rows(r0, &mut w, |v| v);
-            let part = crate::sgemm::matmul_wt(x, m, k, &w, rows);
+            let w = &mut buf[..rows * k];
+            self.dequantize_rows(r0, w);
+            let part = crate::sgemm::matmul_wt(x, m, k, w, rows);
             for (yr, pr) in y.chunks_exact_mut(n).zip(part.chunks_exact(rows)) {
                 yr[r0..r0 + rows].copy_from_slice(pr);
             }
@@ -637,6 +651,7 @@ mod avx2 {
     const Q8_0: u8 = 0;
     const Q4_0: u8 = 1;
     const Q4K: u8 = 2;
+    const FORMATS: [Quantize; 3] = [Quantize::Q8_0, Quantize::Q4_0, Quantize::Q4K];
 
     /// Weights `8 c..8 c + 8` of the block at `q` with scale `d` (minimum `m` for q4k), each as
     /// the scalar [`Quantize::block`] computes it (a product, then for q4k a sum; no FMA).
@@ -658,6 +673,35 @@ mod avx2 {
                 } else {
                     _mm256_add_ps(_mm256_mul_ps(v, d), m)
                 }
+            }
+        }
+    }
+
+    /// One weight row's `s.len()` blocks into f32 (exact: as [`Quantize::block`]).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dequantize_f32(kind: Quantize, q: &[u8], s: &[f32], row: &mut [f32]) {
+        match kind {
+            Quantize::Q8_0 => dequantize::<Q8_0>(q, s, row),
+            Quantize::Q4_0 => dequantize::<Q4_0>(q, s, row),
+            Quantize::Q4K => dequantize::<Q4K>(q, s, row),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dequantize<const K: u8>(q: &[u8], s: &[f32], row: &mut [f32]) {
+        let qb = FORMATS[K as usize].block_bytes();
+        assert!(q.len() >= s.len() * qb && row.len() >= s.len() * BLOCK);
+        let out = row.as_mut_ptr();
+        for (b, &d) in s.iter().enumerate() {
+            let qp = q.as_ptr().add(b * qb);
+            let mn = if K == Q4K {
+                _mm256_set1_ps(q4k_min(std::slice::from_raw_parts(qp, qb)))
+            } else {
+                _mm256_setzero_ps()
+            };
+            for c in 0..4 {
+                let w = chunk::<K>(qp, c, _mm256_set1_ps(d), mn);
+                _mm256_storeu_ps(out.add(b * BLOCK + 8 * c), w);
             }
         }
     }
@@ -727,7 +771,7 @@ mod avx2 {
         out: &mut [f32],
     ) {
         let nb = k / BLOCK;
-        let qb = [Quantize::Q8_0, Quantize::Q4_0, Quantize::Q4K][K as usize].block_bytes();
+        let qb = FORMATS[K as usize].block_bytes();
         let rows = s.len() / nb;
         let xp = x.as_ptr().add(r0 * k);
         for j in 0..rows {
@@ -1031,6 +1075,54 @@ mod tests {
                 let da = unsafe { q4k_avx2(x, &mut qa) };
                 assert_eq!(dp.to_bits(), da.to_bits(), "block {b}: scale");
                 assert_eq!(qp, qa, "block {b}: quants and minimum");
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        eprintln!("skipped: no AVX2 copy on this architecture");
+    }
+
+    /// The AVX2 dequantization gives the scalar [`Quantize::block`]'s values, bit for bit, in
+    /// every format (blocks of several magnitudes, a constant block, odd block counts).
+    #[test]
+    fn avx2_dequantize_matches_scalar_blocks() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+                eprintln!("skipped: this CPU has no AVX2 + FMA");
+                return;
+            }
+            let (n, k) = (7, 5 * BLOCK);
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| {
+                    let v = ((i * 7919 + 13) % 1009) as f32 / 1009.0 - 0.45;
+                    if i / BLOCK == 3 {
+                        0.25
+                    } else {
+                        v * [1e-3, 0.1, 7.0][i % 3]
+                    }
+                })
+                .collect();
+            for kind in Quantize::ALL {
+                let qw = QWeight::quantize(&w, n, k, kind);
+                let (nb, qb) = (k / BLOCK, kind.block_bytes());
+                for r in 0..n {
+                    let q = &qw.quants()[r * nb * qb..(r + 1) * nb * qb];
+                    let s = &qw.scales()[r * nb..(r + 1) * nb];
+                    let mut row = vec![f32::NAN; k];
+                    // SAFETY: AVX2 + FMA detected above; one row of nb blocks.
+                    unsafe { avx2::dequantize_f32(kind, q, s, &mut row) };
+                    let mut want = [0f32; BLOCK];
+                    for b in 0..nb {
+                        kind.block(&q[b * qb..(b + 1) * qb], s[b], &mut want);
+                        for (t, (a, e)) in row[b * BLOCK..].iter().zip(&want).enumerate() {
+                            assert_eq!(
+                                a.to_bits(),
+                                e.to_bits(),
+                                "{kind:?} row {r} block {b} weight {t}"
+                            );
+                        }
+                    }
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
