@@ -6,7 +6,8 @@
 //! Before the kernels, the quantisation itself (`QWeight::quantize`, as `--quantize` runs it at
 //! load and `lion convert` once): weights per second for each format.
 //!
-//! `cargo run --release -p lion-core --example quant_decode [REPEATS]`
+//! `cargo run --release -p lion-core --example quant_decode [REPEATS] [quantize]` (`quantize`:
+//! stop after timing the quantisation)
 
 use std::time::Instant;
 

@@ -677,6 +677,16 @@ mod avx2 {
         }
     }
 
+    /// The block's minimum in every lane (q4k; zeros for the other formats).
+    #[inline(always)]
+    unsafe fn minimum<const K: u8>(q: *const u8) -> __m256 {
+        if K == Q4K {
+            _mm256_set1_ps(q4k_min(std::slice::from_raw_parts(q, 20)))
+        } else {
+            _mm256_setzero_ps()
+        }
+    }
+
     /// One weight row's `s.len()` blocks into f32 (exact: as [`Quantize::block`]).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dequantize_f32(kind: Quantize, q: &[u8], s: &[f32], row: &mut [f32]) {
@@ -694,11 +704,7 @@ mod avx2 {
         let out = row.as_mut_ptr();
         for (b, &d) in s.iter().enumerate() {
             let qp = q.as_ptr().add(b * qb);
-            let mn = if K == Q4K {
-                _mm256_set1_ps(q4k_min(std::slice::from_raw_parts(qp, qb)))
-            } else {
-                _mm256_setzero_ps()
-            };
+            let mn = minimum::<K>(qp);
             for c in 0..4 {
                 let w = chunk::<K>(qp, c, _mm256_set1_ps(d), mn);
                 _mm256_storeu_ps(out.add(b * BLOCK + 8 * c), w);
@@ -780,11 +786,7 @@ mod avx2 {
                 let blk = j * nb + b;
                 let qp = q.as_ptr().add(blk * qb);
                 let d = _mm256_set1_ps(*s.get_unchecked(blk));
-                let mn = if K == Q4K {
-                    _mm256_set1_ps(q4k_min(std::slice::from_raw_parts(qp, qb)))
-                } else {
-                    _mm256_setzero_ps()
-                };
+                let mn = minimum::<K>(qp);
                 for c in 0..4 {
                     let w = chunk::<K>(qp, c, d, mn);
                     for (r, a) in acc.iter_mut().enumerate() {
