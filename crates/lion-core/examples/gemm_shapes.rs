@@ -1,6 +1,7 @@
 //! The f32 GEMM kernels at the model's shapes, candle's matmul (the `gemm` crate) against
-//! `lion_core::sgemm` (AVX-512), alternating, median of `REPEATS`: the forward `x (m, k) @ W^T`
-//! with W (n, k), and the backward's input gradient `g (m, n) @ W (n, k)`; where the CPU has
+//! `lion_core::sgemm` (AVX-512, or its AVX2 tile), alternating, median of `REPEATS`: the
+//! forward `x (m, k) @ W^T` with W (n, k), the backward's input gradient `g (m, n) @ W (n, k)`
+//! and weight gradient `g^T @ x`; where the CPU has
 //! AVX512-BF16, also `sgemm` f32 against `bf16::matmul_wt` (W stored in bf16).
 //!
 //! `cargo run --release -p lion-core --example gemm_shapes [REPEATS]`
@@ -63,7 +64,9 @@ fn main() -> candle_core::Result<()> {
     println!("cpu: {}", lion_core::cpu::summary());
     println!("threads: {}", rayon::current_num_threads());
     if !sgemm::available() {
-        println!("no AVX-512 f32 GEMM on this CPU: nothing to compare");
+        println!(
+            "no sgemm kernel on this CPU (neither AVX-512 nor AVX2 + FMA): nothing to compare"
+        );
         return Ok(());
     }
     // (m, k, n): T5-base encoder (349 rows), ViT-B (257), Q-Former (32), train batch (698), square
@@ -78,6 +81,9 @@ fn main() -> candle_core::Result<()> {
         (349, 768, 2048),
         (349, 2048, 768),
         (698, 768, 768),
+        (1344, 384, 384),
+        (1344, 384, 1536),
+        (1344, 1536, 384),
         (2048, 2048, 2048),
     ];
     println!("x @ W^T: m x k x n   gemm crate ms  GFLOP/s   sgemm ms  GFLOP/s   speedup");
@@ -107,6 +113,9 @@ fn main() -> candle_core::Result<()> {
         (698, 768, 768),
         (698, 2048, 768),
         (40, 768, 768),
+        (1344, 384, 384),
+        (1344, 1536, 384),
+        (1344, 384, 1536),
     ] {
         let (g, gv) = random(m, n)?;
         let (w, wv) = random(n, k)?;
@@ -122,6 +131,35 @@ fn main() -> candle_core::Result<()> {
                     n,
                     MatRef::row_major(&gv, n),
                     MatRef::row_major(&wv, k),
+                )
+            },
+        );
+    }
+    // the weight gradient g^T @ x: g (t, n) and x (t, k) row-major, A = g^T a transposed view;
+    // t = 1344: the tag-encoder step's tokens (32 strings of 42), n/k its widths
+    println!("g^T @ x: m x t x k   gemm crate ms  GFLOP/s   sgemm ms  GFLOP/s   speedup");
+    for (m, t, k) in [
+        (384, 1344, 384),
+        (1536, 1344, 384),
+        (384, 1344, 1536),
+        (768, 698, 768),
+        (2048, 698, 768),
+    ] {
+        let (g, gv) = random(t, m)?;
+        let (x, xv) = random(t, k)?;
+        let gt = g.t()?;
+        compare(
+            format!("{m}x{t}x{k}"),
+            (m, t, k),
+            repeats,
+            || gt.matmul(&x).expect("candle matmul"),
+            || {
+                sgemm::matmul(
+                    m,
+                    k,
+                    t,
+                    MatRef::transposed(&gv, m),
+                    MatRef::row_major(&xv, k),
                 )
             },
         );

@@ -130,6 +130,9 @@ pub enum F32Kernel {
 pub enum F32Gemm {
     /// [`crate::sgemm`]: 12 x 32 register tiles of 512-bit FMAs.
     Avx512,
+    /// [`crate::sgemm`] on AVX2 + FMA: the same panels and sums (the same bits as `Avx512`), each
+    /// 12 x 32 tile as four 6 x 16 blocks of 256-bit FMAs.
+    Avx2,
     /// The `gemm` crate behind candle, with its AVX2/FMA kernels.
     GemmCrateAvx2,
     /// The `gemm` crate's portable kernels.
@@ -282,7 +285,7 @@ pub fn pick(f: &Features) -> Kernels {
         f32_gemm: if f.avx512f {
             F32Gemm::Avx512
         } else if f.avx2_fma() {
-            F32Gemm::GemmCrateAvx2
+            F32Gemm::Avx2
         } else {
             F32Gemm::GemmCratePortable
         },
@@ -310,12 +313,12 @@ pub fn kernels() -> &'static Kernels {
     K.get_or_init(|| {
         let mut k = pick(features());
         // LION_F32_GEMM=gemm-crate keeps the linear layers' f32 GEMM on the `gemm` crate where
-        // the AVX-512 kernel would run, and nothing else changes: the bits of earlier runs
-        // (the shipped tagger was trained so) on an AVX-512 machine.
+        // `sgemm` (AVX-512 or AVX2) would run, and nothing else changes: the bits of earlier
+        // runs (the shipped tagger and backbone were trained so).
         match std::env::var("LION_F32_GEMM").ok().as_deref() {
             None | Some("") | Some("native") => {}
             Some("gemm-crate") => {
-                if k.f32_gemm == F32Gemm::Avx512 {
+                if matches!(k.f32_gemm, F32Gemm::Avx512 | F32Gemm::Avx2) {
                     k.f32_gemm = F32Gemm::GemmCrateAvx2;
                 }
             }

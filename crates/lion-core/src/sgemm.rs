@@ -1,5 +1,5 @@
-//! f32 GEMM on AVX-512: `C (m, n) = A (m, k) @ B (k, n)` for operands with any row and column
-//! strides, packed into panels and multiplied by a 12 x 32 register-tile microkernel.
+//! f32 GEMM on AVX-512 or AVX2: `C (m, n) = A (m, k) @ B (k, n)` for operands with any row and
+//! column strides, packed into panels and multiplied by a 12 x 32 register-tile microkernel.
 //!
 //! candle's CPU matmul is the `gemm` crate, built with its AVX2 kernels (16 x 6 tiles of 256-bit
 //! registers). On a CPU with two 512-bit FMA units (Intel Xeon since Skylake-SP) that is half the
@@ -13,13 +13,19 @@
 //! - the microkernel keeps a 12 x 32 tile of `C` in 24 registers: per step of `k` two loads of
 //!   `B`, twelve broadcasts of `A`, 24 FMAs.
 //!
+//! On AVX2 + FMA (no AVX-512) the same panels go through a 256-bit tile: the 12 x 32 tile as four
+//! 6 x 16 blocks of 12 registers each. Every element is the same FMA chain either way, so the two
+//! kernels give the same bits. At the model's shapes on an AMD EPYC Zen 3 (AVX2, 2 cores,
+//! `examples/gemm_shapes.rs`) it ran 1.0-1.3x the `gemm` crate's speed (1.9x at the Q-Former's
+//! 32 rows; 0.9-0.95x at 2048^3, not a model shape).
+//!
 //! Threads (rayon) take panels of `B`; each writes its own columns of `C`. Every element of `C`
 //! is summed in the same order (over `k` in order within a [`KC`] slice, slices added in
 //! order) whatever the thread count, so results repeat bit for bit on one machine; they differ
 //! from the `gemm` crate's (another summation order) by rounding. [`crate::linear`] uses it for
 //! `x @ W^T` and its backward when [`crate::cpu::Kernels::f32_gemm`] is
-//! [`crate::cpu::F32Gemm::Avx512`] (`LION_CPU=avx2` or `LION_F32_GEMM=gemm-crate` keep the
-//! `gemm` crate). Tested against
+//! [`crate::cpu::F32Gemm::Avx512`] or [`crate::cpu::F32Gemm::Avx2`] (`LION_F32_GEMM=gemm-crate`
+//! keeps the `gemm` crate; `LION_CPU=avx2` caps it at the AVX2 tile). Tested against
 //! an f64 product on edge shapes (`tests/linear.rs`).
 
 use rayon::prelude::*;
@@ -66,9 +72,14 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// Whether this CPU runs the kernel (AVX-512 F, and not capped by `LION_CPU`).
+/// Whether this CPU runs the kernel (AVX-512 F or AVX2 + FMA, as `LION_CPU` and
+/// `LION_F32_GEMM` allow).
 pub fn available() -> bool {
-    crate::cpu::kernels().f32_gemm == crate::cpu::F32Gemm::Avx512
+    use crate::cpu::F32Gemm;
+    matches!(
+        crate::cpu::kernels().f32_gemm,
+        F32Gemm::Avx512 | F32Gemm::Avx2
+    )
 }
 
 /// `a` (m, k) @ `b` (k, n) -> (m, n) row-major, on the AVX-512 kernel.
@@ -144,13 +155,27 @@ fn out_buf(len: usize, k: usize) -> Vec<f32> {
     }
 }
 
+/// Whether the AVX-512 kernel runs (else the AVX2 one), with the features it needs checked.
+///
+/// Panics when this machine runs neither (callers check [`available`]).
+fn wide() -> bool {
+    let f = crate::cpu::features();
+    match crate::cpu::kernels().f32_gemm {
+        crate::cpu::F32Gemm::Avx512 if f.avx512f && f.avx2_fma() => true,
+        crate::cpu::F32Gemm::Avx2 if f.avx2_fma() => false,
+        other => panic!("sgemm: no kernel of this GEMM runs here (picked: {other:?})"),
+    }
+}
+
 /// [`gemm`] into `c` (m * n values): the first slice of `k` overwrites it, later slices add;
 /// with `k == 0` it is left as it is, so callers pass zeros.
 fn gemm_into(m: usize, n: usize, k: usize, a: MatRef, b: BSrc, c: &mut [f32]) {
-    assert!(
-        crate::cpu::features().avx512f,
-        "sgemm: the AVX-512 kernel needs AVX-512 F"
-    );
+    gemm_into_on(wide(), m, n, k, a, b, c)
+}
+
+/// [`gemm_into`] on the AVX-512 tile (`wide`) or the AVX2 one; the caller has checked that the
+/// CPU has its features.
+fn gemm_into_on(wide: bool, m: usize, n: usize, k: usize, a: MatRef, b: BSrc, c: &mut [f32]) {
     assert_eq!(c.len(), m * n, "sgemm: output for ({m}, {n})");
     if m == 0 || n == 0 || k == 0 {
         return;
@@ -162,7 +187,7 @@ fn gemm_into(m: usize, n: usize, k: usize, a: MatRef, b: BSrc, c: &mut [f32]) {
         .as_mut()
         .par_chunks_mut(MR * k)
         .enumerate()
-        .for_each(|(ip, dst)| pack_a(a, ip * MR, (m - ip * MR).min(MR), 0, k, dst));
+        .for_each(|(ip, dst)| pack_a(a, ip * MR, (m - ip * MR).min(MR), 0, k, dst, wide));
     let ap = apack.as_slice();
     // tasks of `group` column panels: per slice of k, their B panels are packed (in L2) and
     // every row panel of A meets all of them while its slice is in L1
@@ -192,11 +217,11 @@ fn gemm_into(m: usize, n: usize, k: usize, a: MatRef, b: BSrc, c: &mut [f32]) {
                 let at = (jp - jp0) * KC * NR;
                 let dst = &mut bp[at..at + kc * NR];
                 match b {
-                    BSrc::F32(b) => pack_b(b, p0, kc, j0, NR.min(n - j0), dst),
+                    BSrc::F32(b) => pack_b(b, p0, kc, j0, NR.min(n - j0), dst, wide),
                     BSrc::Bf16Wt(w, k) => pack_b_bf16(w, k, p0, kc, j0, NR.min(n - j0), dst),
                     BSrc::Fill(_, k) => {
                         let w = MatRef::transposed(&filled, k);
-                        pack_b(w, p0, kc, j0 - first, NR.min(n - j0), dst)
+                        pack_b(w, p0, kc, j0 - first, NR.min(n - j0), dst, wide)
                     }
                 }
             }
@@ -209,12 +234,14 @@ fn gemm_into(m: usize, n: usize, k: usize, a: MatRef, b: BSrc, c: &mut [f32]) {
                     let cols = NR.min(n - j0);
                     let b_panel = bp[(jp - jp0) * KC * NR..].as_ptr();
                     let c_tile = out.get();
-                    // SAFETY: AVX-512 F asserted above; the A slice holds kc * MR values and
-                    // the B panel kc * NR; the tile (r0.., j0..) of rows x cols lies inside the
-                    // m x n output, and this task is the only writer of its columns.
+                    // SAFETY: the kernel's features were checked (`wide()`); the A slice holds
+                    // kc * MR values and the B panel kc * NR; the tile (r0.., j0..) of rows x
+                    // cols lies inside the m x n output, and this task is the only writer of
+                    // its columns.
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
-                        avx512::tile(
+                        let tile = if wide { avx512::tile } else { avx2::tile };
+                        tile(
                             kc,
                             a_slice,
                             b_panel,
@@ -226,7 +253,7 @@ fn gemm_into(m: usize, n: usize, k: usize, a: MatRef, b: BSrc, c: &mut [f32]) {
                         )
                     }
                     #[cfg(not(target_arch = "x86_64"))]
-                    unreachable!("AVX-512 elsewhere: {a_slice:?} {b_panel:?} {c_tile:?} {cols}")
+                    unreachable!("x86-64 only: {a_slice:?} {b_panel:?} {c_tile:?} {cols}")
                 }
             }
         }
@@ -275,25 +302,32 @@ fn flush(v: f32) -> f32 {
 /// Packs rows `i0..i0 + rows` of `a` over `p0..p0 + kc` as `[kc][MR]`, zero rows past `rows`.
 /// A row-major `a` is transposed 8 x 8 in registers (it was 4% of a bf16 ViT forward one value
 /// at a time); the columns past a multiple of 8, and other layouts, one value at a time.
-fn pack_a(a: MatRef, i0: usize, rows: usize, p0: usize, kc: usize, dst: &mut [f32]) {
+fn pack_a(a: MatRef, i0: usize, rows: usize, p0: usize, kc: usize, dst: &mut [f32], wide: bool) {
     #[allow(unused_mut)]
     let mut pdone = 0;
     #[cfg(target_arch = "x86_64")]
     if a.cs == 1 {
         pdone = kc / 8 * 8;
         assert!(dst.len() >= kc * MR && (rows == 0 || a.fits(i0 + rows, p0 + kc)));
-        // SAFETY: AVX-512 F was checked by `gemm_into`; rows i0..i0 + rows and columns
+        // SAFETY: AVX2 was checked by `gemm_into`; rows i0..i0 + rows and columns
         // p0..p0 + pdone lie inside `a` (asserted), and `dst` holds kc * MR values.
-        unsafe { avx512::pack_a_transposed(a, i0, rows, p0, pdone, dst) }
+        unsafe { avx2::pack_a_transposed(a, i0, rows, p0, pdone, dst) }
     } else if a.rs == 1 && rows > 0 {
         // a transposed view (the weight gradient's g^T): each step of k is a run of `rows`
         // values, copied as one masked vector (it was 6.5% of a tag-encoder training step
         // one value at a time)
         pdone = kc;
         assert!(dst.len() >= kc * MR && a.fits(i0 + rows, p0 + kc));
-        // SAFETY: AVX-512 F was checked by `gemm_into`; rows i0..i0 + rows of columns
-        // p0..p0 + kc lie inside `a` (asserted), and `dst` holds kc * MR values.
-        unsafe { avx512::pack_a_columns(a, i0, rows, p0, kc, dst) }
+        // SAFETY: AVX-512 F where `wide`, else AVX2, was checked by `gemm_into`; rows
+        // i0..i0 + rows of columns p0..p0 + kc lie inside `a` (asserted), and `dst` holds
+        // kc * MR values.
+        unsafe {
+            if wide {
+                avx512::pack_a_columns(a, i0, rows, p0, kc, dst)
+            } else {
+                avx2::pack_a_columns(a, i0, rows, p0, kc, dst)
+            }
+        }
     }
     for (p, d) in dst.chunks_exact_mut(MR).take(kc).enumerate().skip(pdone) {
         let col = (p0 + p) * a.cs;
@@ -309,13 +343,20 @@ fn pack_a(a: MatRef, i0: usize, rows: usize, p0: usize, kc: usize, dst: &mut [f3
 
 /// Packs columns `j0..j0 + cols` of `b` over rows `p0..p0 + kc` as `[kc][NR]`, zero columns
 /// past `cols`.
-fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, cols: usize, dst: &mut [f32]) {
+fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, cols: usize, dst: &mut [f32], wide: bool) {
     #[cfg(target_arch = "x86_64")]
     if b.cs == 1 && cols > 0 {
         assert!(dst.len() >= kc * NR && b.fits(p0 + kc, j0 + cols));
-        // SAFETY: AVX-512 F was checked by `gemm_into`; rows p0..p0 + kc of columns
-        // j0..j0 + cols lie inside `b` (asserted), and `dst` holds kc * NR values.
-        unsafe { avx512::pack_b_rows(b, p0, kc, j0, cols, dst) };
+        // SAFETY: AVX-512 F where `wide`, else AVX2, was checked by `gemm_into`; rows
+        // p0..p0 + kc of columns j0..j0 + cols lie inside `b` (asserted), and `dst` holds
+        // kc * NR values.
+        unsafe {
+            if wide {
+                avx512::pack_b_rows(b, p0, kc, j0, cols, dst)
+            } else {
+                avx2::pack_b_rows(b, p0, kc, j0, cols, dst)
+            }
+        };
         return;
     }
     if b.cs == 1 {
@@ -334,9 +375,9 @@ fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, cols: usize, dst: &mut [f3
     if b.rs == 1 {
         // B = W^T: column j is a run of W's row j; 8 x 8 blocks transposed in registers
         (jdone, pdone) = (cols / 8 * 8, kc / 8 * 8);
-        // SAFETY: AVX-512 F (which implies AVX) was checked by `matmul`; every block read lies
-        // inside the (kc, cols) view (checked by `fits`), every write inside `dst`.
-        unsafe { avx512::pack_transposed(b, p0, pdone, j0, jdone, dst) }
+        // SAFETY: AVX2 was checked by `gemm_into`; every block read lies inside the (kc, cols)
+        // view (checked by `fits`), every write inside `dst`.
+        unsafe { avx2::pack_transposed(b, p0, pdone, j0, jdone, dst) }
     }
     // the rest (or every column on other layouts) one value at a time
     for j in 0..cols {
@@ -366,9 +407,9 @@ fn pack_b_bf16(
     let (jdone, pdone) = {
         let (jdone, pdone) = (cols / 8 * 8, kc / 8 * 8);
         assert!(j0 + cols <= w.len() / k.max(1) && p0 + kc <= k);
-        // SAFETY: AVX-512 F was checked by `gemm`; rows j0..j0 + cols of W and their columns
+        // SAFETY: AVX2 was checked by `gemm_into`; rows j0..j0 + cols of W and their columns
         // p0..p0 + kc lie inside `w` (asserted), and `dst` holds kc * NR values.
-        unsafe { avx512::pack_transposed_bf16(w, k, p0, pdone, j0, jdone, dst) };
+        unsafe { avx2::pack_transposed_bf16(w, k, p0, pdone, j0, jdone, dst) };
         (jdone, pdone)
     };
     #[cfg(not(target_arch = "x86_64"))]
@@ -422,8 +463,10 @@ impl AlignedBuf {
     }
 }
 
+/// The 256-bit kernels: the AVX2 tile and packers, and the packers both paths share (8 x 8
+/// transposes; every AVX-512 CPU has AVX2).
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
@@ -431,8 +474,8 @@ mod avx512 {
     /// `b` is `W^T` (rs == 1): 8 rows of W, 8 values each, transposed in registers.
     ///
     /// # Safety
-    /// AVX-512 F; the blocks lie inside `b.data` and `dst` holds `kc8 * NR` values.
-    #[target_feature(enable = "avx512f")]
+    /// AVX2; the blocks lie inside `b.data` and `dst` holds `kc8 * NR` values.
+    #[target_feature(enable = "avx2")]
     pub(super) unsafe fn pack_transposed(
         b: super::MatRef,
         p0: usize,
@@ -456,9 +499,9 @@ mod avx512 {
     /// (a bf16 is the high half of an f32), then transposed.
     ///
     /// # Safety
-    /// AVX-512 F; rows `j0..j0 + cols8` of `w` and their columns `p0..p0 + kc8` lie inside
+    /// AVX2; rows `j0..j0 + cols8` of `w` and their columns `p0..p0 + kc8` lie inside
     /// `w`, and `dst` holds `kc8 * NR` values.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx2")]
     pub(super) unsafe fn pack_transposed_bf16(
         w: &[half::bf16],
         k: usize,
@@ -488,9 +531,9 @@ mod avx512 {
     /// transposed in registers (the second with 4 zero rows, 4 lanes stored).
     ///
     /// # Safety
-    /// AVX-512 F; rows `i0..i0 + rows` and columns `p0..p0 + kc8` lie inside `a.data`, and `dst`
+    /// AVX2; rows `i0..i0 + rows` and columns `p0..p0 + kc8` lie inside `a.data`, and `dst`
     /// holds `kc8 * MR` values.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx2")]
     pub(super) unsafe fn pack_a_transposed(
         a: super::MatRef,
         i0: usize,
@@ -515,6 +558,265 @@ mod avx512 {
             }
         }
     }
+
+    /// Stores the 8 x 8 transpose of `r` as 8 rows of 8 values `NR` apart from `d`, subnormals
+    /// flushed to 0 (see [`super::flush`]).
+    ///
+    /// # Safety
+    /// AVX2; `d` is valid for 8 rows of 8 values `NR` apart.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn store_transposed(r: [__m256; 8], d: *mut f32) {
+        store_transposed_ld::<true>(r, d, NR, 8)
+    }
+
+    /// [`store_transposed`] with rows `ld` apart, only the first `lanes` (8 or 4) values of each
+    /// row stored, and subnormals flushed only when `FLUSH`.
+    ///
+    /// # Safety
+    /// AVX2; `d` is valid for 8 rows of `lanes` values `ld` apart.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn store_transposed_ld<const FLUSH: bool>(
+        r: [__m256; 8],
+        d: *mut f32,
+        ld: usize,
+        lanes: usize,
+    ) {
+        debug_assert!(lanes == 8 || lanes == 4);
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let tiny = _mm256_set1_ps(f32::MIN_POSITIVE);
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let out = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (i, &v) in out.iter().enumerate() {
+            // subnormals to 0: keep lanes unless |v| < MIN_POSITIVE
+            let v = if FLUSH {
+                // not-less-than, unordered: NaN lanes are kept (NaN must reach the output)
+                let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(_mm256_and_ps(v, abs), tiny);
+                _mm256_and_ps(v, keep)
+            } else {
+                v
+            };
+            if lanes == 8 {
+                _mm256_storeu_ps(d.add(i * ld), v);
+            } else {
+                _mm_storeu_ps(d.add(i * ld), _mm256_castps256_ps128(v));
+            }
+        }
+    }
+
+    /// An 8-lane mask whose first `n` lanes (at most 8) are set, for masked loads and stores.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn lanes(n: usize) -> __m256i {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), idx)
+    }
+
+    /// 8 values with subnormals made 0 (see [`super::flush`]) and NaN kept.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn flush8(v: __m256) -> __m256 {
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let tiny = _mm256_set1_ps(f32::MIN_POSITIVE);
+        // not-less-than, unordered: NaN lanes are kept (NaN must reach the output)
+        _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_NLT_UQ>(_mm256_and_ps(v, abs), tiny))
+    }
+
+    /// The AVX2 copy of `avx512::pack_b_rows`: `dst[p * NR + j] = b[p0 + p][j0 + j]` for
+    /// p < kc, zero for j >= cols, where `b` is row-major (cs == 1); subnormals flushed to 0,
+    /// NaN kept.
+    ///
+    /// # Safety
+    /// AVX2; `cols <= NR`, rows `p0..p0 + kc` of columns `j0..j0 + cols` lie inside `b.data`,
+    /// and `dst` holds `kc * NR` values.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn pack_b_rows(
+        b: super::MatRef,
+        p0: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        dst: &mut [f32],
+    ) {
+        debug_assert!(dst.len() >= kc * NR && b.cs == 1 && cols <= NR);
+        let (src, d) = (b.data.as_ptr(), dst.as_mut_ptr());
+        let masks: [__m256i; NR / 8] = std::array::from_fn(|q| lanes(cols.saturating_sub(q * 8)));
+        for p in 0..kc {
+            let s = src.add((p0 + p) * b.rs + j0);
+            for (q, &mask) in masks.iter().enumerate() {
+                let v = if cols >= (q + 1) * 8 {
+                    _mm256_loadu_ps(s.add(q * 8))
+                } else {
+                    // masked-off lanes are not read (they may lie past the data)
+                    _mm256_maskload_ps(s.wrapping_add(q * 8), mask)
+                };
+                _mm256_storeu_ps(d.add(p * NR + q * 8), flush8(v));
+            }
+        }
+    }
+
+    /// The AVX2 copy of `avx512::pack_a_columns`: `dst[p * MR + r] = a[i0 + r][p0 + p]` for
+    /// p < kc, zero for r >= rows, where `a` is a transposed view (rs == 1); subnormals flushed
+    /// to 0, NaN kept.
+    ///
+    /// # Safety
+    /// AVX2; `rows <= MR`, rows `i0..i0 + rows` of columns `p0..p0 + kc` lie inside `a.data`,
+    /// and `dst` holds `kc * MR` values.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn pack_a_columns(
+        a: super::MatRef,
+        i0: usize,
+        rows: usize,
+        p0: usize,
+        kc: usize,
+        dst: &mut [f32],
+    ) {
+        const { assert!(MR > 8 && MR <= 16) };
+        debug_assert!(dst.len() >= kc * MR && a.rs == 1 && rows <= MR);
+        let (src, d) = (a.data.as_ptr(), dst.as_mut_ptr());
+        let (m0, m1) = (lanes(rows), lanes(rows.saturating_sub(8)));
+        // the last MR - 8 values of a step: the first lanes of a second register
+        let tail = lanes(MR - 8);
+        for p in 0..kc {
+            let s = src.add(i0 + (p0 + p) * a.cs);
+            let lo = _mm256_maskload_ps(s, m0);
+            let hi = _mm256_maskload_ps(s.wrapping_add(8), m1);
+            _mm256_storeu_ps(d.add(p * MR), flush8(lo));
+            _mm256_maskstore_ps(d.add(p * MR + 8), tail, flush8(hi));
+        }
+    }
+
+    /// The AVX2 copy of `avx512::tile` (same arguments, same sums bit for bit: each element of
+    /// `C` is one FMA chain over `k` in order from zero, then stored or added to `C`): the
+    /// 12 x 32 tile as up to four 6 x 16 blocks, each held in 12 registers (per step of `k` two
+    /// loads of `B`, six broadcasts of `A`, 12 FMAs). Blocks wholly past `rows` or `cols` are
+    /// skipped.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `a` holds `kc * MR` values, `b` `kc * NR`; `c` is valid for `rows` rows of
+    /// `cols` values `ldc` apart.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        first: bool,
+    ) {
+        for c0 in (0..cols).step_by(16) {
+            for r0 in (0..rows).step_by(6) {
+                let (r, n) = ((rows - r0).min(6), (cols - c0).min(16));
+                block(
+                    kc,
+                    a.add(r0),
+                    b.add(c0),
+                    c.add(r0 * ldc + c0),
+                    ldc,
+                    r,
+                    n,
+                    first,
+                );
+            }
+        }
+    }
+
+    /// One 6 x 16 block of [`tile`]: `a` and `b` point at its first row and column inside the
+    /// packed panels (rows `MR` apart, columns `NR` apart).
+    ///
+    /// # Safety
+    /// As [`tile`], for `rows <= 6` and `cols <= 16`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn block(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        first: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+        for p in 0..kc {
+            let b0 = _mm256_loadu_ps(b.add(p * NR));
+            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+            let ap = a.add(p * MR);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ap.add(r));
+                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+        let (m0, m1) = (lanes(cols), lanes(cols.saturating_sub(8)));
+        for (r, acc) in acc.iter().enumerate().take(rows) {
+            let cr = c.add(r * ldc);
+            if cols == 16 {
+                if first {
+                    _mm256_storeu_ps(cr, acc[0]);
+                    _mm256_storeu_ps(cr.add(8), acc[1]);
+                } else {
+                    _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), acc[0]));
+                    _mm256_storeu_ps(cr.add(8), _mm256_add_ps(_mm256_loadu_ps(cr.add(8)), acc[1]));
+                }
+                continue;
+            }
+            for (h, (mask, acc)) in [(m0, acc[0]), (m1, acc[1])].into_iter().enumerate() {
+                if cols <= h * 8 {
+                    break;
+                }
+                let ch = cr.add(h * 8);
+                let v = if first {
+                    acc
+                } else {
+                    _mm256_add_ps(_mm256_maskload_ps(ch, mask), acc)
+                };
+                _mm256_maskstore_ps(ch, mask, v);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
 
     /// 16 values with subnormals made 0 (see [`super::flush`]) and NaN kept.
     ///
@@ -580,76 +882,6 @@ mod avx512 {
         for p in 0..kc {
             let v = _mm512_maskz_loadu_ps(load, src.add(i0 + (p0 + p) * a.cs));
             _mm512_mask_storeu_ps(d.add(p * MR), store, flush16(v));
-        }
-    }
-
-    /// Stores the 8 x 8 transpose of `r` as 8 rows of 8 values `NR` apart from `d`, subnormals
-    /// flushed to 0 (see [`super::flush`]).
-    ///
-    /// # Safety
-    /// AVX-512 F; `d` is valid for 8 rows of 8 values `NR` apart.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn store_transposed(r: [__m256; 8], d: *mut f32) {
-        store_transposed_ld::<true>(r, d, NR, 8)
-    }
-
-    /// [`store_transposed`] with rows `ld` apart, only the first `lanes` (8 or 4) values of each
-    /// row stored, and subnormals flushed only when `FLUSH`.
-    ///
-    /// # Safety
-    /// AVX-512 F; `d` is valid for 8 rows of `lanes` values `ld` apart.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn store_transposed_ld<const FLUSH: bool>(
-        r: [__m256; 8],
-        d: *mut f32,
-        ld: usize,
-        lanes: usize,
-    ) {
-        debug_assert!(lanes == 8 || lanes == 4);
-        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-        let tiny = _mm256_set1_ps(f32::MIN_POSITIVE);
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        let out = [
-            _mm256_permute2f128_ps::<0x20>(u0, u4),
-            _mm256_permute2f128_ps::<0x20>(u1, u5),
-            _mm256_permute2f128_ps::<0x20>(u2, u6),
-            _mm256_permute2f128_ps::<0x20>(u3, u7),
-            _mm256_permute2f128_ps::<0x31>(u0, u4),
-            _mm256_permute2f128_ps::<0x31>(u1, u5),
-            _mm256_permute2f128_ps::<0x31>(u2, u6),
-            _mm256_permute2f128_ps::<0x31>(u3, u7),
-        ];
-        for (i, &v) in out.iter().enumerate() {
-            // subnormals to 0: keep lanes unless |v| < MIN_POSITIVE
-            let v = if FLUSH {
-                // not-less-than, unordered: NaN lanes are kept (NaN must reach the output)
-                let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(_mm256_and_ps(v, abs), tiny);
-                _mm256_and_ps(v, keep)
-            } else {
-                v
-            };
-            if lanes == 8 {
-                _mm256_storeu_ps(d.add(i * ld), v);
-            } else {
-                _mm_storeu_ps(d.add(i * ld), _mm256_castps256_ps128(v));
-            }
         }
     }
 
@@ -793,18 +1025,84 @@ impl candle_core::CustomOp2 for Matmul {
         }
         let batch: usize = da[..r - 2].iter().product();
         let mut c = out_buf(batch * m * n, k);
-        if m * n > 0 {
-            c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
-                let (a, b) = (view(x, l1, i), view(y, l2, i));
-                assert!(
-                    a.fits(m, k) && b.fits(k, n),
-                    "sgemm: views do not fit ({m}, {k}) x ({k}, {n})"
-                );
-                gemm_into(m, n, k, a, BSrc::F32(b), ci)
-            });
+        let item = |(i, ci): (usize, &mut [f32])| {
+            let (a, b) = (view(x, l1, i), view(y, l2, i));
+            assert!(
+                a.fits(m, k) && b.fits(k, n),
+                "sgemm: views do not fit ({m}, {k}) x ({k}, {n})"
+            );
+            gemm_into(m, n, k, a, BSrc::F32(b), ci)
+        };
+        if batch == 1 {
+            // on this thread: a rayon worker would pack `A` into its own malloc arena, where a
+            // block of megabytes gets a fresh mapping each time (glibc maps a new heap for it
+            // and unmaps the heap when it is free again). Measured: 150k page faults per
+            // tag-encoder training step (600 MB made and zeroed) with the weight gradients'
+            // `g^T @ x` packed on a worker, 1.3x the step's time.
+            item((0, &mut c[..]))
+        } else if m * n > 0 {
+            c.par_chunks_mut(m * n).enumerate().for_each(item);
         }
         let mut shape = da.to_vec();
         shape[r - 1] = n;
         Ok((CpuStorage::F32(c), candle_core::Shape::from(shape)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 tile and packers give the AVX-512 ones' bits, on edge shapes of the tile and
+    /// the slices, every packing layout, and subnormal and NaN inputs (where the CPU has both;
+    /// skipped with a printed reason otherwise).
+    #[test]
+    fn avx2_tile_gives_the_avx512_bits() {
+        let f = crate::cpu::features();
+        if !(f.avx512f && f.avx2_fma()) {
+            eprintln!("skipped: needs AVX-512 F and AVX2 + FMA (this CPU: {f:?})");
+            return;
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            match seed % 4001 {
+                0..=40 => 1e-39, // subnormal
+                41 => f32::NAN,
+                _ => (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0,
+            }
+        };
+        for (m, n, k) in [
+            (1, 1, 1),
+            (7, 17, 9),
+            (12, 32, 256),
+            (13, 33, 257),
+            (30, 70, 600),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| next()).collect();
+            // (name, A view, B view): row-major, W^T, and a transposed A
+            let views = [
+                (MatRef::row_major(&a, k), MatRef::row_major(&b, n)),
+                (MatRef::row_major(&a, k), MatRef::transposed(&b, k)),
+                (MatRef::transposed(&a, m), MatRef::row_major(&b, n)),
+            ];
+            for (i, (av, bv)) in views.into_iter().enumerate() {
+                let run = |wide| {
+                    let mut c = vec![0f32; m * n];
+                    gemm_into_on(wide, m, n, k, av, BSrc::F32(bv), &mut c);
+                    c
+                };
+                let (wide, narrow) = (run(true), run(false));
+                for (j, (x, y)) in wide.iter().zip(&narrow).enumerate() {
+                    assert!(
+                        x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                        "({m}, {k}) x ({k}, {n}), layout {i}, element {j}: {x} vs {y}"
+                    );
+                }
+            }
+        }
     }
 }

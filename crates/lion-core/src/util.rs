@@ -154,15 +154,19 @@ impl<R: std::io::BufRead> Iterator for BoundedLines<R> {
 /// anew: on the base T5 encoder ~100k faults (~400 MB zeroed) per call, about a quarter of its
 /// time (`perf stat -e page-faults`). Buffers up to 32 MiB (glibc's largest allowed threshold)
 /// now come from the heap, and up to 512 MiB of free heap top is kept for reuse; beyond that the
-/// heap is trimmed as before, so a one-off spike is still given back. No-op off glibc.
+/// heap is trimmed as before, so a one-off spike is still given back (a training run keeps it
+/// all while its [`crate::alloc::KeepLargeBlocks`] guard lives). No-op off glibc.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
+    crate::alloc::set_trim_threshold(TRIM_THRESHOLD);
 }
+
+/// The free heap top glibc keeps after [`tune_allocator`] (outside training).
+pub const TRIM_THRESHOLD: usize = 512 << 20;
 
 /// Gives free heap memory back to the OS (the large blocks [`crate::alloc`] keeps, then
 /// `malloc_trim(0)`), e.g. between benchmark stages so that each stage's peak RSS is its own.

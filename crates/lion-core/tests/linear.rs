@@ -255,15 +255,16 @@ fn bf16_weights_are_converted_once_at_load_and_run_in_f32_activations() -> lion_
     Ok(())
 }
 
-/// The AVX-512 f32 GEMM (`lion_core::sgemm`) against an f64 product, on edge shapes of its
-/// 12 x 32 tile and 256-deep slices, with row-major, transposed (`W^T`) and strided operands;
-/// the linear layer's forward and backward through it against candle's matmul.
+/// The f32 GEMM (`lion_core::sgemm`, its AVX-512 or AVX2 tile as picked here) against an f64
+/// product, on edge shapes of its 12 x 32 tile and 256-deep slices, with row-major, transposed
+/// (`W^T`) and strided operands; the linear layer's forward and backward through it against
+/// candle's matmul.
 #[test]
 fn sgemm_matches_an_f64_product_on_edge_shapes_and_strides() -> lion_core::Result<()> {
     use lion_core::sgemm::{self, MatRef};
     if !sgemm::available() {
         eprintln!(
-            "skipped: the AVX-512 f32 GEMM (kernel on this CPU: {:?})",
+            "skipped: no sgemm kernel runs here (neither AVX-512 nor AVX2 + FMA; picked: {:?})",
             lion_core::cpu::kernels().f32_gemm
         );
         return Ok(());
