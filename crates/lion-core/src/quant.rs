@@ -232,7 +232,15 @@ impl QWeight {
             }
             return crate::bf16::matmul_wt_filled(x, m, k, n, &fill);
         }
-        // no native bf16: blocks of rows dequantized to f32, the f32 GEMM on each
+        if crate::sgemm::available() {
+            // no native bf16, our f32 GEMM: each of its tasks dequantizes its own rows once into
+            // f32 and packs its panels from there (the same sums as the blocks below)
+            let fill = |j0: usize, rows: usize, buf: &mut [f32]| {
+                self.dequantize_rows(j0, &mut buf[..rows * k])
+            };
+            return crate::sgemm::matmul_wt_filled(x, m, k, n, &fill);
+        }
+        // otherwise: blocks of rows dequantized to f32, the f32 GEMM on each
         let mut y = vec![0f32; m * n];
         // one buffer for every block of rows (each filled whole before it is read)
         let mut buf = vec![0f32; DENSE_ROWS.min(n) * k];

@@ -82,9 +82,9 @@ pub fn available() -> bool {
     )
 }
 
-/// `a` (m, k) @ `b` (k, n) -> (m, n) row-major, on the AVX-512 kernel.
+/// `a` (m, k) @ `b` (k, n) -> (m, n) row-major, on the AVX-512 or AVX2 tile.
 ///
-/// Panics when the CPU lacks AVX-512 F (callers check [`available`]) or a view does not fit its
+/// Panics when no sgemm kernel runs here (callers check [`available`]) or a view does not fit its
 /// data (callers check shapes and return errors first).
 pub fn matmul(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f32> {
     assert!(
@@ -94,12 +94,12 @@ pub fn matmul(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f32> {
     gemm(m, n, k, a, BSrc::F32(b))
 }
 
-/// `x (m, k) f32 @ w (n, k)^T` for a weight stored in bf16, on the AVX-512 kernel: each value
+/// `x (m, k) f32 @ w (n, k)^T` for a weight stored in bf16, on the AVX-512 or AVX2 tile: each value
 /// of `w` is widened to f32 (exactly) as its panel is packed, so no f32 copy of the weight
 /// exists and `x` is not rounded. [`crate::bf16::matmul_wt`] takes this path for many rows
 /// where [`crate::cpu::Bf16Gemm::WidenF32`] is picked.
 ///
-/// Panics when the CPU lacks AVX-512 F or a slice does not match its shape.
+/// Panics when no sgemm kernel runs here ([`available`]) or a slice does not match its shape.
 pub fn matmul_wt_bf16(x: &[f32], m: usize, k: usize, w: &[half::bf16], n: usize) -> Vec<f32> {
     assert!(
         x.len() == m * k && w.len() == n * k,
@@ -114,7 +114,7 @@ pub fn matmul_wt_bf16(x: &[f32], m: usize, k: usize, w: &[half::bf16], n: usize)
 /// `j0..j0 + rows`, `rows * k` values, into `buf`): each task fills the rows of its own column
 /// panels once, so no whole copy of the weight exists (quantized weights dequantize there).
 ///
-/// Panics when the CPU lacks AVX-512 F or `x` does not match (m, k).
+/// Panics when no sgemm kernel runs here ([`available`]) or `x` does not match (m, k).
 pub(crate) fn matmul_wt_filled(
     x: &[f32],
     m: usize,
