@@ -373,11 +373,11 @@ fn sgemm_matches_an_f64_product_on_edge_shapes_and_strides() -> lion_core::Resul
 /// The f32 GEMM on a bf16 weight widened while packed (`sgemm::matmul_wt_bf16`, the many-rows
 /// bf16 path on Intel) against the exact product of f32 `x` and the bf16 weight: edge shapes of
 /// the 8 x 8 transposes, the 12 x 32 tile and the 256-deep slices, and subnormal bf16 weights
-/// (flushed to 0). Skipped with a printed reason without AVX-512.
+/// (flushed to 0); the bf16 path on AVX2 too. Skipped with a printed reason without sgemm.
 #[test]
 fn sgemm_on_bf16_weights_matches_the_exact_product() {
     if !lion_core::sgemm::available() {
-        eprintln!("skipped: no AVX-512 f32 GEMM on this CPU (or capped by LION_CPU)");
+        eprintln!("skipped: no sgemm kernel on this CPU (neither AVX-512 nor AVX2 + FMA, or capped by LION_CPU or LION_F32_GEMM)");
         return;
     }
     for (i, &(m, kk, n)) in [
@@ -452,11 +452,11 @@ fn batched_products_match_candle_and_keep_gradients() -> lion_core::Result<()> {
 
 /// NaN in either operand reaches the output through the packing (which flushes subnormals, and
 /// once zeroed NaN lanes too): a NaN in row r of `x` makes row r all NaN, one in weight row j
-/// column j; every other element stays finite. Skipped with a printed reason without AVX-512.
+/// column j; every other element stays finite. Skipped with a printed reason without sgemm.
 #[test]
 fn sgemm_propagates_nan_from_either_operand() {
     if !lion_core::sgemm::available() {
-        eprintln!("skipped: no AVX-512 f32 GEMM on this CPU (or capped by LION_CPU)");
+        eprintln!("skipped: no sgemm kernel on this CPU (neither AVX-512 nor AVX2 + FMA, or capped by LION_CPU or LION_F32_GEMM)");
         return;
     }
     let (m, k, n) = (29, 40, 45);
