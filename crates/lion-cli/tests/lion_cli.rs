@@ -43,11 +43,20 @@ const FAST: &[&str] = &["--num-beams", "2", "--max-new-tokens", "6"];
 #[test]
 fn caption_on_a_real_photograph_with_the_base_preset() {
     let img = photo("astronaut.png");
-    let mut args = vec!["caption", "--preset", "base", "--random-weights", &img];
+    let mut args = vec![
+        "caption",
+        "--preset",
+        "base",
+        "--random-weights",
+        "--init-seed",
+        "7",
+        &img,
+    ];
     args.extend(FAST);
-    // Random weights are drawn afresh each run; at least one new token, so that a draw whose
-    // best beam ends at once cannot make the caption empty.
-    args.extend(["--min-length", "2"]);
+    // One seeded random model (a fresh draw each run once gave an empty caption: over a hundred
+    // of T5's ids decode to nothing, as pad, unk, the extra ids and those past the tokenizer's),
+    // and at least four new tokens, so that the text is empty only if all four are such ids.
+    args.extend(["--min-length", "5"]);
     let out = lion(&args);
     assert!(
         out.status.success(),
