@@ -4,6 +4,10 @@
 //! and weight gradient `g^T @ x`; where the CPU has
 //! AVX512-BF16, also `sgemm` f32 against `bf16::matmul_wt` (W stored in bf16).
 //!
+//! It first measures the cores' FMA peak (independent FMA chains on every rayon thread, with
+//! the widest vectors the tile uses: 512-bit where sgemm runs its AVX-512 tile, else 256-bit),
+//! so that each rate can be read as a fraction of what the machine can do at all.
+//!
 //! `cargo run --release -p lion-core --example gemm_shapes [REPEATS]`
 
 use std::time::Instant;
@@ -50,6 +54,64 @@ fn compare<T, U>(
     );
 }
 
+/// FMA throughput of as many threads as rayon has, all at once (GFLOP/s, best of 5 rounds of ~0.1 s): 12
+/// independent chains per thread, as many as the tile's accumulators, so latency is hidden.
+#[cfg(target_arch = "x86_64")]
+fn fma_peak(wide: bool) -> f64 {
+    use std::arch::x86_64::*;
+    const STEPS: usize = 4_000_000;
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn chains256() -> f32 {
+        let (x, y) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut a = [_mm256_set1_ps(1.0); 12];
+        for _ in 0..STEPS {
+            for v in a.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, x, y);
+            }
+        }
+        a.iter().map(|v| _mm256_cvtss_f32(*v)).sum()
+    }
+    #[target_feature(enable = "avx512f")]
+    unsafe fn chains512() -> f32 {
+        let (x, y) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut a = [_mm512_set1_ps(1.0); 12];
+        for _ in 0..STEPS {
+            for v in a.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, x, y);
+            }
+        }
+        a.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+    }
+    let threads = rayon::current_num_threads();
+    let lanes = if wide { 16.0 } else { 8.0 };
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            // one OS thread per rayon thread, all at once
+            let s: f32 = std::thread::scope(|sc| {
+                let runs: Vec<_> = (0..threads)
+                    .map(|_| {
+                        // SAFETY: `wide` only where the CPU has AVX-512 F; sgemm::available()
+                        // (checked by the caller) means AVX2 + FMA otherwise.
+                        sc.spawn(move || unsafe {
+                            if wide {
+                                chains512()
+                            } else {
+                                chains256()
+                            }
+                        })
+                    })
+                    .collect();
+                runs.into_iter()
+                    .map(|r| r.join().expect("FMA thread"))
+                    .sum()
+            });
+            std::hint::black_box(s);
+            (threads * STEPS * 12) as f64 * lanes * 2.0 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
 fn random(rows: usize, cols: usize) -> candle_core::Result<(Tensor, Vec<f32>)> {
     let t = Tensor::randn(0f32, 1., (rows, cols), &Device::Cpu)?;
     let v = t.flatten_all()?.to_vec1::<f32>()?;
@@ -68,6 +130,15 @@ fn main() -> candle_core::Result<()> {
             "no sgemm kernel on this CPU (neither AVX-512 nor AVX2 + FMA): nothing to compare"
         );
         return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let wide = lion_core::cpu::kernels().f32_gemm == lion_core::cpu::F32Gemm::Avx512;
+        let bits = if wide { 512 } else { 256 };
+        println!(
+            "FMA peak ({bits}-bit, all threads): {:.1} GFLOP/s",
+            fma_peak(wide)
+        );
     }
     // (m, k, n): T5-base encoder (349 rows), ViT-B (257), Q-Former (32), train batch (698), square
     let shapes = [
