@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The real `openai` Python client (scripts/requirements-ci.txt) against `lion serve`'s chat API.
 
-Starts `lion serve --preset tiny --random-weights --init-seed 1 --ram-random tiny --addr 127.0.0.1:0` (loopback,
+Starts `lion serve --preset tiny --random-weights --init-seed 1 --ram-random tiny --ram-init-seed 1 --addr 127.0.0.1:0` (loopback,
 bounded by --timeout), then checks with `openai.OpenAI(base_url=...)`: the model list, caption /
 VQA / grounding by task inference and by the `lion` extension, streaming (role delta, content,
 finish reason, usage chunk, the same text as without streaming), n best beams, seeded sampling

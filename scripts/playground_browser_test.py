@@ -2,7 +2,7 @@
 """The playground (`GET /` of `lion serve`) in a real browser: headless Chromium from Debian
 (/usr/bin/chromium, /usr/bin/chromedriver) driven by Selenium (scripts/requirements-ci.txt).
 
-Starts `lion serve --preset tiny --random-weights --init-seed 1 --ram-random tiny --addr 127.0.0.1:0`
+Starts `lion serve --preset tiny --random-weights --init-seed 1 --ram-random tiny --ram-init-seed 1 --addr 127.0.0.1:0`
 (loopback, bounded by --timeout), uploads a picture, asks each task (caption, VQA, grounding,
 tags) and checks that the page shows what the server answers to the same request made directly
 (the text, the box or "no box", the tags with scores, the timing); then a drag-and-drop of

@@ -43,10 +43,10 @@ class Server:
     """`lion serve` on 127.0.0.1:0; stopped with SIGTERM (then killed) on close."""
 
     def __init__(self, lion, embed_model, extra=(), start_timeout=180):
-        # one seeded random model (an unseeded draw differs per run, and a rare one could make
-        # a check on its texts fail by chance)
+        # one seeded random model and tagger (an unseeded draw differs per run, and a rare one
+        # could make a check on its texts or tags fail by chance)
         cmd = [lion, "--log", "warn", "serve", "--preset", "tiny", "--random-weights",
-               "--init-seed", "1", "--ram-random", "tiny", "--addr", "127.0.0.1:0", "--embed-model", embed_model,
+               "--init-seed", "1", "--ram-random", "tiny", "--ram-init-seed", "1", "--addr", "127.0.0.1:0", "--embed-model", embed_model,
                *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
         line = []

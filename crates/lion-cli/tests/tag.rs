@@ -115,3 +115,39 @@ fn tag_errors_are_clear() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("weights.pth"));
 }
+
+/// `lion tag --random-weights --init-seed N`: the same random tagger (tags and scores) on every
+/// run, another with another seed; `--init-seed` without `--random-weights` is refused.
+#[test]
+fn random_weights_with_an_init_seed_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.bmp");
+    write_bmp(&img, 120);
+    let tags = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lion"))
+            .args(["tag", "--config", "tiny", "--top-k", "5"])
+            .args(extra)
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line: serde_json::Value =
+            serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+        line["tags"].clone()
+    };
+    let a = tags(&["--random-weights", "--init-seed", "3"]);
+    assert_eq!(a.as_array().map(Vec::len), Some(5), "{a}");
+    assert_eq!(a, tags(&["--random-weights", "--init-seed", "3"]));
+    assert_ne!(a, tags(&["--random-weights", "--init-seed", "4"]));
+    let out = Command::new(env!("CARGO_BIN_EXE_lion"))
+        .args(["tag", "--config", "tiny", "--init-seed", "3"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--random-weights"));
+}

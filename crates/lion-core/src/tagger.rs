@@ -325,8 +325,14 @@ impl Ram {
     }
 
     /// A RAM of the sizes `config` names (`swin-l`, `tiny` or a RamConfig JSON file), from the
-    /// checkpoint `weights`, or with random weights (warned) when None.
-    pub fn from_spec(weights: Option<&Path>, config: &str, dev: &Device) -> crate::Result<Self> {
+    /// checkpoint `weights`, or with random weights (warned) when None: drawn from `init_seed`
+    /// when given (the same weights on every run), else unseeded.
+    pub fn from_spec(
+        weights: Option<&Path>,
+        config: &str,
+        init_seed: Option<u64>,
+        dev: &Device,
+    ) -> crate::Result<Self> {
         let cfg = RamConfig::from_name_or_file(config)?;
         match weights {
             Some(w) => {
@@ -336,14 +342,24 @@ impl Ram {
             }
             None => {
                 tracing::warn!("random weights: the tags mean nothing");
-                Self::random(&cfg, dev)
+                Self::random_seeded(&cfg, init_seed, dev)
             }
         }
     }
 
-    /// A randomly initialised RAM (smoke tests, benchmarks).
+    /// A randomly initialised RAM (smoke tests, benchmarks), unseeded.
     pub fn random(cfg: &RamConfig, dev: &Device) -> crate::Result<Self> {
-        Self::new(cfg, WeightLoader::random().var_builder(DType::F32, dev))
+        Self::random_seeded(cfg, None, dev)
+    }
+
+    /// A randomly initialised RAM drawn from `seed` (the same weights on every run), or
+    /// unseeded when None.
+    pub fn random_seeded(cfg: &RamConfig, seed: Option<u64>, dev: &Device) -> crate::Result<Self> {
+        let loader = match seed {
+            Some(s) => WeightLoader::random().with_init_seed(s),
+            None => WeightLoader::random(),
+        };
+        Self::new(cfg, loader.var_builder(DType::F32, dev))
     }
 
     pub fn config(&self) -> &RamConfig {
@@ -654,8 +670,13 @@ impl Tagger {
 
     /// A tagger as LION uses it (per-class thresholds, tag-list order), RAM's tag list or
     /// synthetic names ([`TagVocab::for_model`]); see [`Ram::from_spec`].
-    pub fn from_spec(weights: Option<&Path>, config: &str, dev: &Device) -> crate::Result<Self> {
-        let model = Ram::from_spec(weights, config, dev)?;
+    pub fn from_spec(
+        weights: Option<&Path>,
+        config: &str,
+        init_seed: Option<u64>,
+        dev: &Device,
+    ) -> crate::Result<Self> {
+        let model = Ram::from_spec(weights, config, init_seed, dev)?;
         let vocab = TagVocab::for_model(None, model.config().num_tags)?;
         Self::new(model, vocab, dev.clone())
     }

@@ -242,6 +242,10 @@ pub struct RamArgs {
     /// tests).
     #[arg(long, value_name = "CONFIG")]
     pub ram_random: Option<String>,
+    /// With --ram-random: draw its weights from this seed, the same tagger on every run
+    /// (without it, an unseeded draw).
+    #[arg(long, requires = "ram_random")]
+    pub ram_init_seed: Option<u64>,
 }
 
 impl RamArgs {
@@ -252,7 +256,8 @@ impl RamArgs {
             (None, Some(cfg)) => (None, cfg.as_str()),
             (None, None) => return Ok(None),
         };
-        let tagger = lion_core::tagger::Tagger::from_spec(weights, config, dev)?;
+        let tagger =
+            lion_core::tagger::Tagger::from_spec(weights, config, self.ram_init_seed, dev)?;
         tracing::info!(tags = tagger.vocab.len(), "RAM tagger loaded");
         Ok(Some(tagger))
     }

@@ -28,6 +28,10 @@ pub struct Args {
     /// tests, benchmarks).
     #[arg(long, value_name = "CONFIG")]
     ram_random: Option<String>,
+    /// With --ram-random: draw its weights from this seed, the same tagger on every run
+    /// (without it, an unseeded draw).
+    #[arg(long, requires = "ram_random")]
+    ram_init_seed: Option<u64>,
     /// Sentence-embedding model for POST /v1/embed: a folder or a Hub id.
     #[arg(long, default_value = super::DEFAULT_MINILM, value_parser = super::model_dir)]
     embed_model: PathBuf,
@@ -163,7 +167,8 @@ pub fn run(args: Args) -> Result<()> {
         (None, None) => None,
     };
     if let Some((weights, config)) = ram {
-        let tagger = lion_core::tagger::Tagger::from_spec(weights, config, &dev)?;
+        let tagger =
+            lion_core::tagger::Tagger::from_spec(weights, config, args.ram_init_seed, &dev)?;
         tracing::info!(tags = tagger.vocab.len(), "RAM tagger loaded");
         backend = backend.with_tagger(tagger, dev.clone());
     }

@@ -16,6 +16,10 @@ pub struct Args {
     /// Random weights instead of a checkpoint (smoke tests, benchmarks).
     #[arg(long, conflicts_with = "weights")]
     random_weights: bool,
+    /// With --random-weights: draw them from this seed, the same tagger on every run (without
+    /// it, an unseeded draw).
+    #[arg(long, requires = "random_weights")]
+    init_seed: Option<u64>,
     /// A tagger folder written by `lion train-tagger` (model.safetensors, config.json,
     /// tag_list.txt, tag_list_threshold.txt) instead of --weights/--config/--tags/--thresholds.
     /// A folder or a Hub id.
@@ -85,7 +89,8 @@ pub fn run(args: Args) -> Result<()> {
         Some(dir) => lion_train::tagger_trainer::load_trained_tagger(dir, &dev)
             .with_context(|| format!("cannot load the tagger folder {}", dir.display()))?,
         None => {
-            let model = Ram::from_spec(args.weights.as_deref(), &args.config, &dev)?;
+            let model =
+                Ram::from_spec(args.weights.as_deref(), &args.config, args.init_seed, &dev)?;
             let vocab = vocab(&args, model.config().num_tags)?;
             Tagger::new(model, vocab, dev)?
         }
