@@ -1,8 +1,8 @@
 //! The f32 GEMM kernels at the model's shapes, candle's matmul (the `gemm` crate) against
 //! `lion_core::sgemm` (AVX-512, or its AVX2 tile), alternating, median of `REPEATS`: the
 //! forward `x (m, k) @ W^T` with W (n, k), the backward's input gradient `g (m, n) @ W (n, k)`
-//! and weight gradient `g^T @ x`; where the CPU has
-//! AVX512-BF16, also `sgemm` f32 against `bf16::matmul_wt` (W stored in bf16).
+//! and weight gradient `g^T @ x`, and attention's per-head products batched over heads
+//! (`sgemm::matmul_tensors`); where the CPU has AVX512-BF16, also `sgemm` f32 against `bf16::matmul_wt` (W stored in bf16).
 //!
 //! It first measures the cores' FMA peak (independent FMA chains on every rayon thread, with
 //! the widest vectors the tile uses: 512-bit where sgemm runs its AVX-512 tile, else 256-bit),
@@ -234,6 +234,36 @@ fn main() -> candle_core::Result<()> {
                 )
             },
         );
+    }
+    // attention's per-head products, batched over (batch x heads) through `matmul_tensors` as
+    // the attention kernel runs them: scores q @ k^T, context p @ v, and the backward's
+    // dv = p^T @ g (A a transposed view; sgemm runs it swapped, see `tall_transposed`).
+    // 24 = the train step's 2 x 12 heads of T5-base over 349 tokens; 384 = the tag-encoder
+    // step's 32 strings x 12 heads of MiniLM (head width 32) over 42 tokens
+    println!("heads x (m x k x n)  gemm crate ms  GFLOP/s   sgemm ms  GFLOP/s   speedup");
+    for (h, t, d) in [(24, 349, 64), (384, 42, 32)] {
+        let q = Tensor::randn(0f32, 1., (h, t, d), &Device::Cpu)?;
+        let kk = Tensor::randn(0f32, 1., (h, t, d), &Device::Cpu)?;
+        let p = Tensor::randn(0f32, 1., (h, t, t), &Device::Cpu)?;
+        let (kt, pt) = (kk.t()?, p.t()?);
+        for (label, (m, k, n), a, b) in [
+            ("q @ k^T", (t, d, t), &q, &kt),
+            ("p @ v", (t, t, d), &p, &kk),
+            ("p^T @ g", (t, t, d), &pt, &q),
+        ] {
+            compare(
+                format!("{h} x {label} {m}x{k}x{n}"),
+                (h * m, k, n),
+                repeats,
+                // candle's matmul takes a transposed batch item only as a copy
+                || {
+                    a.matmul(b)
+                        .or_else(|_| a.contiguous()?.matmul(b))
+                        .expect("candle matmul")
+                },
+                || sgemm::matmul_tensors(a, b).expect("sgemm batched"),
+            );
+        }
     }
     if lion_core::cpu::kernels().bf16 != lion_core::cpu::Bf16Kernel::Avx512Bf16 {
         println!("no AVX512-BF16 on this CPU: the bf16 kernel is not compared");

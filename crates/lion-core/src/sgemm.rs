@@ -983,6 +983,17 @@ pub fn bmm(
 
 struct Matmul;
 
+/// Whether `a (m, k) @ b (k, n)` runs faster as `(b^T a^T)^T`: a transposed view `a`
+/// (attention's backward `p^T @ g`, rows of `p` in memory) with a row-major `b` of a few columns
+/// against many rows. Packing `a` as it is reads `m` values per step of `k` from another row of
+/// `p` (a strided walk over all of `p`); swapped, `p` is packed along its rows and the strided
+/// walk is over the narrow `b`. On an AMD EPYC Zen 3 (AVX2, 2 cores), 24 heads of
+/// (349 x 349)^T @ (349 x 64) (`examples/gemm_shapes.rs`): 60-80 -> 91-93 GFLOP/s. Batched
+/// products only (2-D weight gradients keep their path: not measured swapped).
+fn tall_transposed(m: usize, n: usize, a: MatRef, b: MatRef) -> bool {
+    a.rs == 1 && a.cs >= m && b.cs == 1 && b.rs >= n && m >= 4 * n
+}
+
 impl candle_core::CustomOp2 for Matmul {
     fn name(&self) -> &'static str {
         "lion-sgemm"
@@ -1031,7 +1042,30 @@ impl candle_core::CustomOp2 for Matmul {
                 a.fits(m, k) && b.fits(k, n),
                 "sgemm: views do not fit ({m}, {k}) x ({k}, {n})"
             );
-            gemm_into(m, n, k, a, BSrc::F32(b), ci)
+            if batch > 1 && tall_transposed(m, n, a, b) {
+                // C^T = B^T A^T: A^T is then read along its rows (contiguous) and the strided
+                // operand is the narrow B^T; every element is the same FMA chain (the products'
+                // factors swap), so the same bits
+                let mut ct = out_buf(n * m, k);
+                let bt = MatRef {
+                    data: b.data,
+                    rs: b.cs,
+                    cs: b.rs,
+                };
+                let at = MatRef {
+                    data: a.data,
+                    rs: a.cs,
+                    cs: a.rs,
+                };
+                gemm_into(n, m, k, bt, BSrc::F32(at), &mut ct);
+                for (i, row) in ci.chunks_exact_mut(n).enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = ct[j * m + i];
+                    }
+                }
+            } else {
+                gemm_into(m, n, k, a, BSrc::F32(b), ci)
+            }
         };
         if batch == 1 {
             // on this thread: a rayon worker would pack `A` into its own malloc arena, where a

@@ -450,6 +450,56 @@ fn batched_products_match_candle_and_keep_gradients() -> lion_core::Result<()> {
     Ok(())
 }
 
+/// Attention's backward `p^T @ g` with many rows and few columns runs as `(g^T p)^T`
+/// (`sgemm`'s swapped path): the same bits as the product of a contiguous copy of `p^T` (every
+/// element the same FMA chain), on edge sizes of the tile and of the 256-deep slices. Skipped
+/// with a printed reason without sgemm.
+#[test]
+fn tall_transposed_products_give_the_bits_of_the_plain_product() -> lion_core::Result<()> {
+    if !lion_core::sgemm::available() {
+        eprintln!("skipped: no sgemm kernel on this CPU (neither AVX-512 nor AVX2 + FMA, or capped by LION_CPU or LION_F32_GEMM)");
+        return Ok(());
+    }
+    let dev = Device::Cpu;
+    for (batch, t, d) in [
+        (3, 349, 64),
+        (2, 17, 1),
+        (4, 260, 7),
+        (2, 48, 12),
+        (5, 300, 33),
+    ] {
+        let p = Tensor::from_vec(uniform(batch * t * t, t as u32), (batch, t, t), &dev)?;
+        let g = Tensor::from_vec(uniform(batch * t * d, d as u32), (batch, t, d), &dev)?;
+        let pt = p.t()?;
+        let got = lion_core::sgemm::matmul_tensors(&pt, &g)?;
+        let want = lion_core::sgemm::matmul_tensors(&pt.contiguous()?, &g)?;
+        let (got, want) = (
+            got.flatten_all()?.to_vec1::<f32>()?,
+            want.flatten_all()?.to_vec1::<f32>()?,
+        );
+        assert_eq!(got.len(), batch * t * d);
+        for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                x.to_bits() == y.to_bits(),
+                "({batch}, {t}, {t})^T @ ({t}, {d}), element {i}: {x} vs {y}"
+            );
+        }
+        // and close to candle's product (another summation order)
+        let candle = pt
+            .contiguous()?
+            .matmul(&g)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let d = got
+            .iter()
+            .zip(&candle)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-3, "max diff from candle's matmul {d}");
+    }
+    Ok(())
+}
+
 /// NaN in either operand reaches the output through the packing (which flushes subnormals, and
 /// once zeroed NaN lanes too): a NaN in row r of `x` makes row r all NaN, one in weight row j
 /// column j; every other element stays finite. Skipped with a printed reason without sgemm.

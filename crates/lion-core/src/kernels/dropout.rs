@@ -30,7 +30,8 @@ impl CustomOp1 for Dropout {
         let scale = 1.0 / (1.0 - self.p);
         let thr = self.threshold();
         let key = mix64(self.seed);
-        let mut y = vec![0f32; x.len()];
+        // SAFETY: the chunks cover `y`, and `apply_dropout` writes every element of its chunk.
+        let mut y = unsafe { uninit_f32(x.len()) };
         const CHUNK: usize = 1 << 14;
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
