@@ -39,7 +39,7 @@ enum Command {
     Tag(cmd::tag::Args),
     /// Train the tiny RAM-architecture tagger on a ShapesWorld: `lion train-tagger --world W --out DIR`.
     TrainTagger(cmd::train_tagger::Args),
-    /// The seed experiment end to end (runs what exists so far, and says what does not).
+    /// The seed experiment end to end: world, tags, tag encoder, a PEFT run per prompt kind, evaluation, report: `lion demo --out DIR`.
     Demo(cmd::demo::Args),
     /// ShapesWorld, the synthetic world of the demo: `lion world generate --out DIR --seed S ...`.
     World(cmd::world::Args),
@@ -100,8 +100,45 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `e` and its causes joined by ": ", as `{e:#}` prints them, except that a cause whose text
+/// already ends the message before it (an error that prints its source itself, such as a file
+/// error "path: reason") is not printed twice.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.is_empty() && out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn a_cause_the_message_already_ends_with_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(lion_core::Error::io("/m/config.json", io))
+            .context("cannot load model folder /m");
+        assert_eq!(
+            error_chain(&e),
+            "cannot load model folder /m: /m/config.json: No such file"
+        );
+        // causes that add something are all kept
+        let e = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(error_chain(&e), "outer: middle: inner");
     }
 }
