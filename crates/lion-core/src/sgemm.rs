@@ -1088,6 +1088,32 @@ impl candle_core::CustomOp2 for Matmul {
 mod tests {
     use super::*;
 
+    /// The swapped path is taken for attention's backward `p^T @ g` at T5's shape (so the
+    /// bit-for-bit test in tests/linear.rs exercises it), and not for a row-major `A`, a
+    /// transposed `B`, or rows fewer than 4x the columns (the tag encoder's 42 x 32 heads).
+    #[test]
+    fn the_tall_transposed_product_takes_the_swapped_path() {
+        let (t, d) = (349, 64);
+        let p = vec![0f32; t * t];
+        let g = vec![0f32; t * d];
+        let pt = MatRef::transposed(&p, t);
+        assert!(tall_transposed(t, d, pt, MatRef::row_major(&g, d)));
+        assert!(!tall_transposed(
+            t,
+            d,
+            MatRef::row_major(&p, t),
+            MatRef::row_major(&g, d)
+        ));
+        assert!(!tall_transposed(t, d, pt, MatRef::transposed(&g, t)));
+        let (t, d) = (42, 32);
+        assert!(!tall_transposed(
+            t,
+            d,
+            MatRef::transposed(&p[..t * t], t),
+            MatRef::row_major(&g[..t * d], d)
+        ));
+    }
+
     /// The AVX2 tile and packers give the AVX-512 ones' bits, on edge shapes of the tile and
     /// the slices, every packing layout, and subnormal and NaN inputs (where the CPU has both;
     /// skipped with a printed reason otherwise).
