@@ -647,8 +647,18 @@ def compare(out_dir):
           f"speedup = torch time / lion time")
     if ours[0].get("cpu"):
         print(f"cpu: {ours[0]['cpu']}")
-    hdr = f"{'stage':<16} {'lion ms':>10} {'torch ms':>10} {'speedup':>8} {'lion GF/s':>10} {'torch GF/s':>10} " \
-          f"{'lion %GEMM':>10} {'torch %GEMM':>11} {'lion MiB':>9} {'torch MiB':>9}"
+    # per round: torch's median over lion's median of the same round (the two ran back to back),
+    # so a machine whose speed drifts between rounds shows as a spread here, not as a speedup
+    def round_ratios(name):
+        xs = []
+        for ro, rt in zip(ours, theirs):
+            lo = next((s["median_s"] for s in ro["stages"] if s["name"] == name), None)
+            to = next((s["median_s"] for s in rt["stages"] if s["name"] == name), None)
+            if lo and to:
+                xs.append(to / lo)
+        return xs
+    hdr = f"{'stage':<16} {'lion ms':>10} {'torch ms':>10} {'speedup':>8} {'per round':>11} {'lion GF/s':>10} " \
+          f"{'torch GF/s':>10} {'lion %GEMM':>10} {'torch %GEMM':>11} {'lion MiB':>9} {'torch MiB':>9}"
     print(hdr)
     rows = []
     fmt = lambda x, p: "-" if x is None else f"{x:.{p}f}"
@@ -656,13 +666,15 @@ def compare(out_dir):
         if name not in t:
             continue
         lo, to = med(o[name], "median_s"), med(t[name], "median_s")
-        row = {"stage": name, "lion_s": lo, "torch_s": to, "speedup": to / lo,
+        ratios = round_ratios(name)
+        row = {"stage": name, "lion_s": lo, "torch_s": to, "speedup": to / lo, "speedup_per_round": ratios,
                "lion_gflops": med(o[name], "gflops"), "torch_gflops": med(t[name], "gflops"),
                "lion_frac_of_gemm": med(o[name], "frac_of_gemm"), "torch_frac_of_gemm": med(t[name], "frac_of_gemm"),
                "lion_peak_mib": med(o[name], "peak_rss_mib"), "torch_peak_mib": med(t[name], "peak_rss_mib")}
         rows.append(row)
         pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"
-        print(f"{name:<16} {lo * 1e3:>10.1f} {to * 1e3:>10.1f} {row['speedup']:>7.2f}x "
+        spread = "-" if len(ratios) < 2 else f"{min(ratios):.2f}-{max(ratios):.2f}"
+        print(f"{name:<16} {lo * 1e3:>10.1f} {to * 1e3:>10.1f} {row['speedup']:>7.2f}x {spread:>11} "
               f"{fmt(row['lion_gflops'], 1):>10} {fmt(row['torch_gflops'], 1):>10} "
               f"{pct(row['lion_frac_of_gemm']):>10} {pct(row['torch_frac_of_gemm']):>11} "
               f"{fmt(row['lion_peak_mib'], 0):>9} {fmt(row['torch_peak_mib'], 0):>9}")
