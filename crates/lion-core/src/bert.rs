@@ -245,10 +245,7 @@ impl BertSelfAttention {
     }
 
     fn heads(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, t, _) = xs.dims3()?;
-        xs.reshape((b, t, self.num_heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
+        crate::kernels::split_heads(xs, self.num_heads)
     }
 
     /// xs: (b, q, hidden); kv: (b, k, kv_dim) or None for self-attention;
@@ -269,9 +266,7 @@ impl BertSelfAttention {
         let p = if train { self.dropout as f32 } else { 0.0 };
         let masks: Vec<&Tensor> = mask.into_iter().collect();
         let ctx = crate::kernels::attention(&q, &k, &v, scale, &masks, p)?;
-        let (b, _, t, _) = ctx.dims4()?;
-        ctx.transpose(1, 2)?
-            .reshape((b, t, self.num_heads * self.head_dim))
+        crate::kernels::merge_heads(&ctx)
     }
 }
 

@@ -23,7 +23,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 
 use crate::cpu::{Quantize, WeightDtype};
 use crate::quant::QWeight;
@@ -352,6 +352,77 @@ impl CustomOp2 for MatmulWt {
     }
 }
 
+/// `x @ W^T + b` as one autograd node, for an f32 input and bias: the product as [`MatmulWt`],
+/// then `z + b` added in place (per element the same f32 sum as [`crate::kernels::add_bias`]),
+/// and a backward that hands the incoming gradient straight to the product's. As two nodes the
+/// intermediate `z` got a gradient entry of its own in candle's backward (a zero-filled buffer
+/// of the output's size, plus a pass adding the bias node's pass-through into it), and the
+/// forward a second pass over the output; a training step of the tag encoder (BERT: every
+/// linear has a bias) makes 36 such outputs of up to 1504 x 1536. Bit for bit the two-node
+/// composition (tests/linear.rs).
+struct MatmulWtBias;
+
+impl CustomOp3 for MatmulWtBias {
+    fn name(&self) -> &'static str {
+        "lion-linear-bias"
+    }
+
+    /// x (..., k) contiguous f32, w (n, k), b (n,) f32 -> (..., n) f32
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, shape) = MatmulWt.cpu_fwd(s1, l1, s2, l2)?;
+        let n = *shape.dims().last().expect("rank checked by the caller");
+        let (CpuStorage::F32(mut y), CpuStorage::F32(b), Some((b0, b1))) =
+            (y, s3, l3.contiguous_offsets())
+        else {
+            candle_core::bail!("lion-linear-bias: f32 output and contiguous f32 bias only")
+        };
+        let b = &b[b0..b1];
+        if b.len() != n {
+            candle_core::bail!("lion-linear-bias: bias of {} for {n} outputs", b.len())
+        }
+        let add = |rows: &mut [f32]| {
+            for r in rows.chunks_exact_mut(n) {
+                r.iter_mut().zip(b).for_each(|(v, &bv)| *v += bv);
+            }
+        };
+        if y.len() >= 1 << 16 && n > 0 {
+            use rayon::prelude::*;
+            let rows = (y.len() / n)
+                .div_ceil(4 * rayon::current_num_threads())
+                .max(1);
+            y.par_chunks_mut(rows * n).for_each(add);
+        } else if n > 0 {
+            add(&mut y);
+        }
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = MatmulWt.bwd(x, w, res, grad)?;
+        let gb = if b.track_op() {
+            Some(crate::kernels::sum_rows(grad)?)
+        } else {
+            None
+        };
+        Ok((gx, gw, gb))
+    }
+}
+
 /// A linear layer's weight: a tensor (f32 or bf16), or quantized blocks.
 #[derive(Debug, Clone)]
 enum Weight {
@@ -455,10 +526,17 @@ impl Module for Linear {
         if !cpu {
             return self.forward_plain(weight, xs);
         }
-        let y = xs.contiguous()?.apply_op2(weight, MatmulWt)?;
+        let xs = xs.contiguous()?;
         match &self.bias {
-            Some(b) => crate::kernels::add_bias(&y, b),
-            None => Ok(y),
+            Some(b)
+                if xs.dtype() == DType::F32
+                    && b.dtype() == DType::F32
+                    && b.dims() == [weight.dim(0)?] =>
+            {
+                xs.apply_op3(weight, &b.contiguous()?, MatmulWtBias)
+            }
+            Some(b) => crate::kernels::add_bias(&xs.apply_op2(weight, MatmulWt)?, b),
+            None => xs.apply_op2(weight, MatmulWt),
         }
     }
 }

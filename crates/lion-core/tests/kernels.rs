@@ -366,3 +366,67 @@ fn sum_rows_and_bias_add_match_candle() {
         }
     }
 }
+
+/// `split_heads` and `merge_heads` are the reshape / transpose / contiguous composition, value
+/// for value, and pass the gradient back unchanged (one node each instead of three), tracked
+/// and untracked, large enough for the parallel copy and small; a width that is not a multiple
+/// of the heads is an error.
+#[test]
+fn split_and_merge_heads_are_the_composition_forward_and_backward() {
+    let dev = Device::Cpu;
+    for (b, t, h, d) in [(2, 47, 12, 32), (1, 3, 2, 5), (3, 1, 4, 8)] {
+        let n = b * t * h * d;
+        let vals: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let x = Var::from_vec(vals, (b, t, h * d), &dev).unwrap();
+        let w = Tensor::arange(0f32, n as f32, &dev)
+            .unwrap()
+            .reshape((b, h, t, d))
+            .unwrap();
+        let split = kernels::split_heads(x.as_tensor(), h).unwrap();
+        let want = x
+            .as_tensor()
+            .reshape((b, t, h, d))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let bits = |t: &Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(split.dims(), &[b, h, t, d]);
+        assert_eq!(bits(&split), bits(&want), "split {b} {t} {h} {d}");
+        let merged = kernels::merge_heads(&split).unwrap();
+        assert_eq!(bits(&merged), bits(x.as_tensor()), "merge {b} {t} {h} {d}");
+        // through both: d/dx sum(split(x) * w) is w merged back; and merge's own gradient
+        let g1 = (split.clone() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (want * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gx = |g: &candle_core::backprop::GradStore| bits(g.get(x.as_tensor()).unwrap());
+        assert_eq!(gx(&g1), gx(&g2), "split gradient {b} {t} {h} {d}");
+        let wm = kernels::merge_heads(&w).unwrap();
+        let g3 = (merged * &wm)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(gx(&g3), bits(&wm), "merge gradient {b} {t} {h} {d}");
+        // untracked: the same values
+        let plain = kernels::split_heads(&x.as_tensor().detach(), h).unwrap();
+        assert_eq!(bits(&plain), bits(&split));
+    }
+    let x = Tensor::zeros((1, 2, 10), candle_core::DType::F32, &dev).unwrap();
+    assert!(kernels::split_heads(&x, 3).is_err());
+    assert!(kernels::split_heads(&x, 0).is_err());
+}

@@ -585,3 +585,63 @@ fn bf16_subnormal_weights_are_flushed_at_load_and_nothing_else_changes() {
     want[2] = 0x0000;
     assert_eq!(got, want);
 }
+
+/// A linear layer with an f32 bias runs `x @ W^T + b` as one autograd node; its output and every
+/// gradient are the bits of the two-node composition it replaced (the bias-free layer, then
+/// `kernels::add_bias`), for the GEMM's and the skinny kernel's row counts, and a frozen weight
+/// or bias still gets no gradient.
+#[test]
+fn a_biased_linear_gives_the_bits_of_the_product_then_the_bias() -> lion_core::Result<()> {
+    let dev = Device::Cpu;
+    let (k, n) = (37, 50);
+    for (rows, seed) in [(120, 1), (5, 2)] {
+        let x0 = Tensor::from_vec(uniform(rows * k, seed), (rows / 5, 5, k), &dev)?;
+        let w0 = Tensor::from_vec(uniform(n * k, seed + 10), (n, k), &dev)?;
+        let b0 = Tensor::from_vec(uniform(n, seed + 20), n, &dev)?;
+        let coef = Tensor::from_vec(uniform(rows * n, seed + 30), (rows / 5, 5, n), &dev)?;
+        for (train_w, train_b) in [(true, true), (false, true), (true, false), (false, false)] {
+            let run = |fused: bool| -> lion_core::Result<Vec<Option<Vec<f32>>>> {
+                let x = Var::from_tensor(&x0)?;
+                let w = if train_w {
+                    Var::from_tensor(&w0)?.as_tensor().clone()
+                } else {
+                    w0.clone()
+                };
+                let b = if train_b {
+                    Var::from_tensor(&b0)?.as_tensor().clone()
+                } else {
+                    b0.clone()
+                };
+                let y = if fused {
+                    Linear::new(w.clone(), Some(b.clone())).forward(x.as_tensor())?
+                } else {
+                    let z = Linear::new(w.clone(), None).forward(x.as_tensor())?;
+                    lion_core::kernels::add_bias(&z, &b)?
+                };
+                let grads = (y.sqr()? * &coef)?.sum_all()?.backward()?;
+                let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+                let mut out = vec![Some(flat(&y)?)];
+                for t in [x.as_tensor(), &w, &b] {
+                    out.push(grads.get(t).map(flat).transpose()?);
+                }
+                Ok(out)
+            };
+            let (fused, plain) = (run(true)?, run(false)?);
+            let what = ["output", "x grad", "w grad", "b grad"];
+            for ((f, p), what) in fused.iter().zip(&plain).zip(what) {
+                let bits = |v: &Option<Vec<f32>>| {
+                    v.as_ref()
+                        .map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+                };
+                assert_eq!(
+                    bits(f),
+                    bits(p),
+                    "{rows} rows, w {train_w} b {train_b}: {what}"
+                );
+            }
+            assert_eq!(fused[2].is_some(), train_w, "weight gradient iff trainable");
+            assert_eq!(fused[3].is_some(), train_b, "bias gradient iff trainable");
+        }
+    }
+    Ok(())
+}

@@ -125,10 +125,7 @@ impl T5Attention {
     }
 
     fn heads(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, t, _) = xs.dims3()?;
-        xs.reshape((b, t, self.n_heads, self.d_kv))?
-            .transpose(1, 2)?
-            .contiguous()
+        crate::kernels::split_heads(xs, self.n_heads)
     }
 
     /// Keys and values of `src`: (b, k, d) -> 2 x (b, heads, k, d_kv).
@@ -175,10 +172,7 @@ impl T5Attention {
             return self.o.forward(&ctx);
         }
         let ctx = self.attend_heads(&q, kv, bias, mask, train)?; // (b, h, q, d_kv)
-        let ctx = ctx
-            .transpose(1, 2)?
-            .reshape((b, q_len, self.n_heads * self.d_kv))?;
-        self.o.forward(&ctx)
+        self.o.forward(&crate::kernels::merge_heads(&ctx)?)
     }
 
     /// Attention over heads: q (b, h, q, d_kv), kv (b, h, k, d_kv) -> (b, h, q, d_kv).
