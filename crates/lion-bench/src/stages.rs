@@ -104,7 +104,9 @@ pub fn run_on(dir: &Path, dev: &Device) -> Result<BenchReport> {
             WeightDtype::Bf16 => weight.to_dtype(DType::BF16)?,
             WeightDtype::F32 => weight,
         };
-        let linear = lion_core::linear::Linear::new(weight, None);
+        let linear = lion_core::linear::with_weight_dtype(setup.dtype, || {
+            lion_core::linear::Linear::new(weight, None)
+        });
         let runs = time_runs(&dev, reps.max(5), || {
             candle_core::Module::forward(&linear, &a)?;
             Ok(())
@@ -168,9 +170,11 @@ pub fn run_on(dir: &Path, dev: &Device) -> Result<BenchReport> {
             .map(|p| decode_step_flops(cfg, rows, p, s))
             .sum::<f64>()
             / (steps - 1).max(1) as f64;
-        let dense = match setup.dtype {
-            WeightDtype::Bf16 => 2.0,
-            WeightDtype::F32 => 4.0,
+        // the bytes the weights are kept in: bf16 under `--dtype bf16`, and in an f32 model
+        // where the checkpoint stores bf16 (kept as stored, `linear::get_weight`)
+        let dense = match (setup.dtype, model.lm_head().map(|w| w.dtype())) {
+            (WeightDtype::Bf16, _) | (_, Some(DType::BF16)) => 2.0,
+            _ => 4.0,
         };
         let block = setup.quantize.map_or(dense, |q| q.mean_bytes_per_weight());
         stages.push(with_bytes(

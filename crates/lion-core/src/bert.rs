@@ -10,9 +10,11 @@
 //! gradients, tested against the composition), so every variable trains.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Embedding, VarBuilder};
+use candle_nn::VarBuilder;
+
 use serde::{Deserialize, Serialize};
 
+use crate::embedding::Embedding;
 use crate::linear::Linear;
 use crate::ops::{dropout, Activation, LayerNorm};
 
@@ -138,15 +140,11 @@ pub struct BertEmbeddings {
 }
 
 fn embedding(n: usize, dim: usize, vb: VarBuilder) -> Result<Embedding> {
-    let w = vb.get_with_hints(
-        (n, dim),
-        "weight",
-        candle_nn::Init::Randn {
-            mean: 0.,
-            stdev: 0.02,
-        },
-    )?;
-    Ok(Embedding::new(w, dim))
+    let init = candle_nn::Init::Randn {
+        mean: 0.,
+        stdev: 0.02,
+    };
+    Embedding::load(&vb, n, dim, init)
 }
 
 impl BertEmbeddings {

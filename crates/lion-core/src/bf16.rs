@@ -6,8 +6,8 @@
 //! accumulators: each tile holds 6 rows of `x` against 4 weight rows (24 accumulators, 4 weight
 //! and 1 input register of the 32), reads each weight row once per 6 input rows, and sums the 4
 //! columns' lanes together at the end. Parallel over blocks of weight rows (rayon), so a few
-//! decoding rows stream the weight once at half the f32 bytes. Without AVX512-BF16 the weight is
-//! widened to f32 and the f32 path runs (`portable`). From [`WIDEN_MIN_ROWS`] rows on, where
+//! decoding rows stream the weight once at half the f32 bytes. Without AVX512-BF16 the f32 kernels run
+//! with the weight widened as it is loaded ([`matmul_wt_widened`]). From [`WIDEN_MIN_ROWS`] rows on, where
 //! [`crate::cpu::Bf16Gemm::WidenF32`] is picked (Intel: `vdpbf16ps` there is slower than the f32
 //! AVX-512 GEMM, see its docs), the f32 GEMM runs with the weight widened while it is packed
 //! ([`crate::sgemm::matmul_wt_bf16`]) and `x` is not rounded. Accumulation is f32 throughout;
@@ -115,8 +115,31 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32
     if crate::cpu::kernels().bf16 == crate::cpu::Bf16Kernel::Avx512Bf16 && !widens(m) {
         return native(x, m, k, w, n);
     }
-    if m > crate::skinny::MAX_ROWS && crate::sgemm::available() {
-        // widened while packed: no f32 copy of the weight
+    // widened in registers (few rows) or while packed (the GEMM): no f32 copy of the weight
+    matmul_wt_widened(x, m, k, w, n)
+}
+
+/// `x @ w^T` in f32 for a weight that is stored in bf16 but stands for f32 values (an f32 model
+/// whose checkpoint holds bf16, [`crate::linear::get_weight`]): `x` is never rounded and the
+/// result is bit for bit [`crate::sgemm::matmul_wt`] of the widened weight, on every CPU (the
+/// same kernel and summation order for every row count: [`crate::skinny::matmul_wt_bf16`] up to
+/// its rows, the f32 GEMM widening while it packs above), with no f32 copy of the weight.
+///
+/// Panics unless `x.len() == m * k` and `w.len() == n * k` (callers check shapes first).
+pub fn matmul_wt_widened(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
+    assert!(
+        x.len() == m * k && w.len() == n * k,
+        "bf16::matmul_wt_widened: x {} for ({m}, {k}), w {} for ({n}, {k})",
+        x.len(),
+        w.len()
+    );
+    if m == 0 || n == 0 {
+        return vec![];
+    }
+    if (1..=crate::skinny::MAX_ROWS).contains(&m) {
+        return crate::skinny::matmul_wt_bf16(x, m, k, w, n);
+    }
+    if k > 0 && crate::sgemm::available() {
         return crate::sgemm::matmul_wt_bf16(x, m, k, w, n);
     }
     portable(x, m, k, w, n)

@@ -17,6 +17,7 @@ pub mod convert;
 pub mod convnet;
 pub mod cpu;
 pub mod device;
+pub mod embedding;
 pub mod error;
 pub mod eva_vit;
 pub mod flip_text;

@@ -12,7 +12,9 @@
 //! bf16 weights (`--dtype bf16`): a model built inside [`with_weight_dtype`]`(Bf16, ..)` gets the
 //! frozen weights of its big linear layers (those built through [`load_weight`]: T5, BERT /
 //! Q-Former, EVA ViT) converted to bf16 once; activations stay f32, and `x @ W^T` runs
-//! [`crate::bf16::matmul_wt`] (f32 accumulation). Trainable weights (`Var`s) stay f32.
+//! [`crate::bf16::matmul_wt`] (f32 accumulation). Trainable weights (`Var`s) stay f32. An f32
+//! model keeps a frozen weight its checkpoint stores in bf16 as bf16 ([`get_weight`]) and
+//! multiplies it as the widened f32 weight, bit for bit ([`crate::bf16::matmul_wt_widened`]).
 //!
 //! Quantized weights (`--quantize q8_0|q4_0|q4k`): inside [`with_quantize`], [`load_linear`] with
 //! `quantizable` (the ViT's and T5's blocks; never the LM head) stores a frozen CPU weight as a
@@ -33,6 +35,14 @@ thread_local! {
     static WEIGHT_DTYPE: Cell<WeightDtype> = const { Cell::new(WeightDtype::F32) };
     static QUANTIZE: Cell<Option<Quantize>> = const { Cell::new(None) };
     static QUANTIZABLE: RefCell<Option<Vec<QuantizableKey>>> = const { RefCell::new(None) };
+    static KEEP_BF16: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the weight being read now ([`get_weight`] in an f32 model) may keep a bf16
+/// checkpoint tensor as it is stored: the weight loader ([`crate::weights::WeightLoader`])
+/// asks, and hands such a tensor out in bf16 instead of widening it to f32 (CPU only).
+pub fn keeps_stored_bf16() -> bool {
+    KEEP_BF16.with(|k| k.get())
 }
 
 /// How `--quantize` treats a linear layer.
@@ -197,6 +207,7 @@ pub fn load_linear(w: Tensor, bias: Option<Tensor>, role: Quantizable) -> Result
             return Ok(Linear {
                 weight: Weight::Quantized(Arc::new(QWeight::quantize(&values, n, k, q))),
                 bias,
+                widened: false,
             });
         }
     }
@@ -209,6 +220,7 @@ impl Linear {
         Self {
             weight: Weight::Quantized(Arc::new(weight)),
             bias,
+            widened: false,
         }
     }
 }
@@ -228,18 +240,50 @@ pub fn with_weight_dtype<T>(dtype: WeightDtype, f: impl FnOnce() -> T) -> T {
 
 /// A frozen linear layer's weight read from `vb` in the dtype it will be kept in: bf16 inside
 /// `with_weight_dtype(Bf16, ..)` (a bf16 file is then read as stored, with no f32 copy on the
-/// way; an f32 file is rounded once), else `vb`'s dtype. Then [`load_weight`].
+/// way; an f32 file is rounded once), else `vb`'s dtype, except that an f32 model on the CPU
+/// keeps a weight its checkpoint stores in bf16 as it is (exactly the f32 values, in half the
+/// memory; [`Linear::new`] multiplies it as f32, bit for bit the widened weight's result).
+/// Then [`load_weight`].
 pub fn get_weight(
     vb: &candle_nn::VarBuilder,
     shape: impl Into<Shape>,
     name: &str,
     init: candle_nn::Init,
 ) -> Result<Tensor> {
-    let dtype = match WEIGHT_DTYPE.with(|d| d.get()) {
-        WeightDtype::Bf16 => DType::BF16,
-        WeightDtype::F32 => vb.dtype(),
+    let w = match WEIGHT_DTYPE.with(|d| d.get()) {
+        WeightDtype::Bf16 => vb.get_with_hints_dtype(shape, name, init, DType::BF16)?,
+        WeightDtype::F32 => get_as_stored(vb, shape, name, init)?,
     };
-    load_weight(vb.get_with_hints_dtype(shape, name, init, dtype)?)
+    load_weight(w)
+}
+
+/// A frozen tensor read from an f32 `vb`: kept in bf16 when its checkpoint stores it so on the
+/// CPU (exactly its f32 values, in half the memory), else in `vb`'s dtype. Linear weights of an
+/// f32 model ([`get_weight`]) and lookup tables ([`crate::embedding::Embedding::load`], also
+/// under `--dtype bf16`) are read so.
+pub fn get_as_stored(
+    vb: &candle_nn::VarBuilder,
+    shape: impl Into<Shape>,
+    name: &str,
+    init: candle_nn::Init,
+) -> Result<Tensor> {
+    if vb.dtype() != DType::F32 {
+        return vb.get_with_hints_dtype(shape, name, init, vb.dtype());
+    }
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KEEP_BF16.with(|k| k.set(self.0));
+        }
+    }
+    let _restore = Restore(KEEP_BF16.with(|k| k.replace(true)));
+    vb.get_with_hints_dtype(shape, name, init, DType::F32)
+}
+
+/// Whether a bf16 tensor built now (a model's construction) holds f32 values stored compactly
+/// (an f32 model over a bf16 checkpoint) rather than bf16 compute (`--dtype bf16`).
+fn bf16_is_widened(t: &Tensor) -> bool {
+    t.dtype() == DType::BF16 && WEIGHT_DTYPE.with(|d| d.get()) == WeightDtype::F32
 }
 
 /// The frozen weight of a quantizable layer, for [`load_linear`]`(w, bias, true)`: as
@@ -277,7 +321,10 @@ pub fn load_weight(w: Tensor) -> Result<Tensor> {
     }
 }
 
-struct MatmulWt;
+/// `x @ W^T`; `widened`: a bf16 `W` stands for f32 values ([`Linear::new`]).
+struct MatmulWt {
+    widened: bool,
+}
 
 impl CustomOp2 for MatmulWt {
     fn name(&self) -> &'static str {
@@ -321,7 +368,11 @@ impl CustomOp2 for MatmulWt {
             (s1, s2, l2.contiguous_offsets())
         {
             let x0 = l1.start_offset();
-            let y = crate::bf16::matmul_wt(&xs[x0..x0 + m * k], m, k, &ws[w0..w1], n);
+            let x = &xs[x0..x0 + m * k];
+            let y = match self.widened {
+                true => crate::bf16::matmul_wt_widened(x, m, k, &ws[w0..w1], n),
+                false => crate::bf16::matmul_wt(x, m, k, &ws[w0..w1], n),
+            };
             return Ok((CpuStorage::F32(y), Shape::from(shape)));
         }
         let lhs = Layout::contiguous_with_offset((m, k), l1.start_offset());
@@ -360,7 +411,9 @@ impl CustomOp2 for MatmulWt {
 /// forward a second pass over the output; a training step of the tag encoder (BERT: every
 /// linear has a bias) makes 36 such outputs of up to 1504 x 1536. Bit for bit the two-node
 /// composition (tests/linear.rs).
-struct MatmulWtBias;
+struct MatmulWtBias {
+    widened: bool,
+}
 
 impl CustomOp3 for MatmulWtBias {
     fn name(&self) -> &'static str {
@@ -377,7 +430,10 @@ impl CustomOp3 for MatmulWtBias {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (y, shape) = MatmulWt.cpu_fwd(s1, l1, s2, l2)?;
+        let (y, shape) = MatmulWt {
+            widened: self.widened,
+        }
+        .cpu_fwd(s1, l1, s2, l2)?;
         let n = *shape.dims().last().expect("rank checked by the caller");
         let (CpuStorage::F32(mut y), CpuStorage::F32(b), Some((b0, b1))) =
             (y, s3, l3.contiguous_offsets())
@@ -413,7 +469,10 @@ impl CustomOp3 for MatmulWtBias {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw) = MatmulWt.bwd(x, w, res, grad)?;
+        let (gx, gw) = MatmulWt {
+            widened: self.widened,
+        }
+        .bwd(x, w, res, grad)?;
         let gb = if b.track_op() {
             Some(crate::kernels::sum_rows(grad)?)
         } else {
@@ -435,13 +494,21 @@ enum Weight {
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    /// A bf16 weight of an f32 model: f32 values stored compactly, multiplied exactly as f32.
+    widened: bool,
 }
 
 impl Linear {
+    /// A layer over a dense weight. A bf16 weight built in an f32 model (outside
+    /// [`with_weight_dtype`]`(Bf16, ..)`) holds f32 values stored in bf16 ([`get_weight`]): it is
+    /// multiplied as the widened f32 weight, bit for bit ([`crate::bf16::matmul_wt_widened`]);
+    /// inside `with_weight_dtype(Bf16, ..)` it is bf16 compute ([`crate::bf16::matmul_wt`]).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        let widened = bf16_is_widened(&weight);
         Self {
             weight: Weight::Dense(weight),
             bias,
+            widened,
         }
     }
 
@@ -494,9 +561,10 @@ impl Linear {
 impl Linear {
     /// Plain candle ops (a GPU, or the plain path forced): a bf16 weight with f32 activations
     /// multiplies in bf16 (activations rounded to bf16, as PyTorch's bf16 linear) and returns
-    /// f32, the bias added in f32; otherwise the weight in the input's dtype.
+    /// f32, the bias added in f32; otherwise (a widened weight too) the weight in the input's
+    /// dtype.
     fn forward_plain(&self, weight: &Tensor, xs: &Tensor) -> Result<Tensor> {
-        if weight.dtype() == DType::BF16 && xs.dtype() == DType::F32 {
+        if weight.dtype() == DType::BF16 && xs.dtype() == DType::F32 && !self.widened {
             let y = candle_nn::Linear::new(weight.clone(), None)
                 .forward(&xs.to_dtype(DType::BF16)?)?
                 .to_dtype(DType::F32)?;
@@ -527,16 +595,17 @@ impl Module for Linear {
             return self.forward_plain(weight, xs);
         }
         let xs = xs.contiguous()?;
+        let widened = self.widened;
         match &self.bias {
             Some(b)
                 if xs.dtype() == DType::F32
                     && b.dtype() == DType::F32
                     && b.dims() == [weight.dim(0)?] =>
             {
-                xs.apply_op3(weight, &b.contiguous()?, MatmulWtBias)
+                xs.apply_op3(weight, &b.contiguous()?, MatmulWtBias { widened })
             }
-            Some(b) => crate::kernels::add_bias(&xs.apply_op2(weight, MatmulWt)?, b),
-            None => xs.apply_op2(weight, MatmulWt),
+            Some(b) => crate::kernels::add_bias(&xs.apply_op2(weight, MatmulWt { widened })?, b),
+            None => xs.apply_op2(weight, MatmulWt { widened }),
         }
     }
 }

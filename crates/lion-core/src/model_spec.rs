@@ -194,13 +194,41 @@ impl ModelSpec {
         Ok(self)
     }
 
+    /// The dtype the dense frozen weights will mostly be held in, for the memory estimate:
+    /// `dtype`, except that an f32 model on the CPU keeps what its checkpoints store in bf16 as
+    /// bf16 ([`crate::linear::get_as_stored`]), so checkpoints mostly in bf16 count as bf16.
+    pub fn held_dtype(&self) -> WeightDtype {
+        match self.dtype {
+            WeightDtype::F32 if self.device.is_cpu() && self.mostly_bf16() => WeightDtype::Bf16,
+            d => d,
+        }
+    }
+
+    /// Whether most of the checkpoints' floating-point values (by count) are stored in bf16.
+    fn mostly_bf16(&self) -> bool {
+        let (mut bf16, mut all) = (0usize, 0usize);
+        for c in &self.checkpoints {
+            for k in c.keys() {
+                let (Some(d), Some(s)) = (c.dtype(k), c.shape(k)) else {
+                    continue;
+                };
+                if d.is_float() {
+                    all += s.elem_count();
+                    bf16 += if d == DType::BF16 { s.elem_count() } else { 0 };
+                }
+            }
+        }
+        all > 0 && bf16 * 2 > all
+    }
+
     /// Every check that needs no weights: the config's sizes, the memory estimate, the device
     /// and quantisation, the tokenizers against the config. Nothing large is allocated.
     fn check(&self) -> Result<(T5Tokenizer, u32)> {
         let cfg = &self.config;
         cfg.validate().map_err(|e| Error::config("model", e))?;
-        // the estimate counts the weights in the format they will be held in
-        crate::linear::with_weight_dtype(self.dtype, || {
+        // the estimate counts the weights in the format they will be held in: an f32 model on
+        // the CPU keeps what its checkpoints store in bf16 as bf16 (`linear::get_as_stored`)
+        crate::linear::with_weight_dtype(self.held_dtype(), || {
             crate::linear::with_quantize(self.quantize, || match &self.trainable {
                 Some(t) => cfg.check_memory(t.batch_size, true),
                 None => cfg.check_memory(1, false),

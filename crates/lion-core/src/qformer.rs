@@ -28,10 +28,12 @@
 //! Shapes: vision (b, n, 1408), input_ids (b, t) -> (b, 32, d_model).
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, Init, VarBuilder};
+use candle_nn::{Init, VarBuilder};
+
 use serde::{Deserialize, Serialize};
 
 use crate::bert::{BertAttention, BertConfig, BertFeedForward};
+use crate::embedding::Embedding;
 use crate::linear::Linear;
 use crate::ops::{dropout, LayerNorm};
 
@@ -112,10 +114,7 @@ const NORMAL_002: Init = Init::Randn {
 };
 
 fn embedding(n: usize, dim: usize, vb: VarBuilder) -> Result<Embedding> {
-    Ok(Embedding::new(
-        vb.get_with_hints((n, dim), "weight", NORMAL_002)?,
-        dim,
-    ))
+    Embedding::load(&vb, n, dim, NORMAL_002)
 }
 
 /// `nn.Linear` with PyTorch's default init (kaiming-uniform weight, uniform bias, both

@@ -11,6 +11,7 @@
 //! sums per row), so results agree to rounding, not bit for bit. Tested against candle's
 //! matmul for every row count, odd widths and sizes (`tests/linear.rs`).
 
+use half::bf16;
 use rayon::prelude::*;
 
 /// The most rows this kernel takes; above it the GEMM's packed weight is reused by enough rows
@@ -30,6 +31,59 @@ const ROWS_PER_TASK: usize = 64;
 /// Panics unless `1 <= m <= MAX_ROWS`, `x.len() == m * k` and `w.len() == n * k` (callers check
 /// shapes and return errors first).
 pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+    matmul_rows(x, m, k, w, n)
+}
+
+/// [`matmul_wt`] for a weight stored in bf16: each weight vector is widened to f32 in registers
+/// (exactly) as it is loaded, and summed in the same order, so the result is bit for bit
+/// [`matmul_wt`] of the widened weight, streaming half the bytes and with no f32 copy of it.
+///
+/// Panics as [`matmul_wt`].
+pub fn matmul_wt_bf16(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
+    matmul_rows(x, m, k, w, n)
+}
+
+/// A weight element the row loops read: f32, or bf16 widened to f32 as it is loaded.
+trait Elem: Copy + Send + Sync {
+    /// out[j * m + r] = dot(w[j], x[r]) for every row j of `w` and r < m, with the kernel this
+    /// machine runs (the same summation order for every element type).
+    fn rows_dot(x: &[f32], m: usize, k: usize, w: &[Self], out: &mut [f32]);
+}
+
+impl Elem for f32 {
+    fn rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        match crate::cpu::kernels().f32_skinny {
+            // SAFETY: `cpu::kernels()` picks a kernel only when the CPU has its features
+            // (AVX-512 F/BW/VL; AVX2 and FMA); the slice lengths are checked by `matmul_rows`
+            // and each loop stays inside them.
+            crate::cpu::F32Kernel::Avx512 => return unsafe { avx512::rows_dot(x, m, k, w, out) },
+            crate::cpu::F32Kernel::Avx2Fma => return unsafe { avx2::rows_dot(x, m, k, w, out) },
+            crate::cpu::F32Kernel::Portable => {}
+        }
+        portable_rows_dot(x, m, k, w, out);
+    }
+}
+
+impl Elem for bf16 {
+    fn rows_dot(x: &[f32], m: usize, k: usize, w: &[bf16], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        match crate::cpu::kernels().f32_skinny {
+            // SAFETY: as for f32.
+            crate::cpu::F32Kernel::Avx512 => {
+                return unsafe { avx512::rows_dot_bf16(x, m, k, w, out) }
+            }
+            crate::cpu::F32Kernel::Avx2Fma => {
+                return unsafe { avx2::rows_dot_bf16(x, m, k, w, out) }
+            }
+            crate::cpu::F32Kernel::Portable => {}
+        }
+        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        portable_rows_dot(x, m, k, &wf, out);
+    }
+}
+
+fn matmul_rows<W: Elem>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
     assert!(
         (1..=MAX_ROWS).contains(&m) && x.len() == m * k && w.len() == n * k,
         "skinny::matmul_wt: x {} for ({m}, {k}), w {} for ({n}, {k})",
@@ -48,7 +102,7 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32>
             let rows = out.len() / m;
             let wb = &w[j0 * k..(j0 + rows) * k];
             if m <= GROUP {
-                rows_dot(x, m, k, wb, out);
+                W::rows_dot(x, m, k, wb, out);
                 return;
             }
             let groups = m.div_ceil(GROUP);
@@ -58,7 +112,7 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32>
                 // even sizes: 8 rows are 4 + 4, not 6 + 2
                 let g = (m - r0).div_ceil(groups - gi);
                 let part = &mut part[..rows * g];
-                rows_dot(&x[r0 * k..(r0 + g) * k], g, k, wb, part);
+                W::rows_dot(&x[r0 * k..(r0 + g) * k], g, k, wb, part);
                 for (o, p) in out.chunks_exact_mut(m).zip(part.chunks_exact(g)) {
                     o[r0..r0 + g].copy_from_slice(p);
                 }
@@ -72,20 +126,6 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32>
         }
     }
     y
-}
-
-/// out[j * m + r] = dot(w[j], x[r]) for every row j of `w` and r < m.
-fn rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    match crate::cpu::kernels().f32_skinny {
-        // SAFETY: `cpu::kernels()` picks a kernel only when the CPU has its features (AVX-512
-        // F/BW/VL; AVX2 and FMA); the slice lengths are checked by `matmul_wt` and each loop
-        // below stays inside them.
-        crate::cpu::F32Kernel::Avx512 => return unsafe { avx512::rows_dot(x, m, k, w, out) },
-        crate::cpu::F32Kernel::Avx2Fma => return unsafe { avx2::rows_dot(x, m, k, w, out) },
-        crate::cpu::F32Kernel::Portable => {}
-    }
-    portable_rows_dot(x, m, k, w, out);
 }
 
 fn portable_rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
@@ -111,36 +151,36 @@ fn portable_rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) 
     }
 }
 
-/// The skinny row-dot loops of one x86 instruction set, `$lanes` floats per vector:
-/// `rows_dot` (dispatch on the row count), `rows::<M>` (two weight rows at a time, 2 * M
-/// accumulators, then the last odd row alone) and `prefetch`. Each module adds `hsum`, its
-/// lanes summed.
+/// The skinny row-dot loops of one x86 instruction set, `$lanes` floats per vector, for weights
+/// of type `$wty` loaded as f32 vectors by `$wload` (f32 as they are, bf16 widened exactly) and
+/// read one at a time by `$wf32`: `$rows_dot` (dispatch on the row count) and `$rows::<M>` (two
+/// weight rows at a time, 2 * M accumulators, then the last odd row alone). Each module adds
+/// `hsum` (its lanes summed); `prefetch` and `PF_ROWS` are the parent's. Both weight types run the same FMA
+/// chain per output, so their results are bit for bit equal.
 #[cfg(target_arch = "x86_64")]
 macro_rules! skinny_loops {
-    ($feat:literal, $lanes:literal, $zero:ident, $load:ident, $fma:ident) => {
-        /// How far ahead, in weight rows, the loops prefetch. The hardware prefetcher alone kept a
-        /// 5-row step at ~20 GB/s from DRAM; prefetching the next row pair's lines doubled it
-        /// (measured on 2 Zen cores: 40-50 GB/s, the machine's streaming rate).
-        const PF_ROWS: usize = 2;
-
+    (
+        $feat:literal, $lanes:literal, $zero:ident, $load:ident, $fma:ident,
+        $rows_dot:ident, $rows:ident, $wty:ty, $wload:ident, $wf32:expr
+    ) => {
         /// Callers guarantee the instruction set, `x.len() == m * k`,
         /// `w.len() == out.len() / m * k`.
         #[target_feature(enable = $feat)]
-        pub(super) unsafe fn rows_dot(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
+        pub(super) unsafe fn $rows_dot(x: &[f32], m: usize, k: usize, w: &[$wty], out: &mut [f32]) {
             match m {
-                1 => rows::<1>(x, k, w, out),
-                2 => rows::<2>(x, k, w, out),
-                3 => rows::<3>(x, k, w, out),
-                4 => rows::<4>(x, k, w, out),
-                5 => rows::<5>(x, k, w, out),
-                6 => rows::<6>(x, k, w, out),
+                1 => $rows::<1>(x, k, w, out),
+                2 => $rows::<2>(x, k, w, out),
+                3 => $rows::<3>(x, k, w, out),
+                4 => $rows::<4>(x, k, w, out),
+                5 => $rows::<5>(x, k, w, out),
+                6 => $rows::<6>(x, k, w, out),
                 _ => unreachable!("groups of at most GROUP rows"),
             }
         }
 
         #[target_feature(enable = $feat)]
         #[inline]
-        unsafe fn rows<const M: usize>(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
+        unsafe fn $rows<const M: usize>(x: &[f32], k: usize, w: &[$wty], out: &mut [f32]) {
             let n = out.len() / M;
             debug_assert!(x.len() == M * k && w.len() >= n * k);
             let xp = x.as_ptr();
@@ -155,12 +195,12 @@ macro_rules! skinny_loops {
                 let mut t = 0;
                 while t < kv {
                     // one prefetch per 64-byte line
-                    if t % 16 == 0 {
+                    if t % (64 / std::mem::size_of::<$wty>()) == 0 {
                         prefetch(w0.wrapping_add(t + PF_ROWS * k));
                         prefetch(w1.wrapping_add(t + PF_ROWS * k));
                     }
-                    let v0 = $load(w0.add(t));
-                    let v1 = $load(w1.add(t));
+                    let v0 = $wload(w0.add(t));
+                    let v1 = $wload(w1.add(t));
                     for r in 0..M {
                         let xv = $load(xp.add(r * k + t));
                         a0[r] = $fma(v0, xv, a0[r]);
@@ -172,8 +212,8 @@ macro_rules! skinny_loops {
                     let (mut s0, mut s1) = (hsum(a0[r]), hsum(a1[r]));
                     for t in kv..k {
                         let xv = *xp.add(r * k + t);
-                        s0 += *w0.add(t) * xv;
-                        s1 += *w1.add(t) * xv;
+                        s0 += $wf32(*w0.add(t)) * xv;
+                        s1 += $wf32(*w1.add(t)) * xv;
                     }
                     out[j * M + r] = s0;
                     out[(j + 1) * M + r] = s1;
@@ -185,10 +225,10 @@ macro_rules! skinny_loops {
                 let mut a0 = [$zero(); M];
                 let mut t = 0;
                 while t < kv {
-                    if t % 16 == 0 {
+                    if t % (64 / std::mem::size_of::<$wty>()) == 0 {
                         prefetch(w0.wrapping_add(t + PF_ROWS * k));
                     }
-                    let v0 = $load(w0.add(t));
+                    let v0 = $wload(w0.add(t));
                     for (r, a) in a0.iter_mut().enumerate() {
                         *a = $fma(v0, $load(xp.add(r * k + t)), *a);
                     }
@@ -197,37 +237,85 @@ macro_rules! skinny_loops {
                 for (r, a) in a0.iter().enumerate() {
                     let mut s = hsum(*a);
                     for t in kv..k {
-                        s += *w0.add(t) * *xp.add(r * k + t);
+                        s += $wf32(*w0.add(t)) * *xp.add(r * k + t);
                     }
                     out[j * M + r] = s;
                 }
                 j += 1;
             }
         }
-
-        /// Asks for the cache line at `p` ahead of its use. A hint: it never faults, so `p` may
-        /// lie past the end of the weight (the last rows prefetch nothing useful).
-        #[target_feature(enable = $feat)]
-        #[inline]
-        unsafe fn prefetch(p: *const f32) {
-            _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
-        }
     };
+}
+
+/// [`skinny_loops!`] for both weight types of one instruction set: `rows_dot` over f32
+/// weights and `rows_dot_bf16` over bf16 ones (the module's `load_bf16` widening them).
+#[cfg(target_arch = "x86_64")]
+macro_rules! skinny_isa {
+    ($feat:literal, $lanes:literal, $zero:ident, $load:ident, $fma:ident) => {
+        skinny_loops!(
+            $feat,
+            $lanes,
+            $zero,
+            $load,
+            $fma,
+            rows_dot,
+            rows,
+            f32,
+            $load,
+            std::convert::identity
+        );
+        skinny_loops!(
+            $feat,
+            $lanes,
+            $zero,
+            $load,
+            $fma,
+            rows_dot_bf16,
+            rows_bf16,
+            half::bf16,
+            load_bf16,
+            half::bf16::to_f32
+        );
+    };
+}
+
+/// How far ahead, in weight rows, the loops prefetch. The hardware prefetcher alone kept a
+/// 5-row step at ~20 GB/s from DRAM; prefetching the next row pair's lines doubled it
+/// (measured on 2 Zen cores: 40-50 GB/s, the machine's streaming rate).
+#[cfg(target_arch = "x86_64")]
+const PF_ROWS: usize = 2;
+
+/// Asks for the cache line at `p` ahead of its use. A hint: it never faults, so `p` may lie
+/// past the end of the weight (the last rows prefetch nothing useful).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch<T>(p: *const T) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
 }
 
 /// AVX2 + FMA: 8 lanes (2 * M <= 12 accumulators, 2 weight and 1 input register: the 16 AVX2
 /// registers).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::{prefetch, PF_ROWS};
     use std::arch::x86_64::*;
 
-    skinny_loops!(
+    skinny_isa!(
         "avx2,fma",
         8,
         _mm256_setzero_ps,
         _mm256_loadu_ps,
         _mm256_fmadd_ps
     );
+
+    /// 8 bf16 values widened to f32 (exactly: the bits shifted into the high half).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load_bf16(p: *const half::bf16) -> __m256 {
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
 
     /// Lanes summed as the portable path sums its 8 partial sums.
     #[target_feature(enable = "avx2,fma")]
@@ -243,15 +331,24 @@ mod avx2 {
 /// AVX-512 F/BW/VL: 16 lanes (2 * M accumulators of the 32 registers).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::{prefetch, PF_ROWS};
     use std::arch::x86_64::*;
 
-    skinny_loops!(
+    skinny_isa!(
         "avx512f,avx512bw,avx512vl",
         16,
         _mm512_setzero_ps,
         _mm512_loadu_ps,
         _mm512_fmadd_ps
     );
+
+    /// 16 bf16 values widened to f32 (exactly: the bits shifted into the high half).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn load_bf16(p: *const half::bf16) -> __m512 {
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
 
     /// The 16 lanes summed.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]

@@ -464,3 +464,49 @@ fn quantized_kernel_timings() {
         eprintln!();
     }
 }
+
+/// An f32 model over a bf16 checkpoint keeps the frozen linear weights as stored (bf16, half
+/// the memory) and gives bit for bit the logits of the same model loaded from an f32 copy of
+/// the checkpoint, through the GEMM (many rows) and the skinny kernels (a few decoding rows).
+#[test]
+fn an_f32_model_keeps_bf16_linear_weights_and_their_exact_results() -> lion_core::Result<()> {
+    let cfg = t5_cfg();
+    let keys = record_keys(|vb| T5ForConditionalGeneration::new(&cfg, vb).map(|_| ()))?;
+    let dir = tempfile::tempdir().unwrap();
+    let bf = dir.path().join("bf16.safetensors");
+    write_random_safetensors(&bf, &keys, DType::BF16, 3, |_, _| {})?;
+    let dev = Device::Cpu;
+    let widened: std::collections::HashMap<String, Tensor> = Checkpoint::open(&bf)?
+        .load_all(&dev)?
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+        .collect::<candle_core::Result<_>>()?;
+    let f = dir.path().join("f32.safetensors");
+    candle_core::safetensors::save(&widened, &f)?;
+    let load = |p: &std::path::Path| -> lion_core::Result<T5ForConditionalGeneration> {
+        let loader = WeightLoader::new(vec![Checkpoint::open(p)?]);
+        let m = T5ForConditionalGeneration::new(&cfg, loader.var_builder(DType::F32, &dev))?;
+        loader.finish(lion_core::weights::LoadMode::Strict)?;
+        Ok(m)
+    };
+    let (kept, plain) = (load(&bf)?, load(&f)?);
+    assert_eq!(kept.lm_head().map(|w| w.dtype()), Some(DType::BF16));
+    assert_eq!(plain.lm_head().map(|w| w.dtype()), Some(DType::F32));
+    assert_eq!(
+        kept.shared().dtype(),
+        DType::BF16,
+        "the token table as stored"
+    );
+    for (rows, len) in [(8, 3), (2, 1)] {
+        let x = Tensor::randn(0f32, 1., (rows, 12, 256), &dev)?;
+        let ids = Tensor::zeros((rows, len), DType::U32, &dev)?;
+        let logits = |m: &T5ForConditionalGeneration| -> lion_core::Result<Tensor> {
+            let states = m.encode(T5Input::Embeds(&x), None, Route::ImageLevel, false)?;
+            Ok(m.decode(&ids, &states, None, Route::ImageLevel, false)?)
+        };
+        let (a, b) = (logits(&kept)?, logits(&plain)?);
+        assert_eq!(a.dtype(), DType::F32);
+        assert_eq!(max_abs_diff(&a, &b)?, 0.0, "{rows} x {len} decoder rows");
+    }
+    Ok(())
+}

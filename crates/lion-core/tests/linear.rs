@@ -239,7 +239,7 @@ fn bf16_weights_are_converted_once_at_load_and_run_in_f32_activations() -> lion_
         "outside the scope"
     );
     let f32_layer = Linear::new(w.clone(), Some(b.clone()));
-    let bf16_layer = Linear::new(frozen, Some(b));
+    let bf16_layer = with_weight_dtype(WeightDtype::Bf16, || Linear::new(frozen, Some(b)));
     for rows in [1, 5, 16, 17, 40] {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (rows, 48), &dev)?)?;
         let y = bf16_layer.forward(x.as_tensor())?;
@@ -641,6 +641,56 @@ fn a_biased_linear_gives_the_bits_of_the_product_then_the_bias() -> lion_core::R
             }
             assert_eq!(fused[2].is_some(), train_w, "weight gradient iff trainable");
             assert_eq!(fused[3].is_some(), train_b, "bias gradient iff trainable");
+        }
+    }
+    Ok(())
+}
+
+/// A weight stored in bf16 but standing for f32 values (an f32 model over a bf16 checkpoint) is
+/// multiplied bit for bit as its widened f32 copy, for every row count (the skinny kernels up to
+/// 16 rows, the GEMM above), odd widths included; a linear layer built outside
+/// `with_weight_dtype(Bf16)` over such a weight takes that path, forward and backward.
+#[test]
+fn a_widened_bf16_weight_gives_the_bits_of_its_f32_copy() -> lion_core::Result<()> {
+    let dev = Device::Cpu;
+    for (k, n) in [(7, 3), (48, 33), (300, 17), (1, 1)] {
+        let w = Tensor::randn(0f32, 0.5, (n, k), &dev)?.to_dtype(DType::BF16)?;
+        let wv = w.flatten_all()?.to_vec1::<half::bf16>()?;
+        let wf: Vec<f32> = wv.iter().map(|v| v.to_f32()).collect();
+        for m in [1, 2, 5, 6, 7, 12, 16, 17, 40, 100] {
+            let x = Tensor::randn(0f32, 1., (m, k), &dev)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let want = lion_core::sgemm::matmul_wt(&x, m, k, &wf, n);
+            let got = lion_core::bf16::matmul_wt_widened(&x, m, k, &wv, n);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "m {m} k {k} n {n}");
+            if m <= lion_core::skinny::MAX_ROWS {
+                let s = lion_core::skinny::matmul_wt_bf16(&x, m, k, &wv, n);
+                assert_eq!(bits(&s), bits(&want), "skinny m {m} k {k} n {n}");
+            }
+        }
+        // the layer: forward and input gradient, with and without a bias
+        let layer = Linear::new(w.clone(), None);
+        let twin = Linear::new(w.to_dtype(DType::F32)?, None);
+        let b = Tensor::randn(0f32, 1., n, &dev)?;
+        let biased = Linear::new(w.clone(), Some(b.clone()));
+        let biased_twin = Linear::new(w.to_dtype(DType::F32)?, Some(b));
+        for m in [3, 40] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (m, k), &dev)?)?;
+            for (l, t) in [(&layer, &twin), (&biased, &biased_twin)] {
+                let y = l.forward(x.as_tensor())?;
+                assert_eq!(y.dtype(), DType::F32);
+                assert_eq!(max_abs_diff(&y, &t.forward(x.as_tensor())?)?, 0.0, "m {m}");
+                let g = (y.sqr()?.sum_all()?).backward()?;
+                let g2 = (t.forward(x.as_tensor())?.sqr()?.sum_all()?).backward()?;
+                let (a, b) = (g.get(x.as_tensor()), g2.get(x.as_tensor()));
+                assert_eq!(
+                    max_abs_diff(a.unwrap(), b.unwrap())?,
+                    0.0,
+                    "gradient, m {m}"
+                );
+            }
         }
     }
     Ok(())

@@ -729,3 +729,80 @@ fn a_bf16_lion_stays_close_to_the_f32_lion_on_both_routes() {
         assert!(d > 0.0, "{route:?}: bf16 gave exactly the f32 logits");
     }
 }
+
+/// An f32 model over a bf16 checkpoint (the fixture with every f32 tensor rounded to bf16) keeps
+/// its frozen linear weights and lookup tables in bf16 as stored, and gives the visual tokens,
+/// logits and loss of the same model loaded from an f32 copy of that checkpoint bit for bit, on
+/// both routes (ViT, Q-Former with its word embeddings, aggregator, T5 with its LM head).
+#[test]
+fn a_bf16_checkpoint_in_an_f32_model_gives_the_bits_of_its_f32_copy() {
+    let cpu = Device::Cpu;
+    let ts = Checkpoint::open(fixture("lion/model.safetensors"))
+        .unwrap()
+        .load_all(&cpu)
+        .unwrap();
+    let cast = |from: DType, to: DType| -> HashMap<String, Tensor> {
+        ts.iter()
+            .map(|(k, t)| {
+                let t = match t.dtype() == from {
+                    true => t.to_dtype(DType::BF16).unwrap().to_dtype(to).unwrap(),
+                    false => t.clone(),
+                };
+                (k.clone(), t)
+            })
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (bf, wide) = (dir.path().join("bf16.st"), dir.path().join("f32.st"));
+    lion_core::weights::save_safetensors(&cast(DType::F32, DType::BF16), &bf).unwrap();
+    lion_core::weights::save_safetensors(&cast(DType::F32, DType::F32), &wide).unwrap();
+    let tok = T5Tokenizer::from_file(fixture("lion/tokenizer.json")).unwrap();
+    let load = |p: &std::path::Path| {
+        let loader = WeightLoader::new(vec![Checkpoint::open(p).unwrap()])
+            .ignore_unexpected(&["position_ids"]);
+        let m = LionModel::new(
+            &config(PromptKind::Static),
+            tok.placeholder_id().unwrap(),
+            loader.var_builder(DType::F32, &cpu),
+        )
+        .unwrap();
+        (m, loader.finish(LoadMode::Strict).unwrap())
+    };
+    let ((kept, kept_report), (plain, plain_report)) = (load(&bf), load(&wide));
+    // the memory check counts such weights at their bf16 size
+    let spec = |p: &std::path::Path| {
+        lion_core::model_spec::ModelSpec::new(config(PromptKind::Static))
+            .with_checkpoints(vec![Checkpoint::open(p).unwrap()])
+            .held_dtype()
+    };
+    assert_eq!(spec(&bf), lion_core::cpu::WeightDtype::Bf16);
+    assert_eq!(spec(&wide), lion_core::cpu::WeightDtype::F32);
+    assert_eq!(plain_report.kept_bf16.0, 0);
+    // every linear weight and lookup table of the ViT, Q-Former and T5 outside the adapters
+    assert!(kept_report.kept_bf16.0 > 50, "{:?}", kept_report.kept_bf16);
+    assert_eq!(
+        kept.t5().lm_head().map(|w| w.dtype()),
+        Some(DType::BF16),
+        "the LM head as stored"
+    );
+    let io = candle_core::safetensors::load(fixture("lion/io.safetensors"), &cpu).unwrap();
+    for route in [Route::RegionLevel, Route::ImageLevel] {
+        let b = batch(&io, "", route);
+        let visual = |m: &LionModel| {
+            m.encode_image(&b.pixel_values, b.qformer_text.as_ref(), false)
+                .unwrap()
+        };
+        assert_eq!(max_abs_diff(&visual(&kept), &visual(&plain)).unwrap(), 0.0);
+        let (a, p) = (
+            kept.forward_train(&b, &io["labels"], false).unwrap(),
+            plain.forward_train(&b, &io["labels"], false).unwrap(),
+        );
+        assert_eq!(a.logits.dtype(), DType::F32);
+        assert_eq!(
+            max_abs_diff(&a.logits, &p.logits).unwrap(),
+            0.0,
+            "{route:?}"
+        );
+        assert_eq!(max_abs_diff(&a.loss, &p.loss).unwrap(), 0.0, "{route:?}");
+    }
+}

@@ -28,9 +28,10 @@ mod config;
 pub use config::T5Config;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Init, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
 use crate::adapter::{AdapterRouter, Route};
+use crate::embedding::Embedding;
 use crate::linear::Linear;
 use crate::ops::{dropout, Activation};
 
@@ -302,7 +303,11 @@ impl T5ForConditionalGeneration {
             mean: 0.,
             stdev: 1.0,
         };
-        let shared = Embedding::new(vb.pp("shared").get_with_hints((v, d), "weight", unit)?, d);
+        // a tied table is also the LM head's weight (an f32 matmul): read in f32
+        let shared = match cfg.tie_word_embeddings {
+            true => Embedding::new(vb.pp("shared").get_with_hints((v, d), "weight", unit)?, d),
+            false => Embedding::load(&vb.pp("shared"), v, d, unit)?,
+        };
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {

@@ -149,6 +149,9 @@ pub struct LoadReport {
     pub skipped: Vec<String>,
     /// Keys loaded from a checkpoint.
     pub loaded: usize,
+    /// Frozen weights of an f32 model kept in bf16 as their checkpoint stores them
+    /// ([`crate::linear::get_weight`]), and their bytes (f32 copies would take twice as many).
+    pub kept_bf16: (usize, usize),
 }
 
 /// A tie alias whose value is not its source's.
@@ -426,6 +429,13 @@ impl WeightLoader {
     /// In lenient mode the report is returned and also logged as a warning.
     pub fn finish(&self, mode: LoadMode) -> Result<LoadReport> {
         let report = self.report();
+        if report.kept_bf16.0 > 0 {
+            tracing::info!(
+                weights = report.kept_bf16.0,
+                mib = report.kept_bf16.1 >> 20,
+                "frozen weights kept in bf16 as stored: exactly their f32 values, in half the memory"
+            );
+        }
         if !report.tied.is_empty() || !report.skipped.is_empty() {
             tracing::debug!(
                 tied = ?report.tied,
@@ -518,11 +528,20 @@ impl candle_nn::var_builder::SimpleBackend for WeightLoader {
             .expect("poisoned")
             .insert(name.to_string());
         let value = match self.find(name) {
-            Some(ckpt) if ckpt.shape(name) == Some(&s) => Some(
-                ckpt.get(name, dev)
-                    .map_err(candle_core::Error::wrap)?
-                    .to_dtype(dtype)?,
-            ),
+            Some(ckpt) if ckpt.shape(name) == Some(&s) => {
+                let t = ckpt.get(name, dev).map_err(candle_core::Error::wrap)?;
+                // a frozen f32 weight stored in bf16 may stay so (`linear::get_weight`)
+                let keep = t.dtype() == DType::BF16
+                    && dtype == DType::F32
+                    && dev.is_cpu()
+                    && crate::linear::keeps_stored_bf16();
+                if keep && first_time {
+                    let mut p = self.state.problems.lock().expect("poisoned");
+                    p.kept_bf16.0 += 1;
+                    p.kept_bf16.1 += t.elem_count() * 2;
+                }
+                Some(if keep { t } else { t.to_dtype(dtype)? })
+            }
             Some(ckpt) => {
                 if first_time {
                     let found = ckpt.shape(name).map(|s| s.dims().to_vec());
