@@ -1101,6 +1101,60 @@ mod tests {
                 eprintln!("skipped: this CPU has no AVX2 + FMA");
                 return;
             }
+            // SAFETY: AVX2 + FMA detected above; one row of nb blocks.
+            check_dequantize(|kind, q, s, row| unsafe { avx2::dequantize_f32(kind, q, s, row) });
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        eprintln!("skipped: no AVX2 copy on this architecture");
+    }
+
+    /// The AVX-512 dequantization gives the scalar blocks' values bit for bit in f32, and those
+    /// values rounded to the nearest bf16 (ties to even) in bf16: the blocks the quantized
+    /// prefill GEMMs read.
+    #[test]
+    fn avx512_dequantize_matches_scalar_blocks() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let needed = ["avx512f", "avx512bw", "avx512vl"];
+            if !(is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl"))
+            {
+                eprintln!("skipped: this CPU lacks one of {needed:?}");
+                return;
+            }
+            // SAFETY: AVX-512 F/BW/VL detected above; one row of nb blocks.
+            check_dequantize(|kind, q, s, row| unsafe { avx512::dequantize_f32(kind, q, s, row) });
+            if !is_x86_feature_detected!("avx512bf16") {
+                eprintln!("skipped the bf16 half: this CPU has no AVX512-BF16");
+                return;
+            }
+            check_dequantize(|kind, q, s, row| {
+                let mut h = vec![half::bf16::from_f32(f32::NAN); row.len()];
+                // SAFETY: AVX-512 F/BW/VL and BF16 detected above; one row of nb blocks.
+                unsafe { avx512::dequantize_bf16(kind, q, s, &mut h) };
+                // the exact values rounded once: compare against the scalar block rounded
+                let mut exact = vec![0f32; row.len()];
+                for (b, e) in exact.chunks_exact_mut(BLOCK).enumerate().take(s.len()) {
+                    let mut w = [0f32; BLOCK];
+                    kind.block(&q[b * kind.block_bytes()..], s[b], &mut w);
+                    e.copy_from_slice(&w);
+                }
+                for (i, (o, (h, e))) in row.iter_mut().zip(h.iter().zip(&exact)).enumerate() {
+                    assert_eq!(*h, half::bf16::from_f32(*e), "{kind:?} bf16 weight {i}");
+                    *o = *e;
+                }
+            });
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        eprintln!("skipped: no AVX-512 copy on this architecture");
+    }
+
+    /// Dequantizes rows of every format with `run` and compares each weight with the scalar
+    /// [`Quantize::block`], bit for bit.
+    #[cfg(target_arch = "x86_64")]
+    fn check_dequantize(run: impl Fn(Quantize, &[u8], &[f32], &mut [f32])) {
+        {
             let (n, k) = (7, 5 * BLOCK);
             let w: Vec<f32> = (0..n * k)
                 .map(|i| {
@@ -1119,8 +1173,7 @@ mod tests {
                     let q = &qw.quants()[r * nb * qb..(r + 1) * nb * qb];
                     let s = &qw.scales()[r * nb..(r + 1) * nb];
                     let mut row = vec![f32::NAN; k];
-                    // SAFETY: AVX2 + FMA detected above; one row of nb blocks.
-                    unsafe { avx2::dequantize_f32(kind, q, s, &mut row) };
+                    run(kind, q, s, &mut row);
                     let mut want = [0f32; BLOCK];
                     for b in 0..nb {
                         kind.block(&q[b * qb..(b + 1) * qb], s[b], &mut want);
@@ -1135,7 +1188,5 @@ mod tests {
                 }
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        eprintln!("skipped: no AVX2 copy on this architecture");
     }
 }
