@@ -82,32 +82,58 @@ fn fma_peak(wide: bool) -> f64 {
         }
         a.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
     }
+    on_every_thread(if wide { 16.0 } else { 8.0 } * 2.0, STEPS * 12, move || {
+        // SAFETY: `wide` only where the CPU has AVX-512 F; sgemm::available() (checked by the
+        // caller) means AVX2 + FMA otherwise.
+        unsafe {
+            if wide {
+                chains512()
+            } else {
+                chains256()
+            }
+        }
+    })
+}
+
+/// `vdpbf16ps` throughput of as many threads as rayon has, all at once (GFLOP/s: 16 lanes x
+/// 2 products x 2 flops per instruction), 24 independent chains per thread like the bf16 tile.
+#[cfg(target_arch = "x86_64")]
+fn dpbf16_peak() -> f64 {
+    use std::arch::x86_64::*;
+    const STEPS: usize = 2_000_000;
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn chains() -> f32 {
+        let x: __m512bh = std::mem::transmute(_mm512_set1_epi16(0x3f80));
+        let y: __m512bh = std::mem::transmute(_mm512_set1_epi16(0x3380));
+        let mut a = [_mm512_set1_ps(1.0); 24];
+        for _ in 0..STEPS {
+            for v in a.iter_mut() {
+                *v = _mm512_dpbf16_ps(*v, x, y);
+            }
+        }
+        a.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+    }
+    // SAFETY: called only where cpu::kernels() picked the AVX512-BF16 kernel.
+    on_every_thread(64.0, STEPS * 24, || unsafe { chains() })
+}
+
+/// Runs `f` on one OS thread per rayon thread, all at once, 5 times; the best rate in GFLOP/s
+/// given `flops` per instruction and `count` instructions per thread.
+#[cfg(target_arch = "x86_64")]
+fn on_every_thread(flops: f64, count: usize, f: impl Fn() -> f32 + Copy + Send) -> f64 {
     let threads = rayon::current_num_threads();
-    let lanes = if wide { 16.0 } else { 8.0 };
     (0..5)
         .map(|_| {
             let t = Instant::now();
             // one OS thread per rayon thread, all at once
             let s: f32 = std::thread::scope(|sc| {
-                let runs: Vec<_> = (0..threads)
-                    .map(|_| {
-                        // SAFETY: `wide` only where the CPU has AVX-512 F; sgemm::available()
-                        // (checked by the caller) means AVX2 + FMA otherwise.
-                        sc.spawn(move || unsafe {
-                            if wide {
-                                chains512()
-                            } else {
-                                chains256()
-                            }
-                        })
-                    })
-                    .collect();
+                let runs: Vec<_> = (0..threads).map(|_| sc.spawn(f)).collect();
                 runs.into_iter()
-                    .map(|r| r.join().expect("FMA thread"))
+                    .map(|r| r.join().expect("peak thread"))
                     .sum()
             });
             std::hint::black_box(s);
-            (threads * STEPS * 12) as f64 * lanes * 2.0 / t.elapsed().as_secs_f64() / 1e9
+            (threads * count) as f64 * flops / t.elapsed().as_secs_f64() / 1e9
         })
         .fold(0.0, f64::max)
 }
@@ -119,6 +145,9 @@ fn random(rows: usize, cols: usize) -> candle_core::Result<(Tensor, Vec<f32>)> {
 }
 
 fn main() -> candle_core::Result<()> {
+    if std::env::var_os("NO_TUNE").is_none() {
+        lion_core::util::tune_allocator();
+    }
     let repeats: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
@@ -139,6 +168,12 @@ fn main() -> candle_core::Result<()> {
             "FMA peak ({bits}-bit, all threads): {:.1} GFLOP/s",
             fma_peak(wide)
         );
+        if lion_core::cpu::kernels().bf16 == lion_core::cpu::Bf16Kernel::Avx512Bf16 {
+            println!(
+                "vdpbf16ps peak (512-bit, all threads): {:.1} GFLOP/s",
+                dpbf16_peak()
+            );
+        }
     }
     // (m, k, n): T5-base encoder (349 rows), ViT-B (257), Q-Former (32), train batch (698), square
     let shapes = [
@@ -272,7 +307,16 @@ fn main() -> candle_core::Result<()> {
     println!("bf16 W: m x k x n    sgemm f32 ms  GFLOP/s    bf16 ms  GFLOP/s   speedup (bf16: bf16::matmul_wt as dispatched)");
     for (m, k, n) in shapes
         .into_iter()
-        .chain([(5, 2048, 5120), (5, 2048, 32128)])
+        // LION-4B: the T5-XL encoder (349 rows) and ViT-g (257), and decoding (5 beams)
+        .chain([
+            (349, 2048, 2048),
+            (349, 2048, 5120),
+            (349, 5120, 2048),
+            (257, 1408, 4224),
+            (257, 6144, 1408),
+            (5, 2048, 5120),
+            (5, 2048, 32128),
+        ])
     {
         let (_, xv) = random(m, k)?;
         let (_, wv) = random(n, k)?;

@@ -215,9 +215,12 @@ pub(crate) fn matmul_wt_filled(
 #[cfg(target_arch = "x86_64")]
 fn native_rows(x: &[f32], m: usize, k: usize, n: usize, src: Rows) -> Vec<f32> {
     let kp = k.div_ceil(32) * 32;
-    // x in bf16, rows padded with zeros to kp (the weight's tail is read masked)
-    let mut xb = vec![bf16::ZERO; m * kp];
-    for (d, s) in xb.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
+    // x in bf16, rows padded with zeros to kp (the weight's tail is read masked), and rows an
+    // odd number of cache lines apart: at a stride of a multiple of 4 KiB (k = 2048) a tile's
+    // 6 rows of x fall in one L1 set with its weight rows and evict each other
+    let ldx = if (kp / 32) % 2 == 0 { kp + 32 } else { kp };
+    let mut xb = vec![bf16::ZERO; m * ldx];
+    for (d, s) in xb.chunks_exact_mut(ldx).zip(x.chunks_exact(k)) {
         for (d, &s) in d.iter_mut().zip(s) {
             *d = bf16::from_f32(s);
         }
@@ -240,10 +243,10 @@ fn native_rows(x: &[f32], m: usize, k: usize, n: usize, src: Rows) -> Vec<f32> {
                 }
             };
             // SAFETY: `native` runs only when `cpu::kernels()` picked AVX512-BF16, i.e. the CPU has
-            // AVX-512 F/BW/VL and BF16. Lengths: xb is m * kp, the block is rows * k. Each task
+            // AVX-512 F/BW/VL and BF16. Lengths: xb is m * ldx, the block is rows * k. Each task
             // writes only the columns j0..j0 + rows of the m rows of `y` (row stride n), disjoint
             // from every other task's, and `y` outlives the parallel loop.
-            unsafe { avx512::block(&xb, m, kp, w, k, out.at(j0), rows, n) };
+            unsafe { avx512::block(&xb, m, kp, ldx, w, k, out.at(j0), rows, n) };
         });
     y
 }
@@ -272,21 +275,22 @@ mod avx512 {
     use half::bf16;
     use std::arch::x86_64::*;
 
-    /// `out[r * ld + c] = (x (m, kp) @ w (rows, k)^T)[r, c]` for every row of `x` against the
-    /// block's weight rows; `out` must be zero.
+    /// `out[r * ld + c] = (x (m, kp) @ w (rows, k)^T)[r, c]` for every row of `x` (row stride
+    /// `ldx`) against the block's weight rows; `out` must be zero.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn block(
         xb: &[bf16],
         m: usize,
         kp: usize,
+        ldx: usize,
         w: &[bf16],
         k: usize,
         out: *mut f32,
         rows: usize,
         ld: usize,
     ) {
-        debug_assert!(xb.len() == m * kp && w.len() == rows * k);
+        debug_assert!(xb.len() == m * ldx && ldx >= kp && w.len() == rows * k);
         let tail = k % 32;
         let mask: __mmask32 = if tail == 0 { !0 } else { (1u32 << tail) - 1 };
         // One tile of input rows (decoding) reads each weight row once anyway: then the rows are
@@ -294,7 +298,7 @@ mod avx512 {
         let slice = if m <= TILE_M { kp } else { TILE_K };
         for k0 in (0..kp).step_by(slice) {
             let ks = (k0, (k0 + slice).min(kp));
-            pass(xb, m, kp, w, k, mask, out, rows, ld, ks);
+            pass(xb, m, ldx, w, k, mask, out, rows, ld, ks);
         }
     }
 
@@ -304,7 +308,7 @@ mod avx512 {
     unsafe fn pass(
         xb: &[bf16],
         m: usize,
-        kp: usize,
+        ldx: usize,
         w: &[bf16],
         k: usize,
         mask: __mmask32,
@@ -319,22 +323,22 @@ mod avx512 {
             let mut j = 0;
             while j < rows {
                 let nr = TILE_N.min(rows - j);
-                let xs = xb.as_ptr().add(r0 * kp);
+                let xs = xb.as_ptr().add(r0 * ldx);
                 let ws = w.as_ptr().add(j * k);
                 let o = out.add(r0 * ld + j);
                 match (mr, nr) {
-                    (6, 4) => tile::<6, 4>(xs, kp, ws, k, mask, o, ld, ks),
-                    (5, 4) => tile::<5, 4>(xs, kp, ws, k, mask, o, ld, ks),
-                    (4, 4) => tile::<4, 4>(xs, kp, ws, k, mask, o, ld, ks),
-                    (3, 4) => tile::<3, 4>(xs, kp, ws, k, mask, o, ld, ks),
-                    (2, 4) => tile::<2, 4>(xs, kp, ws, k, mask, o, ld, ks),
-                    (1, 4) => tile::<1, 4>(xs, kp, ws, k, mask, o, ld, ks),
-                    (6, _) => tile::<6, 1>(xs, kp, ws, k, mask, o, ld, ks),
-                    (5, _) => tile::<5, 1>(xs, kp, ws, k, mask, o, ld, ks),
-                    (4, _) => tile::<4, 1>(xs, kp, ws, k, mask, o, ld, ks),
-                    (3, _) => tile::<3, 1>(xs, kp, ws, k, mask, o, ld, ks),
-                    (2, _) => tile::<2, 1>(xs, kp, ws, k, mask, o, ld, ks),
-                    _ => tile::<1, 1>(xs, kp, ws, k, mask, o, ld, ks),
+                    (6, 4) => tile::<6, 4>(xs, ldx, ws, k, mask, o, ld, ks),
+                    (5, 4) => tile::<5, 4>(xs, ldx, ws, k, mask, o, ld, ks),
+                    (4, 4) => tile::<4, 4>(xs, ldx, ws, k, mask, o, ld, ks),
+                    (3, 4) => tile::<3, 4>(xs, ldx, ws, k, mask, o, ld, ks),
+                    (2, 4) => tile::<2, 4>(xs, ldx, ws, k, mask, o, ld, ks),
+                    (1, 4) => tile::<1, 4>(xs, ldx, ws, k, mask, o, ld, ks),
+                    (6, _) => tile::<6, 1>(xs, ldx, ws, k, mask, o, ld, ks),
+                    (5, _) => tile::<5, 1>(xs, ldx, ws, k, mask, o, ld, ks),
+                    (4, _) => tile::<4, 1>(xs, ldx, ws, k, mask, o, ld, ks),
+                    (3, _) => tile::<3, 1>(xs, ldx, ws, k, mask, o, ld, ks),
+                    (2, _) => tile::<2, 1>(xs, ldx, ws, k, mask, o, ld, ks),
+                    _ => tile::<1, 1>(xs, ldx, ws, k, mask, o, ld, ks),
                 }
                 j += if nr == 4 { 4 } else { 1 };
             }
@@ -348,7 +352,7 @@ mod avx512 {
     #[inline]
     unsafe fn tile<const M: usize, const N: usize>(
         x: *const bf16,
-        kp: usize,
+        ldx: usize,
         w: *const bf16,
         k: usize,
         mask: __mmask32,
@@ -371,7 +375,7 @@ mod avx512 {
                 };
             }
             for (r, a) in acc.iter_mut().enumerate() {
-                let xv = _mm512_loadu_si512(x.add(r * kp + t) as *const __m512i);
+                let xv = _mm512_loadu_si512(x.add(r * ldx + t) as *const __m512i);
                 let xv: __m512bh = std::mem::transmute(xv);
                 for c in 0..N {
                     a[c] =
