@@ -281,7 +281,10 @@ macro_rules! skinny_isa {
 
 /// How far ahead, in weight rows, the loops prefetch. The hardware prefetcher alone kept a
 /// 5-row step at ~20 GB/s from DRAM; prefetching the next row pair's lines doubled it
-/// (measured on 2 Zen cores: 40-50 GB/s, the machine's streaming rate).
+/// (measured on 2 Zen cores: 40-50 GB/s, the machine's streaming rate). Into L2, not L1: at
+/// k = 2048 the rows of x, the two weight rows read and the two prefetched all fall in one L1
+/// set, and prefetching into L1 evicted what was being read (a T5-XL decoder step's bf16
+/// weights, widened: 18 -> 22 GB/s on Zen 4).
 #[cfg(target_arch = "x86_64")]
 const PF_ROWS: usize = 2;
 
@@ -290,8 +293,8 @@ const PF_ROWS: usize = 2;
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn prefetch<T>(p: *const T) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+    _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
 }
 
 /// AVX2 + FMA: 8 lanes (2 * M <= 12 accumulators, 2 weight and 1 input register: the 16 AVX2
