@@ -793,6 +793,8 @@ mod avx2 {
             for b in 0..nb {
                 let blk = j * nb + b;
                 let qp = q.as_ptr().add(blk * qb);
+                // the row four on into L2 (a hint: past the task's rows it never faults)
+                _mm_prefetch::<_MM_HINT_T1>(qp.wrapping_add(4 * nb * qb) as *const i8);
                 let d = _mm256_set1_ps(*s.get_unchecked(blk));
                 let mn = minimum::<K>(qp);
                 for c in 0..4 {
@@ -976,6 +978,11 @@ mod avx512 {
             let mut w = [(_mm512_setzero_ps(), _mm512_setzero_ps()); R];
             for (i, w) in w.iter_mut().enumerate() {
                 let blk = (j + i) * nb + b;
+                // the rows two passes on into L2, as the bf16 kernel streams (a hint: past the
+                // task's rows it fetches nothing useful and never faults)
+                _mm_prefetch::<_MM_HINT_T1>(
+                    q.as_ptr().wrapping_add((blk + 2 * R * nb) * qb) as *const i8
+                );
                 *w = block(
                     kind,
                     q.as_ptr().add(blk * qb),
