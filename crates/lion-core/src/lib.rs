@@ -20,6 +20,7 @@ pub mod device;
 pub mod embedding;
 pub mod error;
 pub mod eva_vit;
+pub mod few_rows;
 pub mod flip_text;
 pub mod generate;
 pub mod hub;

@@ -956,6 +956,18 @@ pub fn matmul_tensors(
         && ra > 2
         && a.dims()[..ra - 2] == b.dims()[..rb - 2]
         && a.dims()[ra - 2] > crate::skinny::MAX_ROWS;
+    if cpu_f32 && ra == rb && ra > 2 && a.dims()[..ra - 2] == b.dims()[..rb - 2] {
+        // a few rows (attention while decoding with beams): candle's bits, without its
+        // per-item packing, when candle would multiply these layouts as they are
+        let (m, k, n) = (a.dims()[ra - 2], a.dims()[ra - 1], b.dims()[rb - 1]);
+        let as_is = a.is_contiguous() && (b.is_contiguous() || b.t()?.is_contiguous());
+        if as_is
+            && b.dims()[rb - 2] == k
+            && crate::few_rows::candle_order(m, n, k, a.stride()[ra - 1], b.stride()[rb - 2])
+        {
+            return a.apply_op2_no_bwd(b, &crate::few_rows::FewRows);
+        }
+    }
     if available() && cpu_f32 && ((ra == 2 && rb == 2) || batched_ok) {
         a.apply_op2_no_bwd(b, &Matmul)
     } else {
