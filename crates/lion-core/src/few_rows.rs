@@ -148,6 +148,15 @@ macro_rules! strip_kernel {
             let mask = $mask(width);
             let idx = gather_index(b.cs);
             let (ap, bp) = (a.data.as_ptr(), b.data.as_ptr().add(j0 * b.cs));
+            if G && b.rs == 1 && j0 + $lanes < n {
+                // K^T: the next strip's keys are one contiguous run of memory; a gather's 16
+                // lines would otherwise each miss on their first touch
+                let next = bp.add($lanes * b.cs);
+                let lines = ($lanes * b.cs).min(n.saturating_sub(j0 + $lanes) * b.cs);
+                for l in (0..lines).step_by(16) {
+                    _mm_prefetch::<_MM_HINT_T0>(next.add(l) as *const i8);
+                }
+            }
             let mut sum = [$zero(); R];
             let mut k0 = 0;
             while k0 < k {
