@@ -202,6 +202,19 @@ macro_rules! strip_kernel {
             macro_rules! go {
                 ($g:expr) => {
                     for j0 in (0..n).step_by($lanes) {
+                        let done = $g
+                            && match rows {
+                                1 => strip_transposed::<1>(a, k, b, j0, n, out),
+                                2 => strip_transposed::<2>(a, k, b, j0, n, out),
+                                3 => strip_transposed::<3>(a, k, b, j0, n, out),
+                                4 => strip_transposed::<4>(a, k, b, j0, n, out),
+                                5 => strip_transposed::<5>(a, k, b, j0, n, out),
+                                6 => strip_transposed::<6>(a, k, b, j0, n, out),
+                                _ => false,
+                            };
+                        if done {
+                            continue;
+                        }
                         match rows {
                             1 => strip::<1, $g>(a, k, b, j0, n, out),
                             2 => strip::<2, $g>(a, k, b, j0, n, out),
@@ -252,6 +265,107 @@ mod avx512 {
         _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, idx, p)
     }
 
+    /// 16 x 16 transpose: `r[i]` lane `d` -> `t[d]` lane `i`.
+    #[inline(always)]
+    unsafe fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for p in 0..8 {
+            t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+            t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+        }
+        // u[4q + c]: in 128-bit lane L, element 4L + c of rows 4q..4q+4
+        let mut u = [_mm512_setzero_ps(); 16];
+        for q in 0..4 {
+            let pd = |x: __m512| _mm512_castps_pd(x);
+            let (t0, t1, t2, t3) = (t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]);
+            u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t0), pd(t2)));
+            u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t0), pd(t2)));
+            u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t1), pd(t3)));
+            u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t1), pd(t3)));
+        }
+        let mut v = [_mm512_setzero_ps(); 16];
+        for h in [0, 8] {
+            for c in 0..4 {
+                v[h + c] = _mm512_shuffle_f32x4::<0x88>(u[h + c], u[h + c + 4]);
+                v[h + c + 4] = _mm512_shuffle_f32x4::<0xdd>(u[h + c], u[h + c + 4]);
+            }
+        }
+        let mut o = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            o[c] = _mm512_shuffle_f32x4::<0x88>(v[c], v[8 + c]);
+            o[c + 8] = _mm512_shuffle_f32x4::<0xdd>(v[c], v[8 + c]);
+            o[c + 4] = _mm512_shuffle_f32x4::<0x88>(v[c + 4], v[12 + c]);
+            o[c + 12] = _mm512_shuffle_f32x4::<0xdd>(v[c + 4], v[12 + c]);
+        }
+        o
+    }
+
+    /// A full strip of 16 columns of a `b` whose columns are contiguous (attention's K^T: each
+    /// column a row of K): 16 x 16 blocks loaded along K's rows and transposed in registers,
+    /// the same chain as the gathered strip (`k % 16` last steps gathered). False (nothing
+    /// done) for other strips.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn strip_transposed<const R: usize>(
+        a: View,
+        k: usize,
+        b: View,
+        j0: usize,
+        n: usize,
+        out: &mut [f32],
+    ) -> bool {
+        if b.rs != 1 || j0 + 16 > n {
+            return false;
+        }
+        let idx = gather_index(b.cs);
+        let (ap, bp) = (a.data.as_ptr(), b.data.as_ptr().add(j0 * b.cs));
+        if j0 + 32 <= n {
+            let next = bp.add(16 * b.cs);
+            for l in (0..16 * b.cs).step_by(16) {
+                _mm_prefetch::<_MM_HINT_T0>(next.add(l) as *const i8);
+            }
+        }
+        let mut sum = [_mm512_setzero_ps(); R];
+        let mut k0 = 0;
+        while k0 < k {
+            let k1 = (k0 + KC).min(k);
+            let mut acc = [_mm512_setzero_ps(); R];
+            let mut kk = k0;
+            while kk + 16 <= k1 {
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (i, ri) in r.iter_mut().enumerate() {
+                    *ri = _mm512_loadu_ps(bp.add(i * b.cs + kk));
+                }
+                let t = transpose16(&r);
+                for (d, bv) in t.iter().enumerate() {
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let av = _mm512_set1_ps(*ap.add(r * a.rs + (kk + d) * a.cs));
+                        *acc = _mm512_fmadd_ps(av, *bv, *acc);
+                    }
+                }
+                kk += 16;
+            }
+            for kk in kk..k1 {
+                let bv = gather(bp.add(kk), idx, 0xffff);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*ap.add(r * a.rs + kk * a.cs));
+                    *acc = _mm512_fmadd_ps(av, bv, *acc);
+                }
+            }
+            for r in 0..R {
+                sum[r] = if k0 == 0 {
+                    acc[r]
+                } else {
+                    _mm512_add_ps(acc[r], sum[r])
+                };
+            }
+            k0 = k1;
+        }
+        for (r, sum) in sum.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(r * n + j0), *sum);
+        }
+        true
+    }
+
     strip_kernel!(
         "avx512f",
         __m512,
@@ -295,6 +409,19 @@ mod avx2 {
     #[inline(always)]
     unsafe fn gather(p: *const f32, idx: __m256i, m: __m256i) -> __m256 {
         _mm256_mask_i32gather_ps::<4>(_mm256_setzero_ps(), p, idx, _mm256_castsi256_ps(m))
+    }
+
+    /// No in-register transpose here: the gathers stay.
+    #[inline(always)]
+    unsafe fn strip_transposed<const R: usize>(
+        _: View,
+        _: usize,
+        _: View,
+        _: usize,
+        _: usize,
+        _: &mut [f32],
+    ) -> bool {
+        false
     }
 
     strip_kernel!(
