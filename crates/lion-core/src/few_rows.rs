@@ -7,7 +7,9 @@
 //! separate call that first packs K or V into its panel layout: on LION-4B (24 layers x 32
 //! heads x 2 products per step) those calls took about 28 ms of a 160 ms decoding step on one
 //! thread, the other idle (AMD EPYC Zen 4, `perf`). Here the heads run in parallel and read K
-//! and V where they lie: V's rows as vectors, K^T's columns gathered (no copy).
+//! and V where they lie, with no copy: V's rows as vectors; K^T in strips of 16 keys, loaded
+//! along K's rows and transposed in registers (AVX-512), or gathered (AVX2, and the last
+//! `k % 16` steps).
 //!
 //! **Same bits as candle.** For these shapes `gemm` computes every output element as one chain
 //! of fused multiply-adds over `k` in order, from +0, in blocks of 512 (the block's chain added
@@ -63,7 +65,7 @@ impl View<'_> {
 /// `a` (m, k) @ `b` (k, n) into `out` (m, n) row-major, for shapes [`candle_order`] accepts
 /// (the order holds for any shape; the caller decides whether it must match candle). Both
 /// operands are read where they lie, through their strides: rows of `b` with contiguous columns
-/// as vectors, other layouts (attention's K^T) gathered column by column.
+/// as vectors, other layouts (attention's K^T) transposed in registers or gathered.
 ///
 /// Panics if a view does not fit its shape or `out.len() != m * n`.
 pub fn matmul_into(m: usize, n: usize, k: usize, a: View, b: View, out: &mut [f32]) {
@@ -133,7 +135,7 @@ fn portable_rows_times(a: View, rows: usize, k: usize, b: View, n: usize, out: &
 /// chain over each block of `k`, the blocks summed, then stored; `G`: gather `b`'s columns
 /// (column stride not 1) instead of loading its rows.
 macro_rules! strip_kernel {
-    ($feat:literal, $vec:ty, $lanes:expr, $zero:ident, $set1:ident, $fmadd:ident, $add:ident,
+    ($feat:literal, $lanes:expr, $zero:ident, $set1:ident, $fmadd:ident, $add:ident,
      $store:ident, $mask:ident, $load:ident, $gather:ident) => {
         #[target_feature(enable = $feat)]
         unsafe fn strip<const R: usize, const G: bool>(
@@ -368,7 +370,6 @@ mod avx512 {
 
     strip_kernel!(
         "avx512f",
-        __m512,
         16,
         _mm512_setzero_ps,
         _mm512_set1_ps,
@@ -426,7 +427,6 @@ mod avx2 {
 
     strip_kernel!(
         "avx2,fma",
-        __m256,
         8,
         _mm256_setzero_ps,
         _mm256_set1_ps,
