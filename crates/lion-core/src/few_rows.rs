@@ -44,23 +44,7 @@ pub fn candle_order(m: usize, n: usize, k: usize, a_cs: usize, b_rs: usize) -> b
     (2..=MAX_ROWS).contains(&m) && n >= 2 && k >= 3 && !horizontal && (k <= KC || n <= 64)
 }
 
-/// A (rows, cols) matrix view with element strides.
-#[derive(Clone, Copy)]
-pub struct View<'a> {
-    pub data: &'a [f32],
-    pub rs: usize,
-    pub cs: usize,
-}
-
-impl View<'_> {
-    fn fits(&self, rows: usize, cols: usize) -> bool {
-        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
-    }
-
-    fn at(&self, r: usize, c: usize) -> f32 {
-        self.data[r * self.rs + c * self.cs]
-    }
-}
+use crate::sgemm::MatRef;
 
 /// `a` (m, k) @ `b` (k, n) into `out` (m, n) row-major, for shapes [`candle_order`] accepts
 /// (the order holds for any shape; the caller decides whether it must match candle). Both
@@ -68,7 +52,7 @@ impl View<'_> {
 /// as vectors, other layouts (attention's K^T) transposed in registers or gathered.
 ///
 /// Panics if a view does not fit its shape or `out.len() != m * n`.
-pub fn matmul_into(m: usize, n: usize, k: usize, a: View, b: View, out: &mut [f32]) {
+pub fn matmul_into(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, out: &mut [f32]) {
     assert!(
         a.fits(m, k) && b.fits(k, n) && out.len() == m * n,
         "few_rows: views do not fit ({m}, {k}) x ({k}, {n})"
@@ -87,7 +71,7 @@ pub fn matmul_into(m: usize, n: usize, k: usize, a: View, b: View, out: &mut [f3
     }
     for i0 in (0..m).step_by(GROUP) {
         let rows = GROUP.min(m - i0);
-        let a_rows = View {
+        let a_rows = MatRef {
             data: &a.data[i0 * a.rs..],
             ..a
         };
@@ -97,7 +81,7 @@ pub fn matmul_into(m: usize, n: usize, k: usize, a: View, b: View, out: &mut [f3
 
 /// `a` (rows, k) @ `b` (k, n) -> `out` (rows, n), rows <= GROUP, views that fit (checked by
 /// [`matmul_into`]), on the widest kernel this machine runs.
-fn rows_times(a: View, rows: usize, k: usize, b: View, n: usize, out: &mut [f32]) {
+fn rows_times(a: MatRef, rows: usize, k: usize, b: MatRef, n: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     match crate::cpu::kernels().f32_skinny {
         // SAFETY: `cpu::kernels()` picks these only when the CPU has their features; the views
@@ -115,7 +99,7 @@ fn rows_times(a: View, rows: usize, k: usize, b: View, n: usize, out: &mut [f32]
 }
 
 /// The chain per element with scalar fused multiply-adds (the reference of the SIMD kernels).
-fn portable_rows_times(a: View, rows: usize, k: usize, b: View, n: usize, out: &mut [f32]) {
+fn portable_rows_times(a: MatRef, rows: usize, k: usize, b: MatRef, n: usize, out: &mut [f32]) {
     for i in 0..rows {
         for j in 0..n {
             let mut sum = 0f32;
@@ -139,9 +123,9 @@ macro_rules! strip_kernel {
      $store:ident, $mask:ident, $load:ident, $gather:ident) => {
         #[target_feature(enable = $feat)]
         unsafe fn strip<const R: usize, const G: bool>(
-            a: View,
+            a: MatRef,
             k: usize,
-            b: View,
+            b: MatRef,
             j0: usize,
             n: usize,
             out: &mut [f32],
@@ -194,10 +178,10 @@ macro_rules! strip_kernel {
 
         #[target_feature(enable = $feat)]
         pub(super) unsafe fn rows_times(
-            a: View,
+            a: MatRef,
             rows: usize,
             k: usize,
-            b: View,
+            b: MatRef,
             n: usize,
             out: &mut [f32],
         ) {
@@ -240,7 +224,7 @@ macro_rules! strip_kernel {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{View, KC};
+    use super::{MatRef, KC};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -308,9 +292,9 @@ mod avx512 {
     /// done) for other strips.
     #[target_feature(enable = "avx512f")]
     unsafe fn strip_transposed<const R: usize>(
-        a: View,
+        a: MatRef,
         k: usize,
-        b: View,
+        b: MatRef,
         j0: usize,
         n: usize,
         out: &mut [f32],
@@ -384,7 +368,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{View, KC};
+    use super::{MatRef, KC};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -415,9 +399,9 @@ mod avx2 {
     /// No in-register transpose here: the gathers stay.
     #[inline(always)]
     unsafe fn strip_transposed<const R: usize>(
-        _: View,
+        _: MatRef,
         _: usize,
-        _: View,
+        _: MatRef,
         _: usize,
         _: usize,
         _: &mut [f32],
@@ -465,27 +449,19 @@ impl candle_core::CustomOp2 for FewRows {
         let (CpuStorage::F32(x), CpuStorage::F32(y)) = (s1, s2) else {
             candle_core::bail!("lion-few-rows: f32 operands only")
         };
-        /// The (rows, cols) matrix of batch item `i` (row-major over the leading dims).
-        fn view<'a>(data: &'a [f32], l: &candle_core::Layout, i: usize) -> View<'a> {
-            let (dims, st) = (l.dims(), l.stride());
-            let r = dims.len();
-            let (mut at, mut rest) = (l.start_offset(), i);
-            for d in (0..r - 2).rev() {
-                at += rest % dims[d] * st[d];
-                rest /= dims[d];
-            }
-            View {
-                data: &data[at..],
-                rs: st[r - 2],
-                cs: st[r - 1],
-            }
-        }
         let batch: usize = da[..r - 2].iter().product();
         let mut c = vec![0f32; batch * m * n];
         if m * n > 0 {
-            c.par_chunks_mut(m * n)
-                .enumerate()
-                .for_each(|(i, ci)| matmul_into(m, n, k, view(x, l1, i), view(y, l2, i), ci));
+            c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
+                matmul_into(
+                    m,
+                    n,
+                    k,
+                    MatRef::batch_item(x, l1, i),
+                    MatRef::batch_item(y, l2, i),
+                    ci,
+                )
+            });
         }
         let mut shape = da.to_vec();
         shape[r - 1] = n;
@@ -525,7 +501,7 @@ mod tests {
         for (rows, k, n) in shapes {
             let a = random(rows * k, 1);
             let b = random(k * n, 2);
-            let av = View {
+            let av = MatRef {
                 data: &a,
                 rs: k,
                 cs: 1,
@@ -536,12 +512,12 @@ mod tests {
                 .map(|(j, kk)| b[kk * n + j])
                 .collect();
             for bv in [
-                View {
+                MatRef {
                     data: &b,
                     rs: n,
                     cs: 1,
                 },
-                View {
+                MatRef {
                     data: &bt,
                     rs: 1,
                     cs: k,

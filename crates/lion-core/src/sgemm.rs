@@ -67,8 +67,30 @@ impl<'a> MatRef<'a> {
     }
 
     /// Whether every element of a (rows, cols) view lies inside `data`.
-    fn fits(&self, rows: usize, cols: usize) -> bool {
+    pub(crate) fn fits(&self, rows: usize, cols: usize) -> bool {
         rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+
+    /// Element (r, c) (bounds-checked).
+    pub(crate) fn at(&self, r: usize, c: usize) -> f32 {
+        self.data[r * self.rs + c * self.cs]
+    }
+
+    /// The (rows, cols) matrix of batch item `i` of a candle layout (row-major over its
+    /// leading dims; rank >= 2).
+    pub(crate) fn batch_item(data: &'a [f32], l: &candle_core::Layout, i: usize) -> Self {
+        let (dims, st) = (l.dims(), l.stride());
+        let r = dims.len();
+        let (mut at, mut rest) = (l.start_offset(), i);
+        for d in (0..r - 2).rev() {
+            at += rest % dims[d] * st[d];
+            rest /= dims[d];
+        }
+        Self {
+            data: &data[at..],
+            rs: st[r - 2],
+            cs: st[r - 1],
+        }
     }
 }
 
@@ -1032,25 +1054,10 @@ impl candle_core::CustomOp2 for Matmul {
         let (CpuStorage::F32(x), CpuStorage::F32(y)) = (s1, s2) else {
             candle_core::bail!("lion-sgemm: f32 operands only")
         };
-        /// The (rows, cols) matrix of batch item `i` (row-major over the leading dims).
-        fn view<'a>(data: &'a [f32], l: &candle_core::Layout, i: usize) -> MatRef<'a> {
-            let (dims, st) = (l.dims(), l.stride());
-            let r = dims.len();
-            let (mut at, mut rest) = (l.start_offset(), i);
-            for d in (0..r - 2).rev() {
-                at += rest % dims[d] * st[d];
-                rest /= dims[d];
-            }
-            MatRef {
-                data: &data[at..],
-                rs: st[r - 2],
-                cs: st[r - 1],
-            }
-        }
         let batch: usize = da[..r - 2].iter().product();
         let mut c = out_buf(batch * m * n, k);
         let item = |(i, ci): (usize, &mut [f32])| {
-            let (a, b) = (view(x, l1, i), view(y, l2, i));
+            let (a, b) = (MatRef::batch_item(x, l1, i), MatRef::batch_item(y, l2, i));
             assert!(
                 a.fits(m, k) && b.fits(k, n),
                 "sgemm: views do not fit ({m}, {k}) x ({k}, {n})"

@@ -4,7 +4,8 @@
 //! taken or not (more rows go to `sgemm`'s own tiles, another order).
 
 use candle_core::{Device, Tensor};
-use lion_core::few_rows::{self, View};
+use lion_core::few_rows;
+use lion_core::sgemm::MatRef;
 
 /// Random f32 data in [-1, 1) from a seed (the same data on every run).
 fn uniform(n: usize, seed: u32) -> Vec<f32> {
@@ -71,12 +72,12 @@ fn few_rows_products_give_candles_bits() -> candle_core::Result<()> {
                         m,
                         n,
                         k,
-                        View {
+                        MatRef {
                             data: &av,
                             rs: k,
                             cs: 1,
                         },
-                        View { data: &bc, rs, cs },
+                        MatRef { data: &bc, rs, cs },
                         &mut out,
                     );
                     let want0: Vec<u32> = bits(&want.get(0)?.get(0)?);
@@ -91,12 +92,12 @@ fn few_rows_products_give_candles_bits() -> candle_core::Result<()> {
                             m,
                             n,
                             k,
-                            View {
+                            MatRef {
                                 data: &av,
                                 rs: k,
                                 cs: 1,
                             },
-                            View {
+                            MatRef {
                                 data: &stored,
                                 rs: 1,
                                 cs: k,
