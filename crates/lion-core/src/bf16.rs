@@ -5,7 +5,9 @@
 //! AVX512-BF16 ([`crate::cpu`]), `vdpbf16ps` multiplies 32 bf16 pairs per instruction into 16 f32
 //! accumulators: each tile holds 6 rows of `x` against 4 weight rows (24 accumulators, 4 weight
 //! and 1 input register of the 32), reads each weight row once per 6 input rows, and sums the 4
-//! columns' lanes together at the end. Parallel over blocks of weight rows (rayon), so a few
+//! columns' lanes together at the end. With more than 6 rows of `x`, each 512-column slice of
+//! 16 weight rows is first copied side by side, so that rows 4 KiB apart in the checkpoint
+//! (k = 2048, 6144) do not share L1 sets. Parallel over blocks of weight rows (rayon), so a few
 //! decoding rows stream the weight once at half the f32 bytes. Without AVX512-BF16 the f32 kernels run
 //! with the weight widened as it is loaded ([`matmul_wt_widened`]). From [`WIDEN_MIN_ROWS`] rows on, where
 //! [`crate::cpu::Bf16Gemm::WidenF32`] is picked (Intel: `vdpbf16ps` there is slower than the f32
@@ -28,9 +30,13 @@ const TILE_M: usize = 6;
 /// Weight rows per tile.
 const TILE_N: usize = 4;
 
-/// Columns per pass over a block (a multiple of 32): 6 input rows and 4 weight rows of it (10 KiB)
-/// stay in L1, the block's 32 weight rows of it (32 KiB) in L2; partial sums add into the output.
+/// Columns per pass over a block (a multiple of 32): 6 input rows of it and the [`PACK_ROWS`]
+/// weight rows copied side by side (22 KiB) stay in L1; partial sums add into the output.
 const TILE_K: usize = 512;
+
+/// Weight rows copied next to each other per `TILE_K` slice when many rows of `x` run (16 KiB:
+/// in L1 beside a tile's 6 rows of x).
+const PACK_ROWS: usize = 16;
 
 /// Rows of `x` from which [`crate::cpu::Bf16Gemm::WidenF32`] runs the f32 GEMM instead of
 /// `vdpbf16ps`: measured on Intel (Emerald Rapids, 2 cores), the two were even at 32 rows
@@ -271,7 +277,7 @@ impl OutPtr {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{TILE_K, TILE_M, TILE_N};
+    use super::{PACK_ROWS, TILE_K, TILE_M, TILE_N};
     use half::bf16;
     use std::arch::x86_64::*;
 
@@ -291,28 +297,71 @@ mod avx512 {
         ld: usize,
     ) {
         debug_assert!(xb.len() == m * ldx && ldx >= kp && w.len() == rows * k);
-        let tail = k % 32;
-        let mask: __mmask32 = if tail == 0 { !0 } else { (1u32 << tail) - 1 };
-        // One tile of input rows (decoding) reads each weight row once anyway: then the rows are
-        // streamed whole, four contiguous streams, rather than in slices.
-        let stream = m <= TILE_M;
-        let slice = if stream { kp } else { TILE_K };
-        for k0 in (0..kp).step_by(slice) {
-            let ks = (k0, (k0 + slice).min(kp));
-            pass(xb, m, ldx, w, k, mask, out, rows, ld, ks, stream);
+        if m <= TILE_M {
+            // One tile of input rows (decoding) reads each weight row once anyway: the rows are
+            // streamed whole from where they lie, four contiguous streams, rather than in slices.
+            let tail = k % 32;
+            let mask: __mmask32 = if tail == 0 { !0 } else { (1u32 << tail) - 1 };
+            let ws = Slab {
+                w: w.as_ptr(),
+                ld: k,
+                k0: 0,
+                full: k / 32 * 32,
+                mask,
+            };
+            pass(xb, m, ldx, ws, out, rows, ld, (0, kp), true);
+            return;
+        }
+        // Many input rows: each `TILE_K` slice of `PACK_ROWS` weight rows is copied next to each
+        // other first (zero-padded to a multiple of 32 columns), then every tile of x rows runs
+        // over that copy. In place, the rows lie k apart: at k = 2048 or 6144 (a multiple of
+        // 4 KiB) all of them fall in the same L1 sets and evict each other (ViT-g's fc2,
+        // k = 6144, ran at 170 GFLOP/s against 314 at k = 1408 on Zen 4). The copy changes
+        // where the values are read, not the order they are summed in: the same bits.
+        let mut buf = vec![bf16::ZERO; PACK_ROWS.min(rows) * TILE_K];
+        for k0 in (0..kp).step_by(TILE_K) {
+            let k1 = (k0 + TILE_K).min(kp);
+            let len = k1 - k0;
+            let have = k1.min(k) - k0;
+            for g0 in (0..rows).step_by(PACK_ROWS) {
+                let gr = PACK_ROWS.min(rows - g0);
+                for (r, d) in buf.chunks_exact_mut(len).take(gr).enumerate() {
+                    let s = (g0 + r) * k + k0;
+                    d[..have].copy_from_slice(&w[s..s + have]);
+                    d[have..].fill(bf16::ZERO);
+                }
+                let ws = Slab {
+                    w: buf.as_ptr(),
+                    ld: len,
+                    k0,
+                    full: k1,
+                    mask: !0,
+                };
+                pass(xb, m, ldx, ws, out.add(g0), gr, ld, (k0, k1), false);
+            }
         }
     }
 
-    /// One `TILE_K` slice `ks` of the columns: adds its products into `out`.
+    /// Where a pass reads its weight rows: column `t` of row `c` at `w + c * ld + (t - k0)`;
+    /// columns from `full` on are loaded under `mask` (the checkpoint's rows end there).
+    #[derive(Clone, Copy)]
+    pub(super) struct Slab {
+        w: *const bf16,
+        ld: usize,
+        k0: usize,
+        full: usize,
+        mask: __mmask32,
+    }
+
+    /// The columns `ks` of the weight rows in `ws` against every row of x: adds their products
+    /// into `out`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     unsafe fn pass(
         xb: &[bf16],
         m: usize,
         ldx: usize,
-        w: &[bf16],
-        k: usize,
-        mask: __mmask32,
+        ws: Slab,
         out: *mut f32,
         rows: usize,
         ld: usize,
@@ -326,21 +375,24 @@ mod avx512 {
             while j < rows {
                 let nr = TILE_N.min(rows - j);
                 let xs = xb.as_ptr().add(r0 * ldx);
-                let ws = w.as_ptr().add(j * k);
+                let w = Slab {
+                    w: ws.w.add(j * ws.ld),
+                    ..ws
+                };
                 let o = out.add(r0 * ld + j);
                 match (mr, nr) {
-                    (6, 4) => tile::<6, 4>(xs, ldx, ws, k, mask, o, ld, ks, stream),
-                    (5, 4) => tile::<5, 4>(xs, ldx, ws, k, mask, o, ld, ks, stream),
-                    (4, 4) => tile::<4, 4>(xs, ldx, ws, k, mask, o, ld, ks, stream),
-                    (3, 4) => tile::<3, 4>(xs, ldx, ws, k, mask, o, ld, ks, stream),
-                    (2, 4) => tile::<2, 4>(xs, ldx, ws, k, mask, o, ld, ks, stream),
-                    (1, 4) => tile::<1, 4>(xs, ldx, ws, k, mask, o, ld, ks, stream),
-                    (6, _) => tile::<6, 1>(xs, ldx, ws, k, mask, o, ld, ks, stream),
-                    (5, _) => tile::<5, 1>(xs, ldx, ws, k, mask, o, ld, ks, stream),
-                    (4, _) => tile::<4, 1>(xs, ldx, ws, k, mask, o, ld, ks, stream),
-                    (3, _) => tile::<3, 1>(xs, ldx, ws, k, mask, o, ld, ks, stream),
-                    (2, _) => tile::<2, 1>(xs, ldx, ws, k, mask, o, ld, ks, stream),
-                    _ => tile::<1, 1>(xs, ldx, ws, k, mask, o, ld, ks, stream),
+                    (6, 4) => tile::<6, 4>(xs, ldx, w, o, ld, ks, stream),
+                    (5, 4) => tile::<5, 4>(xs, ldx, w, o, ld, ks, stream),
+                    (4, 4) => tile::<4, 4>(xs, ldx, w, o, ld, ks, stream),
+                    (3, 4) => tile::<3, 4>(xs, ldx, w, o, ld, ks, stream),
+                    (2, 4) => tile::<2, 4>(xs, ldx, w, o, ld, ks, stream),
+                    (1, 4) => tile::<1, 4>(xs, ldx, w, o, ld, ks, stream),
+                    (6, _) => tile::<6, 1>(xs, ldx, w, o, ld, ks, stream),
+                    (5, _) => tile::<5, 1>(xs, ldx, w, o, ld, ks, stream),
+                    (4, _) => tile::<4, 1>(xs, ldx, w, o, ld, ks, stream),
+                    (3, _) => tile::<3, 1>(xs, ldx, w, o, ld, ks, stream),
+                    (2, _) => tile::<2, 1>(xs, ldx, w, o, ld, ks, stream),
+                    _ => tile::<1, 1>(xs, ldx, w, o, ld, ks, stream),
                 }
                 j += if nr == 4 { 4 } else { 1 };
             }
@@ -355,21 +407,25 @@ mod avx512 {
     unsafe fn tile<const M: usize, const N: usize>(
         x: *const bf16,
         ldx: usize,
-        w: *const bf16,
-        k: usize,
-        mask: __mmask32,
+        ws: Slab,
         out: *mut f32,
         ld: usize,
         ks: (usize, usize),
         stream: bool,
     ) {
         let mut acc = [[_mm512_setzero_ps(); N]; M];
-        let full = k / 32 * 32;
+        let Slab {
+            w,
+            ld: k,
+            k0,
+            full,
+            mask,
+        } = ws;
         let mut t = ks.0;
         while t < ks.1 {
             let mut wv = [_mm512_setzero_si512(); N];
             for (c, v) in wv.iter_mut().enumerate() {
-                let p = w.add(c * k + t);
+                let p = w.add(c * k + t - k0);
                 *v = if t < full {
                     if stream {
                         // decoding: the rows two tiles on into L2 (a T5-XL decoder step's
@@ -377,7 +433,7 @@ mod avx512 {
                         // tile's rows into L1: those evicted the rows being read)
                         _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(8 * k) as *const i8);
                     } else {
-                        // the next tile's rows (the block's rows stay in cache across the
+                        // the next tile's rows (the packed rows stay in cache across the
                         // tiles of x rows)
                         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(4 * k) as *const i8);
                     }

@@ -163,7 +163,8 @@ fn assert_close_to_exact(got: &[f32], want: &[f64], (m, k, n): (usize, usize, us
 
 /// The bf16 kernel this CPU runs (AVX512-BF16 or the widening path) against the exact product
 /// of the bf16-rounded operands, on edge shapes: 1 row, tile remainders (7, 17 rows; 1..3 weight
-/// rows past a tile of 4), odd and short widths, more than one rayon block of weight rows.
+/// rows past a tile of 4), odd and short widths, more than one rayon block of weight rows, more
+/// than one 512-column slice with a tail.
 #[test]
 fn bf16_matmul_matches_the_exact_product_on_edge_shapes() {
     let k = lion_core::cpu::kernels().bf16;
@@ -182,6 +183,9 @@ fn bf16_matmul_matches_the_exact_product_on_edge_shapes() {
         (33, 100, 37),
         (2, 768, 67),
         (40, 300, 45),
+        // several 512-column slices with a tail, weight rows copied in groups of 16 (+ 5)
+        (13, 1100, 37),
+        (9, 513, 50),
     ];
     for (i, &(m, kk, n)) in shapes.iter().enumerate() {
         let x = uniform(m * kk, 2 * i as u32);
