@@ -9,6 +9,11 @@
 //! so that each rate can be read as a fraction of what the machine can do at all.
 //!
 //! `cargo run --release -p lion-core --example gemm_shapes [REPEATS]`
+//!
+//! It tunes glibc's allocator first, as the `lion` binary does at start-up
+//! (`lion_core::util::tune_allocator`: buffers up to 32 MiB from the heap, not fresh `mmap`s
+//! whose pages fault in on every call); `NO_TUNE=1` skips that, to see what a library caller
+//! who does not call it gets.
 
 use std::time::Instant;
 
