@@ -5,9 +5,9 @@
 //! AVX512-BF16 ([`crate::cpu`]), `vdpbf16ps` multiplies 32 bf16 pairs per instruction into 16 f32
 //! accumulators: each tile holds 6 rows of `x` against 4 weight rows (24 accumulators, 4 weight
 //! and 1 input register of the 32), reads each weight row once per 6 input rows, and sums the 4
-//! columns' lanes together at the end. With more than 6 rows of `x`, each 512-column slice of
-//! 16 weight rows is first copied side by side, so that rows 4 KiB apart in the checkpoint
-//! (k = 2048, 6144) do not share L1 sets. Parallel over blocks of weight rows (rayon), so a few
+//! columns' lanes together at the end. With more than 6 rows of `x` and weight rows that share
+//! L1 sets where they lie (4 KiB apart and the like: k = 2048, 6144), each 512-column slice of 16
+//! weight rows is first copied side by side ([`rows_share_sets`]). Parallel over blocks of weight rows (rayon), so a few
 //! decoding rows stream the weight once at half the f32 bytes. Without AVX512-BF16 the f32 kernels run
 //! with the weight widened as it is loaded ([`matmul_wt_widened`]). From [`WIDEN_MIN_ROWS`] rows on, where
 //! [`crate::cpu::Bf16Gemm::WidenF32`] is picked (Intel: `vdpbf16ps` there is slower than the f32
@@ -190,6 +190,16 @@ fn native(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
     native_rows(x, m, k, n, Rows::Slice(w))
 }
 
+/// Whether 32 weight rows `k` bf16 values apart start in fewer than 8 distinct L1 sets (64-byte
+/// lines, 64 sets: a 4 KiB period), so that their 512-column slices evict each other in L1
+/// (k = 2048: 1 set; 3072 or 5120: 2; 768: 8; 1408: 16). The AVX512-BF16 kernel copies such rows
+/// side by side before many rows of `x` run over them. Rows shorter than a slice never do.
+pub(crate) fn rows_share_sets(k: usize) -> bool {
+    let sets = (0..ROWS_PER_TASK).fold(0u64, |m, r| m | 1 << ((r * 2 * k / 64) % 64));
+    // shorter rows than a slice lie in a few lines together
+    k >= TILE_K && sets.count_ones() < 8
+}
+
 /// Where a task's weight rows come from: a bf16 weight, or a function that writes rows
 /// `j0..j0 + rows` into a buffer (`rows * k` values; quantized weights dequantize there).
 pub(crate) enum Rows<'a> {
@@ -277,7 +287,7 @@ impl OutPtr {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{PACK_ROWS, TILE_K, TILE_M, TILE_N};
+    use super::{rows_share_sets, PACK_ROWS, TILE_K, TILE_M, TILE_N};
     use half::bf16;
     use std::arch::x86_64::*;
 
@@ -297,27 +307,34 @@ mod avx512 {
         ld: usize,
     ) {
         debug_assert!(xb.len() == m * ldx && ldx >= kp && w.len() == rows * k);
+        let tail = k % 32;
+        let mask: __mmask32 = if tail == 0 { !0 } else { (1u32 << tail) - 1 };
+        let in_place = Slab {
+            w: w.as_ptr(),
+            ld: k,
+            k0: 0,
+            full: k / 32 * 32,
+            mask,
+        };
         if m <= TILE_M {
             // One tile of input rows (decoding) reads each weight row once anyway: the rows are
             // streamed whole from where they lie, four contiguous streams, rather than in slices.
-            let tail = k % 32;
-            let mask: __mmask32 = if tail == 0 { !0 } else { (1u32 << tail) - 1 };
-            let ws = Slab {
-                w: w.as_ptr(),
-                ld: k,
-                k0: 0,
-                full: k / 32 * 32,
-                mask,
-            };
-            pass(xb, m, ldx, ws, out, rows, ld, (0, kp), true);
+            pass(xb, m, ldx, in_place, out, rows, ld, (0, kp), true);
             return;
         }
-        // Many input rows: each `TILE_K` slice of `PACK_ROWS` weight rows is copied next to each
-        // other first (zero-padded to a multiple of 32 columns), then every tile of x rows runs
-        // over that copy. In place, the rows lie k apart: at k = 2048 or 6144 (a multiple of
-        // 4 KiB) all of them fall in the same L1 sets and evict each other (ViT-g's fc2,
-        // k = 6144, ran at 170 GFLOP/s against 314 at k = 1408 on Zen 4). The copy changes
-        // where the values are read, not the order they are summed in: the same bits.
+        if !rows_share_sets(k) {
+            for k0 in (0..kp).step_by(TILE_K) {
+                let ks = (k0, (k0 + TILE_K).min(kp));
+                pass(xb, m, ldx, in_place, out, rows, ld, ks, false);
+            }
+            return;
+        }
+        // Many input rows, and weight rows that would evict each other in L1 where they lie
+        // (k = 2048 or 6144, a multiple of 4 KiB: all of them in the same sets; ViT-g's fc2,
+        // k = 6144, ran at 170 GFLOP/s against 314 at k = 1408 on Zen 4): each `TILE_K` slice
+        // of `PACK_ROWS` weight rows is copied side by side first (zero-padded to a multiple of
+        // 32 columns), then every tile of x rows runs over that copy. The copy changes where the
+        // values are read, not the order they are summed in: the same bits.
         let mut buf = vec![bf16::ZERO; PACK_ROWS.min(rows) * TILE_K];
         for k0 in (0..kp).step_by(TILE_K) {
             let k1 = (k0 + TILE_K).min(kp);
@@ -498,5 +515,23 @@ mod avx512 {
             _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s))),
         );
         _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows_share_sets;
+
+    #[test]
+    fn rows_that_share_l1_sets_are_the_4_kib_strides_and_their_like() {
+        // T5-XL's k = 2048 and 5120, ViT-g's fc2 k = 6144, 3072 (ViT-B's fc2), and a row a
+        // 2-byte step past 4 KiB: fewer than 8 sets
+        for k in [1024, 2048, 3072, 5120, 6144, 2049] {
+            assert!(rows_share_sets(k), "k = {k}");
+        }
+        // ViT-B / T5-base's 768, ViT-g's 1408, and odd widths spread over 8 sets or more
+        for k in [1, 31, 300, 768, 1100, 1408, 2064] {
+            assert!(!rows_share_sets(k), "k = {k}");
+        }
     }
 }

@@ -183,9 +183,13 @@ fn bf16_matmul_matches_the_exact_product_on_edge_shapes() {
         (33, 100, 37),
         (2, 768, 67),
         (40, 300, 45),
-        // several 512-column slices with a tail, weight rows copied in groups of 16 (+ 5)
+        // several 512-column slices with a tail, the weight rows where they lie
         (13, 1100, 37),
         (9, 513, 50),
+        // rows that share L1 sets, copied side by side in groups of 16 (+ 5, + 2): with a
+        // tail of 1 column, and without
+        (13, 2049, 37),
+        (9, 1024, 50),
     ];
     for (i, &(m, kk, n)) in shapes.iter().enumerate() {
         let x = uniform(m * kk, 2 * i as u32);
