@@ -6,9 +6,9 @@
 //! accumulators: each tile holds 6 rows of `x` against 4 weight rows (24 accumulators, 4 weight
 //! and 1 input register of the 32), reads each weight row once per 6 input rows, and sums the 4
 //! columns' lanes together at the end. With more than 6 rows of `x` and weight rows that share
-//! L1 sets where they lie (4 KiB apart and the like: k = 2048, 6144), each 512-column slice of 16
-//! weight rows is first copied side by side ([`rows_share_sets`]). Parallel over blocks of weight rows (rayon), so a few
-//! decoding rows stream the weight once at half the f32 bytes. Without AVX512-BF16 the f32 kernels run
+//! L1 sets where they lie (4 KiB apart and the like: k = 2048, 6144), each 512-column slice of
+//! 16 weight rows is first copied side by side ([`rows_share_sets`]). Parallel over blocks of
+//! weight rows (rayon), so a few decoding rows stream the weight once at half the f32 bytes. Without AVX512-BF16 the f32 kernels run
 //! with the weight widened as it is loaded ([`matmul_wt_widened`]). From [`WIDEN_MIN_ROWS`] rows on, where
 //! [`crate::cpu::Bf16Gemm::WidenF32`] is picked (Intel: `vdpbf16ps` there is slower than the f32
 //! AVX-512 GEMM, see its docs), the f32 GEMM runs with the weight widened while it is packed
@@ -30,8 +30,9 @@ const TILE_M: usize = 6;
 /// Weight rows per tile.
 const TILE_N: usize = 4;
 
-/// Columns per pass over a block (a multiple of 32): 6 input rows of it and the [`PACK_ROWS`]
-/// weight rows copied side by side (22 KiB) stay in L1; partial sums add into the output.
+/// Columns per pass over a block (a multiple of 32): 6 input rows of it and 4 weight rows (or
+/// the [`PACK_ROWS`] rows copied side by side: 22 KiB in all) stay in L1; partial sums add into
+/// the output.
 const TILE_K: usize = 512;
 
 /// Weight rows copied next to each other per `TILE_K` slice when many rows of `x` run (16 KiB:
@@ -187,7 +188,7 @@ pub fn reference(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, round_x: b
 
 #[cfg(target_arch = "x86_64")]
 fn native(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
-    native_rows(x, m, k, n, Rows::Slice(w))
+    native_rows(x, m, k, n, Rows::Slice(w), rows_share_sets(k))
 }
 
 /// Whether 32 weight rows `k` bf16 values apart start in fewer than 8 distinct L1 sets (64-byte
@@ -225,11 +226,13 @@ pub(crate) fn matmul_wt_filled(
     if m == 0 || n == 0 {
         return vec![];
     }
-    native_rows(x, m, k, n, Rows::Fill(fill))
+    native_rows(x, m, k, n, Rows::Fill(fill), rows_share_sets(k))
 }
 
 #[cfg(target_arch = "x86_64")]
-fn native_rows(x: &[f32], m: usize, k: usize, n: usize, src: Rows) -> Vec<f32> {
+/// `copy`: whether the weight rows are copied side by side before many rows of x run over them
+/// ([`rows_share_sets`]; the same bits either way).
+fn native_rows(x: &[f32], m: usize, k: usize, n: usize, src: Rows, copy: bool) -> Vec<f32> {
     let kp = k.div_ceil(32) * 32;
     // x in bf16, rows padded with zeros to kp (the weight's tail is read masked), and rows an
     // odd number of cache lines apart: at a stride of a multiple of 4 KiB (k = 2048) a tile's
@@ -262,7 +265,7 @@ fn native_rows(x: &[f32], m: usize, k: usize, n: usize, src: Rows) -> Vec<f32> {
             // AVX-512 F/BW/VL and BF16. Lengths: xb is m * ldx, the block is rows * k. Each task
             // writes only the columns j0..j0 + rows of the m rows of `y` (row stride n), disjoint
             // from every other task's, and `y` outlives the parallel loop.
-            unsafe { avx512::block(&xb, m, kp, ldx, w, k, out.at(j0), rows, n) };
+            unsafe { avx512::block(&xb, m, kp, ldx, w, k, out.at(j0), rows, n, copy) };
         });
     y
 }
@@ -287,12 +290,12 @@ impl OutPtr {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{rows_share_sets, PACK_ROWS, TILE_K, TILE_M, TILE_N};
+    use super::{PACK_ROWS, TILE_K, TILE_M, TILE_N};
     use half::bf16;
     use std::arch::x86_64::*;
 
     /// `out[r * ld + c] = (x (m, kp) @ w (rows, k)^T)[r, c]` for every row of `x` (row stride
-    /// `ldx`) against the block's weight rows; `out` must be zero.
+    /// `ldx`) against the block's weight rows; `out` must be zero. `copy`: see `native_rows`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn block(
@@ -305,6 +308,7 @@ mod avx512 {
         out: *mut f32,
         rows: usize,
         ld: usize,
+        copy: bool,
     ) {
         debug_assert!(xb.len() == m * ldx && ldx >= kp && w.len() == rows * k);
         let tail = k % 32;
@@ -322,7 +326,7 @@ mod avx512 {
             pass(xb, m, ldx, in_place, out, rows, ld, (0, kp), true);
             return;
         }
-        if !rows_share_sets(k) {
+        if !copy {
             for k0 in (0..kp).step_by(TILE_K) {
                 let ks = (k0, (k0 + TILE_K).min(kp));
                 pass(xb, m, ldx, in_place, out, rows, ld, ks, false);
@@ -521,6 +525,29 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::rows_share_sets;
+
+    /// Copying the weight rows side by side changes where the kernel reads them, never the
+    /// summation order: the same bits with and without the copy, at widths either side of the
+    /// rule, with column tails and partial groups of 16 rows.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn copied_weight_rows_give_the_bits_of_rows_read_in_place() {
+        if crate::cpu::kernels().bf16 != crate::cpu::Bf16Kernel::Avx512Bf16 {
+            eprintln!("skipped: this CPU has no AVX512-BF16 (the copy is that kernel's)");
+            return;
+        }
+        for (i, (m, k, n)) in [(13, 2049, 37), (9, 1024, 50), (40, 1100, 45), (7, 768, 33)]
+            .into_iter()
+            .enumerate()
+        {
+            let val = |j: usize, s: usize| ((j * 7919 + s * 104_729) % 2001) as f32 / 1000.0 - 1.0;
+            let x: Vec<f32> = (0..m * k).map(|j| val(j, 2 * i)).collect();
+            let w = super::to_bf16(&(0..n * k).map(|j| val(j, 2 * i + 1)).collect::<Vec<_>>());
+            let run = |copy| super::native_rows(&x, m, k, n, super::Rows::Slice(&w), copy);
+            let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(run(true)), bits(run(false)), "({m}, {k}, {n})");
+        }
+    }
 
     #[test]
     fn rows_that_share_l1_sets_are_the_4_kib_strides_and_their_like() {
