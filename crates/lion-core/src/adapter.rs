@@ -17,6 +17,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use std::cell::Cell;
+use std::sync::OnceLock;
+
 use crate::linear::Linear;
 
 /// Which adapter mix the router applies. Upstream: `idx = int(category != "region_level")`
@@ -131,6 +134,13 @@ impl Adapter {
 #[derive(Debug, Clone)]
 pub struct AdapterRouter {
     adapters: Vec<Adapter>,
+    /// Per route, the fused operands of [`AdapterRouter::forward`], made on first use when no
+    /// parameter is a `Var` and the model was not built over live parameters
+    /// ([`with_live_parameters`]), so decoding does not re-stack and re-scale the weights at
+    /// every step and layer.
+    fused: [OnceLock<Fused>; 2],
+    /// Whether `fused` may be used (false: built inside [`with_live_parameters`]).
+    keep_fused: bool,
     /// `(router_ratio1, router_ratio2)`, each (2, d); None with one adapter.
     router: Option<(Tensor, Tensor)>,
 }
@@ -156,7 +166,12 @@ impl AdapterRouter {
         } else {
             None
         };
-        Ok(Self { adapters, router })
+        Ok(Self {
+            adapters,
+            router,
+            fused: Default::default(),
+            keep_fused: !LIVE.with(|l| l.get()),
+        })
     }
 
     /// xs: (b, t, d) -> (b, t, d), in xs' dtype (computed in the parameters' dtype).
@@ -173,6 +188,46 @@ impl AdapterRouter {
         let d = *x.dims().last().unwrap_or(&0);
         let m = x.elem_count() / d.max(1);
         let x2 = x.reshape((m, d))?;
+        let made;
+        let f = match self.fused[route.index()].get() {
+            Some(f) => f,
+            None if !self.keep_fused || self.trainable() => {
+                made = self.fuse(route, d)?;
+                &made
+            }
+            None => {
+                let f = self.fuse(route, d)?;
+                self.fused[route.index()].get_or_init(|| f)
+            }
+        };
+        let Fused { dw, db, uw, ub } = f;
+        let h = crate::sgemm::bmm(&x2, &dw.t()?)?
+            .broadcast_add(db)?
+            .relu()?;
+        let out = crate::sgemm::bmm(&h, &uw.t()?)?.broadcast_add(ub)?;
+        out.reshape(x.shape())?.to_dtype(xs.dtype())
+    }
+
+    /// Whether any parameter is a `Var` (training: fused operands are made at every call, so
+    /// gradients reach the parameters).
+    fn trainable(&self) -> bool {
+        let router = self.router.iter().flat_map(|(a, b)| [a, b]);
+        let params = self.adapters.iter().flat_map(|a| {
+            [
+                a.down_proj.weight(),
+                a.down_proj.bias(),
+                a.up_proj.weight(),
+                a.up_proj.bias(),
+            ]
+            .into_iter()
+            .flatten()
+            .chain([&a.scale])
+        });
+        params.chain(router).any(|t| t.is_variable())
+    }
+
+    /// The operands of [`AdapterRouter::forward`] for `route` (see there).
+    fn fuse(&self, route: Route, d: usize) -> Result<Fused> {
         // per adapter: (down W (r, d), down b (r,), up W scaled (d, r), up b scaled (d,))
         let mut downs_w = Vec::with_capacity(2);
         let mut downs_b = Vec::with_capacity(2);
@@ -205,12 +260,12 @@ impl AdapterRouter {
                 Tensor::cat(&ups_w, 1)?,
             )
         };
-        let h = crate::sgemm::bmm(&x2, &dw.t()?)?
-            .broadcast_add(&db)?
-            .relu()?;
-        let out =
-            crate::sgemm::bmm(&h, &uw.t()?)?.broadcast_add(&up_b.expect("at least one adapter"))?;
-        out.reshape(x.shape())?.to_dtype(xs.dtype())
+        Ok(Fused {
+            dw,
+            db,
+            uw,
+            ub: up_b.expect("at least one adapter"),
+        })
     }
 
     /// The plain composition `A0(x) * r1[route] + A1(x) * r2[route]` (reference for tests).
@@ -233,6 +288,36 @@ impl AdapterRouter {
     pub fn num_adapters(&self) -> usize {
         self.adapters.len()
     }
+}
+
+thread_local! {
+    static LIVE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (a model's construction) with its adapters' parameters marked live: plain tensors
+/// that share a training `Var`'s storage and so change under the model
+/// ([`crate::pipeline::LionPipeline::inference_model`]). Such adapters fuse their operands at
+/// every call instead of keeping them. The previous setting comes back afterwards.
+pub fn with_live_parameters<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LIVE.with(|l| l.set(self.0));
+        }
+    }
+    let _restore = Restore(LIVE.with(|l| l.replace(true)));
+    f()
+}
+
+/// [`AdapterRouter::forward`]'s operands for one route: the down projections stacked
+/// (`dw` (n * bottleneck, d), `db`), the up projections with `scale * router[route]` folded into
+/// their rows (`uw` (d, n * bottleneck)) and the folded up bias `ub` (d,).
+#[derive(Debug, Clone)]
+struct Fused {
+    dw: Tensor,
+    db: Tensor,
+    uw: Tensor,
+    ub: Tensor,
 }
 
 /// `vb.get` with a tensor-valued initialisation (the router's rows are not a constant). When a

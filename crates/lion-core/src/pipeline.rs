@@ -283,9 +283,11 @@ impl LionPipeline {
         }
         let weights = Checkpoint::from_tensors("the model (in memory)", self.weights.clone());
         let loader = crate::weights::WeightLoader::new(vec![weights]);
-        let model = self
-            .model
-            .rebuilt(loader.var_builder(DType::F32, &self.device))?;
+        // the weights follow training (shared storage): nothing derived from them is kept
+        let model = crate::adapter::with_live_parameters(|| {
+            self.model
+                .rebuilt(loader.var_builder(DType::F32, &self.device))
+        })?;
         loader.finish(LoadMode::Strict)?;
         Ok(model)
     }
