@@ -196,7 +196,11 @@ impl AdapterRouter {
                 &made
             }
             None => {
-                let f = self.fuse(route, d)?;
+                let mut f = self.fuse(route, d)?;
+                // the stacked down projections are the same for both routes: kept once
+                if let Some(other) = self.fused[1 - route.index()].get() {
+                    (f.dw, f.db) = (other.dw.clone(), other.db.clone());
+                }
                 self.fused[route.index()].get_or_init(|| f)
             }
         };
