@@ -238,12 +238,14 @@ fn native_rows(x: &[f32], m: usize, k: usize, n: usize, src: Rows, copy: bool) -
     // odd number of cache lines apart: at a stride of a multiple of 4 KiB (k = 2048) a tile's
     // 6 rows of x fall in one L1 set with its weight rows and evict each other
     let ldx = if (kp / 32) % 2 == 0 { kp + 32 } else { kp };
-    let mut xb = vec![bf16::ZERO; m * ldx];
+    let mut xb_buf = CacheLines::zeroed(m * ldx);
+    let xb = xb_buf.as_mut_slice();
     for (d, s) in xb.chunks_exact_mut(ldx).zip(x.chunks_exact(k)) {
         for (d, &s) in d.iter_mut().zip(s) {
             *d = bf16::from_f32(s);
         }
     }
+    let xb = &*xb;
     let mut y = vec![0f32; m * n];
     let out = OutPtr(y.as_mut_ptr());
     (0..n.div_ceil(ROWS_PER_TASK))
@@ -265,9 +267,31 @@ fn native_rows(x: &[f32], m: usize, k: usize, n: usize, src: Rows, copy: bool) -
             // AVX-512 F/BW/VL and BF16. Lengths: xb is m * ldx, the block is rows * k. Each task
             // writes only the columns j0..j0 + rows of the m rows of `y` (row stride n), disjoint
             // from every other task's, and `y` outlives the parallel loop.
-            unsafe { avx512::block(&xb, m, kp, ldx, w, k, out.at(j0), rows, n, copy) };
+            unsafe { avx512::block(xb, m, kp, ldx, w, k, out.at(j0), rows, n, copy) };
         });
     y
+}
+
+/// A zeroed bf16 buffer whose first value starts a cache line (64 bytes), so rows a multiple
+/// of 32 values long each start one too: no load of a row straddles two lines.
+#[cfg(target_arch = "x86_64")]
+struct CacheLines {
+    buf: Vec<bf16>,
+    start: usize,
+    len: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl CacheLines {
+    fn zeroed(len: usize) -> Self {
+        let buf = vec![bf16::ZERO; len + 31];
+        let start = buf.as_ptr().align_offset(64);
+        Self { buf, start, len }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [bf16] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
 }
 
 /// The output pointer shared by the tasks (each writes its own columns).
@@ -339,7 +363,8 @@ mod avx512 {
         // of `PACK_ROWS` weight rows is copied side by side first (zero-padded to a multiple of
         // 32 columns), then every tile of x rows runs over that copy. The copy changes where the
         // values are read, not the order they are summed in: the same bits.
-        let mut buf = vec![bf16::ZERO; PACK_ROWS.min(rows) * TILE_K];
+        let mut lines = super::CacheLines::zeroed(PACK_ROWS.min(rows) * TILE_K);
+        let buf = lines.as_mut_slice();
         for k0 in (0..kp).step_by(TILE_K) {
             let k1 = (k0 + TILE_K).min(kp);
             let len = k1 - k0;
