@@ -105,6 +105,16 @@ pub fn max_abs(t: &Tensor) -> crate::Result<f32> {
         .to_scalar::<f32>()?)
 }
 
+/// The f32 values of a tensor as bit patterns (exact comparisons: same bits, not close).
+/// Panics unless the tensor holds f32.
+pub fn f32_bits(t: &Tensor) -> Vec<u32> {
+    let v = t.flatten_all().and_then(|t| t.to_vec1::<f32>());
+    v.expect("f32_bits: an f32 tensor")
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> crate::Result<f32> {
     if a.shape() != b.shape() {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use lion_core::adapter::{AdapterConfig, AdapterRouter, Route};
-use lion_core::testing::max_abs_diff;
+use lion_core::testing::{f32_bits as bits, max_abs_diff};
 use lion_core::weights::WeightLoader;
 
 #[test]
@@ -53,17 +53,6 @@ fn fused_adapter_forward_and_grads_match_the_composition() -> lion_core::Result<
         }
     }
     Ok(())
-}
-
-/// Bits of a tensor (exact comparisons).
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
 }
 
 /// A router over plain tensors keeps its fused operands per route after the first call (the

@@ -6,6 +6,7 @@
 use candle_core::{Device, Tensor};
 use lion_core::few_rows;
 use lion_core::sgemm::MatRef;
+use lion_core::testing::f32_bits as bits;
 
 /// Random f32 data in [-1, 1) from a seed (the same data on every run).
 fn uniform(n: usize, seed: u32) -> Vec<f32> {
@@ -17,16 +18,6 @@ fn uniform(n: usize, seed: u32) -> Vec<f32> {
             s ^= s << 5;
             (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
         })
-        .collect()
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
         .collect()
 }
 

@@ -391,15 +391,7 @@ fn split_and_merge_heads_are_the_composition_forward_and_backward() {
             .unwrap()
             .contiguous()
             .unwrap();
-        let bits = |t: &Tensor| {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect::<Vec<_>>()
-        };
+        let bits = lion_core::testing::f32_bits;
         assert_eq!(split.dims(), &[b, h, t, d]);
         assert_eq!(bits(&split), bits(&want), "split {b} {t} {h} {d}");
         let merged = kernels::merge_heads(&split).unwrap();
