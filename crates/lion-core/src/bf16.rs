@@ -7,8 +7,13 @@
 //! and 1 input register of the 32), reads each weight row once per 6 input rows, and sums the 4
 //! columns' lanes together at the end. With more than 6 rows of `x` and weight rows that share
 //! L1 sets where they lie (4 KiB apart and the like: k = 2048, 6144), each 512-column slice of
-//! 16 weight rows is first copied side by side ([`rows_share_sets`]). Parallel over blocks of
-//! weight rows (rayon), so a few decoding rows stream the weight once at half the f32 bytes. Without AVX512-BF16 the f32 kernels run
+//! 16 weight rows is first copied side by side ([`rows_share_sets`]). From [`PACKED_MIN_ROWS`]
+//! rows on (the encoders' prefill) the kernel works in the outer-product layout instead: each
+//! group of 32 weight rows is transposed once per call into a panel of column pairs, so a
+//! vector holds 16 outputs of one row of x, x's pair of columns is broadcast, and each output is
+//! one chain over k kept in registers (14 rows x 32 columns a tile; no lane sums). Parallel over
+//! blocks of weight rows (rayon), so a few decoding rows stream the weight once at half the f32
+//! bytes. Without AVX512-BF16 the f32 kernels run
 //! with the weight widened as it is loaded ([`matmul_wt_widened`]). From [`WIDEN_MIN_ROWS`] rows on, where
 //! [`crate::cpu::Bf16Gemm::WidenF32`] is picked (Intel: `vdpbf16ps` there is slower than the f32
 //! AVX-512 GEMM, see its docs), the f32 GEMM runs with the weight widened while it is packed
@@ -38,6 +43,21 @@ const TILE_K: usize = 512;
 /// Weight rows copied next to each other per `TILE_K` slice when many rows of `x` run (16 KiB:
 /// in L1 beside a tile's 6 rows of x).
 const PACK_ROWS: usize = 16;
+
+/// Rows of `x` from which the AVX512-BF16 path multiplies in the outer-product layout
+/// ([`avx512::packed_block`]): each slice of weight rows is transposed into pairs of columns
+/// once per call (a cost of about 6 / m of the products), after which no lane sums are left to
+/// reduce. Below it the dot-product tiles run.
+pub const PACKED_MIN_ROWS: usize = 48;
+
+/// Weight rows (output columns) per panel of the outer-product layout: two vectors of 16.
+const PANEL_N: usize = 32;
+
+/// Rows of x per outer-product tile: 28 accumulators and the panel's 2 vectors of 32 registers.
+const PACKED_M: usize = 14;
+
+/// Weight rows per rayon task in the outer-product layout (two panels).
+const PACKED_TASK: usize = 64;
 
 /// Rows of `x` from which [`crate::cpu::Bf16Gemm::WidenF32`] runs the f32 GEMM instead of
 /// `vdpbf16ps`: measured on Intel (Emerald Rapids, 2 cores), the two were even at 32 rows
@@ -248,27 +268,33 @@ fn native_rows(x: &[f32], m: usize, k: usize, n: usize, src: Rows, copy: bool) -
     let xb = &*xb;
     let mut y = vec![0f32; m * n];
     let out = OutPtr(y.as_mut_ptr());
-    (0..n.div_ceil(ROWS_PER_TASK))
-        .into_par_iter()
-        .for_each(|b| {
-            let j0 = b * ROWS_PER_TASK;
-            let rows = ROWS_PER_TASK.min(n - j0);
-            let filled;
-            let w = match &src {
-                Rows::Slice(w) => &w[j0 * k..(j0 + rows) * k],
-                Rows::Fill(f) => {
-                    let mut buf = vec![bf16::ZERO; rows * k];
-                    f(j0, rows, &mut buf);
-                    filled = buf;
-                    &filled[..]
-                }
-            };
-            // SAFETY: `native` runs only when `cpu::kernels()` picked AVX512-BF16, i.e. the CPU has
-            // AVX-512 F/BW/VL and BF16. Lengths: xb is m * ldx, the block is rows * k. Each task
-            // writes only the columns j0..j0 + rows of the m rows of `y` (row stride n), disjoint
-            // from every other task's, and `y` outlives the parallel loop.
-            unsafe { avx512::block(xb, m, kp, ldx, w, k, out.at(j0), rows, n, copy) };
-        });
+    let packed = m >= PACKED_MIN_ROWS;
+    let per_task = if packed { PACKED_TASK } else { ROWS_PER_TASK };
+    (0..n.div_ceil(per_task)).into_par_iter().for_each(|b| {
+        let j0 = b * per_task;
+        let rows = per_task.min(n - j0);
+        let filled;
+        let w = match &src {
+            Rows::Slice(w) => &w[j0 * k..(j0 + rows) * k],
+            Rows::Fill(f) => {
+                let mut buf = vec![bf16::ZERO; rows * k];
+                f(j0, rows, &mut buf);
+                filled = buf;
+                &filled[..]
+            }
+        };
+        // SAFETY: `native` runs only when `cpu::kernels()` picked AVX512-BF16, i.e. the CPU has
+        // AVX-512 F/BW/VL and BF16. Lengths: xb is m * ldx, the block is rows * k. Each task
+        // writes only the columns j0..j0 + rows of the m rows of `y` (row stride n), disjoint
+        // from every other task's, and `y` outlives the parallel loop.
+        unsafe {
+            if packed {
+                avx512::packed_block(xb, m, kp, ldx, w, k, out.at(j0), rows, n)
+            } else {
+                avx512::block(xb, m, kp, ldx, w, k, out.at(j0), rows, n, copy)
+            }
+        };
+    });
     y
 }
 
@@ -314,7 +340,7 @@ impl OutPtr {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{PACK_ROWS, TILE_K, TILE_M, TILE_N};
+    use super::{PACKED_M, PACK_ROWS, PANEL_N, TILE_K, TILE_M, TILE_N};
     use half::bf16;
     use std::arch::x86_64::*;
 
@@ -522,6 +548,179 @@ mod avx512 {
         }
     }
 
+    /// `out[r * ld + c] = (x (m, kp) @ w (rows, k)^T)[r, c]` in the outer-product layout: each
+    /// group of `PANEL_N` weight rows is transposed into a panel of column pairs ([`pack_panel`],
+    /// `kp * 64` bytes, read from L2), so one vector holds 16 outputs of a row of x and
+    /// `vdpbf16ps` takes x's pair of columns broadcast. Each tile's sums stay in registers over
+    /// the whole of k: one chain per output, in order, no lane sums, one store.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn packed_block(
+        xb: &[bf16],
+        m: usize,
+        kp: usize,
+        ldx: usize,
+        w: &[bf16],
+        k: usize,
+        out: *mut f32,
+        rows: usize,
+        ld: usize,
+    ) {
+        debug_assert!(xb.len() == m * ldx && ldx >= kp && w.len() == rows * k);
+        let pairs = kp / 2;
+        let mut lines = super::CacheLines::zeroed(kp * PANEL_N);
+        let panel = lines.as_mut_slice();
+        for g0 in (0..rows).step_by(PANEL_N) {
+            let cols = PANEL_N.min(rows - g0);
+            pack_panel(&w[g0 * k..(g0 + cols) * k], k, cols, 0, pairs, panel);
+            let p = panel.as_ptr();
+            // tiles of as even a size as PACKED_M allows (257 rows: 14 and 13, not 18 x 14 + 5)
+            let mut tiles = m.div_ceil(PACKED_M);
+            let mut r0 = 0;
+            while r0 < m {
+                let mr = (m - r0).div_ceil(tiles);
+                tiles -= 1;
+                let xs = xb.as_ptr().add(r0 * ldx);
+                let a = (xs, ldx, p, pairs, out.add(r0 * ld + g0), ld, cols);
+                match mr {
+                    14 => packed_tile::<14>(a),
+                    13 => packed_tile::<13>(a),
+                    12 => packed_tile::<12>(a),
+                    11 => packed_tile::<11>(a),
+                    10 => packed_tile::<10>(a),
+                    9 => packed_tile::<9>(a),
+                    8 => packed_tile::<8>(a),
+                    7 => packed_tile::<7>(a),
+                    6 => packed_tile::<6>(a),
+                    5 => packed_tile::<5>(a),
+                    4 => packed_tile::<4>(a),
+                    3 => packed_tile::<3>(a),
+                    2 => packed_tile::<2>(a),
+                    _ => packed_tile::<1>(a),
+                }
+                r0 += mr;
+            }
+        }
+    }
+
+    /// A tile's operands: x at its first row (row stride), the panel and its number of pairs,
+    /// the output at the tile's first element (row stride), and the panel's valid columns.
+    type PackedTile = (
+        *const bf16,
+        usize,
+        *const bf16,
+        usize,
+        *mut f32,
+        usize,
+        usize,
+    );
+
+    /// `M` rows of x against a panel: `out[r][c] = sum over pairs p of x[r][2p] w[c][2p] +
+    /// x[r][2p + 1] w[c][2p + 1]` for the panel's valid columns, one chain per output in order.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    #[inline]
+    unsafe fn packed_tile<const M: usize>(a: PackedTile) {
+        let (x, ldx, panel, pairs, out, ld, cols) = a;
+        let m0: __mmask16 = if cols >= 16 { !0 } else { (1u16 << cols) - 1 };
+        let m1: __mmask16 = if cols >= 32 {
+            !0
+        } else if cols > 16 {
+            (1u16 << (cols - 16)) - 1
+        } else {
+            0
+        };
+        let mut acc = [[_mm512_setzero_ps(); 2]; M];
+        for p in 0..pairs {
+            let w0: __m512bh =
+                std::mem::transmute(_mm512_load_si512(panel.add(p * 64) as *const __m512i));
+            let w1: __m512bh =
+                std::mem::transmute(_mm512_load_si512(panel.add(p * 64 + 32) as *const __m512i));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let pair = std::ptr::read_unaligned(x.add(r * ldx + 2 * p) as *const i32);
+                let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                a[0] = _mm512_dpbf16_ps(a[0], b, w0);
+                a[1] = _mm512_dpbf16_ps(a[1], b, w1);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let o = out.add(r * ld);
+            _mm512_mask_storeu_ps(o, m0, a[0]);
+            _mm512_mask_storeu_ps(o.wrapping_add(16), m1, a[1]);
+        }
+    }
+
+    /// The columns `k0..k0 + 2 * pairs` of `cols` weight rows (`w`: `cols * k`, read as zero past
+    /// `k` and past `cols`) as a panel of pairs: `panel[(p * 32 + c) * 2 + i] = w[c][k0 + 2p + i]`.
+    /// 16 rows by 16 pairs at a time, transposed as 32-bit elements in registers. `pairs` is a
+    /// multiple of 16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn pack_panel(
+        w: &[bf16],
+        k: usize,
+        cols: usize,
+        k0: usize,
+        pairs: usize,
+        panel: &mut [bf16],
+    ) {
+        debug_assert!(pairs % 16 == 0 && panel.len() >= pairs * PANEL_N * 2 && w.len() == cols * k);
+        for h in 0..PANEL_N / 16 {
+            for pb in (0..pairs).step_by(16) {
+                let t0 = k0 + 2 * pb;
+                let avail = k.saturating_sub(t0).min(32);
+                let mask: __mmask32 = if avail == 32 { !0 } else { (1u32 << avail) - 1 };
+                let mut v = [_mm512_setzero_si512(); 16];
+                for (i, v) in v.iter_mut().enumerate() {
+                    let c = h * 16 + i;
+                    if c < cols && avail > 0 {
+                        let s = w.as_ptr().wrapping_add(c * k + t0);
+                        *v = _mm512_maskz_loadu_epi16(mask, s as *const i16);
+                    }
+                }
+                let v = transpose16(v);
+                for (q, v) in v.iter().enumerate() {
+                    let d = panel.as_mut_ptr().add(((pb + q) * PANEL_N + h * 16) * 2);
+                    _mm512_store_si512(d as *mut __m512i, *v);
+                }
+            }
+        }
+    }
+
+    /// 16 vectors of 16 32-bit elements, transposed: `out[j]` lane `i` = `v[i]` lane `j`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    #[inline]
+    unsafe fn transpose16(v: [__m512i; 16]) -> [__m512i; 16] {
+        // per 128-bit lane l: a[2i] = rows 2i, 2i + 1 at columns 4l, 4l + 1 interleaved; a[2i + 1]
+        // the same at 4l + 2, 4l + 3
+        let mut a = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+            a[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+        }
+        // c[4g + j] lane l = rows 4g..4g + 4 at column 4l + j
+        let mut c = [_mm512_setzero_si512(); 16];
+        for g in 0..4 {
+            let (lo, hi) = (a[4 * g], a[4 * g + 2]);
+            c[4 * g] = _mm512_unpacklo_epi64(lo, hi);
+            c[4 * g + 1] = _mm512_unpackhi_epi64(lo, hi);
+            let (lo, hi) = (a[4 * g + 1], a[4 * g + 3]);
+            c[4 * g + 2] = _mm512_unpacklo_epi64(lo, hi);
+            c[4 * g + 3] = _mm512_unpackhi_epi64(lo, hi);
+        }
+        // out[4l + j] = lanes l of c[j], c[4 + j], c[8 + j], c[12 + j]
+        let mut out = [_mm512_setzero_si512(); 16];
+        for j in 0..4 {
+            let d0 = _mm512_shuffle_i32x4::<0x88>(c[j], c[4 + j]);
+            let d1 = _mm512_shuffle_i32x4::<0xdd>(c[j], c[4 + j]);
+            let d2 = _mm512_shuffle_i32x4::<0x88>(c[8 + j], c[12 + j]);
+            let d3 = _mm512_shuffle_i32x4::<0xdd>(c[8 + j], c[12 + j]);
+            out[j] = _mm512_shuffle_i32x4::<0x88>(d0, d2);
+            out[8 + j] = _mm512_shuffle_i32x4::<0xdd>(d0, d2);
+            out[4 + j] = _mm512_shuffle_i32x4::<0x88>(d1, d3);
+            out[12 + j] = _mm512_shuffle_i32x4::<0xdd>(d1, d3);
+        }
+        out
+    }
+
     /// The lane sums of four vectors, as one 4-lane vector.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     #[inline]
@@ -572,6 +771,27 @@ mod tests {
             let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(run(true)), bits(run(false)), "({m}, {k}, {n})");
         }
+    }
+
+    /// In the outer-product layout each output is one chain over k, so a row of x gets the same
+    /// bits whichever rows run beside it (tiles of 14 or 13 rows, or a short last tile): the
+    /// first 50 rows of 100, run alone, against the same rows inside the 100.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn packed_rows_do_not_depend_on_the_rows_beside_them() {
+        if crate::cpu::kernels().bf16 != crate::cpu::Bf16Kernel::Avx512Bf16 {
+            eprintln!("skipped: this CPU has no AVX512-BF16 (the packed layout is that kernel's)");
+            return;
+        }
+        let (k, n) = (1100, 70);
+        let val = |j: usize, s: usize| ((j * 7919 + s * 104_729) % 2001) as f32 / 1000.0 - 1.0;
+        let x: Vec<f32> = (0..100 * k).map(|j| val(j, 1)).collect();
+        let w = super::to_bf16(&(0..n * k).map(|j| val(j, 2)).collect::<Vec<_>>());
+        let all = super::native_rows(&x, 100, k, n, super::Rows::Slice(&w), false);
+        let part = super::native_rows(&x[..50 * k], 50, k, n, super::Rows::Slice(&w), false);
+        const { assert!(50 >= super::PACKED_MIN_ROWS) };
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&all[..50 * n]), bits(&part));
     }
 
     #[test]

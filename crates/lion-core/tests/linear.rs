@@ -190,6 +190,14 @@ fn bf16_matmul_matches_the_exact_product_on_edge_shapes() {
         // tail of 1 column, and without
         (13, 2049, 37),
         (9, 1024, 50),
+        // the outer-product layout (from PACKED_MIN_ROWS rows): a full tile of 14 rows and a
+        // short one, panels of 32 weight rows with a column tail, two 64-row tasks, 256-column
+        // slices with a pair split by the end of the weight's rows (odd k), a first slice only
+        (48, 1100, 37),
+        (61, 513, 130),
+        (50, 2049, 33),
+        (49, 17, 65),
+        (57, 256, 1),
     ];
     for (i, &(m, kk, n)) in shapes.iter().enumerate() {
         let x = uniform(m * kk, 2 * i as u32);
