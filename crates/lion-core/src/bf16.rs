@@ -260,13 +260,24 @@ fn native_rows(x: &[f32], m: usize, k: usize, n: usize, src: Rows, copy: bool) -
     let ldx = if (kp / 32) % 2 == 0 { kp + 32 } else { kp };
     let mut xb_buf = CacheLines::zeroed(m * ldx);
     let xb = xb_buf.as_mut_slice();
-    for (d, s) in xb.chunks_exact_mut(ldx).zip(x.chunks_exact(k)) {
-        for (d, &s) in d.iter_mut().zip(s) {
-            *d = bf16::from_f32(s);
-        }
+    // rows in parallel where there are enough of them (the encoders: 349 x 5120 values a call)
+    let round = |(d, s): (&mut [bf16], &[f32])| {
+        // SAFETY: the native path runs only where the CPU has AVX512-BF16 (see below)
+        unsafe { avx512::round_row(s, &mut d[..k]) }
+    };
+    if m * k >= 1 << 16 {
+        xb.par_chunks_exact_mut(ldx)
+            .zip(x.par_chunks_exact(k))
+            .for_each(round);
+    } else {
+        xb.chunks_exact_mut(ldx)
+            .zip(x.chunks_exact(k))
+            .for_each(round);
     }
     let xb = &*xb;
-    let mut y = vec![0f32; m * n];
+    // SAFETY: every element is written: each task's first slice (or its one pass) writes the
+    // columns j0..j0 + rows of every row, and the tasks cover 0..n
+    let mut y = unsafe { crate::kernels::uninit_f32(m * n) };
     let out = OutPtr(y.as_mut_ptr());
     let packed = m >= PACKED_MIN_ROWS;
     let per_task = if packed { PACKED_TASK } else { ROWS_PER_TASK };
@@ -719,6 +730,33 @@ mod avx512 {
             out[12 + j] = _mm512_shuffle_i32x4::<0xdd>(d1, d3);
         }
         out
+    }
+
+    /// `x` rounded to bf16, nearest even (`vcvtne2ps2bf16`), into `d` (as long as `x`).
+    /// Subnormal values become 0 where [`super::to_bf16`] keeps them, a difference no product
+    /// sees: `vdpbf16ps` takes subnormal inputs as 0.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn round_row(x: &[f32], d: &mut [bf16]) {
+        debug_assert_eq!(x.len(), d.len());
+        let (xs, ds) = (x.as_ptr(), d.as_mut_ptr());
+        let n = x.len();
+        let mut i = 0;
+        while i + 32 <= n {
+            let lo = _mm512_loadu_ps(xs.add(i));
+            let hi = _mm512_loadu_ps(xs.add(i + 16));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(ds.add(i) as *mut __m512i, v);
+            i += 32;
+        }
+        if i < n {
+            let t = n - i;
+            let m_lo: __mmask16 = if t >= 16 { !0 } else { (1u16 << t) - 1 };
+            let m_hi: __mmask16 = if t > 16 { (1u16 << (t - 16)) - 1 } else { 0 };
+            let lo = _mm512_maskz_loadu_ps(m_lo, xs.add(i));
+            let hi = _mm512_maskz_loadu_ps(m_hi, xs.wrapping_add(i + 16));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_mask_storeu_epi16(ds.add(i) as *mut i16, (1u32 << t) - 1, v);
+        }
     }
 
     /// The lane sums of four vectors, as one 4-lane vector.
