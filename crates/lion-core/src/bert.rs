@@ -221,6 +221,8 @@ pub struct BertSelfAttention {
     num_heads: usize,
     head_dim: usize,
     dropout: f64,
+    /// Built to compute in bf16 ([`crate::kernels::attention_in`]).
+    bf16: bool,
 }
 
 impl BertSelfAttention {
@@ -239,6 +241,7 @@ impl BertSelfAttention {
             num_heads,
             head_dim: hidden / num_heads,
             dropout,
+            bf16: crate::linear::weight_dtype() == crate::cpu::WeightDtype::Bf16,
         })
     }
 
@@ -263,7 +266,7 @@ impl BertSelfAttention {
         // fused forward and backward in training
         let p = if train { self.dropout as f32 } else { 0.0 };
         let masks: Vec<&Tensor> = mask.into_iter().collect();
-        let ctx = crate::kernels::attention(&q, &k, &v, scale, &masks, p)?;
+        let ctx = crate::kernels::attention_in(&q, &k, &v, scale, &masks, p, self.bf16)?;
         crate::kernels::merge_heads(&ctx)
     }
 }

@@ -244,6 +244,8 @@ pub struct Attention {
     proj: Linear,
     num_heads: usize,
     head_dim: usize,
+    /// Built to compute in bf16 ([`crate::kernels::attention_in`]).
+    bf16: bool,
 }
 
 impl Attention {
@@ -271,6 +273,7 @@ impl Attention {
             proj: linear(d, d, vb.pp("proj"), f)?,
             num_heads: cfg.num_heads,
             head_dim: d / cfg.num_heads,
+            bf16: crate::linear::weight_dtype() == crate::cpu::WeightDtype::Bf16,
         })
     }
 
@@ -287,11 +290,13 @@ impl Attention {
         let q = (qkv.get(0)?.contiguous()? * scale)?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let scores = crate::sgemm::bmm(&q, &k.t()?)?; // (b, heads, n, n)
-        let probs = crate::ops::softmax(&scores)?;
-        let ctx = crate::sgemm::bmm(&probs, &v)?
-            .transpose(1, 2)?
-            .reshape((b, n, d))?;
+        let ctx = if self.bf16 {
+            crate::kernels::attention_in(&q, &k, &v, 1.0, &[], 0.0, true)?
+        } else {
+            let scores = crate::sgemm::bmm(&q, &k.t()?)?; // (b, heads, n, n)
+            crate::sgemm::bmm(&crate::ops::softmax(&scores)?, &v)?
+        };
+        let ctx = ctx.transpose(1, 2)?.reshape((b, n, d))?;
         self.proj.forward(&ctx)
     }
 }

@@ -238,6 +238,13 @@ pub fn with_weight_dtype<T>(dtype: WeightDtype, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// The dtype [`with_weight_dtype`] is building frozen linear weights in now (f32 outside it):
+/// a layer built in bf16 may run its other products in bf16 too (attention,
+/// [`crate::kernels::attention_in`]), so it reads this once, at construction.
+pub fn weight_dtype() -> WeightDtype {
+    WEIGHT_DTYPE.with(|d| d.get())
+}
+
 /// A frozen linear layer's weight read from `vb` in the dtype it will be kept in: bf16 inside
 /// `with_weight_dtype(Bf16, ..)` (a bf16 file is then read as stored, with no f32 copy on the
 /// way; an f32 file is rounded once), else `vb`'s dtype, except that an f32 model on the CPU

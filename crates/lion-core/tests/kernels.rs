@@ -422,3 +422,62 @@ fn split_and_merge_heads_are_the_composition_forward_and_backward() {
     assert!(kernels::split_heads(&x, 3).is_err());
     assert!(kernels::split_heads(&x, 0).is_err());
 }
+
+/// `attention_in` in a bf16 layer: at inference, from `bf16::PACKED_MIN_ROWS` query rows on a
+/// CPU whose bf16 kernel rounds its input (AVX512-BF16), the bf16 products, within bf16's
+/// rounding of the f32 attention and not its bits (biases broadcast over batch, over heads,
+/// and one strided); an f32 layer, fewer query rows, or tracked inputs get `attention`'s bits.
+#[test]
+fn attention_in_bf16_runs_the_bf16_products_only_where_it_may() {
+    let det = |shape: &[usize], s: usize| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|j| ((j * 7919 + s * 104_729) % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    };
+    let (b, h, sq, sk, d) = (2, 3, 60, 70, 40);
+    let (q, k, v) = (
+        det(&[b, h, sq, d], 1),
+        det(&[b, h, sk, d], 2),
+        det(&[b, h, sk, d], 3),
+    );
+    let pos = det(&[1, h, sq, sk], 4);
+    let mask = det(&[b, 1, 1, sk], 5);
+    let strided = det(&[1, 1, sk, sq], 6).transpose(2, 3).unwrap();
+    let biases = [&pos, &mask, &strided];
+    let bits = lion_core::testing::f32_bits;
+    let f32_attention = kernels::attention(&q, &k, &v, 0.3, &biases, 0.0).unwrap();
+    let got = kernels::attention_in(&q, &k, &v, 0.3, &biases, 0.0, true).unwrap();
+    let diff = max_abs_diff(&got, &f32_attention).unwrap();
+    if lion_core::bf16::rounds_x(sq) {
+        assert!(
+            diff > 0.0 && diff < 1e-2,
+            "bf16 attention off f32's by {diff}"
+        );
+    } else {
+        eprintln!("skipped: the bf16 products (this CPU's bf16 kernel does not round its input)");
+        assert_eq!(bits(&got), bits(&f32_attention));
+    }
+    // an f32 layer
+    let f32_layer = kernels::attention_in(&q, &k, &v, 0.3, &biases, 0.0, false).unwrap();
+    assert_eq!(bits(&f32_layer), bits(&f32_attention));
+    // fewer query rows than the bf16 kernel's packed layout wants (a decoding step's few)
+    let rows = lion_core::bf16::PACKED_MIN_ROWS - 1;
+    let (qs, ps) = (
+        q.narrow(2, 0, rows).unwrap(),
+        pos.narrow(2, 0, rows).unwrap(),
+    );
+    let st = strided.narrow(2, 0, rows).unwrap();
+    let few = [&ps, &mask, &st];
+    assert_eq!(
+        bits(&kernels::attention_in(&qs, &k, &v, 0.3, &few, 0.0, true).unwrap()),
+        bits(&kernels::attention(&qs, &k, &v, 0.3, &few, 0.0).unwrap())
+    );
+    // tracked (training)
+    let qv = Var::from_tensor(&q).unwrap();
+    assert_eq!(
+        bits(&kernels::attention_in(qv.as_tensor(), &k, &v, 0.3, &biases, 0.0, true).unwrap()),
+        bits(&f32_attention)
+    );
+}

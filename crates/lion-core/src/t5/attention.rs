@@ -53,6 +53,9 @@ pub struct T5Attention {
     num_buckets: usize,
     max_distance: usize,
     dropout: f64,
+    /// Built to compute in bf16: the encoder's products run on the bf16 kernel
+    /// ([`crate::kernels::attention_in`]).
+    bf16: bool,
 }
 
 impl T5Attention {
@@ -91,6 +94,7 @@ impl T5Attention {
             num_buckets: cfg.relative_attention_num_buckets,
             max_distance: cfg.relative_attention_max_distance,
             dropout: cfg.dropout_rate,
+            bf16: crate::linear::weight_dtype() == crate::cpu::WeightDtype::Bf16,
         })
     }
 
@@ -188,6 +192,6 @@ impl T5Attention {
         // no 1/sqrt(d_kv) scaling in T5; fused forward and backward in training
         let p = if train { self.dropout as f32 } else { 0.0 };
         let biases: Vec<&Tensor> = bias.into_iter().chain(mask).collect();
-        crate::kernels::attention(q, k, v, 1.0, &biases, p) // (b, h, q, d_kv)
+        crate::kernels::attention_in(q, k, v, 1.0, &biases, p, self.bf16) // (b, h, q, d_kv)
     }
 }
