@@ -356,7 +356,8 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// `out[r * ld + c] = (x (m, kp) @ w (rows, k)^T)[r, c]` for every row of `x` (row stride
-    /// `ldx`) against the block's weight rows; `out` must be zero. `copy`: see `native_rows`.
+    /// `ldx`) against the block's weight rows; `out` may hold anything (the first slice writes
+    /// every element, later ones add). `copy`: see `native_rows`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn block(
